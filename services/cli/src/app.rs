@@ -1,0 +1,178 @@
+//! Wiring shared by the commands: configuration, logging, models, the store, exit codes.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use vidx_config::{Config, ConfigSources};
+use vidx_core::ErrorCode;
+use vidx_core::ports::TextEmbedder;
+use vidx_core::types::vector_names;
+use vidx_model::{HubOptions, SentenceEmbedder};
+use vidx_store::{EdgeStore, EdgeStoreOptions, VectorSpec};
+
+use crate::args::{Cli, Command, CommonArgs, ConfigCommand};
+
+/// Everything worked.
+pub const EXIT_OK: u8 = 0;
+/// `vidx index`: at least one input or segment failed (the others were indexed).
+pub const EXIT_PARTIAL: u8 = 1;
+/// Bad usage, configuration or request.
+pub const EXIT_USAGE: u8 = 2;
+/// A dependency is missing or unavailable (model files, index in use, disk).
+pub const EXIT_RUNTIME: u8 = 3;
+/// Interrupted (Ctrl-C / SIGTERM).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// An error carrying its exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CliError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+pub fn cli_error(code: ErrorCode, message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(CliError {
+        code,
+        message: message.into(),
+    })
+}
+
+pub fn exit_code_for(error: &anyhow::Error) -> u8 {
+    if let Some(cli_error) = error.downcast_ref::<CliError>() {
+        return match cli_error.code {
+            ErrorCode::InvalidInput | ErrorCode::Unsupported => EXIT_USAGE,
+            _ => EXIT_RUNTIME,
+        };
+    }
+    if error.downcast_ref::<vidx_config::ConfigError>().is_some() {
+        return EXIT_USAGE;
+    }
+    EXIT_RUNTIME
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    match &cli.command {
+        Command::Index(args) => {
+            let mut overrides = common_overrides(&args.common);
+            if let Some(seconds) = args.segment_secs {
+                overrides.push(("media.segment_secs".into(), toml::Value::Float(seconds)));
+            }
+            if let Some(frames) = args.frames {
+                overrides.push(("media.frames_per_segment".into(), toml::Value::Integer(frames as i64)));
+            }
+            let context = AppContext::load(&cli, &env, overrides, !std::io::stderr().is_terminal())?;
+            crate::index::run(context, args).await
+        }
+        Command::Search(args) => {
+            let context = AppContext::load(&cli, &env, common_overrides(&args.common), false)?;
+            crate::search::run(context, args).await
+        }
+        Command::Stats(args) => {
+            let context = AppContext::load(&cli, &env, common_overrides(&args.common), false)?;
+            crate::search::stats(context, &args.common).await
+        }
+        Command::Config(ConfigCommand::Check) => {
+            let context = AppContext::load(&cli, &env, Vec::new(), false)?;
+            print!("{}", context.config.to_redacted_toml());
+            eprintln!("config ok (data dir: {})", context.data_dir.display());
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+fn common_overrides(common: &CommonArgs) -> Vec<(String, toml::Value)> {
+    let mut overrides = Vec::new();
+    if let Some(directory) = &common.data_dir {
+        overrides.push(("general.data_dir".into(), toml::Value::String(directory.display().to_string())));
+    }
+    if let Some(directory) = &common.text_model_dir {
+        overrides.push((
+            "models.text_embedder_dir".into(),
+            toml::Value::String(directory.display().to_string()),
+        ));
+    }
+    overrides
+}
+
+/// Loaded configuration plus derived paths.
+pub struct AppContext {
+    pub config: Config,
+    pub data_dir: PathBuf,
+}
+
+impl AppContext {
+    fn load(
+        cli: &Cli,
+        env: &BTreeMap<String, String>,
+        overrides: Vec<(String, toml::Value)>,
+        verbose_logs: bool,
+    ) -> anyhow::Result<Self> {
+        let config = Config::load(&ConfigSources {
+            file: cli.config.clone(),
+            env: env.clone(),
+            overrides,
+        })?;
+        init_logging(&config, env, verbose_logs);
+        let data_dir = config.data_dir(env);
+        Ok(Self { config, data_dir })
+    }
+
+    pub fn index_dir(&self) -> PathBuf {
+        self.data_dir.join("index")
+    }
+
+    /// Load the sentence embedder on a blocking thread.
+    pub async fn text_embedder(&self) -> anyhow::Result<Arc<dyn TextEmbedder>> {
+        let models = self.config.models.clone();
+        let device = vidx_model::select_device(&models.device).map_err(|error| cli_error(error.code(), error.to_string()))?;
+        let options = HubOptions {
+            local_dir: (!models.text_embedder_dir.is_empty()).then(|| PathBuf::from(&models.text_embedder_dir)),
+            offline: models.offline,
+            token: (!models.hf_token.is_empty()).then(|| models.hf_token.clone()),
+            pypi_package: None,
+        };
+        let embedder = tokio::task::spawn_blocking(move || SentenceEmbedder::from_hub(&models.text_embedder, options, device))
+            .await
+            .context("model loading task")?
+            .map_err(|error| cli_error(error.code(), error.to_string()))?;
+        Ok(Arc::new(embedder))
+    }
+
+    /// Open (or create) the embedded Qdrant Edge index for `text_dimension`-sized text vectors.
+    pub async fn open_store(&self, text_dimension: usize) -> anyhow::Result<EdgeStore> {
+        let path = self.index_dir();
+        let options = EdgeStoreOptions {
+            optimize_after_points: self.config.store.optimize_after_points,
+            indexing_threshold_kb: None,
+        };
+        let vectors = vec![VectorSpec {
+            name: vector_names::TEXT.into(),
+            dimension: text_dimension,
+        }];
+        tokio::task::spawn_blocking(move || EdgeStore::open(&path, &vectors, options))
+            .await
+            .context("store task")?
+            .map_err(|error| cli_error(error.code(), error.to_string()))
+    }
+}
+
+fn init_logging(config: &Config, env: &BTreeMap<String, String>, verbose: bool) {
+    let level = if verbose { config.general.log_level.as_str() } else { "warn" };
+    let default_filter = format!(
+        "warn,vidx={level},vidx_cli={level},vidx_pipeline={level},vidx_media={level},vidx_model={level},vidx_store={level}"
+    );
+    let filter = env
+        .get("RUST_LOG")
+        .and_then(|value| tracing_subscriber::EnvFilter::try_new(value).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default_filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,125 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "vidx", version, about = "Index video into searchable moments, then search them in plain language")]
+pub struct Cli {
+    /// A TOML config file (layered over the embedded defaults; env VIDX__SECTION__KEY and flags override it).
+    #[arg(long, global = true, env = "VIDX_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Index video files, directories (recursively) and http(s) URLs.
+    Index(IndexArgs),
+    /// Search indexed moments with a natural-language query.
+    Search(SearchArgs),
+    /// Show what the index holds.
+    Stats(StatsArgs),
+    /// Configuration commands.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CommonArgs {
+    /// Data directory holding the index (config general.data_dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// A local directory with the sentence-embedder files (config models.text_embedder_dir).
+    #[arg(long)]
+    pub text_model_dir: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct IndexArgs {
+    /// Files, directories or URLs.
+    #[arg(required = true, value_name = "PATH|URL")]
+    pub inputs: Vec<String>,
+    /// Target segment length in seconds (config media.segment_secs).
+    #[arg(long)]
+    pub segment_secs: Option<f64>,
+    /// Frames sampled per segment (config media.frames_per_segment).
+    #[arg(long)]
+    pub frames: Option<usize>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// What to look for, in plain language.
+    pub query: String,
+    /// Only this stream (for files: the absolute path).
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// Only moments that end at or after this time (ms, or hh:mm:ss[.mmm]).
+    #[arg(long, value_parser = parse_time_ms)]
+    pub from: Option<u64>,
+    /// Only moments that start at or before this time (ms, or hh:mm:ss[.mmm]).
+    #[arg(long, value_parser = parse_time_ms)]
+    pub to: Option<u64>,
+    /// Number of hits.
+    #[arg(long, default_value_t = 10)]
+    pub top_k: usize,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate and print the effective configuration, secrets redacted.
+    Check,
+}
+
+/// `1500` → 1500 ms; `01:02:03.5` / `02:03` → ms.
+pub fn parse_time_ms(value: &str) -> Result<u64, String> {
+    if let Ok(ms) = value.parse::<u64>() {
+        return Ok(ms);
+    }
+    let (clock, fraction) = value.split_once('.').unwrap_or((value, ""));
+    let parts: Vec<&str> = clock.split(':').collect();
+    if parts.len() < 2 || parts.len() > 3 {
+        return Err(format!("`{value}` is neither milliseconds nor hh:mm:ss[.mmm]"));
+    }
+    let mut seconds: u64 = 0;
+    for part in &parts {
+        let number: u64 = part.parse().map_err(|_| format!("`{value}`: `{part}` is not a number"))?;
+        seconds = seconds * 60 + number;
+    }
+    let millis = if fraction.is_empty() {
+        0
+    } else {
+        let digits: String = fraction.chars().take(3).collect();
+        format!("{digits:0<3}").parse::<u64>().map_err(|_| format!("`{value}`: bad fraction"))?
+    };
+    Ok(seconds * 1000 + millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time_ms;
+
+    #[test]
+    fn parses_ms_and_clock_times() {
+        assert_eq!(parse_time_ms("1500"), Ok(1500));
+        assert_eq!(parse_time_ms("01:02:03.5"), Ok(3_723_500));
+        assert_eq!(parse_time_ms("02:03"), Ok(123_000));
+        assert!(parse_time_ms("soon").is_err());
+    }
+}

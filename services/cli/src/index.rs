@@ -1,0 +1,345 @@
+//! `vidx index`: discover inputs, segment them into the in-process queue, run the workers,
+//! report a summary. Inputs fail independently: a bad file is reported and the rest go on.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use vidx_bus::InProcessQueue;
+use vidx_core::ports::{FrameSampler, SegmentQueue};
+use vidx_core::{SEGMENT_TASK_SCHEMA_VERSION, SegmentMedia, SegmentTask, format_hms_ms};
+use vidx_media::{FfmpegFrameSampler, InputSource, SegmentChunk, SegmentOptions, UrlPolicy};
+use vidx_pipeline::captioners::SubtitleCaptioner;
+use vidx_pipeline::{Models, WorkerEvent, WorkerOptions, run_worker};
+
+use crate::app::{AppContext, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL};
+use crate::args::IndexArgs;
+
+#[derive(Debug, Default, Serialize)]
+struct InputReport {
+    input: String,
+    segments: u64,
+    segments_failed: u64,
+    moments: u64,
+    media_ms: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Summary {
+    data_dir: String,
+    inputs: usize,
+    inputs_failed: usize,
+    segments: u64,
+    segments_failed: u64,
+    moments: u64,
+    media_ms: u64,
+    wall_ms: u64,
+    realtime_factor: f64,
+    interrupted: bool,
+    failures: Vec<Failure>,
+}
+
+#[derive(Debug, Serialize)]
+struct Failure {
+    input: String,
+    error: String,
+}
+
+pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
+    let started = Instant::now();
+    let config = context.config.clone();
+    let policy = UrlPolicy {
+        allowed_schemes: config.media.allowed_url_schemes.iter().map(|s| s.to_ascii_lowercase()).collect(),
+        allow_private_hosts: config.media.allow_private_hosts,
+    };
+    let (inputs, discovery_errors) = vidx_media::discover_inputs(&args.inputs, &policy);
+    let mut reports: BTreeMap<String, InputReport> = BTreeMap::new();
+    for error in &discovery_errors {
+        report_for(&mut reports, error.input()).errors.push(error.to_string());
+    }
+    for input in &inputs {
+        report_for(&mut reports, &input.display_name());
+    }
+
+    let text_embedder = context.text_embedder().await?;
+    let store = Arc::new(context.open_store(text_embedder.dimension()).await?);
+
+    let queue = Arc::new(InProcessQueue::new(config.pipeline.queue_capacity));
+    let sampler: Arc<dyn FrameSampler> = Arc::new(FfmpegFrameSampler::new(config.media.frame_size));
+    let models = Arc::new(Models {
+        captioners: vec![Arc::new(SubtitleCaptioner)],
+        text_embedder,
+        visual_embedder: None,
+    });
+    let worker_options = WorkerOptions {
+        frames_per_segment: config.media.frames_per_segment,
+        max_attempts: config.pipeline.max_attempts,
+        retry_backoff: Duration::from_millis(config.pipeline.retry_backoff_ms),
+    };
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let mut workers = Vec::new();
+    for _ in 0..config.pipeline.workers {
+        workers.push(tokio::spawn(run_worker(
+            queue.clone(),
+            store.clone(),
+            sampler.clone(),
+            models.clone(),
+            worker_options.clone(),
+            events_tx.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
+    drop(events_tx);
+    spawn_signal_handler(shutdown_tx.clone());
+
+    let progress = progress_bar(inputs.len(), args.common.json);
+    let spool = tempfile::Builder::new().prefix("vidx-spool-").tempdir()?;
+    let segment_options = SegmentOptions {
+        max_pixels: config.media.max_pixels,
+        ..SegmentOptions::new((config.media.segment_secs * 1000.0) as u64, spool.path().to_path_buf())
+    };
+
+    // Ingest runs beside the workers; events are folded into the reports as they arrive.
+    let ingest = tokio::spawn(ingest_inputs(
+        inputs,
+        segment_options,
+        queue.clone(),
+        config.general.tenant.clone(),
+        config.media.inline_max_bytes,
+        shutdown_rx.clone(),
+    ));
+    let mut indexed = 0u64;
+    let mut moments = 0u64;
+    while let Some(event) = events_rx.recv().await {
+        match event {
+            WorkerEvent::Indexed { stream_id, points, media_ms, .. } => {
+                let report = report_for(&mut reports, &stream_id);
+                report.segments += 1;
+                report.moments += points as u64;
+                report.media_ms += media_ms;
+                indexed += 1;
+                moments += points as u64;
+            }
+            WorkerEvent::Failed { stream_id, segment_seq, attempts, error } => {
+                let report = report_for(&mut reports, &stream_id);
+                report.segments_failed += 1;
+                report.errors.push(format!("segment {segment_seq} failed after {attempts} attempt(s): {error}"));
+            }
+        }
+        progress.set_message(format!("{indexed} segments, {moments} moments"));
+        if ingest.is_finished() && queue.in_flight() == 0 {
+            progress.set_position(progress.length().unwrap_or(0));
+        }
+    }
+    let ingest_results = ingest.await?;
+    for (name, error) in ingest_results.errors {
+        report_for(&mut reports, &name).errors.push(error);
+    }
+    for worker in workers {
+        worker.await??;
+    }
+    let interrupted = *shutdown_rx.borrow();
+    if !interrupted {
+        let finishing_store = store.clone();
+        tokio::task::spawn_blocking(move || finishing_store.finish_blocking()).await??;
+    }
+    progress.finish_and_clear();
+
+    let wall_ms = started.elapsed().as_millis() as u64;
+    let media_ms: u64 = reports.values().map(|report| report.media_ms).sum();
+    let failures: Vec<Failure> = reports
+        .values()
+        .flat_map(|report| {
+            report.errors.iter().map(|error| Failure {
+                input: report.input.clone(),
+                error: error.clone(),
+            })
+        })
+        .collect();
+    let summary = Summary {
+        data_dir: context.data_dir.display().to_string(),
+        inputs: reports.len(),
+        inputs_failed: reports.values().filter(|report| !report.errors.is_empty()).count(),
+        segments: indexed,
+        segments_failed: reports.values().map(|report| report.segments_failed).sum(),
+        moments,
+        media_ms,
+        wall_ms,
+        realtime_factor: if wall_ms == 0 { 0.0 } else { media_ms as f64 / wall_ms as f64 },
+        interrupted,
+        failures,
+    };
+    print_summary(&summary, args.common.json)?;
+    Ok(if interrupted {
+        EXIT_INTERRUPTED
+    } else if summary.inputs_failed > 0 {
+        EXIT_PARTIAL
+    } else {
+        EXIT_OK
+    })
+}
+
+fn report_for<'a>(reports: &'a mut BTreeMap<String, InputReport>, name: &str) -> &'a mut InputReport {
+    reports.entry(name.to_string()).or_insert_with(|| InputReport {
+        input: name.to_string(),
+        ..Default::default()
+    })
+}
+
+#[derive(Debug, Default)]
+struct IngestResults {
+    errors: Vec<(String, String)>,
+}
+
+/// Segment each input in turn (blocking ffmpeg work on a blocking thread) and publish its
+/// chunks; the queue's bound throttles segmenting to the workers' pace.
+async fn ingest_inputs(
+    inputs: Vec<InputSource>,
+    options: SegmentOptions,
+    queue: Arc<InProcessQueue>,
+    tenant: String,
+    inline_max_bytes: u64,
+    shutdown: watch::Receiver<bool>,
+) -> IngestResults {
+    let mut results = IngestResults::default();
+    let runtime = tokio::runtime::Handle::current();
+    for input in inputs {
+        if *shutdown.borrow() {
+            break;
+        }
+        let name = input.display_name();
+        let (queue, tenant, options, shutdown, runtime) =
+            (queue.clone(), tenant.clone(), options.clone(), shutdown.clone(), runtime.clone());
+        let stream_id = name.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            vidx_media::segment_source(&input, &options, |chunk| {
+                if *shutdown.borrow() {
+                    return false;
+                }
+                let task = match to_task(chunk, &tenant, &stream_id, inline_max_bytes) {
+                    Ok(task) => task,
+                    Err(error) => {
+                        tracing::warn!(stream_id, %error, "cannot read segment chunk");
+                        return false;
+                    }
+                };
+                // A blocking thread may wait on the runtime; the bounded queue is the backpressure.
+                runtime.block_on(queue.publish(task)).is_ok()
+            })
+        })
+        .await;
+        match outcome {
+            Ok(Ok(summary)) => {
+                tracing::info!(input = %name, segments = summary.segments, cues = summary.subtitle_cues, "segmented");
+                if summary.subtitle_cues == 0 {
+                    tracing::warn!(input = %name, "no subtitles found: without a captioning model this input yields no moments");
+                }
+            }
+            Ok(Err(error)) => results.errors.push((name, error.to_string())),
+            Err(error) => results.errors.push((name, format!("segmenting task failed: {error}"))),
+        }
+    }
+    queue.close();
+    results
+}
+
+fn to_task(chunk: SegmentChunk, tenant: &str, stream_id: &str, inline_max_bytes: u64) -> std::io::Result<SegmentTask> {
+    let media = if chunk.bytes <= inline_max_bytes {
+        let bytes = std::fs::read(&chunk.path)?;
+        std::fs::remove_file(&chunk.path)?;
+        SegmentMedia::Inline(bytes)
+    } else {
+        SegmentMedia::Blob(format!("file://{}", chunk.path.display()))
+    };
+    Ok(SegmentTask {
+        schema_version: SEGMENT_TASK_SCHEMA_VERSION,
+        tenant: tenant.to_string(),
+        stream_id: stream_id.to_string(),
+        segment_seq: chunk.seq,
+        range: chunk.range,
+        media,
+        source_uri: stream_id.to_string(),
+        attempt: 1,
+        subtitles: chunk.subtitles,
+    })
+}
+
+fn progress_bar(inputs: usize, json: bool) -> ProgressBar {
+    if json || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(inputs as u64);
+    if let Ok(style) = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}") {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// First Ctrl-C / SIGTERM: stop taking new work and finish cleanly. Second: exit now.
+fn spawn_signal_handler(shutdown: watch::Sender<bool>) {
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        eprintln!("stopping: finishing the segments in flight (press Ctrl-C again to exit now)");
+        let _ = shutdown.send(true);
+        wait_for_signal().await;
+        std::process::exit(i32::from(EXIT_INTERRUPTED));
+    });
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn print_summary(summary: &Summary, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(summary)?);
+        return Ok(());
+    }
+    let ok_inputs = summary.inputs - summary.inputs_failed;
+    println!(
+        "indexed {ok_inputs} of {} input(s) in {:.1} s{}",
+        summary.inputs,
+        summary.wall_ms as f64 / 1000.0,
+        if summary.interrupted { " (interrupted)" } else { "" }
+    );
+    println!("  segments: {} indexed, {} failed", summary.segments, summary.segments_failed);
+    println!("  moments:  {}", summary.moments);
+    println!(
+        "  media:    {} ({:.1}x real time)",
+        format_hms_ms(summary.media_ms),
+        summary.realtime_factor
+    );
+    println!("  index:    {}", summary.data_dir);
+    if !summary.failures.is_empty() {
+        println!("failures:");
+        for failure in &summary.failures {
+            println!("  {}: {}", failure.input, failure.error);
+        }
+    }
+    Ok(())
+}

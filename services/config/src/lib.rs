@@ -1,0 +1,371 @@
+//! Typed, validated vidx configuration with layered loading:
+//! embedded defaults < file < `VIDX__SECTION__KEY` environment < command-line flags.
+//!
+//! The environment is passed in as a map so that tests never touch the process environment.
+//! Unknown keys are rejected with the key named; validation runs once, at load.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The embedded defaults (`config/default.toml`).
+pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
+
+/// Prefix of configuration environment variables: `VIDX__MEDIA__SEGMENT_SECS=10`.
+pub const ENV_PREFIX: &str = "VIDX__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("config file {path} is not valid TOML: {reason}")]
+    Parse { path: String, reason: String },
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub general: GeneralConfig,
+    pub media: MediaConfig,
+    pub models: ModelsConfig,
+    pub store: StoreConfig,
+    pub pipeline: PipelineConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneralConfig {
+    pub data_dir: String,
+    pub tenant: String,
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    pub segment_secs: f64,
+    pub frames_per_segment: usize,
+    pub frame_size: u32,
+    pub max_pixels: u64,
+    pub inline_max_bytes: u64,
+    pub allowed_url_schemes: Vec<String>,
+    pub allow_private_hosts: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsConfig {
+    pub text_embedder: String,
+    pub text_embedder_dir: String,
+    pub offline: bool,
+    pub hf_token: String,
+    pub device: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub optimize_after_points: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub workers: usize,
+    pub queue_capacity: usize,
+    pub max_attempts: u32,
+    pub retry_backoff_ms: u64,
+}
+
+/// The layers to merge, lowest precedence first.
+#[derive(Debug, Default, Clone)]
+pub struct ConfigSources {
+    /// A TOML file (`--config`).
+    pub file: Option<PathBuf>,
+    /// The process environment (or a test's map); only `VIDX__*` keys are read.
+    pub env: BTreeMap<String, String>,
+    /// Command-line flags as `section.key` → TOML value.
+    pub overrides: Vec<(String, toml::Value)>,
+}
+
+impl Config {
+    /// Merge the layers, deserialize strictly, validate.
+    pub fn load(sources: &ConfigSources) -> Result<Config, ConfigError> {
+        let mut merged: toml::Table = toml::from_str(DEFAULT_TOML).map_err(|error| ConfigError::Parse {
+            path: "<embedded defaults>".into(),
+            reason: error.to_string(),
+        })?;
+        if let Some(path) = &sources.file {
+            merge(&mut merged, read_file(path)?);
+        }
+        for (name, value) in &sources.env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key_path: Vec<String> = rest.split("__").map(|part| part.to_ascii_lowercase()).collect();
+            set_path(&mut merged, &key_path, parse_env_value(value), name)?;
+        }
+        for (dotted, value) in &sources.overrides {
+            let key_path: Vec<String> = dotted.split('.').map(str::to_string).collect();
+            set_path(&mut merged, &key_path, value.clone(), dotted)?;
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged))
+            .map_err(|error| {
+                let key = error.path().to_string();
+                ConfigError::Invalid {
+                    key: if key == "." { "<root>".into() } else { key },
+                    reason: error.into_inner().to_string(),
+                }
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: &str| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                reason: reason.into(),
+            })
+        };
+        if self.general.tenant.trim().is_empty() {
+            return invalid("general.tenant", "must not be empty");
+        }
+        if !["error", "warn", "info", "debug", "trace"].contains(&self.general.log_level.as_str()) {
+            return invalid("general.log_level", "must be one of error, warn, info, debug, trace");
+        }
+        if !(self.media.segment_secs.is_finite() && self.media.segment_secs >= 1.0 && self.media.segment_secs <= 3600.0) {
+            return invalid("media.segment_secs", "must be between 1 and 3600");
+        }
+        if self.media.frames_per_segment > 1024 {
+            return invalid("media.frames_per_segment", "must be at most 1024");
+        }
+        if !(16..=4096).contains(&self.media.frame_size) {
+            return invalid("media.frame_size", "must be between 16 and 4096");
+        }
+        if self.media.max_pixels == 0 {
+            return invalid("media.max_pixels", "must be positive");
+        }
+        for scheme in &self.media.allowed_url_schemes {
+            let lower = scheme.to_ascii_lowercase();
+            if ["file", "concat", "data", "pipe", "subfile", "fd", "async", "cache"].contains(&lower.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: "media.allowed_url_schemes".into(),
+                    reason: format!("`{scheme}` gives access to local data and cannot be allowed"),
+                });
+            }
+        }
+        if self.models.text_embedder.trim().is_empty() && self.models.text_embedder_dir.trim().is_empty() {
+            return invalid("models.text_embedder", "set a model id or models.text_embedder_dir");
+        }
+        if self.models.device != "cpu" && !self.models.device.starts_with("cuda") {
+            return invalid("models.device", "must be cpu or cuda[:N]");
+        }
+        if self.pipeline.workers == 0 || self.pipeline.workers > 256 {
+            return invalid("pipeline.workers", "must be between 1 and 256");
+        }
+        if self.pipeline.queue_capacity == 0 {
+            return invalid("pipeline.queue_capacity", "must be positive");
+        }
+        if self.pipeline.max_attempts == 0 {
+            return invalid("pipeline.max_attempts", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The data dir: configured, else `$XDG_DATA_HOME/vidx`, else `~/.local/share/vidx`.
+    pub fn data_dir(&self, env: &BTreeMap<String, String>) -> PathBuf {
+        if !self.general.data_dir.is_empty() {
+            return PathBuf::from(&self.general.data_dir);
+        }
+        if let Some(xdg) = env.get("XDG_DATA_HOME").filter(|value| !value.is_empty()) {
+            return Path::new(xdg).join("vidx");
+        }
+        match env.get("HOME").filter(|value| !value.is_empty()) {
+            Some(home) => Path::new(home).join(".local/share/vidx"),
+            None => PathBuf::from("vidx-data"),
+        }
+    }
+
+    /// The effective configuration as TOML, with every secret replaced by `***`.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut value = toml::Value::try_from(self).unwrap_or(toml::Value::Table(toml::Table::new()));
+        redact(&mut value);
+        toml::to_string_pretty(&value).unwrap_or_default()
+    }
+}
+
+fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        path: path.to_path_buf(),
+        reason: error.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|error| ConfigError::Parse {
+        path: path.display().to_string(),
+        reason: error.to_string(),
+    })
+}
+
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base_table)), toml::Value::Table(overlay_table)) => {
+                merge(base_table, overlay_table)
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value, origin: &str) -> Result<(), ConfigError> {
+    let Some((last, parents)) = path.split_last() else {
+        return Err(ConfigError::Invalid {
+            key: origin.into(),
+            reason: "empty key".into(),
+        });
+    };
+    let mut current = table;
+    for part in parents {
+        let entry = current
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = match entry {
+            toml::Value::Table(inner) => inner,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: origin.into(),
+                    reason: format!("`{part}` is not a section"),
+                });
+            }
+        };
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+/// An environment value is read as a TOML value when it parses as one (`10`, `true`,
+/// `["http"]`), otherwise as a plain string.
+fn parse_env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("value = {raw}"))
+        .ok()
+        .and_then(|mut table| table.remove("value"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+fn is_secret_key(key: &str) -> bool {
+    let lower = key.to_ascii_lowercase();
+    ["token", "secret", "password", "api_key", "apikey", "credentials"]
+        .iter()
+        .any(|marker| lower.contains(marker))
+}
+
+fn redact(value: &mut toml::Value) {
+    if let toml::Value::Table(table) = value {
+        for (key, inner) in table.iter_mut() {
+            if is_secret_key(key) {
+                if let toml::Value::String(secret) = inner {
+                    if !secret.is_empty() {
+                        *secret = "***".into();
+                    }
+                }
+            } else {
+                redact(inner);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_load_and_validate() -> Result<(), ConfigError> {
+        let config = Config::load(&ConfigSources::default())?;
+        assert_eq!(config.media.segment_secs, 20.0);
+        assert_eq!(config.media.frames_per_segment, 32);
+        assert_eq!(config.general.tenant, "default");
+        Ok(())
+    }
+
+    #[test]
+    fn precedence_defaults_file_env_flags() -> Result<(), Box<dyn std::error::Error>> {
+        let directory = tempfile::tempdir()?;
+        let file = directory.path().join("vidx.toml");
+        std::fs::write(&file, "[media]\nsegment_secs = 10\nframes_per_segment = 8\n[general]\ntenant = \"file\"\n")?;
+        let sources = ConfigSources {
+            file: Some(file),
+            env: env(&[("VIDX__MEDIA__FRAMES_PER_SEGMENT", "16"), ("VIDX__GENERAL__TENANT", "env"), ("PATH", "/bin")]),
+            overrides: vec![("general.tenant".into(), toml::Value::String("flag".into()))],
+        };
+        let config = Config::load(&sources)?;
+        assert_eq!(config.media.segment_secs, 10.0, "file beats defaults");
+        assert_eq!(config.media.frames_per_segment, 16, "env beats file");
+        assert_eq!(config.general.tenant, "flag", "flags beat env");
+        assert_eq!(config.media.frame_size, 448, "untouched keys keep defaults");
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let error = Config::load(&ConfigSources {
+            env: env(&[("VIDX__MEDIA__SEGMNT_SECS", "5")]),
+            ..Default::default()
+        })
+        .expect_err("unknown key");
+        let message = error.to_string();
+        assert!(message.contains("segmnt_secs"), "{message}");
+        assert!(message.contains("media"), "{message}");
+
+        let error = Config::load(&ConfigSources {
+            env: env(&[("VIDX__NOPE__X", "1")]),
+            ..Default::default()
+        })
+        .expect_err("unknown section");
+        assert!(error.to_string().contains("nope"), "{error}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        for (key, value, named) in [
+            ("VIDX__MEDIA__SEGMENT_SECS", "0", "media.segment_secs"),
+            ("VIDX__PIPELINE__WORKERS", "0", "pipeline.workers"),
+            ("VIDX__MEDIA__ALLOWED_URL_SCHEMES", "[\"http\", \"file\"]", "media.allowed_url_schemes"),
+            ("VIDX__MEDIA__FRAME_SIZE", "\"big\"", "media.frame_size"),
+        ] {
+            let error = Config::load(&ConfigSources { env: env(&[(key, value)]), ..Default::default() })
+                .expect_err(key);
+            assert!(error.to_string().contains(named), "{key}: {error}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_redacted() -> Result<(), ConfigError> {
+        let config = Config::load(&ConfigSources {
+            env: env(&[("VIDX__MODELS__HF_TOKEN", "hf_supersecret")]),
+            ..Default::default()
+        })?;
+        assert_eq!(config.models.hf_token, "hf_supersecret");
+        let shown = config.to_redacted_toml();
+        assert!(!shown.contains("supersecret"), "{shown}");
+        assert!(shown.contains("hf_token = \"***\""), "{shown}");
+        Ok(())
+    }
+
+    #[test]
+    fn data_dir_fallbacks() -> Result<(), ConfigError> {
+        let config = Config::load(&ConfigSources::default())?;
+        assert_eq!(config.data_dir(&env(&[("HOME", "/home/u")])), PathBuf::from("/home/u/.local/share/vidx"));
+        assert_eq!(config.data_dir(&env(&[("HOME", "/home/u"), ("XDG_DATA_HOME", "/x")])), PathBuf::from("/x/vidx"));
+        Ok(())
+    }
+}

@@ -1,0 +1,14 @@
+//! vidx's small pure core: domain types, deterministic point ids, time ranges, the port traits
+//! that adapters (ffmpeg, candle, Qdrant, Kafka) implement, and the error codes every boundary
+//! maps onto. No I/O lives here.
+
+pub mod error;
+pub mod ids;
+pub mod ports;
+pub mod time;
+pub mod types;
+
+pub use error::{ErrorCode, MediaError, ModelError, QueueError, StoreError};
+pub use ids::point_id;
+pub use time::{TimeRange, format_hms_ms};
+pub use types::*;

@@ -1,0 +1,105 @@
+//! The ports: what the pipeline needs from the outside world. Adapter crates implement them
+//! (ffmpeg in `media`, candle in `model`, Qdrant in `store`, queues in `bus`).
+//!
+//! Model and media ports are blocking (they run on blocking threads behind bounded channels);
+//! the store and the queue are async because their remote implementations are.
+
+use std::future::Future;
+use std::path::Path;
+
+use crate::error::{MediaError, ModelError, QueueError, StoreError};
+use crate::time::TimeRange;
+use crate::types::{Frame, Hit, IndexPoint, Moment, SearchFilter, SegmentTask, VectorQuery};
+
+/// Decodes a segment's media and samples frames from it.
+pub trait FrameSampler: Send + Sync {
+    /// Decode the chunk at `media_path` (a segment covering `range`) and return `count` frames
+    /// sampled uniformly over the range, each with its real presentation time.
+    fn sample(
+        &self,
+        media_path: &Path,
+        range: TimeRange,
+        count: usize,
+    ) -> Result<Vec<Frame>, MediaError>;
+}
+
+/// What a model sees of one segment.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentInput<'a> {
+    pub task: &'a SegmentTask,
+    pub frames: &'a [Frame],
+}
+
+/// Produces timestamped moments for a segment.
+pub trait Captioner: Send + Sync {
+    /// A short name for logs and errors.
+    fn name(&self) -> &str;
+    /// The revision that goes into point ids: a new revision writes new points.
+    fn revision(&self) -> &str;
+    /// Whether the captioner looks at the sampled frames.
+    fn needs_frames(&self) -> bool;
+    fn caption(&self, segment: SegmentInput<'_>) -> Result<Vec<Moment>, ModelError>;
+}
+
+/// Embeds text (captions at index time, the query at search time).
+pub trait TextEmbedder: Send + Sync {
+    fn name(&self) -> &str;
+    fn revision(&self) -> &str;
+    fn dimension(&self) -> usize;
+    /// One L2-normalised vector per text, in order.
+    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError>;
+}
+
+/// Embeds frames into the visual space shared with query text.
+pub trait VisualEmbedder: Send + Sync {
+    fn name(&self) -> &str;
+    fn revision(&self) -> &str;
+    fn dimension(&self) -> usize;
+    /// One L2-normalised vector per frame, in order.
+    fn embed_frames(&self, frames: &[Frame]) -> Result<Vec<Vec<f32>>, ModelError>;
+}
+
+/// Stores points and searches them.
+pub trait IndexStore: Send + Sync + 'static {
+    /// Insert or overwrite points by id. Returns once the points are durable.
+    fn upsert(&self, points: Vec<IndexPoint>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Filtered nearest-neighbour search.
+    fn search(&self, query: VectorQuery) -> impl Future<Output = Result<Vec<Hit>, StoreError>> + Send;
+    /// Exact number of points matching the filter (all tenants when `None`).
+    fn count(
+        &self,
+        filter: Option<SearchFilter>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// One message taken from the queue; hand its tag back with `ack` or `nack`.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub tag: DeliveryTag,
+    pub task: SegmentTask,
+}
+
+/// Identifies a delivery to its queue (a Kafka partition/offset, an in-process sequence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeliveryTag {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The segment queue between ingest and workers.
+pub trait SegmentQueue: Send + Sync + 'static {
+    /// Publish a task; waits while the queue is full (the bound is the backpressure).
+    fn publish(&self, task: SegmentTask) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// The next task, or `None` once the queue is closed and drained.
+    fn receive(&self) -> impl Future<Output = Result<Option<Delivery>, QueueError>> + Send;
+    /// The task's points are durable in the store: the queue may forget it.
+    fn ack(&self, tag: DeliveryTag) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// The task failed for good with `reason`: the queue dead-letters it.
+    fn nack(
+        &self,
+        tag: DeliveryTag,
+        reason: String,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// No more tasks will be published; `receive` returns `None` once the rest are taken.
+    fn close(&self);
+}

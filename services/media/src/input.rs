@@ -1,0 +1,138 @@
+//! Opening inputs with FFmpeg: protocol allow-lists, a stall watchdog, and the mapping of
+//! FFmpeg errors onto [`MediaError`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ffmpeg_next as ffmpeg;
+use ffmpeg_next::format::context::Input;
+use vidx_core::MediaError;
+
+use crate::source::InputSource;
+
+/// How long an open or a read may make no progress before it is aborted.
+pub(crate) const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An opened input plus the watchdog that aborts it when it stalls.
+pub(crate) struct OpenedInput {
+    pub context: Input,
+    watchdog: Watchdog,
+    pub name: String,
+}
+
+impl OpenedInput {
+    /// Tell the watchdog that the input made progress.
+    pub fn touch(&self) {
+        self.watchdog.touch();
+    }
+}
+
+#[derive(Clone)]
+struct Watchdog {
+    started: Instant,
+    last_progress_ms: Arc<AtomicU64>,
+}
+
+impl Watchdog {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            last_progress_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn touch(&self) {
+        let elapsed_ms = self.started.elapsed().as_millis() as u64;
+        self.last_progress_ms.store(elapsed_ms, Ordering::Relaxed);
+    }
+
+    fn stalled(&self, timeout: Duration) -> bool {
+        let elapsed_ms = self.started.elapsed().as_millis() as u64;
+        elapsed_ms.saturating_sub(self.last_progress_ms.load(Ordering::Relaxed))
+            > timeout.as_millis() as u64
+    }
+}
+
+/// Open `source` for demuxing. Local files may only use the `file` protocol (so a crafted
+/// playlist cannot reach the network); URLs only the network protocols.
+pub(crate) fn open_input(source: &InputSource) -> Result<OpenedInput, MediaError> {
+    crate::init();
+    let name = source.display_name();
+    let (location, protocols) = match source {
+        InputSource::File(path) => {
+            let metadata = std::fs::metadata(path).map_err(|error| match error.kind() {
+                std::io::ErrorKind::NotFound => MediaError::NotFound {
+                    input: name.clone(),
+                },
+                _ => MediaError::Io {
+                    input: name.clone(),
+                    reason: error.to_string(),
+                },
+            })?;
+            if metadata.len() == 0 {
+                return Err(MediaError::Empty { input: name });
+            }
+            (path.display().to_string(), "file")
+        }
+        InputSource::Url(url) => (url.clone(), "http,https,tls,tcp,crypto"),
+    };
+    let mut options = ffmpeg::Dictionary::new();
+    options.set("protocol_whitelist", protocols);
+    // Microseconds: a network read that blocks this long fails instead of hanging.
+    options.set("rw_timeout", "15000000");
+    let watchdog = Watchdog::new();
+    let interrupt_watchdog = watchdog.clone();
+    let context = ffmpeg::format::input_with_interrupt_and_dictionary(
+        &location,
+        move || interrupt_watchdog.stalled(DEFAULT_STALL_TIMEOUT),
+        options,
+    )
+    .map_err(|error| map_open_error(&name, error))?;
+    watchdog.touch();
+    Ok(OpenedInput {
+        context,
+        watchdog,
+        name,
+    })
+}
+
+pub(crate) fn map_open_error(input: &str, error: ffmpeg::Error) -> MediaError {
+    match error {
+        ffmpeg::Error::InvalidData => MediaError::InvalidData {
+            input: input.to_string(),
+            reason: "FFmpeg cannot parse it as media (corrupt, truncated before its index, or not a video)".into(),
+        },
+        ffmpeg::Error::DecoderNotFound | ffmpeg::Error::DemuxerNotFound => {
+            MediaError::Unsupported {
+                input: input.to_string(),
+                reason: error.to_string(),
+            }
+        }
+        ffmpeg::Error::Exit => MediaError::Io {
+            input: input.to_string(),
+            reason: format!(
+                "no progress for {} s, aborted",
+                DEFAULT_STALL_TIMEOUT.as_secs()
+            ),
+        },
+        ffmpeg::Error::Other { errno } if errno == libc_enoent() => MediaError::NotFound {
+            input: input.to_string(),
+        },
+        other => MediaError::Io {
+            input: input.to_string(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn libc_enoent() -> i32 {
+    2
+}
+
+/// `value` in `time_base` units → milliseconds, without overflow.
+pub(crate) fn to_ms(value: i64, time_base: ffmpeg::Rational) -> i64 {
+    let numerator = i128::from(time_base.numerator());
+    let denominator = i128::from(time_base.denominator()).max(1);
+    (i128::from(value) * numerator * 1000 / denominator) as i64
+}

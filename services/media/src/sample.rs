@@ -1,0 +1,293 @@
+//! Decoding a chunk and sampling frames uniformly over its time range, converted to packed
+//! RGB at the model's input size.
+
+use std::path::Path;
+
+use ffmpeg_next as ffmpeg;
+use ffmpeg_next::media::Type as MediaType;
+use ffmpeg_next::software::scaling;
+use vidx_core::ports::FrameSampler;
+use vidx_core::{Frame, MediaError, TimeRange};
+
+use crate::input::{open_input, to_ms};
+use crate::source::InputSource;
+
+/// The sample times, as offsets from the start of a segment of `duration_ms`: the centres of
+/// `count` equal bins.
+pub fn uniform_targets_ms(duration_ms: u64, count: usize) -> Vec<u64> {
+    let count_u64 = count as u64;
+    (0..count_u64)
+        .map(|index| (2 * index + 1) * duration_ms / (2 * count_u64.max(1)))
+        .collect()
+}
+
+/// The ffmpeg implementation of the [`FrameSampler`] port.
+#[derive(Debug, Clone)]
+pub struct FfmpegFrameSampler {
+    /// Output frames are `frame_size × frame_size` (squashed, as PLM's processor does).
+    pub frame_size: u32,
+    /// Decoder threads; 0 lets FFmpeg choose (as its CLI does).
+    pub decoder_threads: usize,
+}
+
+impl FfmpegFrameSampler {
+    pub fn new(frame_size: u32) -> Self {
+        Self {
+            frame_size,
+            decoder_threads: 0,
+        }
+    }
+}
+
+impl FrameSampler for FfmpegFrameSampler {
+    fn sample(
+        &self,
+        media_path: &Path,
+        range: TimeRange,
+        count: usize,
+    ) -> Result<Vec<Frame>, MediaError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let mut opened = open_input(&InputSource::File(media_path.to_path_buf()))?;
+        let name = opened.name.clone();
+        let (stream_index, time_base, parameters) = {
+            let stream = opened
+                .context
+                .streams()
+                .best(MediaType::Video)
+                .ok_or_else(|| MediaError::Unsupported {
+                    input: name.clone(),
+                    reason: "no video stream".into(),
+                })?;
+            (stream.index(), stream.time_base(), stream.parameters())
+        };
+        let mut context = ffmpeg::codec::Context::from_parameters(parameters).map_err(|error| {
+            MediaError::Unsupported {
+                input: name.clone(),
+                reason: format!("decoder parameters: {error}"),
+            }
+        })?;
+        context.set_threading(ffmpeg::codec::threading::Config {
+            kind: ffmpeg::codec::threading::Type::Frame,
+            count: self.decoder_threads,
+            ..Default::default()
+        });
+        let mut decoder = context.decoder().video().map_err(|error| MediaError::Unsupported {
+            input: name.clone(),
+            reason: format!("cannot open video decoder: {error}"),
+        })?;
+
+        let targets = uniform_targets_ms(range.duration_ms(), count);
+        let mut selector = Selector::new(targets, range.start_ms, self.frame_size, name.clone());
+        let mut packet = ffmpeg::Packet::empty();
+        let mut decode_errors = 0usize;
+        'demux: loop {
+            match packet.read(&mut opened.context) {
+                Ok(()) => opened.touch(),
+                Err(ffmpeg::Error::Eof) => break,
+                Err(ffmpeg::Error::InvalidData) => continue,
+                Err(error) => {
+                    return Err(MediaError::Io {
+                        input: name,
+                        reason: format!("reading segment: {error}"),
+                    });
+                }
+            }
+            if packet.stream() != stream_index {
+                continue;
+            }
+            if decoder.send_packet(&packet).is_err() {
+                decode_errors += 1;
+                continue;
+            }
+            let mut decoded = ffmpeg::frame::Video::empty();
+            while decoder.receive_frame(&mut decoded).is_ok() {
+                if selector.offer(decoded, time_base)? {
+                    break 'demux;
+                }
+                decoded = ffmpeg::frame::Video::empty();
+            }
+        }
+        if !selector.is_done() {
+            let _ = decoder.send_eof();
+            let mut decoded = ffmpeg::frame::Video::empty();
+            while decoder.receive_frame(&mut decoded).is_ok() {
+                if selector.offer(decoded, time_base)? {
+                    break;
+                }
+                decoded = ffmpeg::frame::Video::empty();
+            }
+        }
+        let frames = selector.finish()?;
+        if decode_errors > 0 {
+            tracing::debug!(input = %name, decode_errors, "skipped undecodable packets");
+        }
+        Ok(frames)
+    }
+}
+
+/// Picks, for each target time, the frame on screen at that time (the last frame whose
+/// presentation time is at or before it), converting only the frames it keeps.
+struct Selector {
+    targets_ms: Vec<u64>,
+    next_target: usize,
+    segment_start_ms: u64,
+    frame_size: u32,
+    input: String,
+    first_timestamp: Option<i64>,
+    previous: Option<(u64, ffmpeg::frame::Video)>,
+    scaler: Option<(ffmpeg::format::Pixel, u32, u32, scaling::Context)>,
+    frames: Vec<Frame>,
+}
+
+impl Selector {
+    fn new(targets_ms: Vec<u64>, segment_start_ms: u64, frame_size: u32, input: String) -> Self {
+        Self {
+            frames: Vec::with_capacity(targets_ms.len()),
+            targets_ms,
+            next_target: 0,
+            segment_start_ms,
+            frame_size,
+            input,
+            first_timestamp: None,
+            previous: None,
+            scaler: None,
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.next_target >= self.targets_ms.len()
+    }
+
+    /// Offer the next decoded frame; returns whether every target is served.
+    fn offer(
+        &mut self,
+        frame: ffmpeg::frame::Video,
+        time_base: ffmpeg::Rational,
+    ) -> Result<bool, MediaError> {
+        let Some(timestamp) = frame.timestamp().or(frame.pts()) else {
+            return Ok(self.is_done());
+        };
+        // Chunk timestamps may be shifted by the muxer; offsets from the first frame are not.
+        let first = *self.first_timestamp.get_or_insert(timestamp);
+        let offset_ms = (to_ms(timestamp, time_base) - to_ms(first, time_base)).max(0) as u64;
+        while self.next_target < self.targets_ms.len()
+            && self.targets_ms[self.next_target] < offset_ms
+        {
+            let Some((previous_offset_ms, _)) = self.previous.as_ref() else {
+                break;
+            };
+            let previous_offset_ms = *previous_offset_ms;
+            self.emit_previous(previous_offset_ms)?;
+        }
+        // Targets before the very first frame are served by the first frame.
+        if self.previous.is_none() {
+            while self.next_target < self.targets_ms.len()
+                && self.targets_ms[self.next_target] < offset_ms
+            {
+                let converted = self.convert(&frame, offset_ms)?;
+                self.frames.push(converted);
+                self.next_target += 1;
+            }
+        }
+        self.previous = Some((offset_ms, frame));
+        Ok(self.is_done())
+    }
+
+    fn emit_previous(&mut self, previous_offset_ms: u64) -> Result<(), MediaError> {
+        let converted = match self.frames.last() {
+            // The same source frame serves consecutive targets: convert it once.
+            Some(last) if last.pts_ms == self.segment_start_ms + previous_offset_ms => last.clone(),
+            _ => {
+                let Some((_, previous)) = self.previous.take() else {
+                    return Ok(());
+                };
+                let converted = self.convert(&previous, previous_offset_ms);
+                self.previous = Some((previous_offset_ms, previous));
+                converted?
+            }
+        };
+        self.frames.push(converted);
+        self.next_target += 1;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<Frame>, MediaError> {
+        let Some((previous_offset_ms, _)) = self.previous.as_ref() else {
+            return Err(MediaError::InvalidData {
+                input: self.input,
+                reason: "no decodable frames in segment".into(),
+            });
+        };
+        let previous_offset_ms = *previous_offset_ms;
+        while !self.is_done() {
+            self.emit_previous(previous_offset_ms)?;
+        }
+        Ok(self.frames)
+    }
+
+    fn convert(&mut self, frame: &ffmpeg::frame::Video, offset_ms: u64) -> Result<Frame, MediaError> {
+        let format = frame.format();
+        let (width, height) = (frame.width(), frame.height());
+        let needs_new = self
+            .scaler
+            .as_ref()
+            .is_none_or(|(f, w, h, _)| *f != format || *w != width || *h != height);
+        if needs_new {
+            let context = scaling::Context::get(
+                format,
+                width,
+                height,
+                ffmpeg::format::Pixel::RGB24,
+                self.frame_size,
+                self.frame_size,
+                scaling::Flags::BILINEAR,
+            )
+            .map_err(|error| MediaError::Unsupported {
+                input: self.input.clone(),
+                reason: format!("cannot convert {format:?} {width}x{height} to RGB: {error}"),
+            })?;
+            self.scaler = Some((format, width, height, context));
+        }
+        let Some((_, _, _, scaler)) = self.scaler.as_mut() else {
+            return Err(MediaError::InvalidData {
+                input: self.input.clone(),
+                reason: "scaler missing".into(),
+            });
+        };
+        let mut rgb_frame = ffmpeg::frame::Video::empty();
+        scaler
+            .run(frame, &mut rgb_frame)
+            .map_err(|error| MediaError::InvalidData {
+                input: self.input.clone(),
+                reason: format!("frame conversion failed: {error}"),
+            })?;
+        let row_bytes = self.frame_size as usize * 3;
+        let stride = rgb_frame.stride(0);
+        let data = rgb_frame.data(0);
+        let mut rgb = Vec::with_capacity(row_bytes * self.frame_size as usize);
+        for row in 0..self.frame_size as usize {
+            let start = row * stride;
+            rgb.extend_from_slice(&data[start..start + row_bytes]);
+        }
+        Ok(Frame {
+            pts_ms: self.segment_start_ms + offset_ms,
+            width: self.frame_size,
+            height: self.frame_size,
+            rgb,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_bin_centres() {
+        assert_eq!(uniform_targets_ms(20_000, 4), vec![2_500, 7_500, 12_500, 17_500]);
+        assert_eq!(uniform_targets_ms(1_000, 1), vec![500]);
+        assert!(uniform_targets_ms(1_000, 0).is_empty());
+    }
+}

@@ -1,0 +1,376 @@
+//! Cutting a source into keyframe-aligned, self-contained Matroska chunks by remuxing the
+//! video packets (no re-encoding), streaming each chunk to a sink as soon as it is complete.
+
+use std::path::{Path, PathBuf};
+
+use ffmpeg_next as ffmpeg;
+use vidx_core::{MediaError, SubtitleCue, TimeRange};
+
+use crate::input::{OpenedInput, open_input, to_ms};
+use crate::probe::{MediaInfo, describe};
+use crate::source::InputSource;
+use crate::subtitles::{cues_for_segment, embedded_cues, normalize_cues, sidecar_cues};
+
+/// How to cut.
+#[derive(Debug, Clone)]
+pub struct SegmentOptions {
+    /// Target segment length; a segment ends at the first keyframe at or after this length.
+    pub segment_ms: u64,
+    /// Where chunk files are written.
+    pub spool_dir: PathBuf,
+    /// Largest accepted frame (width × height).
+    pub max_pixels: u64,
+    /// Consecutive unreadable packets after which the input is declared corrupt.
+    pub max_consecutive_corrupt_packets: usize,
+}
+
+impl SegmentOptions {
+    pub fn new(segment_ms: u64, spool_dir: PathBuf) -> Self {
+        Self {
+            segment_ms,
+            spool_dir,
+            max_pixels: 8192 * 8192,
+            max_consecutive_corrupt_packets: 200,
+        }
+    }
+}
+
+/// A finished chunk: a playable Matroska file holding the segment's video packets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentChunk {
+    pub seq: u64,
+    /// Media time covered, ms from the start of the stream.
+    pub range: TimeRange,
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub packets: u64,
+    /// Subtitle cues that start inside this segment.
+    pub subtitles: Vec<SubtitleCue>,
+}
+
+/// What segmenting one input produced.
+#[derive(Debug, Clone)]
+pub struct SegmentSummary {
+    pub info: MediaInfo,
+    pub segments: u64,
+    /// Media time covered by the video packets.
+    pub duration_ms: u64,
+    pub subtitle_cues: usize,
+    /// Unreadable packets skipped.
+    pub corrupt_packets: u64,
+    /// Whether the sink asked to stop early.
+    pub stopped: bool,
+}
+
+/// Segment `source`, calling `sink` with each chunk in order as soon as it is written. The
+/// sink returns `false` to stop. Chunks already handed to the sink stay valid when a later
+/// part of the input turns out to be broken; the error still names the input.
+pub fn segment_source(
+    source: &InputSource,
+    options: &SegmentOptions,
+    mut sink: impl FnMut(SegmentChunk) -> bool,
+) -> Result<SegmentSummary, MediaError> {
+    let mut opened = open_input(source)?;
+    let name = opened.name.clone();
+    let info = describe(&opened.context, &name);
+    let video = info.video.clone().ok_or_else(|| MediaError::Unsupported {
+        input: name.clone(),
+        reason: "no video stream".into(),
+    })?;
+    let (video_index, time_base, parameters, start_time, stream_duration) = {
+        let stream = opened
+            .context
+            .stream(video.stream_index)
+            .ok_or_else(|| MediaError::InvalidData {
+                input: name.clone(),
+                reason: "video stream vanished".into(),
+            })?;
+        (
+            stream.index(),
+            stream.time_base(),
+            stream.parameters(),
+            stream.start_time(),
+            stream.duration(),
+        )
+    };
+    if ffmpeg::decoder::find(parameters.id()).is_none() {
+        return Err(MediaError::Unsupported {
+            input: name,
+            reason: format!("no decoder for video codec {}", video.codec),
+        });
+    }
+    if video.width == 0 || video.height == 0 {
+        return Err(MediaError::InvalidData {
+            input: name,
+            reason: "video stream has no frame size".into(),
+        });
+    }
+    if u64::from(video.width) * u64::from(video.height) > options.max_pixels {
+        return Err(MediaError::Unsupported {
+            input: name,
+            reason: format!(
+                "frame size {}x{} exceeds the limit of {} pixels",
+                video.width, video.height, options.max_pixels
+            ),
+        });
+    }
+    std::fs::create_dir_all(&options.spool_dir).map_err(|error| MediaError::Io {
+        input: name.clone(),
+        reason: format!("cannot create spool dir {}: {error}", options.spool_dir.display()),
+    })?;
+
+    // Media time 0 is the first video timestamp; everything is reported relative to it.
+    let has_start_time = start_time != ffmpeg::ffi::AV_NOPTS_VALUE;
+    let mut origin_pts = has_start_time.then_some(start_time);
+
+    let mut cues = Vec::new();
+    if !info.subtitles.is_empty() {
+        let origin_ms = origin_pts.map_or(0, |pts| to_ms(pts, time_base));
+        cues.extend(embedded_cues(source, origin_ms)?);
+    }
+    if let InputSource::File(path) = source {
+        cues.extend(sidecar_cues(path));
+    }
+    let cues = normalize_cues(cues);
+
+    let chunk_prefix = chunk_prefix(&name);
+    let mut current: Option<ChunkWriter> = None;
+    let mut next_seq = 0u64;
+    let mut last_end_ms = 0u64;
+    let mut corrupt_packets = 0u64;
+    let mut consecutive_corrupt = 0usize;
+    let mut stopped = false;
+    let mut read_error = None;
+    let mut packet = ffmpeg::Packet::empty();
+    loop {
+        match packet.read(&mut opened.context) {
+            Ok(()) => {
+                opened.touch();
+                consecutive_corrupt = 0;
+            }
+            Err(ffmpeg::Error::Eof) => break,
+            Err(ffmpeg::Error::InvalidData) => {
+                corrupt_packets += 1;
+                consecutive_corrupt += 1;
+                if consecutive_corrupt > options.max_consecutive_corrupt_packets {
+                    read_error = Some(MediaError::InvalidData {
+                        input: name.clone(),
+                        reason: format!("{consecutive_corrupt} consecutive unreadable packets"),
+                    });
+                    break;
+                }
+                continue;
+            }
+            Err(error) => {
+                read_error = Some(read_failure(&opened, error, last_end_ms));
+                break;
+            }
+        }
+        if packet.stream() != video_index {
+            continue;
+        }
+        let Some(pts) = packet.pts().or(packet.dts()) else {
+            continue;
+        };
+        let origin = *origin_pts.get_or_insert(pts);
+        let time_ms = (to_ms(pts, time_base) - to_ms(origin, time_base)).max(0) as u64;
+        let starts_new_segment = packet.is_key()
+            && current
+                .as_ref()
+                .is_none_or(|chunk| time_ms >= chunk.start_ms + options.segment_ms);
+        if starts_new_segment {
+            if let Some(chunk) = current.take() {
+                let finished = chunk.finish(time_ms, &cues, false, &name)?;
+                if !sink(finished) {
+                    stopped = true;
+                    break;
+                }
+            }
+            let path = options
+                .spool_dir
+                .join(format!("{chunk_prefix}-{next_seq:06}.mkv"));
+            current = Some(ChunkWriter::create(
+                &path, next_seq, time_ms, &parameters, time_base, &name,
+            )?);
+            next_seq += 1;
+        }
+        // Packets before the first keyframe cannot be decoded on their own: dropped.
+        let Some(chunk) = current.as_mut() else {
+            continue;
+        };
+        let duration_ms = to_ms(packet.duration().max(0), time_base).max(0) as u64;
+        last_end_ms = last_end_ms.max(time_ms + duration_ms);
+        chunk.write(&mut packet, origin, time_base, &name)?;
+    }
+    if let Some(chunk) = current.take() {
+        if stopped {
+            chunk.discard();
+        } else {
+            let end_ms = last_end_ms.max(chunk.start_ms + 1);
+            let finished = chunk.finish(end_ms, &cues, true, &name)?;
+            if !sink(finished) {
+                stopped = true;
+            }
+        }
+    }
+    if let Some(error) = read_error {
+        return Err(error);
+    }
+    if next_seq == 0 {
+        return Err(MediaError::InvalidData {
+            input: name,
+            reason: "no decodable video packets (no keyframe found)".into(),
+        });
+    }
+    if !stopped {
+        let expected_ms = if stream_duration > 0 {
+            Some(to_ms(stream_duration, time_base).max(0) as u64)
+        } else {
+            info.duration_ms
+        };
+        if let Some(expected_ms) = expected_ms {
+            let tolerance_ms = 2000u64.max(expected_ms / 20);
+            if last_end_ms + tolerance_ms < expected_ms {
+                return Err(MediaError::Truncated {
+                    input: name,
+                    reason: format!(
+                        "video data ends at {} ms but the header promises {} ms",
+                        last_end_ms, expected_ms
+                    ),
+                });
+            }
+        }
+    }
+    Ok(SegmentSummary {
+        info,
+        segments: next_seq,
+        duration_ms: last_end_ms,
+        subtitle_cues: cues.len(),
+        corrupt_packets,
+        stopped,
+    })
+}
+
+fn read_failure(opened: &OpenedInput, error: ffmpeg::Error, last_end_ms: u64) -> MediaError {
+    match error {
+        ffmpeg::Error::Exit => MediaError::Io {
+            input: opened.name.clone(),
+            reason: format!("stalled after {last_end_ms} ms of media, aborted"),
+        },
+        other => MediaError::Truncated {
+            input: opened.name.clone(),
+            reason: format!("read failed after {last_end_ms} ms of media: {other}"),
+        },
+    }
+}
+
+/// A short, file-name-safe, collision-resistant prefix for the chunks of one input.
+fn chunk_prefix(name: &str) -> String {
+    // FNV-1a: stable across runs and platforms.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in name.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+struct ChunkWriter {
+    output: ffmpeg::format::context::Output,
+    path: PathBuf,
+    seq: u64,
+    start_ms: u64,
+    output_time_base: ffmpeg::Rational,
+    packets: u64,
+}
+
+impl ChunkWriter {
+    fn create(
+        path: &Path,
+        seq: u64,
+        start_ms: u64,
+        parameters: &ffmpeg::codec::Parameters,
+        input_time_base: ffmpeg::Rational,
+        input: &str,
+    ) -> Result<Self, MediaError> {
+        let io_error = |stage: &str, error: ffmpeg::Error| MediaError::Io {
+            input: input.to_string(),
+            reason: format!("writing segment {seq} ({stage}): {error}"),
+        };
+        let mut output = ffmpeg::format::output_as(path, "matroska")
+            .map_err(|error| io_error("create", error))?;
+        {
+            let mut stream = output
+                .add_stream(ffmpeg::encoder::find(ffmpeg::codec::Id::None))
+                .map_err(|error| io_error("add stream", error))?;
+            stream.set_parameters(parameters.clone());
+            stream.set_time_base(input_time_base);
+        }
+        output
+            .write_header()
+            .map_err(|error| io_error("header", error))?;
+        let output_time_base = output
+            .stream(0)
+            .map(|stream| stream.time_base())
+            .unwrap_or(input_time_base);
+        Ok(Self {
+            output,
+            path: path.to_path_buf(),
+            seq,
+            start_ms,
+            output_time_base,
+            packets: 0,
+        })
+    }
+
+    fn write(
+        &mut self,
+        packet: &mut ffmpeg::Packet,
+        origin_pts: i64,
+        input_time_base: ffmpeg::Rational,
+        input: &str,
+    ) -> Result<(), MediaError> {
+        packet.set_pts(packet.pts().map(|pts| pts - origin_pts));
+        packet.set_dts(packet.dts().map(|dts| dts - origin_pts));
+        packet.rescale_ts(input_time_base, self.output_time_base);
+        packet.set_stream(0);
+        packet.set_position(-1);
+        packet
+            .write_interleaved(&mut self.output)
+            .map_err(|error| MediaError::InvalidData {
+                input: input.to_string(),
+                reason: format!("cannot remux packet into segment {}: {error}", self.seq),
+            })?;
+        self.packets += 1;
+        Ok(())
+    }
+
+    fn finish(
+        mut self,
+        end_ms: u64,
+        cues: &[SubtitleCue],
+        is_last: bool,
+        input: &str,
+    ) -> Result<SegmentChunk, MediaError> {
+        self.output.write_trailer().map_err(|error| MediaError::Io {
+            input: input.to_string(),
+            reason: format!("finishing segment {}: {error}", self.seq),
+        })?;
+        let bytes = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        let range = TimeRange::new(self.start_ms, end_ms);
+        Ok(SegmentChunk {
+            seq: self.seq,
+            range,
+            subtitles: cues_for_segment(cues, range, self.seq == 0, is_last),
+            path: self.path,
+            bytes,
+            packets: self.packets,
+        })
+    }
+
+    fn discard(self) {
+        let path = self.path.clone();
+        drop(self);
+        let _ = std::fs::remove_file(path);
+    }
+}

@@ -1,0 +1,3 @@
+//! One model per file.
+
+pub mod sentence_bert;

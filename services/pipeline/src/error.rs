@@ -1,0 +1,38 @@
+use vidx_core::{ErrorCode, MediaError, ModelError, QueueError, StoreError};
+
+/// Why a segment or a search failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("invalid argument `{field}`: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    #[error("unsupported task schema version {found} (this worker reads {expected})")]
+    SchemaVersion { found: u32, expected: u32 },
+    #[error("cannot fetch segment media: {0}")]
+    Fetch(String),
+    #[error(transparent)]
+    Media(#[from] MediaError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("worker task failed: {0}")]
+    Task(String),
+}
+
+impl PipelineError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            PipelineError::InvalidArgument { .. } | PipelineError::SchemaVersion { .. } => {
+                ErrorCode::InvalidInput
+            }
+            PipelineError::Fetch(_) => ErrorCode::Unavailable,
+            PipelineError::Media(error) => error.code(),
+            PipelineError::Model(error) => error.code(),
+            PipelineError::Store(error) => error.code(),
+            PipelineError::Queue(error) => error.code(),
+            PipelineError::Task(_) => ErrorCode::Internal,
+        }
+    }
+}

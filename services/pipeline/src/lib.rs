@@ -1,0 +1,13 @@
+//! The worker stages — fetch → decode/sample → models → upsert → ack — and search planning,
+//! generic over the ports of `vidx-core`. Nothing here knows ffmpeg, candle, Qdrant or Kafka.
+
+pub mod captioners;
+mod error;
+mod points;
+pub mod search;
+pub mod worker;
+
+pub use error::PipelineError;
+pub use points::{Models, build_points, fetch_media};
+pub use search::{MAX_QUERY_CHARS, MAX_TOP_K, SearchRequest, search};
+pub use worker::{WorkerEvent, WorkerOptions, run_worker};

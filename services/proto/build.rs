@@ -1,0 +1,11 @@
+//! One source of truth: `proto/vidx/v1/*.proto` at the repository root.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let file = root.join("vidx/v1/vidx.proto");
+    println!("cargo:rerun-if-changed={}", file.display());
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_protos(&[file], &[root])?;
+    Ok(())
+}

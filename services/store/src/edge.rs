@@ -1,0 +1,446 @@
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use qdrant_edge::external::ordered_float::OrderedFloat;
+use qdrant_edge::{
+    Condition, CountRequest, CreateIndex, Distance, EdgeConfigBuilder, EdgeShard,
+    EdgeVectorParamsBuilder, FieldCondition, FieldIndexOperations, Filter, Match, NamedQuery,
+    PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations, PointOperations,
+    PointStruct, PointStructPersisted, QueryEnum, QueryRequest, Range, ScoredPoint, ScoringQuery,
+    UpdateOperation, ValueVariants, VectorInternal, Vectors, WithPayloadInterface, WithVector,
+};
+use vidx_core::ports::IndexStore;
+use vidx_core::types::payload_keys;
+use vidx_core::{Hit, IndexPoint, PointPayload, SearchFilter, StoreError, VectorQuery};
+
+/// A named vector and its dimension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VectorSpec {
+    pub name: String,
+    pub dimension: usize,
+}
+
+/// Tuning of the embedded store.
+#[derive(Debug, Clone)]
+pub struct EdgeStoreOptions {
+    /// Run the optimizers (HNSW build, segment merges) after this many points were upserted
+    /// since the last run.
+    pub optimize_after_points: u64,
+    /// Segments larger than this (KiB of vectors) get an HNSW index when optimized; `None`
+    /// keeps Qdrant's default.
+    pub indexing_threshold_kb: Option<usize>,
+}
+
+impl Default for EdgeStoreOptions {
+    fn default() -> Self {
+        Self {
+            optimize_after_points: 20_000,
+            indexing_threshold_kb: None,
+        }
+    }
+}
+
+/// The Qdrant Edge store. Cloning shares the shard.
+#[derive(Clone)]
+pub struct EdgeStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    // Qdrant Edge's flush takes its locks with `try_lock().expect(..)`: every call goes
+    // through this mutex so no two operations ever race inside the shard.
+    state: Mutex<State>,
+    path: PathBuf,
+    options: EdgeStoreOptions,
+    // Held for the life of the store: one process per data dir.
+    _lock_file: File,
+}
+
+struct State {
+    shard: EdgeShard,
+    upserted_since_optimize: u64,
+}
+
+impl std::fmt::Debug for EdgeStore {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("EdgeStore")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+const INDEXED_KEYWORDS: &[&str] = &[
+    payload_keys::TENANT,
+    payload_keys::STREAM_ID,
+    payload_keys::KIND,
+];
+const INDEXED_INTEGERS: &[&str] = &[
+    payload_keys::START_MS,
+    payload_keys::END_MS,
+    payload_keys::SEGMENT_SEQ,
+];
+
+fn internal(context: &str) -> impl Fn(qdrant_edge::OperationError) -> StoreError + '_ {
+    move |error| StoreError::Internal(format!("{context}: {error}"))
+}
+
+impl EdgeStore {
+    /// Open the store at `path`, creating it with `vectors` when it does not exist. An existing
+    /// store must have the same dimension for every vector it already holds; missing named
+    /// vectors are added.
+    pub fn open(
+        path: &Path,
+        vectors: &[VectorSpec],
+        options: EdgeStoreOptions,
+    ) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(path).map_err(|error| {
+            StoreError::Unavailable(format!("cannot create {}: {error}", path.display()))
+        })?;
+        let lock_file = File::create(path.join(".vidx.lock")).map_err(|error| {
+            StoreError::Unavailable(format!("cannot create lock in {}: {error}", path.display()))
+        })?;
+        lock_file.try_lock().map_err(|_| {
+            StoreError::Unavailable(format!(
+                "index at {} is in use by another vidx process",
+                path.display()
+            ))
+        })?;
+        let shard_path = path.join("shard");
+        let exists = shard_path.join("edge_config.json").exists();
+        let shard = if exists {
+            let shard = EdgeShard::load(&shard_path, None).map_err(|error| {
+                StoreError::Internal(format!(
+                    "cannot load index at {}: {error}",
+                    shard_path.display()
+                ))
+            })?;
+            check_vectors(&shard, vectors, &shard_path)?;
+            shard
+        } else {
+            std::fs::create_dir_all(&shard_path).map_err(|error| {
+                StoreError::Unavailable(format!("cannot create {}: {error}", shard_path.display()))
+            })?;
+            let mut builder = EdgeConfigBuilder::new();
+            for spec in vectors {
+                builder = builder.vector(
+                    spec.name.clone(),
+                    EdgeVectorParamsBuilder::new(spec.dimension, Distance::Cosine).build(),
+                );
+            }
+            if let Some(threshold_kb) = options.indexing_threshold_kb {
+                builder = builder.optimizers(qdrant_edge::EdgeOptimizersConfig {
+                    indexing_threshold: Some(threshold_kb),
+                    ..Default::default()
+                });
+            }
+            let shard = EdgeShard::new(&shard_path, builder.build())
+                .map_err(internal("cannot create index"))?;
+            create_payload_indexes(&shard)?;
+            shard.flush();
+            shard
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    shard,
+                    upserted_since_optimize: 0,
+                }),
+                path: path.to_path_buf(),
+                options,
+                _lock_file: lock_file,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn state(&self) -> Result<MutexGuard<'_, State>, StoreError> {
+        self.inner
+            .state
+            .lock()
+            .map_err(|_| StoreError::Internal("store lock poisoned by an earlier panic".into()))
+    }
+
+    /// Blocking upsert + flush; runs the optimizers when enough points arrived.
+    pub fn upsert_blocking(&self, points: Vec<IndexPoint>) -> Result<(), StoreError> {
+        if points.is_empty() {
+            return Ok(());
+        }
+        let count = points.len() as u64;
+        let persisted = points
+            .into_iter()
+            .map(to_point)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut state = self.state()?;
+        state
+            .shard
+            .update(UpdateOperation::PointOperation(
+                PointOperations::UpsertPoints(PointInsertOperations::PointsList(persisted)),
+            ))
+            .map_err(internal("upsert"))?;
+        // The points are acknowledged only once they are on disk.
+        state.shard.flush();
+        state.upserted_since_optimize += count;
+        if state.upserted_since_optimize >= self.inner.options.optimize_after_points {
+            run_optimize(&mut state)?;
+        }
+        Ok(())
+    }
+
+    /// Build the HNSW index for what is pending, regardless of the threshold. Returns whether
+    /// anything was optimized.
+    pub fn optimize_blocking(&self) -> Result<bool, StoreError> {
+        let mut state = self.state()?;
+        run_optimize(&mut state)
+    }
+
+    /// Run the optimizers if any point arrived since the last run (end of an indexing job).
+    pub fn finish_blocking(&self) -> Result<(), StoreError> {
+        let mut state = self.state()?;
+        if state.upserted_since_optimize > 0 {
+            run_optimize(&mut state)?;
+        }
+        Ok(())
+    }
+
+    pub fn search_blocking(&self, query: VectorQuery) -> Result<Vec<Hit>, StoreError> {
+        if query.top_k == 0 {
+            return Ok(Vec::new());
+        }
+        let request = QueryRequest {
+            prefetches: vec![],
+            query: Some(ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
+                query: VectorInternal::Dense(query.vector),
+                using: Some(query.vector_name.clone()),
+            }))),
+            filter: Some(to_filter(&query.filter)),
+            score_threshold: None,
+            limit: query.top_k,
+            offset: 0,
+            params: None,
+            with_vector: WithVector::Bool(false),
+            with_payload: WithPayloadInterface::Bool(true),
+        };
+        let state = self.state()?;
+        let vector_known = state.shard.config().vectors.contains_key(&query.vector_name);
+        if !vector_known {
+            return Err(StoreError::Invalid(format!(
+                "the index has no vector named `{}`",
+                query.vector_name
+            )));
+        }
+        let points = state.shard.query(request).map_err(internal("search"))?;
+        drop(state);
+        points.into_iter().map(to_hit).collect()
+    }
+
+    pub fn count_blocking(&self, filter: Option<SearchFilter>) -> Result<u64, StoreError> {
+        let state = self.state()?;
+        let count = state
+            .shard
+            .count(CountRequest {
+                filter: filter.as_ref().map(to_filter),
+                exact: true,
+            })
+            .map_err(internal("count"))?;
+        Ok(count as u64)
+    }
+
+    /// Number of vectors that live in HNSW-indexed segments.
+    pub fn indexed_vectors(&self) -> Result<u64, StoreError> {
+        let state = self.state()?;
+        Ok(state.shard.info().indexed_vectors_count as u64)
+    }
+}
+
+fn run_optimize(state: &mut State) -> Result<bool, StoreError> {
+    let optimized = state.shard.optimize().map_err(internal("optimize"))?;
+    state.shard.flush();
+    state.upserted_since_optimize = 0;
+    Ok(optimized)
+}
+
+fn check_vectors(shard: &EdgeShard, vectors: &[VectorSpec], path: &Path) -> Result<(), StoreError> {
+    let mut missing = Vec::new();
+    {
+        let config = shard.config();
+        for spec in vectors {
+            match config.vectors.get(&spec.name) {
+                Some(params) if params.size != spec.dimension => {
+                    return Err(StoreError::Invalid(format!(
+                        "index at {} stores `{}` vectors of dimension {}, but the configured model gives {}; \
+                         index into a new data dir or use the original model",
+                        path.display(),
+                        spec.name,
+                        params.size,
+                        spec.dimension
+                    )));
+                }
+                Some(_) => {}
+                None => missing.push(spec.clone()),
+            }
+        }
+    }
+    for spec in missing {
+        // The dense config's wrapper type is not exported; its serde form is the public contract.
+        let config: qdrant_edge::VectorNameConfig = serde_json::from_value(serde_json::json!({
+            "dense": { "size": spec.dimension, "distance": "Cosine" }
+        }))
+        .map_err(|error| StoreError::Internal(format!("vector config: {error}")))?;
+        shard
+            .update(UpdateOperation::VectorNameOperation(
+                qdrant_edge::VectorNameOperations::CreateVectorName(qdrant_edge::CreateVectorName {
+                    vector_name: spec.name.clone(),
+                    config,
+                }),
+            ))
+            .map_err(internal("add named vector"))?;
+    }
+    Ok(())
+}
+
+fn create_payload_indexes(shard: &EdgeShard) -> Result<(), StoreError> {
+    let schemas = INDEXED_KEYWORDS
+        .iter()
+        .map(|key| (*key, PayloadSchemaType::Keyword))
+        .chain(
+            INDEXED_INTEGERS
+                .iter()
+                .map(|key| (*key, PayloadSchemaType::Integer)),
+        );
+    for (key, schema) in schemas {
+        let field_name = key
+            .try_into()
+            .map_err(|_| StoreError::Internal(format!("invalid payload key {key}")))?;
+        shard
+            .update(UpdateOperation::FieldIndexOperation(
+                FieldIndexOperations::CreateIndex(CreateIndex {
+                    field_name,
+                    field_schema: Some(PayloadFieldSchema::FieldType(schema)),
+                }),
+            ))
+            .map_err(internal("create payload index"))?;
+    }
+    Ok(())
+}
+
+fn to_point(point: IndexPoint) -> Result<PointStructPersisted, StoreError> {
+    let payload = serde_json::to_value(&point.payload)
+        .map_err(|error| StoreError::Invalid(format!("payload: {error}")))?;
+    if !payload.is_object() {
+        return Err(StoreError::Invalid("payload is not an object".into()));
+    }
+    let vectors: BTreeMap<String, Vec<f32>> = point.vectors;
+    Ok(PointStruct::new(PointId::Uuid(point.id), Vectors::new_named(vectors), payload).into())
+}
+
+fn key(name: &str) -> Result<qdrant_edge::JsonPath, StoreError> {
+    name.try_into()
+        .map_err(|_| StoreError::Internal(format!("invalid payload key {name}")))
+}
+
+/// The tenant condition is always present: no search crosses tenants.
+fn to_filter(filter: &SearchFilter) -> Filter {
+    let mut conditions = Vec::new();
+    let keyword = |name: &str, value: &str| {
+        key(name).ok().map(|key| {
+            Condition::Field(FieldCondition::new_match(
+                key,
+                Match::new_value(ValueVariants::String(value.to_string())),
+            ))
+        })
+    };
+    conditions.extend(keyword(payload_keys::TENANT, &filter.tenant));
+    if let Some(stream_id) = &filter.stream_id {
+        conditions.extend(keyword(payload_keys::STREAM_ID, stream_id));
+    }
+    let range = |name: &str, gte: Option<u64>, lte: Option<u64>| {
+        key(name).ok().map(|key| {
+            Condition::Field(FieldCondition::new_range(
+                key,
+                Range {
+                    lt: None,
+                    gt: None,
+                    gte: gte.map(|value| OrderedFloat(value as f64)),
+                    lte: lte.map(|value| OrderedFloat(value as f64)),
+                },
+            ))
+        })
+    };
+    // Overlap with [from, to]: the moment ends at or after `from` and starts at or before `to`.
+    if let Some(from_ms) = filter.from_ms {
+        conditions.extend(range(payload_keys::END_MS, Some(from_ms), None));
+    }
+    if let Some(to_ms) = filter.to_ms {
+        conditions.extend(range(payload_keys::START_MS, None, Some(to_ms)));
+    }
+    Filter {
+        should: None,
+        min_should: None,
+        must: Some(conditions),
+        must_not: None,
+    }
+}
+
+fn to_hit(point: ScoredPoint) -> Result<Hit, StoreError> {
+    let id = match point.id {
+        PointId::Uuid(uuid) => uuid,
+        PointId::NumId(number) => {
+            return Err(StoreError::Internal(format!(
+                "point {number} has a numeric id; vidx writes UUIDs only"
+            )));
+        }
+    };
+    let payload = point
+        .payload
+        .ok_or_else(|| StoreError::Internal(format!("point {id} has no payload")))?;
+    let payload: PointPayload =
+        serde_json::from_value(serde_json::Value::Object(payload.0.into_iter().collect()))
+            .map_err(|error| StoreError::Internal(format!("point {id} payload: {error}")))?;
+    Ok(Hit {
+        id,
+        score: point.score,
+        payload,
+    })
+}
+
+fn blocking<T: Send + 'static>(
+    function: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> impl std::future::Future<Output = Result<T, StoreError>> + Send {
+    async move {
+        tokio::task::spawn_blocking(function)
+            .await
+            .map_err(|error| StoreError::Internal(format!("store task failed: {error}")))?
+    }
+}
+
+impl IndexStore for EdgeStore {
+    fn upsert(
+        &self,
+        points: Vec<IndexPoint>,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
+        let store = self.clone();
+        blocking(move || store.upsert_blocking(points))
+    }
+
+    fn search(
+        &self,
+        query: VectorQuery,
+    ) -> impl std::future::Future<Output = Result<Vec<Hit>, StoreError>> + Send {
+        let store = self.clone();
+        blocking(move || store.search_blocking(query))
+    }
+
+    fn count(
+        &self,
+        filter: Option<SearchFilter>,
+    ) -> impl std::future::Future<Output = Result<u64, StoreError>> + Send {
+        let store = self.clone();
+        blocking(move || store.count_blocking(filter))
+    }
+}
