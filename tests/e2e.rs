@@ -14,14 +14,42 @@ const VIDX: &str = env!("CARGO_BIN_EXE_vidx");
 /// Four 16-second scenes that look different, with two subtitle cues describing each.
 const SCENE_MS: u64 = 16_000;
 const CUES: &[(u64, u64, &str)] = &[
-    (2_000, 6_000, "A chef slices ripe tomatoes on a wooden cutting board."),
-    (9_000, 13_000, "The cook chops onions and garlic for the sauce."),
-    (18_000, 22_000, "Children kick a soccer ball across a sunny park."),
+    (
+        2_000,
+        6_000,
+        "A chef slices ripe tomatoes on a wooden cutting board.",
+    ),
+    (
+        9_000,
+        13_000,
+        "The cook chops onions and garlic for the sauce.",
+    ),
+    (
+        18_000,
+        22_000,
+        "Children kick a soccer ball across a sunny park.",
+    ),
     (25_000, 29_000, "A boy scores a goal and his friends cheer."),
-    (34_000, 38_000, "A fluffy cat sleeps on a grey sofa by the window."),
-    (41_000, 45_000, "The kitten stretches and yawns in the afternoon light."),
-    (50_000, 54_000, "Heavy snow falls over the mountain pass at night."),
-    (57_000, 61_000, "A snowplow clears the icy road between the peaks."),
+    (
+        34_000,
+        38_000,
+        "A fluffy cat sleeps on a grey sofa by the window.",
+    ),
+    (
+        41_000,
+        45_000,
+        "The kitten stretches and yawns in the afternoon light.",
+    ),
+    (
+        50_000,
+        54_000,
+        "Heavy snow falls over the mountain pass at night.",
+    ),
+    (
+        57_000,
+        61_000,
+        "A snowplow clears the icy road between the peaks.",
+    ),
 ];
 
 fn ffmpeg(arguments: &[&str]) -> Result<()> {
@@ -30,18 +58,34 @@ fn ffmpeg(arguments: &[&str]) -> Result<()> {
         .args(arguments)
         .output()
         .context("running the ffmpeg CLI")?;
-    ensure!(output.status.success(), "ffmpeg failed: {}", String::from_utf8_lossy(&output.stderr));
+    ensure!(
+        output.status.success(),
+        "ffmpeg failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     Ok(())
 }
 
 fn srt_time(ms: u64) -> String {
-    format!("{:02}:{:02}:{:02},{:03}", ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000)
+    format!(
+        "{:02}:{:02}:{:02},{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
 }
 
 fn write_srt(path: &Path) -> Result<()> {
     let mut text = String::new();
     for (index, (start, end, line)) in CUES.iter().enumerate() {
-        text.push_str(&format!("{}\n{} --> {}\n{}\n\n", index + 1, srt_time(*start), srt_time(*end), line));
+        text.push_str(&format!(
+            "{}\n{} --> {}\n{}\n\n",
+            index + 1,
+            srt_time(*start),
+            srt_time(*end),
+            line
+        ));
     }
     std::fs::write(path, text)?;
     Ok(())
@@ -60,11 +104,34 @@ fn make_video(directory: &Path, name: &str, embed_subtitles: bool) -> Result<Pat
     write_srt(&srt)?;
     let plain = directory.join(format!(".plain-{name}"));
     let plain_str = plain.to_str().context("path")?;
-    ffmpeg(&["-filter_complex", scenes, "-map", "[v]", "-c:v", "libx264", "-preset", "ultrafast", "-g", "50", plain_str])?;
+    ffmpeg(&[
+        "-filter_complex",
+        scenes,
+        "-map",
+        "[v]",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "50",
+        plain_str,
+    ])?;
     if embed_subtitles {
         ffmpeg(&[
-            "-i", plain_str, "-i", srt.to_str().context("path")?, "-map", "0:v", "-map", "1:s",
-            "-c:v", "copy", "-c:s", "mov_text", video.to_str().context("path")?,
+            "-i",
+            plain_str,
+            "-i",
+            srt.to_str().context("path")?,
+            "-map",
+            "0:v",
+            "-map",
+            "1:s",
+            "-c:v",
+            "copy",
+            "-c:s",
+            "mov_text",
+            video.to_str().context("path")?,
         ])?;
         std::fs::remove_file(&srt)?;
         std::fs::remove_file(&plain)?;
@@ -105,7 +172,10 @@ fn describe(output: &Output) -> String {
 fn index(inputs: &[&Path], data_dir: &Path, extra: &[&str]) -> Result<(Output, Value)> {
     let mut arguments = vec!["index", "--json"];
     arguments.extend_from_slice(extra);
-    let inputs: Vec<&str> = inputs.iter().map(|path| path.to_str().unwrap_or_default()).collect();
+    let inputs: Vec<&str> = inputs
+        .iter()
+        .map(|path| path.to_str().unwrap_or_default())
+        .collect();
     arguments.extend(inputs);
     let output = vidx(&arguments, data_dir)?;
     let summary = json_lines(&output)
@@ -117,7 +187,11 @@ fn index(inputs: &[&Path], data_dir: &Path, extra: &[&str]) -> Result<(Output, V
 
 fn point_count(data_dir: &Path) -> Result<u64> {
     let output = vidx(&["stats", "--json"], data_dir)?;
-    ensure!(output.status.success(), "stats failed: {}", describe(&output));
+    ensure!(
+        output.status.success(),
+        "stats failed: {}",
+        describe(&output)
+    );
     let stats = json_lines(&output)?.pop().context("no stats")?;
     stats["points"].as_u64().context("points")
 }
@@ -126,13 +200,22 @@ fn search(query: &str, data_dir: &Path, extra: &[&str]) -> Result<Vec<Value>> {
     let mut arguments = vec!["search", query, "--json"];
     arguments.extend_from_slice(extra);
     let output = vidx(&arguments, data_dir)?;
-    ensure!(output.status.success(), "search failed: {}", describe(&output));
+    ensure!(
+        output.status.success(),
+        "search failed: {}",
+        describe(&output)
+    );
     json_lines(&output)
 }
 
 fn assert_top_hit_in_scene(hits: &[Value], scene: u64, query: &str) -> Result<()> {
-    let top = hits.first().with_context(|| format!("no hits for {query:?}"))?;
-    let (start, end) = (top["start_ms"].as_u64().context("start_ms")?, top["end_ms"].as_u64().context("end_ms")?);
+    let top = hits
+        .first()
+        .with_context(|| format!("no hits for {query:?}"))?;
+    let (start, end) = (
+        top["start_ms"].as_u64().context("start_ms")?,
+        top["end_ms"].as_u64().context("end_ms")?,
+    );
     let (scene_start, scene_end) = (scene * SCENE_MS, (scene + 1) * SCENE_MS);
     ensure!(
         scene_start <= start && end <= scene_end,
@@ -155,19 +238,40 @@ fn index_then_search_finds_the_paraphrased_scene() -> Result<()> {
     ensure!(output.status.success(), "{}", describe(&output));
     assert_eq!(summary["moments"], 8, "{summary}");
     assert_eq!(summary["inputs_failed"], 0, "{summary}");
-    assert!(summary["segments"].as_u64().unwrap_or(0) >= 3, "64 s in 20 s segments: {summary}");
-    assert!(summary["media_ms"].as_u64().unwrap_or(0) >= 63_000, "{summary}");
+    assert!(
+        summary["segments"].as_u64().unwrap_or(0) >= 3,
+        "64 s in 20 s segments: {summary}"
+    );
+    assert!(
+        summary["media_ms"].as_u64().unwrap_or(0) >= 63_000,
+        "{summary}"
+    );
 
     // Paraphrases, not the subtitle words.
-    assert_top_hit_in_scene(&search("someone cutting vegetables in a kitchen", &data_dir, &[])?, 0, "kitchen")?;
-    assert_top_hit_in_scene(&search("kids playing football outdoors", &data_dir, &[])?, 1, "football")?;
-    assert_top_hit_in_scene(&search("a sleeping kitty on the couch", &data_dir, &[])?, 2, "kitty")?;
+    assert_top_hit_in_scene(
+        &search("someone cutting vegetables in a kitchen", &data_dir, &[])?,
+        0,
+        "kitchen",
+    )?;
+    assert_top_hit_in_scene(
+        &search("kids playing football outdoors", &data_dir, &[])?,
+        1,
+        "football",
+    )?;
+    assert_top_hit_in_scene(
+        &search("a sleeping kitty on the couch", &data_dir, &[])?,
+        2,
+        "kitty",
+    )?;
 
     // Filters: a time window excludes the snow scene; a stream filter for another stream finds nothing.
     let windowed = search("blizzard in the mountains", &data_dir, &["--to", "30000"])?;
     assert!(!windowed.is_empty());
     for hit in &windowed {
-        assert!(hit["start_ms"].as_u64().unwrap_or(u64::MAX) <= 30_000, "{hit}");
+        assert!(
+            hit["start_ms"].as_u64().unwrap_or(u64::MAX) <= 30_000,
+            "{hit}"
+        );
     }
     assert!(search("snow", &data_dir, &["--stream", "/nonexistent.mp4"])?.is_empty());
 
@@ -188,7 +292,10 @@ fn killed_index_run_resumes_without_duplicates() -> Result<()> {
     let first = make_video(&videos_dir, "a.mp4", false)?;
     for name in ["b", "c"] {
         std::fs::copy(&first, videos_dir.join(format!("{name}.mp4")))?;
-        std::fs::copy(first.with_extension("srt"), videos_dir.join(format!("{name}.srt")))?;
+        std::fs::copy(
+            first.with_extension("srt"),
+            videos_dir.join(format!("{name}.srt")),
+        )?;
     }
     let complete_dir = workspace.path().join("complete");
     let (output, summary) = index(&[&videos_dir], &complete_dir, &["--segment-secs", "4"])?;
@@ -219,11 +326,18 @@ fn killed_index_run_resumes_without_duplicates() -> Result<()> {
     child.wait()?;
     ensure!(saw_progress, "vidx index never reported an indexed segment");
     let partial = point_count(&killed_dir)?;
-    assert!(partial < expected, "the kill came too late to be midway ({partial} of {expected})");
+    assert!(
+        partial < expected,
+        "the kill came too late to be midway ({partial} of {expected})"
+    );
 
     let (output, summary) = index(&[&videos_dir], &killed_dir, &["--segment-secs", "4"])?;
     ensure!(output.status.success(), "{}", describe(&output));
-    assert_eq!(point_count(&killed_dir)?, expected, "rerun after kill: {summary}");
+    assert_eq!(
+        point_count(&killed_dir)?,
+        expected,
+        "rerun after kill: {summary}"
+    );
     Ok(())
 }
 
@@ -249,7 +363,12 @@ fn bad_inputs_are_reported_and_the_good_one_is_indexed() -> Result<()> {
 
     let data_dir = workspace.path().join("data");
     let (output, summary) = index(&[&directory], &data_dir, &[])?;
-    assert_eq!(output.status.code(), Some(1), "partial failure exits 1\n{}", describe(&output));
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "partial failure exits 1\n{}",
+        describe(&output)
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(summary["inputs"], 4, "{summary}");
@@ -258,17 +377,30 @@ fn bad_inputs_are_reported_and_the_good_one_is_indexed() -> Result<()> {
     for name in ["truncated.mp4", "random.mkv", "empty.mp4"] {
         let failure = failures
             .iter()
-            .find(|failure| failure["input"].as_str().is_some_and(|input| input.ends_with(name)))
+            .find(|failure| {
+                failure["input"]
+                    .as_str()
+                    .is_some_and(|input| input.ends_with(name))
+            })
             .with_context(|| format!("{name} not reported: {summary}"))?;
         let error = failure["error"].as_str().unwrap_or_default();
-        assert!(error.contains(name) && error.len() > name.len() + 10, "{name}: no reason in {error:?}");
+        assert!(
+            error.contains(name) && error.len() > name.len() + 10,
+            "{name}: no reason in {error:?}"
+        );
     }
     assert!(
-        !failures.iter().any(|failure| failure["input"].as_str().is_some_and(|input| input.ends_with("good.mp4"))),
+        !failures.iter().any(|failure| failure["input"]
+            .as_str()
+            .is_some_and(|input| input.ends_with("good.mp4"))),
         "{summary}"
     );
     assert_eq!(summary["moments"], 8);
-    assert_top_hit_in_scene(&search("a snow plough on a frozen road", &data_dir, &[])?, 3, "snowplow")?;
+    assert_top_hit_in_scene(
+        &search("a snow plough on a frozen road", &data_dir, &[])?,
+        3,
+        "snowplow",
+    )?;
     Ok(())
 }
 
@@ -279,18 +411,34 @@ fn bad_requests_and_config_name_the_field() -> Result<()> {
     for (arguments, field) in [
         (vec!["search", "   "], "query"),
         (vec!["search", "cats", "--top-k", "0"], "top_k"),
-        (vec!["search", "cats", "--from", "5000", "--to", "10"], "from_ms"),
+        (
+            vec!["search", "cats", "--from", "5000", "--to", "10"],
+            "from_ms",
+        ),
     ] {
         let output = vidx(&arguments, &data_dir)?;
-        assert_eq!(output.status.code(), Some(2), "{arguments:?}\n{}", describe(&output));
-        assert!(String::from_utf8_lossy(&output.stderr).contains(field), "{arguments:?}\n{}", describe(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{arguments:?}\n{}",
+            describe(&output)
+        );
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains(field),
+            "{arguments:?}\n{}",
+            describe(&output)
+        );
     }
     let output = Command::new(VIDX)
         .args(["config", "check"])
         .env("VIDX__MEDIA__SEGMNT_SECS", "3")
         .output()?;
     assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("segmnt_secs"), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("segmnt_secs"),
+        "{}",
+        describe(&output)
+    );
 
     let output = Command::new(VIDX)
         .args(["config", "check"])
@@ -300,12 +448,19 @@ fn bad_requests_and_config_name_the_field() -> Result<()> {
     ensure!(output.status.success(), "{}", describe(&output));
     let shown = String::from_utf8_lossy(&output.stdout);
     assert!(shown.contains("segment_secs = 12"), "{shown}");
-    assert!(!shown.contains("topsecret") && !String::from_utf8_lossy(&output.stderr).contains("topsecret"));
+    assert!(
+        !shown.contains("topsecret")
+            && !String::from_utf8_lossy(&output.stderr).contains("topsecret")
+    );
 
     let output = vidx(&["index", "file:///etc/passwd"], &data_dir)?;
     if output.status.code() == Some(0) {
         bail!("a file:// URL must be rejected\n{}", describe(&output));
     }
-    assert!(String::from_utf8_lossy(&output.stdout).contains("not allowed"), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("not allowed"),
+        "{}",
+        describe(&output)
+    );
     Ok(())
 }

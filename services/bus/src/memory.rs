@@ -150,26 +150,45 @@ mod tests {
         queue.publish(task(0)).await?;
         queue.publish(task(1)).await?;
         // Full: a third publish waits until a receive frees a slot.
-        let blocked = tokio::time::timeout(std::time::Duration::from_millis(100), queue.publish(task(2))).await;
-        assert!(blocked.is_err(), "publish must wait while the queue is full");
+        let blocked = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            queue.publish(task(2)),
+        )
+        .await;
+        assert!(
+            blocked.is_err(),
+            "publish must wait while the queue is full"
+        );
 
         let first = queue.receive().await?.ok_or(QueueError::Closed)?;
         assert_eq!(first.task.segment_seq, 0);
         queue.publish(task(2)).await?;
         assert_eq!(queue.in_flight(), 1);
         queue.ack(first.tag).await?;
-        assert!(queue.ack(first.tag).await.is_err(), "double ack is an error");
+        assert!(
+            queue.ack(first.tag).await.is_err(),
+            "double ack is an error"
+        );
 
         let second = queue.receive().await?.ok_or(QueueError::Closed)?;
         queue.nack(second.tag, "boom".into()).await?;
         let letters = queue.dead_letters();
         assert_eq!(letters.len(), 1);
-        assert_eq!((letters[0].segment_seq, letters[0].reason.as_str()), (1, "boom"));
+        assert_eq!(
+            (letters[0].segment_seq, letters[0].reason.as_str()),
+            (1, "boom")
+        );
 
         queue.close();
-        assert!(matches!(queue.publish(task(3)).await, Err(QueueError::Closed)));
+        assert!(matches!(
+            queue.publish(task(3)).await,
+            Err(QueueError::Closed)
+        ));
         let third = queue.receive().await?.ok_or(QueueError::Closed)?;
-        assert_eq!(third.task.segment_seq, 2, "tasks published before close are still delivered");
+        assert_eq!(
+            third.task.segment_seq, 2,
+            "tasks published before close are still delivered"
+        );
         assert!(queue.receive().await?.is_none(), "closed and drained");
         Ok(())
     }

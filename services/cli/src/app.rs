@@ -63,9 +63,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 overrides.push(("media.segment_secs".into(), toml::Value::Float(seconds)));
             }
             if let Some(frames) = args.frames {
-                overrides.push(("media.frames_per_segment".into(), toml::Value::Integer(frames as i64)));
+                overrides.push((
+                    "media.frames_per_segment".into(),
+                    toml::Value::Integer(frames as i64),
+                ));
             }
-            let context = AppContext::load(&cli, &env, overrides, !std::io::stderr().is_terminal())?;
+            let context =
+                AppContext::load(&cli, &env, overrides, !std::io::stderr().is_terminal())?;
             crate::index::run(context, args).await
         }
         Command::Search(args) => {
@@ -88,7 +92,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
 fn common_overrides(common: &CommonArgs) -> Vec<(String, toml::Value)> {
     let mut overrides = Vec::new();
     if let Some(directory) = &common.data_dir {
-        overrides.push(("general.data_dir".into(), toml::Value::String(directory.display().to_string())));
+        overrides.push((
+            "general.data_dir".into(),
+            toml::Value::String(directory.display().to_string()),
+        ));
     }
     if let Some(directory) = &common.text_model_dir {
         overrides.push((
@@ -129,17 +136,21 @@ impl AppContext {
     /// Load the sentence embedder on a blocking thread.
     pub async fn text_embedder(&self) -> anyhow::Result<Arc<dyn TextEmbedder>> {
         let models = self.config.models.clone();
-        let device = vidx_model::select_device(&models.device).map_err(|error| cli_error(error.code(), error.to_string()))?;
+        let device = vidx_model::select_device(&models.device)
+            .map_err(|error| cli_error(error.code(), error.to_string()))?;
         let options = HubOptions {
-            local_dir: (!models.text_embedder_dir.is_empty()).then(|| PathBuf::from(&models.text_embedder_dir)),
+            local_dir: (!models.text_embedder_dir.is_empty())
+                .then(|| PathBuf::from(&models.text_embedder_dir)),
             offline: models.offline,
             token: (!models.hf_token.is_empty()).then(|| models.hf_token.clone()),
             pypi_package: None,
         };
-        let embedder = tokio::task::spawn_blocking(move || SentenceEmbedder::from_hub(&models.text_embedder, options, device))
-            .await
-            .context("model loading task")?
-            .map_err(|error| cli_error(error.code(), error.to_string()))?;
+        let embedder = tokio::task::spawn_blocking(move || {
+            SentenceEmbedder::from_hub(&models.text_embedder, options, device)
+        })
+        .await
+        .context("model loading task")?
+        .map_err(|error| cli_error(error.code(), error.to_string()))?;
         Ok(Arc::new(embedder))
     }
 
@@ -162,7 +173,11 @@ impl AppContext {
 }
 
 fn init_logging(config: &Config, env: &BTreeMap<String, String>, verbose: bool) {
-    let level = if verbose { config.general.log_level.as_str() } else { "warn" };
+    let level = if verbose {
+        config.general.log_level.as_str()
+    } else {
+        "warn"
+    };
     let default_filter = format!(
         "warn,vidx={level},vidx_cli={level},vidx_pipeline={level},vidx_media={level},vidx_model={level},vidx_store={level}"
     );

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "vidx", version, about = "Index video into searchable moments, then search them in plain language")]
+#[command(
+    name = "vidx",
+    version,
+    about = "Index video into searchable moments, then search them in plain language"
+)]
 pub struct Cli {
     /// A TOML config file (layered over the embedded defaults; env VIDX__SECTION__KEY and flags override it).
     #[arg(long, global = true, env = "VIDX_CONFIG")]
@@ -95,18 +99,24 @@ pub fn parse_time_ms(value: &str) -> Result<u64, String> {
     let (clock, fraction) = value.split_once('.').unwrap_or((value, ""));
     let parts: Vec<&str> = clock.split(':').collect();
     if parts.len() < 2 || parts.len() > 3 {
-        return Err(format!("`{value}` is neither milliseconds nor hh:mm:ss[.mmm]"));
+        return Err(format!(
+            "`{value}` is neither milliseconds nor hh:mm:ss[.mmm]"
+        ));
     }
     let mut seconds: u64 = 0;
     for part in &parts {
-        let number: u64 = part.parse().map_err(|_| format!("`{value}`: `{part}` is not a number"))?;
+        let number: u64 = part
+            .parse()
+            .map_err(|_| format!("`{value}`: `{part}` is not a number"))?;
         seconds = seconds * 60 + number;
     }
     let millis = if fraction.is_empty() {
         0
     } else {
         let digits: String = fraction.chars().take(3).collect();
-        format!("{digits:0<3}").parse::<u64>().map_err(|_| format!("`{value}`: bad fraction"))?
+        format!("{digits:0<3}")
+            .parse::<u64>()
+            .map_err(|_| format!("`{value}`: bad fraction"))?
     };
     Ok(seconds * 1000 + millis)
 }

@@ -55,13 +55,20 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     let config = context.config.clone();
     let policy = UrlPolicy {
-        allowed_schemes: config.media.allowed_url_schemes.iter().map(|s| s.to_ascii_lowercase()).collect(),
+        allowed_schemes: config
+            .media
+            .allowed_url_schemes
+            .iter()
+            .map(|s| s.to_ascii_lowercase())
+            .collect(),
         allow_private_hosts: config.media.allow_private_hosts,
     };
     let (inputs, discovery_errors) = vidx_media::discover_inputs(&args.inputs, &policy);
     let mut reports: BTreeMap<String, InputReport> = BTreeMap::new();
     for error in &discovery_errors {
-        report_for(&mut reports, error.input()).errors.push(error.to_string());
+        report_for(&mut reports, error.input())
+            .errors
+            .push(error.to_string());
     }
     for input in &inputs {
         report_for(&mut reports, &input.display_name());
@@ -103,7 +110,10 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
     let spool = tempfile::Builder::new().prefix("vidx-spool-").tempdir()?;
     let segment_options = SegmentOptions {
         max_pixels: config.media.max_pixels,
-        ..SegmentOptions::new((config.media.segment_secs * 1000.0) as u64, spool.path().to_path_buf())
+        ..SegmentOptions::new(
+            (config.media.segment_secs * 1000.0) as u64,
+            spool.path().to_path_buf(),
+        )
     };
 
     // Ingest runs beside the workers; events are folded into the reports as they arrive.
@@ -119,7 +129,12 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
     let mut moments = 0u64;
     while let Some(event) = events_rx.recv().await {
         match event {
-            WorkerEvent::Indexed { stream_id, points, media_ms, .. } => {
+            WorkerEvent::Indexed {
+                stream_id,
+                points,
+                media_ms,
+                ..
+            } => {
                 let report = report_for(&mut reports, &stream_id);
                 report.segments += 1;
                 report.moments += points as u64;
@@ -127,10 +142,17 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
                 indexed += 1;
                 moments += points as u64;
             }
-            WorkerEvent::Failed { stream_id, segment_seq, attempts, error } => {
+            WorkerEvent::Failed {
+                stream_id,
+                segment_seq,
+                attempts,
+                error,
+            } => {
                 let report = report_for(&mut reports, &stream_id);
                 report.segments_failed += 1;
-                report.errors.push(format!("segment {segment_seq} failed after {attempts} attempt(s): {error}"));
+                report.errors.push(format!(
+                    "segment {segment_seq} failed after {attempts} attempt(s): {error}"
+                ));
             }
         }
         progress.set_message(format!("{indexed} segments, {moments} moments"));
@@ -166,13 +188,20 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
     let summary = Summary {
         data_dir: context.data_dir.display().to_string(),
         inputs: reports.len(),
-        inputs_failed: reports.values().filter(|report| !report.errors.is_empty()).count(),
+        inputs_failed: reports
+            .values()
+            .filter(|report| !report.errors.is_empty())
+            .count(),
         segments: indexed,
         segments_failed: reports.values().map(|report| report.segments_failed).sum(),
         moments,
         media_ms,
         wall_ms,
-        realtime_factor: if wall_ms == 0 { 0.0 } else { media_ms as f64 / wall_ms as f64 },
+        realtime_factor: if wall_ms == 0 {
+            0.0
+        } else {
+            media_ms as f64 / wall_ms as f64
+        },
         interrupted,
         failures,
     };
@@ -186,11 +215,16 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
     })
 }
 
-fn report_for<'a>(reports: &'a mut BTreeMap<String, InputReport>, name: &str) -> &'a mut InputReport {
-    reports.entry(name.to_string()).or_insert_with(|| InputReport {
-        input: name.to_string(),
-        ..Default::default()
-    })
+fn report_for<'a>(
+    reports: &'a mut BTreeMap<String, InputReport>,
+    name: &str,
+) -> &'a mut InputReport {
+    reports
+        .entry(name.to_string())
+        .or_insert_with(|| InputReport {
+            input: name.to_string(),
+            ..Default::default()
+        })
 }
 
 #[derive(Debug, Default)]
@@ -215,8 +249,13 @@ async fn ingest_inputs(
             break;
         }
         let name = input.display_name();
-        let (queue, tenant, options, shutdown, runtime) =
-            (queue.clone(), tenant.clone(), options.clone(), shutdown.clone(), runtime.clone());
+        let (queue, tenant, options, shutdown, runtime) = (
+            queue.clone(),
+            tenant.clone(),
+            options.clone(),
+            shutdown.clone(),
+            runtime.clone(),
+        );
         let stream_id = name.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             vidx_media::segment_source(&input, &options, |chunk| {
@@ -243,14 +282,21 @@ async fn ingest_inputs(
                 }
             }
             Ok(Err(error)) => results.errors.push((name, error.to_string())),
-            Err(error) => results.errors.push((name, format!("segmenting task failed: {error}"))),
+            Err(error) => results
+                .errors
+                .push((name, format!("segmenting task failed: {error}"))),
         }
     }
     queue.close();
     results
 }
 
-fn to_task(chunk: SegmentChunk, tenant: &str, stream_id: &str, inline_max_bytes: u64) -> std::io::Result<SegmentTask> {
+fn to_task(
+    chunk: SegmentChunk,
+    tenant: &str,
+    stream_id: &str,
+    inline_max_bytes: u64,
+) -> std::io::Result<SegmentTask> {
     let media = if chunk.bytes <= inline_max_bytes {
         let bytes = std::fs::read(&chunk.path)?;
         std::fs::remove_file(&chunk.path)?;
@@ -297,13 +343,14 @@ fn spawn_signal_handler(shutdown: watch::Sender<bool>) {
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = terminate.recv() => {}
@@ -325,9 +372,16 @@ fn print_summary(summary: &Summary, json: bool) -> anyhow::Result<()> {
         "indexed {ok_inputs} of {} input(s) in {:.1} s{}",
         summary.inputs,
         summary.wall_ms as f64 / 1000.0,
-        if summary.interrupted { " (interrupted)" } else { "" }
+        if summary.interrupted {
+            " (interrupted)"
+        } else {
+            ""
+        }
     );
-    println!("  segments: {} indexed, {} failed", summary.segments, summary.segments_failed);
+    println!(
+        "  segments: {} indexed, {} failed",
+        summary.segments, summary.segments_failed
+    );
     println!("  moments:  {}", summary.moments);
     println!(
         "  media:    {} ({:.1}x real time)",

@@ -38,12 +38,17 @@ pub async fn run(context: AppContext, args: &SearchArgs) -> anyhow::Result<u8> {
     if !context.index_dir().exists() {
         return Err(cli_error(
             vidx_core::ErrorCode::NotFound,
-            format!("no index at {}: run `vidx index` first (or pass --data-dir)", context.index_dir().display()),
+            format!(
+                "no index at {}: run `vidx index` first (or pass --data-dir)",
+                context.index_dir().display()
+            ),
         ));
     }
     let embedder = context.text_embedder().await?;
     let store = context.open_store(embedder.dimension()).await?;
-    let hits = vidx_pipeline::search(&store, embedder, request).await.map_err(to_cli_error)?;
+    let hits = vidx_pipeline::search(&store, embedder, request)
+        .await
+        .map_err(to_cli_error)?;
     if hits.is_empty() && !args.common.json {
         println!("no hits");
     }
@@ -87,10 +92,11 @@ pub async fn stats(context: AppContext, common: &CommonArgs) -> anyhow::Result<u
     let embedder = context.text_embedder().await?;
     let store = context.open_store(embedder.dimension()).await?;
     let counting = store.clone();
-    let (points, indexed) = tokio::task::spawn_blocking(move || -> Result<(u64, u64), vidx_core::StoreError> {
-        Ok((counting.count_blocking(None)?, counting.indexed_vectors()?))
-    })
-    .await??;
+    let (points, indexed) =
+        tokio::task::spawn_blocking(move || -> Result<(u64, u64), vidx_core::StoreError> {
+            Ok((counting.count_blocking(None)?, counting.indexed_vectors()?))
+        })
+        .await??;
     if common.json {
         println!(
             "{}",

@@ -94,10 +94,11 @@ pub struct ConfigSources {
 impl Config {
     /// Merge the layers, deserialize strictly, validate.
     pub fn load(sources: &ConfigSources) -> Result<Config, ConfigError> {
-        let mut merged: toml::Table = toml::from_str(DEFAULT_TOML).map_err(|error| ConfigError::Parse {
-            path: "<embedded defaults>".into(),
-            reason: error.to_string(),
-        })?;
+        let mut merged: toml::Table =
+            toml::from_str(DEFAULT_TOML).map_err(|error| ConfigError::Parse {
+                path: "<embedded defaults>".into(),
+                reason: error.to_string(),
+            })?;
         if let Some(path) = &sources.file {
             merge(&mut merged, read_file(path)?);
         }
@@ -105,15 +106,18 @@ impl Config {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            let key_path: Vec<String> = rest.split("__").map(|part| part.to_ascii_lowercase()).collect();
+            let key_path: Vec<String> = rest
+                .split("__")
+                .map(|part| part.to_ascii_lowercase())
+                .collect();
             set_path(&mut merged, &key_path, parse_env_value(value), name)?;
         }
         for (dotted, value) in &sources.overrides {
             let key_path: Vec<String> = dotted.split('.').map(str::to_string).collect();
             set_path(&mut merged, &key_path, value.clone(), dotted)?;
         }
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged))
-            .map_err(|error| {
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|error| {
                 let key = error.path().to_string();
                 ConfigError::Invalid {
                     key: if key == "." { "<root>".into() } else { key },
@@ -135,9 +139,15 @@ impl Config {
             return invalid("general.tenant", "must not be empty");
         }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.general.log_level.as_str()) {
-            return invalid("general.log_level", "must be one of error, warn, info, debug, trace");
+            return invalid(
+                "general.log_level",
+                "must be one of error, warn, info, debug, trace",
+            );
         }
-        if !(self.media.segment_secs.is_finite() && self.media.segment_secs >= 1.0 && self.media.segment_secs <= 3600.0) {
+        if !(self.media.segment_secs.is_finite()
+            && self.media.segment_secs >= 1.0
+            && self.media.segment_secs <= 3600.0)
+        {
             return invalid("media.segment_secs", "must be between 1 and 3600");
         }
         if self.media.frames_per_segment > 1024 {
@@ -151,15 +161,24 @@ impl Config {
         }
         for scheme in &self.media.allowed_url_schemes {
             let lower = scheme.to_ascii_lowercase();
-            if ["file", "concat", "data", "pipe", "subfile", "fd", "async", "cache"].contains(&lower.as_str()) {
+            if [
+                "file", "concat", "data", "pipe", "subfile", "fd", "async", "cache",
+            ]
+            .contains(&lower.as_str())
+            {
                 return Err(ConfigError::Invalid {
                     key: "media.allowed_url_schemes".into(),
                     reason: format!("`{scheme}` gives access to local data and cannot be allowed"),
                 });
             }
         }
-        if self.models.text_embedder.trim().is_empty() && self.models.text_embedder_dir.trim().is_empty() {
-            return invalid("models.text_embedder", "set a model id or models.text_embedder_dir");
+        if self.models.text_embedder.trim().is_empty()
+            && self.models.text_embedder_dir.trim().is_empty()
+        {
+            return invalid(
+                "models.text_embedder",
+                "set a model id or models.text_embedder_dir",
+            );
         }
         if self.models.device != "cpu" && !self.models.device.starts_with("cuda") {
             return invalid("models.device", "must be cpu or cuda[:N]");
@@ -192,7 +211,8 @@ impl Config {
 
     /// The effective configuration as TOML, with every secret replaced by `***`.
     pub fn to_redacted_toml(&self) -> String {
-        let mut value = toml::Value::try_from(self).unwrap_or(toml::Value::Table(toml::Table::new()));
+        let mut value =
+            toml::Value::try_from(self).unwrap_or(toml::Value::Table(toml::Table::new()));
         redact(&mut value);
         toml::to_string_pretty(&value).unwrap_or_default()
     }
@@ -222,7 +242,12 @@ fn merge(base: &mut toml::Table, overlay: toml::Table) {
     }
 }
 
-fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value, origin: &str) -> Result<(), ConfigError> {
+fn set_path(
+    table: &mut toml::Table,
+    path: &[String],
+    value: toml::Value,
+    origin: &str,
+) -> Result<(), ConfigError> {
     let Some((last, parents)) = path.split_last() else {
         return Err(ConfigError::Invalid {
             key: origin.into(),
@@ -259,19 +284,26 @@ fn parse_env_value(raw: &str) -> toml::Value {
 
 fn is_secret_key(key: &str) -> bool {
     let lower = key.to_ascii_lowercase();
-    ["token", "secret", "password", "api_key", "apikey", "credentials"]
-        .iter()
-        .any(|marker| lower.contains(marker))
+    [
+        "token",
+        "secret",
+        "password",
+        "api_key",
+        "apikey",
+        "credentials",
+    ]
+    .iter()
+    .any(|marker| lower.contains(marker))
 }
 
 fn redact(value: &mut toml::Value) {
     if let toml::Value::Table(table) = value {
         for (key, inner) in table.iter_mut() {
             if is_secret_key(key) {
-                if let toml::Value::String(secret) = inner {
-                    if !secret.is_empty() {
-                        *secret = "***".into();
-                    }
+                if let toml::Value::String(secret) = inner
+                    && !secret.is_empty()
+                {
+                    *secret = "***".into();
                 }
             } else {
                 redact(inner);
@@ -285,7 +317,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -301,10 +336,17 @@ mod tests {
     fn precedence_defaults_file_env_flags() -> Result<(), Box<dyn std::error::Error>> {
         let directory = tempfile::tempdir()?;
         let file = directory.path().join("vidx.toml");
-        std::fs::write(&file, "[media]\nsegment_secs = 10\nframes_per_segment = 8\n[general]\ntenant = \"file\"\n")?;
+        std::fs::write(
+            &file,
+            "[media]\nsegment_secs = 10\nframes_per_segment = 8\n[general]\ntenant = \"file\"\n",
+        )?;
         let sources = ConfigSources {
             file: Some(file),
-            env: env(&[("VIDX__MEDIA__FRAMES_PER_SEGMENT", "16"), ("VIDX__GENERAL__TENANT", "env"), ("PATH", "/bin")]),
+            env: env(&[
+                ("VIDX__MEDIA__FRAMES_PER_SEGMENT", "16"),
+                ("VIDX__GENERAL__TENANT", "env"),
+                ("PATH", "/bin"),
+            ]),
             overrides: vec![("general.tenant".into(), toml::Value::String("flag".into()))],
         };
         let config = Config::load(&sources)?;
@@ -339,11 +381,18 @@ mod tests {
         for (key, value, named) in [
             ("VIDX__MEDIA__SEGMENT_SECS", "0", "media.segment_secs"),
             ("VIDX__PIPELINE__WORKERS", "0", "pipeline.workers"),
-            ("VIDX__MEDIA__ALLOWED_URL_SCHEMES", "[\"http\", \"file\"]", "media.allowed_url_schemes"),
+            (
+                "VIDX__MEDIA__ALLOWED_URL_SCHEMES",
+                "[\"http\", \"file\"]",
+                "media.allowed_url_schemes",
+            ),
             ("VIDX__MEDIA__FRAME_SIZE", "\"big\"", "media.frame_size"),
         ] {
-            let error = Config::load(&ConfigSources { env: env(&[(key, value)]), ..Default::default() })
-                .expect_err(key);
+            let error = Config::load(&ConfigSources {
+                env: env(&[(key, value)]),
+                ..Default::default()
+            })
+            .expect_err(key);
             assert!(error.to_string().contains(named), "{key}: {error}");
         }
     }
@@ -364,8 +413,14 @@ mod tests {
     #[test]
     fn data_dir_fallbacks() -> Result<(), ConfigError> {
         let config = Config::load(&ConfigSources::default())?;
-        assert_eq!(config.data_dir(&env(&[("HOME", "/home/u")])), PathBuf::from("/home/u/.local/share/vidx"));
-        assert_eq!(config.data_dir(&env(&[("HOME", "/home/u"), ("XDG_DATA_HOME", "/x")])), PathBuf::from("/x/vidx"));
+        assert_eq!(
+            config.data_dir(&env(&[("HOME", "/home/u")])),
+            PathBuf::from("/home/u/.local/share/vidx")
+        );
+        assert_eq!(
+            config.data_dir(&env(&[("HOME", "/home/u"), ("XDG_DATA_HOME", "/x")])),
+            PathBuf::from("/x/vidx")
+        );
         Ok(())
     }
 }

@@ -62,9 +62,15 @@ pub trait VisualEmbedder: Send + Sync {
 /// Stores points and searches them.
 pub trait IndexStore: Send + Sync + 'static {
     /// Insert or overwrite points by id. Returns once the points are durable.
-    fn upsert(&self, points: Vec<IndexPoint>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn upsert(
+        &self,
+        points: Vec<IndexPoint>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Filtered nearest-neighbour search.
-    fn search(&self, query: VectorQuery) -> impl Future<Output = Result<Vec<Hit>, StoreError>> + Send;
+    fn search(
+        &self,
+        query: VectorQuery,
+    ) -> impl Future<Output = Result<Vec<Hit>, StoreError>> + Send;
     /// Exact number of points matching the filter (all tenants when `None`).
     fn count(
         &self,

@@ -11,7 +11,10 @@ use vidx_media::{FfmpegFrameSampler, InputSource, SegmentOptions};
 
 fn main() -> anyhow::Result<()> {
     let arguments: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(arguments.len() == 5, "usage: sampling_bench VIDEO SEGMENT_SECS FRAMES SIZE");
+    anyhow::ensure!(
+        arguments.len() == 5,
+        "usage: sampling_bench VIDEO SEGMENT_SECS FRAMES SIZE"
+    );
     let video = std::path::PathBuf::from(&arguments[1]);
     let segment_secs: u64 = arguments[2].parse()?;
     let frames: usize = arguments[3].parse()?;
@@ -34,7 +37,10 @@ fn main() -> anyhow::Result<()> {
     for chunk in &chunks {
         let frames = sampler.sample(&chunk.path, chunk.range, frames)?;
         sampled += frames.len();
-        checksum += frames.iter().map(|frame| u64::from(frame.rgb[frame.rgb.len() / 2])).sum::<u64>();
+        checksum += frames
+            .iter()
+            .map(|frame| u64::from(frame.rgb[frame.rgb.len() / 2]))
+            .sum::<u64>();
     }
     let total_secs = started.elapsed().as_secs_f64();
     println!(

@@ -14,6 +14,9 @@ use crate::source::InputSource;
 /// How long an open or a read may make no progress before it is aborted.
 pub(crate) const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// FFmpeg's `AVPROBE_SCORE_RETRY`: a format detected at or below this score is a guess.
+const LOW_PROBE_SCORE: i32 = 25;
+
 /// An opened input plus the watchdog that aborts it when it stalls.
 pub(crate) struct OpenedInput {
     pub context: Input,
@@ -89,6 +92,18 @@ pub(crate) fn open_input(source: &InputSource) -> Result<OpenedInput, MediaError
         options,
     )
     .map_err(|error| map_open_error(&name, error))?;
+    // FFmpeg guesses a raw format (h263, mp3, ...) for almost any bytes, at a low score; it
+    // warns at AVPROBE_SCORE_RETRY (25) and below. Such a guess is not a video file.
+    let probe_score = context.probe_score();
+    if probe_score <= LOW_PROBE_SCORE {
+        return Err(MediaError::InvalidData {
+            input: name,
+            reason: format!(
+                "not a recognised media format (FFmpeg's best guess, {}, has confidence {probe_score}/100)",
+                context.format().name()
+            ),
+        });
+    }
     watchdog.touch();
     Ok(OpenedInput {
         context,

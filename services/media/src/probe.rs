@@ -7,7 +7,6 @@ use vidx_core::MediaError;
 use crate::input::open_input;
 use crate::source::InputSource;
 
-
 /// The main video stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VideoInfo {
@@ -37,7 +36,6 @@ pub struct MediaInfo {
     pub subtitles: Vec<SubtitleStreamInfo>,
 }
 
-
 /// Probe an input: open it, read its stream headers, close it.
 pub fn probe(source: &InputSource) -> Result<MediaInfo, MediaError> {
     let opened = open_input(source)?;
@@ -46,7 +44,7 @@ pub fn probe(source: &InputSource) -> Result<MediaInfo, MediaError> {
 
 pub(crate) fn describe(context: &ffmpeg::format::context::Input, name: &str) -> MediaInfo {
     let duration = context.duration();
-    let duration_ms = (duration > 0).then(|| (duration / 1000) as u64);
+    let duration_ms = (duration > 0).then_some((duration / 1000) as u64);
     let mut video = None;
     let mut audio_codecs = Vec::new();
     let mut subtitles = Vec::new();

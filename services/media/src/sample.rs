@@ -73,10 +73,13 @@ impl FrameSampler for FfmpegFrameSampler {
             count: self.decoder_threads,
             ..Default::default()
         });
-        let mut decoder = context.decoder().video().map_err(|error| MediaError::Unsupported {
-            input: name.clone(),
-            reason: format!("cannot open video decoder: {error}"),
-        })?;
+        let mut decoder = context
+            .decoder()
+            .video()
+            .map_err(|error| MediaError::Unsupported {
+                input: name.clone(),
+                reason: format!("cannot open video decoder: {error}"),
+            })?;
 
         let targets = uniform_targets_ms(range.duration_ms(), count);
         let mut selector = Selector::new(targets, range.start_ms, self.frame_size, name.clone());
@@ -227,7 +230,11 @@ impl Selector {
         Ok(self.frames)
     }
 
-    fn convert(&mut self, frame: &ffmpeg::frame::Video, offset_ms: u64) -> Result<Frame, MediaError> {
+    fn convert(
+        &mut self,
+        frame: &ffmpeg::frame::Video,
+        offset_ms: u64,
+    ) -> Result<Frame, MediaError> {
         let format = frame.format();
         let (width, height) = (frame.width(), frame.height());
         let needs_new = self
@@ -286,7 +293,10 @@ mod tests {
 
     #[test]
     fn targets_are_bin_centres() {
-        assert_eq!(uniform_targets_ms(20_000, 4), vec![2_500, 7_500, 12_500, 17_500]);
+        assert_eq!(
+            uniform_targets_ms(20_000, 4),
+            vec![2_500, 7_500, 12_500, 17_500]
+        );
         assert_eq!(uniform_targets_ms(1_000, 1), vec![500]);
         assert!(uniform_targets_ms(1_000, 0).is_empty());
     }

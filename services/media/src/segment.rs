@@ -77,22 +77,22 @@ pub fn segment_source(
         input: name.clone(),
         reason: "no video stream".into(),
     })?;
-    let (video_index, time_base, parameters, start_time, stream_duration) = {
-        let stream = opened
-            .context
-            .stream(video.stream_index)
-            .ok_or_else(|| MediaError::InvalidData {
-                input: name.clone(),
-                reason: "video stream vanished".into(),
+    let (video_index, time_base, parameters, start_time, stream_duration) =
+        {
+            let stream = opened.context.stream(video.stream_index).ok_or_else(|| {
+                MediaError::InvalidData {
+                    input: name.clone(),
+                    reason: "video stream vanished".into(),
+                }
             })?;
-        (
-            stream.index(),
-            stream.time_base(),
-            stream.parameters(),
-            stream.start_time(),
-            stream.duration(),
-        )
-    };
+            (
+                stream.index(),
+                stream.time_base(),
+                stream.parameters(),
+                stream.start_time(),
+                stream.duration(),
+            )
+        };
     if ffmpeg::decoder::find(parameters.id()).is_none() {
         return Err(MediaError::Unsupported {
             input: name,
@@ -116,7 +116,10 @@ pub fn segment_source(
     }
     std::fs::create_dir_all(&options.spool_dir).map_err(|error| MediaError::Io {
         input: name.clone(),
-        reason: format!("cannot create spool dir {}: {error}", options.spool_dir.display()),
+        reason: format!(
+            "cannot create spool dir {}: {error}",
+            options.spool_dir.display()
+        ),
     })?;
 
     // Media time 0 is the first video timestamp; everything is reported relative to it.
@@ -190,7 +193,12 @@ pub fn segment_source(
                 .spool_dir
                 .join(format!("{chunk_prefix}-{next_seq:06}.mkv"));
             current = Some(ChunkWriter::create(
-                &path, next_seq, time_ms, &parameters, time_base, &name,
+                &path,
+                next_seq,
+                time_ms,
+                &parameters,
+                time_base,
+                &name,
             )?);
             next_seq += 1;
         }
@@ -352,10 +360,12 @@ impl ChunkWriter {
         is_last: bool,
         input: &str,
     ) -> Result<SegmentChunk, MediaError> {
-        self.output.write_trailer().map_err(|error| MediaError::Io {
-            input: input.to_string(),
-            reason: format!("finishing segment {}: {error}", self.seq),
-        })?;
+        self.output
+            .write_trailer()
+            .map_err(|error| MediaError::Io {
+                input: input.to_string(),
+                reason: format!("finishing segment {}: {error}", self.seq),
+            })?;
         let bytes = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
         let range = TimeRange::new(self.start_ms, end_ms);
         Ok(SegmentChunk {

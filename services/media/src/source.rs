@@ -60,7 +60,7 @@ impl UrlPolicy {
             return Err(reject("not a URL with a scheme".into()));
         };
         let scheme = scheme.to_ascii_lowercase();
-        if !self.allowed_schemes.iter().any(|allowed| *allowed == scheme) {
+        if !self.allowed_schemes.contains(&scheme) {
             return Err(reject(format!(
                 "scheme `{scheme}` is not allowed (allowed: {})",
                 self.allowed_schemes.join(", ")
@@ -251,7 +251,10 @@ mod tests {
             "ftp://example.com/a.mp4",
         ] {
             let error = parse_input(url, &policy).expect_err(url);
-            assert!(matches!(error, MediaError::Rejected { .. }), "{url}: {error}");
+            assert!(
+                matches!(error, MediaError::Rejected { .. }),
+                "{url}: {error}"
+            );
         }
     }
 
@@ -269,7 +272,10 @@ mod tests {
         ] {
             let error = policy.check(url).expect_err(url);
             assert!(error.to_string().contains("host"), "{url}: {error}");
-            assert!(!error.to_string().contains("pw"), "credentials leaked: {error}");
+            assert!(
+                !error.to_string().contains("pw"),
+                "credentials leaked: {error}"
+            );
         }
         assert!(policy.check("https://example.com/video.mp4").is_ok());
         let open = UrlPolicy {

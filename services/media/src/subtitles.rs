@@ -20,11 +20,17 @@ pub struct ParsedCues {
 /// Parse SRT or WebVTT text (detected from the content). Malformed blocks are counted and
 /// skipped; cues with empty text are dropped.
 pub fn parse_subtitle_text(text: &str) -> ParsedCues {
-    let text = text.trim_start_matches('\u{feff}').replace("\r\n", "\n").replace('\r', "\n");
+    let text = text
+        .trim_start_matches('\u{feff}')
+        .replace("\r\n", "\n")
+        .replace('\r', "\n");
     let is_vtt = text.trim_start().starts_with("WEBVTT");
     let mut parsed = ParsedCues::default();
     for block in text.split("\n\n") {
-        let lines: Vec<&str> = block.lines().filter(|line| !line.trim().is_empty()).collect();
+        let lines: Vec<&str> = block
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .collect();
         if lines.is_empty() {
             continue;
         }
@@ -133,7 +139,8 @@ fn ass_dialogue_text(line: &str) -> String {
 /// Sidecar subtitle files next to a video: `<stem>.srt`, `<stem>.vtt` and
 /// `<stem>.<lang>.srt|vtt`, sorted.
 pub fn sidecar_paths(video: &Path) -> Vec<PathBuf> {
-    let (Some(directory), Some(stem)) = (video.parent(), video.file_stem().and_then(|s| s.to_str()))
+    let (Some(directory), Some(stem)) =
+        (video.parent(), video.file_stem().and_then(|s| s.to_str()))
     else {
         return Vec::new();
     };
@@ -313,8 +320,16 @@ mod tests {
         assert_eq!(
             parsed.cues,
             vec![
-                SubtitleCue { start_ms: 1000, end_ms: 4500, text: "A chef slices a tomato".into() },
-                SubtitleCue { start_ms: 62_250, end_ms: 63_000, text: "Snow & ice".into() },
+                SubtitleCue {
+                    start_ms: 1000,
+                    end_ms: 4500,
+                    text: "A chef slices a tomato".into()
+                },
+                SubtitleCue {
+                    start_ms: 62_250,
+                    end_ms: 63_000,
+                    text: "Snow & ice".into()
+                },
             ]
         );
     }
@@ -327,7 +342,14 @@ mod tests {
         let parsed = parse_subtitle_text(vtt);
         assert_eq!(parsed.skipped_blocks, 0);
         assert_eq!(parsed.cues.len(), 2);
-        assert_eq!(parsed.cues[0], SubtitleCue { start_ms: 1000, end_ms: 2500, text: "Hello there".into() });
+        assert_eq!(
+            parsed.cues[0],
+            SubtitleCue {
+                start_ms: 1000,
+                end_ms: 2500,
+                text: "Hello there".into()
+            }
+        );
         assert_eq!(parsed.cues[1].start_ms, 3_600_000);
     }
 
@@ -348,10 +370,19 @@ mod tests {
 
     #[test]
     fn each_cue_goes_to_exactly_one_segment() {
-        let cues: Vec<SubtitleCue> = [(0, 500), (19_000, 21_000), (20_000, 22_000), (45_000, 47_000)]
-            .into_iter()
-            .map(|(start_ms, end_ms)| SubtitleCue { start_ms, end_ms, text: format!("{start_ms}") })
-            .collect();
+        let cues: Vec<SubtitleCue> = [
+            (0, 500),
+            (19_000, 21_000),
+            (20_000, 22_000),
+            (45_000, 47_000),
+        ]
+        .into_iter()
+        .map(|(start_ms, end_ms)| SubtitleCue {
+            start_ms,
+            end_ms,
+            text: format!("{start_ms}"),
+        })
+        .collect();
         let segments = [TimeRange::new(400, 20_000), TimeRange::new(20_000, 40_000)];
         let first = cues_for_segment(&cues, segments[0], true, false);
         let last = cues_for_segment(&cues, segments[1], false, true);
@@ -365,7 +396,14 @@ mod tests {
     fn finds_sidecars_by_stem() -> std::io::Result<()> {
         let directory = std::env::temp_dir().join(format!("vidx-sidecar-{}", std::process::id()));
         std::fs::create_dir_all(&directory)?;
-        for name in ["movie.mp4", "movie.srt", "movie.en.vtt", "movie.extra.en.srt", "movies.srt", "other.srt"] {
+        for name in [
+            "movie.mp4",
+            "movie.srt",
+            "movie.en.vtt",
+            "movie.extra.en.srt",
+            "movies.srt",
+            "other.srt",
+        ] {
             std::fs::write(directory.join(name), b"")?;
         }
         let found: Vec<String> = sidecar_paths(&directory.join("movie.mp4"))

@@ -53,12 +53,12 @@ pub fn resolve_model_dir(
     options: &HubOptions,
 ) -> Result<ModelFiles, ModelError> {
     if let Some(directory) = &options.local_dir {
-        return from_directory(model_id, directory, required, optional, "local dir").map_err(|missing| {
-            ModelError::NotFound {
+        return from_directory(model_id, directory, required, optional, "local dir").map_err(
+            |missing| ModelError::NotFound {
                 model: model_id.into(),
                 reason: format!("{} has no {missing}", directory.display()),
-            }
-        });
+            },
+        );
     }
     let mut tried = Vec::new();
 
@@ -68,7 +68,10 @@ pub fn resolve_model_dir(
         if let Some(directory) = first.parent() {
             match from_directory(model_id, directory, required, optional, "hf cache") {
                 Ok(files) => return Ok(files),
-                Err(missing) => tried.push(format!("hf cache at {} lacks {missing}", directory.display())),
+                Err(missing) => tried.push(format!(
+                    "hf cache at {} lacks {missing}",
+                    directory.display()
+                )),
             }
         }
     } else {
@@ -76,7 +79,8 @@ pub fn resolve_model_dir(
     }
 
     let offline = options.offline
-        || std::env::var("HF_HUB_OFFLINE").is_ok_and(|value| value == "1" || value.eq_ignore_ascii_case("true"));
+        || std::env::var("HF_HUB_OFFLINE")
+            .is_ok_and(|value| value == "1" || value.eq_ignore_ascii_case("true"));
     if offline {
         tried.push("hub skipped (offline)".into());
     } else {
@@ -89,7 +93,13 @@ pub fn resolve_model_dir(
     if let Some(package) = &options.pypi_package {
         match python_package_dir(package) {
             Ok(directory) => {
-                match from_directory(model_id, &directory.join("model"), required, optional, "pypi package") {
+                match from_directory(
+                    model_id,
+                    &directory.join("model"),
+                    required,
+                    optional,
+                    "pypi package",
+                ) {
                     Ok(files) => return Ok(files),
                     Err(missing) => tried.push(format!("pypi package {package} lacks {missing}")),
                 }
@@ -141,7 +151,11 @@ fn download(
     optional: &[&str],
     token: Option<String>,
 ) -> Result<ModelFiles, String> {
-    let token = token.or_else(|| std::env::var("HF_TOKEN").ok().filter(|value| !value.is_empty()));
+    let token = token.or_else(|| {
+        std::env::var("HF_TOKEN")
+            .ok()
+            .filter(|value| !value.is_empty())
+    });
     let api = hf_hub::api::sync::ApiBuilder::from_env()
         .with_token(token)
         .with_progress(false)

@@ -17,7 +17,9 @@ pub fn select_device(device: &str) -> Result<candle_core::Device, ModelError> {
         other => Err(ModelError::UnsupportedConfig {
             model: "device".into(),
             field: "models.device".into(),
-            reason: format!("`{other}` needs a build with the cuda feature; this build runs on cpu"),
+            reason: format!(
+                "`{other}` needs a build with the cuda feature; this build runs on cpu"
+            ),
         }),
     }
 }

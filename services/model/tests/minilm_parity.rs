@@ -21,9 +21,13 @@ fn cosine(left: &[f32], right: &[f32]) -> f32 {
 
 #[test]
 fn minilm_matches_sentence_transformers() -> anyhow::Result<()> {
-    let reference: Reference = serde_json::from_str(include_str!("fixtures/minilm_reference.json"))?;
+    let reference: Reference =
+        serde_json::from_str(include_str!("fixtures/minilm_reference.json"))?;
     assert!(reference.sentences.len() >= 20);
-    let options = HubOptions { offline: true, ..HubOptions::default() };
+    let options = HubOptions {
+        offline: true,
+        ..HubOptions::default()
+    };
     let embedder = SentenceEmbedder::from_hub(MINILM_MODEL_ID, options, Device::Cpu)?;
     assert_eq!(embedder.dimension(), 384);
 
@@ -33,9 +37,16 @@ fn minilm_matches_sentence_transformers() -> anyhow::Result<()> {
     for (index, (ours, theirs)) in batched.iter().zip(&reference.vectors).enumerate() {
         let similarity = cosine(ours, theirs);
         worst = worst.min(similarity);
-        assert!(similarity >= 0.9999, "sentence {index} {:?}: cosine {similarity}", reference.sentences[index]);
+        assert!(
+            similarity >= 0.9999,
+            "sentence {index} {:?}: cosine {similarity}",
+            reference.sentences[index]
+        );
         let single = embedder.embed(std::slice::from_ref(&reference.sentences[index]))?;
-        assert!(cosine(&single[0], theirs) >= 0.9999, "sentence {index} alone");
+        assert!(
+            cosine(&single[0], theirs) >= 0.9999,
+            "sentence {index} alone"
+        );
     }
     println!("worst cosine over {} sentences: {worst:.7}", batched.len());
     Ok(())

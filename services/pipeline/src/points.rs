@@ -28,7 +28,11 @@ impl std::fmt::Debug for Models {
             .debug_struct("Models")
             .field(
                 "captioners",
-                &self.captioners.iter().map(|c| c.name().to_string()).collect::<Vec<_>>(),
+                &self
+                    .captioners
+                    .iter()
+                    .map(|c| c.name().to_string())
+                    .collect::<Vec<_>>(),
             )
             .field("text_embedder", &self.text_embedder.name())
             .finish()
@@ -114,7 +118,10 @@ pub fn build_points(
         return Ok(Vec::new());
     }
 
-    let captions: Vec<String> = moments.iter().map(|(_, _, moment)| moment.caption.clone()).collect();
+    let captions: Vec<String> = moments
+        .iter()
+        .map(|(_, _, moment)| moment.caption.clone())
+        .collect();
     let text_vectors = models.text_embedder.embed(&captions)?;
     let frame_vectors = match (&models.visual_embedder, frames.is_empty()) {
         (Some(embedder), false) => Some(embedder.embed_frames(&frames)?),
@@ -124,10 +131,10 @@ pub fn build_points(
     let mut points = Vec::with_capacity(moments.len());
     for ((model_rev, index, moment), text_vector) in moments.into_iter().zip(text_vectors) {
         let mut vectors = BTreeMap::from([(vector_names::TEXT.to_string(), text_vector)]);
-        if let Some(frame_vectors) = &frame_vectors {
-            if let Some(visual) = mean_of_window(&frames, frame_vectors, moment.range) {
-                vectors.insert(vector_names::VISUAL.to_string(), visual);
-            }
+        if let Some(frame_vectors) = &frame_vectors
+            && let Some(visual) = mean_of_window(&frames, frame_vectors, moment.range)
+        {
+            vectors.insert(vector_names::VISUAL.to_string(), visual);
         }
         points.push(IndexPoint {
             id: point_id(
@@ -185,7 +192,12 @@ fn mean_of_window(
             *sum += value;
         }
     }
-    let norm = mean.iter().map(|value| value * value).sum::<f32>().sqrt().max(1e-12);
+    let norm = mean
+        .iter()
+        .map(|value| value * value)
+        .sum::<f32>()
+        .sqrt()
+        .max(1e-12);
     mean.iter_mut().for_each(|value| *value /= norm);
     Some(mean)
 }

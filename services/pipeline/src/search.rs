@@ -23,7 +23,9 @@ pub struct SearchRequest {
 impl SearchRequest {
     /// Reject requests that cannot be answered, naming the field.
     pub fn validate(&self) -> Result<(), PipelineError> {
-        let invalid = |field: &'static str, reason: String| Err(PipelineError::InvalidArgument { field, reason });
+        let invalid = |field: &'static str, reason: String| {
+            Err(PipelineError::InvalidArgument { field, reason })
+        };
         if self.text.trim().is_empty() {
             return invalid("query", "must not be empty".into());
         }
@@ -36,10 +38,10 @@ impl SearchRequest {
         if self.filter.tenant.is_empty() {
             return invalid("tenant", "must not be empty".into());
         }
-        if let (Some(from_ms), Some(to_ms)) = (self.filter.from_ms, self.filter.to_ms) {
-            if from_ms > to_ms {
-                return invalid("from_ms", format!("{from_ms} is after to_ms {to_ms}"));
-            }
+        if let (Some(from_ms), Some(to_ms)) = (self.filter.from_ms, self.filter.to_ms)
+            && from_ms > to_ms
+        {
+            return invalid("from_ms", format!("{from_ms} is after to_ms {to_ms}"));
         }
         Ok(())
     }
@@ -77,7 +79,10 @@ mod tests {
     fn request() -> SearchRequest {
         SearchRequest {
             text: "a cat".into(),
-            filter: SearchFilter { tenant: "t".into(), ..Default::default() },
+            filter: SearchFilter {
+                tenant: "t".into(),
+                ..Default::default()
+            },
             top_k: 10,
         }
     }
@@ -85,13 +90,42 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         let cases: Vec<(SearchRequest, &str)> = vec![
-            (SearchRequest { text: "  ".into(), ..request() }, "query"),
-            (SearchRequest { top_k: 0, ..request() }, "top_k"),
-            (SearchRequest { top_k: MAX_TOP_K + 1, ..request() }, "top_k"),
-            (SearchRequest { text: "x".repeat(MAX_QUERY_CHARS + 1), ..request() }, "query"),
             (
                 SearchRequest {
-                    filter: SearchFilter { tenant: "t".into(), from_ms: Some(10), to_ms: Some(5), ..Default::default() },
+                    text: "  ".into(),
+                    ..request()
+                },
+                "query",
+            ),
+            (
+                SearchRequest {
+                    top_k: 0,
+                    ..request()
+                },
+                "top_k",
+            ),
+            (
+                SearchRequest {
+                    top_k: MAX_TOP_K + 1,
+                    ..request()
+                },
+                "top_k",
+            ),
+            (
+                SearchRequest {
+                    text: "x".repeat(MAX_QUERY_CHARS + 1),
+                    ..request()
+                },
+                "query",
+            ),
+            (
+                SearchRequest {
+                    filter: SearchFilter {
+                        tenant: "t".into(),
+                        from_ms: Some(10),
+                        to_ms: Some(5),
+                        ..Default::default()
+                    },
                     ..request()
                 },
                 "from_ms",
@@ -99,7 +133,9 @@ mod tests {
         ];
         for (case, field) in cases {
             match case.validate() {
-                Err(PipelineError::InvalidArgument { field: named, .. }) => assert_eq!(named, field),
+                Err(PipelineError::InvalidArgument { field: named, .. }) => {
+                    assert_eq!(named, field)
+                }
                 other => panic!("expected invalid {field}, got {other:?}"),
             }
         }

@@ -112,7 +112,12 @@ async fn index_once<S: IndexStore>(
 ) -> Result<usize, PipelineError> {
     let (task_ref, sampler_ref, models_ref) = (task.clone(), sampler.clone(), models.clone());
     let points = tokio::task::spawn_blocking(move || {
-        build_points(&task_ref, sampler_ref.as_ref(), &models_ref, frames_per_segment)
+        build_points(
+            &task_ref,
+            sampler_ref.as_ref(),
+            &models_ref,
+            frames_per_segment,
+        )
     })
     .await
     .map_err(|error| PipelineError::Task(error.to_string()))??;

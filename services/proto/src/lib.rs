@@ -17,7 +17,8 @@ pub fn encode_segment_task(task: &vidx_core::SegmentTask) -> Vec<u8> {
 /// Decode a queue message. Malformed bytes and missing media are `QueueError::Malformed`;
 /// the schema version is checked by the worker, so that it can dead-letter with the reason.
 pub fn decode_segment_task(bytes: &[u8]) -> Result<vidx_core::SegmentTask, QueueError> {
-    let message = v1::SegmentTask::decode(bytes).map_err(|error| QueueError::Malformed(format!("SegmentTask: {error}")))?;
+    let message = v1::SegmentTask::decode(bytes)
+        .map_err(|error| QueueError::Malformed(format!("SegmentTask: {error}")))?;
     vidx_core::SegmentTask::try_from(message)
 }
 
@@ -107,11 +108,22 @@ mod tests {
             media: SegmentMedia::Blob("file:///spool/a.mkv".into()),
             source_uri: "rtsp://***@cam/7".into(),
             attempt: 2,
-            subtitles: vec![SubtitleCue { start_ms: 841_000, end_ms: 842_000, text: "hello".into() }],
+            subtitles: vec![SubtitleCue {
+                start_ms: 841_000,
+                end_ms: 842_000,
+                text: "hello".into(),
+            }],
         };
         assert_eq!(decode_segment_task(&encode_segment_task(&task))?, task);
-        assert!(matches!(decode_segment_task(&[0xff, 0xff, 0xff]), Err(QueueError::Malformed(_))));
-        let no_media = v1::SegmentTask { tenant: "t".into(), stream_id: "s".into(), ..Default::default() };
+        assert!(matches!(
+            decode_segment_task(&[0xff, 0xff, 0xff]),
+            Err(QueueError::Malformed(_))
+        ));
+        let no_media = v1::SegmentTask {
+            tenant: "t".into(),
+            stream_id: "s".into(),
+            ..Default::default()
+        };
         let error = decode_segment_task(&no_media.encode_to_vec()).expect_err("media missing");
         assert!(error.to_string().contains("media"), "{error}");
         Ok(())

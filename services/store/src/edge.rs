@@ -227,7 +227,11 @@ impl EdgeStore {
             with_payload: WithPayloadInterface::Bool(true),
         };
         let state = self.state()?;
-        let vector_known = state.shard.config().vectors.contains_key(&query.vector_name);
+        let vector_known = state
+            .shard
+            .config()
+            .vectors
+            .contains_key(&query.vector_name);
         if !vector_known {
             return Err(StoreError::Invalid(format!(
                 "the index has no vector named `{}`",
@@ -294,10 +298,12 @@ fn check_vectors(shard: &EdgeShard, vectors: &[VectorSpec], path: &Path) -> Resu
         .map_err(|error| StoreError::Internal(format!("vector config: {error}")))?;
         shard
             .update(UpdateOperation::VectorNameOperation(
-                qdrant_edge::VectorNameOperations::CreateVectorName(qdrant_edge::CreateVectorName {
-                    vector_name: spec.name.clone(),
-                    config,
-                }),
+                qdrant_edge::VectorNameOperations::CreateVectorName(
+                    qdrant_edge::CreateVectorName {
+                        vector_name: spec.name.clone(),
+                        config,
+                    },
+                ),
             ))
             .map_err(internal("add named vector"))?;
     }
@@ -336,7 +342,12 @@ fn to_point(point: IndexPoint) -> Result<PointStructPersisted, StoreError> {
         return Err(StoreError::Invalid("payload is not an object".into()));
     }
     let vectors: BTreeMap<String, Vec<f32>> = point.vectors;
-    Ok(PointStruct::new(PointId::Uuid(point.id), Vectors::new_named(vectors), payload).into())
+    Ok(PointStruct::new(
+        PointId::Uuid(point.id),
+        Vectors::new_named(vectors),
+        payload,
+    )
+    .into())
 }
 
 fn key(name: &str) -> Result<qdrant_edge::JsonPath, StoreError> {
@@ -409,14 +420,12 @@ fn to_hit(point: ScoredPoint) -> Result<Hit, StoreError> {
     })
 }
 
-fn blocking<T: Send + 'static>(
+async fn blocking<T: Send + 'static>(
     function: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> impl std::future::Future<Output = Result<T, StoreError>> + Send {
-    async move {
-        tokio::task::spawn_blocking(function)
-            .await
-            .map_err(|error| StoreError::Internal(format!("store task failed: {error}")))?
-    }
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(function)
+        .await
+        .map_err(|error| StoreError::Internal(format!("store task failed: {error}")))?
 }
 
 impl IndexStore for EdgeStore {

@@ -17,19 +17,35 @@ fn spec() -> Vec<VectorSpec> {
 }
 
 fn unit_vector(seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut vector: Vec<f32> = (0..DIMENSION)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
         })
         .collect();
-    let norm = vector.iter().map(|value| value * value).sum::<f32>().sqrt().max(1e-6);
+    let norm = vector
+        .iter()
+        .map(|value| value * value)
+        .sum::<f32>()
+        .sqrt()
+        .max(1e-6);
     vector.iter_mut().for_each(|value| *value /= norm);
     vector
 }
 
-fn point(tenant: &str, stream: &str, seq: u64, index: u32, start_ms: u64, vector: Vec<f32>) -> IndexPoint {
+fn point(
+    tenant: &str,
+    stream: &str,
+    seq: u64,
+    index: u32,
+    start_ms: u64,
+    vector: Vec<f32>,
+) -> IndexPoint {
     IndexPoint {
         id: point_id(tenant, stream, seq, RecordKind::Subtitle, index, "test-rev"),
         vectors: BTreeMap::from([(vector_names::TEXT.to_string(), vector)]),
@@ -61,7 +77,16 @@ fn query(vector: Vec<f32>, filter: SearchFilter, top_k: usize) -> VectorQuery {
 fn upsert_search_reopen_and_idempotent_ids() -> anyhow::Result<()> {
     let directory = tempfile::tempdir()?;
     let points: Vec<IndexPoint> = (0..50)
-        .map(|index| point("acme", "cam-1", index / 10, index as u32 % 10, index * 1_000, unit_vector(index)))
+        .map(|index| {
+            point(
+                "acme",
+                "cam-1",
+                index / 10,
+                index as u32 % 10,
+                index * 1_000,
+                unit_vector(index),
+            )
+        })
         .collect();
     {
         let store = EdgeStore::open(directory.path(), &spec(), EdgeStoreOptions::default())?;
@@ -73,10 +98,16 @@ fn upsert_search_reopen_and_idempotent_ids() -> anyhow::Result<()> {
 
         let hits = store.search_blocking(query(
             unit_vector(17),
-            SearchFilter { tenant: "acme".into(), ..Default::default() },
+            SearchFilter {
+                tenant: "acme".into(),
+                ..Default::default()
+            },
             3,
         ))?;
-        assert_eq!(hits[0].id, points[17].id, "exact vector must be the top hit");
+        assert_eq!(
+            hits[0].id, points[17].id,
+            "exact vector must be the top hit"
+        );
         assert!(hits[0].score > 0.999);
         assert_eq!(hits[0].payload, points[17].payload);
     }
@@ -86,7 +117,10 @@ fn upsert_search_reopen_and_idempotent_ids() -> anyhow::Result<()> {
     assert_eq!(store.count_blocking(None)?, 50, "points survive a reopen");
     let hits = store.search_blocking(query(
         unit_vector(3),
-        SearchFilter { tenant: "acme".into(), ..Default::default() },
+        SearchFilter {
+            tenant: "acme".into(),
+            ..Default::default()
+        },
         1,
     ))?;
     assert_eq!(hits[0].id, points[3].id);
@@ -96,8 +130,15 @@ fn upsert_search_reopen_and_idempotent_ids() -> anyhow::Result<()> {
 #[test]
 fn dimension_mismatch_is_a_clear_error() -> anyhow::Result<()> {
     let directory = tempfile::tempdir()?;
-    drop(EdgeStore::open(directory.path(), &spec(), EdgeStoreOptions::default())?);
-    let wrong = vec![VectorSpec { name: vector_names::TEXT.into(), dimension: DIMENSION + 1 }];
+    drop(EdgeStore::open(
+        directory.path(),
+        &spec(),
+        EdgeStoreOptions::default(),
+    )?);
+    let wrong = vec![VectorSpec {
+        name: vector_names::TEXT.into(),
+        dimension: DIMENSION + 1,
+    }];
     let error = EdgeStore::open(directory.path(), &wrong, EdgeStoreOptions::default())
         .expect_err("dimension mismatch must fail");
     assert!(error.to_string().contains("dimension 8"), "{error}");
@@ -107,22 +148,53 @@ fn dimension_mismatch_is_a_clear_error() -> anyhow::Result<()> {
 #[test]
 fn optimize_builds_the_hnsw_index_after_the_threshold() -> anyhow::Result<()> {
     let directory = tempfile::tempdir()?;
-    let options = EdgeStoreOptions { optimize_after_points: 1_500, indexing_threshold_kb: Some(10) };
+    let options = EdgeStoreOptions {
+        optimize_after_points: 1_500,
+        indexing_threshold_kb: Some(10),
+    };
     let store = EdgeStore::open(directory.path(), &spec(), options)?;
     let points: Vec<IndexPoint> = (0..1_000)
-        .map(|index| point("acme", "cam", index / 100, index as u32 % 100, index * 10, unit_vector(index)))
+        .map(|index| {
+            point(
+                "acme",
+                "cam",
+                index / 100,
+                index as u32 % 100,
+                index * 10,
+                unit_vector(index),
+            )
+        })
         .collect();
     store.upsert_blocking(points.clone())?;
-    assert_eq!(store.indexed_vectors()?, 0, "below the threshold nothing is indexed yet");
+    assert_eq!(
+        store.indexed_vectors()?,
+        0,
+        "below the threshold nothing is indexed yet"
+    );
     let more: Vec<IndexPoint> = (1_000..2_000)
-        .map(|index| point("acme", "cam", index / 100, index as u32 % 100, index * 10, unit_vector(index)))
+        .map(|index| {
+            point(
+                "acme",
+                "cam",
+                index / 100,
+                index as u32 % 100,
+                index * 10,
+                unit_vector(index),
+            )
+        })
         .collect();
     store.upsert_blocking(more)?;
-    assert!(store.indexed_vectors()? > 0, "crossing the threshold builds HNSW");
+    assert!(
+        store.indexed_vectors()? > 0,
+        "crossing the threshold builds HNSW"
+    );
     assert_eq!(store.count_blocking(None)?, 2_000);
     let hits = store.search_blocking(query(
         unit_vector(1_234),
-        SearchFilter { tenant: "acme".into(), ..Default::default() },
+        SearchFilter {
+            tenant: "acme".into(),
+            ..Default::default()
+        },
         1,
     ))?;
     assert_eq!(hits[0].payload.start_ms, 12_340);

