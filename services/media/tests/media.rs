@@ -1,0 +1,306 @@
+//! The ffmpeg adapter on real encoded video made with the ffmpeg CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
+use vidx_core::ports::FrameSampler;
+use vidx_core::{MediaError, TimeRange};
+use vidx_media::{
+    FfmpegFrameSampler, InputSource, SegmentChunk, SegmentOptions, probe, segment_source,
+};
+
+fn ffmpeg(arguments: &[&str]) -> Result<()> {
+    let output = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(arguments)
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "ffmpeg: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// 30 s of testsrc2 at 25 fps, H.264 with a keyframe exactly every 2 s.
+fn gop_video(directory: &Path, extra: &[&str]) -> Result<PathBuf> {
+    let path = directory.join("gop.mp4");
+    let mut arguments = vec![
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=s=320x240:r=25:d=30",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "50",
+        "-keyint_min",
+        "50",
+        "-sc_threshold",
+        "0",
+        "-pix_fmt",
+        "yuv420p",
+    ];
+    arguments.extend_from_slice(extra);
+    arguments.push(path.to_str().context("path")?);
+    ffmpeg(&arguments)?;
+    Ok(path)
+}
+
+fn segment_all(
+    path: &Path,
+    segment_ms: u64,
+    spool: &Path,
+) -> (
+    Vec<SegmentChunk>,
+    Result<vidx_media::SegmentSummary, MediaError>,
+) {
+    let mut chunks = Vec::new();
+    let result = segment_source(
+        &InputSource::File(path.to_path_buf()),
+        &SegmentOptions::new(segment_ms, spool.to_path_buf()),
+        |chunk| {
+            chunks.push(chunk);
+            true
+        },
+    );
+    (chunks, result)
+}
+
+fn ffprobe_frames(path: &Path) -> Result<u64> {
+    let output = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames,codec_name",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let (codec, frames) = text.trim().split_once(',').context("ffprobe output")?;
+    ensure!(codec == "h264", "chunk was re-encoded to {codec}");
+    Ok(frames.parse()?)
+}
+
+#[test]
+fn probe_reports_stream_facts() -> Result<()> {
+    let directory = tempfile::tempdir()?;
+    let video = gop_video(directory.path(), &[])?;
+    let info = probe(&InputSource::File(video))?;
+    let stream = info.video.context("video stream")?;
+    assert_eq!((stream.width, stream.height), (320, 240));
+    assert!((stream.fps - 25.0).abs() < 0.01, "{}", stream.fps);
+    assert_eq!(stream.codec, "h264");
+    assert!(
+        info.duration_ms
+            .is_some_and(|ms| (29_900..=30_100).contains(&ms)),
+        "{:?}",
+        info.duration_ms
+    );
+    assert!(info.subtitles.is_empty());
+    Ok(())
+}
+
+#[test]
+fn segments_are_keyframe_aligned_self_contained_remuxes() -> Result<()> {
+    let directory = tempfile::tempdir()?;
+    let video = gop_video(directory.path(), &[])?;
+    let (chunks, result) = segment_all(&video, 7_000, &directory.path().join("spool"));
+    let summary = result?;
+    // Keyframes every 2 s; a segment closes at the first keyframe >= 7 s after its start: 0, 8, 16, 24.
+    let starts: Vec<u64> = chunks.iter().map(|chunk| chunk.range.start_ms).collect();
+    assert_eq!(starts, vec![0, 8_000, 16_000, 24_000]);
+    assert_eq!(summary.segments, 4);
+    for pair in chunks.windows(2) {
+        assert_eq!(
+            pair[0].range.end_ms, pair[1].range.start_ms,
+            "segments are contiguous"
+        );
+    }
+    let last = chunks.last().context("chunks")?;
+    assert!(
+        (29_900..=30_100).contains(&last.range.end_ms),
+        "{:?}",
+        last.range
+    );
+    // Each chunk decodes on its own, untouched (still H.264), and together they hold every frame.
+    let mut total_frames = 0;
+    for chunk in &chunks {
+        let frames = ffprobe_frames(&chunk.path)?;
+        assert_eq!(
+            frames, chunk.packets,
+            "chunk {} decodes all its packets",
+            chunk.seq
+        );
+        total_frames += frames;
+    }
+    assert_eq!(total_frames, 750);
+    Ok(())
+}
+
+#[test]
+fn sampled_frames_carry_their_real_time_and_content() -> Result<()> {
+    let directory = tempfile::tempdir()?;
+    // 2 s each of red, green, blue, white at 25 fps; keyframe every 2 s.
+    let video = directory.path().join("colors.mp4");
+    ffmpeg(&[
+        "-filter_complex",
+        "color=c=red:s=64x48:r=25:d=2[a];color=c=green:s=64x48:r=25:d=2[b];color=c=blue:s=64x48:r=25:d=2[c];color=c=white:s=64x48:r=25:d=2[d];[a][b][c][d]concat=n=4:v=1:a=0,format=yuv420p[v]",
+        "-map",
+        "[v]",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "50",
+        "-bf",
+        "2",
+        video.to_str().context("path")?,
+    ])?;
+    let (chunks, result) = segment_all(&video, 100_000, &directory.path().join("spool"));
+    result?;
+    assert_eq!(chunks.len(), 1);
+    let sampler = FfmpegFrameSampler::new(32);
+    let frames = sampler.sample(&chunks[0].path, chunks[0].range, 4)?;
+    assert_eq!(frames.len(), 4);
+    let expected = [
+        (1_000, [255, 0, 0]),
+        (3_000, [0, 128, 0]),
+        (5_000, [0, 0, 255]),
+        (7_000, [255, 255, 255]),
+    ];
+    for (frame, (target_ms, colour)) in frames.iter().zip(expected) {
+        // The frame on screen at the target: a real frame time (40 ms grid) within one frame of it.
+        assert_eq!(frame.pts_ms % 40, 0, "{} is not a frame time", frame.pts_ms);
+        assert!(
+            frame.pts_ms <= target_ms && target_ms < frame.pts_ms + 40,
+            "target {target_ms}, frame {}",
+            frame.pts_ms
+        );
+        assert_eq!(
+            (frame.width, frame.height, frame.rgb.len()),
+            (32, 32, 32 * 32 * 3)
+        );
+        let centre = &frame.rgb[(16 * 32 + 16) * 3..(16 * 32 + 16) * 3 + 3];
+        for (got, want) in centre.iter().zip(colour) {
+            assert!(
+                (i32::from(*got) - want).abs() <= 24,
+                "at {target_ms} ms: {centre:?}, want {colour:?}"
+            );
+        }
+    }
+    // A later segment reports absolute stream times.
+    let frames = sampler.sample(&chunks[0].path, TimeRange::new(60_000, 68_000), 2)?;
+    assert_eq!((frames[0].pts_ms, frames[1].pts_ms), (62_000, 66_000));
+    Ok(())
+}
+
+#[test]
+fn truncated_faststart_file_is_an_error_naming_it_after_the_good_part() -> Result<()> {
+    let directory = tempfile::tempdir()?;
+    let video = gop_video(directory.path(), &["-movflags", "+faststart"])?;
+    let bytes = std::fs::read(&video)?;
+    let truncated = directory.path().join("cut.mp4");
+    std::fs::write(&truncated, &bytes[..bytes.len() * 6 / 10])?;
+    let (chunks, result) = segment_all(&truncated, 5_000, &directory.path().join("spool"));
+    let error = result.expect_err("truncated file must fail");
+    assert!(matches!(error, MediaError::Truncated { .. }), "{error}");
+    assert!(error.to_string().contains("cut.mp4"), "{error}");
+    assert!(!chunks.is_empty(), "the readable part was still segmented");
+    Ok(())
+}
+
+#[test]
+fn unsupported_inputs_are_typed_errors() -> Result<()> {
+    let directory = tempfile::tempdir()?;
+    let audio = directory.path().join("tone.m4a");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=d=2",
+        audio.to_str().context("path")?,
+    ])?;
+    let (_, result) = segment_all(&audio, 5_000, &directory.path().join("spool"));
+    let error = result.expect_err("audio only");
+    assert!(
+        matches!(error, MediaError::Unsupported { .. })
+            && error.to_string().contains("no video stream"),
+        "{error}"
+    );
+
+    let video = gop_video(directory.path(), &[])?;
+    let options = SegmentOptions {
+        max_pixels: 100 * 100,
+        ..SegmentOptions::new(5_000, directory.path().join("spool"))
+    };
+    let error =
+        segment_source(&InputSource::File(video), &options, |_| true).expect_err("too large");
+    assert!(error.to_string().contains("320x240"), "{error}");
+
+    let missing = segment_all(&directory.path().join("nope.mp4"), 5_000, directory.path())
+        .1
+        .expect_err("missing");
+    assert!(matches!(missing, MediaError::NotFound { .. }), "{missing}");
+    Ok(())
+}
+
+#[test]
+fn embedded_and_sidecar_subtitles_become_cues_once() -> Result<()> {
+    let directory = tempfile::tempdir()?;
+    let video = gop_video(directory.path(), &[])?;
+    let srt = directory.path().join("in.srt");
+    std::fs::write(
+        &srt,
+        "1\n00:00:03,500 --> 00:00:05,000\nfirst <b>line</b>\n\n2\n00:00:15,000 --> 00:00:17,250\nsecond line\n",
+    )?;
+    let muxed = directory.path().join("muxed.mkv");
+    ffmpeg(&[
+        "-i",
+        video.to_str().context("p")?,
+        "-i",
+        srt.to_str().context("p")?,
+        "-c:v",
+        "copy",
+        "-c:s",
+        "srt",
+        muxed.to_str().context("p")?,
+    ])?;
+    let info = probe(&InputSource::File(muxed.clone()))?;
+    assert_eq!(info.subtitles.len(), 1);
+    // A sidecar with one cue equal to the embedded one and one new cue.
+    std::fs::write(
+        directory.path().join("muxed.en.vtt"),
+        "WEBVTT\n\n00:03.500 --> 00:05.000\nfirst line\n\n00:25.000 --> 00:26.000\nfrom the sidecar\n",
+    )?;
+    let (chunks, result) = segment_all(&muxed, 10_000, &directory.path().join("spool"));
+    assert_eq!(result?.subtitle_cues, 3);
+    let placed: Vec<(u64, u64, u64, String)> = chunks
+        .iter()
+        .flat_map(|chunk| {
+            chunk
+                .subtitles
+                .iter()
+                .map(move |cue| (chunk.seq, cue.start_ms, cue.end_ms, cue.text.clone()))
+        })
+        .collect();
+    assert_eq!(
+        placed,
+        vec![
+            (0, 3_500, 5_000, "first line".to_string()),
+            (1, 15_000, 17_250, "second line".to_string()),
+            (2, 25_000, 26_000, "from the sidecar".to_string()),
+        ]
+    );
+    Ok(())
+}

@@ -1,0 +1,334 @@
+//! Pipeline logic: retries, dead letters, acks and idempotency, with the real Qdrant Edge
+//! store (wrapped to inject outages) and the in-process queue. The text embedder is a fake:
+//! these tests are about the stages, not the model.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use vidx_bus::InProcessQueue;
+use vidx_core::ports::{FrameSampler, IndexStore, SegmentQueue, TextEmbedder};
+use vidx_core::{
+    Frame, Hit, IndexPoint, MediaError, ModelError, SEGMENT_TASK_SCHEMA_VERSION, SearchFilter,
+    SegmentMedia, SegmentTask, StoreError, SubtitleCue, TimeRange, VectorQuery,
+};
+use vidx_pipeline::captioners::SubtitleCaptioner;
+use vidx_pipeline::{Models, WorkerEvent, WorkerOptions, run_worker};
+use vidx_store::{EdgeStore, EdgeStoreOptions, VectorSpec};
+
+const DIMENSION: usize = 8;
+
+/// Hash-based unit vectors; fails on captions containing "POISON".
+struct FakeEmbedder;
+
+impl TextEmbedder for FakeEmbedder {
+    fn name(&self) -> &str {
+        "fake"
+    }
+    fn revision(&self) -> &str {
+        "fake-1"
+    }
+    fn dimension(&self) -> usize {
+        DIMENSION
+    }
+    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
+        texts
+            .iter()
+            .map(|text| {
+                if text.contains("POISON") {
+                    return Err(ModelError::Inference {
+                        model: "fake".into(),
+                        reason: "bad tensor".into(),
+                    });
+                }
+                let mut vector: Vec<f32> = (0..DIMENSION)
+                    .map(|index| {
+                        ((text.len() * 31
+                            + index * 17
+                            + text.bytes().map(usize::from).sum::<usize>())
+                            % 97) as f32
+                            + 1.0
+                    })
+                    .collect();
+                let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+                vector.iter_mut().for_each(|v| *v /= norm);
+                Ok(vector)
+            })
+            .collect()
+    }
+}
+
+/// Never called: these tests sample no frames.
+struct NoFrames;
+
+impl FrameSampler for NoFrames {
+    fn sample(
+        &self,
+        path: &std::path::Path,
+        _: TimeRange,
+        _: usize,
+    ) -> Result<Vec<Frame>, MediaError> {
+        Err(MediaError::Io {
+            input: path.display().to_string(),
+            reason: "unexpected decode".into(),
+        })
+    }
+}
+
+/// The real store, unavailable for the first `failures` upserts.
+struct FlakyStore {
+    inner: EdgeStore,
+    failures: AtomicUsize,
+    upsert_calls: AtomicUsize,
+}
+
+impl IndexStore for FlakyStore {
+    async fn upsert(&self, points: Vec<IndexPoint>) -> Result<(), StoreError> {
+        self.upsert_calls.fetch_add(1, Ordering::SeqCst);
+        let remaining = self.failures.load(Ordering::SeqCst);
+        if remaining > 0 {
+            self.failures.store(remaining - 1, Ordering::SeqCst);
+            return Err(StoreError::Unavailable("injected outage".into()));
+        }
+        self.inner.upsert(points).await
+    }
+    async fn search(&self, query: VectorQuery) -> Result<Vec<Hit>, StoreError> {
+        self.inner.search(query).await
+    }
+    async fn count(&self, filter: Option<SearchFilter>) -> Result<u64, StoreError> {
+        self.inner.count(filter).await
+    }
+}
+
+fn task(seq: u64, captions: &[&str]) -> SegmentTask {
+    SegmentTask {
+        schema_version: SEGMENT_TASK_SCHEMA_VERSION,
+        tenant: "acme".into(),
+        stream_id: "cam-1".into(),
+        segment_seq: seq,
+        range: TimeRange::new(seq * 10_000, seq * 10_000 + 10_000),
+        media: SegmentMedia::Inline(Vec::new()),
+        source_uri: "cam-1".into(),
+        attempt: 1,
+        subtitles: captions
+            .iter()
+            .enumerate()
+            .map(|(index, text)| SubtitleCue {
+                start_ms: seq * 10_000 + index as u64 * 1_000,
+                end_ms: seq * 10_000 + index as u64 * 1_000 + 900,
+                text: (*text).to_string(),
+            })
+            .collect(),
+    }
+}
+
+struct Harness {
+    store: Arc<FlakyStore>,
+    queue: Arc<InProcessQueue>,
+    // Dropped last: Qdrant Edge flushes into its directory when the store drops.
+    _directory: tempfile::TempDir,
+}
+
+impl Harness {
+    fn new(outages: usize) -> anyhow::Result<Self> {
+        let directory = tempfile::tempdir()?;
+        let inner = EdgeStore::open(
+            directory.path(),
+            &[VectorSpec {
+                name: "text".into(),
+                dimension: DIMENSION,
+            }],
+            EdgeStoreOptions::default(),
+        )?;
+        Ok(Self {
+            _directory: directory,
+            store: Arc::new(FlakyStore {
+                inner,
+                failures: AtomicUsize::new(outages),
+                upsert_calls: AtomicUsize::new(0),
+            }),
+            queue: Arc::new(InProcessQueue::new(4)),
+        })
+    }
+
+    /// Publish the tasks, close the queue, run `workers` workers to completion.
+    async fn run(
+        &self,
+        tasks: Vec<SegmentTask>,
+        workers: usize,
+        max_attempts: u32,
+    ) -> anyhow::Result<Vec<WorkerEvent>> {
+        let models = Arc::new(Models {
+            captioners: vec![Arc::new(SubtitleCaptioner)],
+            text_embedder: Arc::new(FakeEmbedder),
+            visual_embedder: None,
+        });
+        let options = WorkerOptions {
+            frames_per_segment: 0,
+            max_attempts,
+            retry_backoff: Duration::from_millis(5),
+        };
+        let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+        let (_shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut handles = Vec::new();
+        for _ in 0..workers {
+            handles.push(tokio::spawn(run_worker(
+                self.queue.clone(),
+                self.store.clone(),
+                Arc::new(NoFrames) as Arc<dyn FrameSampler>,
+                models.clone(),
+                options.clone(),
+                events_tx.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+        drop(events_tx);
+        for task in tasks {
+            self.queue.publish(task).await?;
+        }
+        self.queue.close();
+        for handle in handles {
+            handle.await??;
+        }
+        let mut events = Vec::new();
+        while let Some(event) = events_rx.recv().await {
+            events.push(event);
+        }
+        Ok(events)
+    }
+
+    async fn points(&self) -> anyhow::Result<u64> {
+        Ok(self.store.count(None).await?)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_outage_is_retried_then_acked() -> anyhow::Result<()> {
+    let harness = Harness::new(2)?;
+    let events = harness
+        .run(vec![task(0, &["a dog runs", "a cat sleeps"])], 1, 3)
+        .await?;
+    assert_eq!(
+        events,
+        vec![WorkerEvent::Indexed {
+            stream_id: "cam-1".into(),
+            segment_seq: 0,
+            points: 2,
+            media_ms: 10_000
+        }]
+    );
+    assert_eq!(
+        harness.store.upsert_calls.load(Ordering::SeqCst),
+        3,
+        "two failures, one success"
+    );
+    assert_eq!(harness.points().await?, 2);
+    assert!(harness.queue.dead_letters().is_empty());
+    assert_eq!(harness.queue.in_flight(), 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retries_dead_letter_and_the_queue_moves_on() -> anyhow::Result<()> {
+    let harness = Harness::new(3)?;
+    let events = harness
+        .run(vec![task(0, &["first"]), task(1, &["second"])], 1, 3)
+        .await?;
+    let letters = harness.queue.dead_letters();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].segment_seq, 0);
+    assert!(
+        letters[0].reason.contains("injected outage"),
+        "{}",
+        letters[0].reason
+    );
+    assert!(
+        matches!(&events[0], WorkerEvent::Failed { attempts: 3, .. }),
+        "{events:?}"
+    );
+    assert!(
+        matches!(&events[1], WorkerEvent::Indexed { segment_seq: 1, .. }),
+        "{events:?}"
+    );
+    assert_eq!(
+        harness.points().await?,
+        1,
+        "nothing of the failed segment, all of the next"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_errors_and_unknown_schema_are_not_retried() -> anyhow::Result<()> {
+    let harness = Harness::new(0)?;
+    let mut future_version = task(2, &["from the future"]);
+    future_version.schema_version = 99;
+    let events = harness
+        .run(
+            vec![
+                task(0, &["fine"]),
+                task(1, &["a POISON caption"]),
+                future_version,
+            ],
+            1,
+            5,
+        )
+        .await?;
+    let letters = harness.queue.dead_letters();
+    let reasons: Vec<(u64, &str)> = letters
+        .iter()
+        .map(|letter| (letter.segment_seq, letter.reason.as_str()))
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons[0].0 == 1 && reasons[0].1.contains("bad tensor"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].0 == 2 && reasons[1].1.contains("schema version 99"),
+        "{reasons:?}"
+    );
+    for event in &events {
+        if let WorkerEvent::Failed { attempts, .. } = event {
+            assert_eq!(
+                *attempts, 1,
+                "non-retryable errors fail on the first attempt"
+            );
+        }
+    }
+    assert_eq!(harness.points().await?, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_workers_and_replays_index_each_moment_once() -> anyhow::Result<()> {
+    let harness = Harness::new(0)?;
+    let captions: Vec<String> = (0..3)
+        .map(|index| format!("caption number {index}"))
+        .collect();
+    let caption_refs: Vec<&str> = captions.iter().map(String::as_str).collect();
+    let tasks: Vec<SegmentTask> = (0..20).map(|seq| task(seq, &caption_refs)).collect();
+    let events = harness.run(tasks.clone(), 3, 3).await?;
+    assert_eq!(events.len(), 20);
+    assert_eq!(harness.points().await?, 60);
+    // A replay of everything (offsets reset, or the same input indexed again): same ids, same count.
+    let replay = Harness {
+        _directory: tempfile::tempdir()?,
+        store: harness.store.clone(),
+        queue: Arc::new(InProcessQueue::new(4)),
+    };
+    replay.run(tasks, 2, 3).await?;
+    assert_eq!(replay.points().await?, 60);
+    let by_stream = replay
+        .store
+        .count(Some(SearchFilter {
+            tenant: "acme".into(),
+            stream_id: Some("cam-1".into()),
+            from_ms: Some(0),
+            to_ms: Some(19_999),
+        }))
+        .await?;
+    assert_eq!(by_stream, 6, "segments 0 and 1 hold 3 moments each");
+    Ok(())
+}
