@@ -18,7 +18,7 @@ ffmpeg -hide_banner -loglevel error -y -f lavfi -i "testsrc2=s=1920x1080:r=30:d=
   -c:v libx264 -preset veryfast -g 60 -pix_fmt yuv420p "$video"
 
 cargo build --release -q -p vidx-media --example sampling_bench
-bench=target/release/examples/sampling_bench
+bench="${CARGO_TARGET_DIR:-target}/release/examples/sampling_bench"
 
 cli_once() {
   local start=0

@@ -464,3 +464,75 @@ fn bad_requests_and_config_name_the_field() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn http_source_is_indexed_when_private_hosts_are_allowed() -> Result<()> {
+    let workspace = tempfile::tempdir()?;
+    let served = workspace.path().join("served");
+    std::fs::create_dir(&served)?;
+    let original = make_video(&served, "original.mp4", true)?;
+    // Python's http.server ignores Range requests: put the index first so a sequential read works.
+    ffmpeg(&[
+        "-i",
+        original.to_str().context("path")?,
+        "-map",
+        "0",
+        "-c",
+        "copy",
+        "-movflags",
+        "+faststart",
+        served.join("remote.mp4").to_str().context("path")?,
+    ])?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    drop(listener);
+    let mut server = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .current_dir(&served)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let url = format!("http://127.0.0.1:{port}/remote.mp4");
+    let result = (|| -> Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "http server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let data_dir = workspace.path().join("data");
+        // Loopback is refused by default ...
+        let output = vidx(&["index", "--json", &url], &data_dir)?;
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("loopback"),
+            "{}",
+            describe(&output)
+        );
+        // ... and allowed by the operator.
+        let output = Command::new(VIDX)
+            .args(["index", "--json", &url, "--data-dir"])
+            .arg(&data_dir)
+            .env("HF_HUB_OFFLINE", "1")
+            .env("VIDX__MEDIA__ALLOW_PRIVATE_HOSTS", "true")
+            .output()?;
+        ensure!(output.status.success(), "{}", describe(&output));
+        let summary = json_lines(&output)?.pop().context("summary")?;
+        assert_eq!(summary["moments"], 8, "{summary}");
+        let hits = search("a sleeping kitty on the couch", &data_dir, &[])?;
+        assert_top_hit_in_scene(&hits, 2, "kitty over http")?;
+        assert_eq!(hits[0]["stream_id"], url.as_str());
+        Ok(())
+    })();
+    server.kill()?;
+    server.wait()?;
+    result
+}

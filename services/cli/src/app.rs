@@ -156,15 +156,24 @@ impl AppContext {
 
     /// Open (or create) the embedded Qdrant Edge index for `text_dimension`-sized text vectors.
     pub async fn open_store(&self, text_dimension: usize) -> anyhow::Result<EdgeStore> {
+        self.open_store_with(vec![VectorSpec {
+            name: vector_names::TEXT.into(),
+            dimension: text_dimension,
+        }])
+        .await
+    }
+
+    /// Open the existing index without checking its vectors against a model.
+    pub async fn open_existing_store(&self) -> anyhow::Result<EdgeStore> {
+        self.open_store_with(Vec::new()).await
+    }
+
+    async fn open_store_with(&self, vectors: Vec<VectorSpec>) -> anyhow::Result<EdgeStore> {
         let path = self.index_dir();
         let options = EdgeStoreOptions {
             optimize_after_points: self.config.store.optimize_after_points,
             indexing_threshold_kb: None,
         };
-        let vectors = vec![VectorSpec {
-            name: vector_names::TEXT.into(),
-            dimension: text_dimension,
-        }];
         tokio::task::spawn_blocking(move || EdgeStore::open(&path, &vectors, options))
             .await
             .context("store task")?
@@ -179,7 +188,7 @@ fn init_logging(config: &Config, env: &BTreeMap<String, String>, verbose: bool) 
         "warn"
     };
     let default_filter = format!(
-        "warn,vidx={level},vidx_cli={level},vidx_pipeline={level},vidx_media={level},vidx_model={level},vidx_store={level}"
+        "warn,qdrant_edge=error,vidx={level},vidx_cli={level},vidx_pipeline={level},vidx_media={level},vidx_model={level},vidx_store={level}"
     );
     let filter = env
         .get("RUST_LOG")

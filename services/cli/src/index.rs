@@ -74,6 +74,13 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
         report_for(&mut reports, &input.display_name());
     }
 
+    if inputs.is_empty() {
+        // Nothing indexable: report without loading models or opening the index.
+        let summary = summarize(&context, &reports, 0, 0, started, false);
+        print_summary(&summary, args.common.json)?;
+        return Ok(EXIT_PARTIAL);
+    }
+
     let text_embedder = context.text_embedder().await?;
     let store = Arc::new(context.open_store(text_embedder.dimension()).await?);
 
@@ -174,9 +181,28 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
     }
     progress.finish_and_clear();
 
+    let summary = summarize(&context, &reports, indexed, moments, started, interrupted);
+    print_summary(&summary, args.common.json)?;
+    Ok(if interrupted {
+        EXIT_INTERRUPTED
+    } else if summary.inputs_failed > 0 {
+        EXIT_PARTIAL
+    } else {
+        EXIT_OK
+    })
+}
+
+fn summarize(
+    context: &AppContext,
+    reports: &BTreeMap<String, InputReport>,
+    segments: u64,
+    moments: u64,
+    started: Instant,
+    interrupted: bool,
+) -> Summary {
     let wall_ms = started.elapsed().as_millis() as u64;
     let media_ms: u64 = reports.values().map(|report| report.media_ms).sum();
-    let failures: Vec<Failure> = reports
+    let failures = reports
         .values()
         .flat_map(|report| {
             report.errors.iter().map(|error| Failure {
@@ -185,14 +211,14 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
             })
         })
         .collect();
-    let summary = Summary {
+    Summary {
         data_dir: context.data_dir.display().to_string(),
         inputs: reports.len(),
         inputs_failed: reports
             .values()
             .filter(|report| !report.errors.is_empty())
             .count(),
-        segments: indexed,
+        segments,
         segments_failed: reports.values().map(|report| report.segments_failed).sum(),
         moments,
         media_ms,
@@ -204,15 +230,7 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
         },
         interrupted,
         failures,
-    };
-    print_summary(&summary, args.common.json)?;
-    Ok(if interrupted {
-        EXIT_INTERRUPTED
-    } else if summary.inputs_failed > 0 {
-        EXIT_PARTIAL
-    } else {
-        EXIT_OK
-    })
+    }
 }
 
 fn report_for<'a>(

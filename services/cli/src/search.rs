@@ -89,8 +89,8 @@ pub async fn stats(context: AppContext, common: &CommonArgs) -> anyhow::Result<u
             format!("no index at {}", context.index_dir().display()),
         ));
     }
-    let embedder = context.text_embedder().await?;
-    let store = context.open_store(embedder.dimension()).await?;
+    // Counting needs no model: open the store as it is.
+    let store = context.open_existing_store().await?;
     let counting = store.clone();
     let (points, indexed) =
         tokio::task::spawn_blocking(move || -> Result<(u64, u64), vidx_core::StoreError> {

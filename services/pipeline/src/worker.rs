@@ -49,7 +49,7 @@ pub async fn run_worker<Q: SegmentQueue, S: IndexStore>(
     loop {
         let delivery = tokio::select! {
             biased;
-            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            _ = stopped(&mut shutdown) => return Ok(()),
             delivery = queue.receive() => delivery?,
         };
         let Some(delivery) = delivery else {
@@ -64,7 +64,7 @@ pub async fn run_worker<Q: SegmentQueue, S: IndexStore>(
         let outcome = loop {
             let result = tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+                _ = stopped(&mut shutdown) => return Ok(()),
                 result = index_once(&task, &store, &sampler, &models, options.frames_per_segment) => result,
             };
             match result {
@@ -100,6 +100,13 @@ pub async fn run_worker<Q: SegmentQueue, S: IndexStore>(
                 });
             }
         }
+    }
+}
+
+/// Resolves once shutdown is requested; never, when the sender is gone without asking.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
