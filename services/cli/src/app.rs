@@ -197,6 +197,7 @@ fn init_logging(config: &Config, env: &BTreeMap<String, String>, verbose: bool) 
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }
