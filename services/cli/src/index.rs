@@ -113,7 +113,7 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
     drop(events_tx);
     spawn_signal_handler(shutdown_tx.clone());
 
-    let progress = progress_bar(inputs.len(), args.common.json);
+    let progress = progress_spinner(args.common.json);
     let spool = tempfile::Builder::new().prefix("vidx-spool-").tempdir()?;
     let segment_options = SegmentOptions {
         max_pixels: config.media.max_pixels,
@@ -163,9 +163,6 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
             }
         }
         progress.set_message(format!("{indexed} segments, {moments} moments"));
-        if ingest.is_finished() && queue.in_flight() == 0 {
-            progress.set_position(progress.length().unwrap_or(0));
-        }
     }
     let ingest_results = ingest.await?;
     for (name, error) in ingest_results.errors {
@@ -335,11 +332,12 @@ fn to_task(
     })
 }
 
-fn progress_bar(inputs: usize, json: bool) -> ProgressBar {
+/// A spinner with the running counts: the number of segments is unknown until segmenting ends.
+fn progress_spinner(json: bool) -> ProgressBar {
     if json || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::new(inputs as u64);
+    let bar = ProgressBar::new_spinner();
     if let Ok(style) = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}") {
         bar.set_style(style);
     }

@@ -218,7 +218,7 @@ impl EdgeStore {
                 query: VectorInternal::Dense(query.vector),
                 using: Some(query.vector_name.clone()),
             }))),
-            filter: Some(to_filter(&query.filter)),
+            filter: Some(to_filter(&query.filter)?),
             score_threshold: None,
             limit: query.top_k,
             offset: 0,
@@ -248,7 +248,7 @@ impl EdgeStore {
         let count = state
             .shard
             .count(CountRequest {
-                filter: filter.as_ref().map(to_filter),
+                filter: filter.as_ref().map(to_filter).transpose()?,
                 exact: true,
             })
             .map_err(internal("count"))?;
@@ -319,10 +319,8 @@ fn create_payload_indexes(shard: &EdgeShard) -> Result<(), StoreError> {
                 .iter()
                 .map(|key| (*key, PayloadSchemaType::Integer)),
         );
-    for (key, schema) in schemas {
-        let field_name = key
-            .try_into()
-            .map_err(|_| StoreError::Internal(format!("invalid payload key {key}")))?;
+    for (name, schema) in schemas {
+        let field_name = key(name)?;
         shard
             .update(UpdateOperation::FieldIndexOperation(
                 FieldIndexOperations::CreateIndex(CreateIndex {
@@ -355,47 +353,43 @@ fn key(name: &str) -> Result<qdrant_edge::JsonPath, StoreError> {
         .map_err(|_| StoreError::Internal(format!("invalid payload key {name}")))
 }
 
-/// The tenant condition is always present: no search crosses tenants.
-fn to_filter(filter: &SearchFilter) -> Filter {
-    let mut conditions = Vec::new();
-    let keyword = |name: &str, value: &str| {
-        key(name).ok().map(|key| {
-            Condition::Field(FieldCondition::new_match(
-                key,
-                Match::new_value(ValueVariants::String(value.to_string())),
-            ))
-        })
+/// The tenant condition is always present: no search crosses tenants. A key that cannot be
+/// built is an error, never a silently dropped condition.
+fn to_filter(filter: &SearchFilter) -> Result<Filter, StoreError> {
+    let keyword = |name: &str, value: &str| -> Result<Condition, StoreError> {
+        Ok(Condition::Field(FieldCondition::new_match(
+            key(name)?,
+            Match::new_value(ValueVariants::String(value.to_string())),
+        )))
     };
-    conditions.extend(keyword(payload_keys::TENANT, &filter.tenant));
+    let range = |name: &str, gte: Option<u64>, lte: Option<u64>| -> Result<Condition, StoreError> {
+        Ok(Condition::Field(FieldCondition::new_range(
+            key(name)?,
+            Range {
+                lt: None,
+                gt: None,
+                gte: gte.map(|value| OrderedFloat(value as f64)),
+                lte: lte.map(|value| OrderedFloat(value as f64)),
+            },
+        )))
+    };
+    let mut conditions = vec![keyword(payload_keys::TENANT, &filter.tenant)?];
     if let Some(stream_id) = &filter.stream_id {
-        conditions.extend(keyword(payload_keys::STREAM_ID, stream_id));
+        conditions.push(keyword(payload_keys::STREAM_ID, stream_id)?);
     }
-    let range = |name: &str, gte: Option<u64>, lte: Option<u64>| {
-        key(name).ok().map(|key| {
-            Condition::Field(FieldCondition::new_range(
-                key,
-                Range {
-                    lt: None,
-                    gt: None,
-                    gte: gte.map(|value| OrderedFloat(value as f64)),
-                    lte: lte.map(|value| OrderedFloat(value as f64)),
-                },
-            ))
-        })
-    };
     // Overlap with [from, to]: the moment ends at or after `from` and starts at or before `to`.
     if let Some(from_ms) = filter.from_ms {
-        conditions.extend(range(payload_keys::END_MS, Some(from_ms), None));
+        conditions.push(range(payload_keys::END_MS, Some(from_ms), None)?);
     }
     if let Some(to_ms) = filter.to_ms {
-        conditions.extend(range(payload_keys::START_MS, None, Some(to_ms)));
+        conditions.push(range(payload_keys::START_MS, None, Some(to_ms))?);
     }
-    Filter {
+    Ok(Filter {
         should: None,
         min_should: None,
         must: Some(conditions),
         must_not: None,
-    }
+    })
 }
 
 fn to_hit(point: ScoredPoint) -> Result<Hit, StoreError> {

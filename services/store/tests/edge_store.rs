@@ -64,6 +64,22 @@ fn point(
     }
 }
 
+/// Points of stream `cam`, 100 per segment, 10 ms apart.
+fn camera_points(indexes: std::ops::Range<u64>) -> Vec<IndexPoint> {
+    indexes
+        .map(|index| {
+            point(
+                "acme",
+                "cam",
+                index / 100,
+                index as u32 % 100,
+                index * 10,
+                unit_vector(index),
+            )
+        })
+        .collect()
+}
+
 fn query(vector: Vec<f32>, filter: SearchFilter, top_k: usize) -> VectorQuery {
     VectorQuery {
         vector_name: vector_names::TEXT.into(),
@@ -153,36 +169,14 @@ fn optimize_builds_the_hnsw_index_after_the_threshold() -> anyhow::Result<()> {
         indexing_threshold_kb: Some(10),
     };
     let store = EdgeStore::open(directory.path(), &spec(), options)?;
-    let points: Vec<IndexPoint> = (0..1_000)
-        .map(|index| {
-            point(
-                "acme",
-                "cam",
-                index / 100,
-                index as u32 % 100,
-                index * 10,
-                unit_vector(index),
-            )
-        })
-        .collect();
+    let points = camera_points(0..1_000);
     store.upsert_blocking(points.clone())?;
     assert_eq!(
         store.indexed_vectors()?,
         0,
         "below the threshold nothing is indexed yet"
     );
-    let more: Vec<IndexPoint> = (1_000..2_000)
-        .map(|index| {
-            point(
-                "acme",
-                "cam",
-                index / 100,
-                index as u32 % 100,
-                index * 10,
-                unit_vector(index),
-            )
-        })
-        .collect();
+    let more = camera_points(1_000..2_000);
     store.upsert_blocking(more)?;
     assert!(
         store.indexed_vectors()? > 0,
