@@ -4,6 +4,7 @@
 
 pub mod hub;
 pub mod models;
+pub mod processor;
 
 pub use hub::{HubOptions, ModelFiles, resolve_model_dir};
 pub use models::sentence_bert::SentenceEmbedder;

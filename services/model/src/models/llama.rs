@@ -1,0 +1,510 @@
+//! The Llama 3 decoder inside PerceptionLM (Grattafiori et al., "The Llama 3 Herd of
+//! Models", 2024; transformers `LlamaModel`): RMSNorm pre-norm blocks, grouped-query
+//! attention with rotate-half RoPE (optionally llama3-scaled), SwiGLU MLP, tied or untied
+//! `lm_head`.
+//!
+//! Unlike candle-transformers' llama this decoder takes a *batch* of sequences of different
+//! lengths (left padding, a pad-aware causal mask and per-row positions), accepts input
+//! embeddings in chunks against a growing KV cache (chunked prefill of long visual
+//! prefixes), and returns hidden states for every position of a chunk so the caller picks
+//! which positions to project to logits.
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::kv_cache::KvCache;
+use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
+use serde::Deserialize;
+use vidx_core::ModelError;
+
+/// llama3 RoPE frequency scaling (`rope_type: "llama3"`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Llama3Scaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: f64,
+}
+
+/// The resolved decoder configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<Llama3Scaling>,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// `text_config` as written by transformers 4.x (`rope_theta` + `rope_scaling`) or 5.x
+/// (`rope_parameters`).
+#[derive(Debug, Deserialize)]
+struct TextConfigJson {
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    vocab_size: Option<usize>,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<serde_json::Value>,
+    rope_parameters: Option<serde_json::Value>,
+    max_position_embeddings: Option<usize>,
+    tie_word_embeddings: Option<bool>,
+    hidden_act: Option<String>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+    bos_token_id: Option<u32>,
+    eos_token_id: Option<serde_json::Value>,
+}
+
+impl LlamaConfig {
+    /// Resolve `text_config`; `tie_fallback` is the top-level `tie_word_embeddings`.
+    /// Missing sizes and values the code does not implement are errors naming the field.
+    pub fn from_json(
+        value: &serde_json::Value,
+        tie_fallback: Option<bool>,
+        model: &str,
+    ) -> std::result::Result<Self, ModelError> {
+        let unsupported = |field: &str, reason: String| ModelError::UnsupportedConfig {
+            model: model.into(),
+            field: format!("text_config.{field}"),
+            reason,
+        };
+        let json: TextConfigJson = serde_json::from_value(value.clone())
+            .map_err(|error| unsupported("*", error.to_string()))?;
+        let required = |value: Option<usize>, field: &str| {
+            value.ok_or_else(|| unsupported(field, "missing".into()))
+        };
+        if let Some(act) = json.hidden_act.as_deref()
+            && act != "silu"
+        {
+            return Err(unsupported("hidden_act", format!("`{act}`: only silu")));
+        }
+        if json.attention_bias == Some(true) {
+            return Err(unsupported("attention_bias", "Llama 3 has none".into()));
+        }
+        if json.mlp_bias == Some(true) {
+            return Err(unsupported("mlp_bias", "Llama 3 has none".into()));
+        }
+        let hidden_size = required(json.hidden_size, "hidden_size")?;
+        let num_attention_heads = required(json.num_attention_heads, "num_attention_heads")?;
+        let num_key_value_heads = json.num_key_value_heads.unwrap_or(num_attention_heads);
+        if num_key_value_heads == 0 || !num_attention_heads.is_multiple_of(num_key_value_heads) {
+            return Err(unsupported(
+                "num_key_value_heads",
+                format!("{num_key_value_heads} does not divide {num_attention_heads} heads"),
+            ));
+        }
+        let head_dim = json.head_dim.unwrap_or(hidden_size / num_attention_heads.max(1));
+        if head_dim % 2 != 0 {
+            return Err(unsupported("head_dim", format!("{head_dim} is odd")));
+        }
+
+        // transformers 5 folds rope_theta and the scaling into `rope_parameters`.
+        let parameters = json.rope_parameters.as_ref();
+        let rope_theta = json
+            .rope_theta
+            .or_else(|| parameters.and_then(|p| p.get("rope_theta")?.as_f64()))
+            .unwrap_or(10_000.0);
+        let scaling = json
+            .rope_scaling
+            .as_ref()
+            .filter(|value| !value.is_null())
+            .map(|value| ("rope_scaling", value))
+            .or_else(|| parameters.map(|value| ("rope_parameters", value)));
+        let rope_scaling = match scaling {
+            None => None,
+            Some((field, scaling)) => {
+                let rope_type = scaling
+                    .get("rope_type")
+                    .or_else(|| scaling.get("type"))
+                    .and_then(|value| value.as_str())
+                    .unwrap_or("default");
+                match rope_type {
+                    "default" => None,
+                    "llama3" => {
+                        let number = |key: &str| {
+                            scaling.get(key).and_then(|value| value.as_f64()).ok_or_else(|| {
+                                unsupported(&format!("{field}.{key}"), "missing".into())
+                            })
+                        };
+                        Some(Llama3Scaling {
+                            factor: number("factor")?,
+                            low_freq_factor: number("low_freq_factor")?,
+                            high_freq_factor: number("high_freq_factor")?,
+                            original_max_position_embeddings: number(
+                                "original_max_position_embeddings",
+                            )?,
+                        })
+                    }
+                    other => {
+                        return Err(unsupported(
+                            &format!("{field}.rope_type"),
+                            format!("`{other}`: only default and llama3"),
+                        ));
+                    }
+                }
+            }
+        };
+        let eos_token_ids = match &json.eos_token_id {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::Number(id)) => id.as_u64().map(|id| id as u32).into_iter().collect(),
+            Some(serde_json::Value::Array(ids)) => ids
+                .iter()
+                .filter_map(|id| id.as_u64().map(|id| id as u32))
+                .collect(),
+            Some(other) => return Err(unsupported("eos_token_id", format!("`{other}`"))),
+        };
+        Ok(Self {
+            hidden_size,
+            intermediate_size: required(json.intermediate_size, "intermediate_size")?,
+            num_hidden_layers: required(json.num_hidden_layers, "num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            vocab_size: required(json.vocab_size, "vocab_size")?,
+            rms_norm_eps: json.rms_norm_eps.unwrap_or(1e-5),
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings: json.max_position_embeddings.unwrap_or(131_072),
+            tie_word_embeddings: json.tie_word_embeddings.or(tie_fallback).unwrap_or(false),
+            bos_token_id: json.bos_token_id,
+            eos_token_ids,
+        })
+    }
+
+    /// RoPE inverse frequencies, with llama3 scaling applied.
+    fn inverse_frequencies(&self) -> Vec<f32> {
+        let dim = self.head_dim as f64;
+        (0..self.head_dim / 2)
+            .map(|index| {
+                let frequency = 1.0 / self.rope_theta.powf(2.0 * index as f64 / dim);
+                let Some(scaling) = &self.rope_scaling else {
+                    return frequency as f32;
+                };
+                let wavelength = 2.0 * std::f64::consts::PI / frequency;
+                let low_wavelength =
+                    scaling.original_max_position_embeddings / scaling.low_freq_factor;
+                let high_wavelength =
+                    scaling.original_max_position_embeddings / scaling.high_freq_factor;
+                let scaled = if wavelength < high_wavelength {
+                    frequency
+                } else if wavelength > low_wavelength {
+                    frequency / scaling.factor
+                } else {
+                    let smooth = (scaling.original_max_position_embeddings / wavelength
+                        - scaling.low_freq_factor)
+                        / (scaling.high_freq_factor - scaling.low_freq_factor);
+                    (1.0 - smooth) * frequency / scaling.factor + smooth * frequency
+                };
+                scaled as f32
+            })
+            .collect()
+    }
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(config: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+        let (hidden, head_dim) = (config.hidden_size, config.head_dim);
+        let heads = config.num_attention_heads;
+        let kv_heads = config.num_key_value_heads;
+        Ok(Self {
+            q_proj: candle_nn::linear_no_bias(hidden, heads * head_dim, vb.pp("q_proj"))?,
+            k_proj: candle_nn::linear_no_bias(hidden, kv_heads * head_dim, vb.pp("k_proj"))?,
+            v_proj: candle_nn::linear_no_bias(hidden, kv_heads * head_dim, vb.pp("v_proj"))?,
+            o_proj: candle_nn::linear_no_bias(heads * head_dim, hidden, vb.pp("o_proj"))?,
+            heads,
+            kv_heads,
+            head_dim,
+        })
+    }
+
+    /// `x`: `[B, L, hidden]`; `cos`/`sin`: `[B, L, head_dim/2]`; `mask`: additive
+    /// `[B, 1, 1, L, cached + L]` or none (no padding and a single query).
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (batch, length, _) = x.dims3()?;
+        let (heads, kv_heads, head_dim) = (self.heads, self.kv_heads, self.head_dim);
+        let split = |projected: Tensor, count: usize| {
+            projected
+                .reshape((batch, length, count, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = split(self.q_proj.forward(x)?, heads)?;
+        let k = split(self.k_proj.forward(x)?, kv_heads)?;
+        let v = split(self.v_proj.forward(x)?, kv_heads)?;
+        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        let (k, v) = cache.append(&k, &v)?;
+        let keys = k.dim(2)?;
+
+        // Grouped-query attention without repeating K/V: the query heads that share a KV
+        // head are stacked along the query axis.
+        let group = heads / kv_heads;
+        let q = q.reshape((batch, kv_heads, group * length, head_dim))?;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
+        let scores = match mask {
+            Some(mask) => scores
+                .reshape((batch, kv_heads, group, length, keys))?
+                .broadcast_add(mask)?
+                .reshape((batch, kv_heads, group * length, keys))?,
+            None => scores,
+        };
+        let probabilities = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let output = probabilities
+            .matmul(&v)?
+            .reshape((batch, heads, length, head_dim))?
+            .transpose(1, 2)?
+            .reshape((batch, length, heads * head_dim))?;
+        self.o_proj.forward(&output)
+    }
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn load(config: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+        let (hidden, inner) = (config.hidden_size, config.intermediate_size);
+        Ok(Self {
+            gate_proj: candle_nn::linear_no_bias(hidden, inner, vb.pp("gate_proj"))?,
+            up_proj: candle_nn::linear_no_bias(hidden, inner, vb.pp("up_proj"))?,
+            down_proj: candle_nn::linear_no_bias(inner, hidden, vb.pp("down_proj"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    }
+}
+
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn load(config: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+        let norm = |name: &str| candle_nn::rms_norm(config.hidden_size, config.rms_norm_eps, vb.pp(name));
+        Ok(Self {
+            input_layernorm: norm("input_layernorm")?,
+            self_attn: Attention::load(config, vb.pp("self_attn"))?,
+            post_attention_layernorm: norm("post_attention_layernorm")?,
+            mlp: Mlp::load(config, vb.pp("mlp"))?,
+        })
+    }
+}
+
+/// Per-layer KV caches of a batch, and how many positions they hold.
+pub struct LlamaCache {
+    layers: Vec<KvCache>,
+    length: usize,
+}
+
+impl LlamaCache {
+    /// Positions already in the cache (padding included).
+    pub fn len(&self) -> usize {
+        self.length
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.length == 0
+    }
+}
+
+/// The decoder. `vb` points at `model.language_model`; `lm_head` is loaded from
+/// `lm_head_vb` unless the embeddings are tied.
+pub struct Llama {
+    config: LlamaConfig,
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    inverse_frequencies: Tensor,
+}
+
+impl Llama {
+    pub fn load(config: &LlamaConfig, vb: VarBuilder, lm_head_vb: VarBuilder) -> Result<Self> {
+        let embed_tokens =
+            candle_nn::embedding(config.vocab_size, config.hidden_size, vb.pp("embed_tokens"))?;
+        let lm_head = if config.tie_word_embeddings {
+            Linear::new(embed_tokens.embeddings().clone(), None)
+        } else {
+            candle_nn::linear_no_bias(config.hidden_size, config.vocab_size, lm_head_vb)?
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|index| DecoderLayer::load(config, vb.pp(format!("layers.{index}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let frequencies = config.inverse_frequencies();
+        let count = frequencies.len();
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm: candle_nn::rms_norm(config.hidden_size, config.rms_norm_eps, vb.pp("norm"))?,
+            lm_head,
+            inverse_frequencies: Tensor::from_vec(frequencies, (1, count), vb.device())?,
+            config: config.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        self.inverse_frequencies.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.embeddings().dtype()
+    }
+
+    /// Token embeddings `[.., hidden]` for ids of any shape.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.embed_tokens.forward(ids)
+    }
+
+    /// An empty cache; `capacity` is a hint (it grows when exceeded).
+    pub fn new_cache(&self, capacity: usize) -> LlamaCache {
+        LlamaCache {
+            layers: (0..self.layers.len())
+                .map(|_| KvCache::new(2, capacity.max(1)))
+                .collect(),
+            length: 0,
+        }
+    }
+
+    /// Run `embeds` (`[B, L, hidden]`, the next `L` positions of every row) through the
+    /// decoder against `cache`, returning the final-norm hidden states `[B, L, hidden]`.
+    /// `padding[b]` is the number of left-padding positions of row `b`: they get no
+    /// position, and no query attends to them.
+    pub fn forward(
+        &self,
+        embeds: &Tensor,
+        cache: &mut LlamaCache,
+        padding: &[usize],
+    ) -> Result<Tensor> {
+        let (batch, length, _) = embeds.dims3()?;
+        if padding.len() != batch {
+            candle_core::bail!("{} padding entries for a batch of {batch}", padding.len());
+        }
+        let start = cache.length;
+        let (cos, sin) = self.rotary(start, length, padding)?;
+        let mask = self.mask(start, length, padding)?;
+        let mut hidden = embeds.clone();
+        for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let residual = &hidden;
+            let attended = layer.self_attn.forward(
+                &layer.input_layernorm.forward(residual)?,
+                &cos,
+                &sin,
+                mask.as_ref(),
+                layer_cache,
+            )?;
+            let hidden_mid = (residual + attended)?;
+            let mlp = layer
+                .mlp
+                .forward(&layer.post_attention_layernorm.forward(&hidden_mid)?)?;
+            hidden = (hidden_mid + mlp)?;
+        }
+        cache.length += length;
+        self.norm.forward(&hidden)
+    }
+
+    /// Logits `[.., vocab]` (f32) for final hidden states.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden)?.to_dtype(DType::F32)
+    }
+
+    /// cos/sin `[B, L, head_dim/2]` at each row's positions (padding: position 0).
+    fn rotary(&self, start: usize, length: usize, padding: &[usize]) -> Result<(Tensor, Tensor)> {
+        let batch = padding.len();
+        let positions: Vec<f32> = padding
+            .iter()
+            .flat_map(|pad| (start..start + length).map(move |index| index.saturating_sub(*pad) as f32))
+            .collect();
+        let positions = Tensor::from_vec(positions, (batch * length, 1), self.device())?;
+        let angles = positions.matmul(&self.inverse_frequencies)?;
+        let half = self.config.head_dim / 2;
+        let shape = (batch, length, half);
+        let dtype = self.dtype();
+        Ok((
+            angles.cos()?.reshape(shape)?.to_dtype(dtype)?,
+            angles.sin()?.reshape(shape)?.to_dtype(dtype)?,
+        ))
+    }
+
+    /// Additive mask `[B, 1, 1, L, start + L]`: causal, and padding keys hidden. A padding
+    /// query attends to itself only (its output is never used) so no row is all `-inf`.
+    /// `None` when a single query per row sees every key.
+    fn mask(&self, start: usize, length: usize, padding: &[usize]) -> Result<Option<Tensor>> {
+        let keys = start + length;
+        if length == 1 && padding.iter().all(|pad| *pad == 0) {
+            return Ok(None);
+        }
+        let mut values = Vec::with_capacity(padding.len() * length * keys);
+        for pad in padding {
+            for query in start..start + length {
+                for key in 0..keys {
+                    let visible = if query < *pad {
+                        key == query
+                    } else {
+                        key <= query && key >= *pad
+                    };
+                    values.push(if visible { 0f32 } else { f32::NEG_INFINITY });
+                }
+            }
+        }
+        Tensor::from_vec(values, (padding.len(), 1, 1, length, keys), self.device()).map(Some)
+    }
+}
+
+/// Index of the largest value of a `[V]` f32 slice (first on ties, as torch's argmax).
+pub fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0;
+    for (index, value) in values.iter().enumerate() {
+        if *value > values[best] {
+            best = index;
+        }
+    }
+    best as u32
+}
+
+/// Last dimension as a Vec per row of a `[B, V]` tensor.
+pub fn rows(tensor: &Tensor) -> Result<Vec<Vec<f32>>> {
+    tensor.to_dtype(DType::F32)?.to_vec2::<f32>()
+}

@@ -1,0 +1,270 @@
+//! End-to-end parity of the candle PerceptionLM with the reference (transformers 5.24 +
+//! timm) on the tiny checkpoints of `scripts/make_plm_fixtures.py`: the processor's pixels
+//! and prompt ids, logits at several positions (chunked prefill), greedy tokens with the KV
+//! cache, and the same results when prompts of different lengths share a padded batch.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use vidx_model::hub::{HubOptions, resolve_model_dir};
+use vidx_model::models::llama::argmax;
+use vidx_model::models::perception_lm::{
+    GenerateOptions, Media, PLM_OPTIONAL_FILES, PLM_REQUIRED_FILES, PlmBundle, PlmInput,
+    Sampling,
+};
+use vidx_model::processor::RgbImage;
+
+const VIDEO_PROMPT: &str = "What is happening in the video?";
+const IMAGE_PROMPT: &str = "Describe the image in detail.";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/plm")
+}
+
+fn max_abs_diff(left: &Tensor, right: &Tensor) -> anyhow::Result<f32> {
+    anyhow::ensure!(
+        left.dims() == right.dims(),
+        "shape {:?} vs {:?}",
+        left.dims(),
+        right.dims()
+    );
+    Ok((left.to_dtype(DType::F32)? - right.to_dtype(DType::F32)?)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?)
+}
+
+fn slice_diff(left: &[f32], right: &Tensor) -> anyhow::Result<f32> {
+    let right = right.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    anyhow::ensure!(left.len() == right.len(), "{} vs {}", left.len(), right.len());
+    Ok(left
+        .iter()
+        .zip(&right)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max))
+}
+
+fn ids(tensor: &Tensor) -> anyhow::Result<Vec<u32>> {
+    Ok(tensor
+        .to_dtype(DType::I64)?
+        .to_vec1::<i64>()?
+        .into_iter()
+        .map(|id| id as u32)
+        .collect())
+}
+
+fn u8_images(tensor: &Tensor) -> anyhow::Result<Vec<RgbImage>> {
+    let tensor = if tensor.rank() == 3 {
+        tensor.unsqueeze(0)?
+    } else {
+        tensor.clone()
+    };
+    let (count, height, width, _) = tensor.dims4()?;
+    (0..count)
+        .map(|index| {
+            let data = tensor.i(index)?.flatten_all()?.to_vec1::<u8>()?;
+            RgbImage::new(width, height, data).map_err(anyhow::Error::msg)
+        })
+        .collect()
+}
+
+struct Fixture {
+    bundle: PlmBundle,
+    inputs: HashMap<String, Tensor>,
+    reference: HashMap<String, Tensor>,
+}
+
+fn load(name: &str) -> anyhow::Result<Fixture> {
+    let device = Device::Cpu;
+    let directory = fixtures().join(name);
+    let files = resolve_model_dir(
+        name,
+        PLM_REQUIRED_FILES,
+        PLM_OPTIONAL_FILES,
+        &HubOptions {
+            local_dir: Some(directory.clone()),
+            ..Default::default()
+        },
+    )?;
+    Ok(Fixture {
+        bundle: PlmBundle::load(&files, &device, DType::F32)?,
+        inputs: candle_core::safetensors::load(fixtures().join("inputs.safetensors"), &device)?,
+        reference: candle_core::safetensors::load(directory.join("reference.safetensors"), &device)?,
+    })
+}
+
+impl Fixture {
+    fn input(&self, media: &str) -> anyhow::Result<PlmInput> {
+        let model = &self.bundle.model;
+        let pixels = &self.inputs[&format!("{media}.pixel_values")];
+        let visual = model.visual_tokens(pixels, 8)?;
+        Ok(PlmInput {
+            ids: ids(&self.reference[&format!("{media}.input_ids")])?,
+            visual: Some(visual),
+        })
+    }
+}
+
+fn processor_matches(name: &str) -> anyhow::Result<()> {
+    let fixture = load(name)?;
+    let processor = &fixture.bundle.processor;
+    let device = Device::Cpu;
+    // Pixels: the reference resizes uint8 with torchvision's antialiased bicubic; within
+    // 2/255 in [0, 1] units (normalised values are (x - 0.5) / 0.5, hence the 0.5 factor).
+    let frames: Vec<RgbImage> = u8_images(&fixture.inputs["video.frames_u8"])?
+        .iter()
+        .map(|frame| processor.video_frame(frame))
+        .collect();
+    let video = processor.pixel_values(&frames, &device, DType::F32)?;
+    let video_diff = max_abs_diff(&video, &fixture.inputs["video.pixel_values"])? * 0.5;
+    assert!(video_diff <= 2.0 / 255.0, "{name}: video pixels differ by {video_diff}");
+    let image = &u8_images(&fixture.inputs["image.u8"])?[0];
+    let tiles = processor.image_tiles(image);
+    let image_pixels = processor.pixel_values(&tiles, &device, DType::F32)?;
+    let image_diff = max_abs_diff(&image_pixels, &fixture.inputs["image.pixel_values"])? * 0.5;
+    assert!(image_diff <= 2.0 / 255.0, "{name}: image pixels differ by {image_diff}");
+    println!("{name}: pixels video {video_diff:.4}, image {image_diff:.4} (x255: {:.2}, {:.2})", video_diff * 255.0, image_diff * 255.0);
+
+    // Prompt ids, placeholders expanded.
+    let prompter = &fixture.bundle.prompter;
+    let video_ids = prompter
+        .encode(Media::Video { frames: frames.len() }, VIDEO_PROMPT)
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(video_ids, ids(&fixture.reference["video.input_ids"])?, "{name}: video prompt ids");
+    let image_ids = prompter
+        .encode(Media::Image { tiles: tiles.len() }, IMAGE_PROMPT)
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(image_ids, ids(&fixture.reference["image.input_ids"])?, "{name}: image prompt ids");
+    Ok(())
+}
+
+fn logits_match(name: &str) -> anyhow::Result<()> {
+    let fixture = load(name)?;
+    let model = &fixture.bundle.model;
+    let video = fixture.input("video")?;
+    let embeds = model.embed_prompt(&video)?.unsqueeze(0)?;
+    let length = embeds.dim(1)?;
+    // Chunked prefill: 50 positions at a time, so chunks cut through the visual span.
+    let mut cache = model.llm().new_cache(length);
+    let mut hidden = Vec::new();
+    for start in (0..length).step_by(50) {
+        let chunk = 50.min(length - start);
+        hidden.push(model.llm().forward(&embeds.narrow(1, start, chunk)?, &mut cache, &[0])?);
+    }
+    let hidden = Tensor::cat(&hidden, 1)?.squeeze(0)?;
+    let positions = ids(&fixture.reference["video.logit_positions"])?;
+    let reference_at = &fixture.reference["video.logits_at"];
+    let mut worst: f32 = 0.0;
+    for (row, position) in positions.iter().enumerate() {
+        let logits = model.llm().logits(&hidden.i(*position as usize..*position as usize + 1)?)?.squeeze(0)?;
+        worst = worst.max(max_abs_diff(&logits, &reference_at.i(row)?)?);
+    }
+    assert!(worst <= 1e-3, "{name}: logits at {positions:?} differ by {worst}");
+    let last = model.llm().logits(&hidden.i(length - 1..length)?)?.squeeze(0)?;
+    let last_diff = max_abs_diff(&last, &fixture.reference["video.logits_last"])?;
+    assert!(last_diff <= 1e-3, "{name}: last logits differ by {last_diff}");
+    println!("{name}: logits at {} positions {worst:.2e}, last {last_diff:.2e}", positions.len());
+    Ok(())
+}
+
+fn greedy_and_batch_match(name: &str) -> anyhow::Result<()> {
+    let fixture = load(name)?;
+    let model = &fixture.bundle.model;
+    let expected = ids(&fixture.reference["video.generated_ids"])?;
+    let options = GenerateOptions {
+        max_new_tokens: expected.len(),
+        sampling: Sampling::Greedy,
+        stop_tokens: Vec::new(), // the reference ignored EOS
+        prefill_chunk: 64,
+    };
+    let (single, stats) = model.generate(&[fixture.input("video")?], &options)?;
+    assert_eq!(single[0].tokens, expected, "{name}: greedy tokens");
+    assert_eq!(stats.decode_tokens, expected.len());
+
+    // A padded batch: the image prompt is shorter than the video one.
+    let batch = [fixture.input("video")?, fixture.input("image")?];
+    let prefilled = model.prefill(&batch, 64, 0)?;
+    assert!(prefilled.padding[1] > 0, "{name}: the image row should be padded");
+    let video_diff = slice_diff(&prefilled.logits[0], &fixture.reference["video.logits_last"])?;
+    let image_diff = slice_diff(&prefilled.logits[1], &fixture.reference["image.logits_last"])?;
+    assert!(video_diff <= 1e-3, "{name}: batched video logits differ by {video_diff}");
+    assert!(image_diff <= 1e-3, "{name}: batched image logits differ by {image_diff}");
+    let (batched, _) = model.generate(&batch, &options)?;
+    assert_eq!(batched[0].tokens, expected, "{name}: greedy tokens in a batch");
+    let image_first = argmax(&fixture.reference["image.logits_last"].to_vec1::<f32>()?);
+    assert_eq!(batched[1].tokens[0], image_first, "{name}: image row's first token");
+    println!("{name}: batched last logits video {video_diff:.2e}, image {image_diff:.2e}");
+    Ok(())
+}
+
+fn stops_and_samples(name: &str) -> anyhow::Result<()> {
+    let fixture = load(name)?;
+    let model = &fixture.bundle.model;
+    let expected = ids(&fixture.reference["video.generated_ids"])?;
+    // Stop on the 5th greedy token: four tokens come out, marked stopped.
+    let options = GenerateOptions {
+        max_new_tokens: 20,
+        sampling: Sampling::Greedy,
+        stop_tokens: vec![expected[4]],
+        prefill_chunk: 1024,
+    };
+    let first_stop = expected.iter().position(|id| *id == expected[4]).unwrap_or(4);
+    let (generated, _) = model.generate(&[fixture.input("video")?], &options)?;
+    assert!(generated[0].stopped, "{name}: stop token not honoured");
+    assert_eq!(generated[0].tokens, expected[..first_stop].to_vec());
+    // Sampling: same seed → same tokens; temperature → not always the argmax path.
+    let sample = |seed| GenerateOptions {
+        max_new_tokens: 16,
+        sampling: Sampling::TopP {
+            temperature: 5.0,
+            top_p: 0.95,
+            seed,
+        },
+        stop_tokens: Vec::new(),
+        prefill_chunk: 1024,
+    };
+    let (first, _) = model.generate(&[fixture.input("video")?], &sample(7))?;
+    let (again, _) = model.generate(&[fixture.input("video")?], &sample(7))?;
+    let (other, _) = model.generate(&[fixture.input("video")?], &sample(8))?;
+    assert_eq!(first[0].tokens, again[0].tokens, "{name}: seeded sampling repeats");
+    assert_ne!(first[0].tokens, other[0].tokens, "{name}: seeds give different samples");
+    assert_ne!(first[0].tokens, expected[..16].to_vec(), "{name}: hot sampling is not greedy");
+    Ok(())
+}
+
+#[test]
+fn processor_matches_reference_cls() -> anyhow::Result<()> {
+    processor_matches("cls")
+}
+
+#[test]
+fn processor_matches_reference_nocls() -> anyhow::Result<()> {
+    processor_matches("nocls")
+}
+
+#[test]
+fn logits_match_reference_cls() -> anyhow::Result<()> {
+    logits_match("cls")
+}
+
+#[test]
+fn logits_match_reference_nocls() -> anyhow::Result<()> {
+    logits_match("nocls")
+}
+
+#[test]
+fn greedy_and_batched_generation_match_reference_cls() -> anyhow::Result<()> {
+    greedy_and_batch_match("cls")
+}
+
+#[test]
+fn greedy_and_batched_generation_match_reference_nocls() -> anyhow::Result<()> {
+    greedy_and_batch_match("nocls")
+}
+
+#[test]
+fn stop_tokens_and_seeded_sampling() -> anyhow::Result<()> {
+    stops_and_samples("cls")
+}
