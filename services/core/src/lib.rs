@@ -2,6 +2,7 @@
 //! that adapters (ffmpeg, candle, Qdrant, Kafka) implement, and the error codes every boundary
 //! maps onto. No I/O lives here.
 
+pub mod dense_caption;
 pub mod error;
 pub mod ids;
 pub mod ports;

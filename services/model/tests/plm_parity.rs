@@ -119,12 +119,12 @@ fn processor_matches(name: &str) -> anyhow::Result<()> {
         .collect();
     let video = processor.pixel_values(&frames, &device, DType::F32)?;
     let video_diff = max_abs_diff(&video, &fixture.inputs["video.pixel_values"])? * 0.5;
-    assert!(video_diff <= 2.0 / 255.0, "{name}: video pixels differ by {video_diff}");
+    assert!(video_diff <= 2.0 / 255.0 + 1e-6, "{name}: video pixels differ by {video_diff}");
     let image = &u8_images(&fixture.inputs["image.u8"])?[0];
     let tiles = processor.image_tiles(image);
     let image_pixels = processor.pixel_values(&tiles, &device, DType::F32)?;
     let image_diff = max_abs_diff(&image_pixels, &fixture.inputs["image.pixel_values"])? * 0.5;
-    assert!(image_diff <= 2.0 / 255.0, "{name}: image pixels differ by {image_diff}");
+    assert!(image_diff <= 2.0 / 255.0 + 1e-6, "{name}: image pixels differ by {image_diff}");
     println!("{name}: pixels video {video_diff:.4}, image {image_diff:.4} (x255: {:.2}, {:.2})", video_diff * 255.0, image_diff * 255.0);
 
     // Prompt ids, placeholders expanded.

@@ -1,0 +1,138 @@
+//! Benchmark body for `scripts/bench-plm.sh`: load a PerceptionLM checkpoint, then time the
+//! vision tower + projector over N frames, the prefill of the video prompt (visual tokens
+//! spliced, chunked), and greedy decoding of T tokens with the KV cache. Inputs are seeded
+//! random pixels: content does not change the cost. Writes JSON.
+//!
+//!     plm_bench --model-dir DIR [--frames 8] [--new-tokens 32] [--repeats 2] [--batch 1]
+//!               [--prefill-chunk 1024] [--dtype f32|bf16|f16] [--json FILE]
+
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::{DType, Device, Tensor};
+use vidx_model::hub::{HubOptions, resolve_model_dir};
+use vidx_model::models::perception_lm::{
+    GenerateOptions, Media, PLM_OPTIONAL_FILES, PLM_REQUIRED_FILES, PlmBundle, PlmInput,
+    Sampling,
+};
+
+struct Arguments {
+    model_dir: std::path::PathBuf,
+    frames: usize,
+    new_tokens: usize,
+    repeats: usize,
+    batch: usize,
+    prefill_chunk: usize,
+    dtype: DType,
+    json: Option<std::path::PathBuf>,
+}
+
+fn arguments() -> anyhow::Result<Arguments> {
+    let mut parsed = Arguments {
+        model_dir: std::path::PathBuf::new(),
+        frames: 8,
+        new_tokens: 32,
+        repeats: 2,
+        batch: 1,
+        prefill_chunk: 1024,
+        dtype: DType::F32,
+        json: None,
+    };
+    let mut raw = std::env::args().skip(1);
+    while let Some(flag) = raw.next() {
+        let value = raw.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--model-dir" => parsed.model_dir = value.into(),
+            "--frames" => parsed.frames = value.parse()?,
+            "--new-tokens" => parsed.new_tokens = value.parse()?,
+            "--repeats" => parsed.repeats = value.parse::<usize>()?.max(1),
+            "--batch" => parsed.batch = value.parse::<usize>()?.max(1),
+            "--prefill-chunk" => parsed.prefill_chunk = value.parse()?,
+            "--dtype" => {
+                parsed.dtype = match value.as_str() {
+                    "f32" => DType::F32,
+                    "bf16" => DType::BF16,
+                    "f16" => DType::F16,
+                    other => anyhow::bail!("--dtype {other}: f32, bf16 or f16"),
+                }
+            }
+            "--json" => parsed.json = Some(value.into()),
+            other => anyhow::bail!("unknown flag {other}"),
+        }
+    }
+    anyhow::ensure!(!parsed.model_dir.as_os_str().is_empty(), "--model-dir is required");
+    Ok(parsed)
+}
+
+fn main() -> anyhow::Result<()> {
+    let arguments = arguments()?;
+    let device = Device::Cpu;
+    let files = resolve_model_dir(
+        "bench",
+        PLM_REQUIRED_FILES,
+        PLM_OPTIONAL_FILES,
+        &HubOptions {
+            local_dir: Some(arguments.model_dir.clone()),
+            ..Default::default()
+        },
+    )?;
+    let bundle = PlmBundle::load(&files, &device, arguments.dtype)?;
+    let model = &bundle.model;
+    let size = bundle.processor.video_size;
+    let frames = arguments.frames;
+    let pixels = Tensor::rand(-1f32, 1f32, (frames, 3, size, size), &device)?;
+    let ids = bundle
+        .prompter
+        .encode(Media::Video { frames }, "What is happening in the video?")
+        .map_err(anyhow::Error::msg)?;
+    let options = GenerateOptions {
+        max_new_tokens: arguments.new_tokens,
+        sampling: Sampling::Greedy,
+        stop_tokens: Vec::new(),
+        prefill_chunk: arguments.prefill_chunk,
+    };
+
+    let (mut vision_secs, mut prefill_secs, mut decode_secs) = (f64::MAX, f64::MAX, f64::MAX);
+    let mut decoded = 0;
+    for _ in 0..arguments.repeats {
+        let started = Instant::now();
+        let visual = model.visual_tokens(&pixels, 8)?;
+        let _ = visual.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        vision_secs = vision_secs.min(started.elapsed().as_secs_f64());
+        let inputs: Vec<PlmInput> = (0..arguments.batch)
+            .map(|_| PlmInput {
+                ids: ids.clone(),
+                visual: Some(visual.clone()),
+            })
+            .collect();
+        let (_, stats) = model.generate(&inputs, &options)?;
+        prefill_secs = prefill_secs.min(stats.prefill_secs);
+        // The first token comes from the prefill logits; the rest are decode steps.
+        let steps = stats.decode_tokens.saturating_sub(arguments.batch);
+        if steps > 0 {
+            decode_secs = decode_secs.min(stats.decode_secs);
+            decoded = steps;
+        }
+    }
+    let prompt_tokens = ids.len() * arguments.batch;
+    let report = serde_json::json!({
+        "frames": frames,
+        "batch": arguments.batch,
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": arguments.new_tokens,
+        "threads": std::env::var("RAYON_NUM_THREADS").ok(),
+        "dtype": format!("{:?}", arguments.dtype),
+        "vision_secs": vision_secs,
+        "prefill_secs": prefill_secs,
+        "decode_secs": decode_secs,
+        "vision_frames_per_s": frames as f64 / vision_secs,
+        "prefill_tokens_per_s": prompt_tokens as f64 / prefill_secs,
+        "decode_tokens_per_s": decoded as f64 / decode_secs,
+    });
+    let text = serde_json::to_string_pretty(&report)?;
+    match &arguments.json {
+        Some(path) => std::fs::write(path, &text)?,
+        None => println!("{text}"),
+    }
+    Ok(())
+}

@@ -1,0 +1,281 @@
+//! PerceptionLM as vidx's captioner: the sampled frames of a segment go in as a video, the
+//! dense-captioning prompt asks for `[start, end]: description` lines over frame numbers,
+//! and the parsed events become caption moments timed by the frames' real timestamps.
+//! Region captioning (PLM's red-rectangle prompt over a box track) is here too.
+
+use std::sync::Arc;
+
+use candle_core::Tensor;
+use vidx_core::dense_caption::{event_time, parse_dense_captions};
+use vidx_core::ports::{Captioner, SegmentInput};
+use vidx_core::{Frame, ModelError, Moment, NormalizedBox, RecordKind};
+
+use crate::models::perception_lm::{
+    GenerateOptions, GenerateStats, Media, PlmBundle, PlmInput, Sampling,
+};
+use crate::processor::RgbImage;
+
+/// The dense-captioning prompt; `{last}` and `{frames}` are filled in. Adapted from PLM's
+/// RDCap prompt (PLM-VideoBench) to the whole frame.
+pub const DENSE_CAPTION_PROMPT: &str = "Create a dense caption of the actions in the video, including action frames ids and brief descriptions. For each item use the format [start, end]: [description] separated by a newline, where start and end are frame numbers between 0 and {last} in this {frames} frame video.";
+
+/// PLM's region-captioning prompt (RCap): the region is the red rectangle on the frames.
+pub const REGION_CAPTION_PROMPT: &str = "Give a detailed description of the events occurring in the region marked by the red rectangle within frames [{start}, {end}] in this {frames} frame video.";
+
+/// Red, 4 px: the rectangle PLM was trained to read.
+const REGION_COLOR: [u8; 3] = [255, 0, 0];
+const REGION_THICKNESS: usize = 4;
+
+/// Generation settings of the captioner.
+#[derive(Debug, Clone)]
+pub struct CaptionSettings {
+    pub prompt: String,
+    pub max_new_tokens: usize,
+    pub prefill_chunk: usize,
+    /// Frames per pass through the vision tower.
+    pub vision_batch: usize,
+}
+
+impl Default for CaptionSettings {
+    fn default() -> Self {
+        Self {
+            prompt: DENSE_CAPTION_PROMPT.into(),
+            max_new_tokens: 512,
+            prefill_chunk: 1024,
+            vision_batch: 8,
+        }
+    }
+}
+
+pub struct PlmCaptioner {
+    bundle: Arc<PlmBundle>,
+    settings: CaptionSettings,
+    revision: String,
+}
+
+impl PlmCaptioner {
+    /// `model_id` goes into the revision: another checkpoint writes other points.
+    pub fn new(bundle: Arc<PlmBundle>, settings: CaptionSettings, model_id: &str) -> Self {
+        Self {
+            bundle,
+            settings,
+            revision: format!("plm-dense-v1:{model_id}"),
+        }
+    }
+
+    fn error(&self, reason: impl std::fmt::Display) -> ModelError {
+        ModelError::Inference {
+            model: "plm".into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Frames → visual tokens `[frames·tokens, hidden]`.
+    fn encode_frames(&self, frames: &[RgbImage]) -> Result<Tensor, ModelError> {
+        let bundle = &*self.bundle;
+        let resized: Vec<RgbImage> = frames
+            .iter()
+            .map(|frame| bundle.processor.video_frame(frame))
+            .collect();
+        let model = &bundle.model;
+        let pixels = bundle
+            .processor
+            .pixel_values(&resized, model.device(), model.dtype())
+            .map_err(|error| self.error(error))?;
+        model
+            .visual_tokens(&pixels, self.settings.vision_batch)
+            .map_err(|error| self.error(error))
+    }
+
+    fn options(&self) -> GenerateOptions {
+        GenerateOptions {
+            max_new_tokens: self.settings.max_new_tokens,
+            sampling: Sampling::Greedy,
+            stop_tokens: self.bundle.model.config().text.eos_token_ids.clone(),
+            prefill_chunk: self.settings.prefill_chunk,
+        }
+    }
+
+    /// Generate one answer per frame set, all in one batch.
+    pub fn answer(
+        &self,
+        requests: &[(Vec<RgbImage>, String)],
+    ) -> Result<(Vec<String>, GenerateStats), ModelError> {
+        let mut inputs = Vec::with_capacity(requests.len());
+        for (frames, prompt) in requests {
+            let (media, visual) = if frames.is_empty() {
+                (Media::None, None)
+            } else {
+                (
+                    Media::Video {
+                        frames: frames.len(),
+                    },
+                    Some(self.encode_frames(frames)?),
+                )
+            };
+            let ids = self
+                .bundle
+                .prompter
+                .encode(media, prompt)
+                .map_err(|error| self.error(error))?;
+            inputs.push(PlmInput { ids, visual });
+        }
+        let (generated, stats) = self
+            .bundle
+            .model
+            .generate(&inputs, &self.options())
+            .map_err(|error| self.error(error))?;
+        let texts = generated
+            .iter()
+            .map(|output| self.bundle.prompter.decode(&output.tokens))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| self.error(error))?;
+        Ok((texts, stats))
+    }
+
+    /// Dense captions for several segments in one batch (a GPU worker batches segments).
+    pub fn caption_batch(&self, segments: &[SegmentInput<'_>]) -> Result<Vec<Vec<Moment>>, ModelError> {
+        let requests = segments
+            .iter()
+            .filter(|segment| !segment.frames.is_empty())
+            .map(|segment| {
+                let frames = segment
+                    .frames
+                    .iter()
+                    .map(rgb_of)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|error| self.error(error))?;
+                let prompt = self
+                    .settings
+                    .prompt
+                    .replace("{last}", &(frames.len() - 1).to_string())
+                    .replace("{frames}", &frames.len().to_string());
+                Ok((frames, prompt))
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let (mut texts, stats) = if requests.is_empty() {
+            (Vec::new(), GenerateStats::default())
+        } else {
+            self.answer(&requests)?
+        };
+        tracing::debug!(
+            segments = requests.len(),
+            prefill_tokens = stats.prefill_tokens,
+            prefill_secs = stats.prefill_secs,
+            decode_tokens = stats.decode_tokens,
+            decode_secs = stats.decode_secs,
+            "plm captioned"
+        );
+        texts.reverse();
+        Ok(segments
+            .iter()
+            .map(|segment| {
+                if segment.frames.is_empty() {
+                    return Vec::new();
+                }
+                let text = texts.pop().unwrap_or_default();
+                moments_from_output(&text, segment)
+            })
+            .collect())
+    }
+
+    /// PLM's region caption for a box track: `boxes[i]` is the box on frame `i` (or none);
+    /// the rectangle is drawn on those frames and the prompt names the frames that carry it.
+    pub fn caption_region(
+        &self,
+        frames: &[Frame],
+        boxes: &[Option<NormalizedBox>],
+    ) -> Result<String, ModelError> {
+        let marked: Vec<usize> = boxes
+            .iter()
+            .enumerate()
+            .filter_map(|(index, region)| region.as_ref().map(|_| index))
+            .filter(|index| *index < frames.len())
+            .collect();
+        let (Some(first), Some(last)) = (marked.first(), marked.last()) else {
+            return Err(self.error("region caption: no frame carries a box"));
+        };
+        let mut images = frames
+            .iter()
+            .map(rgb_of)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| self.error(error))?;
+        for (image, region) in images.iter_mut().zip(boxes) {
+            if let Some(region) = region {
+                image.draw_rectangle(region, REGION_COLOR, REGION_THICKNESS);
+            }
+        }
+        let prompt = REGION_CAPTION_PROMPT
+            .replace("{start}", &first.to_string())
+            .replace("{end}", &last.to_string())
+            .replace("{frames}", &frames.len().to_string());
+        let (mut texts, _) = self.answer(&[(images, prompt)])?;
+        Ok(texts.pop().map(|text| tidy(&text)).unwrap_or_default())
+    }
+}
+
+fn rgb_of(frame: &Frame) -> Result<RgbImage, String> {
+    RgbImage::new(frame.width as usize, frame.height as usize, frame.rgb.clone())
+}
+
+fn tidy(text: &str) -> String {
+    let text = text.trim();
+    text.strip_suffix('.').unwrap_or(text).trim().to_string()
+}
+
+/// Parsed events as moments; an answer that ignored the format still becomes one moment over
+/// the whole segment, so the description is searchable.
+pub fn moments_from_output(text: &str, segment: &SegmentInput<'_>) -> Vec<Moment> {
+    let frames = segment.frames;
+    let range = segment.task.range;
+    let parsed = parse_dense_captions(text, frames.len());
+    if parsed.bad_lines > 0 {
+        tracing::debug!(
+            stream = %segment.task.stream_id,
+            segment = segment.task.segment_seq,
+            bad_lines = parsed.bad_lines,
+            "plm output lines without a [start, end] event were skipped"
+        );
+    }
+    let pts: Vec<u64> = frames.iter().map(|frame| frame.pts_ms).collect();
+    let mut moments: Vec<Moment> = parsed
+        .events
+        .iter()
+        .map(|event| Moment {
+            kind: RecordKind::Caption,
+            range: event_time(event, &pts, range),
+            caption: event.text.clone(),
+            region: None,
+        })
+        .collect();
+    if moments.is_empty() && !tidy(text).is_empty() {
+        moments.push(Moment {
+            kind: RecordKind::Caption,
+            range,
+            caption: tidy(text),
+            region: None,
+        });
+    }
+    moments
+}
+
+impl Captioner for PlmCaptioner {
+    fn name(&self) -> &str {
+        "plm"
+    }
+
+    fn revision(&self) -> &str {
+        &self.revision
+    }
+
+    fn needs_frames(&self) -> bool {
+        true
+    }
+
+    fn caption(&self, segment: SegmentInput<'_>) -> Result<Vec<Moment>, ModelError> {
+        Ok(self
+            .caption_batch(std::slice::from_ref(&segment))?
+            .pop()
+            .unwrap_or_default())
+    }
+}

@@ -1,0 +1,163 @@
+//! The PLM captioner on the tiny CLS checkpoint: real frames in, moments inside the segment
+//! out; the same frames batched give the same answers; the region rectangle reaches the
+//! model; dense-caption output becomes timed moments.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use vidx_core::ports::{Captioner, SegmentInput};
+use vidx_core::{Frame, NormalizedBox, RecordKind, SegmentMedia, SegmentTask, TimeRange};
+use vidx_model::captioner::{CaptionSettings, PlmCaptioner, moments_from_output};
+use vidx_model::hub::{HubOptions, resolve_model_dir};
+use vidx_model::models::perception_lm::{PLM_OPTIONAL_FILES, PLM_REQUIRED_FILES, PlmBundle};
+
+fn fixtures() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/plm")
+}
+
+fn captioner() -> anyhow::Result<PlmCaptioner> {
+    let files = resolve_model_dir(
+        "tiny-plm",
+        PLM_REQUIRED_FILES,
+        PLM_OPTIONAL_FILES,
+        &HubOptions {
+            local_dir: Some(fixtures().join("cls")),
+            ..Default::default()
+        },
+    )?;
+    let bundle = PlmBundle::load(&files, &Device::Cpu, DType::F32)?;
+    let settings = CaptionSettings {
+        max_new_tokens: 12,
+        ..Default::default()
+    };
+    Ok(PlmCaptioner::new(Arc::new(bundle), settings, "tiny-plm"))
+}
+
+/// The fixture's 32 synthetic frames (64×48), timed 0.5 s apart from 10 s.
+fn frames() -> anyhow::Result<Vec<Frame>> {
+    let inputs = candle_core::safetensors::load(fixtures().join("inputs.safetensors"), &Device::Cpu)?;
+    let video: &Tensor = &inputs["video.frames_u8"];
+    let (count, height, width, _) = video.dims4()?;
+    (0..count)
+        .map(|index| {
+            Ok(Frame {
+                pts_ms: 10_000 + 500 * index as u64,
+                width: width as u32,
+                height: height as u32,
+                rgb: video.i(index)?.flatten_all()?.to_vec1::<u8>()?,
+            })
+        })
+        .collect()
+}
+
+fn task(seq: u64) -> SegmentTask {
+    SegmentTask {
+        schema_version: vidx_core::SEGMENT_TASK_SCHEMA_VERSION,
+        tenant: "default".into(),
+        stream_id: "cam".into(),
+        segment_seq: seq,
+        range: TimeRange::new(10_000, 26_000),
+        media: SegmentMedia::Inline(Vec::new()),
+        source_uri: "test".into(),
+        attempt: 1,
+        subtitles: Vec::new(),
+    }
+}
+
+#[test]
+fn captions_land_inside_the_segment_and_batching_changes_nothing() -> anyhow::Result<()> {
+    let captioner = captioner()?;
+    let frames = frames()?;
+    let first = task(0);
+    let segment = SegmentInput {
+        task: &first,
+        frames: &frames,
+    };
+    let single = captioner.caption(segment)?;
+    assert!(!single.is_empty(), "a non-empty answer always yields a moment");
+    for moment in &single {
+        assert_eq!(moment.kind, RecordKind::Caption);
+        assert!(first.range.start_ms <= moment.range.start_ms);
+        assert!(moment.range.end_ms <= first.range.end_ms);
+        assert!(!moment.caption.is_empty());
+    }
+    // The same segment twice, plus the reversed frames, in one batch.
+    let reversed: Vec<Frame> = frames.iter().rev().cloned().collect();
+    let second = task(1);
+    let batch = captioner.caption_batch(&[
+        segment,
+        SegmentInput {
+            task: &second,
+            frames: &reversed,
+        },
+        segment,
+    ])?;
+    assert_eq!(batch.len(), 3);
+    assert_eq!(batch[0], single, "batched answer differs from the single one");
+    assert_eq!(batch[2], single);
+    let empty = captioner.caption(SegmentInput {
+        task: &first,
+        frames: &[],
+    })?;
+    assert!(empty.is_empty(), "no frames, no captions");
+    Ok(())
+}
+
+#[test]
+fn region_rectangle_reaches_the_model() -> anyhow::Result<()> {
+    let captioner = captioner()?;
+    let frames = frames()?;
+    let region = NormalizedBox {
+        x0: 0.1,
+        y0: 0.1,
+        x1: 0.6,
+        y1: 0.7,
+    };
+    let boxes: Vec<Option<NormalizedBox>> = (0..frames.len())
+        .map(|index| (8..24).contains(&index).then_some(region))
+        .collect();
+    let boxed = captioner.caption_region(&frames, &boxes)?;
+    let elsewhere = NormalizedBox {
+        x0: 0.5,
+        y0: 0.5,
+        x1: 0.95,
+        y1: 0.95,
+    };
+    let moved: Vec<Option<NormalizedBox>> = boxes.iter().map(|b| b.map(|_| elsewhere)).collect();
+    let other = captioner.caption_region(&frames, &moved)?;
+    assert!(!boxed.is_empty());
+    assert_ne!(boxed, other, "the rectangle's position must change what the model sees");
+    assert!(captioner.caption_region(&frames, &vec![None; frames.len()]).is_err());
+    Ok(())
+}
+
+#[test]
+fn dense_output_becomes_timed_moments() -> anyhow::Result<()> {
+    let frames = frames()?;
+    let segment_task = task(0);
+    let segment = SegmentInput {
+        task: &segment_task,
+        frames: &frames,
+    };
+    let moments = moments_from_output(
+        "[0, 3]: A red square enters from the left.\nnot an event\n[10, 31]: It stops in the centre.",
+        &segment,
+    );
+    let summary: Vec<(u64, u64, &str)> = moments
+        .iter()
+        .map(|m| (m.range.start_ms, m.range.end_ms, m.caption.as_str()))
+        .collect();
+    // Frame i is at 10 s + 0.5 s·i; an event ends where the frame after its last begins.
+    assert_eq!(
+        summary,
+        vec![
+            (10_000, 12_000, "A red square enters from the left"),
+            (15_000, 26_000, "It stops in the centre"),
+        ]
+    );
+    let free_form = moments_from_output("A man walks a dog.", &segment);
+    assert_eq!(free_form.len(), 1);
+    assert_eq!(free_form[0].range, segment_task.range);
+    assert_eq!(free_form[0].caption, "A man walks a dog");
+    Ok(())
+}
