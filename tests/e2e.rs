@@ -536,3 +536,66 @@ fn http_source_is_indexed_when_private_hosts_are_allowed() -> Result<()> {
     server.wait()?;
     result
 }
+
+/// `vidx index --model-dir` with the tiny PerceptionLM checkpoint of the model parity tests:
+/// the frames of every segment go through PLM, its captions are stored beside the
+/// subtitles (kind `caption`), and a missing checkpoint is a clear, typed failure.
+#[test]
+fn plm_captioner_indexes_caption_moments_from_a_model_dir() -> Result<()> {
+    let workspace = tempfile::tempdir()?;
+    let data_dir = workspace.path().join("data");
+    let video = make_video(workspace.path(), "plm.mp4", false)?;
+    let model_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/plm/cls");
+    let model_dir = model_dir.to_str().context("path")?;
+    let (output, summary) = index(
+        &[&video],
+        &data_dir,
+        &["--model-dir", model_dir, "--frames", "8"],
+    )?;
+    ensure!(output.status.success(), "{}", describe(&output));
+    let segments = summary["segments"].as_u64().context("segments")?;
+    let moments = summary["moments"].as_u64().context("moments")?;
+    // Every segment yields at least one PLM moment, on top of the subtitle cues.
+    ensure!(
+        moments >= segments + CUES.len() as u64,
+        "{moments} moments for {segments} segments and {} cues\n{}",
+        CUES.len(),
+        describe(&output)
+    );
+    let hits = search("a scene", &data_dir, &["--top-k", "100"])?;
+    let captions: Vec<&Value> = hits.iter().filter(|hit| hit["kind"] == "caption").collect();
+    ensure!(
+        captions.len() as u64 >= segments,
+        "{} caption hits for {segments} segments: {hits:?}",
+        captions.len()
+    );
+    for hit in captions {
+        let (start, end) = (
+            hit["start_ms"].as_u64().context("start_ms")?,
+            hit["end_ms"].as_u64().context("end_ms")?,
+        );
+        ensure!(
+            start < end && end <= 4 * SCENE_MS + 1000,
+            "caption at {start}..{end}"
+        );
+    }
+
+    let missing = workspace.path().join("no-such-model");
+    let output = vidx(
+        &[
+            "index",
+            "--model-dir",
+            missing.to_str().context("path")?,
+            video.to_str().context("path")?,
+        ],
+        &workspace.path().join("data2"),
+    )?;
+    assert_eq!(output.status.code(), Some(3), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("config.json") && stderr.contains("no-such-model"),
+        "{}",
+        describe(&output)
+    );
+    Ok(())
+}

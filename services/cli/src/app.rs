@@ -6,14 +6,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use candle_core::DType;
 use vidx_config::{Config, ConfigSources};
 use vidx_core::ErrorCode;
-use vidx_core::ports::TextEmbedder;
+use vidx_core::ports::{Captioner, TextEmbedder};
 use vidx_core::types::vector_names;
+use vidx_model::captioner::{CaptionSettings, DENSE_CAPTION_PROMPT, PlmCaptioner};
+use vidx_model::models::perception_lm::{PlmBundle, fetch_files};
 use vidx_model::{HubOptions, SentenceEmbedder};
 use vidx_store::{EdgeStore, EdgeStoreOptions, VectorSpec};
 
-use crate::args::{Cli, Command, CommonArgs, ConfigCommand};
+use crate::args::{Cli, Command, CommonArgs, ConfigCommand, ModelCommand};
 
 /// Everything worked.
 pub const EXIT_OK: u8 = 0;
@@ -68,6 +71,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                     toml::Value::Integer(frames as i64),
                 ));
             }
+            if let Some(model) = &args.model {
+                overrides.push((
+                    "models.captioner".into(),
+                    toml::Value::String(model.clone()),
+                ));
+            }
+            if let Some(directory) = &args.model_dir {
+                overrides.push((
+                    "models.captioner_dir".into(),
+                    toml::Value::String(directory.display().to_string()),
+                ));
+            }
             let context =
                 AppContext::load(&cli, &env, overrides, !std::io::stderr().is_terminal())?;
             crate::index::run(context, args).await
@@ -79,6 +94,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Stats(args) => {
             let context = AppContext::load(&cli, &env, common_overrides(&args.common), false)?;
             crate::search::stats(context, &args.common).await
+        }
+        Command::Model(ModelCommand::Fetch { model }) => {
+            let context = AppContext::load(&cli, &env, Vec::new(), false)?;
+            context.fetch_model(model).await
         }
         Command::Config(ConfigCommand::Check) => {
             let context = AppContext::load(&cli, &env, Vec::new(), false)?;
@@ -152,6 +171,98 @@ impl AppContext {
         .context("model loading task")?
         .map_err(|error| cli_error(error.code(), error.to_string()))?;
         Ok(Arc::new(embedder))
+    }
+
+    fn hub_options(&self, local_dir: &str) -> HubOptions {
+        let models = &self.config.models;
+        HubOptions {
+            local_dir: (!local_dir.is_empty()).then(|| PathBuf::from(local_dir)),
+            offline: models.offline,
+            token: (!models.hf_token.is_empty()).then(|| models.hf_token.clone()),
+            pypi_package: None,
+        }
+    }
+
+    /// The PerceptionLM captioner when one is configured (`models.captioner[_dir]`), loaded
+    /// on a blocking thread.
+    pub async fn plm_captioner(&self) -> anyhow::Result<Option<Arc<dyn Captioner>>> {
+        let models = self.config.models.clone();
+        if models.captioner.is_empty() && models.captioner_dir.is_empty() {
+            return Ok(None);
+        }
+        let device = vidx_model::select_device(&models.device)
+            .map_err(|error| cli_error(error.code(), error.to_string()))?;
+        let dtype = match models.dtype.as_str() {
+            "bf16" => DType::BF16,
+            "f16" => DType::F16,
+            _ => DType::F32,
+        };
+        let model_id = if models.captioner.is_empty() {
+            models.captioner_dir.clone()
+        } else {
+            models.captioner.clone()
+        };
+        let options = self.hub_options(&models.captioner_dir);
+        let settings = CaptionSettings {
+            prompt: if models.caption_prompt.is_empty() {
+                DENSE_CAPTION_PROMPT.into()
+            } else {
+                models.caption_prompt.clone()
+            },
+            max_new_tokens: models.max_new_tokens,
+            prefill_chunk: models.prefill_chunk,
+            ..CaptionSettings::default()
+        };
+        let started = std::time::Instant::now();
+        let captioner = tokio::task::spawn_blocking(move || {
+            PlmBundle::from_hub(&model_id, &options, &device, dtype)
+                .map(|bundle| PlmCaptioner::new(Arc::new(bundle), settings, &model_id))
+        })
+        .await
+        .context("model loading task")?
+        .map_err(|error| cli_error(error.code(), error.to_string()))?;
+        tracing::info!(
+            model = %captioner.revision(),
+            secs = started.elapsed().as_secs_f64(),
+            "PerceptionLM captioner loaded"
+        );
+        Ok(Some(Arc::new(captioner)))
+    }
+
+    /// `vidx model fetch ID`: download everything `--model ID` needs into the HF cache.
+    async fn fetch_model(&self, model_id: &str) -> anyhow::Result<u8> {
+        let mut options = self.hub_options("");
+        options.offline = false;
+        if self.config.models.offline {
+            return Err(cli_error(
+                ErrorCode::Unavailable,
+                "models.offline is set: fetching needs the hub",
+            ));
+        }
+        eprintln!("fetching {model_id} into the Hugging Face cache (this can take a while)…");
+        let id = model_id.to_string();
+        let files = tokio::task::spawn_blocking(move || fetch_files(&id, &options))
+            .await
+            .context("download task")?
+            .map_err(|error| cli_error(error.code(), error.to_string()))?;
+        let bytes: u64 = files
+            .files
+            .iter()
+            .filter_map(|(_, path)| std::fs::metadata(path).ok())
+            .map(|metadata| metadata.len())
+            .sum();
+        println!(
+            "{model_id}: {} files, {:.1} GB ({})",
+            files.files.len(),
+            bytes as f64 / 1e9,
+            files.origin
+        );
+        if let Some((_, path)) = files.files.first()
+            && let Some(directory) = path.parent()
+        {
+            println!("  {}", directory.display());
+        }
+        Ok(EXIT_OK)
     }
 
     /// Open (or create) the embedded Qdrant Edge index for `text_dimension`-sized text vectors.

@@ -29,6 +29,20 @@ pub enum Command {
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Model commands.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Download a PerceptionLM checkpoint (config, tokenizer, processor, all weight shards)
+    /// into the Hugging Face cache, where `vidx index --model ID` finds it offline later.
+    /// Gated repositories need HF_TOKEN (or models.hf_token).
+    Fetch {
+        /// Hugging Face model id, e.g. facebook/Perception-LM-1B.
+        model: String,
+    },
 }
 
 #[derive(Debug, Args, Clone)]
@@ -55,6 +69,13 @@ pub struct IndexArgs {
     /// Frames sampled per segment (config media.frames_per_segment).
     #[arg(long)]
     pub frames: Option<usize>,
+    /// Caption with this PerceptionLM checkpoint from the Hugging Face cache or hub, e.g.
+    /// facebook/Perception-LM-1B (config models.captioner).
+    #[arg(long, value_name = "ID")]
+    pub model: Option<String>,
+    /// Caption with the PerceptionLM checkpoint in this directory (config models.captioner_dir).
+    #[arg(long, value_name = "DIR")]
+    pub model_dir: Option<PathBuf>,
     #[command(flatten)]
     pub common: CommonArgs,
 }

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use vidx_bus::InProcessQueue;
-use vidx_core::ports::{FrameSampler, SegmentQueue};
+use vidx_core::ports::{Captioner, FrameSampler, SegmentQueue};
 use vidx_core::{SEGMENT_TASK_SCHEMA_VERSION, SegmentMedia, SegmentTask, format_hms_ms};
 use vidx_media::{FfmpegFrameSampler, InputSource, SegmentChunk, SegmentOptions, UrlPolicy};
 use vidx_pipeline::captioners::SubtitleCaptioner;
@@ -82,12 +82,16 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
     }
 
     let text_embedder = context.text_embedder().await?;
+    let plm = context.plm_captioner().await?;
     let store = Arc::new(context.open_store(text_embedder.dimension()).await?);
 
     let queue = Arc::new(InProcessQueue::new(config.pipeline.queue_capacity));
     let sampler: Arc<dyn FrameSampler> = Arc::new(FfmpegFrameSampler::new(config.media.frame_size));
     let models = Arc::new(Models {
-        captioners: vec![Arc::new(SubtitleCaptioner)],
+        captioners: plm
+            .into_iter()
+            .chain([Arc::new(SubtitleCaptioner) as Arc<dyn Captioner>])
+            .collect(),
         text_embedder,
         visual_embedder: None,
     });

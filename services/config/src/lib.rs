@@ -63,6 +63,12 @@ pub struct ModelsConfig {
     pub offline: bool,
     pub hf_token: String,
     pub device: String,
+    pub captioner: String,
+    pub captioner_dir: String,
+    pub dtype: String,
+    pub caption_prompt: String,
+    pub max_new_tokens: usize,
+    pub prefill_chunk: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -182,6 +188,22 @@ impl Config {
         }
         if self.models.device != "cpu" && !self.models.device.starts_with("cuda") {
             return invalid("models.device", "must be cpu or cuda[:N]");
+        }
+        if !["f32", "bf16", "f16"].contains(&self.models.dtype.as_str()) {
+            return invalid("models.dtype", "must be f32, bf16 or f16");
+        }
+        if self.models.max_new_tokens == 0 || self.models.max_new_tokens > 8192 {
+            return invalid("models.max_new_tokens", "must be between 1 and 8192");
+        }
+        if self.models.prefill_chunk == 0 {
+            return invalid("models.prefill_chunk", "must be positive");
+        }
+        if !self.models.caption_prompt.is_empty() && !self.models.caption_prompt.contains("{last}")
+        {
+            return invalid(
+                "models.caption_prompt",
+                "must name the frame range with {last} (and may use {frames})",
+            );
         }
         if self.pipeline.workers == 0 || self.pipeline.workers > 256 {
             return invalid("pipeline.workers", "must be between 1 and 256");

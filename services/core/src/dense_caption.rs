@@ -189,9 +189,18 @@ mod tests {
             last_frame,
             text: String::new(),
         };
-        assert_eq!(event_time(&event(0, 0), &pts, segment), TimeRange::new(100_000, 107_500));
-        assert_eq!(event_time(&event(1, 2), &pts, segment), TimeRange::new(107_500, 117_500));
-        assert_eq!(event_time(&event(2, 3), &pts, segment), TimeRange::new(112_500, 120_000));
+        assert_eq!(
+            event_time(&event(0, 0), &pts, segment),
+            TimeRange::new(100_000, 107_500)
+        );
+        assert_eq!(
+            event_time(&event(1, 2), &pts, segment),
+            TimeRange::new(107_500, 117_500)
+        );
+        assert_eq!(
+            event_time(&event(2, 3), &pts, segment),
+            TimeRange::new(112_500, 120_000)
+        );
         assert_eq!(frame_at(&pts, 110_000), 1);
         assert_eq!(frame_at(&pts, 0), 0);
     }

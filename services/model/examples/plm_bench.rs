@@ -12,8 +12,7 @@ use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
 use vidx_model::hub::{HubOptions, resolve_model_dir};
 use vidx_model::models::perception_lm::{
-    GenerateOptions, Media, PLM_OPTIONAL_FILES, PLM_REQUIRED_FILES, PlmBundle, PlmInput,
-    Sampling,
+    GenerateOptions, Media, PLM_OPTIONAL_FILES, PLM_REQUIRED_FILES, PlmBundle, PlmInput, Sampling,
 };
 
 struct Arguments {
@@ -40,7 +39,9 @@ fn arguments() -> anyhow::Result<Arguments> {
     };
     let mut raw = std::env::args().skip(1);
     while let Some(flag) = raw.next() {
-        let value = raw.next().with_context(|| format!("{flag} needs a value"))?;
+        let value = raw
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--model-dir" => parsed.model_dir = value.into(),
             "--frames" => parsed.frames = value.parse()?,
@@ -60,7 +61,10 @@ fn arguments() -> anyhow::Result<Arguments> {
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
-    anyhow::ensure!(!parsed.model_dir.as_os_str().is_empty(), "--model-dir is required");
+    anyhow::ensure!(
+        !parsed.model_dir.as_os_str().is_empty(),
+        "--model-dir is required"
+    );
     Ok(parsed)
 }
 

@@ -134,7 +134,10 @@ impl PlmCaptioner {
     }
 
     /// Dense captions for several segments in one batch (a GPU worker batches segments).
-    pub fn caption_batch(&self, segments: &[SegmentInput<'_>]) -> Result<Vec<Vec<Moment>>, ModelError> {
+    pub fn caption_batch(
+        &self,
+        segments: &[SegmentInput<'_>],
+    ) -> Result<Vec<Vec<Moment>>, ModelError> {
         let requests = segments
             .iter()
             .filter(|segment| !segment.frames.is_empty())
@@ -215,7 +218,11 @@ impl PlmCaptioner {
 }
 
 fn rgb_of(frame: &Frame) -> Result<RgbImage, String> {
-    RgbImage::new(frame.width as usize, frame.height as usize, frame.rgb.clone())
+    RgbImage::new(
+        frame.width as usize,
+        frame.height as usize,
+        frame.rgb.clone(),
+    )
 }
 
 fn tidy(text: &str) -> String {

@@ -110,9 +110,21 @@ pub fn resolve_model_dir(
     Err(ModelError::NotFound {
         model: model_id.into(),
         reason: format!(
-            "{}; put the files in a directory and set models.text_embedder_dir (or --model-dir), \
-             or run `huggingface-cli download {model_id}` where the hub is reachable",
-            tried.join("; ")
+            "{}; put the files in a directory and point the model's `*_dir` setting (or \
+             --model-dir / --text-model-dir) at it, or run `vidx model fetch {model_id}` where \
+             the hub is reachable{gated}",
+            tried.join("; "),
+            gated = if tried
+                .iter()
+                .any(|reason| reason.contains("401") || reason.contains("403"))
+            {
+                format!(
+                    " (the repository is gated: accept its licence at \
+                     https://huggingface.co/{model_id} and set HF_TOKEN)"
+                )
+            } else {
+                String::new()
+            }
         ),
     })
 }

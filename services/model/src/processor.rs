@@ -425,7 +425,10 @@ fn closest_bucket<'a>(
 }
 
 /// The first element with the largest key (Python's `max`).
-fn first_max(grids: &[(usize, usize)], key: impl Fn(&(usize, usize)) -> usize) -> Option<(usize, usize)> {
+fn first_max(
+    grids: &[(usize, usize)],
+    key: impl Fn(&(usize, usize)) -> usize,
+) -> Option<(usize, usize)> {
     let mut best: Option<(usize, usize)> = None;
     for grid in grids {
         if best.is_none_or(|current| key(grid) > key(&current)) {

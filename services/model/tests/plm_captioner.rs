@@ -35,7 +35,8 @@ fn captioner() -> anyhow::Result<PlmCaptioner> {
 
 /// The fixture's 32 synthetic frames (64×48), timed 0.5 s apart from 10 s.
 fn frames() -> anyhow::Result<Vec<Frame>> {
-    let inputs = candle_core::safetensors::load(fixtures().join("inputs.safetensors"), &Device::Cpu)?;
+    let inputs =
+        candle_core::safetensors::load(fixtures().join("inputs.safetensors"), &Device::Cpu)?;
     let video: &Tensor = &inputs["video.frames_u8"];
     let (count, height, width, _) = video.dims4()?;
     (0..count)
@@ -74,7 +75,10 @@ fn captions_land_inside_the_segment_and_batching_changes_nothing() -> anyhow::Re
         frames: &frames,
     };
     let single = captioner.caption(segment)?;
-    assert!(!single.is_empty(), "a non-empty answer always yields a moment");
+    assert!(
+        !single.is_empty(),
+        "a non-empty answer always yields a moment"
+    );
     for moment in &single {
         assert_eq!(moment.kind, RecordKind::Caption);
         assert!(first.range.start_ms <= moment.range.start_ms);
@@ -93,7 +97,10 @@ fn captions_land_inside_the_segment_and_batching_changes_nothing() -> anyhow::Re
         segment,
     ])?;
     assert_eq!(batch.len(), 3);
-    assert_eq!(batch[0], single, "batched answer differs from the single one");
+    assert_eq!(
+        batch[0], single,
+        "batched answer differs from the single one"
+    );
     assert_eq!(batch[2], single);
     let empty = captioner.caption(SegmentInput {
         task: &first,
@@ -126,8 +133,15 @@ fn region_rectangle_reaches_the_model() -> anyhow::Result<()> {
     let moved: Vec<Option<NormalizedBox>> = boxes.iter().map(|b| b.map(|_| elsewhere)).collect();
     let other = captioner.caption_region(&frames, &moved)?;
     assert!(!boxed.is_empty());
-    assert_ne!(boxed, other, "the rectangle's position must change what the model sees");
-    assert!(captioner.caption_region(&frames, &vec![None; frames.len()]).is_err());
+    assert_ne!(
+        boxed, other,
+        "the rectangle's position must change what the model sees"
+    );
+    assert!(
+        captioner
+            .caption_region(&frames, &vec![None; frames.len()])
+            .is_err()
+    );
     Ok(())
 }
 

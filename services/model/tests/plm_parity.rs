@@ -10,8 +10,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use vidx_model::hub::{HubOptions, resolve_model_dir};
 use vidx_model::models::llama::argmax;
 use vidx_model::models::perception_lm::{
-    GenerateOptions, Media, PLM_OPTIONAL_FILES, PLM_REQUIRED_FILES, PlmBundle, PlmInput,
-    Sampling,
+    GenerateOptions, Media, PLM_OPTIONAL_FILES, PLM_REQUIRED_FILES, PlmBundle, PlmInput, Sampling,
 };
 use vidx_model::processor::RgbImage;
 
@@ -38,7 +37,12 @@ fn max_abs_diff(left: &Tensor, right: &Tensor) -> anyhow::Result<f32> {
 
 fn slice_diff(left: &[f32], right: &Tensor) -> anyhow::Result<f32> {
     let right = right.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-    anyhow::ensure!(left.len() == right.len(), "{} vs {}", left.len(), right.len());
+    anyhow::ensure!(
+        left.len() == right.len(),
+        "{} vs {}",
+        left.len(),
+        right.len()
+    );
     Ok(left
         .iter()
         .zip(&right)
@@ -91,7 +95,10 @@ fn load(name: &str) -> anyhow::Result<Fixture> {
     Ok(Fixture {
         bundle: PlmBundle::load(&files, &device, DType::F32)?,
         inputs: candle_core::safetensors::load(fixtures().join("inputs.safetensors"), &device)?,
-        reference: candle_core::safetensors::load(directory.join("reference.safetensors"), &device)?,
+        reference: candle_core::safetensors::load(
+            directory.join("reference.safetensors"),
+            &device,
+        )?,
     })
 }
 
@@ -119,24 +126,47 @@ fn processor_matches(name: &str) -> anyhow::Result<()> {
         .collect();
     let video = processor.pixel_values(&frames, &device, DType::F32)?;
     let video_diff = max_abs_diff(&video, &fixture.inputs["video.pixel_values"])? * 0.5;
-    assert!(video_diff <= 2.0 / 255.0 + 1e-6, "{name}: video pixels differ by {video_diff}");
+    assert!(
+        video_diff <= 2.0 / 255.0 + 1e-6,
+        "{name}: video pixels differ by {video_diff}"
+    );
     let image = &u8_images(&fixture.inputs["image.u8"])?[0];
     let tiles = processor.image_tiles(image);
     let image_pixels = processor.pixel_values(&tiles, &device, DType::F32)?;
     let image_diff = max_abs_diff(&image_pixels, &fixture.inputs["image.pixel_values"])? * 0.5;
-    assert!(image_diff <= 2.0 / 255.0 + 1e-6, "{name}: image pixels differ by {image_diff}");
-    println!("{name}: pixels video {video_diff:.4}, image {image_diff:.4} (x255: {:.2}, {:.2})", video_diff * 255.0, image_diff * 255.0);
+    assert!(
+        image_diff <= 2.0 / 255.0 + 1e-6,
+        "{name}: image pixels differ by {image_diff}"
+    );
+    println!(
+        "{name}: pixels video {video_diff:.4}, image {image_diff:.4} (x255: {:.2}, {:.2})",
+        video_diff * 255.0,
+        image_diff * 255.0
+    );
 
     // Prompt ids, placeholders expanded.
     let prompter = &fixture.bundle.prompter;
     let video_ids = prompter
-        .encode(Media::Video { frames: frames.len() }, VIDEO_PROMPT)
+        .encode(
+            Media::Video {
+                frames: frames.len(),
+            },
+            VIDEO_PROMPT,
+        )
         .map_err(anyhow::Error::msg)?;
-    assert_eq!(video_ids, ids(&fixture.reference["video.input_ids"])?, "{name}: video prompt ids");
+    assert_eq!(
+        video_ids,
+        ids(&fixture.reference["video.input_ids"])?,
+        "{name}: video prompt ids"
+    );
     let image_ids = prompter
         .encode(Media::Image { tiles: tiles.len() }, IMAGE_PROMPT)
         .map_err(anyhow::Error::msg)?;
-    assert_eq!(image_ids, ids(&fixture.reference["image.input_ids"])?, "{name}: image prompt ids");
+    assert_eq!(
+        image_ids,
+        ids(&fixture.reference["image.input_ids"])?,
+        "{name}: image prompt ids"
+    );
     Ok(())
 }
 
@@ -151,21 +181,40 @@ fn logits_match(name: &str) -> anyhow::Result<()> {
     let mut hidden = Vec::new();
     for start in (0..length).step_by(50) {
         let chunk = 50.min(length - start);
-        hidden.push(model.llm().forward(&embeds.narrow(1, start, chunk)?, &mut cache, &[0])?);
+        hidden.push(
+            model
+                .llm()
+                .forward(&embeds.narrow(1, start, chunk)?, &mut cache, &[0])?,
+        );
     }
     let hidden = Tensor::cat(&hidden, 1)?.squeeze(0)?;
     let positions = ids(&fixture.reference["video.logit_positions"])?;
     let reference_at = &fixture.reference["video.logits_at"];
     let mut worst: f32 = 0.0;
     for (row, position) in positions.iter().enumerate() {
-        let logits = model.llm().logits(&hidden.i(*position as usize..*position as usize + 1)?)?.squeeze(0)?;
+        let logits = model
+            .llm()
+            .logits(&hidden.i(*position as usize..*position as usize + 1)?)?
+            .squeeze(0)?;
         worst = worst.max(max_abs_diff(&logits, &reference_at.i(row)?)?);
     }
-    assert!(worst <= 1e-3, "{name}: logits at {positions:?} differ by {worst}");
-    let last = model.llm().logits(&hidden.i(length - 1..length)?)?.squeeze(0)?;
+    assert!(
+        worst <= 1e-3,
+        "{name}: logits at {positions:?} differ by {worst}"
+    );
+    let last = model
+        .llm()
+        .logits(&hidden.i(length - 1..length)?)?
+        .squeeze(0)?;
     let last_diff = max_abs_diff(&last, &fixture.reference["video.logits_last"])?;
-    assert!(last_diff <= 1e-3, "{name}: last logits differ by {last_diff}");
-    println!("{name}: logits at {} positions {worst:.2e}, last {last_diff:.2e}", positions.len());
+    assert!(
+        last_diff <= 1e-3,
+        "{name}: last logits differ by {last_diff}"
+    );
+    println!(
+        "{name}: logits at {} positions {worst:.2e}, last {last_diff:.2e}",
+        positions.len()
+    );
     Ok(())
 }
 
@@ -186,15 +235,36 @@ fn greedy_and_batch_match(name: &str) -> anyhow::Result<()> {
     // A padded batch: the image prompt is shorter than the video one.
     let batch = [fixture.input("video")?, fixture.input("image")?];
     let prefilled = model.prefill(&batch, 64, 0)?;
-    assert!(prefilled.padding[1] > 0, "{name}: the image row should be padded");
-    let video_diff = slice_diff(&prefilled.logits[0], &fixture.reference["video.logits_last"])?;
-    let image_diff = slice_diff(&prefilled.logits[1], &fixture.reference["image.logits_last"])?;
-    assert!(video_diff <= 1e-3, "{name}: batched video logits differ by {video_diff}");
-    assert!(image_diff <= 1e-3, "{name}: batched image logits differ by {image_diff}");
+    assert!(
+        prefilled.padding[1] > 0,
+        "{name}: the image row should be padded"
+    );
+    let video_diff = slice_diff(
+        &prefilled.logits[0],
+        &fixture.reference["video.logits_last"],
+    )?;
+    let image_diff = slice_diff(
+        &prefilled.logits[1],
+        &fixture.reference["image.logits_last"],
+    )?;
+    assert!(
+        video_diff <= 1e-3,
+        "{name}: batched video logits differ by {video_diff}"
+    );
+    assert!(
+        image_diff <= 1e-3,
+        "{name}: batched image logits differ by {image_diff}"
+    );
     let (batched, _) = model.generate(&batch, &options)?;
-    assert_eq!(batched[0].tokens, expected, "{name}: greedy tokens in a batch");
+    assert_eq!(
+        batched[0].tokens, expected,
+        "{name}: greedy tokens in a batch"
+    );
     let image_first = argmax(&fixture.reference["image.logits_last"].to_vec1::<f32>()?);
-    assert_eq!(batched[1].tokens[0], image_first, "{name}: image row's first token");
+    assert_eq!(
+        batched[1].tokens[0], image_first,
+        "{name}: image row's first token"
+    );
     println!("{name}: batched last logits video {video_diff:.2e}, image {image_diff:.2e}");
     Ok(())
 }
@@ -210,7 +280,10 @@ fn stops_and_samples(name: &str) -> anyhow::Result<()> {
         stop_tokens: vec![expected[4]],
         prefill_chunk: 1024,
     };
-    let first_stop = expected.iter().position(|id| *id == expected[4]).unwrap_or(4);
+    let first_stop = expected
+        .iter()
+        .position(|id| *id == expected[4])
+        .unwrap_or(4);
     let (generated, _) = model.generate(&[fixture.input("video")?], &options)?;
     assert!(generated[0].stopped, "{name}: stop token not honoured");
     assert_eq!(generated[0].tokens, expected[..first_stop].to_vec());
@@ -228,9 +301,19 @@ fn stops_and_samples(name: &str) -> anyhow::Result<()> {
     let (first, _) = model.generate(&[fixture.input("video")?], &sample(7))?;
     let (again, _) = model.generate(&[fixture.input("video")?], &sample(7))?;
     let (other, _) = model.generate(&[fixture.input("video")?], &sample(8))?;
-    assert_eq!(first[0].tokens, again[0].tokens, "{name}: seeded sampling repeats");
-    assert_ne!(first[0].tokens, other[0].tokens, "{name}: seeds give different samples");
-    assert_ne!(first[0].tokens, expected[..16].to_vec(), "{name}: hot sampling is not greedy");
+    assert_eq!(
+        first[0].tokens, again[0].tokens,
+        "{name}: seeded sampling repeats"
+    );
+    assert_ne!(
+        first[0].tokens, other[0].tokens,
+        "{name}: seeds give different samples"
+    );
+    assert_ne!(
+        first[0].tokens,
+        expected[..16].to_vec(),
+        "{name}: hot sampling is not greedy"
+    );
     Ok(())
 }
 

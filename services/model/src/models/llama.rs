@@ -105,7 +105,9 @@ impl LlamaConfig {
                 format!("{num_key_value_heads} does not divide {num_attention_heads} heads"),
             ));
         }
-        let head_dim = json.head_dim.unwrap_or(hidden_size / num_attention_heads.max(1));
+        let head_dim = json
+            .head_dim
+            .unwrap_or(hidden_size / num_attention_heads.max(1));
         if head_dim % 2 != 0 {
             return Err(unsupported("head_dim", format!("{head_dim} is odd")));
         }
@@ -134,9 +136,12 @@ impl LlamaConfig {
                     "default" => None,
                     "llama3" => {
                         let number = |key: &str| {
-                            scaling.get(key).and_then(|value| value.as_f64()).ok_or_else(|| {
-                                unsupported(&format!("{field}.{key}"), "missing".into())
-                            })
+                            scaling
+                                .get(key)
+                                .and_then(|value| value.as_f64())
+                                .ok_or_else(|| {
+                                    unsupported(&format!("{field}.{key}"), "missing".into())
+                                })
                         };
                         Some(Llama3Scaling {
                             factor: number("factor")?,
@@ -158,7 +163,9 @@ impl LlamaConfig {
         };
         let eos_token_ids = match &json.eos_token_id {
             None | Some(serde_json::Value::Null) => Vec::new(),
-            Some(serde_json::Value::Number(id)) => id.as_u64().map(|id| id as u32).into_iter().collect(),
+            Some(serde_json::Value::Number(id)) => {
+                id.as_u64().map(|id| id as u32).into_iter().collect()
+            }
             Some(serde_json::Value::Array(ids)) => ids
                 .iter()
                 .filter_map(|id| id.as_u64().map(|id| id as u32))
@@ -319,7 +326,8 @@ struct DecoderLayer {
 
 impl DecoderLayer {
     fn load(config: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
-        let norm = |name: &str| candle_nn::rms_norm(config.hidden_size, config.rms_norm_eps, vb.pp(name));
+        let norm =
+            |name: &str| candle_nn::rms_norm(config.hidden_size, config.rms_norm_eps, vb.pp(name));
         Ok(Self {
             input_layernorm: norm("input_layernorm")?,
             self_attn: Attention::load(config, vb.pp("self_attn"))?,
@@ -455,7 +463,9 @@ impl Llama {
         let batch = padding.len();
         let positions: Vec<f32> = padding
             .iter()
-            .flat_map(|pad| (start..start + length).map(move |index| index.saturating_sub(*pad) as f32))
+            .flat_map(|pad| {
+                (start..start + length).map(move |index| index.saturating_sub(*pad) as f32)
+            })
             .collect();
         let positions = Tensor::from_vec(positions, (batch * length, 1), self.device())?;
         let angles = positions.matmul(&self.inverse_frequencies)?;

@@ -90,7 +90,10 @@ impl PlmConfig {
         if pooling_ratio == 0 || !vision.grid().is_multiple_of(pooling_ratio) {
             return Err(unsupported(
                 "projector_pooling_ratio",
-                format!("{pooling_ratio} does not divide the {} patch grid", vision.grid()),
+                format!(
+                    "{pooling_ratio} does not divide the {} patch grid",
+                    vision.grid()
+                ),
             ));
         }
         Ok(Self {
@@ -182,7 +185,11 @@ impl PerceptionLm {
             config.pooling_ratio,
             vb.pp("model.multi_modal_projector"),
         )?;
-        let llm = Llama::load(&config.text, vb.pp("model.language_model"), vb.pp("lm_head"))?;
+        let llm = Llama::load(
+            &config.text,
+            vb.pp("model.language_model"),
+            vb.pp("lm_head"),
+        )?;
         Ok(Self {
             config,
             vision,
@@ -297,9 +304,9 @@ impl PerceptionLm {
         let mut last_hidden = None;
         for start in (0..longest).step_by(chunk) {
             let length = chunk.min(longest - start);
-            let hidden = self
-                .llm
-                .forward(&batch.narrow(1, start, length)?, &mut cache, &padding)?;
+            let hidden =
+                self.llm
+                    .forward(&batch.narrow(1, start, length)?, &mut cache, &padding)?;
             last_hidden = Some(hidden.i((.., length - 1, ..))?);
         }
         let Some(last_hidden) = last_hidden else {
@@ -411,9 +418,7 @@ impl Sampler {
     fn next(&mut self, logits: &[f32]) -> u32 {
         let (temperature, top_p) = match self.sampling {
             Sampling::TopP {
-                temperature,
-                top_p,
-                ..
+                temperature, top_p, ..
             } if temperature > 0.0 => (temperature, top_p),
             _ => return argmax(logits),
         };
@@ -463,9 +468,13 @@ pub struct PlmPrompter {
 pub enum Media {
     None,
     /// An image as this many tiles (thumbnail included).
-    Image { tiles: usize },
+    Image {
+        tiles: usize,
+    },
     /// A video of this many frames.
-    Video { frames: usize },
+    Video {
+        frames: usize,
+    },
 }
 
 impl PlmPrompter {
@@ -475,11 +484,13 @@ impl PlmPrompter {
         model: &str,
     ) -> std::result::Result<Self, ModelError> {
         let name = |id: u32, field: &str| {
-            tokenizer.id_to_token(id).ok_or_else(|| ModelError::UnsupportedConfig {
-                model: model.into(),
-                field: field.into(),
-                reason: format!("token {id} is not in tokenizer.json"),
-            })
+            tokenizer
+                .id_to_token(id)
+                .ok_or_else(|| ModelError::UnsupportedConfig {
+                    model: model.into(),
+                    field: field.into(),
+                    reason: format!("token {id} is not in tokenizer.json"),
+                })
         };
         let bos = match config.text.bos_token_id {
             Some(id) => name(id, "text_config.bos_token_id")?,
@@ -576,6 +587,17 @@ pub const PLM_OPTIONAL_FILES: &[&str] = &[
 ];
 
 impl PlmBundle {
+    /// Find the checkpoint (local dir, HF cache, hub; shards too) and load it.
+    pub fn from_hub(
+        model_id: &str,
+        options: &crate::hub::HubOptions,
+        device: &Device,
+        dtype: DType,
+    ) -> std::result::Result<Self, ModelError> {
+        let files = fetch_files(model_id, options)?;
+        Self::load(&files, device, dtype)
+    }
+
     /// Load a checkpoint found by `hub::resolve_model_dir` (shards listed by
     /// `model.safetensors.index.json` must sit next to it) in `dtype` on `device`.
     pub fn load(
@@ -595,7 +617,9 @@ impl PlmBundle {
         let weights = weight_files(files)?;
         let vb = mmaped(&weights, dtype, device).map_err(|error| load_error(error.to_string()))?;
         let model = PerceptionLm::new(config.clone(), vb).map_err(|error| {
-            load_error(format!("{error} (is this a PerceptionLM checkpoint in the transformers layout?)"))
+            load_error(format!(
+                "{error} (is this a PerceptionLM checkpoint in the transformers layout?)"
+            ))
         })?;
         let prompter = PlmPrompter::from_file(files.require("tokenizer.json")?, &config, model_id)?;
         let processor = match files
@@ -613,51 +637,100 @@ impl PlmBundle {
     }
 }
 
+/// Resolve a checkpoint's files, downloading the shards named by its index when needed
+/// (this is also `vidx model fetch`).
+pub fn fetch_files(
+    model_id: &str,
+    options: &crate::hub::HubOptions,
+) -> std::result::Result<ModelFiles, ModelError> {
+    let mut files =
+        crate::hub::resolve_model_dir(model_id, PLM_REQUIRED_FILES, PLM_OPTIONAL_FILES, options)?;
+    if files.path("model.safetensors").is_none()
+        && files.path("model.safetensors.index.json").is_none()
+    {
+        return Err(ModelError::NotFound {
+            model: model_id.into(),
+            reason: format!(
+                "no model.safetensors or model.safetensors.index.json ({})",
+                files.origin
+            ),
+        });
+    }
+    if let Some(index) = files.path("model.safetensors.index.json") {
+        let shards = shard_names(index, model_id)?;
+        let names: Vec<&str> = shards.iter().map(String::as_str).collect();
+        let shard_files = crate::hub::resolve_model_dir(model_id, &names, &[], options)?;
+        files.files.extend(shard_files.files);
+    }
+    Ok(files)
+}
+
+fn shard_names(index: &Path, model_id: &str) -> std::result::Result<Vec<String>, ModelError> {
+    let load_error = |reason: String| ModelError::Load {
+        model: model_id.into(),
+        reason: format!("{}: {reason}", index.display()),
+    };
+    let text = std::fs::read_to_string(index).map_err(|error| load_error(error.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|error| load_error(error.to_string()))?;
+    let mut shards: Vec<String> = value
+        .get("weight_map")
+        .and_then(|map| map.as_object())
+        .map(|map| {
+            map.values()
+                .filter_map(|file| file.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    shards.sort();
+    shards.dedup();
+    if shards.is_empty() {
+        return Err(load_error("lists no shards".into()));
+    }
+    if let Some(bad) = shards
+        .iter()
+        .find(|shard| shard.contains('/') || shard.contains('\\') || shard.starts_with('.'))
+    {
+        return Err(load_error(format!(
+            "shard name `{bad}` is not a plain file name"
+        )));
+    }
+    Ok(shards)
+}
+
 /// The safetensors files of a checkpoint: the shards of the index, or the single file.
-pub fn weight_files(files: &ModelFiles) -> std::result::Result<Vec<std::path::PathBuf>, ModelError> {
+pub fn weight_files(
+    files: &ModelFiles,
+) -> std::result::Result<Vec<std::path::PathBuf>, ModelError> {
     let model_id = files.model_id.as_str();
     if let Some(index) = files.path("model.safetensors.index.json") {
-        let text = std::fs::read_to_string(index).map_err(|error| ModelError::Load {
-            model: model_id.into(),
-            reason: format!("{}: {error}", index.display()),
-        })?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|error| ModelError::Load {
-                model: model_id.into(),
-                reason: format!("{}: {error}", index.display()),
-            })?;
-        let mut shards: Vec<String> = value
-            .get("weight_map")
-            .and_then(|map| map.as_object())
-            .map(|map| {
-                map.values()
-                    .filter_map(|file| file.as_str().map(str::to_string))
-                    .collect()
+        let shards = shard_names(index, model_id)?;
+        return shards
+            .iter()
+            .map(|shard| {
+                files
+                    .path(shard)
+                    .map(Path::to_path_buf)
+                    .or_else(|| {
+                        let sibling = index.parent()?.join(shard);
+                        sibling.is_file().then_some(sibling)
+                    })
+                    .ok_or_else(|| ModelError::NotFound {
+                        model: model_id.into(),
+                        reason: format!("shard {shard} missing ({})", files.origin),
+                    })
             })
-            .unwrap_or_default();
-        shards.sort();
-        shards.dedup();
-        let directory = index.parent().unwrap_or(Path::new("."));
-        let paths: Vec<_> = shards.iter().map(|shard| directory.join(shard)).collect();
-        if let Some(missing) = paths.iter().find(|path| !path.is_file()) {
-            return Err(ModelError::NotFound {
-                model: model_id.into(),
-                reason: format!("shard {} missing", missing.display()),
-            });
-        }
-        if paths.is_empty() {
-            return Err(ModelError::Load {
-                model: model_id.into(),
-                reason: format!("{} lists no shards", index.display()),
-            });
-        }
-        return Ok(paths);
+            .collect();
     }
     Ok(vec![files.require("model.safetensors")?.to_path_buf()])
 }
 
 #[allow(unsafe_code)]
-fn mmaped(paths: &[std::path::PathBuf], dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+fn mmaped(
+    paths: &[std::path::PathBuf],
+    dtype: DType,
+    device: &Device,
+) -> Result<VarBuilder<'static>> {
     // SAFETY: the weight files are opened read-only and are not modified while mapped;
     // this is how candle loads checkpoints larger than memory.
     unsafe { VarBuilder::from_mmaped_safetensors(paths, dtype, device) }
