@@ -64,9 +64,7 @@ fn next_range(text: &str) -> Option<((usize, usize), &str)> {
     loop {
         let open = search.find('[')?;
         let inside = &search[open + 1..];
-        let Some(close) = inside.find(']') else {
-            return None;
-        };
+        let close = inside.find(']')?;
         if let Some(range) = range_of(&inside[..close]) {
             return Some((range, &inside[close + 1..]));
         }

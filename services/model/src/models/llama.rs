@@ -108,7 +108,7 @@ impl LlamaConfig {
         let head_dim = json
             .head_dim
             .unwrap_or(hidden_size / num_attention_heads.max(1));
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(unsupported("head_dim", format!("{head_dim} is odd")));
         }
 
