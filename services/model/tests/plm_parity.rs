@@ -351,3 +351,49 @@ fn greedy_and_batched_generation_match_reference_nocls() -> anyhow::Result<()> {
 fn stop_tokens_and_seeded_sampling() -> anyhow::Result<()> {
     stops_and_samples("cls")
 }
+
+/// Half-precision weights and activations stay close to the f32 reference (f16: candle's
+/// CPU matmul has no bf16; bf16 on CPU is refused with the field named).
+#[test]
+fn half_precision_logits_stay_close_to_reference() -> anyhow::Result<()> {
+    let directory = fixtures().join("cls");
+    let files = resolve_model_dir(
+        "cls",
+        PLM_REQUIRED_FILES,
+        PLM_OPTIONAL_FILES,
+        &HubOptions {
+            local_dir: Some(directory.clone()),
+            ..Default::default()
+        },
+    )?;
+    let device = Device::Cpu;
+    let refused = PlmBundle::load(&files, &device, DType::BF16)
+        .err()
+        .map(|error| error.to_string())
+        .unwrap_or_default();
+    assert!(refused.contains("models.dtype"), "bf16 on cpu: {refused}");
+    let bundle = PlmBundle::load(&files, &device, DType::F16)?;
+    assert_eq!(bundle.model.dtype(), DType::F16);
+    let inputs = candle_core::safetensors::load(fixtures().join("inputs.safetensors"), &device)?;
+    let reference =
+        candle_core::safetensors::load(directory.join("reference.safetensors"), &device)?;
+    let visual = bundle
+        .model
+        .visual_tokens(&inputs["video.pixel_values"], 8)?;
+    let prefilled = bundle.model.prefill(
+        &[PlmInput {
+            ids: ids(&reference["video.input_ids"])?,
+            visual: Some(visual),
+        }],
+        128,
+        0,
+    )?;
+    let expected = reference["video.logits_last"].to_vec1::<f32>()?;
+    let got = &prefilled.logits[0];
+    let dot: f32 = got.iter().zip(&expected).map(|(a, b)| a * b).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let cosine = dot / (norm(got) * norm(&expected));
+    assert!(cosine >= 0.99, "f16 last-logit cosine {cosine}");
+    println!("f16 cosine {cosine:.5}");
+    Ok(())
+}

@@ -606,6 +606,14 @@ impl PlmBundle {
         dtype: DType,
     ) -> std::result::Result<Self, ModelError> {
         let model_id = files.model_id.as_str();
+        if device.is_cpu() && dtype == DType::BF16 {
+            return Err(ModelError::UnsupportedConfig {
+                model: model_id.into(),
+                field: "models.dtype".into(),
+                reason: "bf16 needs a GPU (candle's CPU matmul has no bf16); use f32 or f16 on cpu"
+                    .into(),
+            });
+        }
         let load_error = |reason: String| ModelError::Load {
             model: model_id.into(),
             reason,
