@@ -743,3 +743,78 @@ fn mmaped(
     // this is how candle loads checkpoints larger than memory.
     unsafe { VarBuilder::from_mmaped_safetensors(paths, dtype, device) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture_config() -> serde_json::Value {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/plm/cls/config.json"
+        );
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or_default()
+    }
+
+    fn error_field(value: &serde_json::Value) -> String {
+        match PlmConfig::from_json(&value.to_string(), "test") {
+            Err(ModelError::UnsupportedConfig { field, .. }) => field,
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_the_published_and_transformers5_layouts() {
+        let config = PlmConfig::from_json(&fixture_config().to_string(), "test");
+        let config = config.expect("cls config");
+        assert_eq!(config.tokens_per_tile(), 4);
+        assert!(config.text.tie_word_embeddings);
+        assert_eq!(config.text.eos_token_ids, vec![385, 393]);
+        let scaling = config.text.rope_scaling.expect("llama3 scaling");
+        assert_eq!(scaling.factor, 32.0);
+        // transformers 5: rope_theta inside rope_parameters.
+        let mut value = fixture_config();
+        let text = &mut value["text_config"];
+        text.as_object_mut().map(|o| o.remove("rope_scaling"));
+        text.as_object_mut().map(|o| o.remove("rope_theta"));
+        text["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 123.0});
+        let config = PlmConfig::from_json(&value.to_string(), "test").expect("rope_parameters");
+        assert_eq!(config.text.rope_theta, 123.0);
+        assert!(config.text.rope_scaling.is_none());
+    }
+
+    #[test]
+    fn unsupported_values_name_their_field() {
+        let mut value = fixture_config();
+        value["model_type"] = "llava".into();
+        assert_eq!(error_field(&value), "model_type");
+
+        let mut value = fixture_config();
+        value["text_config"]["rope_scaling"]["rope_type"] = "yarn".into();
+        assert_eq!(error_field(&value), "text_config.rope_scaling.rope_type");
+
+        let mut value = fixture_config();
+        value["vision_use_cls_token"] = false.into();
+        assert_eq!(error_field(&value), "vision_use_cls_token");
+
+        let mut value = fixture_config();
+        value["text_config"]["hidden_act"] = "gelu".into();
+        assert_eq!(error_field(&value), "text_config.hidden_act");
+
+        let mut value = fixture_config();
+        value["video_token_id"] = 100_000.into();
+        assert_eq!(error_field(&value), "video_token_id");
+
+        let mut value = fixture_config();
+        value["projector_pooling_ratio"] = 3.into();
+        assert_eq!(error_field(&value), "projector_pooling_ratio");
+
+        let mut value = fixture_config();
+        value["vision_config"]["model_args"]["use_post_transformer_norm"] = true.into();
+        assert_eq!(
+            error_field(&value),
+            "vision_config.model_args.use_post_transformer_norm"
+        );
+    }
+}
