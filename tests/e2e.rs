@@ -599,3 +599,42 @@ fn plm_captioner_indexes_caption_moments_from_a_model_dir() -> Result<()> {
     );
     Ok(())
 }
+
+/// `vidx model fetch` with the hub out of reach fails fast, names the model and says what to
+/// do; `models.dtype = "bf16"` on a CPU build is refused with the key named.
+#[test]
+fn model_fetch_and_dtype_errors_are_clear() -> Result<()> {
+    let workspace = tempfile::tempdir()?;
+    let output = Command::new(VIDX)
+        .args(["model", "fetch", "facebook/Perception-LM-1B"])
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env("HF_HOME", workspace.path())
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("HF_TOKEN")
+        .output()?;
+    assert_eq!(output.status.code(), Some(3), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("facebook/Perception-LM-1B") && stderr.contains("HF_TOKEN"),
+        "{}",
+        describe(&output)
+    );
+
+    let video = make_video(workspace.path(), "dtype.mp4", false)?;
+    let model_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/plm/cls");
+    let output = Command::new(VIDX)
+        .args(["index", "--model-dir"])
+        .arg(&model_dir)
+        .arg(&video)
+        .arg("--data-dir")
+        .arg(workspace.path().join("data"))
+        .env("VIDX__MODELS__DTYPE", "bf16")
+        .output()?;
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("models.dtype"),
+        "{}",
+        describe(&output)
+    );
+    Ok(())
+}

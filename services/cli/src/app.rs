@@ -241,10 +241,20 @@ impl AppContext {
         }
         eprintln!("fetching {model_id} into the Hugging Face cache (this can take a while)…");
         let id = model_id.to_string();
+        let has_token = options.token.is_some()
+            || std::env::var("HF_TOKEN").is_ok_and(|token| !token.is_empty());
         let files = tokio::task::spawn_blocking(move || fetch_files(&id, &options))
             .await
             .context("download task")?
-            .map_err(|error| cli_error(error.code(), error.to_string()))?;
+            .map_err(|error| {
+                let hint = if has_token {
+                    ""
+                } else {
+                    "; no HF_TOKEN is set: the official PerceptionLM repositories are gated \
+                     (accept the licence on huggingface.co, then export HF_TOKEN)"
+                };
+                cli_error(error.code(), format!("{error}{hint}"))
+            })?;
         let bytes: u64 = files
             .files
             .iter()

@@ -397,3 +397,68 @@ fn half_precision_logits_stay_close_to_reference() -> anyhow::Result<()> {
     println!("f16 cosine {cosine:.5}");
     Ok(())
 }
+
+/// A checkpoint split into shards with a `model.safetensors.index.json` (how the official
+/// repositories ship) loads to the same model.
+#[test]
+fn sharded_checkpoint_loads_the_same_model() -> anyhow::Result<()> {
+    let device = Device::Cpu;
+    let source = fixtures().join("cls");
+    let directory = tempfile::tempdir()?;
+    for file in ["config.json", "tokenizer.json", "processor_config.json"] {
+        std::fs::copy(source.join(file), directory.path().join(file))?;
+    }
+    let tensors = candle_core::safetensors::load(source.join("model.safetensors"), &device)?;
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (shard, part) in [
+        ("model-00001-of-00002.safetensors", first),
+        ("model-00002-of-00002.safetensors", second),
+    ] {
+        let subset: HashMap<String, Tensor> = part
+            .iter()
+            .map(|name| ((*name).clone(), tensors[*name].clone()))
+            .collect();
+        candle_core::safetensors::save(&subset, directory.path().join(shard))?;
+        for name in part {
+            weight_map.insert((*name).clone(), shard.into());
+        }
+    }
+    std::fs::write(
+        directory.path().join("model.safetensors.index.json"),
+        serde_json::json!({ "metadata": {}, "weight_map": weight_map }).to_string(),
+    )?;
+    let options = HubOptions {
+        local_dir: Some(directory.path().to_path_buf()),
+        ..Default::default()
+    };
+    let bundle = PlmBundle::from_hub("sharded", &options, &device, DType::F32)?;
+    let fixture = load("cls")?;
+    let input = |bundle: &PlmBundle| -> anyhow::Result<PlmInput> {
+        Ok(PlmInput {
+            ids: ids(&fixture.reference["video.input_ids"])?,
+            visual: Some(
+                bundle
+                    .model
+                    .visual_tokens(&fixture.inputs["video.pixel_values"], 8)?,
+            ),
+        })
+    };
+    let logits = bundle.model.prefill(&[input(&bundle)?], 256, 0)?.logits;
+    let diff = slice_diff(&logits[0], &fixture.reference["video.logits_last"])?;
+    assert!(diff <= 1e-3, "sharded checkpoint logits differ by {diff}");
+
+    // A shard that went missing is named.
+    std::fs::remove_file(directory.path().join("model-00002-of-00002.safetensors"))?;
+    let error = PlmBundle::from_hub("sharded", &options, &device, DType::F32)
+        .err()
+        .map(|error| error.to_string())
+        .unwrap_or_default();
+    assert!(
+        error.contains("model-00002-of-00002.safetensors"),
+        "{error}"
+    );
+    Ok(())
+}
