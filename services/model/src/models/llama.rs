@@ -247,7 +247,7 @@ impl Attention {
     }
 
     /// `x`: `[B, L, hidden]`; `cos`/`sin`: `[B, L, head_dim/2]`; `mask`: additive
-    /// `[B, 1, 1, L, cached + L]` or none (no padding and a single query).
+    /// `[B, L, cached + L]` or none (no padding and a single query).
     fn forward(
         &self,
         x: &Tensor,
@@ -270,24 +270,13 @@ impl Attention {
         let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
         let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
         let (k, v) = cache.append(&k, &v)?;
-        let keys = k.dim(2)?;
 
         // Grouped-query attention without repeating K/V: the query heads that share a KV
         // head are stacked along the query axis.
         let group = heads / kv_heads;
         let q = q.reshape((batch, kv_heads, group * length, head_dim))?;
         let scale = 1.0 / (head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
-        let scores = match mask {
-            Some(mask) => scores
-                .reshape((batch, kv_heads, group, length, keys))?
-                .broadcast_add(mask)?
-                .reshape((batch, kv_heads, group * length, keys))?,
-            None => scores,
-        };
-        let probabilities = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-        let output = probabilities
-            .matmul(&v)?
+        let output = crate::attention::attend_grouped_batch(&q, &k, &v, scale, group, mask)?
             .reshape((batch, heads, length, head_dim))?
             .transpose(1, 2)?
             .reshape((batch, length, heads * head_dim))?;
@@ -478,7 +467,7 @@ impl Llama {
         ))
     }
 
-    /// Additive mask `[B, 1, 1, L, start + L]`: causal, and padding keys hidden. A padding
+    /// Additive mask `[B, L, start + L]`: causal, and padding keys hidden. A padding
     /// query attends to itself only (its output is never used) so no row is all `-inf`.
     /// `None` when a single query per row sees every key.
     fn mask(&self, start: usize, length: usize, padding: &[usize]) -> Result<Option<Tensor>> {
@@ -499,7 +488,7 @@ impl Llama {
                 }
             }
         }
-        Tensor::from_vec(values, (padding.len(), 1, 1, length, keys), self.device()).map(Some)
+        Tensor::from_vec(values, (padding.len(), length, keys), self.device()).map(Some)
     }
 }
 

@@ -237,9 +237,9 @@ impl Block {
         let key = candle_nn::rotary_emb::rope_i(&qkv.get(1)?.contiguous()?, cos, sin)?;
         let value = qkv.get(2)?.contiguous()?;
         let scale = (head_dim as f64).powf(-0.5);
-        let weights = candle_nn::ops::softmax_last_dim(&((query * scale)?.matmul(&key.t()?)?))?;
-        let attended = weights
-            .matmul(&value)?
+        let flat = |tensor: Tensor| tensor.reshape((batch * self.num_heads, tokens, head_dim));
+        let attended = crate::attention::attend(&flat(query)?, &flat(key)?, &flat(value)?, scale)?
+            .reshape((batch, self.num_heads, tokens, head_dim))?
             .transpose(1, 2)?
             .reshape((batch, tokens, dim))?;
         let hidden = (hidden + self.proj.forward(&attended)?.broadcast_mul(&self.gamma_1)?)?;
