@@ -4,7 +4,7 @@
 //! random pixels: content does not change the cost. Writes JSON.
 //!
 //!     plm_bench --model-dir DIR [--frames 8] [--new-tokens 32] [--repeats 2] [--batch 1]
-//!               [--prefill-chunk 1024] [--dtype f32|bf16|f16] [--json FILE]
+//!               [--prefill-chunk 512] [--vision-batch 4] [--dtype f32|bf16|f16] [--json FILE]
 
 use std::time::Instant;
 
@@ -15,6 +15,11 @@ use vidx_model::models::perception_lm::{
     GenerateOptions, Media, PLM_OPTIONAL_FILES, PLM_REQUIRED_FILES, PlmBundle, PlmInput, Sampling,
 };
 
+// The binaries use mimalloc: it reuses freed memory instead of handing large buffers back to
+// the kernel, which would fault in fresh zeroed pages on every tensor allocation.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Arguments {
     model_dir: std::path::PathBuf,
     frames: usize,
@@ -22,6 +27,7 @@ struct Arguments {
     repeats: usize,
     batch: usize,
     prefill_chunk: usize,
+    vision_batch: usize,
     dtype: DType,
     json: Option<std::path::PathBuf>,
 }
@@ -33,7 +39,8 @@ fn arguments() -> anyhow::Result<Arguments> {
         new_tokens: 32,
         repeats: 2,
         batch: 1,
-        prefill_chunk: 1024,
+        prefill_chunk: 512,
+        vision_batch: 4,
         dtype: DType::F32,
         json: None,
     };
@@ -49,6 +56,7 @@ fn arguments() -> anyhow::Result<Arguments> {
             "--repeats" => parsed.repeats = value.parse::<usize>()?.max(1),
             "--batch" => parsed.batch = value.parse::<usize>()?.max(1),
             "--prefill-chunk" => parsed.prefill_chunk = value.parse()?,
+            "--vision-batch" => parsed.vision_batch = value.parse::<usize>()?.max(1),
             "--dtype" => {
                 parsed.dtype = match value.as_str() {
                     "f32" => DType::F32,
@@ -100,7 +108,7 @@ fn main() -> anyhow::Result<()> {
     let mut decoded = 0;
     for _ in 0..arguments.repeats {
         let started = Instant::now();
-        let visual = model.visual_tokens(&pixels, 8)?;
+        let visual = model.visual_tokens(&pixels, arguments.vision_batch)?;
         let _ = visual.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         vision_secs = vision_secs.min(started.elapsed().as_secs_f64());
         let inputs: Vec<PlmInput> = (0..arguments.batch)
@@ -122,6 +130,8 @@ fn main() -> anyhow::Result<()> {
     let report = serde_json::json!({
         "frames": frames,
         "batch": arguments.batch,
+        "vision_batch": arguments.vision_batch,
+        "prefill_chunk": arguments.prefill_chunk,
         "prompt_tokens": prompt_tokens,
         "new_tokens": arguments.new_tokens,
         "threads": std::env::var("RAYON_NUM_THREADS").ok(),

@@ -21,9 +21,11 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> 
     let mut parts = Vec::with_capacity(heads.div_ceil(step));
     for start in (0..heads).step_by(step) {
         let count = step.min(heads - start);
-        let scores = (q.narrow(0, start, count)?.matmul(&k.narrow(0, start, count)?.t()?)?
+        let scores = (q
+            .narrow(0, start, count)?
+            .matmul(&k.narrow(0, start, count)?.t()?)?
             * scale)?;
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        let weights = crate::ops::softmax_last_dim(&scores)?;
         parts.push(weights.matmul(&v.narrow(0, start, count)?)?);
     }
     Tensor::cat(&parts, 0)
@@ -47,7 +49,9 @@ pub fn attend_grouped(
     let mut parts = Vec::with_capacity(kv_heads.div_ceil(step));
     for start in (0..kv_heads).step_by(step) {
         let count = step.min(kv_heads - start);
-        let scores = (q.narrow(0, start, count)?.matmul(&k.narrow(0, start, count)?.t()?)?
+        let scores = (q
+            .narrow(0, start, count)?
+            .matmul(&k.narrow(0, start, count)?.t()?)?
             * scale)?
             .to_dtype(DType::F32)?;
         let scores = match mask {
@@ -58,7 +62,7 @@ pub fn attend_grouped(
             None => scores,
         };
         let values = v.narrow(0, start, count)?;
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(values.dtype())?;
+        let weights = crate::ops::softmax_last_dim(&scores)?.to_dtype(values.dtype())?;
         parts.push(weights.matmul(&values)?);
     }
     Tensor::cat(&parts, 0)

@@ -41,8 +41,8 @@ impl Default for CaptionSettings {
         Self {
             prompt: DENSE_CAPTION_PROMPT.into(),
             max_new_tokens: 512,
-            prefill_chunk: 1024,
-            vision_batch: 8,
+            prefill_chunk: 512,
+            vision_batch: 4,
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod captioner;
 pub mod hub;
 pub mod models;
+pub mod ops;
 pub mod processor;
 
 pub use hub::{HubOptions, ModelFiles, resolve_model_dir};

@@ -243,12 +243,9 @@ impl Block {
             .transpose(1, 2)?
             .reshape((batch, tokens, dim))?;
         let hidden = (hidden + self.proj.forward(&attended)?.broadcast_mul(&self.gamma_1)?)?;
-        let mlp = self.fc2.forward(
-            &self
-                .fc1
-                .forward(&self.norm2.forward(&hidden)?)?
-                .gelu_erf()?,
-        )?;
+        let mlp = self.fc2.forward(&crate::ops::gelu_erf(
+            &self.fc1.forward(&self.norm2.forward(&hidden)?)?,
+        )?)?;
         hidden + mlp.broadcast_mul(&self.gamma_2)?
     }
 }
@@ -373,7 +370,7 @@ impl PlmProjector {
     pub fn forward(&self, features: &Tensor) -> Result<Tensor> {
         let projected = self
             .linear_2
-            .forward(&self.linear_1.forward(features)?.gelu_erf()?)?;
+            .forward(&crate::ops::gelu_erf(&self.linear_1.forward(features)?)?)?;
         if self.pooling_ratio <= 1 {
             return Ok(projected);
         }

@@ -1,0 +1,307 @@
+//! Elementwise kernels the CPU spends its non-matmul time in — softmax over the last axis,
+//! GELU (erf form) and SiLU — for contiguous f32 tensors: branch-free so the compiler
+//! vectorises them, split across threads. Other dtypes and devices use candle's own ops.
+//!
+//! `exp` is Cephes' single-precision polynomial after a round-to-nearest range reduction
+//! (≈1 ulp); `erf` is Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7).
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Elements per parallel task.
+const CHUNK: usize = 1 << 14;
+
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5·2²³: adding it rounds to an integer that sits in the low mantissa bits.
+    const SHIFTER: f32 = 12_582_912.0;
+    let x = x.clamp(-87.3, 88.3);
+    let shifted = x * LOG2E + SHIFTER;
+    let n = shifted - SHIFTER;
+    let exponent = (shifted.to_bits() as i32).wrapping_sub(0x4B40_0000);
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let e = p * r * r + r + 1.0;
+    e * f32::from_bits(((exponent + 127) << 23) as u32)
+}
+
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = ((((1.061_405_4 * t - 1.453_152) * t + 1.421_413_8) * t - 0.284_496_74) * t
+        + 0.254_829_6)
+        * t;
+    (1.0 - poly * exp(-a * a)).copysign(x)
+}
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(values) = storage else {
+        candle_core::bail!("{op}: f32 only");
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&values[start..end]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// Kernels over slices. Each body is `#[inline(always)]` so the AVX2 wrappers below compile
+/// it with 8-wide vectors; the plain versions use the baseline (SSE2) vectors.
+mod kernels {
+    use super::{erf, exp};
+
+    #[inline(always)]
+    pub fn gelu_erf(input: &[f32], output: &mut [f32]) {
+        for (out, x) in output.iter_mut().zip(input) {
+            *out = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+        }
+    }
+
+    #[inline(always)]
+    pub fn silu(input: &[f32], output: &mut [f32]) {
+        for (out, x) in output.iter_mut().zip(input) {
+            *out = x / (1.0 + exp(-x));
+        }
+    }
+
+    /// Softmax of each `row`-long row: max, exp, sum and scale as separate passes with
+    /// 8 accumulator lanes, so every pass vectorises.
+    #[inline(always)]
+    pub fn softmax_rows(input: &[f32], output: &mut [f32], row: usize) {
+        for (out, x) in output.chunks_exact_mut(row).zip(input.chunks_exact(row)) {
+            let mut lanes = [f32::NEG_INFINITY; 8];
+            let chunks = x.chunks_exact(8);
+            let rest = chunks.remainder();
+            for chunk in chunks {
+                for (lane, value) in lanes.iter_mut().zip(chunk) {
+                    *lane = if *value > *lane { *value } else { *lane };
+                }
+            }
+            let max = lanes
+                .iter()
+                .chain(rest)
+                .fold(f32::NEG_INFINITY, |a, b| if *b > a { *b } else { a });
+            for (o, v) in out.iter_mut().zip(x) {
+                *o = exp(v - max);
+            }
+            let mut sums = [0f32; 8];
+            let chunks = out.chunks_exact(8);
+            let rest: f32 = chunks.remainder().iter().sum();
+            for chunk in chunks {
+                for (sum, value) in sums.iter_mut().zip(chunk) {
+                    *sum += value;
+                }
+            }
+            let inverse = 1.0 / (sums.iter().sum::<f32>() + rest);
+            out.iter_mut().for_each(|o| *o *= inverse);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    #[target_feature(enable = "avx2,fma")]
+    pub fn gelu_erf(input: &[f32], output: &mut [f32]) {
+        super::kernels::gelu_erf(input, output)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub fn silu(input: &[f32], output: &mut [f32]) {
+        super::kernels::silu(input, output)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub fn softmax_rows(input: &[f32], output: &mut [f32], row: usize) {
+        super::kernels::softmax_rows(input, output, row)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    })
+}
+
+/// Run the AVX2 build of a kernel where the CPU has it, else the baseline one.
+macro_rules! dispatch {
+    ($kernel:ident ( $($argument:expr),* )) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_avx2() {
+                #[allow(unsafe_code)]
+                // SAFETY: AVX2 and FMA were detected on this CPU at run time.
+                unsafe { avx2::$kernel($($argument),*) }
+            } else {
+                kernels::$kernel($($argument),*)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            kernels::$kernel($($argument),*)
+        }
+    }};
+}
+
+fn map_f32(
+    storage: &CpuStorage,
+    layout: &Layout,
+    op: &str,
+    kernel: impl Fn(&[f32], &mut [f32]) + Sync,
+) -> Result<(CpuStorage, Shape)> {
+    let input = contiguous_f32(storage, layout, op)?;
+    let mut output = vec![0f32; input.len()];
+    output
+        .par_chunks_mut(CHUNK)
+        .zip(input.par_chunks(CHUNK))
+        .for_each(|(output, input)| kernel(input, output));
+    Ok((CpuStorage::F32(output), layout.shape().clone()))
+}
+
+struct GeluErf;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "vidx-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        map_f32(storage, layout, self.name(), |input, output| {
+            dispatch!(gelu_erf(input, output))
+        })
+    }
+}
+
+struct Silu;
+
+impl CustomOp1 for Silu {
+    fn name(&self) -> &'static str {
+        "vidx-silu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        map_f32(storage, layout, self.name(), |input, output| {
+            dispatch!(silu(input, output))
+        })
+    }
+}
+
+struct SoftmaxLastDim;
+
+impl CustomOp1 for SoftmaxLastDim {
+    fn name(&self) -> &'static str {
+        "vidx-softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let input = contiguous_f32(storage, layout, self.name())?;
+        let row = layout.shape().dims().last().copied().unwrap_or(1).max(1);
+        let mut output = vec![0f32; input.len()];
+        let rows_per_task = (CHUNK / row).max(1);
+        output
+            .par_chunks_mut(row * rows_per_task)
+            .zip(input.par_chunks(row * rows_per_task))
+            .for_each(|(output, input)| dispatch!(softmax_rows(input, output, row)));
+        Ok((CpuStorage::F32(output), layout.shape().clone()))
+    }
+}
+
+fn fast_path(tensor: &Tensor) -> bool {
+    tensor.device().is_cpu() && tensor.dtype() == DType::F32
+}
+
+/// GELU with the exact (erf) form.
+pub fn gelu_erf(tensor: &Tensor) -> Result<Tensor> {
+    if fast_path(tensor) {
+        tensor.contiguous()?.apply_op1_no_bwd(&GeluErf)
+    } else {
+        tensor.gelu_erf()
+    }
+}
+
+/// SiLU (`x·σ(x)`).
+pub fn silu(tensor: &Tensor) -> Result<Tensor> {
+    if fast_path(tensor) {
+        tensor.contiguous()?.apply_op1_no_bwd(&Silu)
+    } else {
+        candle_nn::ops::silu(tensor)
+    }
+}
+
+/// Softmax over the last axis.
+pub fn softmax_last_dim(tensor: &Tensor) -> Result<Tensor> {
+    if fast_path(tensor) {
+        tensor.contiguous()?.apply_op1_no_bwd(&SoftmaxLastDim)
+    } else {
+        candle_nn::ops::softmax_last_dim(tensor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_and_erf_are_accurate() {
+        let mut worst_exp: f32 = 0.0;
+        let mut worst_erf: f32 = 0.0;
+        for index in -8000..=8000 {
+            let x = index as f32 / 100.0;
+            let exact = (x as f64).exp();
+            worst_exp = worst_exp.max(((exp(x) as f64 - exact) / exact).abs() as f32);
+            let y = x / 10.0;
+            let exact_erf = libm_erf(y as f64);
+            worst_erf = worst_erf.max((erf(y) as f64 - exact_erf).abs() as f32);
+        }
+        assert!(worst_exp < 5e-7, "exp relative error {worst_exp}");
+        assert!(worst_erf < 6e-7, "erf absolute error {worst_erf}");
+        assert!(exp(f32::NEG_INFINITY) < 1e-37);
+    }
+
+    /// erf by its Maclaurin series / continued fraction in f64, as the exact reference.
+    fn libm_erf(x: f64) -> f64 {
+        if x.abs() > 3.0 {
+            // erfc by continued fraction.
+            let a = x.abs();
+            let mut fraction = 0.0;
+            for k in (1..60).rev() {
+                fraction = (k as f64 / 2.0) / (a + fraction);
+            }
+            let erfc = (-a * a).exp() / std::f64::consts::PI.sqrt() / (a + fraction);
+            return (1.0 - erfc).copysign(x);
+        }
+        let mut term = x;
+        let mut sum = x;
+        for n in 1..200 {
+            term *= -x * x / n as f64;
+            sum += term / (2 * n + 1) as f64;
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn kernels_match_candle() -> Result<()> {
+        let device = candle_core::Device::Cpu;
+        let x = (Tensor::randn(0f32, 3f32, (7, 333), &device)? - 1.0)?;
+        let diff = |a: Tensor, b: Tensor| -> Result<f32> {
+            (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+        };
+        assert!(diff(gelu_erf(&x)?, x.gelu_erf()?)? < 1e-5);
+        assert!(diff(silu(&x)?, candle_nn::ops::silu(&x)?)? < 1e-5);
+        assert!(diff(softmax_last_dim(&x)?, candle_nn::ops::softmax_last_dim(&x)?)? < 1e-6);
+        let masked = Tensor::new(&[[0f32, f32::NEG_INFINITY, 1.0]], &device)?;
+        let probabilities = softmax_last_dim(&masked)?.to_vec2::<f32>()?;
+        assert!(probabilities[0][1] < 1e-30);
+        assert!((probabilities[0][0] + probabilities[0][2] - 1.0).abs() < 1e-6);
+        Ok(())
+    }
+}
