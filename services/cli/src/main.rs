@@ -14,7 +14,22 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `purge_delay` option (its index in mimalloc 3's `mi_option_t`).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keep freed memory mapped: model steps free and reallocate the same large buffers, and
+/// returning them to the kernel costs a page fault and a zeroed page per touch next time.
+fn keep_freed_memory() {
+    #[allow(unsafe_code)]
+    // SAFETY: sets a plain integer option; mimalloc's option table is safe to write at any
+    // time and this runs before any worker thread starts.
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1)
+    };
+}
+
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = args::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -104,6 +104,63 @@ mod kernels {
             out.iter_mut().for_each(|o| *o *= inverse);
         }
     }
+
+    /// `softmax(scale · x[lo..hi])` of each row, zero outside `[lo, hi)`; row `i` of the
+    /// slice uses `ranges[(first_row + i) % ranges.len()]` (all keys when `ranges` is empty).
+    #[inline(always)]
+    pub fn scaled_softmax_rows(
+        input: &[f32],
+        output: &mut [f32],
+        row: usize,
+        scale: f32,
+        ranges: &[(usize, usize)],
+        first_row: usize,
+    ) {
+        for (index, (out, x)) in output
+            .chunks_exact_mut(row)
+            .zip(input.chunks_exact(row))
+            .enumerate()
+        {
+            let (lo, hi) = if ranges.is_empty() {
+                (0, row)
+            } else {
+                let (lo, hi) = ranges[(first_row + index) % ranges.len()];
+                (lo.min(row), hi.min(row).max(lo.min(row)))
+            };
+            out[..lo].iter_mut().for_each(|o| *o = 0.0);
+            out[hi..].iter_mut().for_each(|o| *o = 0.0);
+            let (out, x) = (&mut out[lo..hi], &x[lo..hi]);
+            if x.is_empty() {
+                continue;
+            }
+            let mut lanes = [f32::NEG_INFINITY; 8];
+            let chunks = x.chunks_exact(8);
+            let rest = chunks.remainder();
+            for chunk in chunks {
+                for (lane, value) in lanes.iter_mut().zip(chunk) {
+                    *lane = if *value > *lane { *value } else { *lane };
+                }
+            }
+            let max = lanes
+                .iter()
+                .chain(rest)
+                .fold(f32::NEG_INFINITY, |a, b| if *b > a { *b } else { a });
+            let shift = max * scale;
+            for (o, v) in out.iter_mut().zip(x) {
+                *o = exp(v * scale - shift);
+            }
+            let mut sums = [0f32; 8];
+            let chunks = out.chunks_exact(8);
+            let rest: f32 = chunks.remainder().iter().sum();
+            for chunk in chunks {
+                for (sum, value) in sums.iter_mut().zip(chunk) {
+                    *sum += value;
+                }
+            }
+            let inverse = 1.0 / (sums.iter().sum::<f32>() + rest);
+            out.iter_mut().for_each(|o| *o *= inverse);
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -121,6 +178,18 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub fn softmax_rows(input: &[f32], output: &mut [f32], row: usize) {
         super::kernels::softmax_rows(input, output, row)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub fn scaled_softmax_rows(
+        input: &[f32],
+        output: &mut [f32],
+        row: usize,
+        scale: f32,
+        ranges: &[(usize, usize)],
+        first_row: usize,
+    ) {
+        super::kernels::scaled_softmax_rows(input, output, row, scale, ranges, first_row)
     }
 }
 
@@ -215,7 +284,39 @@ impl CustomOp1 for SoftmaxLastDim {
     }
 }
 
-fn fast_path(tensor: &Tensor) -> bool {
+/// Attention weights from raw scores: scale, keep each row's visible key range, softmax.
+struct ScaledSoftmax<'a> {
+    scale: f32,
+    ranges: &'a [(usize, usize)],
+}
+
+impl CustomOp1 for ScaledSoftmax<'_> {
+    fn name(&self) -> &'static str {
+        "vidx-scaled-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let input = contiguous_f32(storage, layout, self.name())?;
+        let row = layout.shape().dims().last().copied().unwrap_or(1).max(1);
+        let mut output = vec![0f32; input.len()];
+        let rows_per_task = (CHUNK / row).max(1);
+        let (scale, ranges) = (self.scale, self.ranges);
+        output
+            .par_chunks_mut(row * rows_per_task)
+            .zip(input.par_chunks(row * rows_per_task))
+            .enumerate()
+            .for_each(|(task, (output, input))| {
+                let first_row = task * rows_per_task;
+                dispatch!(scaled_softmax_rows(
+                    input, output, row, scale, ranges, first_row
+                ))
+            });
+        Ok((CpuStorage::F32(output), layout.shape().clone()))
+    }
+}
+
+/// Whether the fused CPU kernels apply (contiguous-able f32 on the CPU).
+pub fn fast_path(tensor: &Tensor) -> bool {
     tensor.device().is_cpu() && tensor.dtype() == DType::F32
 }
 
@@ -235,6 +336,16 @@ pub fn silu(tensor: &Tensor) -> Result<Tensor> {
     } else {
         candle_nn::ops::silu(tensor)
     }
+}
+
+/// `softmax(scale · scores)` over the last axis where row `i` (counted over all leading
+/// axes) only sees keys `ranges[i % ranges.len()]` (all keys when `ranges` is empty); the
+/// other weights are zero. CPU f32 only: callers check [`fast_path`].
+pub fn scaled_softmax(scores: &Tensor, scale: f64, ranges: &[(usize, usize)]) -> Result<Tensor> {
+    scores.contiguous()?.apply_op1_no_bwd(&ScaledSoftmax {
+        scale: scale as f32,
+        ranges,
+    })
 }
 
 /// Softmax over the last axis.
@@ -298,6 +409,21 @@ mod tests {
         assert!(diff(gelu_erf(&x)?, x.gelu_erf()?)? < 1e-5);
         assert!(diff(silu(&x)?, candle_nn::ops::silu(&x)?)? < 1e-5);
         assert!(diff(softmax_last_dim(&x)?, candle_nn::ops::softmax_last_dim(&x)?)? < 1e-6);
+        // Scaled and ranged: equal to scale, mask with -inf, softmax.
+        let scores = Tensor::randn(0f32, 1f32, (2, 3, 5), &device)?;
+        let ranges = [(0, 1), (1, 4), (0, 5)];
+        let mut mask = vec![f32::NEG_INFINITY; 15];
+        for (row, (lo, hi)) in ranges.iter().enumerate() {
+            mask[row * 5 + lo..row * 5 + hi]
+                .iter_mut()
+                .for_each(|m| *m = 0.0);
+        }
+        let mask = Tensor::from_vec(mask, (3, 5), &device)?;
+        let expected =
+            candle_nn::ops::softmax_last_dim(&(scores.clone() * 0.3)?.broadcast_add(&mask)?)?;
+        assert!(diff(scaled_softmax(&scores, 0.3, &ranges)?, expected)? < 1e-6);
+        let plain = candle_nn::ops::softmax_last_dim(&(scores.clone() * 0.3)?)?;
+        assert!(diff(scaled_softmax(&scores, 0.3, &[])?, plain)? < 1e-6);
         let masked = Tensor::new(&[[0f32, f32::NEG_INFINITY, 1.0]], &device)?;
         let probabilities = softmax_last_dim(&masked)?.to_vec2::<f32>()?;
         assert!(probabilities[0][1] < 1e-30);

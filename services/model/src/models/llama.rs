@@ -246,14 +246,14 @@ impl Attention {
         })
     }
 
-    /// `x`: `[B, L, hidden]`; `cos`/`sin`: `[B, L, head_dim/2]`; `mask`: additive
-    /// `[B, L, cached + L]` or none (no padding and a single query).
+    /// `x`: `[B, L, hidden]`; `cos`/`sin`: `[B, L, head_dim/2]`; `visible[b][i]`: the key
+    /// range of query `i` of row `b`, or none (no padding and a single query).
     fn forward(
         &self,
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
+        visible: Option<&[Vec<(usize, usize)>]>,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
         let (batch, length, _) = x.dims3()?;
@@ -276,7 +276,7 @@ impl Attention {
         let group = heads / kv_heads;
         let q = q.reshape((batch, kv_heads, group * length, head_dim))?;
         let scale = 1.0 / (head_dim as f64).sqrt();
-        let output = crate::attention::attend_grouped_batch(&q, &k, &v, scale, group, mask)?
+        let output = crate::attention::attend_grouped_batch(&q, &k, &v, scale, group, visible)?
             .reshape((batch, heads, length, head_dim))?
             .transpose(1, 2)?
             .reshape((batch, length, heads * head_dim))?;
@@ -421,7 +421,7 @@ impl Llama {
         }
         let start = cache.length;
         let (cos, sin) = self.rotary(start, length, padding)?;
-        let mask = self.mask(start, length, padding)?;
+        let visible = self.visible(start, length, padding);
         let mut hidden = embeds.clone();
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let residual = &hidden;
@@ -429,7 +429,7 @@ impl Llama {
                 &layer.input_layernorm.forward(residual)?,
                 &cos,
                 &sin,
-                mask.as_ref(),
+                visible.as_deref(),
                 layer_cache,
             )?;
             let hidden_mid = (residual + attended)?;
@@ -467,28 +467,34 @@ impl Llama {
         ))
     }
 
-    /// Additive mask `[B, L, start + L]`: causal, and padding keys hidden. A padding
-    /// query attends to itself only (its output is never used) so no row is all `-inf`.
-    /// `None` when a single query per row sees every key.
-    fn mask(&self, start: usize, length: usize, padding: &[usize]) -> Result<Option<Tensor>> {
-        let keys = start + length;
+    /// The keys each query sees, per row: `[pad, query]` (causal, padding hidden). A padding
+    /// query sees itself only (its output is never used) so no row is empty. `None` when a
+    /// single query per row sees every key.
+    fn visible(
+        &self,
+        start: usize,
+        length: usize,
+        padding: &[usize],
+    ) -> Option<Vec<Vec<(usize, usize)>>> {
         if length == 1 && padding.iter().all(|pad| *pad == 0) {
-            return Ok(None);
+            return None;
         }
-        let mut values = Vec::with_capacity(padding.len() * length * keys);
-        for pad in padding {
-            for query in start..start + length {
-                for key in 0..keys {
-                    let visible = if query < *pad {
-                        key == query
-                    } else {
-                        key <= query && key >= *pad
-                    };
-                    values.push(if visible { 0f32 } else { f32::NEG_INFINITY });
-                }
-            }
-        }
-        Tensor::from_vec(values, (padding.len(), length, keys), self.device()).map(Some)
+        Some(
+            padding
+                .iter()
+                .map(|pad| {
+                    (start..start + length)
+                        .map(|query| {
+                            if query < *pad {
+                                (query, query + 1)
+                            } else {
+                                (*pad, query + 1)
+                            }
+                        })
+                        .collect()
+                })
+                .collect(),
+        )
     }
 }
 
