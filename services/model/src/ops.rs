@@ -72,6 +72,20 @@ mod kernels {
         }
     }
 
+    /// Rows of `[gate | up]` (each `half` long) to `silu(gate) · up`.
+    #[inline(always)]
+    pub fn swiglu(input: &[f32], output: &mut [f32], half: usize) {
+        for (out, row) in output
+            .chunks_exact_mut(half)
+            .zip(input.chunks_exact(2 * half))
+        {
+            let (gate, up) = row.split_at(half);
+            for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
+                *o = g / (1.0 + exp(-g)) * u;
+            }
+        }
+    }
+
     /// Softmax of each `row`-long row: max, exp, sum and scale as separate passes with
     /// 8 accumulator lanes, so every pass vectorises.
     #[inline(always)]
@@ -176,6 +190,11 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
+    pub fn swiglu(input: &[f32], output: &mut [f32], half: usize) {
+        super::kernels::swiglu(input, output, half)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
     pub fn softmax_rows(input: &[f32], output: &mut [f32], row: usize) {
         super::kernels::softmax_rows(input, output, row)
     }
@@ -264,6 +283,33 @@ impl CustomOp1 for Silu {
     }
 }
 
+struct SwiGlu {
+    half: usize,
+}
+
+impl CustomOp1 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "vidx-swiglu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let input = contiguous_f32(storage, layout, self.name())?;
+        let half = self.half.max(1);
+        let mut dims = layout.shape().dims().to_vec();
+        match dims.last_mut() {
+            Some(last) if *last == 2 * half => *last = half,
+            _ => candle_core::bail!("swiglu: last dimension is not 2 x {half}"),
+        }
+        let mut output = vec![0f32; input.len() / 2];
+        let rows_per_task = (CHUNK / half).max(1);
+        output
+            .par_chunks_mut(half * rows_per_task)
+            .zip(input.par_chunks(2 * half * rows_per_task))
+            .for_each(|(output, input)| dispatch!(swiglu(input, output, half)));
+        Ok((CpuStorage::F32(output), Shape::from_dims(&dims)))
+    }
+}
+
 struct SoftmaxLastDim;
 
 impl CustomOp1 for SoftmaxLastDim {
@@ -348,6 +394,17 @@ pub fn scaled_softmax(scores: &Tensor, scale: f64, ranges: &[(usize, usize)]) ->
     })
 }
 
+/// `silu(gate) · up` for `[.., gate | up]` with halves of `half`.
+pub fn swiglu(tensor: &Tensor, half: usize) -> Result<Tensor> {
+    if fast_path(tensor) {
+        tensor.contiguous()?.apply_op1_no_bwd(&SwiGlu { half })
+    } else {
+        let last = tensor.rank().saturating_sub(1);
+        let gate = candle_nn::ops::silu(&tensor.narrow(last, 0, half)?)?;
+        gate * tensor.narrow(last, half, half)?
+    }
+}
+
 /// Softmax over the last axis.
 pub fn softmax_last_dim(tensor: &Tensor) -> Result<Tensor> {
     if fast_path(tensor) {
@@ -408,6 +465,10 @@ mod tests {
         };
         assert!(diff(gelu_erf(&x)?, x.gelu_erf()?)? < 1e-5);
         assert!(diff(silu(&x)?, candle_nn::ops::silu(&x)?)? < 1e-5);
+        let gate_up = Tensor::randn(0f32, 2f32, (3, 4, 10), &device)?;
+        let expected =
+            (candle_nn::ops::silu(&gate_up.narrow(2, 0, 5)?)? * gate_up.narrow(2, 5, 5)?)?;
+        assert!(diff(swiglu(&gate_up, 5)?, expected)? < 1e-5);
         assert!(diff(softmax_last_dim(&x)?, candle_nn::ops::softmax_last_dim(&x)?)? < 1e-6);
         // Scaled and ranged: equal to scale, mask with -inf, softmax.
         let scores = Tensor::randn(0f32, 1f32, (2, 3, 5), &device)?;

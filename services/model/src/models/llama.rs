@@ -284,25 +284,29 @@ impl Attention {
     }
 }
 
+/// SwiGLU MLP with `gate_proj` and `up_proj` stacked into one matmul at load.
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    gate_up_proj: Linear,
     down_proj: Linear,
+    inner: usize,
 }
 
 impl Mlp {
     fn load(config: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
         let (hidden, inner) = (config.hidden_size, config.intermediate_size);
+        let gate = vb.pp("gate_proj").get((inner, hidden), "weight")?;
+        let up = vb.pp("up_proj").get((inner, hidden), "weight")?;
         Ok(Self {
-            gate_proj: candle_nn::linear_no_bias(hidden, inner, vb.pp("gate_proj"))?,
-            up_proj: candle_nn::linear_no_bias(hidden, inner, vb.pp("up_proj"))?,
+            gate_up_proj: Linear::new(Tensor::cat(&[&gate, &up], 0)?, None),
             down_proj: candle_nn::linear_no_bias(inner, hidden, vb.pp("down_proj"))?,
+            inner,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = crate::ops::silu(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+        let gate_up = self.gate_up_proj.forward(x)?;
+        self.down_proj
+            .forward(&crate::ops::swiglu(&gate_up, self.inner)?)
     }
 }
 
