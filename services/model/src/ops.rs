@@ -1,6 +1,6 @@
-//! Elementwise kernels the CPU spends its non-matmul time in — softmax over the last axis,
-//! GELU (erf form) and SiLU — for contiguous f32 tensors: branch-free so the compiler
-//! vectorises them, split across threads. Other dtypes and devices use candle's own ops.
+//! Elementwise kernels the CPU spends its non-matmul time in — softmax over the last axis
+//! (scaled, with per-row key ranges), GELU (erf form) and SwiGLU — for contiguous f32
+//! tensors: branch-free so the compiler vectorises them, split across threads. Other dtypes and devices use candle's own ops.
 //!
 //! `exp` is Cephes' single-precision polynomial after a round-to-nearest range reduction
 //! (≈1 ulp); `erf` is Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7).
@@ -65,13 +65,6 @@ mod kernels {
         }
     }
 
-    #[inline(always)]
-    pub fn silu(input: &[f32], output: &mut [f32]) {
-        for (out, x) in output.iter_mut().zip(input) {
-            *out = x / (1.0 + exp(-x));
-        }
-    }
-
     /// Rows of `[gate | up]` (each `half` long) to `silu(gate) · up`.
     #[inline(always)]
     pub fn swiglu(input: &[f32], output: &mut [f32], half: usize) {
@@ -86,40 +79,8 @@ mod kernels {
         }
     }
 
-    /// Softmax of each `row`-long row: max, exp, sum and scale as separate passes with
-    /// 8 accumulator lanes, so every pass vectorises.
-    #[inline(always)]
-    pub fn softmax_rows(input: &[f32], output: &mut [f32], row: usize) {
-        for (out, x) in output.chunks_exact_mut(row).zip(input.chunks_exact(row)) {
-            let mut lanes = [f32::NEG_INFINITY; 8];
-            let chunks = x.chunks_exact(8);
-            let rest = chunks.remainder();
-            for chunk in chunks {
-                for (lane, value) in lanes.iter_mut().zip(chunk) {
-                    *lane = if *value > *lane { *value } else { *lane };
-                }
-            }
-            let max = lanes
-                .iter()
-                .chain(rest)
-                .fold(f32::NEG_INFINITY, |a, b| if *b > a { *b } else { a });
-            for (o, v) in out.iter_mut().zip(x) {
-                *o = exp(v - max);
-            }
-            let mut sums = [0f32; 8];
-            let chunks = out.chunks_exact(8);
-            let rest: f32 = chunks.remainder().iter().sum();
-            for chunk in chunks {
-                for (sum, value) in sums.iter_mut().zip(chunk) {
-                    *sum += value;
-                }
-            }
-            let inverse = 1.0 / (sums.iter().sum::<f32>() + rest);
-            out.iter_mut().for_each(|o| *o *= inverse);
-        }
-    }
-
-    /// `softmax(scale · x[lo..hi])` of each row, zero outside `[lo, hi)`; row `i` of the
+    /// `softmax(scale · x[lo..hi])` of each row — max, exp, sum and scale as separate passes
+    /// with 8 accumulator lanes, so every pass vectorises — zero outside `[lo, hi)`; row `i` of the
     /// slice uses `ranges[(first_row + i) % ranges.len()]` (all keys when `ranges` is empty).
     #[inline(always)]
     pub fn scaled_softmax_rows(
@@ -185,18 +146,8 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub fn silu(input: &[f32], output: &mut [f32]) {
-        super::kernels::silu(input, output)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
     pub fn swiglu(input: &[f32], output: &mut [f32], half: usize) {
         super::kernels::swiglu(input, output, half)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub fn softmax_rows(input: &[f32], output: &mut [f32], row: usize) {
-        super::kernels::softmax_rows(input, output, row)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -269,20 +220,6 @@ impl CustomOp1 for GeluErf {
     }
 }
 
-struct Silu;
-
-impl CustomOp1 for Silu {
-    fn name(&self) -> &'static str {
-        "vidx-silu"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        map_f32(storage, layout, self.name(), |input, output| {
-            dispatch!(silu(input, output))
-        })
-    }
-}
-
 struct SwiGlu {
     half: usize,
 }
@@ -307,26 +244,6 @@ impl CustomOp1 for SwiGlu {
             .zip(input.par_chunks(2 * half * rows_per_task))
             .for_each(|(output, input)| dispatch!(swiglu(input, output, half)));
         Ok((CpuStorage::F32(output), Shape::from_dims(&dims)))
-    }
-}
-
-struct SoftmaxLastDim;
-
-impl CustomOp1 for SoftmaxLastDim {
-    fn name(&self) -> &'static str {
-        "vidx-softmax-last-dim"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let input = contiguous_f32(storage, layout, self.name())?;
-        let row = layout.shape().dims().last().copied().unwrap_or(1).max(1);
-        let mut output = vec![0f32; input.len()];
-        let rows_per_task = (CHUNK / row).max(1);
-        output
-            .par_chunks_mut(row * rows_per_task)
-            .zip(input.par_chunks(row * rows_per_task))
-            .for_each(|(output, input)| dispatch!(softmax_rows(input, output, row)));
-        Ok((CpuStorage::F32(output), layout.shape().clone()))
     }
 }
 
@@ -375,15 +292,6 @@ pub fn gelu_erf(tensor: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// SiLU (`x·σ(x)`).
-pub fn silu(tensor: &Tensor) -> Result<Tensor> {
-    if fast_path(tensor) {
-        tensor.contiguous()?.apply_op1_no_bwd(&Silu)
-    } else {
-        candle_nn::ops::silu(tensor)
-    }
-}
-
 /// `softmax(scale · scores)` over the last axis where row `i` (counted over all leading
 /// axes) only sees keys `ranges[i % ranges.len()]` (all keys when `ranges` is empty); the
 /// other weights are zero. CPU f32 only: callers check [`fast_path`].
@@ -408,7 +316,7 @@ pub fn swiglu(tensor: &Tensor, half: usize) -> Result<Tensor> {
 /// Softmax over the last axis.
 pub fn softmax_last_dim(tensor: &Tensor) -> Result<Tensor> {
     if fast_path(tensor) {
-        tensor.contiguous()?.apply_op1_no_bwd(&SoftmaxLastDim)
+        scaled_softmax(tensor, 1.0, &[])
     } else {
         candle_nn::ops::softmax_last_dim(tensor)
     }
@@ -464,7 +372,6 @@ mod tests {
             (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
         };
         assert!(diff(gelu_erf(&x)?, x.gelu_erf()?)? < 1e-5);
-        assert!(diff(silu(&x)?, candle_nn::ops::silu(&x)?)? < 1e-5);
         let gate_up = Tensor::randn(0f32, 2f32, (3, 4, 10), &device)?;
         let expected =
             (candle_nn::ops::silu(&gate_up.narrow(2, 0, 5)?)? * gate_up.narrow(2, 5, 5)?)?;
