@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use vidx_model::hub::{HubOptions, resolve_model_dir};
+use vidx_model::hub::{HubOptions, ModelFiles, resolve_model_dir};
 use vidx_model::models::llama::argmax;
 use vidx_model::models::perception_lm::{
     GenerateOptions, Media, PLM_OPTIONAL_FILES, PLM_REQUIRED_FILES, PlmBundle, PlmInput, Sampling,
@@ -74,6 +74,19 @@ fn u8_images(tensor: &Tensor) -> anyhow::Result<Vec<RgbImage>> {
         .collect()
 }
 
+/// The checkpoint files in a fixture directory, found as `--model-dir` finds them.
+fn local_files(name: &str, directory: &Path) -> anyhow::Result<ModelFiles> {
+    Ok(resolve_model_dir(
+        name,
+        PLM_REQUIRED_FILES,
+        PLM_OPTIONAL_FILES,
+        &HubOptions {
+            local_dir: Some(directory.to_path_buf()),
+            ..Default::default()
+        },
+    )?)
+}
+
 struct Fixture {
     bundle: PlmBundle,
     inputs: HashMap<String, Tensor>,
@@ -83,15 +96,7 @@ struct Fixture {
 fn load(name: &str) -> anyhow::Result<Fixture> {
     let device = Device::Cpu;
     let directory = fixtures().join(name);
-    let files = resolve_model_dir(
-        name,
-        PLM_REQUIRED_FILES,
-        PLM_OPTIONAL_FILES,
-        &HubOptions {
-            local_dir: Some(directory.clone()),
-            ..Default::default()
-        },
-    )?;
+    let files = local_files(name, &directory)?;
     Ok(Fixture {
         bundle: PlmBundle::load(&files, &device, DType::F32)?,
         inputs: candle_core::safetensors::load(fixtures().join("inputs.safetensors"), &device)?,
@@ -357,15 +362,7 @@ fn stop_tokens_and_seeded_sampling() -> anyhow::Result<()> {
 #[test]
 fn half_precision_logits_stay_close_to_reference() -> anyhow::Result<()> {
     let directory = fixtures().join("cls");
-    let files = resolve_model_dir(
-        "cls",
-        PLM_REQUIRED_FILES,
-        PLM_OPTIONAL_FILES,
-        &HubOptions {
-            local_dir: Some(directory.clone()),
-            ..Default::default()
-        },
-    )?;
+    let files = local_files("cls", &directory)?;
     let device = Device::Cpu;
     let refused = PlmBundle::load(&files, &device, DType::BF16)
         .err()

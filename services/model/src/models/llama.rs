@@ -512,8 +512,3 @@ pub fn argmax(values: &[f32]) -> u32 {
     }
     best as u32
 }
-
-/// Last dimension as a Vec per row of a `[B, V]` tensor.
-pub fn rows(tensor: &Tensor) -> Result<Vec<Vec<f32>>> {
-    tensor.to_dtype(DType::F32)?.to_vec2::<f32>()
-}

@@ -359,8 +359,7 @@ impl PerceptionLm {
         for step in 0..options.max_new_tokens {
             let mut next = Vec::with_capacity(outputs.len());
             for (output, row) in outputs.iter_mut().zip(&logits) {
-                let finished = output.stopped || output.tokens.len() > step;
-                if finished {
+                if output.stopped {
                     next.push(filler);
                     continue;
                 }
@@ -373,9 +372,7 @@ impl PerceptionLm {
                 }
                 next.push(token);
             }
-            let all_done = outputs
-                .iter()
-                .all(|output| output.stopped || output.tokens.len() <= step);
+            let all_done = outputs.iter().all(|output| output.stopped);
             if all_done || step + 1 == options.max_new_tokens {
                 break;
             }
