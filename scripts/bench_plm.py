@@ -205,7 +205,8 @@ def bench_candle(a, model_dir, work, repeats):
                          "or --skip-candle")
     out = work / "candle.json"
     cmd = [str(a.candle_bin), "--model-dir", str(model_dir), "--frames", str(a.frames),
-           "--new-tokens", str(a.new_tokens), "--repeats", str(repeats), "--json", str(out)]
+           "--new-tokens", str(a.new_tokens), "--repeats", str(repeats), "--warmup", "1",
+           "--json", str(out)]
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
     print(f"RAYON_NUM_THREADS={a.threads} {' '.join(cmd)}", file=sys.stderr)
     subprocess.run(cmd, env=env, check=True)
@@ -280,9 +281,12 @@ def main() -> None:
               f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
 
         # Rounds alternate reference and candle, so drift in this machine's load hits both;
-        # each metric keeps its best round.
+        # each metric keeps its best round. Both sides are timed warm: the reference after one
+        # untimed run in this process, candle after one untimed run in each of its processes.
         model = load_reference(a, model_dir)
         one = argparse.Namespace(**{**vars(a), "repeats": 1})
+        print("reference warm-up run (not timed):", file=sys.stderr)
+        time_reference(one, model, tokenizer, per_frame)
         reference = candle = None
         for _ in range(a.repeats):
             reference = best_of(reference, time_reference(one, model, tokenizer, per_frame))
@@ -318,7 +322,7 @@ def main() -> None:
         "candle": candle,
         "reference": reference,
         "candle_over_reference": ratios,
-        "notes": "best of repeats; prefill excludes the vision tower; decode rate over new_tokens - 1 "
+        "notes": "best of repeats, each side timed after one untimed warm-up run; prefill excludes the vision tower; decode rate over new_tokens - 1 "
                  "KV-cache steps (the first token comes from the prefill logits)",
     }
     a.json.parent.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ impl Default for CaptionSettings {
         Self {
             prompt: DENSE_CAPTION_PROMPT.into(),
             max_new_tokens: 512,
-            prefill_chunk: 512,
+            prefill_chunk: 2048,
             vision_batch: 4,
         }
     }

@@ -136,6 +136,44 @@ mod kernels {
             out.iter_mut().for_each(|o| *o *= inverse);
         }
     }
+
+    /// In place: row `i` (of `width`) becomes `softmax(row[lo..hi])` for `ranges[i] = (lo, hi)`,
+    /// zero outside; the same passes as `scaled_softmax_rows`, without a scale.
+    #[inline(always)]
+    pub fn softmax_rows_in_place(data: &mut [f32], width: usize, ranges: &[(usize, usize)]) {
+        for (row, &(lo, hi)) in data.chunks_exact_mut(width).zip(ranges) {
+            let (lo, hi) = (lo.min(width), hi.min(width).max(lo.min(width)));
+            row[..lo].iter_mut().for_each(|o| *o = 0.0);
+            row[hi..].iter_mut().for_each(|o| *o = 0.0);
+            let x = &mut row[lo..hi];
+            let mut lanes = [f32::NEG_INFINITY; 8];
+            let chunks = x.chunks_exact(8);
+            let rest = chunks.remainder();
+            for chunk in chunks {
+                for (lane, value) in lanes.iter_mut().zip(chunk) {
+                    *lane = if *value > *lane { *value } else { *lane };
+                }
+            }
+            let max = lanes
+                .iter()
+                .chain(rest)
+                .fold(f32::NEG_INFINITY, |a, b| if *b > a { *b } else { a });
+            x.iter_mut().for_each(|v| *v = exp(*v - max));
+            let mut sums = [0f32; 8];
+            let chunks = x.chunks_exact(8);
+            let rest: f32 = chunks.remainder().iter().sum();
+            for chunk in chunks {
+                for (sum, value) in sums.iter_mut().zip(chunk) {
+                    *sum += value;
+                }
+            }
+            let total = sums.iter().sum::<f32>() + rest;
+            if total > 0.0 {
+                let inverse = 1.0 / total;
+                x.iter_mut().for_each(|v| *v *= inverse);
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -148,6 +186,11 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub fn swiglu(input: &[f32], output: &mut [f32], half: usize) {
         super::kernels::swiglu(input, output, half)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub fn softmax_rows_in_place(data: &mut [f32], width: usize, ranges: &[(usize, usize)]) {
+        super::kernels::softmax_rows_in_place(data, width, ranges)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -276,6 +319,12 @@ impl CustomOp1 for ScaledSoftmax<'_> {
             });
         Ok((CpuStorage::F32(output), layout.shape().clone()))
     }
+}
+
+/// Softmax in place over rows of `width` (row `i` over its key range `ranges[i]`), on the
+/// calling thread: for kernels that already run one task per thread.
+pub(crate) fn softmax_rows_in_place(data: &mut [f32], width: usize, ranges: &[(usize, usize)]) {
+    dispatch!(softmax_rows_in_place(data, width, ranges))
 }
 
 /// Whether the fused CPU kernels apply (contiguous-able f32 on the CPU).

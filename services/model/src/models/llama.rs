@@ -220,10 +220,9 @@ impl LlamaConfig {
     }
 }
 
+/// Self-attention with `q_proj`, `k_proj` and `v_proj` stacked into one matmul at load.
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    qkv_proj: Linear,
     o_proj: Linear,
     heads: usize,
     kv_heads: usize,
@@ -235,10 +234,15 @@ impl Attention {
         let (hidden, head_dim) = (config.hidden_size, config.head_dim);
         let heads = config.num_attention_heads;
         let kv_heads = config.num_key_value_heads;
+        let q = vb.pp("q_proj").get((heads * head_dim, hidden), "weight")?;
+        let k = vb
+            .pp("k_proj")
+            .get((kv_heads * head_dim, hidden), "weight")?;
+        let v = vb
+            .pp("v_proj")
+            .get((kv_heads * head_dim, hidden), "weight")?;
         Ok(Self {
-            q_proj: candle_nn::linear_no_bias(hidden, heads * head_dim, vb.pp("q_proj"))?,
-            k_proj: candle_nn::linear_no_bias(hidden, kv_heads * head_dim, vb.pp("k_proj"))?,
-            v_proj: candle_nn::linear_no_bias(hidden, kv_heads * head_dim, vb.pp("v_proj"))?,
+            qkv_proj: Linear::new(Tensor::cat(&[&q, &k, &v], 0)?, None),
             o_proj: candle_nn::linear_no_bias(heads * head_dim, hidden, vb.pp("o_proj"))?,
             heads,
             kv_heads,
@@ -258,26 +262,32 @@ impl Attention {
     ) -> Result<Tensor> {
         let (batch, length, _) = x.dims3()?;
         let (heads, kv_heads, head_dim) = (self.heads, self.kv_heads, self.head_dim);
-        let split = |projected: Tensor, count: usize| {
-            projected
-                .reshape((batch, length, count, head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = split(self.q_proj.forward(x)?, heads)?;
-        let k = split(self.k_proj.forward(x)?, kv_heads)?;
-        let v = split(self.v_proj.forward(x)?, kv_heads)?;
+        let qkv =
+            self.qkv_proj
+                .forward(x)?
+                .reshape((batch, length, heads + 2 * kv_heads, head_dim))?;
+        let split =
+            |first: usize, count: usize| qkv.narrow(2, first, count)?.transpose(1, 2)?.contiguous();
+        let q = split(0, heads)?;
+        let k = split(heads, kv_heads)?;
+        let v = split(heads + kv_heads, kv_heads)?;
         let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
         let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
         let (k, v) = cache.append(&k, &v)?;
 
-        // Grouped-query attention without repeating K/V: the query heads that share a KV
-        // head are stacked along the query axis.
-        let group = heads / kv_heads;
-        let q = q.reshape((batch, kv_heads, group * length, head_dim))?;
         let scale = 1.0 / (head_dim as f64).sqrt();
-        let output = crate::attention::attend_grouped_batch(&q, &k, &v, scale, group, visible)?
-            .reshape((batch, heads, length, head_dim))?
+        let output = match crate::attention::attend_cpu(&q, &k, &v, scale, visible)? {
+            Some(output) => output,
+            None => {
+                // Grouped-query attention without repeating K/V: the query heads that share a
+                // KV head are stacked along the query axis.
+                let group = heads / kv_heads;
+                let q = q.reshape((batch, kv_heads, group * length, head_dim))?;
+                crate::attention::attend_grouped_batch(&q, &k, &v, scale, group, visible)?
+                    .reshape((batch, heads, length, head_dim))?
+            }
+        };
+        let output = output
             .transpose(1, 2)?
             .reshape((batch, length, heads * head_dim))?;
         self.o_proj.forward(&output)

@@ -235,13 +235,18 @@ impl Block {
             .permute((2, 0, 3, 1, 4))?;
         let query = candle_nn::rotary_emb::rope_i(&qkv.get(0)?.contiguous()?, cos, sin)?;
         let key = candle_nn::rotary_emb::rope_i(&qkv.get(1)?.contiguous()?, cos, sin)?;
-        let value = qkv.get(2)?.contiguous()?;
+        let value = qkv.get(2)?;
         let scale = (head_dim as f64).powf(-0.5);
-        let flat = |tensor: Tensor| tensor.reshape((batch * self.num_heads, tokens, head_dim));
-        let attended = crate::attention::attend(&flat(query)?, &flat(key)?, &flat(value)?, scale)?
-            .reshape((batch, self.num_heads, tokens, head_dim))?
-            .transpose(1, 2)?
-            .reshape((batch, tokens, dim))?;
+        let attended = match crate::attention::attend_cpu(&query, &key, &value, scale, None)? {
+            Some(attended) => attended,
+            None => {
+                let flat =
+                    |tensor: Tensor| tensor.reshape((batch * self.num_heads, tokens, head_dim));
+                crate::attention::attend(&flat(query)?, &flat(key)?, &flat(value)?, scale)?
+                    .reshape((batch, self.num_heads, tokens, head_dim))?
+            }
+        };
+        let attended = attended.transpose(1, 2)?.reshape((batch, tokens, dim))?;
         let hidden = (hidden + self.proj.forward(&attended)?.broadcast_mul(&self.gamma_1)?)?;
         let mlp = self.fc2.forward(&crate::ops::gelu_erf(
             &self.fc1.forward(&self.norm2.forward(&hidden)?)?,
