@@ -123,10 +123,12 @@ pub fn attend_grouped_batch(
 const BLOCK_BUDGET: usize = 512 << 10;
 
 /// `softmax(q·kᵀ·scale)·v` on the CPU in f32 for `q` `[B, Hq, L, d]` and `k`/`v`
-/// `[B, Hkv, K, d]` (any strides with a unit last stride, such as a view into a KV cache);
-/// query head `h` reads KV head `h / (Hq / Hkv)` (grouped-query attention). Query `i` of row
-/// `b` sees the keys `visible[b][i]` (`None`: all keys). Returns `[B, Hq, L, d]`, or `None`
-/// when the inputs are not CPU f32 (use the tensor-op functions then).
+/// `[B, Hkv, K, d]` — any strides with a unit last stride, so transposed views of a
+/// `[B, L, H, d]` projection or of a KV cache need no copy. Query head `h` reads KV head
+/// `h / (Hq / Hkv)` (grouped-query attention). Query `i` of row `b` sees the keys
+/// `visible[b][i]` (`None`: all keys). Returns the heads-last layout `[B, L, Hq, d]` (what the
+/// output projection reads), or `None` when the inputs are not CPU f32 (use the tensor-op
+/// functions then).
 pub fn attend_cpu(
     q: &Tensor,
     k: &Tensor,
@@ -241,99 +243,110 @@ impl CustomOp3 for FusedAttention<'_> {
         }
         let group = heads / kv_heads;
         let block = (BLOCK_BUDGET / (4 * keys)).clamp(16, 256).min(rows);
-        let mut output = vec![0f32; batch * heads * rows * head_dim];
-        output
-            .par_chunks_mut(rows * head_dim)
-            .enumerate()
-            .for_each(|(task, output)| {
-                let (b, head) = (task / heads, task % heads);
-                let kv_head = head / group;
-                let mut scores = vec![0f32; block * keys];
-                let mut ranges = Vec::with_capacity(block);
-                for first in (0..rows).step_by(block) {
-                    let count = block.min(rows - first);
-                    ranges.clear();
-                    match self.visible {
-                        Some(visible) => ranges.extend(
-                            visible[b][first..first + count]
-                                .iter()
-                                .map(|&(lo, hi)| (lo.min(keys), hi.min(keys))),
-                        ),
-                        None => ranges.resize(count, (0, keys)),
-                    }
-                    let low = ranges.iter().map(|range| range.0).min().unwrap_or(0);
-                    let high = ranges.iter().map(|range| range.1).max().unwrap_or(0);
-                    let width = high.saturating_sub(low);
-                    let out = &mut output[first * head_dim..(first + count) * head_dim];
-                    if width == 0 {
-                        out.iter_mut().for_each(|value| *value = 0.0);
-                        continue;
-                    }
-                    ranges.iter_mut().for_each(|range| {
-                        *range = (range.0.saturating_sub(low), range.1.saturating_sub(low))
-                    });
-                    let scores = &mut scores[..count * width];
-                    #[allow(unsafe_code)]
-                    // SAFETY: `Operand::new` checked that every row of q, k and v lies inside
-                    // its storage, and the reads stay within rows `first..first + count` of q
-                    // and keys `low..high` (≤ keys) of k and v, `head_dim` values each. The
-                    // destinations are this task's own buffers, sized `count × width` and
-                    // `count × head_dim`.
-                    unsafe {
-                        // scores = scale · q_block · k[low..high]ᵀ
-                        gemm::gemm(
-                            count,
-                            width,
-                            head_dim,
-                            scores.as_mut_ptr(),
-                            1,
-                            width as isize,
-                            false,
-                            q.row(b, head, first),
-                            1,
-                            q.strides[2] as isize,
-                            k.row(b, kv_head, low),
-                            k.strides[2] as isize,
-                            1,
-                            0.0,
-                            self.scale,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        );
-                        crate::ops::softmax_rows_in_place(scores, width, &ranges);
-                        // out_block = weights · v[low..high]
-                        gemm::gemm(
-                            count,
-                            head_dim,
-                            width,
-                            out.as_mut_ptr(),
-                            1,
-                            head_dim as isize,
-                            false,
-                            scores.as_ptr(),
-                            1,
-                            width as isize,
-                            v.row(b, kv_head, low),
-                            1,
-                            v.strides[2] as isize,
-                            0.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        );
-                    }
+        // Heads-last output `[B, L, Hq, d]`: task (b, head) writes the `d` values of its head
+        // in each of its rows, a column set no other task touches.
+        let mut output = vec![0f32; batch * rows * heads * head_dim];
+        let row_stride = heads * head_dim;
+        let destination = Destination(output.as_mut_ptr());
+        (0..batch * heads).into_par_iter().for_each(|task| {
+            let (b, head) = (task / heads, task % heads);
+            let destination = &destination;
+            let kv_head = head / group;
+            let mut scores = vec![0f32; block * keys];
+            let mut ranges = Vec::with_capacity(block);
+            for first in (0..rows).step_by(block) {
+                let count = block.min(rows - first);
+                ranges.clear();
+                match self.visible {
+                    Some(visible) => ranges.extend(
+                        visible[b][first..first + count]
+                            .iter()
+                            .map(|&(lo, hi)| (lo.min(keys), hi.min(keys))),
+                    ),
+                    None => ranges.resize(count, (0, keys)),
                 }
-            });
+                let low = ranges.iter().map(|range| range.0).min().unwrap_or(0);
+                let high = ranges.iter().map(|range| range.1).max().unwrap_or(0);
+                let width = high.saturating_sub(low);
+                if width == 0 {
+                    // No visible key: the rows keep their zeros.
+                    continue;
+                }
+                let out_offset = (b * rows + first) * row_stride + head * head_dim;
+                ranges.iter_mut().for_each(|range| {
+                    *range = (range.0.saturating_sub(low), range.1.saturating_sub(low))
+                });
+                let scores = &mut scores[..count * width];
+                #[allow(unsafe_code)]
+                // SAFETY: `Operand::new` checked that every row of q, k and v lies inside
+                // its storage, and the reads stay within rows `first..first + count` of q
+                // and keys `low..high` (≤ keys) of k and v, `head_dim` values each. The
+                // scores are this task's own buffer of `count × width`. The output writes
+                // stay inside `output` (row `b·L + first + count - 1` is < B·L, columns
+                // `head·d..(head + 1)·d` < Hq·d), touch only this task's (b, head) columns,
+                // and `output` outlives the parallel loop.
+                unsafe {
+                    // scores = scale · q_block · k[low..high]ᵀ
+                    gemm::gemm(
+                        count,
+                        width,
+                        head_dim,
+                        scores.as_mut_ptr(),
+                        1,
+                        width as isize,
+                        false,
+                        q.row(b, head, first),
+                        1,
+                        q.strides[2] as isize,
+                        k.row(b, kv_head, low),
+                        k.strides[2] as isize,
+                        1,
+                        0.0,
+                        self.scale,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                    crate::ops::softmax_rows_in_place(scores, width, &ranges);
+                    // out_block = weights · v[low..high]
+                    gemm::gemm(
+                        count,
+                        head_dim,
+                        width,
+                        destination.0.add(out_offset),
+                        1,
+                        row_stride as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        width as isize,
+                        v.row(b, kv_head, low),
+                        1,
+                        v.strides[2] as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            }
+        });
         Ok((
             CpuStorage::F32(output),
-            Shape::from_dims(&[batch, heads, rows, head_dim]),
+            Shape::from_dims(&[batch, rows, heads, head_dim]),
         ))
     }
 }
+
+/// The output buffer shared by the parallel tasks, each writing its own columns.
+struct Destination(*mut f32);
+
+#[allow(unsafe_code)]
+// SAFETY: the tasks write disjoint elements (see the kernel) and the buffer outlives them.
+unsafe impl Sync for Destination {}
 
 #[cfg(test)]
 mod tests {
@@ -410,6 +423,7 @@ mod tests {
         let scale = 0.25;
         let fused = attend_cpu(&q, &k, &v, scale, Some(&visible))?
             .expect("CPU f32 takes the fused kernel")
+            .transpose(1, 2)?
             .flatten_all()?
             .to_vec1::<f32>()?;
         let expected = naive(&q.to_vec4()?, &k.to_vec4()?, &v.to_vec4()?, scale, &visible);
@@ -422,7 +436,11 @@ mod tests {
         assert!(worst < 1e-5, "max abs diff {worst}");
 
         // Without ranges every query sees every key, and it agrees with the tensor-op path.
-        let all = attend_cpu(&q, &k, &v, scale, None)?.expect("fused");
+        // Queries as a transposed view of a heads-last projection, as the decoder passes them.
+        let q_view = q.transpose(1, 2)?.contiguous()?.transpose(1, 2)?;
+        let all = attend_cpu(&q_view, &k, &v, scale, None)?
+            .expect("fused")
+            .transpose(1, 2)?;
         let reference = attend_grouped_batch(
             &q.reshape((batch, kv_heads, 2 * rows, head_dim))?,
             &k.contiguous()?,

@@ -262,19 +262,19 @@ impl Attention {
     ) -> Result<Tensor> {
         let (batch, length, _) = x.dims3()?;
         let (heads, kv_heads, head_dim) = (self.heads, self.kv_heads, self.head_dim);
+        // Heads-last throughout, `[B, L, heads, d]`, as the projection writes it: RoPE works
+        // in that layout and the cache holds `[B, positions, kv_heads, d]`, so the CPU kernel
+        // reads transposed views and writes the layout `o_proj` reads.
         let qkv =
             self.qkv_proj
                 .forward(x)?
                 .reshape((batch, length, heads + 2 * kv_heads, head_dim))?;
-        let split =
-            |first: usize, count: usize| qkv.narrow(2, first, count)?.transpose(1, 2)?.contiguous();
-        let q = split(0, heads)?;
-        let k = split(heads, kv_heads)?;
-        let v = split(heads + kv_heads, kv_heads)?;
-        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        let part = |first: usize, count: usize| qkv.narrow(2, first, count)?.contiguous();
+        let q = candle_nn::rotary_emb::rope_thd(&part(0, heads)?, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope_thd(&part(heads, kv_heads)?, cos, sin)?;
+        let v = part(heads + kv_heads, kv_heads)?;
         let (k, v) = cache.append(&k, &v)?;
-
+        let (q, k, v) = (q.transpose(1, 2)?, k.transpose(1, 2)?, v.transpose(1, 2)?);
         let scale = 1.0 / (head_dim as f64).sqrt();
         let output = match crate::attention::attend_cpu(&q, &k, &v, scale, visible)? {
             Some(output) => output,
@@ -282,14 +282,16 @@ impl Attention {
                 // Grouped-query attention without repeating K/V: the query heads that share a
                 // KV head are stacked along the query axis.
                 let group = heads / kv_heads;
-                let q = q.reshape((batch, kv_heads, group * length, head_dim))?;
+                let q = q
+                    .contiguous()?
+                    .reshape((batch, kv_heads, group * length, head_dim))?;
+                let (k, v) = (k.contiguous()?, v.contiguous()?);
                 crate::attention::attend_grouped_batch(&q, &k, &v, scale, group, visible)?
                     .reshape((batch, heads, length, head_dim))?
+                    .transpose(1, 2)?
             }
         };
-        let output = output
-            .transpose(1, 2)?
-            .reshape((batch, length, heads * head_dim))?;
+        let output = output.reshape((batch, length, heads * head_dim))?;
         self.o_proj.forward(&output)
     }
 }
@@ -413,7 +415,7 @@ impl Llama {
     pub fn new_cache(&self, capacity: usize) -> LlamaCache {
         LlamaCache {
             layers: (0..self.layers.len())
-                .map(|_| KvCache::new(2, capacity.max(1)))
+                .map(|_| KvCache::new(1, capacity.max(1)))
                 .collect(),
             length: 0,
         }

@@ -244,9 +244,11 @@ impl Block {
                     |tensor: Tensor| tensor.reshape((batch * self.num_heads, tokens, head_dim));
                 crate::attention::attend(&flat(query)?, &flat(key)?, &flat(value)?, scale)?
                     .reshape((batch, self.num_heads, tokens, head_dim))?
+                    .transpose(1, 2)?
             }
         };
-        let attended = attended.transpose(1, 2)?.reshape((batch, tokens, dim))?;
+        // Heads-last `[B, T, heads, d]` → `[B, T, dim]`.
+        let attended = attended.reshape((batch, tokens, dim))?;
         let hidden = (hidden + self.proj.forward(&attended)?.broadcast_mul(&self.gamma_1)?)?;
         let mlp = self.fc2.forward(&crate::ops::gelu_erf(
             &self.fc1.forward(&self.norm2.forward(&hidden)?)?,
