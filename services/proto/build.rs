@@ -6,6 +6,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // No `connect` helpers: callers build their own channel (TLS, auth, limits), and this
+        // crate stays free of the transport feature.
+        .build_transport(false)
         .compile_protos(&[file], &[root])?;
     Ok(())
 }

@@ -1,6 +1,10 @@
-//! Implementations of the [`SegmentQueue`] port. The in-process queue is the embedded
-//! default; Kafka implements the same port for the distributed mode.
+//! Implementations of the [`SegmentQueue`](vidx_core::ports::SegmentQueue) port. The
+//! in-process queue is the embedded default; Kafka implements the same port for the
+//! distributed mode.
 
+pub mod kafka;
+pub mod local_broker;
 mod memory;
 
+pub use kafka::{KafkaQueue, KafkaSettings};
 pub use memory::{DeadLetter, InProcessQueue};

@@ -17,6 +17,7 @@ pub struct DeadLetter {
     pub stream_id: String,
     pub segment_seq: u64,
     pub reason: String,
+    pub attempts: u32,
 }
 
 #[derive(Debug)]
@@ -104,7 +105,12 @@ impl SegmentQueue for InProcessQueue {
         self.settle(tag).map(|_| ())
     }
 
-    async fn nack(&self, tag: DeliveryTag, reason: String) -> Result<(), QueueError> {
+    async fn nack(
+        &self,
+        tag: DeliveryTag,
+        reason: String,
+        attempts: u32,
+    ) -> Result<(), QueueError> {
         let (stream_id, segment_seq) = self.settle(tag)?;
         self.dead_letters
             .lock()
@@ -114,6 +120,7 @@ impl SegmentQueue for InProcessQueue {
                 stream_id,
                 segment_seq,
                 reason,
+                attempts,
             });
         Ok(())
     }
@@ -171,12 +178,16 @@ mod tests {
         );
 
         let second = queue.receive().await?.ok_or(QueueError::Closed)?;
-        queue.nack(second.tag, "boom".into()).await?;
+        queue.nack(second.tag, "boom".into(), 3).await?;
         let letters = queue.dead_letters();
         assert_eq!(letters.len(), 1);
         assert_eq!(
-            (letters[0].segment_seq, letters[0].reason.as_str()),
-            (1, "boom")
+            (
+                letters[0].segment_seq,
+                letters[0].reason.as_str(),
+                letters[0].attempts
+            ),
+            (1, "boom", 3)
         );
 
         queue.close();

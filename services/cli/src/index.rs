@@ -99,6 +99,10 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
         frames_per_segment: config.media.frames_per_segment,
         max_attempts: config.pipeline.max_attempts,
         retry_backoff: Duration::from_millis(config.pipeline.retry_backoff_ms),
+        max_backoff: Duration::from_secs(30),
+        // The embedded store is a local directory: an error there will not heal by waiting
+        // long, so the bounded retries apply.
+        store_outage_limit: Some(Duration::ZERO),
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();

@@ -5,11 +5,13 @@
 pub mod dense_caption;
 pub mod error;
 pub mod ids;
+pub mod offsets;
 pub mod ports;
 pub mod time;
 pub mod types;
 
 pub use error::{ErrorCode, MediaError, ModelError, QueueError, StoreError};
 pub use ids::point_id;
+pub use offsets::OffsetTracker;
 pub use time::{TimeRange, format_hms_ms};
 pub use types::*;

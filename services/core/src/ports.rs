@@ -100,11 +100,13 @@ pub trait SegmentQueue: Send + Sync + 'static {
     fn receive(&self) -> impl Future<Output = Result<Option<Delivery>, QueueError>> + Send;
     /// The task's points are durable in the store: the queue may forget it.
     fn ack(&self, tag: DeliveryTag) -> impl Future<Output = Result<(), QueueError>> + Send;
-    /// The task failed for good with `reason`: the queue dead-letters it.
+    /// The task failed for good with `reason` after `attempts` tries: the queue dead-letters
+    /// it (with both), and the rest of its partition moves on.
     fn nack(
         &self,
         tag: DeliveryTag,
         reason: String,
+        attempts: u32,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
     /// No more tasks will be published; `receive` returns `None` once the rest are taken.
     fn close(&self);

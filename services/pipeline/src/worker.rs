@@ -13,8 +13,29 @@ use crate::{Models, PipelineError, build_points};
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
     pub frames_per_segment: usize,
+    /// Tries per segment for retryable failures before it is dead-lettered.
     pub max_attempts: u32,
+    /// First retry delay; doubles per attempt up to `max_backoff`.
     pub retry_backoff: Duration,
+    pub max_backoff: Duration,
+    /// How long an unavailable store is waited for before the segment counts as failed.
+    /// `None`: until it is back — a down store is not the segment's fault, and
+    /// dead-lettering every segment during an outage would leave them unindexed.
+    pub store_outage_limit: Option<Duration>,
+}
+
+impl WorkerOptions {
+    /// The delay before retry number `attempt` (1-based).
+    fn backoff(&self, attempt: u32) -> Duration {
+        self.retry_backoff
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+            .min(self.max_backoff)
+    }
+}
+
+/// Whether `error` is the store being unreachable, as opposed to a problem of the segment.
+fn store_unavailable(error: &PipelineError) -> bool {
+    matches!(error, PipelineError::Store(store) if store.code() == vidx_core::ErrorCode::Unavailable)
 }
 
 /// What a worker reports per task.
@@ -61,6 +82,7 @@ pub async fn run_worker<Q: SegmentQueue, S: IndexStore>(
         let media_ms = task.range.duration_ms();
         let task = Arc::new(task);
         let mut attempt = task.attempt.max(1);
+        let mut outage_since: Option<std::time::Instant> = None;
         let outcome = loop {
             let result = tokio::select! {
                 biased;
@@ -69,10 +91,33 @@ pub async fn run_worker<Q: SegmentQueue, S: IndexStore>(
             };
             match result {
                 Ok(points) => break Ok(points),
+                Err(error)
+                    if store_unavailable(&error) && {
+                        let since = *outage_since.get_or_insert_with(std::time::Instant::now);
+                        options
+                            .store_outage_limit
+                            .is_none_or(|limit| since.elapsed() < limit)
+                    } =>
+                {
+                    // Nothing is acked while the store is down: the segment waits, and with it
+                    // the queue's commit.
+                    let backoff = options.backoff(attempt);
+                    tracing::warn!(stream_id, segment_seq, attempt, error = %error, ?backoff, "store unavailable, waiting");
+                    tokio::select! {
+                        biased;
+                        _ = stopped(&mut shutdown) => return Ok(()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    attempt += 1;
+                }
                 Err(error) if error.code().is_retryable() && attempt < options.max_attempts => {
-                    let backoff = options.retry_backoff * 2u32.saturating_pow(attempt - 1);
+                    let backoff = options.backoff(attempt);
                     tracing::warn!(stream_id, segment_seq, attempt, error = %error, ?backoff, "segment failed, retrying");
-                    tokio::time::sleep(backoff).await;
+                    tokio::select! {
+                        biased;
+                        _ = stopped(&mut shutdown) => return Ok(()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
                     attempt += 1;
                 }
                 Err(error) => break Err(error),
@@ -91,7 +136,7 @@ pub async fn run_worker<Q: SegmentQueue, S: IndexStore>(
             }
             Err(error) => {
                 tracing::warn!(stream_id, segment_seq, attempt, error = %error, "segment failed");
-                queue.nack(tag, error.to_string()).await?;
+                queue.nack(tag, error.to_string(), attempt).await?;
                 let _ = events.send(WorkerEvent::Failed {
                     stream_id,
                     segment_seq,

@@ -2,126 +2,19 @@
 //! store (wrapped to inject outages) and the in-process queue. The text embedder is a fake:
 //! these tests are about the stages, not the model.
 
+mod common;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::{FakeEmbedder, FlakyStore, NoFrames, task};
 use tokio::sync::{mpsc, watch};
 use vidx_bus::InProcessQueue;
-use vidx_core::ports::{FrameSampler, IndexStore, SegmentQueue, TextEmbedder};
-use vidx_core::{
-    Frame, Hit, IndexPoint, MediaError, ModelError, SEGMENT_TASK_SCHEMA_VERSION, SearchFilter,
-    SegmentMedia, SegmentTask, StoreError, SubtitleCue, TimeRange, VectorQuery,
-};
+use vidx_core::ports::{FrameSampler, IndexStore, SegmentQueue};
+use vidx_core::{SearchFilter, SegmentTask};
 use vidx_pipeline::captioners::SubtitleCaptioner;
 use vidx_pipeline::{Models, WorkerEvent, WorkerOptions, run_worker};
-use vidx_store::{EdgeStore, EdgeStoreOptions, VectorSpec};
-
-const DIMENSION: usize = 8;
-
-/// Hash-based unit vectors; fails on captions containing "POISON".
-struct FakeEmbedder;
-
-impl TextEmbedder for FakeEmbedder {
-    fn name(&self) -> &str {
-        "fake"
-    }
-    fn revision(&self) -> &str {
-        "fake-1"
-    }
-    fn dimension(&self) -> usize {
-        DIMENSION
-    }
-    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
-        texts
-            .iter()
-            .map(|text| {
-                if text.contains("POISON") {
-                    return Err(ModelError::Inference {
-                        model: "fake".into(),
-                        reason: "bad tensor".into(),
-                    });
-                }
-                let mut vector: Vec<f32> = (0..DIMENSION)
-                    .map(|index| {
-                        ((text.len() * 31
-                            + index * 17
-                            + text.bytes().map(usize::from).sum::<usize>())
-                            % 97) as f32
-                            + 1.0
-                    })
-                    .collect();
-                let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
-                vector.iter_mut().for_each(|v| *v /= norm);
-                Ok(vector)
-            })
-            .collect()
-    }
-}
-
-/// Never called: these tests sample no frames.
-struct NoFrames;
-
-impl FrameSampler for NoFrames {
-    fn sample(
-        &self,
-        path: &std::path::Path,
-        _: TimeRange,
-        _: usize,
-    ) -> Result<Vec<Frame>, MediaError> {
-        Err(MediaError::Io {
-            input: path.display().to_string(),
-            reason: "unexpected decode".into(),
-        })
-    }
-}
-
-/// The real store, unavailable for the first `failures` upserts.
-struct FlakyStore {
-    inner: EdgeStore,
-    failures: AtomicUsize,
-    upsert_calls: AtomicUsize,
-}
-
-impl IndexStore for FlakyStore {
-    async fn upsert(&self, points: Vec<IndexPoint>) -> Result<(), StoreError> {
-        self.upsert_calls.fetch_add(1, Ordering::SeqCst);
-        let remaining = self.failures.load(Ordering::SeqCst);
-        if remaining > 0 {
-            self.failures.store(remaining - 1, Ordering::SeqCst);
-            return Err(StoreError::Unavailable("injected outage".into()));
-        }
-        self.inner.upsert(points).await
-    }
-    async fn search(&self, query: VectorQuery) -> Result<Vec<Hit>, StoreError> {
-        self.inner.search(query).await
-    }
-    async fn count(&self, filter: Option<SearchFilter>) -> Result<u64, StoreError> {
-        self.inner.count(filter).await
-    }
-}
-
-fn task(seq: u64, captions: &[&str]) -> SegmentTask {
-    SegmentTask {
-        schema_version: SEGMENT_TASK_SCHEMA_VERSION,
-        tenant: "acme".into(),
-        stream_id: "cam-1".into(),
-        segment_seq: seq,
-        range: TimeRange::new(seq * 10_000, seq * 10_000 + 10_000),
-        media: SegmentMedia::Inline(Vec::new()),
-        source_uri: "cam-1".into(),
-        attempt: 1,
-        subtitles: captions
-            .iter()
-            .enumerate()
-            .map(|(index, text)| SubtitleCue {
-                start_ms: seq * 10_000 + index as u64 * 1_000,
-                end_ms: seq * 10_000 + index as u64 * 1_000 + 900,
-                text: (*text).to_string(),
-            })
-            .collect(),
-    }
-}
 
 struct Harness {
     store: Arc<FlakyStore>,
@@ -133,21 +26,9 @@ struct Harness {
 impl Harness {
     fn new(outages: usize) -> anyhow::Result<Self> {
         let directory = tempfile::tempdir()?;
-        let inner = EdgeStore::open(
-            directory.path(),
-            &[VectorSpec {
-                name: "text".into(),
-                dimension: DIMENSION,
-            }],
-            EdgeStoreOptions::default(),
-        )?;
         Ok(Self {
+            store: Arc::new(FlakyStore::open(directory.path(), outages)?),
             _directory: directory,
-            store: Arc::new(FlakyStore {
-                inner,
-                failures: AtomicUsize::new(outages),
-                upsert_calls: AtomicUsize::new(0),
-            }),
             queue: Arc::new(InProcessQueue::new(4)),
         })
     }
@@ -159,6 +40,17 @@ impl Harness {
         workers: usize,
         max_attempts: u32,
     ) -> anyhow::Result<Vec<WorkerEvent>> {
+        self.run_with(tasks, workers, max_attempts, Some(Duration::ZERO))
+            .await
+    }
+
+    async fn run_with(
+        &self,
+        tasks: Vec<SegmentTask>,
+        workers: usize,
+        max_attempts: u32,
+        store_outage_limit: Option<Duration>,
+    ) -> anyhow::Result<Vec<WorkerEvent>> {
         let models = Arc::new(Models {
             captioners: vec![Arc::new(SubtitleCaptioner)],
             text_embedder: Arc::new(FakeEmbedder),
@@ -168,6 +60,8 @@ impl Harness {
             frames_per_segment: 0,
             max_attempts,
             retry_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(20),
+            store_outage_limit,
         };
         let (events_tx, mut events_rx) = mpsc::unbounded_channel();
         let (_shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -230,6 +124,26 @@ async fn store_outage_is_retried_then_acked() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_store_outage_is_waited_out_without_dead_letters() -> anyhow::Result<()> {
+    // RELIABILITY.md fault 11: the store stays down for more tries than max_attempts allows;
+    // the worker waits (acking nothing) instead of dead-lettering, then indexes everything.
+    let harness = Harness::new(12)?;
+    let events = harness
+        .run_with(vec![task(0, &["first"]), task(1, &["second"])], 1, 3, None)
+        .await?;
+    assert!(harness.queue.dead_letters().is_empty(), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .all(|event| matches!(event, WorkerEvent::Indexed { .. })),
+        "{events:?}"
+    );
+    assert_eq!(harness.points().await?, 2);
+    assert!(harness.store.upsert_calls.load(Ordering::SeqCst) >= 13);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_retries_dead_letter_and_the_queue_moves_on() -> anyhow::Result<()> {
     let harness = Harness::new(3)?;
     let events = harness
@@ -237,7 +151,7 @@ async fn exhausted_retries_dead_letter_and_the_queue_moves_on() -> anyhow::Resul
         .await?;
     let letters = harness.queue.dead_letters();
     assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].segment_seq, 0);
+    assert_eq!((letters[0].segment_seq, letters[0].attempts), (0, 3));
     assert!(
         letters[0].reason.contains("injected outage"),
         "{}",

@@ -1,0 +1,532 @@
+//! The segment queue on Kafka (rdkafka): an idempotent producer keyed by tenant/stream, and a
+//! consumer-group member with at-least-once delivery.
+//!
+//! - Auto-commit and auto offset store are off. An offset is committed only after the worker
+//!   acked the message (its points are durable in the store) or dead-lettered it, and only as
+//!   the contiguous finished prefix of its partition ([`OffsetTracker`]): a message that is
+//!   still in flight holds the commit of everything after it.
+//! - A rebalance that revokes a partition forgets its bookkeeping: a late ack or nack for it
+//!   commits nothing and dead-letters nothing; the partition's new owner replays it, and the
+//!   deterministic point ids make the replay idempotent.
+//! - Malformed messages and unknown schema versions never reach the worker: they go to the
+//!   dead-letter topic with headers (source topic, partition, offset, error, attempts) and
+//!   the partition moves on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use vidx_core::ports::{Delivery, DeliveryTag, SegmentQueue};
+use vidx_core::{OffsetTracker, QueueError, SEGMENT_TASK_SCHEMA_VERSION, SegmentTask};
+
+/// Header names on dead-lettered messages.
+pub mod dead_letter_headers {
+    pub const TOPIC: &str = "vidx-source-topic";
+    pub const PARTITION: &str = "vidx-source-partition";
+    pub const OFFSET: &str = "vidx-source-offset";
+    pub const ERROR: &str = "vidx-error";
+    pub const ATTEMPTS: &str = "vidx-attempts";
+}
+
+/// How to reach the brokers and which topics and group to use.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// `host:port[,host:port…]`.
+    pub brokers: String,
+    pub topic: String,
+    pub dead_letter_topic: String,
+    pub group_id: String,
+    pub client_id: String,
+    /// Partitions of the topics when this client creates them.
+    pub partitions: i32,
+    pub replication: i32,
+    /// A group member that sends no heartbeat for this long is dropped from the group.
+    pub session_timeout: Duration,
+    /// How long a produce may take (retries included) before it fails.
+    pub delivery_timeout: Duration,
+    /// More librdkafka properties (`security.protocol`, `sasl.*`, `ssl.*`, …), applied last.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            brokers: "localhost:9092".into(),
+            topic: "vidx.segments".into(),
+            dead_letter_topic: "vidx.segments.dlq".into(),
+            group_id: "vidx-workers".into(),
+            client_id: "vidx".into(),
+            partitions: 8,
+            replication: 1,
+            session_timeout: Duration::from_secs(30),
+            delivery_timeout: Duration::from_secs(60),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaSettings {
+    fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", &self.client_id);
+        config
+    }
+
+    fn apply_properties(&self, config: &mut ClientConfig) {
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+    }
+}
+
+fn unavailable(what: &str, error: KafkaError) -> QueueError {
+    QueueError::Unavailable(format!("kafka {what}: {error}"))
+}
+
+/// Create the segment and dead-letter topics if they do not exist yet.
+pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), QueueError> {
+    let mut config = settings.client_config();
+    settings.apply_properties(&mut config);
+    let admin: AdminClient<DefaultClientContext> = config
+        .create()
+        .map_err(|error| unavailable("admin client", error))?;
+    let topics = [&settings.topic, &settings.dead_letter_topic].map(|name| {
+        NewTopic::new(
+            name,
+            settings.partitions,
+            TopicReplication::Fixed(settings.replication),
+        )
+    });
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(topics.iter(), &options)
+        .await
+        .map_err(|error| unavailable("create topics", error))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(QueueError::Unavailable(format!(
+                    "kafka create topic {topic}: {code}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Tracks rebalances for the offset bookkeeping.
+struct GroupContext {
+    topic: String,
+    tracker: Arc<Mutex<OffsetTracker>>,
+}
+
+impl GroupContext {
+    fn partitions(&self, list: &TopicPartitionList) -> Vec<i32> {
+        list.elements()
+            .iter()
+            .filter(|element| element.topic() == self.topic)
+            .map(|element| element.partition())
+            .collect()
+    }
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let partitions = self.partitions(list);
+            tracing::info!(?partitions, "partitions revoked");
+            if let Ok(mut tracker) = self.tracker.lock() {
+                tracker.revoke(partitions);
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let partitions = self.partitions(list);
+            tracing::info!(?partitions, "partitions assigned");
+            if let Ok(mut tracker) = self.tracker.lock() {
+                tracker.assign(partitions);
+            }
+        }
+    }
+}
+
+/// What a received message needs for a later dead-letter.
+struct Received {
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+}
+
+/// The segment queue on Kafka. Publishing needs only the producer; `receive`/`ack`/`nack`
+/// need the consumer ([`KafkaQueue::worker`]).
+pub struct KafkaQueue {
+    settings: KafkaSettings,
+    producer: FutureProducer,
+    consumer: Option<Arc<StreamConsumer<GroupContext>>>,
+    tracker: Arc<Mutex<OffsetTracker>>,
+    received: Mutex<HashMap<DeliveryTag, Received>>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for KafkaQueue {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("KafkaQueue")
+            .field("brokers", &self.settings.brokers)
+            .field("topic", &self.settings.topic)
+            .field("group_id", &self.settings.group_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaQueue {
+    /// A publisher (ingest): the idempotent producer only.
+    pub fn producer(settings: KafkaSettings) -> Result<Self, QueueError> {
+        Self::build(settings, false)
+    }
+
+    /// A worker: a member of the consumer group, subscribed to the segment topic, plus the
+    /// producer it dead-letters with.
+    pub fn worker(settings: KafkaSettings) -> Result<Self, QueueError> {
+        Self::build(settings, true)
+    }
+
+    fn build(settings: KafkaSettings, consume: bool) -> Result<Self, QueueError> {
+        let mut producer_config = settings.client_config();
+        producer_config
+            // Retries never duplicate or reorder a partition's messages.
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "message.timeout.ms",
+                settings.delivery_timeout.as_millis().to_string(),
+            );
+        settings.apply_properties(&mut producer_config);
+        let producer: FutureProducer = producer_config
+            .create()
+            .map_err(|error| unavailable("producer", error))?;
+        let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
+        let consumer = if consume {
+            let mut consumer_config = settings.client_config();
+            consumer_config
+                .set("group.id", &settings.group_id)
+                // At-least-once: nothing is committed or stored behind the worker's back.
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.offset.reset", "earliest")
+                .set(
+                    "session.timeout.ms",
+                    settings.session_timeout.as_millis().to_string(),
+                )
+                .set("enable.partition.eof", "false");
+            settings.apply_properties(&mut consumer_config);
+            let context = GroupContext {
+                topic: settings.topic.clone(),
+                tracker: tracker.clone(),
+            };
+            let consumer: StreamConsumer<GroupContext> = consumer_config
+                .create_with_context(context)
+                .map_err(|error| unavailable("consumer", error))?;
+            consumer
+                .subscribe(&[&settings.topic])
+                .map_err(|error| unavailable("subscribe", error))?;
+            Some(Arc::new(consumer))
+        } else {
+            None
+        };
+        Ok(Self {
+            settings,
+            producer,
+            consumer,
+            tracker,
+            received: Mutex::new(HashMap::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    pub fn settings(&self) -> &KafkaSettings {
+        &self.settings
+    }
+
+    /// Partitions this member owns now.
+    pub fn assigned_partitions(&self) -> Vec<i32> {
+        self.consumer
+            .as_ref()
+            .and_then(|consumer| consumer.assignment().ok())
+            .map(|list| {
+                list.elements()
+                    .iter()
+                    .map(|element| element.partition())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The group's committed offset of `partition` on the broker (the next offset to read),
+    /// `None` when nothing was committed. Blocks for a broker round trip.
+    pub fn committed_offset(&self, partition: i32) -> Result<Option<i64>, QueueError> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&self.settings.topic, partition);
+        let committed = self
+            .consumer()?
+            .committed_offsets(list, Duration::from_secs(10))
+            .map_err(|error| unavailable("committed offsets", error))?;
+        Ok(committed
+            .find_partition(&self.settings.topic, partition)
+            .and_then(|element| match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            }))
+    }
+
+    /// Messages received and not yet acked or nacked.
+    pub fn in_flight(&self) -> usize {
+        self.tracker.lock().map_or(0, |tracker| tracker.in_flight())
+    }
+
+    fn consumer(&self) -> Result<&Arc<StreamConsumer<GroupContext>>, QueueError> {
+        self.consumer
+            .as_ref()
+            .ok_or_else(|| QueueError::Unavailable("this kafka queue has no consumer".into()))
+    }
+
+    fn lock_tracker(&self) -> Result<std::sync::MutexGuard<'_, OffsetTracker>, QueueError> {
+        self.tracker
+            .lock()
+            .map_err(|_| QueueError::Unavailable("offset tracker lock poisoned".into()))
+    }
+
+    /// Commit `next` (the next offset to read) for `partition`, synchronously so that the
+    /// offset is on the broker when the call returns.
+    async fn commit(&self, partition: i32, next: i64) -> Result<(), QueueError> {
+        let consumer = self.consumer()?.clone();
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&self.settings.topic, partition, Offset::Offset(next))
+            .map_err(|error| unavailable("commit", error))?;
+        let result = tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
+            .await
+            .map_err(|error| QueueError::Unavailable(format!("kafka commit task: {error}")))?;
+        match result {
+            Ok(()) => Ok(()),
+            // The partition moved to another member meanwhile: it replays from the last
+            // commit, which is safe; nothing to do here.
+            Err(error) => {
+                tracing::warn!(partition, offset = next, error = %error, "offset commit failed");
+                Ok(())
+            }
+        }
+    }
+
+    /// Publish a message to the dead-letter topic with where it came from and why.
+    async fn dead_letter(
+        &self,
+        tag: DeliveryTag,
+        received: &Received,
+        reason: &str,
+        attempts: u32,
+    ) -> Result<(), QueueError> {
+        let partition = tag.partition.to_string();
+        let offset = tag.offset.to_string();
+        let attempts = attempts.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: dead_letter_headers::TOPIC,
+                value: Some(self.settings.topic.as_str()),
+            })
+            .insert(Header {
+                key: dead_letter_headers::PARTITION,
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: dead_letter_headers::OFFSET,
+                value: Some(offset.as_str()),
+            })
+            .insert(Header {
+                key: dead_letter_headers::ERROR,
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: dead_letter_headers::ATTEMPTS,
+                value: Some(attempts.as_str()),
+            });
+        let mut record = FutureRecord::to(&self.settings.dead_letter_topic)
+            .payload(&received.payload)
+            .headers(headers);
+        if let Some(key) = &received.key {
+            record = record.key(key);
+        }
+        self.producer
+            .send(record, self.settings.delivery_timeout)
+            .await
+            .map_err(|(error, _)| unavailable("dead-letter publish", error))?;
+        tracing::warn!(
+            partition = tag.partition,
+            offset = tag.offset,
+            attempts,
+            error = reason,
+            "segment dead-lettered"
+        );
+        Ok(())
+    }
+
+    /// Dead-letter, then let the partition move past the message.
+    async fn settle_failed(
+        &self,
+        tag: DeliveryTag,
+        received: Received,
+        reason: &str,
+        attempts: u32,
+    ) -> Result<(), QueueError> {
+        if !self.lock_tracker()?.owns(tag.partition) {
+            tracing::info!(
+                partition = tag.partition,
+                offset = tag.offset,
+                "partition revoked, not dead-lettering"
+            );
+            return Ok(());
+        }
+        self.dead_letter(tag, &received, reason, attempts).await?;
+        let next = self.lock_tracker()?.finish(tag.partition, tag.offset);
+        if let Some(next) = next {
+            self.commit(tag.partition, next).await?;
+        }
+        Ok(())
+    }
+}
+
+/// `tenant/stream`: one stream's segments stay ordered within a partition.
+pub fn message_key(task: &SegmentTask) -> String {
+    format!("{}/{}", task.tenant, task.stream_id)
+}
+
+impl SegmentQueue for KafkaQueue {
+    async fn publish(&self, task: SegmentTask) -> Result<(), QueueError> {
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(QueueError::Closed);
+        }
+        let payload = vidx_proto::encode_segment_task(&task);
+        let key = message_key(&task);
+        let record = FutureRecord::to(&self.settings.topic)
+            .key(&key)
+            .payload(&payload);
+        self.producer
+            .send(record, self.settings.delivery_timeout)
+            .await
+            .map_err(|(error, _)| unavailable("publish", error))?;
+        Ok(())
+    }
+
+    async fn receive(&self) -> Result<Option<Delivery>, QueueError> {
+        let consumer = self.consumer()?;
+        loop {
+            if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(None);
+            }
+            let message = consumer
+                .recv()
+                .await
+                .map_err(|error| unavailable("receive", error))?;
+            let tag = DeliveryTag {
+                partition: message.partition(),
+                offset: message.offset(),
+            };
+            let received = Received {
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            };
+            drop(message);
+            self.lock_tracker()?.start(tag.partition, tag.offset);
+            let decoded = vidx_proto::decode_segment_task(&received.payload).and_then(|task| {
+                if task.schema_version == SEGMENT_TASK_SCHEMA_VERSION {
+                    Ok(task)
+                } else {
+                    Err(QueueError::Malformed(format!(
+                        "unsupported SegmentTask schema_version {} (this worker reads {SEGMENT_TASK_SCHEMA_VERSION})",
+                        task.schema_version
+                    )))
+                }
+            });
+            match decoded {
+                Ok(task) => {
+                    self.received
+                        .lock()
+                        .map_err(|_| QueueError::Unavailable("received lock poisoned".into()))?
+                        .insert(tag, received);
+                    return Ok(Some(Delivery { tag, task }));
+                }
+                Err(error) => {
+                    self.settle_failed(tag, received, &error.to_string(), 1)
+                        .await?;
+                }
+            }
+        }
+    }
+
+    async fn ack(&self, tag: DeliveryTag) -> Result<(), QueueError> {
+        self.received
+            .lock()
+            .map_err(|_| QueueError::Unavailable("received lock poisoned".into()))?
+            .remove(&tag);
+        let next = self.lock_tracker()?.finish(tag.partition, tag.offset);
+        match next {
+            Some(next) => self.commit(tag.partition, next).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn nack(
+        &self,
+        tag: DeliveryTag,
+        reason: String,
+        attempts: u32,
+    ) -> Result<(), QueueError> {
+        let received = self
+            .received
+            .lock()
+            .map_err(|_| QueueError::Unavailable("received lock poisoned".into()))?
+            .remove(&tag)
+            .ok_or_else(|| {
+                QueueError::Malformed(format!(
+                    "delivery {}:{} is not in flight",
+                    tag.partition, tag.offset
+                ))
+            })?;
+        self.settle_failed(tag, received, &reason, attempts).await
+    }
+
+    fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Read the dead-letter headers of a message (for tools and tests).
+pub fn dead_letter_info<M: Message>(message: &M) -> BTreeMap<String, String> {
+    let mut info = BTreeMap::new();
+    if let Some(headers) = message.headers() {
+        for header in headers.iter() {
+            if let Some(value) = header.value {
+                info.insert(
+                    header.key.to_string(),
+                    String::from_utf8_lossy(value).into_owned(),
+                );
+            }
+        }
+    }
+    info
+}

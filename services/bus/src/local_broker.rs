@@ -1,0 +1,88 @@
+//! A Kafka-protocol broker on loopback for tests and local runs: the `tansu` broker
+//! (`cargo install --locked tansu --version 0.6.0 --features dynostore`, done by
+//! `scripts/setup.sh`) with in-memory storage on a free port, stopped when dropped.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running broker; killed on drop.
+#[derive(Debug)]
+pub struct LocalBroker {
+    child: Child,
+    address: SocketAddr,
+}
+
+impl LocalBroker {
+    /// Start `tansu` (from `$TANSU` or `PATH`) and wait until it accepts connections.
+    pub fn start() -> std::io::Result<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        let program = std::env::var("TANSU").unwrap_or_else(|_| default_program());
+        let url = format!("tcp://{address}");
+        let child = Command::new(&program)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|error| {
+                std::io::Error::new(
+                    error.kind(),
+                    format!(
+                        "cannot start the Kafka-protocol broker `{program}` ({error}); install it with \
+                         `cargo install --locked tansu --version 0.6.0 --features dynostore` \
+                         (scripts/setup.sh does) or point $TANSU at it"
+                    ),
+                )
+            })?;
+        let mut broker = Self { child, address };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
+                return Ok(broker);
+            }
+            if let Some(status) = broker.child.try_wait()? {
+                return Err(std::io::Error::other(format!(
+                    "broker `{program}` exited with {status} before listening on {address}"
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("broker `{program}` did not listen on {address} within 30 s"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `host:port` for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        self.address.to_string()
+    }
+}
+
+/// `tansu` on `PATH`, else where `cargo install` puts it.
+fn default_program() -> String {
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|directory| directory.join("tansu").is_file())
+    });
+    if on_path {
+        return "tansu".into();
+    }
+    std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".cargo")))
+        .map(|cargo_home| cargo_home.join("bin/tansu"))
+        .filter(|program| program.is_file())
+        .map_or_else(|| "tansu".into(), |program| program.display().to_string())
+}
+
+impl Drop for LocalBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,165 @@
+//! Shared by the pipeline's integration tests: a fake text embedder (these tests are about
+//! the stages, not the model), a frame sampler that is never called, and the real Qdrant
+//! Edge store wrapped to inject outages and crashes.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use vidx_core::ports::{FrameSampler, IndexStore, TextEmbedder};
+use vidx_core::{
+    Frame, Hit, IndexPoint, MediaError, ModelError, SEGMENT_TASK_SCHEMA_VERSION, SearchFilter,
+    SegmentMedia, SegmentTask, StoreError, SubtitleCue, TimeRange, VectorQuery,
+};
+use vidx_store::{EdgeStore, EdgeStoreOptions, VectorSpec};
+
+pub const DIMENSION: usize = 8;
+
+/// Hash-based unit vectors; fails on captions containing "POISON".
+pub struct FakeEmbedder;
+
+impl TextEmbedder for FakeEmbedder {
+    fn name(&self) -> &str {
+        "fake"
+    }
+    fn revision(&self) -> &str {
+        "fake-1"
+    }
+    fn dimension(&self) -> usize {
+        DIMENSION
+    }
+    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
+        texts
+            .iter()
+            .map(|text| {
+                if text.contains("POISON") {
+                    return Err(ModelError::Inference {
+                        model: "fake".into(),
+                        reason: "bad tensor".into(),
+                    });
+                }
+                let mut vector: Vec<f32> = (0..DIMENSION)
+                    .map(|index| {
+                        ((text.len() * 31
+                            + index * 17
+                            + text.bytes().map(usize::from).sum::<usize>())
+                            % 97) as f32
+                            + 1.0
+                    })
+                    .collect();
+                let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+                vector.iter_mut().for_each(|v| *v /= norm);
+                Ok(vector)
+            })
+            .collect()
+    }
+}
+
+/// Never called: these tests sample no frames.
+pub struct NoFrames;
+
+impl FrameSampler for NoFrames {
+    fn sample(
+        &self,
+        path: &std::path::Path,
+        _: TimeRange,
+        _: usize,
+    ) -> Result<Vec<Frame>, MediaError> {
+        Err(MediaError::Io {
+            input: path.display().to_string(),
+            reason: "unexpected decode".into(),
+        })
+    }
+}
+
+/// The real store, unavailable for the first `failures` upserts and while `down` is set;
+/// upsert call number `hang_at` (1-based) never returns, before or after writing
+/// (`hang_before_write`): what a worker killed at that point leaves behind.
+pub struct FlakyStore {
+    pub inner: EdgeStore,
+    pub failures: AtomicUsize,
+    pub upsert_calls: AtomicUsize,
+    pub down: AtomicBool,
+    pub hang_at: AtomicUsize,
+    pub hang_before_write: AtomicBool,
+    pub hung: tokio::sync::Notify,
+}
+
+impl FlakyStore {
+    /// A fresh store in `directory` with `failures` injected outages.
+    pub fn open(directory: &std::path::Path, failures: usize) -> anyhow::Result<Self> {
+        let inner = EdgeStore::open(
+            directory,
+            &[VectorSpec {
+                name: "text".into(),
+                dimension: DIMENSION,
+            }],
+            EdgeStoreOptions::default(),
+        )?;
+        Ok(Self {
+            inner,
+            failures: AtomicUsize::new(failures),
+            upsert_calls: AtomicUsize::new(0),
+            down: AtomicBool::new(false),
+            hang_at: AtomicUsize::new(usize::MAX),
+            hang_before_write: AtomicBool::new(false),
+            hung: tokio::sync::Notify::new(),
+        })
+    }
+
+    async fn hang(&self) {
+        self.hung.notify_one();
+        std::future::pending::<()>().await;
+    }
+}
+
+impl IndexStore for FlakyStore {
+    async fn upsert(&self, points: Vec<IndexPoint>) -> Result<(), StoreError> {
+        let call = self.upsert_calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("injected outage".into()));
+        }
+        let remaining = self.failures.load(Ordering::SeqCst);
+        if remaining > 0 {
+            self.failures.store(remaining - 1, Ordering::SeqCst);
+            return Err(StoreError::Unavailable("injected outage".into()));
+        }
+        let hang = call == self.hang_at.load(Ordering::SeqCst);
+        if hang && self.hang_before_write.load(Ordering::SeqCst) {
+            self.hang().await;
+        }
+        self.inner.upsert(points).await?;
+        if hang {
+            self.hang().await;
+        }
+        Ok(())
+    }
+    async fn search(&self, query: VectorQuery) -> Result<Vec<Hit>, StoreError> {
+        self.inner.search(query).await
+    }
+    async fn count(&self, filter: Option<SearchFilter>) -> Result<u64, StoreError> {
+        self.inner.count(filter).await
+    }
+}
+
+/// Segment `seq` of acme/cam-1 with one subtitle moment per caption.
+pub fn task(seq: u64, captions: &[&str]) -> SegmentTask {
+    SegmentTask {
+        schema_version: SEGMENT_TASK_SCHEMA_VERSION,
+        tenant: "acme".into(),
+        stream_id: "cam-1".into(),
+        segment_seq: seq,
+        range: TimeRange::new(seq * 10_000, seq * 10_000 + 10_000),
+        media: SegmentMedia::Inline(Vec::new()),
+        source_uri: "cam-1".into(),
+        attempt: 1,
+        subtitles: captions
+            .iter()
+            .enumerate()
+            .map(|(index, text)| SubtitleCue {
+                start_ms: seq * 10_000 + index as u64 * 1_000,
+                end_ms: seq * 10_000 + index as u64 * 1_000 + 900,
+                text: (*text).to_string(),
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,261 @@
+//! Workers on Kafka: a real Kafka-protocol broker (`tansu`, started on loopback), the real
+//! Qdrant Edge store, the worker loop. RELIABILITY.md faults 1, 2, 11 and 12: after every
+//! fault the store holds exactly the expected points and every expected id.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{FakeEmbedder, FlakyStore, NoFrames, task};
+use tokio::sync::{mpsc, watch};
+use vidx_bus::kafka::ensure_topics;
+use vidx_bus::local_broker::LocalBroker;
+use vidx_bus::{KafkaQueue, KafkaSettings};
+use vidx_core::ports::{FrameSampler, IndexStore, SegmentQueue};
+use vidx_core::{SearchFilter, SegmentTask};
+use vidx_pipeline::captioners::SubtitleCaptioner;
+use vidx_pipeline::{Models, WorkerEvent, WorkerOptions, build_points, run_worker};
+
+const SEGMENTS: u64 = 6;
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+fn settings(broker: &LocalBroker, partitions: i32) -> KafkaSettings {
+    let id = format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    );
+    KafkaSettings {
+        brokers: broker.bootstrap(),
+        topic: format!("segments-{id}"),
+        dead_letter_topic: format!("segments-{id}.dlq"),
+        group_id: format!("workers-{id}"),
+        partitions,
+        session_timeout: Duration::from_secs(6),
+        delivery_timeout: Duration::from_secs(20),
+        ..KafkaSettings::default()
+    }
+}
+
+fn tasks() -> Vec<SegmentTask> {
+    (0..SEGMENTS)
+        .map(|seq| task(seq, &["a dog runs", "a cat sleeps"]))
+        .collect()
+}
+
+fn models() -> Arc<Models> {
+    Arc::new(Models {
+        captioners: vec![Arc::new(SubtitleCaptioner)],
+        text_embedder: Arc::new(FakeEmbedder),
+        visual_embedder: None,
+    })
+}
+
+/// Every point id the tasks must produce.
+fn expected_ids() -> anyhow::Result<BTreeSet<String>> {
+    let models = models();
+    let mut ids = BTreeSet::new();
+    for task in tasks() {
+        for point in build_points(&task, &NoFrames, &models, 0)? {
+            ids.insert(point.id.to_string());
+        }
+    }
+    Ok(ids)
+}
+
+/// The ids in the store, read back through a search that matches everything of the tenant.
+async fn stored_ids(store: &FlakyStore) -> anyhow::Result<BTreeSet<String>> {
+    let query = vidx_core::VectorQuery {
+        vector_name: "text".into(),
+        vector: vec![1.0; common::DIMENSION],
+        filter: SearchFilter {
+            tenant: "acme".into(),
+            ..Default::default()
+        },
+        top_k: 1000,
+    };
+    Ok(store
+        .search(query)
+        .await?
+        .into_iter()
+        .map(|hit| hit.id.to_string())
+        .collect())
+}
+
+struct Worker {
+    queue: Arc<KafkaQueue>,
+    handle: tokio::task::JoinHandle<Result<(), vidx_pipeline::PipelineError>>,
+    events: mpsc::UnboundedReceiver<WorkerEvent>,
+    shutdown: watch::Sender<bool>,
+}
+
+fn start_worker(settings: &KafkaSettings, store: &Arc<FlakyStore>) -> anyhow::Result<Worker> {
+    let queue = Arc::new(KafkaQueue::worker(settings.clone())?);
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let options = WorkerOptions {
+        frames_per_segment: 0,
+        max_attempts: 3,
+        retry_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        store_outage_limit: None,
+    };
+    let handle = tokio::spawn(run_worker(
+        queue.clone(),
+        store.clone(),
+        Arc::new(NoFrames) as Arc<dyn FrameSampler>,
+        models(),
+        options,
+        events_tx,
+        shutdown_rx,
+    ));
+    Ok(Worker {
+        queue,
+        handle,
+        events,
+        shutdown,
+    })
+}
+
+impl Worker {
+    /// Wait for `count` indexed segments, then stop the worker gracefully.
+    async fn finish_after(mut self, count: usize) -> anyhow::Result<Arc<KafkaQueue>> {
+        let mut indexed = 0;
+        while indexed < count {
+            let event = tokio::time::timeout(Duration::from_secs(60), self.events.recv())
+                .await
+                .map_err(|_| anyhow::anyhow!("only {indexed} of {count} segments indexed"))?
+                .ok_or_else(|| anyhow::anyhow!("worker stopped after {indexed} segments"))?;
+            match event {
+                WorkerEvent::Indexed { .. } => indexed += 1,
+                WorkerEvent::Failed { error, .. } => anyhow::bail!("segment failed: {error}"),
+            }
+        }
+        let _ = self.shutdown.send(true);
+        self.handle.await??;
+        Ok(self.queue)
+    }
+
+    /// SIGKILL, as far as the queue and the store can tell: the task stops where it is and
+    /// the consumer goes away without committing anything more.
+    async fn kill(self) {
+        self.handle.abort();
+        let _ = self.handle.await;
+        drop(self.queue);
+    }
+}
+
+async fn committed(queue: &Arc<KafkaQueue>) -> anyhow::Result<Option<i64>> {
+    let queue = queue.clone();
+    Ok(tokio::task::spawn_blocking(move || queue.committed_offset(0)).await??)
+}
+
+async fn publish_all(settings: &KafkaSettings) -> anyhow::Result<()> {
+    ensure_topics(settings).await?;
+    let producer = KafkaQueue::producer(settings.clone())?;
+    for task in tasks() {
+        producer.publish(task).await?;
+    }
+    Ok(())
+}
+
+/// Faults 1 and 2: a worker killed after an upsert but before its commit, and one killed
+/// before its upsert. The next worker replays from the last commit; the ids are the same, so
+/// nothing is missing, duplicated or phantom.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_workers_leave_every_segment_indexed_exactly_once() -> anyhow::Result<()> {
+    let broker = LocalBroker::start()?;
+    let settings = settings(&broker, 1);
+    publish_all(&settings).await?;
+    let directory = tempfile::tempdir()?;
+    let store = Arc::new(FlakyStore::open(directory.path(), 0)?);
+    let expected = expected_ids()?;
+
+    // Fault 1: the third upsert lands, then the worker dies before acking it.
+    store.hang_at.store(3, Ordering::SeqCst);
+    let first = start_worker(&settings, &store)?;
+    tokio::time::timeout(Duration::from_secs(60), store.hung.notified()).await?;
+    let committed_before_kill = committed(&first.queue).await?;
+    first.kill().await;
+    assert_eq!(
+        store.count(None).await?,
+        6,
+        "three segments of two points each"
+    );
+    // Segments 0 and 1 (offsets 0 and 1 of the fresh topic) are acked; segment 2 is not.
+    let base = 0;
+    assert_eq!(committed_before_kill, Some(base + 2));
+
+    // Fault 2: the next worker dies inside its second upsert, before writing.
+    store.hang_at.store(
+        store.upsert_calls.load(Ordering::SeqCst) + 2,
+        Ordering::SeqCst,
+    );
+    store.hang_before_write.store(true, Ordering::SeqCst);
+    let second = start_worker(&settings, &store)?;
+    tokio::time::timeout(Duration::from_secs(60), store.hung.notified()).await?;
+    second.kill().await;
+
+    // A healthy worker finishes the rest from the last commit.
+    store.hang_at.store(usize::MAX, Ordering::SeqCst);
+    let third = start_worker(&settings, &store)?;
+    let remaining = SEGMENTS as i64 - (committed(&third.queue).await?.unwrap_or(base) - base);
+    let queue = third.finish_after(remaining as usize).await?;
+    assert_eq!(committed(&queue).await?, Some(base + SEGMENTS as i64));
+    assert_eq!(store.count(None).await?, expected.len() as u64);
+    assert_eq!(
+        stored_ids(&store).await?,
+        expected,
+        "no missing or phantom ids"
+    );
+    Ok(())
+}
+
+/// Fault 11: the store is down; nothing is committed while it is, and once it is back every
+/// segment is indexed once. Fault 12: the whole topic replayed by a new group (offsets reset)
+/// rewrites the same ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_outage_and_full_replay_keep_counts_exact() -> anyhow::Result<()> {
+    let broker = LocalBroker::start()?;
+    let settings = settings(&broker, 1);
+    publish_all(&settings).await?;
+    let directory = tempfile::tempdir()?;
+    let store = Arc::new(FlakyStore::open(directory.path(), 0)?);
+    let expected = expected_ids()?;
+
+    store.down.store(true, Ordering::SeqCst);
+    let worker = start_worker(&settings, &store)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while store.upsert_calls.load(Ordering::SeqCst) < 4 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no upsert attempts");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        committed(&worker.queue).await?,
+        None,
+        "no commit while the store is down"
+    );
+    assert_eq!(store.count(None).await?, 0);
+    store.down.store(false, Ordering::SeqCst);
+    let queue = worker.finish_after(SEGMENTS as usize).await?;
+    let end = committed(&queue).await?;
+    assert!(end.is_some());
+    drop(queue);
+    assert_eq!(stored_ids(&store).await?, expected);
+
+    // Replay everything under a new group: same ids, same count.
+    let replay = KafkaSettings {
+        group_id: format!("{}-replay", settings.group_id),
+        ..settings.clone()
+    };
+    start_worker(&replay, &store)?
+        .finish_after(SEGMENTS as usize)
+        .await?;
+    assert_eq!(store.count(None).await?, expected.len() as u64);
+    assert_eq!(stored_ids(&store).await?, expected);
+    Ok(())
+}
