@@ -259,3 +259,83 @@ async fn store_outage_and_full_replay_keep_counts_exact() -> anyhow::Result<()> 
     assert_eq!(stored_ids(&store).await?, expected);
     Ok(())
 }
+
+/// Wait until a rebalance gave `worker` at least one partition.
+async fn wait_for_partitions(worker: &Worker, name: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while worker.queue.assigned_partitions().is_empty() {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{name} got no partition within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Fault 4: members join and leave the group while it works (one leaves gracefully, one is
+/// killed); rebalances move partitions around, and in the end every segment is indexed with
+/// no missing, duplicated or phantom points and nothing dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_churn_loses_nothing() -> anyhow::Result<()> {
+    let broker = LocalBroker::start()?;
+    let settings = settings(&broker, 4);
+    ensure_topics(&settings).await?;
+    // Six streams, so the segments spread over the partitions.
+    let tasks: Vec<SegmentTask> = (0..24u64)
+        .map(|seq| {
+            let mut task = task(seq, &["a dog runs", "a cat sleeps"]);
+            task.stream_id = format!("cam-{}", seq % 6);
+            task
+        })
+        .collect();
+    let models = models();
+    let mut expected = BTreeSet::new();
+    for task in &tasks {
+        for point in build_points(task, &NoFrames, &models, 0)? {
+            expected.insert(point.id.to_string());
+        }
+    }
+    let directory = tempfile::tempdir()?;
+    let store = Arc::new(FlakyStore::open(directory.path(), 0)?);
+
+    store.delay_ms.store(200, Ordering::SeqCst);
+    let mut steady = start_worker(&settings, &store)?;
+    let producer = KafkaQueue::producer(settings.clone())?;
+    for task in tasks {
+        producer.publish(task).await?;
+    }
+    // A member joins and takes partitions over, then leaves gracefully; another joins and
+    // is killed once it holds partitions.
+    let joiner = start_worker(&settings, &store)?;
+    wait_for_partitions(&joiner, "the second member").await?;
+    let crasher = start_worker(&settings, &store)?;
+    wait_for_partitions(&crasher, "the third member").await?;
+    let _ = joiner.shutdown.send(true);
+    joiner.handle.await??;
+    drop(joiner.queue);
+    crasher.kill().await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        while let Ok(event) = steady.events.try_recv() {
+            if let WorkerEvent::Failed { error, .. } = event {
+                anyhow::bail!("segment failed: {error}");
+            }
+        }
+        if stored_ids(&store).await? == expected {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} points after 90 s",
+            store.count(None).await?,
+            expected.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(store.count(None).await?, expected.len() as u64);
+    let _ = steady.shutdown.send(true);
+    steady.handle.await??;
+    Ok(())
+}

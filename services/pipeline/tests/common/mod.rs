@@ -3,7 +3,7 @@
 //! Edge store wrapped to inject outages and crashes.
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use vidx_core::ports::{FrameSampler, IndexStore, TextEmbedder};
 use vidx_core::{
@@ -82,6 +82,8 @@ pub struct FlakyStore {
     pub hang_at: AtomicUsize,
     pub hang_before_write: AtomicBool,
     pub hung: tokio::sync::Notify,
+    /// Every upsert takes this long (a slow store keeps work in flight).
+    pub delay_ms: AtomicU64,
 }
 
 impl FlakyStore {
@@ -103,6 +105,7 @@ impl FlakyStore {
             hang_at: AtomicUsize::new(usize::MAX),
             hang_before_write: AtomicBool::new(false),
             hung: tokio::sync::Notify::new(),
+            delay_ms: AtomicU64::new(0),
         })
     }
 
@@ -115,6 +118,10 @@ impl FlakyStore {
 impl IndexStore for FlakyStore {
     async fn upsert(&self, points: Vec<IndexPoint>) -> Result<(), StoreError> {
         let call = self.upsert_calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let delay_ms = self.delay_ms.load(Ordering::SeqCst);
+        if delay_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        }
         if self.down.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("injected outage".into()));
         }
