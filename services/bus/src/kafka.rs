@@ -438,10 +438,16 @@ impl SegmentQueue for KafkaQueue {
             if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
                 return Ok(None);
             }
-            let message = consumer
-                .recv()
-                .await
-                .map_err(|error| unavailable("receive", error))?;
+            let message = match consumer.recv().await {
+                Ok(message) => message,
+                // Broker trouble (down, restarting, a transport error) surfaces here; the
+                // client reconnects by itself, so the worker keeps waiting instead of dying.
+                Err(error) => {
+                    tracing::warn!(error = %error, "kafka receive failed, retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
             let tag = DeliveryTag {
                 partition: message.partition(),
                 offset: message.offset(),
