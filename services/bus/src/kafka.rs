@@ -312,6 +312,14 @@ impl KafkaQueue {
             .map_err(|_| QueueError::Unavailable("offset tracker lock poisoned".into()))
     }
 
+    fn lock_received(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, HashMap<DeliveryTag, Received>>, QueueError> {
+        self.received
+            .lock()
+            .map_err(|_| QueueError::Unavailable("received lock poisoned".into()))
+    }
+
     /// Commit `next` (the next offset to read) for `partition`, synchronously so that the
     /// offset is on the broker when the call returns.
     async fn commit(&self, partition: i32, next: i64) -> Result<(), QueueError> {
@@ -470,10 +478,7 @@ impl SegmentQueue for KafkaQueue {
             });
             match decoded {
                 Ok(task) => {
-                    self.received
-                        .lock()
-                        .map_err(|_| QueueError::Unavailable("received lock poisoned".into()))?
-                        .insert(tag, received);
+                    self.lock_received()?.insert(tag, received);
                     return Ok(Some(Delivery { tag, task }));
                 }
                 Err(error) => {
@@ -485,10 +490,7 @@ impl SegmentQueue for KafkaQueue {
     }
 
     async fn ack(&self, tag: DeliveryTag) -> Result<(), QueueError> {
-        self.received
-            .lock()
-            .map_err(|_| QueueError::Unavailable("received lock poisoned".into()))?
-            .remove(&tag);
+        self.lock_received()?.remove(&tag);
         let next = self.lock_tracker()?.finish(tag.partition, tag.offset);
         match next {
             Some(next) => self.commit(tag.partition, next).await,
@@ -502,17 +504,12 @@ impl SegmentQueue for KafkaQueue {
         reason: String,
         attempts: u32,
     ) -> Result<(), QueueError> {
-        let received = self
-            .received
-            .lock()
-            .map_err(|_| QueueError::Unavailable("received lock poisoned".into()))?
-            .remove(&tag)
-            .ok_or_else(|| {
-                QueueError::Malformed(format!(
-                    "delivery {}:{} is not in flight",
-                    tag.partition, tag.offset
-                ))
-            })?;
+        let received = self.lock_received()?.remove(&tag).ok_or_else(|| {
+            QueueError::Malformed(format!(
+                "delivery {}:{} is not in flight",
+                tag.partition, tag.offset
+            ))
+        })?;
         self.settle_failed(tag, received, &reason, attempts).await
     }
 

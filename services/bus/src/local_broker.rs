@@ -4,6 +4,7 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// A running broker; killed on drop.
@@ -61,6 +62,27 @@ impl LocalBroker {
     /// `host:port` for `bootstrap.servers`.
     pub fn bootstrap(&self) -> String {
         self.address.to_string()
+    }
+
+    /// Settings for this broker with topics and a group no other caller in this process
+    /// uses, so tests sharing a broker never see each other's messages.
+    pub fn fresh_settings(&self, partitions: i32) -> crate::KafkaSettings {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        crate::KafkaSettings {
+            brokers: self.bootstrap(),
+            topic: format!("segments-{id}"),
+            dead_letter_topic: format!("segments-{id}.dlq"),
+            group_id: format!("workers-{id}"),
+            partitions,
+            session_timeout: Duration::from_secs(6),
+            delivery_timeout: Duration::from_secs(20),
+            ..crate::KafkaSettings::default()
+        }
     }
 }
 

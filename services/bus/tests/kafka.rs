@@ -2,7 +2,6 @@
 //! at-least-once delivery, contiguous-prefix commits, redelivery after a crash, and the
 //! dead-letter topic with its headers (RELIABILITY.md faults 1–3, 6, 7).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -14,27 +13,6 @@ use vidx_bus::local_broker::LocalBroker;
 use vidx_bus::{KafkaQueue, KafkaSettings};
 use vidx_core::ports::{Delivery, SegmentQueue};
 use vidx_core::{SEGMENT_TASK_SCHEMA_VERSION, SegmentMedia, SegmentTask, TimeRange};
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-/// Fresh topics and group per test, one partition so offsets are easy to reason about.
-fn settings(broker: &LocalBroker) -> KafkaSettings {
-    let id = format!(
-        "{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    );
-    KafkaSettings {
-        brokers: broker.bootstrap(),
-        topic: format!("segments-{id}"),
-        dead_letter_topic: format!("segments-{id}.dlq"),
-        group_id: format!("workers-{id}"),
-        partitions: 1,
-        session_timeout: Duration::from_secs(6),
-        delivery_timeout: Duration::from_secs(20),
-        ..KafkaSettings::default()
-    }
-}
 
 fn task(seq: u64) -> SegmentTask {
     SegmentTask {
@@ -63,7 +41,7 @@ async fn committed(queue: &KafkaQueue) -> anyhow::Result<Option<i64>> {
 
 async fn setup() -> anyhow::Result<(LocalBroker, KafkaSettings)> {
     let broker = LocalBroker::start()?;
-    let settings = settings(&broker);
+    let settings = broker.fresh_settings(1);
     ensure_topics(&settings).await?;
     Ok((broker, settings))
 }

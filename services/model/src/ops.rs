@@ -104,74 +104,54 @@ mod kernels {
             };
             out[..lo].iter_mut().for_each(|o| *o = 0.0);
             out[hi..].iter_mut().for_each(|o| *o = 0.0);
-            let (out, x) = (&mut out[lo..hi], &x[lo..hi]);
-            if x.is_empty() {
-                continue;
-            }
-            let mut lanes = [f32::NEG_INFINITY; 8];
-            let chunks = x.chunks_exact(8);
-            let rest = chunks.remainder();
-            for chunk in chunks {
-                for (lane, value) in lanes.iter_mut().zip(chunk) {
-                    *lane = if *value > *lane { *value } else { *lane };
-                }
-            }
-            let max = lanes
-                .iter()
-                .chain(rest)
-                .fold(f32::NEG_INFINITY, |a, b| if *b > a { *b } else { a });
-            let shift = max * scale;
-            for (o, v) in out.iter_mut().zip(x) {
-                *o = exp(v * scale - shift);
-            }
-            let mut sums = [0f32; 8];
-            let chunks = out.chunks_exact(8);
-            let rest: f32 = chunks.remainder().iter().sum();
-            for chunk in chunks {
-                for (sum, value) in sums.iter_mut().zip(chunk) {
-                    *sum += value;
-                }
-            }
-            let inverse = 1.0 / (sums.iter().sum::<f32>() + rest);
-            out.iter_mut().for_each(|o| *o *= inverse);
+            out[lo..hi].copy_from_slice(&x[lo..hi]);
+            softmax_in_place(&mut out[lo..hi], scale);
         }
     }
 
     /// In place: row `i` (of `width`) becomes `softmax(row[lo..hi])` for `ranges[i] = (lo, hi)`,
-    /// zero outside; the same passes as `scaled_softmax_rows`, without a scale.
+    /// zero outside.
     #[inline(always)]
     pub fn softmax_rows_in_place(data: &mut [f32], width: usize, ranges: &[(usize, usize)]) {
         for (row, &(lo, hi)) in data.chunks_exact_mut(width).zip(ranges) {
             let (lo, hi) = (lo.min(width), hi.min(width).max(lo.min(width)));
             row[..lo].iter_mut().for_each(|o| *o = 0.0);
             row[hi..].iter_mut().for_each(|o| *o = 0.0);
-            let x = &mut row[lo..hi];
-            let mut lanes = [f32::NEG_INFINITY; 8];
-            let chunks = x.chunks_exact(8);
-            let rest = chunks.remainder();
-            for chunk in chunks {
-                for (lane, value) in lanes.iter_mut().zip(chunk) {
-                    *lane = if *value > *lane { *value } else { *lane };
-                }
+            softmax_in_place(&mut row[lo..hi], 1.0);
+        }
+    }
+
+    /// `x ← softmax(scale · x)`: max, exp, sum and scale as separate passes with 8
+    /// accumulator lanes, so every pass vectorises.
+    #[inline(always)]
+    fn softmax_in_place(x: &mut [f32], scale: f32) {
+        let mut lanes = [f32::NEG_INFINITY; 8];
+        let chunks = x.chunks_exact(8);
+        let rest = chunks.remainder();
+        for chunk in chunks {
+            for (lane, value) in lanes.iter_mut().zip(chunk) {
+                *lane = if *value > *lane { *value } else { *lane };
             }
-            let max = lanes
-                .iter()
-                .chain(rest)
-                .fold(f32::NEG_INFINITY, |a, b| if *b > a { *b } else { a });
-            x.iter_mut().for_each(|v| *v = exp(*v - max));
-            let mut sums = [0f32; 8];
-            let chunks = x.chunks_exact(8);
-            let rest: f32 = chunks.remainder().iter().sum();
-            for chunk in chunks {
-                for (sum, value) in sums.iter_mut().zip(chunk) {
-                    *sum += value;
-                }
+        }
+        let max = lanes
+            .iter()
+            .chain(rest)
+            .fold(f32::NEG_INFINITY, |a, b| if *b > a { *b } else { a });
+        let shift = max * scale;
+        x.iter_mut().for_each(|v| *v = exp(*v * scale - shift));
+        let mut sums = [0f32; 8];
+        let chunks = x.chunks_exact(8);
+        let rest: f32 = chunks.remainder().iter().sum();
+        for chunk in chunks {
+            for (sum, value) in sums.iter_mut().zip(chunk) {
+                *sum += value;
             }
-            let total = sums.iter().sum::<f32>() + rest;
-            if total > 0.0 {
-                let inverse = 1.0 / total;
-                x.iter_mut().for_each(|v| *v *= inverse);
-            }
+        }
+        let total = sums.iter().sum::<f32>() + rest;
+        // Empty ranges leave nothing to normalise.
+        if total > 0.0 {
+            let inverse = 1.0 / total;
+            x.iter_mut().for_each(|v| *v *= inverse);
         }
     }
 }

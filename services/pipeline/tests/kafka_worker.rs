@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{FakeEmbedder, FlakyStore, NoFrames, task};
@@ -20,26 +20,6 @@ use vidx_pipeline::captioners::SubtitleCaptioner;
 use vidx_pipeline::{Models, WorkerEvent, WorkerOptions, build_points, run_worker};
 
 const SEGMENTS: u64 = 6;
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-fn settings(broker: &LocalBroker, partitions: i32) -> KafkaSettings {
-    let id = format!(
-        "{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    );
-    KafkaSettings {
-        brokers: broker.bootstrap(),
-        topic: format!("segments-{id}"),
-        dead_letter_topic: format!("segments-{id}.dlq"),
-        group_id: format!("workers-{id}"),
-        partitions,
-        session_timeout: Duration::from_secs(6),
-        delivery_timeout: Duration::from_secs(20),
-        ..KafkaSettings::default()
-    }
-}
 
 fn tasks() -> Vec<SegmentTask> {
     (0..SEGMENTS)
@@ -169,7 +149,7 @@ async fn publish_all(settings: &KafkaSettings) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_workers_leave_every_segment_indexed_exactly_once() -> anyhow::Result<()> {
     let broker = LocalBroker::start()?;
-    let settings = settings(&broker, 1);
+    let settings = broker.fresh_settings(1);
     publish_all(&settings).await?;
     let directory = tempfile::tempdir()?;
     let store = Arc::new(FlakyStore::open(directory.path(), 0)?);
@@ -221,7 +201,7 @@ async fn killed_workers_leave_every_segment_indexed_exactly_once() -> anyhow::Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_outage_and_full_replay_keep_counts_exact() -> anyhow::Result<()> {
     let broker = LocalBroker::start()?;
-    let settings = settings(&broker, 1);
+    let settings = broker.fresh_settings(1);
     publish_all(&settings).await?;
     let directory = tempfile::tempdir()?;
     let store = Arc::new(FlakyStore::open(directory.path(), 0)?);
@@ -279,7 +259,7 @@ async fn wait_for_partitions(worker: &Worker, name: &str) -> anyhow::Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_churn_loses_nothing() -> anyhow::Result<()> {
     let broker = LocalBroker::start()?;
-    let settings = settings(&broker, 4);
+    let settings = broker.fresh_settings(4);
     ensure_topics(&settings).await?;
     // Six streams, so the segments spread over the partitions.
     let tasks: Vec<SegmentTask> = (0..24u64)
