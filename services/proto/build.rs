@@ -9,6 +9,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // No `connect` helpers: callers build their own channel (TLS, auth, limits), and this
         // crate stays free of the transport feature.
         .build_transport(false)
+        // For server reflection: clients such as grpcurl work without the .proto files.
+        .file_descriptor_set_path(
+            std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("vidx_descriptor.bin"),
+        )
         .compile_protos(&[file], &[root])?;
     Ok(())
 }

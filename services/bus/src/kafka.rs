@@ -423,21 +423,33 @@ pub fn message_key(task: &SegmentTask) -> String {
     format!("{}/{}", task.tenant, task.stream_id)
 }
 
-impl SegmentQueue for KafkaQueue {
-    async fn publish(&self, task: SegmentTask) -> Result<(), QueueError> {
+impl KafkaQueue {
+    /// Publish a task and return where it landed (partition and offset), which is how an
+    /// ingest follows the task through the workers' committed offsets.
+    pub async fn publish_tagged(&self, task: &SegmentTask) -> Result<DeliveryTag, QueueError> {
         if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(QueueError::Closed);
         }
-        let payload = vidx_proto::encode_segment_task(&task);
-        let key = message_key(&task);
+        let payload = vidx_proto::encode_segment_task(task);
+        let key = message_key(task);
         let record = FutureRecord::to(&self.settings.topic)
             .key(&key)
             .payload(&payload);
-        self.producer
+        let delivery = self
+            .producer
             .send(record, self.settings.delivery_timeout)
             .await
             .map_err(|(error, _)| unavailable("publish", error))?;
-        Ok(())
+        Ok(DeliveryTag {
+            partition: delivery.partition,
+            offset: delivery.offset,
+        })
+    }
+}
+
+impl SegmentQueue for KafkaQueue {
+    async fn publish(&self, task: SegmentTask) -> Result<(), QueueError> {
+        self.publish_tagged(&task).await.map(|_| ())
     }
 
     async fn receive(&self) -> Result<Option<Delivery>, QueueError> {
@@ -515,6 +527,138 @@ impl SegmentQueue for KafkaQueue {
 
     fn close(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The workers' progress as an outsider sees it: the group's committed offsets (read without
+/// joining the group) and the dead letters published from now on.
+pub struct GroupProgress {
+    settings: KafkaSettings,
+    offsets: BaseConsumer,
+    dead_letters: StreamConsumer,
+}
+
+impl std::fmt::Debug for GroupProgress {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("GroupProgress")
+            .field("group_id", &self.settings.group_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A segment the workers gave up on, as read from the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterRecord {
+    /// Where the message was on the segment topic.
+    pub source: DeliveryTag,
+    pub error: String,
+    pub attempts: u32,
+}
+
+impl GroupProgress {
+    /// Connects to the brokers and positions a reader at the current end of every
+    /// dead-letter partition. Blocking (broker round trips): call from a blocking thread.
+    pub fn connect(settings: KafkaSettings) -> Result<Self, QueueError> {
+        let mut config = settings.client_config();
+        // The group's id only to read its commits: this client never subscribes, so it never
+        // joins the group or takes partitions from the workers.
+        config
+            .set("group.id", &settings.group_id)
+            .set("enable.auto.commit", "false");
+        settings.apply_properties(&mut config);
+        let offsets: BaseConsumer = config
+            .create()
+            .map_err(|error| unavailable("progress consumer", error))?;
+
+        let mut config = settings.client_config();
+        config
+            .set("group.id", format!("{}-progress", settings.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        settings.apply_properties(&mut config);
+        let dead_letters: StreamConsumer = config
+            .create()
+            .map_err(|error| unavailable("dead-letter reader", error))?;
+        let metadata = dead_letters
+            .fetch_metadata(Some(&settings.dead_letter_topic), Duration::from_secs(10))
+            .map_err(|error| unavailable("dead-letter metadata", error))?;
+        let mut assignment = TopicPartitionList::new();
+        for topic in metadata.topics() {
+            for partition in topic.partitions() {
+                let (_, high) = dead_letters
+                    .fetch_watermarks(topic.name(), partition.id(), Duration::from_secs(10))
+                    .map_err(|error| unavailable("dead-letter watermarks", error))?;
+                assignment
+                    .add_partition_offset(topic.name(), partition.id(), Offset::Offset(high))
+                    .map_err(|error| unavailable("dead-letter assignment", error))?;
+            }
+        }
+        dead_letters
+            .assign(&assignment)
+            .map_err(|error| unavailable("dead-letter assignment", error))?;
+        Ok(Self {
+            settings,
+            offsets,
+            dead_letters,
+        })
+    }
+
+    /// The group's committed offset (the next offset to process) of each partition of the
+    /// segment topic that has one. Blocking.
+    pub fn committed(&self) -> Result<HashMap<i32, i64>, QueueError> {
+        let metadata = self
+            .offsets
+            .fetch_metadata(Some(&self.settings.topic), Duration::from_secs(10))
+            .map_err(|error| unavailable("topic metadata", error))?;
+        let mut list = TopicPartitionList::new();
+        for topic in metadata.topics() {
+            for partition in topic.partitions() {
+                list.add_partition(&self.settings.topic, partition.id());
+            }
+        }
+        let committed = self
+            .offsets
+            .committed_offsets(list, Duration::from_secs(10))
+            .map_err(|error| unavailable("committed offsets", error))?;
+        Ok(committed
+            .elements()
+            .iter()
+            .filter_map(|element| match element.offset() {
+                Offset::Offset(offset) => Some((element.partition(), offset)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The next dead letter (waits for one). Messages without the vidx headers are skipped.
+    pub async fn next_dead_letter(&self) -> Result<DeadLetterRecord, QueueError> {
+        loop {
+            let message = match self.dead_letters.recv().await {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(error = %error, "dead-letter read failed, retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let info = dead_letter_info(&message);
+            let header = |name: &str| info.get(name).map(String::as_str).unwrap_or_default();
+            let (Ok(partition), Ok(offset)) = (
+                header(dead_letter_headers::PARTITION).parse::<i32>(),
+                header(dead_letter_headers::OFFSET).parse::<i64>(),
+            ) else {
+                continue;
+            };
+            if header(dead_letter_headers::TOPIC) != self.settings.topic {
+                continue;
+            }
+            return Ok(DeadLetterRecord {
+                source: DeliveryTag { partition, offset },
+                error: header(dead_letter_headers::ERROR).to_string(),
+                attempts: header(dead_letter_headers::ATTEMPTS).parse().unwrap_or(1),
+            });
+        }
     }
 }
 

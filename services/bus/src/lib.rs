@@ -6,5 +6,5 @@ pub mod kafka;
 pub mod local_broker;
 mod memory;
 
-pub use kafka::{KafkaQueue, KafkaSettings};
+pub use kafka::{DeadLetterRecord, GroupProgress, KafkaQueue, KafkaSettings, ensure_topics};
 pub use memory::{DeadLetter, InProcessQueue};

@@ -95,6 +95,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             let context = AppContext::load(&cli, &env, common_overrides(&args.common), false)?;
             crate::search::stats(context, &args.common).await
         }
+        Command::Run(args) => {
+            let mut overrides = common_overrides(&args.common);
+            for (key, value) in [
+                ("server.listen", args.listen.clone()),
+                ("kafka.brokers", args.brokers.clone()),
+                ("models.captioner", args.model.clone()),
+                (
+                    "models.captioner_dir",
+                    args.model_dir
+                        .as_ref()
+                        .map(|directory| directory.display().to_string()),
+                ),
+            ] {
+                if let Some(value) = value {
+                    overrides.push((key.into(), toml::Value::String(value)));
+                }
+            }
+            let context = AppContext::load(&cli, &env, overrides, true)?;
+            crate::run::run(context, args).await
+        }
         Command::Model(ModelCommand::Fetch { model }) => {
             let context = AppContext::load(&cli, &env, Vec::new(), false)?;
             context.fetch_model(model).await
@@ -321,4 +341,37 @@ fn init_logging(config: &Config, env: &BTreeMap<String, String>, verbose: bool) 
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
+}
+
+/// First Ctrl-C / SIGTERM: stop taking new work and finish cleanly. Second: exit now.
+pub fn spawn_signal_handler(shutdown: tokio::sync::watch::Sender<bool>) {
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        eprintln!("stopping: finishing the segments in flight (press Ctrl-C again to exit now)");
+        let _ = shutdown.send(true);
+        wait_for_signal().await;
+        std::process::exit(i32::from(EXIT_INTERRUPTED));
+    });
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -26,6 +26,9 @@ pub enum Command {
     Search(SearchArgs),
     /// Show what the index holds.
     Stats(StatsArgs),
+    /// Run services of the distributed mode: ingest, worker and/or query, in one process
+    /// (`vidx run ingest worker query` on one machine) or one role per process.
+    Run(RunArgs),
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -96,6 +99,38 @@ pub struct SearchArgs {
     /// Number of hits.
     #[arg(long, default_value_t = 10)]
     pub top_k: usize,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// A role of `vidx run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// IngestService: segment submitted files and URLs and publish them to Kafka.
+    Ingest,
+    /// Consume segments from Kafka (consumer group), run the models, write the index.
+    Worker,
+    /// SearchService over the index.
+    Query,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The roles this process takes.
+    #[arg(required = true, value_enum)]
+    pub roles: Vec<Role>,
+    /// gRPC listen address (config server.listen).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Kafka bootstrap brokers (config kafka.brokers).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub brokers: Option<String>,
+    /// Caption with this PerceptionLM checkpoint (config models.captioner).
+    #[arg(long, value_name = "ID")]
+    pub model: Option<String>,
+    /// Caption with the PerceptionLM checkpoint in this directory (config models.captioner_dir).
+    #[arg(long, value_name = "DIR")]
+    pub model_dir: Option<PathBuf>,
     #[command(flatten)]
     pub common: CommonArgs,
 }

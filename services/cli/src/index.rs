@@ -10,13 +10,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use vidx_bus::InProcessQueue;
+use vidx_core::format_hms_ms;
 use vidx_core::ports::{Captioner, FrameSampler, SegmentQueue};
-use vidx_core::{SEGMENT_TASK_SCHEMA_VERSION, SegmentMedia, SegmentTask, format_hms_ms};
-use vidx_media::{FfmpegFrameSampler, InputSource, SegmentChunk, SegmentOptions, UrlPolicy};
+use vidx_media::{FfmpegFrameSampler, InputSource, SegmentOptions, UrlPolicy};
 use vidx_pipeline::captioners::SubtitleCaptioner;
 use vidx_pipeline::{Models, WorkerEvent, WorkerOptions, run_worker};
 
-use crate::app::{AppContext, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL};
+use crate::app::{AppContext, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, spawn_signal_handler};
 use crate::args::IndexArgs;
 
 #[derive(Debug, Default, Serialize)]
@@ -285,7 +285,8 @@ async fn ingest_inputs(
                 if *shutdown.borrow() {
                     return false;
                 }
-                let task = match to_task(chunk, &tenant, &stream_id, inline_max_bytes) {
+                let task = match chunk.into_task(&tenant, &stream_id, &stream_id, inline_max_bytes)
+                {
                     Ok(task) => task,
                     Err(error) => {
                         tracing::warn!(stream_id, %error, "cannot read segment chunk");
@@ -314,32 +315,6 @@ async fn ingest_inputs(
     results
 }
 
-fn to_task(
-    chunk: SegmentChunk,
-    tenant: &str,
-    stream_id: &str,
-    inline_max_bytes: u64,
-) -> std::io::Result<SegmentTask> {
-    let media = if chunk.bytes <= inline_max_bytes {
-        let bytes = std::fs::read(&chunk.path)?;
-        std::fs::remove_file(&chunk.path)?;
-        SegmentMedia::Inline(bytes)
-    } else {
-        SegmentMedia::Blob(format!("file://{}", chunk.path.display()))
-    };
-    Ok(SegmentTask {
-        schema_version: SEGMENT_TASK_SCHEMA_VERSION,
-        tenant: tenant.to_string(),
-        stream_id: stream_id.to_string(),
-        segment_seq: chunk.seq,
-        range: chunk.range,
-        media,
-        source_uri: stream_id.to_string(),
-        attempt: 1,
-        subtitles: chunk.subtitles,
-    })
-}
-
 /// A spinner with the running counts: the number of segments is unknown until segmenting ends.
 fn progress_spinner(json: bool) -> ProgressBar {
     if json || !std::io::stderr().is_terminal() {
@@ -351,39 +326,6 @@ fn progress_spinner(json: bool) -> ProgressBar {
     }
     bar.enable_steady_tick(Duration::from_millis(120));
     bar
-}
-
-/// First Ctrl-C / SIGTERM: stop taking new work and finish cleanly. Second: exit now.
-fn spawn_signal_handler(shutdown: watch::Sender<bool>) {
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        eprintln!("stopping: finishing the segments in flight (press Ctrl-C again to exit now)");
-        let _ = shutdown.send(true);
-        wait_for_signal().await;
-        std::process::exit(i32::from(EXIT_INTERRUPTED));
-    });
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 fn print_summary(summary: &Summary, json: bool) -> anyhow::Result<()> {

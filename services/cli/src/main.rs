@@ -3,6 +3,7 @@
 mod app;
 mod args;
 mod index;
+mod run;
 mod search;
 
 use std::process::ExitCode;

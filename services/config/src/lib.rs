@@ -33,6 +33,8 @@ pub struct Config {
     pub models: ModelsConfig,
     pub store: StoreConfig,
     pub pipeline: PipelineConfig,
+    pub server: ServerConfig,
+    pub kafka: KafkaConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,6 +86,46 @@ pub struct PipelineConfig {
     pub queue_capacity: usize,
     pub max_attempts: u32,
     pub retry_backoff_ms: u64,
+}
+
+/// The gRPC services of `vidx run`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub max_request_bytes: usize,
+    pub max_concurrent_requests: usize,
+    pub request_timeout_ms: u64,
+    pub ingest_roots: Vec<String>,
+    pub blob_dir: String,
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One bearer token and the tenant it speaks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub tenant: String,
+    pub token: String,
+    /// RFC 3339 time after which the token is refused; empty: never.
+    #[serde(default)]
+    pub expires_at: String,
+}
+
+/// The Kafka cluster of the distributed mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub dead_letter_topic: String,
+    pub group_id: String,
+    pub client_id: String,
+    pub partitions: i32,
+    pub replication: i32,
+    pub session_timeout_ms: u64,
+    pub delivery_timeout_ms: u64,
+    pub properties: BTreeMap<String, String>,
 }
 
 /// The layers to merge, lowest precedence first.
@@ -214,6 +256,62 @@ impl Config {
         if self.pipeline.max_attempts == 0 {
             return invalid("pipeline.max_attempts", "must be at least 1");
         }
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return invalid("server.listen", "must be an address like 127.0.0.1:7700");
+        }
+        if !(1024..=(64 << 20)).contains(&self.server.max_request_bytes) {
+            return invalid(
+                "server.max_request_bytes",
+                "must be between 1 KiB and 64 MiB",
+            );
+        }
+        if self.server.max_concurrent_requests == 0 {
+            return invalid("server.max_concurrent_requests", "must be positive");
+        }
+        if self.server.request_timeout_ms == 0 {
+            return invalid("server.request_timeout_ms", "must be positive");
+        }
+        for (index, token) in self.server.tokens.iter().enumerate() {
+            let key = |field: &str| format!("server.tokens[{index}].{field}");
+            if token.tenant.trim().is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: key("tenant"),
+                    reason: "must not be empty".into(),
+                });
+            }
+            if token.token.len() < 16 {
+                return Err(ConfigError::Invalid {
+                    key: key("token"),
+                    reason: "must be at least 16 characters".into(),
+                });
+            }
+            if !token.expires_at.is_empty()
+                && humantime::parse_rfc3339_weak(&token.expires_at).is_err()
+            {
+                return Err(ConfigError::Invalid {
+                    key: key("expires_at"),
+                    reason: "must be an RFC 3339 time such as 2027-01-31T00:00:00Z".into(),
+                });
+            }
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            return invalid("kafka.brokers", "must not be empty");
+        }
+        if self.kafka.topic.is_empty() || self.kafka.dead_letter_topic.is_empty() {
+            return invalid("kafka.topic", "topics must not be empty");
+        }
+        if self.kafka.topic == self.kafka.dead_letter_topic {
+            return invalid("kafka.dead_letter_topic", "must differ from kafka.topic");
+        }
+        if self.kafka.group_id.is_empty() {
+            return invalid("kafka.group_id", "must not be empty");
+        }
+        if self.kafka.partitions < 1 || self.kafka.replication < 1 {
+            return invalid(
+                "kafka.partitions",
+                "partitions and replication must be at least 1",
+            );
+        }
         Ok(())
     }
 
@@ -319,18 +417,25 @@ fn is_secret_key(key: &str) -> bool {
 }
 
 fn redact(value: &mut toml::Value) {
-    if let toml::Value::Table(table) = value {
-        for (key, inner) in table.iter_mut() {
-            if is_secret_key(key) {
-                if let toml::Value::String(secret) = inner
-                    && !secret.is_empty()
-                {
-                    *secret = "***".into();
+    match value {
+        toml::Value::Table(table) => {
+            for (key, inner) in table.iter_mut() {
+                if is_secret_key(key) {
+                    if let toml::Value::String(secret) = inner
+                        && !secret.is_empty()
+                    {
+                        *secret = "***".into();
+                    } else if !inner.is_str() {
+                        // `tokens = [...]`, `[kafka.properties]` with `sasl.password`: inside.
+                        redact(inner);
+                    }
+                } else {
+                    redact(inner);
                 }
-            } else {
-                redact(inner);
             }
         }
+        toml::Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
     }
 }
 
@@ -429,7 +534,66 @@ mod tests {
         let shown = config.to_redacted_toml();
         assert!(!shown.contains("supersecret"), "{shown}");
         assert!(shown.contains("hf_token = \"***\""), "{shown}");
+
+        let file = tempfile::NamedTempFile::new().map_err(|error| ConfigError::Read {
+            path: PathBuf::new(),
+            reason: error.to_string(),
+        })?;
+        std::fs::write(
+            file.path(),
+            "[server]\ntokens = [{ tenant = \"acme\", token = \"tok-aaaaaaaaaaaaaaaa\" }]\n\
+             [kafka.properties]\n\"sasl.password\" = \"kafkapass\"\n",
+        )
+        .map_err(|error| ConfigError::Read {
+            path: file.path().to_path_buf(),
+            reason: error.to_string(),
+        })?;
+        let config = Config::load(&ConfigSources {
+            file: Some(file.path().to_path_buf()),
+            ..Default::default()
+        })?;
+        assert_eq!(config.server.tokens[0].tenant, "acme");
+        let shown = config.to_redacted_toml();
+        assert!(!shown.contains("tok-aaaa"), "{shown}");
+        assert!(!shown.contains("kafkapass"), "{shown}");
+        assert!(shown.contains("acme"), "{shown}");
         Ok(())
+    }
+
+    #[test]
+    fn bad_server_settings_name_the_key() {
+        let cases = [
+            ("VIDX__SERVER__LISTEN", "nowhere", "server.listen"),
+            (
+                "VIDX__SERVER__MAX_REQUEST_BYTES",
+                "10",
+                "server.max_request_bytes",
+            ),
+            (
+                "VIDX__SERVER__TOKENS",
+                "[{ tenant = \"a\", token = \"short\" }]",
+                "server.tokens[0].token",
+            ),
+            (
+                "VIDX__SERVER__TOKENS",
+                "[{ tenant = \"a\", token = \"long-enough-token-1\", expires_at = \"soon\" }]",
+                "server.tokens[0].expires_at",
+            ),
+            (
+                "VIDX__KAFKA__DEAD_LETTER_TOPIC",
+                "vidx.segments",
+                "kafka.dead_letter_topic",
+            ),
+        ];
+        for (variable, value, key) in cases {
+            match Config::load(&ConfigSources {
+                env: env(&[(variable, value)]),
+                ..Default::default()
+            }) {
+                Err(ConfigError::Invalid { key: named, .. }) => assert_eq!(named, key),
+                other => panic!("{variable}={value}: expected an error for {key}, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use ffmpeg_next as ffmpeg;
-use vidx_core::{MediaError, SubtitleCue, TimeRange};
+use vidx_core::{
+    MediaError, SEGMENT_TASK_SCHEMA_VERSION, SegmentMedia, SegmentTask, SubtitleCue, TimeRange,
+};
 
 use crate::input::{OpenedInput, open_input, to_ms};
 use crate::probe::{MediaInfo, describe};
@@ -46,6 +48,38 @@ pub struct SegmentChunk {
     pub packets: u64,
     /// Subtitle cues that start inside this segment.
     pub subtitles: Vec<SubtitleCue>,
+}
+
+impl SegmentChunk {
+    /// The queue message for this chunk: the bytes inline when the chunk is at most
+    /// `inline_max_bytes` (the file is removed), else a `file://` blob URI to the chunk,
+    /// which then must stay where it is until a worker has indexed it.
+    pub fn into_task(
+        self,
+        tenant: &str,
+        stream_id: &str,
+        source_uri: &str,
+        inline_max_bytes: u64,
+    ) -> std::io::Result<SegmentTask> {
+        let media = if self.bytes <= inline_max_bytes {
+            let bytes = std::fs::read(&self.path)?;
+            std::fs::remove_file(&self.path)?;
+            SegmentMedia::Inline(bytes)
+        } else {
+            SegmentMedia::Blob(format!("file://{}", self.path.display()))
+        };
+        Ok(SegmentTask {
+            schema_version: SEGMENT_TASK_SCHEMA_VERSION,
+            tenant: tenant.to_string(),
+            stream_id: stream_id.to_string(),
+            segment_seq: self.seq,
+            range: self.range,
+            media,
+            source_uri: source_uri.to_string(),
+            attempt: 1,
+            subtitles: self.subtitles,
+        })
+    }
 }
 
 /// What segmenting one input produced.

@@ -6,6 +6,10 @@ pub mod v1 {
     tonic::include_proto!("vidx.v1");
 }
 
+/// The encoded `FileDescriptorSet` of `vidx.v1`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/vidx_descriptor.bin"));
+
 use prost::Message;
 use vidx_core::{QueueError, SegmentMedia, SubtitleCue, TimeRange};
 
@@ -90,6 +94,34 @@ impl TryFrom<v1::SegmentTask> for vidx_core::SegmentTask {
                 })
                 .collect(),
         })
+    }
+}
+
+impl From<&vidx_core::Hit> for v1::Hit {
+    fn from(hit: &vidx_core::Hit) -> Self {
+        let payload = &hit.payload;
+        v1::Hit {
+            id: hit.id.to_string(),
+            stream_id: payload.stream_id.clone(),
+            start_ms: payload.start_ms,
+            end_ms: payload.end_ms,
+            caption: payload.caption.clone(),
+            score: hit.score,
+            kind: payload.kind.as_str().to_string(),
+            r#box: payload.region.map(|region| v1::Box {
+                x0: region.x0,
+                y0: region.y0,
+                x1: region.x1,
+                y1: region.y1,
+            }),
+            // One channel so far: the caption text vectors.
+            scores: Some(v1::ChannelScores {
+                caption: Some(hit.score),
+                visual: None,
+                region: None,
+            }),
+            source_uri: payload.source_uri.clone(),
+        }
     }
 }
 

@@ -1,0 +1,71 @@
+//! `vidx run ingest|worker|query`: one node of the distributed mode (see `vidx-server`).
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use vidx_core::ports::{Captioner, FrameSampler};
+use vidx_media::FfmpegFrameSampler;
+use vidx_pipeline::Models;
+use vidx_pipeline::captioners::SubtitleCaptioner;
+use vidx_server::{Engine, NodeSettings, Roles, ServerError};
+use vidx_store::EdgeStore;
+
+use crate::app::{AppContext, EXIT_OK, cli_error, spawn_signal_handler};
+use crate::args::{Role, RunArgs};
+
+pub async fn run(context: AppContext, args: &RunArgs) -> anyhow::Result<u8> {
+    let roles = Roles {
+        ingest: args.roles.contains(&Role::Ingest),
+        worker: args.roles.contains(&Role::Worker),
+        query: args.roles.contains(&Role::Query),
+    };
+    let settings = NodeSettings::from_config(&context.config, roles, &context.data_dir)
+        .map_err(server_error)?;
+    let listener = vidx_server::bind(&context.config.server.listen)
+        .await
+        .map_err(server_error)?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    spawn_signal_handler(shutdown_tx);
+    let frame_size = context.config.media.frame_size;
+    let engine = async {
+        load_engine(&context, frame_size)
+            .await
+            .map_err(|error| ServerError::Startup(format!("{error:#}")))
+    };
+    vidx_server::serve::<EdgeStore, _>(settings, listener, engine, shutdown_rx)
+        .await
+        .map_err(server_error)?;
+    eprintln!("stopped");
+    Ok(EXIT_OK)
+}
+
+/// Models and the store: the embedded Qdrant Edge index in the data dir. One process owns
+/// it, so a worker and a query node sharing an index run in one process.
+async fn load_engine(context: &AppContext, frame_size: u32) -> anyhow::Result<Engine<EdgeStore>> {
+    let text_embedder = context.text_embedder().await?;
+    let plm = context.plm_captioner().await?;
+    let store = Arc::new(context.open_store(text_embedder.dimension()).await?);
+    let sampler: Arc<dyn FrameSampler> = Arc::new(FfmpegFrameSampler::new(frame_size));
+    let models = Arc::new(Models {
+        captioners: plm
+            .into_iter()
+            .chain([Arc::new(SubtitleCaptioner) as Arc<dyn Captioner>])
+            .collect(),
+        text_embedder: text_embedder.clone(),
+        visual_embedder: None,
+    });
+    Ok(Engine {
+        store,
+        text_embedder,
+        models,
+        sampler,
+    })
+}
+
+fn server_error(error: ServerError) -> anyhow::Error {
+    let code = match &error {
+        ServerError::Config { .. } => vidx_core::ErrorCode::InvalidInput,
+        _ => vidx_core::ErrorCode::Unavailable,
+    };
+    cli_error(code, error.to_string())
+}

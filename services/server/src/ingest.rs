@@ -1,0 +1,551 @@
+//! `IngestService`: accept a file under an allow-listed root or an allow-listed URL, segment
+//! it, publish its segments to Kafka, and follow the job through the workers.
+//!
+//! Progress comes from the queue itself, so it holds across worker crashes and rebalances:
+//! a segment is finished once the workers' group committed past its offset (committed means
+//! indexed or dead-lettered), and it failed if its offset shows up on the dead-letter topic.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tonic::{Request, Response, Status};
+use vidx_bus::{GroupProgress, KafkaQueue};
+use vidx_core::ports::DeliveryTag;
+use vidx_media::{InputSource, SegmentOptions, UrlPolicy};
+use vidx_proto::v1;
+use vidx_proto::v1::JobState;
+
+use crate::auth::tenant_of;
+use crate::status::invalid;
+
+/// Longest accepted `source` and `stream_id`.
+pub const MAX_SOURCE_CHARS: usize = 4096;
+pub const MAX_STREAM_ID_CHARS: usize = 512;
+
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    /// Directories under which local paths are accepted (canonical).
+    pub roots: Vec<PathBuf>,
+    pub policy: UrlPolicy,
+    pub segment_ms: u64,
+    pub max_pixels: u64,
+    pub inline_max_bytes: u64,
+    /// Where segments too large to travel inline are written (a volume the workers share).
+    pub blob_dir: PathBuf,
+    /// Jobs remembered; the oldest finished ones are forgotten beyond this.
+    pub max_jobs: usize,
+}
+
+/// Whether `source` starts with a URL scheme (`http:`, `concat:`, `data:` …). One letter
+/// before the colon is a Windows drive, not a scheme.
+fn scheme_of(source: &str) -> Option<&str> {
+    let (scheme, _) = source.split_once(':')?;
+    let mut chars = scheme.chars();
+    let first = chars.next()?;
+    (scheme.len() > 1
+        && first.is_ascii_alphabetic()
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+    .then_some(scheme)
+}
+
+/// Check a submitted source against the rules without opening it (no connection is made
+/// for a refused URL), naming the rule it breaks.
+pub fn resolve_source(source: &str, settings: &IngestSettings) -> Result<InputSource, Status> {
+    if source.trim().is_empty() {
+        return Err(invalid("source", "must not be empty"));
+    }
+    if source.chars().count() > MAX_SOURCE_CHARS {
+        return Err(invalid(
+            "source",
+            format!("longer than {MAX_SOURCE_CHARS} characters"),
+        ));
+    }
+    if let Some(scheme) = scheme_of(source) {
+        let scheme = scheme.to_ascii_lowercase();
+        if !settings.policy.allowed_schemes.contains(&scheme) {
+            return Err(invalid(
+                "source",
+                format!(
+                    "scheme `{scheme}` is not allowed (allowed: {})",
+                    settings.policy.allowed_schemes.join(", ")
+                ),
+            ));
+        }
+        settings.policy.check(source).map_err(|error| match error {
+            vidx_core::MediaError::Rejected { reason, .. } => invalid("source", reason),
+            other => invalid("source", other),
+        })?;
+        return Ok(InputSource::Url(source.to_string()));
+    }
+    resolve_path(Path::new(source), &settings.roots)
+}
+
+fn resolve_path(path: &Path, roots: &[PathBuf]) -> Result<InputSource, Status> {
+    if roots.is_empty() {
+        return Err(invalid(
+            "source",
+            "local paths are not accepted by this server (server.ingest_roots is empty)",
+        ));
+    }
+    if !path.is_absolute() {
+        return Err(invalid(
+            "source",
+            "a local path must be absolute and under an ingest root",
+        ));
+    }
+    if path.components().any(|part| part == Component::ParentDir) {
+        return Err(invalid("source", "`..` is not allowed in paths"));
+    }
+    let outside = || invalid("source", "path is outside the allowed ingest roots");
+    let canonical = match std::fs::canonicalize(path) {
+        Ok(canonical) => canonical,
+        // Say "not found" only inside a root: outside, the answer must not reveal what exists.
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(if roots.iter().any(|root| path.starts_with(root)) {
+                Status::not_found(format!("source: {} does not exist", path.display()))
+            } else {
+                outside()
+            });
+        }
+        Err(_) => return Err(outside()),
+    };
+    // Checked after resolving symlinks, so a link inside a root cannot lead out of it.
+    if !roots.iter().any(|root| canonical.starts_with(root)) {
+        return Err(outside());
+    }
+    if !canonical.is_file() {
+        return Err(invalid("source", "not a regular file"));
+    }
+    Ok(InputSource::File(canonical))
+}
+
+#[derive(Debug)]
+struct JobRecord {
+    tenant: String,
+    source: String,
+    segmenting: bool,
+    segmented: bool,
+    published: Vec<DeliveryTag>,
+    dead_lettered: HashMap<DeliveryTag, String>,
+    error: String,
+}
+
+#[derive(Debug, Default)]
+struct JobTable {
+    jobs: HashMap<String, JobRecord>,
+    order: VecDeque<String>,
+    by_tag: HashMap<DeliveryTag, String>,
+}
+
+/// The jobs this ingest node accepted (in memory: a restarted ingest forgets them, while the
+/// segments it published stay on the queue and are indexed regardless).
+#[derive(Debug, Default)]
+pub struct Jobs {
+    table: Mutex<JobTable>,
+}
+
+impl Jobs {
+    fn lock(&self) -> Result<MutexGuard<'_, JobTable>, Status> {
+        self.table
+            .lock()
+            .map_err(|_| Status::internal("job table lock poisoned"))
+    }
+
+    fn insert(&self, id: &str, tenant: &str, source: &str, max_jobs: usize) -> Result<(), Status> {
+        let mut table = self.lock()?;
+        while table.order.len() >= max_jobs.max(1) {
+            let Some(oldest) = table.order.pop_front() else {
+                break;
+            };
+            if let Some(job) = table.jobs.remove(&oldest) {
+                for tag in job.published {
+                    table.by_tag.remove(&tag);
+                }
+            }
+        }
+        table.jobs.insert(
+            id.to_string(),
+            JobRecord {
+                tenant: tenant.to_string(),
+                source: source.to_string(),
+                segmenting: false,
+                segmented: false,
+                published: Vec::new(),
+                dead_lettered: HashMap::new(),
+                error: String::new(),
+            },
+        );
+        table.order.push_back(id.to_string());
+        Ok(())
+    }
+
+    fn update(&self, id: &str, change: impl FnOnce(&mut JobRecord)) {
+        if let Ok(mut table) = self.table.lock()
+            && let Some(job) = table.jobs.get_mut(id)
+        {
+            change(job);
+        }
+    }
+
+    fn published(&self, id: &str, tag: DeliveryTag) {
+        if let Ok(mut table) = self.table.lock()
+            && let Some(job) = table.jobs.get_mut(id)
+        {
+            job.published.push(tag);
+            table.by_tag.insert(tag, id.to_string());
+        }
+    }
+
+    /// A dead letter arrived: count it against its job, if it is one of ours.
+    pub fn dead_lettered(&self, tag: DeliveryTag, error: String) {
+        if let Ok(mut table) = self.table.lock()
+            && let Some(id) = table.by_tag.get(&tag).cloned()
+            && let Some(job) = table.jobs.get_mut(&id)
+        {
+            job.dead_lettered.insert(tag, error);
+        }
+    }
+
+    /// The job as the caller sees it, given the group's committed offsets.
+    fn view(
+        &self,
+        id: &str,
+        tenant: &str,
+        committed: &HashMap<i32, i64>,
+    ) -> Result<v1::Job, Status> {
+        let table = self.lock()?;
+        let job = table
+            .jobs
+            .get(id)
+            // Another tenant's job is reported exactly like a job that does not exist.
+            .filter(|job| job.tenant == tenant)
+            .ok_or_else(|| Status::not_found(format!("job_id: no job {id}")))?;
+        let total = job.published.len() as u64;
+        let finished = job
+            .published
+            .iter()
+            .filter(|tag| {
+                committed
+                    .get(&tag.partition)
+                    .is_some_and(|next| tag.offset < *next)
+            })
+            .count() as u64;
+        let failed = (job.dead_lettered.len() as u64).min(finished);
+        let state = if !job.segmenting && !job.segmented {
+            JobState::Accepted
+        } else if !job.segmented {
+            JobState::Segmenting
+        } else if total == 0 || (finished == total && failed == total) {
+            JobState::Failed
+        } else if finished == total {
+            JobState::Done
+        } else {
+            JobState::Indexing
+        };
+        let mut progress = if total == 0 {
+            0.0
+        } else {
+            finished as f32 / total as f32
+        };
+        if !job.segmented {
+            // More segments may come: never report a segmenting job as complete.
+            progress = progress.min(0.99);
+        }
+        let mut error = job.error.clone();
+        if error.is_empty()
+            && let Some(first) = job.dead_lettered.values().next()
+        {
+            error = format!("{failed} segment(s) dead-lettered; first error: {first}");
+        }
+        Ok(v1::Job {
+            job_id: id.to_string(),
+            source: job.source.clone(),
+            state: state as i32,
+            segments_total: total,
+            segments_done: finished - failed,
+            segments_failed: failed,
+            progress,
+            error,
+        })
+    }
+}
+
+pub struct IngestApi {
+    settings: Arc<IngestSettings>,
+    queue: Arc<KafkaQueue>,
+    progress: Arc<GroupProgress>,
+    jobs: Arc<Jobs>,
+}
+
+impl IngestApi {
+    pub fn new(
+        settings: IngestSettings,
+        queue: Arc<KafkaQueue>,
+        progress: Arc<GroupProgress>,
+        jobs: Arc<Jobs>,
+    ) -> Self {
+        Self {
+            settings: Arc::new(settings),
+            queue,
+            progress,
+            jobs,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl v1::ingest_service_server::IngestService for IngestApi {
+    async fn submit(
+        &self,
+        request: Request<v1::SubmitRequest>,
+    ) -> Result<Response<v1::SubmitResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let input = resolve_source(&request.source, &self.settings)?;
+        let stream_id = match request.stream_id {
+            Some(stream_id) if stream_id.trim().is_empty() => {
+                return Err(invalid("stream_id", "must not be empty when set"));
+            }
+            Some(stream_id) if stream_id.chars().count() > MAX_STREAM_ID_CHARS => {
+                return Err(invalid(
+                    "stream_id",
+                    format!("longer than {MAX_STREAM_ID_CHARS} characters"),
+                ));
+            }
+            Some(stream_id) => stream_id,
+            None => input.display_name(),
+        };
+        let job_id = uuid::Uuid::new_v4().to_string();
+        self.jobs.insert(
+            &job_id,
+            &tenant,
+            &input.display_name(),
+            self.settings.max_jobs,
+        )?;
+        tracing::info!(job_id, tenant, stream_id, source = %input.display_name(), "job accepted");
+        tokio::spawn(run_job(
+            job_id.clone(),
+            input,
+            stream_id,
+            tenant,
+            self.settings.clone(),
+            self.queue.clone(),
+            self.jobs.clone(),
+        ));
+        Ok(Response::new(v1::SubmitResponse { job_id }))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<v1::GetJobRequest>,
+    ) -> Result<Response<v1::Job>, Status> {
+        let tenant = tenant_of(&request)?;
+        let job_id = request.into_inner().job_id;
+        if job_id.is_empty() {
+            return Err(invalid("job_id", "must not be empty"));
+        }
+        let progress = self.progress.clone();
+        let committed = tokio::task::spawn_blocking(move || progress.committed())
+            .await
+            .map_err(|error| Status::internal(format!("progress task: {error}")))?
+            .map_err(|error| Status::unavailable(error.to_string()))?;
+        self.jobs
+            .view(&job_id, &tenant, &committed)
+            .map(Response::new)
+    }
+}
+
+/// Segment the input on a blocking thread and publish each segment as it is cut.
+async fn run_job(
+    job_id: String,
+    input: InputSource,
+    stream_id: String,
+    tenant: String,
+    settings: Arc<IngestSettings>,
+    queue: Arc<KafkaQueue>,
+    jobs: Arc<Jobs>,
+) {
+    jobs.update(&job_id, |job| job.segmenting = true);
+    let spool = settings.blob_dir.join(&job_id);
+    if let Err(error) = std::fs::create_dir_all(&spool) {
+        jobs.update(&job_id, |job| {
+            job.segmented = true;
+            job.error = format!("cannot create {}: {error}", spool.display());
+        });
+        return;
+    }
+    let options = SegmentOptions {
+        max_pixels: settings.max_pixels,
+        ..SegmentOptions::new(settings.segment_ms, spool.clone())
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let source_uri = input.display_name();
+    let (job, sink_jobs) = (job_id.clone(), jobs.clone());
+    let inline_max_bytes = settings.inline_max_bytes;
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut publish_error = None;
+        let result = vidx_media::segment_source(&input, &options, |chunk| {
+            let task = match chunk.into_task(&tenant, &stream_id, &source_uri, inline_max_bytes) {
+                Ok(task) => task,
+                Err(error) => {
+                    publish_error = Some(format!("cannot read segment chunk: {error}"));
+                    return false;
+                }
+            };
+            match runtime.block_on(queue.publish_tagged(&task)) {
+                Ok(tag) => {
+                    sink_jobs.published(&job, tag);
+                    true
+                }
+                Err(error) => {
+                    publish_error =
+                        Some(format!("publishing segment {}: {error}", task.segment_seq));
+                    false
+                }
+            }
+        });
+        (result, publish_error)
+    })
+    .await;
+    let error = match outcome {
+        Ok((Ok(summary), None)) => {
+            tracing::info!(job_id, segments = summary.segments, "segmented");
+            String::new()
+        }
+        Ok((_, Some(error))) => error,
+        Ok((Err(error), None)) => error.to_string(),
+        Err(error) => format!("segmenting task failed: {error}"),
+    };
+    if !error.is_empty() {
+        tracing::warn!(job_id, error, "segmenting failed");
+    }
+    // Nothing left in the spool when every segment travelled inline.
+    let _ = std::fs::remove_dir(&spool);
+    jobs.update(&job_id, |job| {
+        job.segmented = true;
+        job.error = error;
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(roots: Vec<PathBuf>) -> IngestSettings {
+        IngestSettings {
+            roots,
+            policy: UrlPolicy::default(),
+            segment_ms: 20_000,
+            max_pixels: 1 << 26,
+            inline_max_bytes: 1 << 20,
+            blob_dir: PathBuf::from("/nonexistent"),
+            max_jobs: 10,
+        }
+    }
+
+    fn refused(source: &str, settings: &IngestSettings) -> String {
+        let status = resolve_source(source, settings).expect_err(source);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{source}");
+        assert!(
+            status.message().starts_with("source: "),
+            "{}",
+            status.message()
+        );
+        status.message().to_string()
+    }
+
+    #[test]
+    fn sources_are_checked_against_the_rules() -> std::io::Result<()> {
+        let root = tempfile::tempdir()?;
+        let root_path = std::fs::canonicalize(root.path())?;
+        let outside = tempfile::tempdir()?;
+        std::fs::write(root_path.join("a.mp4"), b"x")?;
+        std::fs::write(outside.path().join("b.mp4"), b"x")?;
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(outside.path().join("b.mp4"), root_path.join("link.mp4"))?;
+        let settings = settings(vec![root_path.clone()]);
+
+        for (source, rule) in [
+            ("file:///etc/passwd", "scheme `file`"),
+            ("concat:/a.mp4|/b.mp4", "scheme `concat`"),
+            ("data:video/mp4;base64,AAAA", "scheme `data`"),
+            ("http://169.254.169.254/latest/meta-data", "metadata"),
+            ("http://127.0.0.1:9/x.mp4", "loopback"),
+            ("http://[::ffff:127.0.0.1]/x.mp4", "loopback"),
+            ("relative/a.mp4", "absolute"),
+            ("", "empty"),
+        ] {
+            let message = refused(source, &settings);
+            assert!(message.contains(rule), "{source}: {message}");
+        }
+        let dotdot = format!("{}/../{}", root_path.display(), "x.mp4");
+        assert!(refused(&dotdot, &settings).contains("`..`"));
+        let elsewhere = outside.path().join("b.mp4");
+        assert!(refused(&elsewhere.display().to_string(), &settings).contains("outside"));
+        #[cfg(unix)]
+        assert!(
+            refused(&root_path.join("link.mp4").display().to_string(), &settings)
+                .contains("outside")
+        );
+        assert!(
+            refused(
+                &root_path.join("a.mp4").display().to_string(),
+                &self::settings(vec![])
+            )
+            .contains("ingest_roots")
+        );
+        let missing = resolve_source(&root_path.join("none.mp4").display().to_string(), &settings)
+            .expect_err("missing");
+        assert_eq!(missing.code(), tonic::Code::NotFound);
+
+        assert_eq!(
+            resolve_source(&root_path.join("a.mp4").display().to_string(), &settings)
+                .expect("inside the root"),
+            InputSource::File(root_path.join("a.mp4"))
+        );
+        assert!(matches!(
+            resolve_source("https://example.com/v.mp4", &settings),
+            Ok(InputSource::Url(_))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn job_state_follows_commits_and_dead_letters() -> Result<(), Status> {
+        let jobs = Jobs::default();
+        jobs.insert("j", "acme", "/v.mp4", 10)?;
+        jobs.update("j", |job| job.segmenting = true);
+        let tags: Vec<DeliveryTag> = (0..4)
+            .map(|offset| DeliveryTag {
+                partition: (offset % 2) as i32,
+                offset,
+            })
+            .collect();
+        for tag in &tags {
+            jobs.published("j", *tag);
+        }
+        let none = HashMap::new();
+        let view = jobs.view("j", "acme", &none)?;
+        assert_eq!(view.state, JobState::Segmenting as i32);
+        assert_eq!(view.segments_total, 4);
+        assert!(
+            jobs.view("j", "other", &none).is_err(),
+            "another tenant sees nothing"
+        );
+
+        jobs.update("j", |job| job.segmented = true);
+        // Partition 0 holds offsets 0 and 2, partition 1 offsets 1 and 3.
+        let view = jobs.view("j", "acme", &HashMap::from([(0, 1), (1, 2)]))?;
+        assert_eq!(view.state, JobState::Indexing as i32);
+        assert_eq!(view.segments_done, 2);
+        assert!((view.progress - 0.5).abs() < 1e-6);
+
+        jobs.dead_lettered(tags[3], "corrupt".into());
+        let view = jobs.view("j", "acme", &HashMap::from([(0, 3), (1, 4)]))?;
+        assert_eq!(view.state, JobState::Done as i32);
+        assert_eq!((view.segments_done, view.segments_failed), (3, 1));
+        assert!(view.error.contains("corrupt"), "{}", view.error);
+        Ok(())
+    }
+}

@@ -1,0 +1,451 @@
+//! The services of `vidx run`: ingest, worker and query, each a role a node can take (one
+//! process may take several). One gRPC server per node hosts the roles' services next to
+//! grpc.health.v1 (SERVING once a role is ready: Kafka reached, models loaded) and server
+//! reflection, behind bearer-token auth and request limits.
+//!
+//! [`serve`] runs a node until `shutdown` turns true: the server stops taking requests and
+//! finishes those in flight, workers stop polling and abandon the segment in flight without
+//! committing it (it is redelivered; its ids make the replay idempotent), and the consumer
+//! leaves its group.
+
+pub mod auth;
+pub mod ingest;
+mod limits;
+pub mod query;
+mod status;
+pub mod worker;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tonic::service::interceptor::InterceptedService;
+use tonic_health::ServingStatus;
+use vidx_bus::{GroupProgress, KafkaQueue, KafkaSettings};
+use vidx_config::{Config, TokenConfig};
+use vidx_core::QueueError;
+use vidx_core::ports::{FrameSampler, IndexStore, TextEmbedder};
+use vidx_media::UrlPolicy;
+use vidx_pipeline::{Models, PipelineError, WorkerOptions, run_worker};
+use vidx_proto::v1::ingest_service_server::IngestServiceServer;
+use vidx_proto::v1::search_service_server::SearchServiceServer;
+use vidx_proto::v1::worker_service_server::WorkerServiceServer;
+
+pub use auth::{Authenticator, Tenant};
+pub use ingest::{IngestApi, IngestSettings, Jobs};
+pub use query::QueryApi;
+pub use worker::{WorkerApi, WorkerStats};
+
+/// Service names as health checks and reflection know them.
+pub mod service_names {
+    pub const SEARCH: &str = "vidx.v1.SearchService";
+    pub const INGEST: &str = "vidx.v1.IngestService";
+    pub const WORKER: &str = "vidx.v1.WorkerService";
+}
+
+/// What the worker and query roles run on, available once the models are loaded.
+pub struct Engine<S> {
+    pub store: Arc<S>,
+    pub text_embedder: Arc<dyn TextEmbedder>,
+    pub models: Arc<Models>,
+    pub sampler: Arc<dyn FrameSampler>,
+}
+
+/// The roles one node takes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Roles {
+    pub ingest: bool,
+    pub worker: bool,
+    pub query: bool,
+}
+
+impl Roles {
+    /// Whether the node needs models and the store.
+    pub fn needs_engine(&self) -> bool {
+        self.worker || self.query
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("config `{key}`: {reason}")]
+    Config { key: String, reason: String },
+    #[error("cannot listen on {address}: {reason}")]
+    Bind { address: String, reason: String },
+    #[error("gRPC server: {0}")]
+    Transport(String),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("cannot start: {0}")]
+    Startup(String),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}
+
+/// Everything a node needs besides its engine.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    pub roles: Roles,
+    pub worker_id: String,
+    /// The tenant of every request when no tokens are configured.
+    pub default_tenant: String,
+    pub tokens: Vec<TokenConfig>,
+    pub max_request_bytes: usize,
+    pub max_concurrent_requests: usize,
+    pub request_timeout: Duration,
+    pub kafka: KafkaSettings,
+    pub ingest: IngestSettings,
+    pub worker: WorkerOptions,
+    /// Segments one worker node processes at once.
+    pub concurrency: usize,
+}
+
+impl NodeSettings {
+    /// Settings from the configuration; `data_dir` holds the default blob directory.
+    pub fn from_config(
+        config: &Config,
+        roles: Roles,
+        data_dir: &Path,
+    ) -> Result<Self, ServerError> {
+        let mut roots = Vec::new();
+        for root in &config.server.ingest_roots {
+            roots.push(
+                std::fs::canonicalize(root).map_err(|error| ServerError::Config {
+                    key: "server.ingest_roots".into(),
+                    reason: format!("{root}: {error}"),
+                })?,
+            );
+        }
+        let blob_dir = if config.server.blob_dir.is_empty() {
+            data_dir.join("blobs")
+        } else {
+            PathBuf::from(&config.server.blob_dir)
+        };
+        let kafka = &config.kafka;
+        Ok(Self {
+            roles,
+            worker_id: format!(
+                "{}-{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "vidx".into()),
+                std::process::id()
+            ),
+            default_tenant: config.general.tenant.clone(),
+            tokens: config.server.tokens.clone(),
+            max_request_bytes: config.server.max_request_bytes,
+            max_concurrent_requests: config.server.max_concurrent_requests,
+            request_timeout: Duration::from_millis(config.server.request_timeout_ms),
+            kafka: KafkaSettings {
+                brokers: kafka.brokers.clone(),
+                topic: kafka.topic.clone(),
+                dead_letter_topic: kafka.dead_letter_topic.clone(),
+                group_id: kafka.group_id.clone(),
+                client_id: kafka.client_id.clone(),
+                partitions: kafka.partitions,
+                replication: kafka.replication,
+                session_timeout: Duration::from_millis(kafka.session_timeout_ms),
+                delivery_timeout: Duration::from_millis(kafka.delivery_timeout_ms),
+                properties: kafka.properties.clone(),
+            },
+            ingest: IngestSettings {
+                roots,
+                policy: UrlPolicy {
+                    allowed_schemes: config
+                        .media
+                        .allowed_url_schemes
+                        .iter()
+                        .map(|scheme| scheme.to_ascii_lowercase())
+                        .collect(),
+                    allow_private_hosts: config.media.allow_private_hosts,
+                },
+                segment_ms: (config.media.segment_secs * 1000.0) as u64,
+                max_pixels: config.media.max_pixels,
+                inline_max_bytes: config.media.inline_max_bytes,
+                blob_dir,
+                max_jobs: 10_000,
+            },
+            worker: WorkerOptions {
+                frames_per_segment: config.media.frames_per_segment,
+                max_attempts: config.pipeline.max_attempts,
+                retry_backoff: Duration::from_millis(config.pipeline.retry_backoff_ms),
+                max_backoff: Duration::from_secs(30),
+                // A down Qdrant is waited out: no commit, no dead letters, until it is back.
+                store_outage_limit: None,
+            },
+            concurrency: config.pipeline.workers,
+        })
+    }
+}
+
+/// Bind the configured address (for `vidx run`; tests bind port 0 themselves).
+pub async fn bind(address: &str) -> Result<TcpListener, ServerError> {
+    let parsed: SocketAddr = address.parse().map_err(|_| ServerError::Config {
+        key: "server.listen".into(),
+        reason: format!("`{address}` is not an address"),
+    })?;
+    TcpListener::bind(parsed)
+        .await
+        .map_err(|error| ServerError::Bind {
+            address: address.to_string(),
+            reason: error.to_string(),
+        })
+}
+
+/// Resolves once shutdown is requested; never when the sender is gone without asking.
+async fn stopped(mut shutdown: watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Run a node on `listener` until `shutdown`. `engine` loads the models and opens the store
+/// (awaited only by worker and query nodes, while the server already answers health checks
+/// with NOT_SERVING).
+pub async fn serve<S, F>(
+    settings: NodeSettings,
+    listener: TcpListener,
+    engine: F,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), ServerError>
+where
+    S: IndexStore,
+    F: Future<Output = Result<Engine<S>, ServerError>> + Send,
+{
+    let roles = settings.roles;
+    let authenticator = Arc::new(
+        Authenticator::new(&settings.tokens, &settings.default_tenant).map_err(|reason| {
+            ServerError::Config {
+                key: "server.tokens".into(),
+                reason,
+            }
+        })?,
+    );
+    if authenticator.is_open() && listener.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
+        tracing::warn!("no server.tokens configured: every caller acts as the default tenant");
+    }
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in [
+        "",
+        service_names::SEARCH,
+        service_names::INGEST,
+        service_names::WORKER,
+    ] {
+        health
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(vidx_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|error| ServerError::Startup(format!("reflection: {error}")))?;
+
+    // The ingest role talks only to Kafka: ready as soon as the brokers answer.
+    let ingest = if roles.ingest {
+        vidx_bus::ensure_topics(&settings.kafka).await?;
+        let producer = Arc::new(KafkaQueue::producer(settings.kafka.clone())?);
+        let kafka = settings.kafka.clone();
+        let progress = Arc::new(
+            tokio::task::spawn_blocking(move || GroupProgress::connect(kafka))
+                .await
+                .map_err(|error| ServerError::Startup(error.to_string()))??,
+        );
+        let jobs = Arc::new(Jobs::default());
+        Some((producer, progress, jobs))
+    } else {
+        None
+    };
+
+    let engine_cell: Arc<OnceLock<Engine<S>>> = Arc::new(OnceLock::new());
+    let queue_cell: Arc<OnceLock<Arc<KafkaQueue>>> = Arc::new(OnceLock::new());
+    let stats = Arc::new(WorkerStats::default());
+    let intercept = auth::interceptor(authenticator);
+    let limit = settings.max_request_bytes;
+
+    let search_service = roles.query.then(|| {
+        InterceptedService::new(
+            SearchServiceServer::new(QueryApi::new(engine_cell.clone()))
+                .max_decoding_message_size(limit),
+            intercept.clone(),
+        )
+    });
+    let ingest_service = ingest.as_ref().map(|(producer, progress, jobs)| {
+        InterceptedService::new(
+            IngestServiceServer::new(IngestApi::new(
+                settings.ingest.clone(),
+                producer.clone(),
+                progress.clone(),
+                jobs.clone(),
+            ))
+            .max_decoding_message_size(limit),
+            intercept.clone(),
+        )
+    });
+    let worker_service = roles.worker.then(|| {
+        InterceptedService::new(
+            WorkerServiceServer::new(WorkerApi {
+                worker_id: settings.worker_id.clone(),
+                concurrency: settings.concurrency,
+                engine: engine_cell.clone(),
+                queue: queue_cell.clone(),
+                stats: stats.clone(),
+            })
+            .max_decoding_message_size(limit),
+            intercept.clone(),
+        )
+    });
+    let router = tonic::transport::Server::builder()
+        .timeout(settings.request_timeout)
+        .layer(limits::LimitsLayer::new(settings.max_concurrent_requests))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_optional_service(search_service)
+        .add_optional_service(ingest_service)
+        .add_optional_service(worker_service);
+    let address = listener
+        .local_addr()
+        .map_err(|error| ServerError::Transport(error.to_string()))?;
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        stopped(shutdown.clone()),
+    ));
+    tracing::info!(%address, ?roles, "gRPC server listening");
+
+    let mut background = JoinSet::new();
+    if let Some((_, progress, jobs)) = &ingest {
+        let (progress, jobs) = (progress.clone(), jobs.clone());
+        background.spawn(async move {
+            loop {
+                let record = progress.next_dead_letter().await?;
+                jobs.dead_lettered(record.source, record.error);
+            }
+        });
+        health
+            .set_service_status(service_names::INGEST, ServingStatus::Serving)
+            .await;
+    }
+
+    if roles.needs_engine() {
+        let loaded = tokio::select! {
+            biased;
+            _ = stopped(shutdown.clone()) => None,
+            loaded = engine => Some(loaded?),
+        };
+        let Some(loaded) = loaded else {
+            return finish(server, background).await;
+        };
+        let (store, models, sampler) = (
+            loaded.store.clone(),
+            loaded.models.clone(),
+            loaded.sampler.clone(),
+        );
+        let _ = engine_cell.set(loaded);
+        if roles.query {
+            health
+                .set_service_status(service_names::SEARCH, ServingStatus::Serving)
+                .await;
+        }
+        if roles.worker {
+            vidx_bus::ensure_topics(&settings.kafka).await?;
+            let queue = Arc::new(KafkaQueue::worker(settings.kafka.clone())?);
+            let _ = queue_cell.set(queue.clone());
+            let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+            for _ in 0..settings.concurrency.max(1) {
+                background.spawn({
+                    let (queue, store, sampler, models) = (
+                        queue.clone(),
+                        store.clone(),
+                        sampler.clone(),
+                        models.clone(),
+                    );
+                    let (options, events, shutdown) =
+                        (settings.worker.clone(), events_tx.clone(), shutdown.clone());
+                    async move {
+                        run_worker(queue, store, sampler, models, options, events, shutdown)
+                            .await
+                            .map_err(ServerError::from)
+                    }
+                });
+            }
+            drop(events_tx);
+            let stats = stats.clone();
+            tokio::spawn(async move {
+                while let Some(event) = events_rx.recv().await {
+                    stats.record(&event);
+                }
+            });
+            health
+                .set_service_status(service_names::WORKER, ServingStatus::Serving)
+                .await;
+        }
+    }
+    health.set_service_status("", ServingStatus::Serving).await;
+
+    // Run until shutdown; a background task that fails (a worker whose queue broke, the
+    // dead-letter reader) takes the node down, so that its supervisor restarts it.
+    let failure = tokio::select! {
+        _ = stopped(shutdown.clone()) => None,
+        Some(joined) = background.join_next() => Some(joined),
+    };
+    if let Some(joined) = failure {
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        let error = match joined {
+            Ok(Err(error)) => error,
+            Ok(Ok(())) => ServerError::Startup("a background task ended unexpectedly".into()),
+            Err(error) => ServerError::Startup(format!("background task: {error}")),
+        };
+        tracing::error!(error = %error, "node failing");
+        background.abort_all();
+        server.abort();
+        return Err(error);
+    }
+    for name in [
+        "",
+        service_names::SEARCH,
+        service_names::INGEST,
+        service_names::WORKER,
+    ] {
+        health
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
+    finish(server, background).await
+}
+
+/// After shutdown: let the workers return (they abandon the segment in flight), stop the
+/// dead-letter reader, and wait for the server to finish the requests in flight.
+async fn finish(
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    mut background: JoinSet<Result<(), ServerError>>,
+) -> Result<(), ServerError> {
+    let deadline = tokio::time::sleep(Duration::from_secs(30));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => {
+                background.abort_all();
+                break;
+            }
+            joined = background.join_next() => match joined {
+                None => break,
+                Some(Ok(Err(error))) => tracing::warn!(error = %error, "task ended with an error during shutdown"),
+                Some(_) => {}
+            },
+        }
+        // Only worker tasks watch the shutdown signal; the dead-letter reader never ends.
+        if background.len() <= 1 {
+            background.abort_all();
+        }
+    }
+    match server.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(ServerError::Transport(error.to_string())),
+        Err(error) => Err(ServerError::Transport(error.to_string())),
+    }
+}

@@ -1,0 +1,91 @@
+//! `SearchService`: validate, confine to the caller's tenant, embed the query, search.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use tonic::{Request, Response, Status};
+use vidx_core::SearchFilter;
+use vidx_core::ports::IndexStore;
+use vidx_pipeline::SearchRequest;
+use vidx_proto::v1;
+
+use crate::Engine;
+use crate::auth::tenant_of;
+use crate::status::{from_pipeline, invalid};
+
+pub struct QueryApi<S> {
+    engine: Arc<OnceLock<Engine<S>>>,
+}
+
+impl<S> QueryApi<S> {
+    pub fn new(engine: Arc<OnceLock<Engine<S>>>) -> Self {
+        Self { engine }
+    }
+}
+
+/// The search request in core terms. The tenant comes from authentication, never from the
+/// request: whatever filter a caller sends, it only ever sees its own tenant's points.
+pub fn to_search_request(
+    request: v1::SearchRequest,
+    tenant: String,
+) -> Result<SearchRequest, Status> {
+    match request.mode.as_str() {
+        "" | "caption" | "hybrid" => {}
+        "visual" | "region" => {
+            return Err(invalid(
+                "mode",
+                format!(
+                    "`{}` needs PE-Core vectors, which this index does not hold yet",
+                    request.mode
+                ),
+            ));
+        }
+        other => {
+            return Err(invalid(
+                "mode",
+                format!("`{other}` is not one of caption, visual, region, hybrid"),
+            ));
+        }
+    }
+    if let Some(stream_id) = &request.stream_id
+        && stream_id.is_empty()
+    {
+        return Err(invalid("stream_id", "must not be empty when set"));
+    }
+    let search = SearchRequest {
+        text: request.query,
+        filter: SearchFilter {
+            tenant,
+            stream_id: request.stream_id,
+            from_ms: request.from_ms,
+            to_ms: request.to_ms,
+        },
+        top_k: request.top_k as usize,
+    };
+    search.validate().map_err(from_pipeline)?;
+    Ok(search)
+}
+
+#[tonic::async_trait]
+impl<S: IndexStore> v1::search_service_server::SearchService for QueryApi<S> {
+    async fn search(
+        &self,
+        request: Request<v1::SearchRequest>,
+    ) -> Result<Response<v1::SearchResponse>, Status> {
+        let started = Instant::now();
+        let tenant = tenant_of(&request)?;
+        let search = to_search_request(request.into_inner(), tenant)?;
+        let engine = self
+            .engine
+            .get()
+            .ok_or_else(|| Status::unavailable("models are still loading; retry shortly"))?;
+        let hits =
+            vidx_pipeline::search(engine.store.as_ref(), engine.text_embedder.clone(), search)
+                .await
+                .map_err(from_pipeline)?;
+        Ok(Response::new(v1::SearchResponse {
+            hits: hits.iter().map(v1::Hit::from).collect(),
+            took_ms: started.elapsed().as_millis() as u64,
+        }))
+    }
+}

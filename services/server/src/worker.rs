@@ -1,0 +1,71 @@
+//! `WorkerService.Status`: what a worker node runs and holds right now.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use tonic::{Request, Response, Status};
+use vidx_bus::KafkaQueue;
+use vidx_pipeline::WorkerEvent;
+use vidx_proto::v1;
+
+use crate::Engine;
+use crate::auth::tenant_of;
+
+/// Counters of one worker node.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub indexed: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl WorkerStats {
+    pub fn record(&self, event: &WorkerEvent) {
+        match event {
+            WorkerEvent::Indexed { .. } => self.indexed.fetch_add(1, Ordering::Relaxed),
+            WorkerEvent::Failed { .. } => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+pub struct WorkerApi<S> {
+    pub(crate) worker_id: String,
+    pub(crate) concurrency: usize,
+    pub(crate) engine: Arc<OnceLock<Engine<S>>>,
+    pub(crate) queue: Arc<OnceLock<Arc<KafkaQueue>>>,
+    pub(crate) stats: Arc<WorkerStats>,
+}
+
+#[tonic::async_trait]
+impl<S: Send + Sync + 'static> v1::worker_service_server::WorkerService for WorkerApi<S> {
+    async fn status(
+        &self,
+        request: Request<v1::WorkerStatusRequest>,
+    ) -> Result<Response<v1::WorkerStatusResponse>, Status> {
+        tenant_of(&request)?;
+        let models = self
+            .engine
+            .get()
+            .map(|engine| {
+                engine
+                    .models
+                    .captioners
+                    .iter()
+                    .map(|captioner| captioner.revision().to_string())
+                    .chain([engine.models.text_embedder.revision().to_string()])
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (queue_depth, partitions) = self.queue.get().map_or((0, Vec::new()), |queue| {
+            (queue.in_flight() as u64, queue.assigned_partitions())
+        });
+        Ok(Response::new(v1::WorkerStatusResponse {
+            worker_id: self.worker_id.clone(),
+            models,
+            max_batch_size: self.concurrency as u32,
+            queue_depth,
+            partitions,
+            segments_indexed: self.stats.indexed.load(Ordering::Relaxed),
+            segments_failed: self.stats.failed.load(Ordering::Relaxed),
+        }))
+    }
+}
