@@ -1,0 +1,198 @@
+//! Shared by the server tests: a fake text embedder (these tests are about the services),
+//! nodes on real loopback ports, and gRPC clients with or without a token.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+use vidx_config::{Config, ConfigSources};
+use vidx_core::ports::{FrameSampler, TextEmbedder};
+use vidx_core::types::vector_names;
+use vidx_core::{
+    Frame, IndexPoint, MediaError, ModelError, PointPayload, RecordKind, TimeRange, point_id,
+};
+use vidx_pipeline::Models;
+use vidx_server::{Engine, NodeSettings, Roles, ServerError};
+use vidx_store::{EdgeStore, EdgeStoreOptions, VectorSpec};
+
+pub const DIMENSION: usize = 16;
+
+/// Bag-of-words hashing: texts sharing words are close. Sleeps `delay` per call.
+pub struct WordsEmbedder {
+    pub delay: Duration,
+}
+
+impl TextEmbedder for WordsEmbedder {
+    fn name(&self) -> &str {
+        "words"
+    }
+    fn revision(&self) -> &str {
+        "words-1"
+    }
+    fn dimension(&self) -> usize {
+        DIMENSION
+    }
+    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
+        std::thread::sleep(self.delay);
+        Ok(texts
+            .iter()
+            .map(|text| {
+                let mut vector = vec![0.01f32; DIMENSION];
+                for word in text.to_lowercase().split(|c: char| !c.is_alphanumeric()) {
+                    if word.is_empty() {
+                        continue;
+                    }
+                    let hash = word
+                        .bytes()
+                        .fold(7usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+                    vector[hash % DIMENSION] += 1.0;
+                }
+                let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+                vector.iter().map(|v| v / norm).collect()
+            })
+            .collect())
+    }
+}
+
+/// Never called by query-only nodes.
+pub struct NoFrames;
+
+impl FrameSampler for NoFrames {
+    fn sample(&self, path: &Path, _: TimeRange, _: usize) -> Result<Vec<Frame>, MediaError> {
+        Err(MediaError::Io {
+            input: path.display().to_string(),
+            reason: "unexpected decode".into(),
+        })
+    }
+}
+
+pub fn open_store(directory: &Path, dimension: usize) -> Result<Arc<EdgeStore>> {
+    Ok(Arc::new(EdgeStore::open(
+        directory,
+        &[VectorSpec {
+            name: vector_names::TEXT.into(),
+            dimension,
+        }],
+        EdgeStoreOptions::default(),
+    )?))
+}
+
+/// A caption point of `tenant`'s `stream_id`, embedded with `embedder`.
+pub fn point(
+    embedder: &dyn TextEmbedder,
+    tenant: &str,
+    stream_id: &str,
+    seq: u64,
+    caption: &str,
+) -> Result<IndexPoint> {
+    let vector = embedder.embed(&[caption.to_string()])?.remove(0);
+    Ok(IndexPoint {
+        id: point_id(tenant, stream_id, seq, RecordKind::Caption, 0, "test"),
+        vectors: BTreeMap::from([(vector_names::TEXT.to_string(), vector)]),
+        payload: PointPayload {
+            tenant: tenant.into(),
+            stream_id: stream_id.into(),
+            segment_seq: seq,
+            kind: RecordKind::Caption,
+            start_ms: seq * 10_000,
+            end_ms: seq * 10_000 + 5_000,
+            caption: caption.into(),
+            model_rev: "test".into(),
+            source_uri: stream_id.into(),
+            region: None,
+        },
+    })
+}
+
+/// The default configuration, as a node would read it.
+pub fn config() -> Result<Config> {
+    Ok(Config::load(&ConfigSources::default())?)
+}
+
+pub fn settings(config: &Config, roles: Roles, data_dir: &Path) -> Result<NodeSettings> {
+    Ok(NodeSettings::from_config(config, roles, data_dir)?)
+}
+
+/// An engine over `store` with `embedder` (subtitles are the only captioner).
+pub fn engine(
+    store: Arc<EdgeStore>,
+    embedder: Arc<dyn TextEmbedder>,
+    sampler: Arc<dyn FrameSampler>,
+) -> Engine<EdgeStore> {
+    Engine {
+        store,
+        text_embedder: embedder.clone(),
+        models: Arc::new(Models {
+            captioners: vec![Arc::new(vidx_pipeline::captioners::SubtitleCaptioner)],
+            text_embedder: embedder,
+            visual_embedder: None,
+        }),
+        sampler,
+    }
+}
+
+/// A running node: its address, and the switch that stops it.
+pub struct Node {
+    pub address: SocketAddr,
+    pub shutdown: watch::Sender<bool>,
+    pub task: tokio::task::JoinHandle<Result<(), ServerError>>,
+}
+
+impl Node {
+    pub async fn start<F>(settings: NodeSettings, engine: F) -> Result<Node>
+    where
+        F: std::future::Future<Output = Result<Engine<EdgeStore>, ServerError>> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let (shutdown, receiver) = watch::channel(false);
+        let task = tokio::spawn(vidx_server::serve(settings, listener, engine, receiver));
+        Ok(Node {
+            address,
+            shutdown,
+            task,
+        })
+    }
+
+    pub async fn channel(&self) -> Result<Channel> {
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.address))?
+            .timeout(Duration::from_secs(30));
+        // The server may still be starting (Kafka, topics): retry the connection briefly.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match endpoint.connect().await {
+                Ok(channel) => return Ok(channel),
+                Err(error) if tokio::time::Instant::now() > deadline => {
+                    return Err(error).context("connecting to the node");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.shutdown.send(true);
+        tokio::time::timeout(Duration::from_secs(40), self.task)
+            .await
+            .context("node did not stop")???;
+        Ok(())
+    }
+}
+
+/// A request with `authorization: Bearer <token>` when a token is given.
+pub fn authorized<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .expect("ascii token in tests");
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
