@@ -54,6 +54,8 @@ pub struct KafkaSettings {
     pub session_timeout: Duration,
     /// How long a produce may take (retries included) before it fails.
     pub delivery_timeout: Duration,
+    /// Largest message the producer sends (the brokers' `message.max.bytes`).
+    pub max_message_bytes: u64,
     /// More librdkafka properties (`security.protocol`, `sasl.*`, `ssl.*`, …), applied last.
     pub properties: BTreeMap<String, String>,
 }
@@ -70,6 +72,7 @@ impl Default for KafkaSettings {
             replication: 1,
             session_timeout: Duration::from_secs(30),
             delivery_timeout: Duration::from_secs(60),
+            max_message_bytes: 1_000_000,
             properties: BTreeMap::new(),
         }
     }
@@ -213,6 +216,7 @@ impl KafkaQueue {
             // Retries never duplicate or reorder a partition's messages.
             .set("enable.idempotence", "true")
             .set("acks", "all")
+            .set("message.max.bytes", settings.max_message_bytes.to_string())
             .set(
                 "message.timeout.ms",
                 settings.delivery_timeout.as_millis().to_string(),

@@ -125,6 +125,7 @@ pub struct KafkaConfig {
     pub replication: i32,
     pub session_timeout_ms: u64,
     pub delivery_timeout_ms: u64,
+    pub max_message_bytes: u64,
     pub properties: BTreeMap<String, String>,
 }
 
@@ -305,6 +306,12 @@ impl Config {
         }
         if self.kafka.group_id.is_empty() {
             return invalid("kafka.group_id", "must not be empty");
+        }
+        if !(65_536..=(256 << 20)).contains(&self.kafka.max_message_bytes) {
+            return invalid(
+                "kafka.max_message_bytes",
+                "must be between 64 KiB and 256 MiB",
+            );
         }
         if self.kafka.partitions < 1 || self.kafka.replication < 1 {
             return invalid(

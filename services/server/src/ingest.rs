@@ -236,7 +236,9 @@ impl Jobs {
             JobState::Accepted
         } else if !job.segmented {
             JobState::Segmenting
-        } else if total == 0 || (finished == total && failed == total) {
+        } else if total == 0 || (finished == total && (failed == total || !job.error.is_empty())) {
+            // Nothing to index, everything dead-lettered, or the input broke off partway
+            // (what was published before the break is indexed and counted).
             JobState::Failed
         } else if finished == total {
             JobState::Done

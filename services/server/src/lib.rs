@@ -48,6 +48,9 @@ pub mod service_names {
     pub const WORKER: &str = "vidx.v1.WorkerService";
 }
 
+/// Room left in a Kafka message for everything besides the inline segment bytes.
+const INLINE_HEADROOM_BYTES: u64 = 64 * 1024;
+
 /// What the worker and query roles run on, available once the models are loaded.
 pub struct Engine<S> {
     pub store: Arc<S>,
@@ -149,6 +152,7 @@ impl NodeSettings {
                 replication: kafka.replication,
                 session_timeout: Duration::from_millis(kafka.session_timeout_ms),
                 delivery_timeout: Duration::from_millis(kafka.delivery_timeout_ms),
+                max_message_bytes: kafka.max_message_bytes,
                 properties: kafka.properties.clone(),
             },
             ingest: IngestSettings {
@@ -164,7 +168,13 @@ impl NodeSettings {
                 },
                 segment_ms: (config.media.segment_secs * 1000.0) as u64,
                 max_pixels: config.media.max_pixels,
-                inline_max_bytes: config.media.inline_max_bytes,
+                // A segment travels inline only if its message fits the brokers' limit (with
+                // room for the rest of the message: subtitles, ids); others go by blob.
+                inline_max_bytes: config.media.inline_max_bytes.min(
+                    kafka
+                        .max_message_bytes
+                        .saturating_sub(INLINE_HEADROOM_BYTES),
+                ),
                 blob_dir,
                 max_jobs: 10_000,
             },
@@ -315,10 +325,12 @@ where
     ));
     tracing::info!(%address, ?roles, "gRPC server listening");
 
+    // Workers end when shutdown is asked for; watchers (the dead-letter reader) never do.
     let mut background = JoinSet::new();
+    let mut watchers = JoinSet::new();
     if let Some((_, progress, jobs)) = &ingest {
         let (progress, jobs) = (progress.clone(), jobs.clone());
-        background.spawn(async move {
+        watchers.spawn(async move {
             loop {
                 let record = progress.next_dead_letter().await?;
                 jobs.dead_lettered(record.source, record.error);
@@ -336,6 +348,7 @@ where
             loaded = engine => Some(loaded?),
         };
         let Some(loaded) = loaded else {
+            watchers.abort_all();
             return finish(server, background).await;
         };
         let (store, models, sampler) = (
@@ -388,9 +401,13 @@ where
     // Run until shutdown; a background task that fails (a worker whose queue broke, the
     // dead-letter reader) takes the node down, so that its supervisor restarts it.
     let failure = tokio::select! {
+        biased;
         _ = stopped(shutdown.clone()) => None,
         Some(joined) = background.join_next() => Some(joined),
+        Some(joined) = watchers.join_next() => Some(joined),
     };
+    // A worker that returned because shutdown was asked for meanwhile is not a failure.
+    let failure = failure.filter(|joined| !(matches!(joined, Ok(Ok(()))) && *shutdown.borrow()));
     if let Some(joined) = failure {
         health
             .set_service_status("", ServingStatus::NotServing)
@@ -402,6 +419,7 @@ where
         };
         tracing::error!(error = %error, "node failing");
         background.abort_all();
+        watchers.abort_all();
         server.abort();
         return Err(error);
     }
@@ -418,29 +436,26 @@ where
     finish(server, background).await
 }
 
-/// After shutdown: let the workers return (they abandon the segment in flight), stop the
-/// dead-letter reader, and wait for the server to finish the requests in flight.
+/// After shutdown: let the workers return (they abandon the segment in flight) and wait for
+/// the server to finish the requests in flight.
 async fn finish(
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-    mut background: JoinSet<Result<(), ServerError>>,
+    mut workers: JoinSet<Result<(), ServerError>>,
 ) -> Result<(), ServerError> {
     let deadline = tokio::time::sleep(Duration::from_secs(30));
     tokio::pin!(deadline);
     loop {
         tokio::select! {
             _ = &mut deadline => {
-                background.abort_all();
+                tracing::warn!("workers did not stop within 30 s; abandoning them");
+                workers.abort_all();
                 break;
             }
-            joined = background.join_next() => match joined {
+            joined = workers.join_next() => match joined {
                 None => break,
-                Some(Ok(Err(error))) => tracing::warn!(error = %error, "task ended with an error during shutdown"),
+                Some(Ok(Err(error))) => tracing::warn!(error = %error, "worker ended with an error during shutdown"),
                 Some(_) => {}
             },
-        }
-        // Only worker tasks watch the shutdown signal; the dead-letter reader never ends.
-        if background.len() <= 1 {
-            background.abort_all();
         }
     }
     match server.await {

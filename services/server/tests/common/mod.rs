@@ -43,7 +43,7 @@ impl TextEmbedder for WordsEmbedder {
         Ok(texts
             .iter()
             .map(|text| {
-                let mut vector = vec![0.01f32; DIMENSION];
+                let mut vector = [0.01f32; DIMENSION];
                 for word in text.to_lowercase().split(|c: char| !c.is_alphanumeric()) {
                     if word.is_empty() {
                         continue;
