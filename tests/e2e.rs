@@ -638,3 +638,120 @@ fn model_fetch_and_dtype_errors_are_clear() -> Result<()> {
     );
     Ok(())
 }
+
+/// Stops the child with SIGTERM (or kills it) when the test ends early.
+struct Service(std::process::Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn vidx_run_serves_index_and_search_over_grpc_and_stops_on_sigterm() -> Result<()> {
+    let workspace = tempfile::tempdir()?;
+    let media = std::fs::canonicalize(workspace.path())?.join("media");
+    std::fs::create_dir_all(&media)?;
+    let video = make_video(&media, "scenes.mp4", true)?;
+    let data_dir = workspace.path().join("data");
+    let broker = vidx_bus::local_broker::LocalBroker::start()?;
+    let kafka = broker.fresh_settings(2);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let config = workspace.path().join("cluster.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[media]\nsegment_secs = 20\nframes_per_segment = 2\n\
+             [server]\nlisten = \"127.0.0.1:{port}\"\ningest_roots = [\"{}\"]\n\
+             [kafka]\nbrokers = \"{}\"\ntopic = \"{}\"\ndead_letter_topic = \"{}\"\ngroup_id = \"{}\"\n\
+             partitions = 2\nsession_timeout_ms = 6000\n",
+            media.display(),
+            kafka.brokers,
+            kafka.topic,
+            kafka.dead_letter_topic,
+            kafka.group_id
+        ),
+    )?;
+    let config_arg = config.to_str().context("path")?;
+    // The log goes to a file: a pipe nobody reads would fill up and stall the service.
+    let log_path = workspace.path().join("run.log");
+    let mut service = Service(
+        Command::new(VIDX)
+            .args(["run", "ingest", "worker", "query", "--config", config_arg])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env("HF_HUB_OFFLINE", "1")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path)?)
+            .spawn()?,
+    );
+
+    // Submit through the CLI once the service answers; it waits for the job to finish.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let output = loop {
+        let output = vidx(
+            &[
+                "index",
+                "--endpoint",
+                &endpoint,
+                "--json",
+                video.to_str().context("path")?,
+            ],
+            &data_dir,
+        )?;
+        if output.status.success() || std::time::Instant::now() > deadline {
+            break output;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    ensure!(output.status.success(), "{}", describe(&output));
+    let lines = json_lines(&output)?;
+    let job = lines.last().context("no job line")?;
+    assert_eq!(job["state"], "JOB_STATE_DONE", "{job}");
+    assert_eq!(job["segments_failed"], 0, "{job}");
+    assert!(job["segments_total"].as_u64().unwrap_or(0) >= 3, "{job}");
+
+    let search_remote = |query: &str| -> Result<Vec<Value>> {
+        let output = vidx(
+            &["search", query, "--json", "--endpoint", &endpoint],
+            &data_dir,
+        )?;
+        ensure!(output.status.success(), "{}", describe(&output));
+        json_lines(&output)
+    };
+    assert_top_hit_in_scene(&search_remote("a cat napping on a couch")?, 2, "cat")?;
+    assert_top_hit_in_scene(&search_remote("snowy mountain road at night")?, 3, "snow")?;
+    let bad = vidx(&["search", " ", "--endpoint", &endpoint], &data_dir)?;
+    assert_eq!(bad.status.code(), Some(2), "{}", describe(&bad));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("query"),
+        "{}",
+        describe(&bad)
+    );
+
+    // SIGTERM: a clean stop, exit 0.
+    let pid = service.0.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status()?;
+    ensure!(killed.success(), "kill -TERM failed");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    let status = loop {
+        if let Some(status) = service.0.try_wait()? {
+            break status;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "vidx run did not stop on SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let stderr = std::fs::read_to_string(&log_path)?;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("stopped"), "{stderr}");
+    Ok(())
+}

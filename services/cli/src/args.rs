@@ -61,6 +61,17 @@ pub struct CommonArgs {
     pub json: bool,
 }
 
+/// Talking to a running `vidx run` instead of the local index.
+#[derive(Debug, Args, Clone)]
+pub struct RemoteArgs {
+    /// A vidx gRPC endpoint (http://host:port or https://host:port) to send the work to.
+    #[arg(long, env = "VIDX_ENDPOINT", value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// Bearer token for the endpoint.
+    #[arg(long, env = "VIDX_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct IndexArgs {
     /// Files, directories or URLs.
@@ -79,6 +90,13 @@ pub struct IndexArgs {
     /// Caption with the PerceptionLM checkpoint in this directory (config models.captioner_dir).
     #[arg(long, value_name = "DIR")]
     pub model_dir: Option<PathBuf>,
+    /// Submit to a running ingest service instead of indexing here; files must be under one
+    /// of its server.ingest_roots. Waits for the jobs unless --no-wait.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// With --endpoint: print the job ids and return at once.
+    #[arg(long)]
+    pub no_wait: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -99,6 +117,9 @@ pub struct SearchArgs {
     /// Number of hits.
     #[arg(long, default_value_t = 10)]
     pub top_k: usize,
+    /// Ask a running query service instead of the local index.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     #[command(flatten)]
     pub common: CommonArgs,
 }

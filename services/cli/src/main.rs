@@ -3,6 +3,7 @@
 mod app;
 mod args;
 mod index;
+mod remote;
 mod run;
 mod search;
 

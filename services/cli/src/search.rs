@@ -8,21 +8,43 @@ use crate::app::{AppContext, EXIT_OK, cli_error};
 use crate::args::{CommonArgs, SearchArgs};
 
 #[derive(Debug, Serialize)]
-struct HitLine<'a> {
-    rank: usize,
-    id: String,
-    stream_id: &'a str,
-    start_ms: u64,
-    end_ms: u64,
-    start: String,
-    end: String,
-    caption: &'a str,
-    kind: &'a str,
-    score: f32,
-    segment_seq: u64,
+pub struct HitLine<'a> {
+    pub rank: usize,
+    pub id: String,
+    pub stream_id: &'a str,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub start: String,
+    pub end: String,
+    pub caption: &'a str,
+    pub kind: &'a str,
+    pub score: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment_seq: Option<u64>,
+}
+
+/// One line per hit (JSON lines with `json`), or "no hits".
+pub fn print_hits(lines: &[HitLine<'_>], json: bool) -> anyhow::Result<()> {
+    if lines.is_empty() && !json {
+        println!("no hits");
+    }
+    for line in lines {
+        if json {
+            println!("{}", serde_json::to_string(line)?);
+        } else {
+            println!(
+                "{:>2}. {:.3}  {} – {}  {}\n    {}",
+                line.rank, line.score, line.start, line.end, line.stream_id, line.caption
+            );
+        }
+    }
+    Ok(())
 }
 
 pub async fn run(context: AppContext, args: &SearchArgs) -> anyhow::Result<u8> {
+    if let Some(endpoint) = &args.remote.endpoint {
+        return crate::remote::search(endpoint, args.remote.token.as_deref(), args).await;
+    }
     let request = SearchRequest {
         text: args.query.clone(),
         filter: SearchFilter {
@@ -49,11 +71,10 @@ pub async fn run(context: AppContext, args: &SearchArgs) -> anyhow::Result<u8> {
     let hits = vidx_pipeline::search(&store, embedder, request)
         .await
         .map_err(to_cli_error)?;
-    if hits.is_empty() && !args.common.json {
-        println!("no hits");
-    }
-    for (index, hit) in hits.iter().enumerate() {
-        let line = HitLine {
+    let lines: Vec<HitLine<'_>> = hits
+        .iter()
+        .enumerate()
+        .map(|(index, hit)| HitLine {
             rank: index + 1,
             id: hit.id.to_string(),
             stream_id: &hit.payload.stream_id,
@@ -64,17 +85,10 @@ pub async fn run(context: AppContext, args: &SearchArgs) -> anyhow::Result<u8> {
             caption: &hit.payload.caption,
             kind: hit.payload.kind.as_str(),
             score: hit.score,
-            segment_seq: hit.payload.segment_seq,
-        };
-        if args.common.json {
-            println!("{}", serde_json::to_string(&line)?);
-        } else {
-            println!(
-                "{:>2}. {:.3}  {} – {}  {}\n    {}",
-                line.rank, line.score, line.start, line.end, line.stream_id, line.caption
-            );
-        }
-    }
+            segment_seq: Some(hit.payload.segment_seq),
+        })
+        .collect();
+    print_hits(&lines, args.common.json)?;
     Ok(EXIT_OK)
 }
 

@@ -1,0 +1,240 @@
+//! `vidx search --endpoint` and `vidx index --endpoint`: the same commands against a running
+//! `vidx run` over gRPC.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use vidx_core::{ErrorCode, format_hms_ms};
+use vidx_proto::v1;
+use vidx_proto::v1::ingest_service_client::IngestServiceClient;
+use vidx_proto::v1::search_service_client::SearchServiceClient;
+
+use crate::app::{EXIT_OK, EXIT_PARTIAL, cli_error};
+use crate::args::{IndexArgs, SearchArgs};
+use crate::search::{HitLine, print_hits};
+
+async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
+    let mut builder = Endpoint::from_shared(endpoint.to_string())
+        .map_err(|error| {
+            cli_error(
+                ErrorCode::InvalidInput,
+                format!("--endpoint {endpoint}: {error}"),
+            )
+        })?
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60));
+    if endpoint.starts_with("https://") {
+        builder = builder
+            .tls_config(ClientTlsConfig::new().with_webpki_roots())
+            .context("TLS configuration")?;
+    } else if !endpoint.starts_with("http://") {
+        return Err(cli_error(
+            ErrorCode::InvalidInput,
+            format!("--endpoint {endpoint}: must start with http:// or https://"),
+        ));
+    }
+    builder.connect().await.map_err(|error| {
+        cli_error(
+            ErrorCode::Unavailable,
+            format!("cannot reach {endpoint}: {error}"),
+        )
+    })
+}
+
+fn request<T>(message: T, token: Option<&str>) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| cli_error(ErrorCode::InvalidInput, "--token: not a valid header value"))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(request)
+}
+
+/// A gRPC status as a CLI error with the matching exit code.
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    use tonic::Code;
+    let code = match status.code() {
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
+            ErrorCode::InvalidInput
+        }
+        Code::NotFound => ErrorCode::NotFound,
+        Code::ResourceExhausted => ErrorCode::ResourceExhausted,
+        Code::Unauthenticated | Code::PermissionDenied => ErrorCode::InvalidInput,
+        Code::Unavailable | Code::DeadlineExceeded => ErrorCode::Unavailable,
+        _ => ErrorCode::Internal,
+    };
+    cli_error(code, format!("{:?}: {}", status.code(), status.message()))
+}
+
+pub async fn search(endpoint: &str, token: Option<&str>, args: &SearchArgs) -> anyhow::Result<u8> {
+    let mut client = SearchServiceClient::new(connect(endpoint).await?);
+    let message = v1::SearchRequest {
+        query: args.query.clone(),
+        stream_id: args.stream.clone(),
+        from_ms: args.from,
+        to_ms: args.to,
+        top_k: u32::try_from(args.top_k).unwrap_or(u32::MAX),
+        mode: String::new(),
+    };
+    let response = client
+        .search(request(message, token)?)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let lines: Vec<HitLine<'_>> = response
+        .hits
+        .iter()
+        .enumerate()
+        .map(|(index, hit)| HitLine {
+            rank: index + 1,
+            id: hit.id.clone(),
+            stream_id: &hit.stream_id,
+            start_ms: hit.start_ms,
+            end_ms: hit.end_ms,
+            start: format_hms_ms(hit.start_ms),
+            end: format_hms_ms(hit.end_ms),
+            caption: &hit.caption,
+            kind: &hit.kind,
+            score: hit.score,
+            segment_seq: None,
+        })
+        .collect();
+    print_hits(&lines, args.common.json)?;
+    Ok(EXIT_OK)
+}
+
+/// Submit every input, then follow the jobs to the end with a progress bar.
+pub async fn index(endpoint: &str, token: Option<&str>, args: &IndexArgs) -> anyhow::Result<u8> {
+    let mut client = IngestServiceClient::new(connect(endpoint).await?);
+    let mut jobs = Vec::new();
+    let mut failures = 0usize;
+    for input in &args.inputs {
+        // The service reads files itself: send the absolute path it will see on a shared
+        // volume, and URLs as they are.
+        let source = if input.contains("://") {
+            input.clone()
+        } else {
+            std::fs::canonicalize(input)
+                .map(|path| path.display().to_string())
+                .unwrap_or_else(|_| input.clone())
+        };
+        let message = v1::SubmitRequest {
+            source: source.clone(),
+            stream_id: None,
+        };
+        match client.submit(request(message, token)?).await {
+            Ok(response) => {
+                let job_id = response.into_inner().job_id;
+                if args.common.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "input": input, "job_id": job_id })
+                    );
+                } else {
+                    println!("{input}: job {job_id}");
+                }
+                jobs.push((input.clone(), job_id));
+            }
+            Err(status) => {
+                failures += 1;
+                eprintln!("{input}: {:?}: {}", status.code(), status.message());
+            }
+        }
+    }
+    if args.no_wait {
+        return Ok(if failures > 0 { EXIT_PARTIAL } else { EXIT_OK });
+    }
+    let bar = if args.common.json || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::new(1000);
+        if let Ok(style) =
+            ProgressStyle::with_template("{bar:30} {percent:>3}% [{elapsed_precise}] {msg}")
+        {
+            bar.set_style(style);
+        }
+        bar
+    };
+    let mut finished: Vec<v1::Job> = Vec::new();
+    let mut pending = jobs;
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        let mut progress_sum = finished.len() as f32;
+        for (input, job_id) in pending {
+            let job = client
+                .get_job(request(
+                    v1::GetJobRequest {
+                        job_id: job_id.clone(),
+                    },
+                    token,
+                )?)
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let state = v1::JobState::try_from(job.state).unwrap_or(v1::JobState::Unspecified);
+            if matches!(state, v1::JobState::Done | v1::JobState::Failed) {
+                finished.push(job);
+            } else {
+                progress_sum += job.progress;
+                bar.set_message(format!(
+                    "{input}: {} ({}/{} segments)",
+                    state
+                        .as_str_name()
+                        .trim_start_matches("JOB_STATE_")
+                        .to_lowercase(),
+                    job.segments_done + job.segments_failed,
+                    job.segments_total
+                ));
+                still.push((input, job_id));
+            }
+        }
+        let total = (finished.len() + still.len()).max(1) as f32;
+        bar.set_position((progress_sum / total * 1000.0) as u64);
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    bar.finish_and_clear();
+    for job in &finished {
+        let failed = job.state == v1::JobState::Failed as i32 || job.segments_failed > 0;
+        failures += usize::from(failed);
+        if args.common.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "job_id": job.job_id,
+                    "source": job.source,
+                    "state": v1::JobState::try_from(job.state).map(|s| s.as_str_name()).unwrap_or("?"),
+                    "segments_total": job.segments_total,
+                    "segments_done": job.segments_done,
+                    "segments_failed": job.segments_failed,
+                    "error": job.error,
+                })
+            );
+        } else {
+            println!(
+                "{}: {} of {} segments indexed{}{}",
+                job.source,
+                job.segments_done,
+                job.segments_total,
+                if job.segments_failed > 0 {
+                    format!(", {} failed", job.segments_failed)
+                } else {
+                    String::new()
+                },
+                if job.error.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", job.error)
+                }
+            );
+        }
+    }
+    Ok(if failures > 0 { EXIT_PARTIAL } else { EXIT_OK })
+}
