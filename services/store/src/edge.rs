@@ -72,12 +72,12 @@ impl std::fmt::Debug for EdgeStore {
     }
 }
 
-const INDEXED_KEYWORDS: &[&str] = &[
+pub(crate) const INDEXED_KEYWORDS: &[&str] = &[
     payload_keys::TENANT,
     payload_keys::STREAM_ID,
     payload_keys::KIND,
 ];
-const INDEXED_INTEGERS: &[&str] = &[
+pub(crate) const INDEXED_INTEGERS: &[&str] = &[
     payload_keys::START_MS,
     payload_keys::END_MS,
     payload_keys::SEGMENT_SEQ,

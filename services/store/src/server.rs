@@ -1,0 +1,319 @@
+//! The `IndexStore` port on a **Qdrant server** (or cluster) through its gRPC API
+//! (qdrant-client): the distributed mode's index. The collection and its payload indexes are
+//! created on start; upserts wait until the points are applied (`wait=true`), so an ack means
+//! durable; searches always carry the tenant condition.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use qdrant_client::qdrant::point_id::PointIdOptions;
+use qdrant_client::qdrant::vectors_config::Config as VectorsConfigKind;
+use qdrant_client::qdrant::{
+    Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
+    Distance, FieldType, Filter, PointStruct, QueryPointsBuilder, Range, ScoredPoint,
+    UpsertPointsBuilder, VectorParamsBuilder, VectorsConfigBuilder,
+};
+use qdrant_client::{Payload, Qdrant, QdrantError};
+use vidx_core::ports::IndexStore;
+use vidx_core::types::payload_keys;
+use vidx_core::{Hit, IndexPoint, PointPayload, SearchFilter, StoreError, VectorQuery};
+
+use crate::VectorSpec;
+use crate::edge::{INDEXED_INTEGERS, INDEXED_KEYWORDS};
+
+/// How to reach the server and which collection to use.
+#[derive(Clone)]
+pub struct ServerStoreOptions {
+    /// gRPC URL, e.g. `http://qdrant:6334` (`https://` for TLS).
+    pub url: String,
+    pub api_key: Option<String>,
+    pub collection: String,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for ServerStoreOptions {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ServerStoreOptions")
+            .field("url", &self.url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("collection", &self.collection)
+            .finish()
+    }
+}
+
+/// A Qdrant server collection. Cloning shares the connection.
+#[derive(Clone)]
+pub struct ServerStore {
+    client: std::sync::Arc<Qdrant>,
+    collection: String,
+}
+
+impl std::fmt::Debug for ServerStore {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ServerStore")
+            .field("collection", &self.collection)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A transport failure or an overloaded server is the dependency being down (the worker
+/// waits it out); anything else the server answered is a real error.
+fn server_error(what: &'static str) -> impl Fn(QdrantError) -> StoreError {
+    move |error| match &error {
+        QdrantError::ResponseError { status }
+            if matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+            ) =>
+        {
+            StoreError::Unavailable(format!("qdrant {what}: {}", status.message()))
+        }
+        QdrantError::ResourceExhaustedError { .. } => {
+            StoreError::Unavailable(format!("qdrant {what}: {error}"))
+        }
+        QdrantError::ResponseError { status } if status.code() == tonic::Code::Unknown => {
+            // Connection refused / reset surfaces as Unknown with a transport message.
+            StoreError::Unavailable(format!("qdrant {what}: {}", status.message()))
+        }
+        _ => StoreError::Internal(format!("qdrant {what}: {error}")),
+    }
+}
+
+impl ServerStore {
+    /// Connect, and create the collection (named cosine vectors) and the payload indexes if
+    /// they do not exist. An existing collection must hold `vectors` with the same dimensions.
+    pub async fn connect(
+        options: &ServerStoreOptions,
+        vectors: &[VectorSpec],
+    ) -> Result<Self, StoreError> {
+        let client = Qdrant::from_url(&options.url)
+            .api_key(options.api_key.clone())
+            .timeout(options.timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .skip_compatibility_check()
+            .build()
+            .map_err(|error| StoreError::Invalid(format!("qdrant url {}: {error}", options.url)))?;
+        let store = Self {
+            client: std::sync::Arc::new(client),
+            collection: options.collection.clone(),
+        };
+        store.ensure_collection(vectors).await?;
+        Ok(store)
+    }
+
+    pub fn collection(&self) -> &str {
+        &self.collection
+    }
+
+    async fn ensure_collection(&self, vectors: &[VectorSpec]) -> Result<(), StoreError> {
+        let exists = self
+            .client
+            .collection_exists(&self.collection)
+            .await
+            .map_err(server_error("collection check"))?;
+        if !exists {
+            let mut config = VectorsConfigBuilder::default();
+            for spec in vectors {
+                config.add_named_vector_params(
+                    spec.name.clone(),
+                    VectorParamsBuilder::new(spec.dimension as u64, Distance::Cosine),
+                );
+            }
+            let created = self
+                .client
+                .create_collection(
+                    CreateCollectionBuilder::new(&self.collection).vectors_config(config),
+                )
+                .await;
+            // Another node may have created it meanwhile.
+            if let Err(error) = created
+                && !error.to_string().contains("already exists")
+            {
+                return Err(server_error("create collection")(error));
+            }
+            tracing::info!(collection = %self.collection, "qdrant collection created");
+        } else {
+            self.check_vectors(vectors).await?;
+        }
+        let fields = INDEXED_KEYWORDS
+            .iter()
+            .map(|key| (*key, FieldType::Keyword))
+            .chain(
+                INDEXED_INTEGERS
+                    .iter()
+                    .map(|key| (*key, FieldType::Integer)),
+            );
+        for (field, kind) in fields {
+            self.client
+                .create_field_index(
+                    CreateFieldIndexCollectionBuilder::new(&self.collection, field, kind)
+                        .wait(true),
+                )
+                .await
+                .map_err(server_error("create payload index"))?;
+        }
+        Ok(())
+    }
+
+    async fn check_vectors(&self, vectors: &[VectorSpec]) -> Result<(), StoreError> {
+        let info = self
+            .client
+            .collection_info(&self.collection)
+            .await
+            .map_err(server_error("collection info"))?;
+        let configured = info
+            .result
+            .and_then(|info| info.config)
+            .and_then(|config| config.params)
+            .and_then(|params| params.vectors_config)
+            .and_then(|vectors| vectors.config);
+        let sizes: HashMap<String, u64> = match configured {
+            Some(VectorsConfigKind::ParamsMap(map)) => map
+                .map
+                .into_iter()
+                .map(|(name, params)| (name, params.size))
+                .collect(),
+            Some(VectorsConfigKind::Params(params)) => {
+                HashMap::from([(String::new(), params.size)])
+            }
+            None => HashMap::new(),
+        };
+        for spec in vectors {
+            match sizes.get(&spec.name) {
+                Some(size) if *size == spec.dimension as u64 => {}
+                Some(size) => {
+                    return Err(StoreError::Invalid(format!(
+                        "qdrant collection {} stores `{}` vectors of dimension {size}, but the \
+                         configured model gives {}; use a new collection or the original model",
+                        self.collection, spec.name, spec.dimension
+                    )));
+                }
+                None => {
+                    return Err(StoreError::Invalid(format!(
+                        "qdrant collection {} has no `{}` vector; use a new collection",
+                        self.collection, spec.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn to_point(point: IndexPoint) -> Result<PointStruct, StoreError> {
+    let payload = serde_json::to_value(&point.payload)
+        .map_err(|error| StoreError::Invalid(format!("payload: {error}")))?;
+    let payload = Payload::try_from(payload)
+        .map_err(|error| StoreError::Invalid(format!("payload: {error}")))?;
+    let vectors: HashMap<String, Vec<f32>> = point.vectors.into_iter().collect();
+    Ok(PointStruct::new(point.id.to_string(), vectors, payload))
+}
+
+/// The tenant condition is always present: no search crosses tenants.
+fn to_filter(filter: &SearchFilter) -> Filter {
+    let mut conditions = vec![Condition::matches(
+        payload_keys::TENANT,
+        filter.tenant.clone(),
+    )];
+    if let Some(stream_id) = &filter.stream_id {
+        conditions.push(Condition::matches(
+            payload_keys::STREAM_ID,
+            stream_id.clone(),
+        ));
+    }
+    // Overlap with [from, to]: the moment ends at or after `from` and starts at or before `to`.
+    if let Some(from_ms) = filter.from_ms {
+        conditions.push(Condition::range(
+            payload_keys::END_MS,
+            Range {
+                gte: Some(from_ms as f64),
+                ..Range::default()
+            },
+        ));
+    }
+    if let Some(to_ms) = filter.to_ms {
+        conditions.push(Condition::range(
+            payload_keys::START_MS,
+            Range {
+                lte: Some(to_ms as f64),
+                ..Range::default()
+            },
+        ));
+    }
+    Filter::must(conditions)
+}
+
+fn to_hit(point: ScoredPoint) -> Result<Hit, StoreError> {
+    let id = match point.id.and_then(|id| id.point_id_options) {
+        Some(PointIdOptions::Uuid(uuid)) => uuid::Uuid::parse_str(&uuid)
+            .map_err(|error| StoreError::Internal(format!("point id {uuid}: {error}")))?,
+        other => {
+            return Err(StoreError::Internal(format!(
+                "point id {other:?} is not a UUID; vidx writes UUIDs only"
+            )));
+        }
+    };
+    let payload: serde_json::Map<String, serde_json::Value> = point
+        .payload
+        .into_iter()
+        .map(|(key, value)| (key, serde_json::Value::from(value)))
+        .collect();
+    let payload: PointPayload = serde_json::from_value(serde_json::Value::Object(payload))
+        .map_err(|error| StoreError::Internal(format!("point {id} payload: {error}")))?;
+    Ok(Hit {
+        id,
+        score: point.score,
+        payload,
+    })
+}
+
+impl IndexStore for ServerStore {
+    async fn upsert(&self, points: Vec<IndexPoint>) -> Result<(), StoreError> {
+        if points.is_empty() {
+            return Ok(());
+        }
+        let points = points
+            .into_iter()
+            .map(to_point)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.client
+            .upsert_points(UpsertPointsBuilder::new(&self.collection, points).wait(true))
+            .await
+            .map_err(server_error("upsert"))?;
+        Ok(())
+    }
+
+    async fn search(&self, query: VectorQuery) -> Result<Vec<Hit>, StoreError> {
+        if query.top_k == 0 {
+            return Ok(Vec::new());
+        }
+        let response = self
+            .client
+            .query(
+                QueryPointsBuilder::new(&self.collection)
+                    .query(query.vector)
+                    .using(query.vector_name)
+                    .filter(to_filter(&query.filter))
+                    .limit(query.top_k as u64)
+                    .with_payload(true),
+            )
+            .await
+            .map_err(server_error("search"))?;
+        response.result.into_iter().map(to_hit).collect()
+    }
+
+    async fn count(&self, filter: Option<SearchFilter>) -> Result<u64, StoreError> {
+        let mut request = CountPointsBuilder::new(&self.collection).exact(true);
+        if let Some(filter) = &filter {
+            request = request.filter(to_filter(filter));
+        }
+        let response = self
+            .client
+            .count(request)
+            .await
+            .map_err(server_error("count"))?;
+        Ok(response.result.map_or(0, |result| result.count))
+    }
+}
