@@ -14,7 +14,9 @@ use vidx_core::types::vector_names;
 use vidx_model::captioner::{CaptionSettings, DENSE_CAPTION_PROMPT, PlmCaptioner};
 use vidx_model::models::perception_lm::{PlmBundle, fetch_files};
 use vidx_model::{HubOptions, SentenceEmbedder};
-use vidx_store::{EdgeStore, EdgeStoreOptions, VectorSpec};
+use vidx_store::{
+    AnyStore, EdgeStore, EdgeStoreOptions, ServerStore, ServerStoreOptions, VectorSpec,
+};
 
 use crate::args::{Cli, Command, CommonArgs, ConfigCommand, ModelCommand};
 
@@ -302,6 +304,29 @@ impl AppContext {
             dimension: text_dimension,
         }])
         .await
+    }
+
+    /// The configured store (`store.kind`): the embedded index, or a Qdrant server collection
+    /// (created if missing).
+    pub async fn open_any_store(&self, text_dimension: usize) -> anyhow::Result<AnyStore> {
+        let store = &self.config.store;
+        if store.kind != "qdrant" {
+            return Ok(AnyStore::Edge(self.open_store(text_dimension).await?));
+        }
+        let options = ServerStoreOptions {
+            url: store.url.clone(),
+            api_key: (!store.api_key.is_empty()).then(|| store.api_key.clone()),
+            collection: store.collection.clone(),
+            timeout: std::time::Duration::from_millis(store.timeout_ms),
+        };
+        let vectors = [VectorSpec {
+            name: vector_names::TEXT.into(),
+            dimension: text_dimension,
+        }];
+        let server = ServerStore::connect(&options, &vectors)
+            .await
+            .map_err(|error| cli_error(error.code(), error.to_string()))?;
+        Ok(AnyStore::Server(server))
     }
 
     /// Open the existing index without checking its vectors against a model.

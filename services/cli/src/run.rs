@@ -8,7 +8,7 @@ use vidx_media::FfmpegFrameSampler;
 use vidx_pipeline::Models;
 use vidx_pipeline::captioners::SubtitleCaptioner;
 use vidx_server::{Engine, NodeSettings, Roles, ServerError};
-use vidx_store::EdgeStore;
+use vidx_store::AnyStore;
 
 use crate::app::{AppContext, EXIT_OK, cli_error, spawn_signal_handler};
 use crate::args::{Role, RunArgs};
@@ -32,19 +32,20 @@ pub async fn run(context: AppContext, args: &RunArgs) -> anyhow::Result<u8> {
             .await
             .map_err(|error| ServerError::Startup(format!("{error:#}")))
     };
-    vidx_server::serve::<EdgeStore, _>(settings, listener, engine, shutdown_rx)
+    vidx_server::serve::<AnyStore, _>(settings, listener, engine, shutdown_rx)
         .await
         .map_err(server_error)?;
     eprintln!("stopped");
     Ok(EXIT_OK)
 }
 
-/// Models and the store: the embedded Qdrant Edge index in the data dir. One process owns
-/// it, so a worker and a query node sharing an index run in one process.
-async fn load_engine(context: &AppContext, frame_size: u32) -> anyhow::Result<Engine<EdgeStore>> {
+/// Models and the store: a Qdrant server collection (`store.kind = "qdrant"`, the cluster
+/// setup), or the embedded Qdrant Edge index in the data dir, which one process owns — then
+/// the worker and query roles that share it run in one process.
+async fn load_engine(context: &AppContext, frame_size: u32) -> anyhow::Result<Engine<AnyStore>> {
     let text_embedder = context.text_embedder().await?;
     let plm = context.plm_captioner().await?;
-    let store = Arc::new(context.open_store(text_embedder.dimension()).await?);
+    let store = Arc::new(context.open_any_store(text_embedder.dimension()).await?);
     let sampler: Arc<dyn FrameSampler> = Arc::new(FfmpegFrameSampler::new(frame_size));
     let models = Arc::new(Models {
         captioners: plm

@@ -76,7 +76,12 @@ pub struct ModelsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
+    pub kind: String,
     pub optimize_after_points: u64,
+    pub url: String,
+    pub api_key: String,
+    pub collection: String,
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -256,6 +261,17 @@ impl Config {
         }
         if self.pipeline.max_attempts == 0 {
             return invalid("pipeline.max_attempts", "must be at least 1");
+        }
+        if !["edge", "qdrant"].contains(&self.store.kind.as_str()) {
+            return invalid("store.kind", "must be edge or qdrant");
+        }
+        if self.store.kind == "qdrant"
+            && !(self.store.url.starts_with("http://") || self.store.url.starts_with("https://"))
+        {
+            return invalid("store.url", "must be an http:// or https:// gRPC URL");
+        }
+        if self.store.collection.trim().is_empty() {
+            return invalid("store.collection", "must not be empty");
         }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             return invalid("server.listen", "must be an address like 127.0.0.1:7700");

@@ -349,7 +349,7 @@ where
         };
         let Some(loaded) = loaded else {
             watchers.abort_all();
-            return finish(server, background).await;
+            return finish(server, background, None).await;
         };
         let (store, models, sampler) = (
             loaded.store.clone(),
@@ -433,14 +433,15 @@ where
             .set_service_status(name, ServingStatus::NotServing)
             .await;
     }
-    finish(server, background).await
+    finish(server, background, queue_cell.get().cloned()).await
 }
 
-/// After shutdown: let the workers return (they abandon the segment in flight) and wait for
-/// the server to finish the requests in flight.
+/// After shutdown: let the workers return (they abandon the segment in flight), leave the
+/// consumer group, and wait for the server to finish the requests in flight.
 async fn finish(
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     mut workers: JoinSet<Result<(), ServerError>>,
+    queue: Option<Arc<KafkaQueue>>,
 ) -> Result<(), ServerError> {
     let deadline = tokio::time::sleep(Duration::from_secs(30));
     tokio::pin!(deadline);
@@ -458,6 +459,8 @@ async fn finish(
             },
         }
     }
+    // Dropping the last handle closes the consumer, which leaves the group.
+    drop(queue);
     match server.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(ServerError::Transport(error.to_string())),

@@ -17,9 +17,13 @@ use vidx_store::{EdgeStore, EdgeStoreOptions, ServerStore, ServerStoreOptions, V
 /// Two tenants, three streams, points spread over time.
 fn corpus() -> Vec<IndexPoint> {
     let mut points = Vec::new();
-    for (tenant, stream) in [("acme", "cam-1"), ("acme", "cam-2"), ("globex", "cam-1")] {
+    for (group, (tenant, stream)) in [("acme", "cam-1"), ("acme", "cam-2"), ("globex", "cam-1")]
+        .into_iter()
+        .enumerate()
+    {
         for index in 0..40u64 {
-            let seed = index + 1000 * (stream.len() as u64 + tenant.len() as u64 * 7);
+            // Distinct vectors everywhere: a point's own vector finds it and nothing else.
+            let seed = index + 1000 * group as u64;
             points.push(point(
                 tenant,
                 stream,
