@@ -474,6 +474,19 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_example_loads() -> Result<(), ConfigError> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/cluster.toml");
+        let config = Config::load(&ConfigSources {
+            file: Some(path),
+            ..Default::default()
+        })?;
+        assert_eq!(config.store.kind, "qdrant");
+        assert_eq!(config.server.tokens.len(), 1);
+        assert_eq!(config.kafka.partitions, 32);
+        Ok(())
+    }
+
+    #[test]
     fn defaults_load_and_validate() -> Result<(), ConfigError> {
         let config = Config::load(&ConfigSources::default())?;
         assert_eq!(config.media.segment_secs, 20.0);
