@@ -33,7 +33,8 @@ pub struct IngestSettings {
     pub inline_max_bytes: u64,
     /// Where segments too large to travel inline are written (a volume the workers share).
     pub blob_dir: PathBuf,
-    /// Jobs remembered; the oldest finished ones are forgotten beyond this.
+    /// Jobs remembered; beyond this the oldest are forgotten (their segments are indexed all
+    /// the same).
     pub max_jobs: usize,
 }
 

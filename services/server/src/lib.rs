@@ -205,6 +205,20 @@ pub async fn bind(address: &str) -> Result<TcpListener, ServerError> {
         })
 }
 
+/// Every service name a node reports on, the whole server (`""`) included.
+const HEALTH_NAMES: [&str; 4] = [
+    "",
+    service_names::SEARCH,
+    service_names::INGEST,
+    service_names::WORKER,
+];
+
+async fn set_all(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    for name in HEALTH_NAMES {
+        health.set_service_status(name, status).await;
+    }
+}
+
 /// Resolves once shutdown is requested; never when the sender is gone without asking.
 async fn stopped(mut shutdown: watch::Receiver<bool>) {
     if shutdown.wait_for(|stop| *stop).await.is_err() {
@@ -238,16 +252,7 @@ where
         tracing::warn!("no server.tokens configured: every caller acts as the default tenant");
     }
     let (health, health_service) = tonic_health::server::health_reporter();
-    for name in [
-        "",
-        service_names::SEARCH,
-        service_names::INGEST,
-        service_names::WORKER,
-    ] {
-        health
-            .set_service_status(name, ServingStatus::NotServing)
-            .await;
-    }
+    set_all(&health, ServingStatus::NotServing).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(vidx_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -255,8 +260,11 @@ where
         .map_err(|error| ServerError::Startup(format!("reflection: {error}")))?;
 
     // The ingest role talks only to Kafka: ready as soon as the brokers answer.
-    let ingest = if roles.ingest {
+    // The topics, once, for every role that talks to Kafka.
+    if roles.ingest || roles.worker {
         vidx_bus::ensure_topics(&settings.kafka).await?;
+    }
+    let ingest = if roles.ingest {
         let producer = Arc::new(KafkaQueue::producer(settings.kafka.clone())?);
         let kafka = settings.kafka.clone();
         let progress = Arc::new(
@@ -363,7 +371,6 @@ where
                 .await;
         }
         if roles.worker {
-            vidx_bus::ensure_topics(&settings.kafka).await?;
             let queue = Arc::new(KafkaQueue::worker(settings.kafka.clone())?);
             let _ = queue_cell.set(queue.clone());
             let (events_tx, mut events_rx) = mpsc::unbounded_channel();
@@ -423,16 +430,7 @@ where
         server.abort();
         return Err(error);
     }
-    for name in [
-        "",
-        service_names::SEARCH,
-        service_names::INGEST,
-        service_names::WORKER,
-    ] {
-        health
-            .set_service_status(name, ServingStatus::NotServing)
-            .await;
-    }
+    set_all(&health, ServingStatus::NotServing).await;
     finish(server, background, queue_cell.get().cloned()).await
 }
 
