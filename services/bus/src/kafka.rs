@@ -11,10 +11,16 @@
 //! - Malformed messages and unknown schema versions never reach the worker: they go to the
 //!   dead-letter topic with headers (source topic, partition, offset, error, attempts) and
 //!   the partition moves on.
+//! - Backpressure: a worker polls only when it is free, so while every worker is busy the
+//!   queue pauses its partitions (librdkafka stops fetching and drops what it prefetched) and
+//!   a keep-alive task goes on polling, which keeps the member in the group however long a
+//!   segment takes (`max.poll.interval.ms`). The first worker to wait again resumes them;
+//!   fetching restarts right after the last message handed out, so nothing is skipped.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
@@ -52,6 +58,10 @@ pub struct KafkaSettings {
     pub replication: i32,
     /// A group member that sends no heartbeat for this long is dropped from the group.
     pub session_timeout: Duration,
+    /// A member that does not poll for this long leaves the group (`max.poll.interval.ms`).
+    /// The queue's keep-alive polls while the workers are busy, so a slow segment does not
+    /// trip it; it still catches a stuck process.
+    pub max_poll_interval: Duration,
     /// How long a produce may take (retries included) before it fails.
     pub delivery_timeout: Duration,
     /// Largest message the producer sends (the brokers' `message.max.bytes`).
@@ -71,6 +81,7 @@ impl Default for KafkaSettings {
             partitions: 8,
             replication: 1,
             session_timeout: Duration::from_secs(30),
+            max_poll_interval: Duration::from_secs(300),
             delivery_timeout: Duration::from_secs(60),
             max_message_bytes: 1_000_000,
             properties: BTreeMap::new(),
@@ -130,10 +141,37 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), QueueError> {
     Ok(())
 }
 
+/// How long every worker must have been busy before the partitions are paused, and how
+/// often the consumer is polled while they are, or while a worker waits on an empty queue.
+const KEEP_ALIVE_TICK: Duration = Duration::from_millis(500);
+
+/// A message taken off the consumer and not yet handed to a worker.
+struct Raw {
+    tag: DeliveryTag,
+    received: Received,
+}
+
+/// Messages the keep-alive poll took while the workers were busy (from a partition assigned
+/// during the pause), handed out before anything newer.
+type Stash = Arc<Mutex<VecDeque<Raw>>>;
+
+/// Whether a worker waits for a message, and the pause state that follows from it.
+#[derive(Debug)]
+struct Flow {
+    /// Workers inside `receive`.
+    waiting: usize,
+    /// Since when no worker has been waiting.
+    idle_since: Instant,
+    paused: bool,
+}
+
 /// Tracks rebalances for the offset bookkeeping.
 struct GroupContext {
     topic: String,
     tracker: Arc<Mutex<OffsetTracker>>,
+    stash: Stash,
+    /// Rebalances that took partitions away from this member.
+    revocations: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl GroupContext {
@@ -153,6 +191,11 @@ impl ConsumerContext for GroupContext {
         if let Rebalance::Revoke(list) = rebalance {
             let partitions = self.partitions(list);
             tracing::info!(?partitions, "partitions revoked");
+            self.revocations.fetch_add(1, Ordering::SeqCst);
+            // Their next owner replays them from the last commit.
+            if let Ok(mut stash) = self.stash.lock() {
+                stash.retain(|raw| !partitions.contains(&raw.tag.partition));
+            }
             if let Ok(mut tracker) = self.tracker.lock() {
                 tracker.revoke(partitions);
             }
@@ -176,15 +219,191 @@ struct Received {
     payload: Vec<u8>,
 }
 
+/// The consumer side shared by `receive` and the keep-alive task.
+struct Consuming {
+    consumer: StreamConsumer<GroupContext>,
+    flow: Mutex<Flow>,
+    stash: Stash,
+    /// Held by whoever polls the consumer, so the keep-alive and the workers never poll at
+    /// once and the stash is always drained before the consumer is polled again.
+    polling: tokio::sync::Mutex<()>,
+    /// A worker started waiting: the keep-alive lets go of the consumer.
+    worker_waiting: tokio::sync::Notify,
+    revocations: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Consuming {
+    fn lock_flow(&self) -> Result<std::sync::MutexGuard<'_, Flow>, QueueError> {
+        self.flow
+            .lock()
+            .map_err(|_| QueueError::Unavailable("flow lock poisoned".into()))
+    }
+
+    fn pop_stash(&self) -> Result<Option<Raw>, QueueError> {
+        Ok(self
+            .stash
+            .lock()
+            .map_err(|_| QueueError::Unavailable("stash lock poisoned".into()))?
+            .pop_front())
+    }
+
+    /// Pause or resume every partition this member owns now.
+    fn set_paused(&self, flow: &mut Flow, pause: bool) {
+        let assignment = match self.consumer.assignment() {
+            Ok(assignment) => assignment,
+            Err(error) => {
+                tracing::warn!(error = %error, "kafka assignment unavailable");
+                return;
+            }
+        };
+        let result = if pause {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
+        match result {
+            Ok(()) => {
+                if flow.paused != pause {
+                    tracing::debug!(
+                        paused = pause,
+                        partitions = assignment.count(),
+                        "segment fetching {}",
+                        if pause {
+                            "paused: every worker is busy"
+                        } else {
+                            "resumed"
+                        }
+                    );
+                }
+                flow.paused = pause;
+            }
+            Err(error) => tracing::warn!(error = %error, pause, "kafka pause/resume failed"),
+        }
+    }
+
+    /// A worker starts waiting: fetching resumes if it was paused. The wait ends when the
+    /// guard drops (also when the waiting future is cancelled).
+    fn enter(&self) -> Result<Waiting<'_>, QueueError> {
+        let mut flow = self.lock_flow()?;
+        flow.waiting += 1;
+        if flow.paused {
+            self.set_paused(&mut flow, false);
+        }
+        self.worker_waiting.notify_one();
+        Ok(Waiting(self))
+    }
+
+    /// The next message: the stash first, then the consumer. Waits for one.
+    async fn next(&self) -> Result<Raw, QueueError> {
+        let _polling = self.polling.lock().await;
+        if let Some(raw) = self.pop_stash()? {
+            return Ok(raw);
+        }
+        loop {
+            // A fresh poll every tick: a future parked on an empty queue polls nothing, and
+            // librdkafka would count an idle worker as stuck (`max.poll.interval.ms`).
+            match tokio::time::timeout(KEEP_ALIVE_TICK, self.consumer.recv()).await {
+                Err(_idle) => {}
+                Ok(Ok(message)) => return Ok(Raw::from(&message)),
+                // Broker trouble (down, restarting, a transport error) surfaces here; the
+                // client reconnects by itself, so the worker keeps waiting instead of dying.
+                Ok(Err(error)) => {
+                    tracing::warn!(error = %error, "kafka receive failed, retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// One keep-alive step: when every worker has been busy for a tick, pause the partitions
+    /// and poll for a tick or until a worker waits again. Paused partitions yield nothing;
+    /// the poll still counts for `max.poll.interval.ms` and serves rebalances as they come. A
+    /// message from a partition assigned since the pause is stashed and its partition paused.
+    async fn keep_alive(&self) -> Result<(), QueueError> {
+        let _polling = self.polling.lock().await;
+        {
+            let mut flow = self.lock_flow()?;
+            if flow.waiting > 0 || flow.idle_since.elapsed() < KEEP_ALIVE_TICK {
+                return Ok(());
+            }
+            // Every tick: a rebalance may have assigned partitions that are not paused.
+            self.set_paused(&mut flow, true);
+        }
+        let polled = tokio::select! {
+            biased;
+            _ = self.worker_waiting.notified() => None,
+            polled = tokio::time::timeout(KEEP_ALIVE_TICK, self.consumer.recv()) => polled.ok(),
+        };
+        if let Some(Ok(message)) = polled {
+            let raw = Raw::from(&message);
+            drop(message);
+            self.stash
+                .lock()
+                .map_err(|_| QueueError::Unavailable("stash lock poisoned".into()))?
+                .push_back(raw);
+            let mut flow = self.lock_flow()?;
+            self.set_paused(&mut flow, true);
+        }
+        Ok(())
+    }
+}
+
+/// One worker inside `receive`.
+struct Waiting<'a>(&'a Consuming);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut flow) = self.0.flow.lock() {
+            flow.waiting = flow.waiting.saturating_sub(1);
+            if flow.waiting == 0 {
+                flow.idle_since = Instant::now();
+            }
+        }
+    }
+}
+
+impl<M: Message> From<&M> for Raw {
+    fn from(message: &M) -> Self {
+        Self {
+            tag: DeliveryTag {
+                partition: message.partition(),
+                offset: message.offset(),
+            },
+            received: Received {
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            },
+        }
+    }
+}
+
+/// Poll for the queue while its workers are busy, until the queue is dropped or closed.
+async fn run_keep_alive(consuming: Weak<Consuming>, closed: Arc<AtomicBool>) {
+    let mut tick = tokio::time::interval(KEEP_ALIVE_TICK / 5);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(consuming) = consuming.upgrade() else {
+            return;
+        };
+        if let Err(error) = consuming.keep_alive().await {
+            tracing::warn!(error = %error, "kafka keep-alive failed");
+        }
+    }
+}
+
 /// The segment queue on Kafka. Publishing needs only the producer; `receive`/`ack`/`nack`
 /// need the consumer ([`KafkaQueue::worker`]).
 pub struct KafkaQueue {
     settings: KafkaSettings,
     producer: FutureProducer,
-    consumer: Option<Arc<StreamConsumer<GroupContext>>>,
+    consuming: Option<Arc<Consuming>>,
     tracker: Arc<Mutex<OffsetTracker>>,
     received: Mutex<HashMap<DeliveryTag, Received>>,
-    closed: std::sync::atomic::AtomicBool,
+    closed: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for KafkaQueue {
@@ -205,7 +424,8 @@ impl KafkaQueue {
     }
 
     /// A worker: a member of the consumer group, subscribed to the segment topic, plus the
-    /// producer it dead-letters with.
+    /// producer it dead-letters with. Call it inside a tokio runtime: it starts the
+    /// keep-alive task.
     pub fn worker(settings: KafkaSettings) -> Result<Self, QueueError> {
         Self::build(settings, true)
     }
@@ -226,7 +446,11 @@ impl KafkaQueue {
             .create()
             .map_err(|error| unavailable("producer", error))?;
         let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
-        let consumer = if consume {
+        let closed = Arc::new(AtomicBool::new(false));
+        let consuming = if consume {
+            let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+                QueueError::Unavailable("a kafka worker queue needs a tokio runtime".into())
+            })?;
             let mut consumer_config = settings.client_config();
             consumer_config
                 .set("group.id", &settings.group_id)
@@ -238,11 +462,27 @@ impl KafkaQueue {
                     "session.timeout.ms",
                     settings.session_timeout.as_millis().to_string(),
                 )
+                .set(
+                    "max.poll.interval.ms",
+                    settings.max_poll_interval.as_millis().to_string(),
+                )
+                // Prefetch a few messages, not librdkafka's 64 MiB: a pause drops what was
+                // prefetched and the resume fetches it again.
+                .set(
+                    "queued.max.messages.kbytes",
+                    (settings.max_message_bytes.saturating_mul(4) / 1024)
+                        .max(4096)
+                        .to_string(),
+                )
                 .set("enable.partition.eof", "false");
             settings.apply_properties(&mut consumer_config);
+            let stash = Stash::default();
+            let revocations = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let context = GroupContext {
                 topic: settings.topic.clone(),
                 tracker: tracker.clone(),
+                stash: stash.clone(),
+                revocations: revocations.clone(),
             };
             let consumer: StreamConsumer<GroupContext> = consumer_config
                 .create_with_context(context)
@@ -250,17 +490,30 @@ impl KafkaQueue {
             consumer
                 .subscribe(&[&settings.topic])
                 .map_err(|error| unavailable("subscribe", error))?;
-            Some(Arc::new(consumer))
+            let consuming = Arc::new(Consuming {
+                consumer,
+                flow: Mutex::new(Flow {
+                    waiting: 0,
+                    idle_since: Instant::now(),
+                    paused: false,
+                }),
+                stash,
+                polling: tokio::sync::Mutex::new(()),
+                worker_waiting: tokio::sync::Notify::new(),
+                revocations,
+            });
+            runtime.spawn(run_keep_alive(Arc::downgrade(&consuming), closed.clone()));
+            Some(consuming)
         } else {
             None
         };
         Ok(Self {
             settings,
             producer,
-            consumer,
+            consuming,
             tracker,
             received: Mutex::new(HashMap::new()),
-            closed: std::sync::atomic::AtomicBool::new(false),
+            closed,
         })
     }
 
@@ -270,9 +523,9 @@ impl KafkaQueue {
 
     /// Partitions this member owns now.
     pub fn assigned_partitions(&self) -> Vec<i32> {
-        self.consumer
+        self.consuming
             .as_ref()
-            .and_then(|consumer| consumer.assignment().ok())
+            .and_then(|consuming| consuming.consumer.assignment().ok())
             .map(|list| {
                 list.elements()
                     .iter()
@@ -288,7 +541,8 @@ impl KafkaQueue {
         let mut list = TopicPartitionList::new();
         list.add_partition(&self.settings.topic, partition);
         let committed = self
-            .consumer()?
+            .consuming()?
+            .consumer
             .committed_offsets(list, Duration::from_secs(10))
             .map_err(|error| unavailable("committed offsets", error))?;
         Ok(committed
@@ -304,8 +558,23 @@ impl KafkaQueue {
         self.tracker.lock().map_or(0, |tracker| tracker.in_flight())
     }
 
-    fn consumer(&self) -> Result<&Arc<StreamConsumer<GroupContext>>, QueueError> {
-        self.consumer
+    /// How many rebalances took partitions away from this member.
+    pub fn revocations(&self) -> u64 {
+        self.consuming
+            .as_ref()
+            .map_or(0, |consuming| consuming.revocations.load(Ordering::SeqCst))
+    }
+
+    /// Whether fetching is paused because every worker is busy.
+    pub fn is_paused(&self) -> bool {
+        self.consuming
+            .as_ref()
+            .and_then(|consuming| consuming.flow.lock().ok().map(|flow| flow.paused))
+            .unwrap_or(false)
+    }
+
+    fn consuming(&self) -> Result<&Arc<Consuming>, QueueError> {
+        self.consuming
             .as_ref()
             .ok_or_else(|| QueueError::Unavailable("this kafka queue has no consumer".into()))
     }
@@ -327,13 +596,14 @@ impl KafkaQueue {
     /// Commit `next` (the next offset to read) for `partition`, synchronously so that the
     /// offset is on the broker when the call returns.
     async fn commit(&self, partition: i32, next: i64) -> Result<(), QueueError> {
-        let consumer = self.consumer()?.clone();
+        let consuming = self.consuming()?.clone();
         let mut list = TopicPartitionList::new();
         list.add_partition_offset(&self.settings.topic, partition, Offset::Offset(next))
             .map_err(|error| unavailable("commit", error))?;
-        let result = tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
-            .await
-            .map_err(|error| QueueError::Unavailable(format!("kafka commit task: {error}")))?;
+        let result =
+            tokio::task::spawn_blocking(move || consuming.consumer.commit(&list, CommitMode::Sync))
+                .await
+                .map_err(|error| QueueError::Unavailable(format!("kafka commit task: {error}")))?;
         match result {
             Ok(()) => Ok(()),
             // The partition moved to another member meanwhile: it replays from the last
@@ -431,7 +701,7 @@ impl KafkaQueue {
     /// Publish a task and return where it landed (partition and offset), which is how an
     /// ingest follows the task through the workers' committed offsets.
     pub async fn publish_tagged(&self, task: &SegmentTask) -> Result<DeliveryTag, QueueError> {
-        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.closed.load(Ordering::SeqCst) {
             return Err(QueueError::Closed);
         }
         let payload = vidx_proto::encode_segment_task(task);
@@ -457,30 +727,15 @@ impl SegmentQueue for KafkaQueue {
     }
 
     async fn receive(&self) -> Result<Option<Delivery>, QueueError> {
-        let consumer = self.consumer()?;
+        let consuming = self.consuming()?;
         loop {
-            if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            if self.closed.load(Ordering::SeqCst) {
                 return Ok(None);
             }
-            let message = match consumer.recv().await {
-                Ok(message) => message,
-                // Broker trouble (down, restarting, a transport error) surfaces here; the
-                // client reconnects by itself, so the worker keeps waiting instead of dying.
-                Err(error) => {
-                    tracing::warn!(error = %error, "kafka receive failed, retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            };
-            let tag = DeliveryTag {
-                partition: message.partition(),
-                offset: message.offset(),
-            };
-            let received = Received {
-                key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-            };
-            drop(message);
+            let waiting = consuming.enter()?;
+            let next = consuming.next().await;
+            drop(waiting);
+            let Raw { tag, received } = next?;
             self.lock_tracker()?.start(tag.partition, tag.offset);
             let decoded = vidx_proto::decode_segment_task(&received.payload).and_then(|task| {
                 if task.schema_version == SEGMENT_TASK_SCHEMA_VERSION {
@@ -530,7 +785,7 @@ impl SegmentQueue for KafkaQueue {
     }
 
     fn close(&self) {
-        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.closed.store(true, Ordering::SeqCst);
     }
 }
 

@@ -182,3 +182,52 @@ async fn malformed_unknown_version_and_failed_segments_are_dead_lettered_with_he
     assert_eq!(header(2, dead_letter_headers::ATTEMPTS), "3");
     Ok(())
 }
+
+/// A segment that takes longer than `max.poll.interval.ms` (a slow model on a CPU worker):
+/// the queue pauses its partitions while every worker is busy and keeps polling, so the
+/// member never leaves the group (no revocation, which would drop the segment in flight and
+/// replay it), its commit lands, and nothing is skipped or replayed when fetching resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_slower_than_the_poll_interval_pauses_fetching_and_keeps_the_member()
+-> anyhow::Result<()> {
+    let broker = LocalBroker::start()?;
+    let mut settings = broker.fresh_settings(1);
+    settings.max_poll_interval = Duration::from_secs(7);
+    ensure_topics(&settings).await?;
+    let producer = KafkaQueue::producer(settings.clone())?;
+    for seq in 0..12 {
+        producer.publish(task(seq)).await?;
+    }
+    let worker = KafkaQueue::worker(settings.clone())?;
+    let first = receive(&worker).await?;
+    assert_eq!(first.task.segment_seq, 0);
+    let revocations = worker.revocations();
+
+    // The "model" holds segment 0 for twice the poll interval; nobody calls receive().
+    let mut saw_paused = false;
+    for _ in 0..28 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        saw_paused |= worker.is_paused();
+    }
+    assert!(saw_paused, "fetching pauses while every worker is busy");
+    worker.ack(first.tag).await?;
+    assert_eq!(
+        committed(&worker).await?,
+        Some(first.tag.offset + 1),
+        "the commit of a member that outlived the poll interval lands"
+    );
+
+    // Resuming continues right after segment 0: no gap, no replay.
+    for seq in 1..12 {
+        let delivery = receive(&worker).await?;
+        assert_eq!(delivery.task.segment_seq, seq, "in order after the resume");
+        worker.ack(delivery.tag).await?;
+    }
+    assert_eq!(committed(&worker).await?, Some(first.tag.offset + 12));
+    assert_eq!(
+        worker.revocations(),
+        revocations,
+        "the member never left the group"
+    );
+    Ok(())
+}

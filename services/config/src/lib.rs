@@ -129,6 +129,7 @@ pub struct KafkaConfig {
     pub partitions: i32,
     pub replication: i32,
     pub session_timeout_ms: u64,
+    pub max_poll_interval_ms: u64,
     pub delivery_timeout_ms: u64,
     pub max_message_bytes: u64,
     pub properties: BTreeMap<String, String>,
@@ -327,6 +328,12 @@ impl Config {
             return invalid(
                 "kafka.max_message_bytes",
                 "must be between 64 KiB and 256 MiB",
+            );
+        }
+        if self.kafka.max_poll_interval_ms < self.kafka.session_timeout_ms {
+            return invalid(
+                "kafka.max_poll_interval_ms",
+                "must be at least kafka.session_timeout_ms",
             );
         }
         if self.kafka.partitions < 1 || self.kafka.replication < 1 {

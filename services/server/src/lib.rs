@@ -151,6 +151,7 @@ impl NodeSettings {
                 partitions: kafka.partitions,
                 replication: kafka.replication,
                 session_timeout: Duration::from_millis(kafka.session_timeout_ms),
+                max_poll_interval: Duration::from_millis(kafka.max_poll_interval_ms),
                 delivery_timeout: Duration::from_millis(kafka.delivery_timeout_ms),
                 max_message_bytes: kafka.max_message_bytes,
                 properties: kafka.properties.clone(),
