@@ -139,6 +139,32 @@ impl StoreError {
     }
 }
 
+/// The blob store (segment bytes too large for a queue message) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// A URI this store did not hand out (another scheme, bucket or prefix, or `..`): it is
+    /// never read, whatever a message says.
+    #[error("blob {uri}: refused: {reason}")]
+    Refused { uri: String, reason: String },
+    #[error("blob {0} does not exist")]
+    NotFound(String),
+    #[error("blob store unavailable: {0}")]
+    Unavailable(String),
+    #[error("blob store configuration: {0}")]
+    Config(String),
+}
+
+impl BlobError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BlobError::Refused { .. } => ErrorCode::InvalidInput,
+            BlobError::NotFound(_) => ErrorCode::NotFound,
+            BlobError::Unavailable(_) => ErrorCode::Unavailable,
+            BlobError::Config(_) => ErrorCode::Unsupported,
+        }
+    }
+}
+
 /// The segment queue failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {

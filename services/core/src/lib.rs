@@ -10,7 +10,7 @@ pub mod ports;
 pub mod time;
 pub mod types;
 
-pub use error::{ErrorCode, MediaError, ModelError, QueueError, StoreError};
+pub use error::{BlobError, ErrorCode, MediaError, ModelError, QueueError, StoreError};
 pub use ids::point_id;
 pub use offsets::OffsetTracker;
 pub use time::{TimeRange, format_hms_ms};

@@ -5,9 +5,10 @@
 //! the store and the queue are async because their remote implementations are.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 
-use crate::error::{MediaError, ModelError, QueueError, StoreError};
+use crate::error::{BlobError, MediaError, ModelError, QueueError, StoreError};
 use crate::time::TimeRange;
 use crate::types::{Frame, Hit, IndexPoint, Moment, SearchFilter, SegmentTask, VectorQuery};
 
@@ -110,4 +111,23 @@ pub trait SegmentQueue: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
     /// No more tasks will be published; `receive` returns `None` once the rest are taken.
     fn close(&self);
+}
+
+/// A boxed future, for the ports used as trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where segments too large for a queue message travel: a directory on a shared volume, or
+/// object storage. Only URIs under the store's own location are ever read or deleted.
+pub trait BlobStore: Send + Sync + std::fmt::Debug {
+    /// The store's location (`file:///…`, `s3://bucket/prefix`, …), for logs.
+    fn location(&self) -> &str;
+    /// Store `bytes` under `key` (a relative path) and return the URI that names them.
+    fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> BoxFuture<'a, Result<String, BlobError>>;
+    /// The bytes behind a URI of this store.
+    fn get<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, Result<Vec<u8>, BlobError>>;
+    /// Remove a blob of this store; a blob that is already gone is not an error.
+    fn delete<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, Result<(), BlobError>>;
+    /// For a store on the local filesystem: the file behind a URI of this store, which the
+    /// decoder can read in place. `None` for remote stores.
+    fn local_path(&self, uri: &str) -> Result<Option<PathBuf>, BlobError>;
 }
