@@ -669,7 +669,9 @@ fn vidx_run_serves_index_and_search_over_grpc_and_stops_on_sigterm() -> Result<(
             "[media]\nsegment_secs = 20\nframes_per_segment = 2\n\
              [server]\nlisten = \"127.0.0.1:{port}\"\ningest_roots = [\"{}\"]\n\
              [kafka]\nbrokers = \"{}\"\ntopic = \"{}\"\ndead_letter_topic = \"{}\"\ngroup_id = \"{}\"\n\
-             partitions = 2\nsession_timeout_ms = 6000\n",
+             partitions = 2\nsession_timeout_ms = 6000\n\
+             # The smallest message limit: every segment travels as a blob.\n\
+             max_message_bytes = 65536\n",
             media.display(),
             kafka.brokers,
             kafka.topic,
@@ -716,6 +718,17 @@ fn vidx_run_serves_index_and_search_over_grpc_and_stops_on_sigterm() -> Result<(
     assert_eq!(job["state"], "JOB_STATE_DONE", "{job}");
     assert_eq!(job["segments_failed"], 0, "{job}");
     assert!(job["segments_total"].as_u64().unwrap_or(0) >= 3, "{job}");
+    // Every segment went through the blob store (none fits a message); once committed, the
+    // blobs are collected, and the spool is empty.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while files_under(&data_dir.join("blobs")) > 0 {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "blobs of indexed segments were not deleted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert_eq!(files_under(&data_dir.join("spool")), 0);
 
     let search_remote = |query: &str| -> Result<Vec<Value>> {
         let output = vidx(
@@ -754,4 +767,23 @@ fn vidx_run_serves_index_and_search_over_grpc_and_stops_on_sigterm() -> Result<(
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("stopped"), "{stderr}");
     Ok(())
+}
+
+/// Regular files under `directory`, recursively (0 when it does not exist).
+fn files_under(directory: &Path) -> usize {
+    std::fs::read_dir(directory)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|entry| {
+                    let path = entry.path();
+                    if path.is_dir() {
+                        files_under(&path)
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }

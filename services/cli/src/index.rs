@@ -11,7 +11,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use vidx_bus::InProcessQueue;
 use vidx_core::format_hms_ms;
-use vidx_core::ports::{Captioner, FrameSampler, SegmentQueue};
+use vidx_blob::ObjectBlobStore;
+use vidx_core::ports::{BlobStore, Captioner, FrameSampler, SegmentQueue};
 use vidx_media::{FfmpegFrameSampler, InputSource, SegmentOptions, UrlPolicy};
 use vidx_pipeline::captioners::SubtitleCaptioner;
 use vidx_pipeline::{Models, WorkerEvent, WorkerOptions, run_worker};
@@ -98,6 +99,12 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
         text_embedder,
         visual_embedder: None,
     });
+    // Segments that do not travel inline wait in the spool; the workers read only from it.
+    let spool = tempfile::Builder::new().prefix("vidx-spool-").tempdir()?;
+    let blobs: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::open(
+        &spool.path().display().to_string(),
+        &Default::default(),
+    )?);
     let worker_options = WorkerOptions {
         frames_per_segment: config.media.frames_per_segment,
         max_attempts: config.pipeline.max_attempts,
@@ -106,6 +113,7 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
         // The embedded store is a local directory: an error there will not heal by waiting
         // long, so the bounded retries apply.
         store_outage_limit: Some(Duration::ZERO),
+        blobs: Some(blobs),
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
@@ -125,7 +133,6 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
     spawn_signal_handler(shutdown_tx.clone());
 
     let progress = progress_spinner(args.common.json);
-    let spool = tempfile::Builder::new().prefix("vidx-spool-").tempdir()?;
     let segment_options = SegmentOptions {
         max_pixels: config.media.max_pixels,
         ..SegmentOptions::new(

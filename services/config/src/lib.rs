@@ -102,7 +102,10 @@ pub struct ServerConfig {
     pub max_concurrent_requests: usize,
     pub request_timeout_ms: u64,
     pub ingest_roots: Vec<String>,
-    pub blob_dir: String,
+    /// Where segments too large for a message go: a directory, `s3://…` or `gs://…`.
+    pub blob_store: String,
+    /// `object_store` builder options of the blob store (`aws_region`, `aws_endpoint`, …).
+    pub blob_options: BTreeMap<String, String>,
     pub tokens: Vec<TokenConfig>,
 }
 
@@ -441,6 +444,7 @@ fn is_secret_key(key: &str) -> bool {
         "api_key",
         "apikey",
         "credentials",
+        "service_account_key",
     ]
     .iter()
     .any(|marker| lower.contains(marker))
@@ -490,6 +494,7 @@ mod tests {
         assert_eq!(config.store.kind, "qdrant");
         assert_eq!(config.server.tokens.len(), 1);
         assert_eq!(config.kafka.partitions, 32);
+        assert!(config.server.blob_store.starts_with("s3://"));
         Ok(())
     }
 
@@ -585,6 +590,7 @@ mod tests {
         std::fs::write(
             file.path(),
             "[server]\ntokens = [{ tenant = \"acme\", token = \"tok-aaaaaaaaaaaaaaaa\" }]\n\
+             [server.blob_options]\naws_secret_access_key = \"s3secret\"\naws_region = \"eu-west-1\"\n\
              [kafka.properties]\n\"sasl.password\" = \"kafkapass\"\n",
         )
         .map_err(|error| ConfigError::Read {
@@ -599,6 +605,8 @@ mod tests {
         let shown = config.to_redacted_toml();
         assert!(!shown.contains("tok-aaaa"), "{shown}");
         assert!(!shown.contains("kafkapass"), "{shown}");
+        assert!(!shown.contains("s3secret"), "{shown}");
+        assert!(shown.contains("eu-west-1"), "{shown}");
         assert!(shown.contains("acme"), "{shown}");
         Ok(())
     }

@@ -68,7 +68,19 @@ impl SegmentChunk {
         } else {
             SegmentMedia::Blob(format!("file://{}", self.path.display()))
         };
-        Ok(SegmentTask {
+        Ok(self.into_task_with(tenant, stream_id, source_uri, media))
+    }
+
+    /// The queue message for this chunk with its media already placed (inline, or a blob
+    /// URI the caller uploaded it to).
+    pub fn into_task_with(
+        self,
+        tenant: &str,
+        stream_id: &str,
+        source_uri: &str,
+        media: SegmentMedia,
+    ) -> SegmentTask {
+        SegmentTask {
             schema_version: SEGMENT_TASK_SCHEMA_VERSION,
             tenant: tenant.to_string(),
             stream_id: stream_id.to_string(),
@@ -78,7 +90,7 @@ impl SegmentChunk {
             source_uri: source_uri.to_string(),
             attempt: 1,
             subtitles: self.subtitles,
-        })
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-use vidx_core::{ErrorCode, MediaError, ModelError, QueueError, StoreError};
+use vidx_core::{BlobError, ErrorCode, MediaError, ModelError, QueueError, StoreError};
 
 /// Why a segment or a search failed.
 #[derive(Debug, thiserror::Error)]
@@ -9,6 +9,8 @@ pub enum PipelineError {
     SchemaVersion { found: u32, expected: u32 },
     #[error("cannot fetch segment media: {0}")]
     Fetch(String),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
     #[error(transparent)]
     Media(#[from] MediaError),
     #[error(transparent)]
@@ -28,6 +30,7 @@ impl PipelineError {
                 ErrorCode::InvalidInput
             }
             PipelineError::Fetch(_) => ErrorCode::Unavailable,
+            PipelineError::Blob(error) => error.code(),
             PipelineError::Media(error) => error.code(),
             PipelineError::Model(error) => error.code(),
             PipelineError::Store(error) => error.code(),

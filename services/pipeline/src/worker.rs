@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use vidx_core::ports::{Delivery, FrameSampler, IndexStore, SegmentQueue};
+use vidx_core::ports::{BlobStore, Delivery, FrameSampler, IndexStore, SegmentQueue};
+use vidx_core::{BlobError, SegmentMedia, SegmentTask};
 
 use crate::{Models, PipelineError, build_points};
 
@@ -22,6 +23,9 @@ pub struct WorkerOptions {
     /// `None`: until it is back — a down store is not the segment's fault, and
     /// dead-lettering every segment during an outage would leave them unindexed.
     pub store_outage_limit: Option<Duration>,
+    /// Where blob segments are read from. Only URIs of this store are read; a task naming a
+    /// blob without one, or outside it, fails without retries (and is dead-lettered).
+    pub blobs: Option<Arc<dyn BlobStore>>,
 }
 
 impl WorkerOptions {
@@ -87,7 +91,7 @@ pub async fn run_worker<Q: SegmentQueue, S: IndexStore>(
             let result = tokio::select! {
                 biased;
                 _ = stopped(&mut shutdown) => return Ok(()),
-                result = index_once(&task, &store, &sampler, &models, options.frames_per_segment) => result,
+                result = index_once(&task, &store, &sampler, &models, options.frames_per_segment, options.blobs.as_ref()) => result,
             };
             match result {
                 Ok(points) => break Ok(points),
@@ -161,8 +165,15 @@ async fn index_once<S: IndexStore>(
     sampler: &Arc<dyn FrameSampler>,
     models: &Arc<Models>,
     frames_per_segment: usize,
+    blobs: Option<&Arc<dyn BlobStore>>,
 ) -> Result<usize, PipelineError> {
-    let (task_ref, sampler_ref, models_ref) = (task.clone(), sampler.clone(), models.clone());
+    // Without frames the media is never opened, so there is nothing to fetch.
+    let task = if frames_per_segment > 0 {
+        resolve_media(task, blobs).await?
+    } else {
+        task.clone()
+    };
+    let (task_ref, sampler_ref, models_ref) = (task, sampler.clone(), models.clone());
     let points = tokio::task::spawn_blocking(move || {
         build_points(
             &task_ref,
@@ -177,4 +188,31 @@ async fn index_once<S: IndexStore>(
     // The upsert returns once the points are durable; only then may the task be acked.
     store.upsert(points).await?;
     Ok(count)
+}
+
+/// Make a blob task's media readable by the decoder: the file in place for a local blob
+/// store, the bytes inline for a remote one. A URI outside the store is refused here, before
+/// anything is opened.
+async fn resolve_media(
+    task: &Arc<SegmentTask>,
+    blobs: Option<&Arc<dyn BlobStore>>,
+) -> Result<Arc<SegmentTask>, PipelineError> {
+    let SegmentMedia::Blob(uri) = &task.media else {
+        return Ok(task.clone());
+    };
+    let Some(blobs) = blobs else {
+        return Err(BlobError::Refused {
+            uri: uri.clone(),
+            reason: "this worker has no blob store".into(),
+        }
+        .into());
+    };
+    let media = match blobs.local_path(uri)? {
+        Some(path) => SegmentMedia::Blob(format!("file://{}", path.display())),
+        None => SegmentMedia::Inline(blobs.get(uri).await?),
+    };
+    Ok(Arc::new(SegmentTask {
+        media,
+        ..SegmentTask::clone(task)
+    }))
 }

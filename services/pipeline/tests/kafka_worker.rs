@@ -83,6 +83,7 @@ fn start_worker(settings: &KafkaSettings, store: &Arc<FlakyStore>) -> anyhow::Re
         retry_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(200),
         store_outage_limit: None,
+        blobs: None,
     };
     let handle = tokio::spawn(run_worker(
         queue.clone(),

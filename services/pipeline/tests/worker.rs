@@ -4,17 +4,51 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{FakeEmbedder, FlakyStore, NoFrames, task};
 use tokio::sync::{mpsc, watch};
 use vidx_bus::InProcessQueue;
-use vidx_core::ports::{FrameSampler, IndexStore, SegmentQueue};
-use vidx_core::{SearchFilter, SegmentTask};
+use vidx_blob::ObjectBlobStore;
+use vidx_core::ports::{BlobStore, FrameSampler, IndexStore, SegmentQueue};
+use vidx_core::{Frame, MediaError, SearchFilter, SegmentMedia, SegmentTask, TimeRange};
 use vidx_pipeline::captioners::SubtitleCaptioner;
 use vidx_pipeline::{Models, WorkerEvent, WorkerOptions, run_worker};
+
+/// How the workers see segment media.
+struct Media {
+    sampler: Arc<dyn FrameSampler>,
+    frames_per_segment: usize,
+    blobs: Option<Arc<dyn BlobStore>>,
+}
+
+/// A sampler that records the bytes of every file it is asked to decode and returns no
+/// frames (the subtitles still make points).
+#[derive(Default)]
+struct RecordingSampler {
+    opened: Mutex<Vec<(PathBuf, Vec<u8>)>>,
+}
+
+impl FrameSampler for RecordingSampler {
+    fn sample(
+        &self,
+        path: &Path,
+        _: TimeRange,
+        _: usize,
+    ) -> Result<Vec<Frame>, MediaError> {
+        let bytes = std::fs::read(path).map_err(|error| MediaError::Io {
+            input: path.display().to_string(),
+            reason: error.to_string(),
+        })?;
+        if let Ok(mut opened) = self.opened.lock() {
+            opened.push((path.to_path_buf(), bytes));
+        }
+        Ok(Vec::new())
+    }
+}
 
 struct Harness {
     store: Arc<FlakyStore>,
@@ -51,17 +85,35 @@ impl Harness {
         max_attempts: u32,
         store_outage_limit: Option<Duration>,
     ) -> anyhow::Result<Vec<WorkerEvent>> {
+        let media = Media {
+            sampler: Arc::new(NoFrames),
+            frames_per_segment: 0,
+            blobs: None,
+        };
+        self.run_media(tasks, workers, max_attempts, store_outage_limit, media)
+            .await
+    }
+
+    async fn run_media(
+        &self,
+        tasks: Vec<SegmentTask>,
+        workers: usize,
+        max_attempts: u32,
+        store_outage_limit: Option<Duration>,
+        media: Media,
+    ) -> anyhow::Result<Vec<WorkerEvent>> {
         let models = Arc::new(Models {
             captioners: vec![Arc::new(SubtitleCaptioner)],
             text_embedder: Arc::new(FakeEmbedder),
             visual_embedder: None,
         });
         let options = WorkerOptions {
-            frames_per_segment: 0,
+            frames_per_segment: media.frames_per_segment,
             max_attempts,
             retry_backoff: Duration::from_millis(5),
             max_backoff: Duration::from_millis(20),
             store_outage_limit,
+            blobs: media.blobs,
         };
         let (events_tx, mut events_rx) = mpsc::unbounded_channel();
         let (_shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -70,7 +122,7 @@ impl Harness {
             handles.push(tokio::spawn(run_worker(
                 self.queue.clone(),
                 self.store.clone(),
-                Arc::new(NoFrames) as Arc<dyn FrameSampler>,
+                media.sampler.clone(),
                 models.clone(),
                 options.clone(),
                 events_tx.clone(),
@@ -244,5 +296,96 @@ async fn concurrent_workers_and_replays_index_each_moment_once() -> anyhow::Resu
         }))
         .await?;
     assert_eq!(by_stream, 6, "segments 0 and 1 hold 3 moments each");
+    Ok(())
+}
+
+/// Blob segments: a local store's file is decoded in place, a remote store's bytes arrive
+/// intact, and a message naming anything outside the store (a forged `file:///etc/passwd`,
+/// another bucket) is dead-lettered at once, without retries and without opening the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_segments_are_read_only_from_the_blob_store() -> anyhow::Result<()> {
+    let directory = tempfile::tempdir()?;
+    let local: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::open(
+        &directory.path().join("blobs").display().to_string(),
+        &Default::default(),
+    )?);
+    let secret = directory.path().join("secret.txt");
+    std::fs::write(&secret, b"not a segment")?;
+    let with_media = |seq: u64, media: SegmentMedia| SegmentTask {
+        media,
+        ..task(seq, &["a caption"])
+    };
+    let inside = local.put("job/000000.mkv", b"local segment".to_vec()).await?;
+    let tasks = vec![
+        with_media(0, SegmentMedia::Blob(inside.clone())),
+        with_media(1, SegmentMedia::Blob(format!("file://{}", secret.display()))),
+        with_media(2, SegmentMedia::Blob("file:///etc/passwd".into())),
+        with_media(3, SegmentMedia::Blob(format!("{}/../secret.txt", local.location()))),
+    ];
+    let harness = Harness::new(0)?;
+    let sampler = Arc::new(RecordingSampler::default());
+    let media = Media {
+        sampler: sampler.clone(),
+        frames_per_segment: 2,
+        blobs: Some(local.clone()),
+    };
+    let events = harness.run_media(tasks, 1, 3, None, media).await?;
+    let opened = sampler.opened.lock().map_err(|_| anyhow::anyhow!("lock"))?.clone();
+    assert_eq!(opened.len(), 1, "only the blob inside the store is opened");
+    assert_eq!(opened[0].0, local.local_path(&inside)?.unwrap_or_default());
+    assert_eq!(opened[0].1, b"local segment");
+    let failed: Vec<(u64, u32, String)> = events
+        .iter()
+        .filter_map(|event| match event {
+            WorkerEvent::Failed {
+                segment_seq,
+                attempts,
+                error,
+                ..
+            } => Some((*segment_seq, *attempts, error.clone())),
+            WorkerEvent::Indexed { .. } => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 3, "{events:?}");
+    for (seq, attempts, error) in &failed {
+        assert_eq!(*attempts, 1, "segment {seq}: a refusal is not retried");
+        assert!(error.contains("refused"), "segment {seq}: {error}");
+    }
+    assert_eq!(harness.queue.dead_letters().len(), 3);
+    assert_eq!(harness.points().await?, 1);
+
+    // A remote store (object_store's in-memory store: the S3/GCS code path): bytes intact;
+    // a worker without any blob store refuses blob segments.
+    let remote: Arc<dyn BlobStore> =
+        Arc::new(ObjectBlobStore::open("memory:///segments", &Default::default())?);
+    let uri = remote.put("job/000004.mkv", vec![9; 70_000]).await?;
+    let harness = Harness::new(0)?;
+    let sampler = Arc::new(RecordingSampler::default());
+    let media = Media {
+        sampler: sampler.clone(),
+        frames_per_segment: 2,
+        blobs: Some(remote),
+    };
+    let events = harness
+        .run_media(vec![with_media(4, SegmentMedia::Blob(uri.clone()))], 1, 3, None, media)
+        .await?;
+    assert!(matches!(events[..], [WorkerEvent::Indexed { .. }]), "{events:?}");
+    let opened = sampler.opened.lock().map_err(|_| anyhow::anyhow!("lock"))?.clone();
+    assert_eq!(opened.len(), 1);
+    assert_eq!(opened[0].1, vec![9; 70_000]);
+
+    let harness = Harness::new(0)?;
+    let media = Media {
+        sampler: Arc::new(RecordingSampler::default()),
+        frames_per_segment: 2,
+        blobs: None,
+    };
+    let events = harness
+        .run_media(vec![with_media(5, SegmentMedia::Blob(uri))], 1, 3, None, media)
+        .await?;
+    assert!(
+        matches!(&events[..], [WorkerEvent::Failed { error, .. }] if error.contains("no blob store")),
+        "{events:?}"
+    );
     Ok(())
 }

@@ -100,6 +100,7 @@ async fn embedded(
         retry_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_secs(1),
         store_outage_limit: Some(Duration::ZERO),
+        blobs: None,
     };
     let worker = tokio::spawn(run_worker(
         queue.clone(),

@@ -8,10 +8,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
 use vidx_bus::{GroupProgress, KafkaQueue};
-use vidx_core::ports::DeliveryTag;
+use vidx_core::SegmentMedia;
+use vidx_core::ports::{BlobStore, DeliveryTag};
 use vidx_media::{InputSource, SegmentOptions, UrlPolicy};
 use vidx_proto::v1;
 use vidx_proto::v1::JobState;
@@ -31,8 +33,11 @@ pub struct IngestSettings {
     pub segment_ms: u64,
     pub max_pixels: u64,
     pub inline_max_bytes: u64,
-    /// Where segments too large to travel inline are written (a volume the workers share).
-    pub blob_dir: PathBuf,
+    /// A local directory where segments are cut before they are published.
+    pub spool_dir: PathBuf,
+    /// Where segments too large to travel inline go (a shared volume or object storage the
+    /// workers read too).
+    pub blobs: Arc<dyn BlobStore>,
     /// Jobs remembered; beyond this the oldest are forgotten (their segments are indexed all
     /// the same).
     pub max_jobs: usize,
@@ -132,11 +137,26 @@ struct JobRecord {
     error: String,
 }
 
+/// A published blob segment, deleted once the workers have committed past it.
+#[derive(Debug)]
+struct PendingBlob {
+    uri: String,
+    /// When a collection round first saw the segment committed.
+    committed_since: Option<Instant>,
+}
+
+/// How long a committed segment's blob is kept before it is deleted: the worker publishes a
+/// dead letter before it commits, and this leaves the dead-letter reader time to see it, so
+/// a dead-lettered segment keeps its blob (for inspection and replay).
+pub const BLOB_GRACE: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Default)]
 struct JobTable {
     jobs: HashMap<String, JobRecord>,
     order: VecDeque<String>,
     by_tag: HashMap<DeliveryTag, String>,
+    /// Outlives its job's record: an evicted job's blobs are still collected.
+    blobs: HashMap<DeliveryTag, PendingBlob>,
 }
 
 /// The jobs this ingest node accepted (in memory: a restarted ingest forgets them, while the
@@ -189,23 +209,66 @@ impl Jobs {
         }
     }
 
-    fn published(&self, id: &str, tag: DeliveryTag) {
-        if let Ok(mut table) = self.table.lock()
-            && let Some(job) = table.jobs.get_mut(id)
-        {
-            job.published.push(tag);
-            table.by_tag.insert(tag, id.to_string());
+    fn published(&self, id: &str, tag: DeliveryTag, blob: Option<String>) {
+        if let Ok(mut table) = self.table.lock() {
+            if let Some(uri) = blob {
+                table.blobs.insert(
+                    tag,
+                    PendingBlob {
+                        uri,
+                        committed_since: None,
+                    },
+                );
+            }
+            if let Some(job) = table.jobs.get_mut(id) {
+                job.published.push(tag);
+                table.by_tag.insert(tag, id.to_string());
+            }
         }
     }
 
-    /// A dead letter arrived: count it against its job, if it is one of ours.
+    /// A dead letter arrived: count it against its job, if it is one of ours. Its blob is
+    /// kept.
     pub fn dead_lettered(&self, tag: DeliveryTag, error: String) {
-        if let Ok(mut table) = self.table.lock()
-            && let Some(id) = table.by_tag.get(&tag).cloned()
-            && let Some(job) = table.jobs.get_mut(&id)
-        {
-            job.dead_lettered.insert(tag, error);
+        if let Ok(mut table) = self.table.lock() {
+            if let Some(blob) = table.blobs.remove(&tag) {
+                tracing::info!(uri = blob.uri, "blob of a dead-lettered segment kept");
+            }
+            if let Some(id) = table.by_tag.get(&tag).cloned()
+                && let Some(job) = table.jobs.get_mut(&id)
+            {
+                job.dead_lettered.insert(tag, error);
+            }
         }
+    }
+
+    /// Blobs still waiting for their segment to be committed.
+    pub fn pending_blobs(&self) -> usize {
+        self.table.lock().map_or(0, |table| table.blobs.len())
+    }
+
+    /// Take the blobs whose segments were committed at least [`BLOB_GRACE`] ago (seen by an
+    /// earlier call) and not dead-lettered: they can be deleted.
+    pub fn take_finished_blobs(&self, committed: &HashMap<i32, i64>, now: Instant) -> Vec<String> {
+        let Ok(mut table) = self.table.lock() else {
+            return Vec::new();
+        };
+        let mut finished = Vec::new();
+        table.blobs.retain(|tag, blob| {
+            if !committed
+                .get(&tag.partition)
+                .is_some_and(|next| tag.offset < *next)
+            {
+                return true;
+            }
+            let since = *blob.committed_since.get_or_insert(now);
+            if now.duration_since(since) < BLOB_GRACE {
+                return true;
+            }
+            finished.push(std::mem::take(&mut blob.uri));
+            false
+        });
+        finished
     }
 
     /// The job as the caller sees it, given the group's committed offsets.
@@ -271,6 +334,37 @@ impl Jobs {
             progress,
             error,
         })
+    }
+}
+
+/// Delete the blobs of committed segments, every [`BLOB_GRACE`] while there are any. A broker
+/// or blob store that is down only delays this; it never fails the node.
+pub async fn collect_blobs(progress: Arc<GroupProgress>, jobs: Arc<Jobs>, blobs: Arc<dyn BlobStore>) {
+    let mut tick = tokio::time::interval(BLOB_GRACE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if jobs.pending_blobs() == 0 {
+            continue;
+        }
+        let reader = progress.clone();
+        let committed = match tokio::task::spawn_blocking(move || reader.committed()).await {
+            Ok(Ok(committed)) => committed,
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "blob collection: committed offsets unavailable");
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "blob collection task failed");
+                continue;
+            }
+        };
+        for uri in jobs.take_finished_blobs(&committed, Instant::now()) {
+            match blobs.delete(&uri).await {
+                Ok(()) => tracing::debug!(uri, "blob deleted"),
+                Err(error) => tracing::warn!(uri, error = %error, "blob not deleted"),
+            }
+        }
     }
 }
 
@@ -359,6 +453,32 @@ impl v1::ingest_service_server::IngestService for IngestApi {
     }
 }
 
+/// A cut chunk's media for its message: inline when it fits, else uploaded to the blob store
+/// under `<job>/<seq>.mkv`. The local chunk is removed either way.
+fn place_media(
+    chunk: &vidx_media::SegmentChunk,
+    inline_max_bytes: u64,
+    job_id: &str,
+    blobs: &dyn BlobStore,
+    runtime: &tokio::runtime::Handle,
+) -> Result<SegmentMedia, String> {
+    let bytes = std::fs::read(&chunk.path)
+        .map_err(|error| format!("cannot read segment chunk {}: {error}", chunk.seq))?;
+    let media = if chunk.bytes <= inline_max_bytes {
+        SegmentMedia::Inline(bytes)
+    } else {
+        let key = format!("{job_id}/{:06}.mkv", chunk.seq);
+        let uri = runtime
+            .block_on(blobs.put(&key, bytes))
+            .map_err(|error| format!("storing segment {}: {error}", chunk.seq))?;
+        SegmentMedia::Blob(uri)
+    };
+    if let Err(error) = std::fs::remove_file(&chunk.path) {
+        tracing::warn!(path = %chunk.path.display(), error = %error, "spool file not removed");
+    }
+    Ok(media)
+}
+
 /// Segment the input on a blocking thread and publish each segment as it is cut.
 async fn run_job(
     job_id: String,
@@ -370,7 +490,7 @@ async fn run_job(
     jobs: Arc<Jobs>,
 ) {
     jobs.update(&job_id, |job| job.segmenting = true);
-    let spool = settings.blob_dir.join(&job_id);
+    let spool = settings.spool_dir.join(&job_id);
     if let Err(error) = std::fs::create_dir_all(&spool) {
         jobs.update(&job_id, |job| {
             job.segmented = true;
@@ -386,24 +506,36 @@ async fn run_job(
     let source_uri = input.display_name();
     let (job, sink_jobs) = (job_id.clone(), jobs.clone());
     let inline_max_bytes = settings.inline_max_bytes;
+    let blobs = settings.blobs.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let mut publish_error = None;
         let result = vidx_media::segment_source(&input, &options, |chunk| {
-            let task = match chunk.into_task(&tenant, &stream_id, &source_uri, inline_max_bytes) {
-                Ok(task) => task,
+            let placed = place_media(&chunk, inline_max_bytes, &job, blobs.as_ref(), &runtime);
+            let media = match placed {
+                Ok(media) => media,
                 Err(error) => {
-                    publish_error = Some(format!("cannot read segment chunk: {error}"));
+                    publish_error = Some(error);
                     return false;
                 }
             };
+            let blob = match &media {
+                SegmentMedia::Blob(uri) => Some(uri.clone()),
+                SegmentMedia::Inline(_) => None,
+            };
+            let task = chunk.into_task_with(&tenant, &stream_id, &source_uri, media);
             match runtime.block_on(queue.publish_tagged(&task)) {
                 Ok(tag) => {
-                    sink_jobs.published(&job, tag);
+                    sink_jobs.published(&job, tag, blob);
                     true
                 }
                 Err(error) => {
                     publish_error =
                         Some(format!("publishing segment {}: {error}", task.segment_seq));
+                    if let Some(uri) = &blob
+                        && let Err(error) = runtime.block_on(blobs.delete(uri))
+                    {
+                        tracing::warn!(uri, error = %error, "unpublished blob not deleted");
+                    }
                     false
                 }
             }
@@ -423,8 +555,8 @@ async fn run_job(
     if !error.is_empty() {
         tracing::warn!(job_id, error, "segmenting failed");
     }
-    // Nothing left in the spool when every segment travelled inline.
-    let _ = std::fs::remove_dir(&spool);
+    // Every chunk was moved into its message or the blob store.
+    let _ = std::fs::remove_dir_all(&spool);
     jobs.update(&job_id, |job| {
         job.segmented = true;
         job.error = error;
@@ -442,7 +574,11 @@ mod tests {
             segment_ms: 20_000,
             max_pixels: 1 << 26,
             inline_max_bytes: 1 << 20,
-            blob_dir: PathBuf::from("/nonexistent"),
+            spool_dir: PathBuf::from("/nonexistent"),
+            blobs: Arc::new(
+                vidx_blob::ObjectBlobStore::open("memory:///blobs", &Default::default())
+                    .expect("an in-memory blob store opens"),
+            ),
             max_jobs: 10,
         }
     }
@@ -526,7 +662,7 @@ mod tests {
             })
             .collect();
         for tag in &tags {
-            jobs.published("j", *tag);
+            jobs.published("j", *tag, None);
         }
         let none = HashMap::new();
         let view = jobs.view("j", "acme", &none)?;
@@ -549,6 +685,42 @@ mod tests {
         assert_eq!(view.state, JobState::Done as i32);
         assert_eq!((view.segments_done, view.segments_failed), (3, 1));
         assert!(view.error.contains("corrupt"), "{}", view.error);
+        Ok(())
+    }
+
+    #[test]
+    fn blobs_are_released_after_their_commit_and_kept_when_dead_lettered() -> Result<(), Status> {
+        let jobs = Jobs::default();
+        jobs.insert("j", "acme", "/v.mp4", 1)?;
+        let tag = |offset| DeliveryTag {
+            partition: 0,
+            offset,
+        };
+        for offset in 0..3 {
+            jobs.published("j", tag(offset), Some(format!("memory:///b/j/{offset}.mkv")));
+        }
+        jobs.published("j", tag(3), None);
+        // The job record is evicted; its blobs are still collected.
+        jobs.insert("k", "acme", "/w.mp4", 1)?;
+        assert_eq!(jobs.pending_blobs(), 3);
+
+        let start = Instant::now();
+        let committed = HashMap::from([(0, 2)]);
+        assert!(
+            jobs.take_finished_blobs(&committed, start).is_empty(),
+            "a fresh commit waits out the grace period"
+        );
+        jobs.dead_lettered(tag(1), "corrupt".into());
+        let released = jobs.take_finished_blobs(&committed, start + BLOB_GRACE);
+        assert_eq!(released, vec!["memory:///b/j/0.mkv".to_string()]);
+        assert_eq!(jobs.pending_blobs(), 1, "offset 2 is not committed yet");
+        let later = start + BLOB_GRACE * 3;
+        assert!(jobs.take_finished_blobs(&HashMap::from([(0, 4)]), later).is_empty());
+        assert_eq!(
+            jobs.take_finished_blobs(&HashMap::from([(0, 4)]), later + BLOB_GRACE),
+            vec!["memory:///b/j/2.mkv".to_string()]
+        );
+        assert_eq!(jobs.pending_blobs(), 0);
         Ok(())
     }
 }

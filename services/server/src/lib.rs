@@ -17,7 +17,7 @@ pub mod worker;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -26,10 +26,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
+use vidx_blob::ObjectBlobStore;
 use vidx_bus::{GroupProgress, KafkaQueue, KafkaSettings};
 use vidx_config::{Config, TokenConfig};
 use vidx_core::QueueError;
-use vidx_core::ports::{FrameSampler, IndexStore, TextEmbedder};
+use vidx_core::ports::{BlobStore, FrameSampler, IndexStore, TextEmbedder};
 use vidx_media::UrlPolicy;
 use vidx_pipeline::{Models, PipelineError, WorkerOptions, run_worker};
 use vidx_proto::v1::ingest_service_server::IngestServiceServer;
@@ -124,11 +125,19 @@ impl NodeSettings {
                 })?,
             );
         }
-        let blob_dir = if config.server.blob_dir.is_empty() {
-            data_dir.join("blobs")
+        let blob_location = if config.server.blob_store.is_empty() {
+            data_dir.join("blobs").display().to_string()
         } else {
-            PathBuf::from(&config.server.blob_dir)
+            config.server.blob_store.clone()
         };
+        let blobs: Arc<dyn BlobStore> = Arc::new(
+            ObjectBlobStore::open(&blob_location, &config.server.blob_options).map_err(
+                |error| ServerError::Config {
+                    key: "server.blob_store".into(),
+                    reason: error.to_string(),
+                },
+            )?,
+        );
         let kafka = &config.kafka;
         Ok(Self {
             roles,
@@ -176,7 +185,8 @@ impl NodeSettings {
                         .max_message_bytes
                         .saturating_sub(INLINE_HEADROOM_BYTES),
                 ),
-                blob_dir,
+                spool_dir: data_dir.join("spool"),
+                blobs: blobs.clone(),
                 max_jobs: 10_000,
             },
             worker: WorkerOptions {
@@ -186,6 +196,7 @@ impl NodeSettings {
                 max_backoff: Duration::from_secs(30),
                 // A down Qdrant is waited out: no commit, no dead letters, until it is back.
                 store_outage_limit: None,
+                blobs: Some(blobs),
             },
             concurrency: config.pipeline.workers,
         })
@@ -339,11 +350,19 @@ where
     let mut watchers = JoinSet::new();
     if let Some((_, progress, jobs)) = &ingest {
         let (progress, jobs) = (progress.clone(), jobs.clone());
-        watchers.spawn(async move {
-            loop {
-                let record = progress.next_dead_letter().await?;
-                jobs.dead_lettered(record.source, record.error);
+        watchers.spawn({
+            let (progress, jobs) = (progress.clone(), jobs.clone());
+            async move {
+                loop {
+                    let record = progress.next_dead_letter().await?;
+                    jobs.dead_lettered(record.source, record.error);
+                }
             }
+        });
+        let blobs = settings.ingest.blobs.clone();
+        watchers.spawn(async move {
+            ingest::collect_blobs(progress, jobs, blobs).await;
+            Ok(())
         });
         health
             .set_service_status(service_names::INGEST, ServingStatus::Serving)
