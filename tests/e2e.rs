@@ -777,11 +777,7 @@ fn files_under(directory: &Path) -> usize {
                 .filter_map(Result::ok)
                 .map(|entry| {
                     let path = entry.path();
-                    if path.is_dir() {
-                        files_under(&path)
-                    } else {
-                        1
-                    }
+                    if path.is_dir() { files_under(&path) } else { 1 }
                 })
                 .sum()
         })

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::{FakeEmbedder, FlakyStore, NoFrames, task};
 use tokio::sync::{mpsc, watch};
-use vidx_bus::InProcessQueue;
 use vidx_blob::ObjectBlobStore;
+use vidx_bus::InProcessQueue;
 use vidx_core::ports::{BlobStore, FrameSampler, IndexStore, SegmentQueue};
 use vidx_core::{Frame, MediaError, SearchFilter, SegmentMedia, SegmentTask, TimeRange};
 use vidx_pipeline::captioners::SubtitleCaptioner;
@@ -33,12 +33,7 @@ struct RecordingSampler {
 }
 
 impl FrameSampler for RecordingSampler {
-    fn sample(
-        &self,
-        path: &Path,
-        _: TimeRange,
-        _: usize,
-    ) -> Result<Vec<Frame>, MediaError> {
+    fn sample(&self, path: &Path, _: TimeRange, _: usize) -> Result<Vec<Frame>, MediaError> {
         let bytes = std::fs::read(path).map_err(|error| MediaError::Io {
             input: path.display().to_string(),
             reason: error.to_string(),
@@ -315,12 +310,20 @@ async fn blob_segments_are_read_only_from_the_blob_store() -> anyhow::Result<()>
         media,
         ..task(seq, &["a caption"])
     };
-    let inside = local.put("job/000000.mkv", b"local segment".to_vec()).await?;
+    let inside = local
+        .put("job/000000.mkv", b"local segment".to_vec())
+        .await?;
     let tasks = vec![
         with_media(0, SegmentMedia::Blob(inside.clone())),
-        with_media(1, SegmentMedia::Blob(format!("file://{}", secret.display()))),
+        with_media(
+            1,
+            SegmentMedia::Blob(format!("file://{}", secret.display())),
+        ),
         with_media(2, SegmentMedia::Blob("file:///etc/passwd".into())),
-        with_media(3, SegmentMedia::Blob(format!("{}/../secret.txt", local.location()))),
+        with_media(
+            3,
+            SegmentMedia::Blob(format!("{}/../secret.txt", local.location())),
+        ),
     ];
     let harness = Harness::new(0)?;
     let sampler = Arc::new(RecordingSampler::default());
@@ -330,7 +333,11 @@ async fn blob_segments_are_read_only_from_the_blob_store() -> anyhow::Result<()>
         blobs: Some(local.clone()),
     };
     let events = harness.run_media(tasks, 1, 3, None, media).await?;
-    let opened = sampler.opened.lock().map_err(|_| anyhow::anyhow!("lock"))?.clone();
+    let opened = sampler
+        .opened
+        .lock()
+        .map_err(|_| anyhow::anyhow!("lock"))?
+        .clone();
     assert_eq!(opened.len(), 1, "only the blob inside the store is opened");
     assert_eq!(opened[0].0, local.local_path(&inside)?.unwrap_or_default());
     assert_eq!(opened[0].1, b"local segment");
@@ -356,8 +363,10 @@ async fn blob_segments_are_read_only_from_the_blob_store() -> anyhow::Result<()>
 
     // A remote store (object_store's in-memory store: the S3/GCS code path): bytes intact;
     // a worker without any blob store refuses blob segments.
-    let remote: Arc<dyn BlobStore> =
-        Arc::new(ObjectBlobStore::open("memory:///segments", &Default::default())?);
+    let remote: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::open(
+        "memory:///segments",
+        &Default::default(),
+    )?);
     let uri = remote.put("job/000004.mkv", vec![9; 70_000]).await?;
     let harness = Harness::new(0)?;
     let sampler = Arc::new(RecordingSampler::default());
@@ -367,10 +376,23 @@ async fn blob_segments_are_read_only_from_the_blob_store() -> anyhow::Result<()>
         blobs: Some(remote),
     };
     let events = harness
-        .run_media(vec![with_media(4, SegmentMedia::Blob(uri.clone()))], 1, 3, None, media)
+        .run_media(
+            vec![with_media(4, SegmentMedia::Blob(uri.clone()))],
+            1,
+            3,
+            None,
+            media,
+        )
         .await?;
-    assert!(matches!(events[..], [WorkerEvent::Indexed { .. }]), "{events:?}");
-    let opened = sampler.opened.lock().map_err(|_| anyhow::anyhow!("lock"))?.clone();
+    assert!(
+        matches!(events[..], [WorkerEvent::Indexed { .. }]),
+        "{events:?}"
+    );
+    let opened = sampler
+        .opened
+        .lock()
+        .map_err(|_| anyhow::anyhow!("lock"))?
+        .clone();
     assert_eq!(opened.len(), 1);
     assert_eq!(opened[0].1, vec![9; 70_000]);
 
@@ -381,7 +403,13 @@ async fn blob_segments_are_read_only_from_the_blob_store() -> anyhow::Result<()>
         blobs: None,
     };
     let events = harness
-        .run_media(vec![with_media(5, SegmentMedia::Blob(uri))], 1, 3, None, media)
+        .run_media(
+            vec![with_media(5, SegmentMedia::Blob(uri))],
+            1,
+            3,
+            None,
+            media,
+        )
         .await?;
     assert!(
         matches!(&events[..], [WorkerEvent::Failed { error, .. }] if error.contains("no blob store")),

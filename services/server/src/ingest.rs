@@ -255,10 +255,10 @@ impl Jobs {
         };
         let mut finished = Vec::new();
         table.blobs.retain(|tag, blob| {
-            if !committed
+            let done = committed
                 .get(&tag.partition)
-                .is_some_and(|next| tag.offset < *next)
-            {
+                .is_some_and(|next| tag.offset < *next);
+            if !done {
                 return true;
             }
             let since = *blob.committed_since.get_or_insert(now);
@@ -339,7 +339,11 @@ impl Jobs {
 
 /// Delete the blobs of committed segments, every [`BLOB_GRACE`] while there are any. A broker
 /// or blob store that is down only delays this; it never fails the node.
-pub async fn collect_blobs(progress: Arc<GroupProgress>, jobs: Arc<Jobs>, blobs: Arc<dyn BlobStore>) {
+pub async fn collect_blobs(
+    progress: Arc<GroupProgress>,
+    jobs: Arc<Jobs>,
+    blobs: Arc<dyn BlobStore>,
+) {
     let mut tick = tokio::time::interval(BLOB_GRACE);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -697,7 +701,11 @@ mod tests {
             offset,
         };
         for offset in 0..3 {
-            jobs.published("j", tag(offset), Some(format!("memory:///b/j/{offset}.mkv")));
+            jobs.published(
+                "j",
+                tag(offset),
+                Some(format!("memory:///b/j/{offset}.mkv")),
+            );
         }
         jobs.published("j", tag(3), None);
         // The job record is evicted; its blobs are still collected.
@@ -715,7 +723,10 @@ mod tests {
         assert_eq!(released, vec!["memory:///b/j/0.mkv".to_string()]);
         assert_eq!(jobs.pending_blobs(), 1, "offset 2 is not committed yet");
         let later = start + BLOB_GRACE * 3;
-        assert!(jobs.take_finished_blobs(&HashMap::from([(0, 4)]), later).is_empty());
+        assert!(
+            jobs.take_finished_blobs(&HashMap::from([(0, 4)]), later)
+                .is_empty()
+        );
         assert_eq!(
             jobs.take_finished_blobs(&HashMap::from([(0, 4)]), later + BLOB_GRACE),
             vec!["memory:///b/j/2.mkv".to_string()]

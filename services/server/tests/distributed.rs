@@ -130,7 +130,7 @@ async fn three_streams_through_kafka_and_two_workers_are_found_by_grpc_search() 
         },
         candle_core::Device::Cpu,
     )?);
-    let store = open_store(&dir.path().join("index"), embedder.dimension())?;
+    let store = open_store(&dir.path().join("index"), embedder.dimension()).await?;
     let sampler: Arc<dyn FrameSampler> = Arc::new(FfmpegFrameSampler::new(64));
 
     let mut config = config()?;

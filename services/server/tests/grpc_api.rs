@@ -49,7 +49,7 @@ async fn query_node(
     let embedder = Arc::new(WordsEmbedder {
         delay: Duration::ZERO,
     });
-    let store = open_store(&dir.path().join("index"), common::DIMENSION)?;
+    let store = open_store(&dir.path().join("index"), common::DIMENSION).await?;
     let mut ids_a = HashSet::new();
     let mut ids_b = HashSet::new();
     let mut points = Vec::new();

@@ -73,6 +73,18 @@ fn server_error(what: &'static str) -> impl Fn(QdrantError) -> StoreError {
         QdrantError::ResourceExhaustedError { .. } => {
             StoreError::Unavailable(format!("qdrant {what}: {error}"))
         }
+        QdrantError::ResponseError { status }
+            if matches!(
+                status.code(),
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+            ) =>
+        {
+            // Not worth retrying: the key is wrong until someone changes it.
+            StoreError::Invalid(format!(
+                "qdrant {what}: the server refused the credentials (check store.api_key): {}",
+                status.message()
+            ))
+        }
         QdrantError::ResponseError { status } if status.code() == tonic::Code::Unknown => {
             // Connection refused / reset surfaces as Unknown with a transport message.
             StoreError::Unavailable(format!("qdrant {what}: {}", status.message()))

@@ -196,5 +196,20 @@ async fn qdrant_server_keeps_the_store_contract() -> Result<()> {
         .await
         .expect_err("dimension mismatch");
     ensure!(error.to_string().contains("dimension"), "{error}");
+    // A server that wants a key refuses a wrong one with an error that says so (no retries).
+    if options.api_key.is_some() {
+        let wrong_key = ServerStoreOptions {
+            api_key: Some("not-the-key".into()),
+            ..options.clone()
+        };
+        let error = ServerStore::connect(&wrong_key, &spec())
+            .await
+            .expect_err("a wrong API key");
+        ensure!(
+            error.code() == vidx_core::ErrorCode::InvalidInput
+                && error.to_string().contains("store.api_key"),
+            "{error}"
+        );
+    }
     Ok(())
 }

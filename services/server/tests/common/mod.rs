@@ -19,7 +19,9 @@ use vidx_core::{
 };
 use vidx_pipeline::Models;
 use vidx_server::{Engine, NodeSettings, Roles, ServerError};
-use vidx_store::{EdgeStore, EdgeStoreOptions, VectorSpec};
+use vidx_store::{
+    AnyStore, EdgeStore, EdgeStoreOptions, ServerStore, ServerStoreOptions, VectorSpec,
+};
 
 pub const DIMENSION: usize = 16;
 
@@ -72,15 +74,30 @@ impl FrameSampler for NoFrames {
     }
 }
 
-pub fn open_store(directory: &Path, dimension: usize) -> Result<Arc<EdgeStore>> {
-    Ok(Arc::new(EdgeStore::open(
-        directory,
-        &[VectorSpec {
-            name: vector_names::TEXT.into(),
-            dimension,
-        }],
-        EdgeStoreOptions::default(),
-    )?))
+/// The index of a test: Qdrant Edge in `directory`, or a fresh collection on the Qdrant
+/// server at `VIDX_TEST_QDRANT_URL` (gRPC) when that is set, so the same tests also run the
+/// distributed path against a real server.
+pub async fn open_store(directory: &Path, dimension: usize) -> Result<Arc<AnyStore>> {
+    let spec = [VectorSpec {
+        name: vector_names::TEXT.into(),
+        dimension,
+    }];
+    let Ok(url) = std::env::var("VIDX_TEST_QDRANT_URL") else {
+        return Ok(Arc::new(AnyStore::Edge(EdgeStore::open(
+            directory,
+            &spec,
+            EdgeStoreOptions::default(),
+        )?)));
+    };
+    let options = ServerStoreOptions {
+        url,
+        api_key: std::env::var("VIDX_TEST_QDRANT_API_KEY").ok(),
+        collection: format!("vidx-test-{}", uuid::Uuid::new_v4()),
+        timeout: std::time::Duration::from_secs(30),
+    };
+    Ok(Arc::new(AnyStore::Server(
+        ServerStore::connect(&options, &spec).await?,
+    )))
 }
 
 /// A caption point of `tenant`'s `stream_id`, embedded with `embedder`.
@@ -121,10 +138,10 @@ pub fn settings(config: &Config, roles: Roles, data_dir: &Path) -> Result<NodeSe
 
 /// An engine over `store` with `embedder` (subtitles are the only captioner).
 pub fn engine(
-    store: Arc<EdgeStore>,
+    store: Arc<AnyStore>,
     embedder: Arc<dyn TextEmbedder>,
     sampler: Arc<dyn FrameSampler>,
-) -> Engine<EdgeStore> {
+) -> Engine<AnyStore> {
     Engine {
         store,
         text_embedder: embedder.clone(),
@@ -147,7 +164,7 @@ pub struct Node {
 impl Node {
     pub async fn start<F>(settings: NodeSettings, engine: F) -> Result<Node>
     where
-        F: std::future::Future<Output = Result<Engine<EdgeStore>, ServerError>> + Send + 'static,
+        F: std::future::Future<Output = Result<Engine<AnyStore>, ServerError>> + Send + 'static,
     {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
