@@ -294,17 +294,27 @@ impl Consuming {
     }
 
     /// The next message: the stash first, then the consumer. Waits for one.
-    async fn next(&self) -> Result<Raw, QueueError> {
+    /// It is registered as in flight in `tracker` before the consumer can be polled again,
+    /// so a partition's offsets start in the order they were fetched and a later message that
+    /// finishes first can never commit past an earlier one.
+    async fn next(&self, tracker: &Mutex<OffsetTracker>) -> Result<Raw, QueueError> {
         let _polling = self.polling.lock().await;
+        let start = |raw: Raw| -> Result<Raw, QueueError> {
+            tracker
+                .lock()
+                .map_err(|_| QueueError::Unavailable("offset tracker lock poisoned".into()))?
+                .start(raw.tag.partition, raw.tag.offset);
+            Ok(raw)
+        };
         if let Some(raw) = self.pop_stash()? {
-            return Ok(raw);
+            return start(raw);
         }
         loop {
             // A fresh poll every tick: a future parked on an empty queue polls nothing, and
             // librdkafka would count an idle worker as stuck (`max.poll.interval.ms`).
             match tokio::time::timeout(KEEP_ALIVE_TICK, self.consumer.recv()).await {
                 Err(_idle) => {}
-                Ok(Ok(message)) => return Ok(Raw::from(&message)),
+                Ok(Ok(message)) => return start(Raw::from(&message)),
                 // Broker trouble (down, restarting, a transport error) surfaces here; the
                 // client reconnects by itself, so the worker keeps waiting instead of dying.
                 Ok(Err(error)) => {
@@ -733,10 +743,9 @@ impl SegmentQueue for KafkaQueue {
                 return Ok(None);
             }
             let waiting = consuming.enter()?;
-            let next = consuming.next().await;
+            let next = consuming.next(&self.tracker).await;
             drop(waiting);
             let Raw { tag, received } = next?;
-            self.lock_tracker()?.start(tag.partition, tag.offset);
             let decoded = vidx_proto::decode_segment_task(&received.payload).and_then(|task| {
                 if task.schema_version == SEGMENT_TASK_SCHEMA_VERSION {
                     Ok(task)
