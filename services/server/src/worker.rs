@@ -55,7 +55,8 @@ impl<S: Send + Sync + 'static> v1::worker_service_server::WorkerService for Work
                     .collect()
             })
             .unwrap_or_default();
-        let (queue_depth, partitions) = self.queue.get().map_or((0, Vec::new()), |queue| {
+        let queue = self.queue.get();
+        let (queue_depth, partitions) = queue.map_or((0, Vec::new()), |queue| {
             (queue.in_flight() as u64, queue.assigned_partitions())
         });
         Ok(Response::new(v1::WorkerStatusResponse {
@@ -66,6 +67,8 @@ impl<S: Send + Sync + 'static> v1::worker_service_server::WorkerService for Work
             partitions,
             segments_indexed: self.stats.indexed.load(Ordering::Relaxed),
             segments_failed: self.stats.failed.load(Ordering::Relaxed),
+            fetching_paused: queue.is_some_and(|queue| queue.is_paused()),
+            partitions_revoked: queue.map_or(0, |queue| queue.revocations()),
         }))
     }
 }

@@ -296,6 +296,10 @@ async fn three_streams_through_kafka_and_two_workers_are_found_by_grpc_search() 
     );
     assert_eq!(indexed, totals, "{statuses:?}");
     assert!(statuses.iter().all(|status| status.segments_failed == 0));
+    assert!(
+        statuses.iter().all(|status| status.queue_depth == 0),
+        "nothing left in flight: {statuses:?}"
+    );
     assert!(statuses.iter().all(
         |status| status.models.contains(&"subtitles".to_string()) || !status.models.is_empty()
     ));
