@@ -568,6 +568,34 @@ impl KafkaQueue {
         self.tracker.lock().map_or(0, |tracker| tracker.in_flight())
     }
 
+    /// Messages waiting in each partition this member owns: the high watermark minus the
+    /// group's committed offset (what lag-based autoscalers read). Blocking: broker round
+    /// trips.
+    pub fn lag(&self) -> Result<Vec<(i32, i64)>, QueueError> {
+        let consumer = &self.consuming()?.consumer;
+        let assignment = consumer
+            .assignment()
+            .map_err(|error| unavailable("assignment", error))?;
+        if assignment.count() == 0 {
+            return Ok(Vec::new());
+        }
+        let committed = consumer
+            .committed_offsets(assignment, Duration::from_secs(5))
+            .map_err(|error| unavailable("committed offsets", error))?;
+        let mut lags = Vec::new();
+        for element in committed.elements() {
+            let (low, high) = consumer
+                .fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(5))
+                .map_err(|error| unavailable("watermarks", error))?;
+            let next = match element.offset() {
+                Offset::Offset(offset) => offset,
+                _ => low,
+            };
+            lags.push((element.partition(), (high - next).max(0)));
+        }
+        Ok(lags)
+    }
+
     /// How many rebalances took partitions away from this member.
     pub fn revocations(&self) -> u64 {
         self.consuming

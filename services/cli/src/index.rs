@@ -172,6 +172,7 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
                 segment_seq,
                 attempts,
                 error,
+                ..
             } => {
                 let report = report_for(&mut reports, &stream_id);
                 report.segments_failed += 1;

@@ -24,6 +24,9 @@ pub async fn run(context: AppContext, args: &RunArgs) -> anyhow::Result<u8> {
     let listener = vidx_server::bind(&context.config.server.listen)
         .await
         .map_err(server_error)?;
+    let metrics_listener = vidx_server::bind_metrics(&context.config.server.metrics_listen)
+        .await
+        .map_err(server_error)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     spawn_signal_handler(shutdown_tx);
     let frame_size = context.config.media.frame_size;
@@ -32,9 +35,15 @@ pub async fn run(context: AppContext, args: &RunArgs) -> anyhow::Result<u8> {
             .await
             .map_err(|error| ServerError::Startup(format!("{error:#}")))
     };
-    vidx_server::serve::<AnyStore, _>(settings, listener, engine, shutdown_rx)
-        .await
-        .map_err(server_error)?;
+    vidx_server::serve_with_metrics::<AnyStore, _>(
+        settings,
+        listener,
+        metrics_listener,
+        engine,
+        shutdown_rx,
+    )
+    .await
+    .map_err(server_error)?;
     eprintln!("stopped");
     Ok(EXIT_OK)
 }

@@ -98,6 +98,8 @@ pub struct PipelineConfig {
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: String,
+    /// `GET /metrics` address; empty: off.
+    pub metrics_listen: String,
     pub max_request_bytes: usize,
     pub max_concurrent_requests: usize,
     pub request_timeout_ms: u64,
@@ -279,6 +281,18 @@ impl Config {
         }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             return invalid("server.listen", "must be an address like 127.0.0.1:7700");
+        }
+        if !self.server.metrics_listen.is_empty()
+            && self
+                .server
+                .metrics_listen
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            return invalid(
+                "server.metrics_listen",
+                "must be empty or an address like 0.0.0.0:9464",
+            );
         }
         if !(1024..=(64 << 20)).contains(&self.server.max_request_bytes) {
             return invalid(
@@ -615,6 +629,11 @@ mod tests {
     fn bad_server_settings_name_the_key() {
         let cases = [
             ("VIDX__SERVER__LISTEN", "nowhere", "server.listen"),
+            (
+                "VIDX__SERVER__METRICS_LISTEN",
+                "port 9464",
+                "server.metrics_listen",
+            ),
             (
                 "VIDX__SERVER__MAX_REQUEST_BYTES",
                 "10",

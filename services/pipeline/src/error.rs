@@ -24,6 +24,20 @@ pub enum PipelineError {
 }
 
 impl PipelineError {
+    /// The stage that failed, as a short label (metrics, logs).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            PipelineError::InvalidArgument { .. } => "invalid_argument",
+            PipelineError::SchemaVersion { .. } => "schema_version",
+            PipelineError::Fetch(_) | PipelineError::Blob(_) => "fetch",
+            PipelineError::Media(_) => "decode",
+            PipelineError::Model(_) => "model",
+            PipelineError::Store(_) => "store",
+            PipelineError::Queue(_) => "queue",
+            PipelineError::Task(_) => "internal",
+        }
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
             PipelineError::InvalidArgument { .. } | PipelineError::SchemaVersion { .. } => {

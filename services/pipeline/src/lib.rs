@@ -8,6 +8,6 @@ pub mod search;
 pub mod worker;
 
 pub use error::PipelineError;
-pub use points::{Models, build_points, fetch_media};
+pub use points::{Models, StageTimings, build_points, build_points_timed, fetch_media};
 pub use search::{MAX_QUERY_CHARS, MAX_TOP_K, SearchRequest, search};
 pub use worker::{WorkerEvent, WorkerOptions, run_worker};

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use vidx_core::ports::{Captioner, FrameSampler, SegmentInput, TextEmbedder, VisualEmbedder};
 use vidx_core::types::vector_names;
@@ -80,12 +81,42 @@ pub fn fetch_media(media: &SegmentMedia) -> Result<LocalMedia, PipelineError> {
     }
 }
 
+/// How long one segment spent in each stage.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimings {
+    /// Reading a blob from the blob store.
+    pub fetch: Duration,
+    /// Opening the media and sampling frames.
+    pub decode: Duration,
+    /// Captioners and embedders.
+    pub models: Duration,
+    /// The upsert, until the store acknowledged it.
+    pub store: Duration,
+}
+
 /// Run every stage before the upsert for one task.
 pub fn build_points(
     task: &SegmentTask,
     sampler: &dyn FrameSampler,
     models: &Models,
     frames_per_segment: usize,
+) -> Result<Vec<IndexPoint>, PipelineError> {
+    build_points_timed(
+        task,
+        sampler,
+        models,
+        frames_per_segment,
+        &mut StageTimings::default(),
+    )
+}
+
+/// [`build_points`], recording the decode and model time in `timings`.
+pub fn build_points_timed(
+    task: &SegmentTask,
+    sampler: &dyn FrameSampler,
+    models: &Models,
+    frames_per_segment: usize,
+    timings: &mut StageTimings,
 ) -> Result<Vec<IndexPoint>, PipelineError> {
     if task.schema_version != SEGMENT_TASK_SCHEMA_VERSION {
         return Err(PipelineError::SchemaVersion {
@@ -97,17 +128,26 @@ pub fn build_points(
     // them: decoding validates the media, so a broken segment fails here instead of being
     // indexed from its subtitles alone.
     let wants_frames = frames_per_segment > 0;
+    let started = Instant::now();
     let frames: Vec<Frame> = if wants_frames {
         let media = fetch_media(&task.media)?;
         sampler.sample(&media.path, task.range, frames_per_segment)?
     } else {
         Vec::new()
     };
+    timings.decode = started.elapsed();
+    let started = Instant::now();
+    let points = points_from_frames(task, &frames, models)?;
+    timings.models = started.elapsed();
+    Ok(points)
+}
 
-    let input = SegmentInput {
-        task,
-        frames: &frames,
-    };
+fn points_from_frames(
+    task: &SegmentTask,
+    frames: &[Frame],
+    models: &Models,
+) -> Result<Vec<IndexPoint>, PipelineError> {
+    let input = SegmentInput { task, frames };
     let mut moments = Vec::new();
     for captioner in &models.captioners {
         for (index, moment) in captioner.caption(input)?.into_iter().enumerate() {
@@ -124,7 +164,7 @@ pub fn build_points(
         .collect();
     let text_vectors = models.text_embedder.embed(&captions)?;
     let frame_vectors = match (&models.visual_embedder, frames.is_empty()) {
-        (Some(embedder), false) => Some(embedder.embed_frames(&frames)?),
+        (Some(embedder), false) => Some(embedder.embed_frames(frames)?),
         _ => None,
     };
 
@@ -132,7 +172,7 @@ pub fn build_points(
     for ((model_rev, index, moment), text_vector) in moments.into_iter().zip(text_vectors) {
         let mut vectors = BTreeMap::from([(vector_names::TEXT.to_string(), text_vector)]);
         if let Some(frame_vectors) = &frame_vectors
-            && let Some(visual) = mean_of_window(&frames, frame_vectors, moment.range)
+            && let Some(visual) = mean_of_window(frames, frame_vectors, moment.range)
         {
             vectors.insert(vector_names::VISUAL.to_string(), visual);
         }

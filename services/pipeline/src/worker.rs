@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch};
 use vidx_core::ports::{BlobStore, Delivery, FrameSampler, IndexStore, SegmentQueue};
 use vidx_core::{BlobError, SegmentMedia, SegmentTask};
 
-use crate::{Models, PipelineError, build_points};
+use crate::{Models, PipelineError, StageTimings, build_points_timed};
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -50,12 +50,16 @@ pub enum WorkerEvent {
         segment_seq: u64,
         points: usize,
         media_ms: u64,
+        /// The stages of the successful attempt.
+        timings: StageTimings,
     },
     Failed {
         stream_id: String,
         segment_seq: u64,
         attempts: u32,
         error: String,
+        /// Which stage failed ([`PipelineError::cause`]).
+        cause: &'static str,
     },
 }
 
@@ -128,7 +132,7 @@ pub async fn run_worker<Q: SegmentQueue, S: IndexStore>(
             }
         };
         match outcome {
-            Ok(points) => {
+            Ok((points, timings)) => {
                 queue.ack(tag).await?;
                 tracing::info!(stream_id, segment_seq, points, "segment indexed");
                 let _ = events.send(WorkerEvent::Indexed {
@@ -136,6 +140,7 @@ pub async fn run_worker<Q: SegmentQueue, S: IndexStore>(
                     segment_seq,
                     points,
                     media_ms,
+                    timings,
                 });
             }
             Err(error) => {
@@ -146,6 +151,7 @@ pub async fn run_worker<Q: SegmentQueue, S: IndexStore>(
                     segment_seq,
                     attempts: attempt,
                     error: error.to_string(),
+                    cause: error.cause(),
                 });
             }
         }
@@ -166,28 +172,36 @@ async fn index_once<S: IndexStore>(
     models: &Arc<Models>,
     frames_per_segment: usize,
     blobs: Option<&Arc<dyn BlobStore>>,
-) -> Result<usize, PipelineError> {
+) -> Result<(usize, StageTimings), PipelineError> {
     // Without frames the media is never opened, so there is nothing to fetch.
+    let started = std::time::Instant::now();
     let task = if frames_per_segment > 0 {
         resolve_media(task, blobs).await?
     } else {
         task.clone()
     };
+    let fetch = started.elapsed();
     let (task_ref, sampler_ref, models_ref) = (task, sampler.clone(), models.clone());
-    let points = tokio::task::spawn_blocking(move || {
-        build_points(
+    let (points, mut timings) = tokio::task::spawn_blocking(move || {
+        let mut timings = StageTimings::default();
+        build_points_timed(
             &task_ref,
             sampler_ref.as_ref(),
             &models_ref,
             frames_per_segment,
+            &mut timings,
         )
+        .map(|points| (points, timings))
     })
     .await
     .map_err(|error| PipelineError::Task(error.to_string()))??;
+    timings.fetch = fetch;
     let count = points.len();
     // The upsert returns once the points are durable; only then may the task be acked.
+    let started = std::time::Instant::now();
     store.upsert(points).await?;
-    Ok(count)
+    timings.store = started.elapsed();
+    Ok((count, timings))
 }
 
 /// Make a blob task's media readable by the decoder: the file in place for a local blob

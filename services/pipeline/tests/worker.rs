@@ -150,15 +150,20 @@ async fn store_outage_is_retried_then_acked() -> anyhow::Result<()> {
     let events = harness
         .run(vec![task(0, &["a dog runs", "a cat sleeps"])], 1, 3)
         .await?;
-    assert_eq!(
-        events,
-        vec![WorkerEvent::Indexed {
-            stream_id: "cam-1".into(),
+    let [
+        WorkerEvent::Indexed {
+            stream_id,
             segment_seq: 0,
             points: 2,
-            media_ms: 10_000
-        }]
-    );
+            media_ms: 10_000,
+            timings,
+        },
+    ] = &events[..]
+    else {
+        panic!("one indexed segment expected: {events:?}");
+    };
+    assert_eq!(stream_id, "cam-1");
+    assert!(timings.store > Duration::ZERO, "{timings:?}");
     assert_eq!(
         harness.store.upsert_calls.load(Ordering::SeqCst),
         3,

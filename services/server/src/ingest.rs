@@ -18,6 +18,7 @@ use vidx_media::{InputSource, SegmentOptions, UrlPolicy};
 use vidx_proto::v1;
 use vidx_proto::v1::JobState;
 
+use crate::Metrics;
 use crate::auth::tenant_of;
 use crate::status::invalid;
 
@@ -227,19 +228,23 @@ impl Jobs {
         }
     }
 
-    /// A dead letter arrived: count it against its job, if it is one of ours. Its blob is
-    /// kept.
-    pub fn dead_lettered(&self, tag: DeliveryTag, error: String) {
-        if let Ok(mut table) = self.table.lock() {
-            if let Some(blob) = table.blobs.remove(&tag) {
-                tracing::info!(uri = blob.uri, "blob of a dead-lettered segment kept");
-            }
-            if let Some(id) = table.by_tag.get(&tag).cloned()
-                && let Some(job) = table.jobs.get_mut(&id)
-            {
-                job.dead_lettered.insert(tag, error);
-            }
+    /// A dead letter arrived: count it against its job, if it is one of ours (then `true`).
+    /// Its blob is kept.
+    pub fn dead_lettered(&self, tag: DeliveryTag, error: String) -> bool {
+        let Ok(mut table) = self.table.lock() else {
+            return false;
+        };
+        let blob = table.blobs.remove(&tag);
+        if let Some(blob) = &blob {
+            tracing::info!(uri = blob.uri, "blob of a dead-lettered segment kept");
         }
+        if let Some(id) = table.by_tag.get(&tag).cloned()
+            && let Some(job) = table.jobs.get_mut(&id)
+        {
+            job.dead_lettered.insert(tag, error);
+            return true;
+        }
+        blob.is_some()
     }
 
     /// Blobs still waiting for their segment to be committed.
@@ -377,6 +382,7 @@ pub struct IngestApi {
     queue: Arc<KafkaQueue>,
     progress: Arc<GroupProgress>,
     jobs: Arc<Jobs>,
+    metrics: Arc<Metrics>,
 }
 
 impl IngestApi {
@@ -385,12 +391,14 @@ impl IngestApi {
         queue: Arc<KafkaQueue>,
         progress: Arc<GroupProgress>,
         jobs: Arc<Jobs>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             settings: Arc::new(settings),
             queue,
             progress,
             jobs,
+            metrics,
         }
     }
 }
@@ -430,9 +438,12 @@ impl v1::ingest_service_server::IngestService for IngestApi {
             input,
             stream_id,
             tenant,
-            self.settings.clone(),
-            self.queue.clone(),
-            self.jobs.clone(),
+            JobContext {
+                settings: self.settings.clone(),
+                queue: self.queue.clone(),
+                jobs: self.jobs.clone(),
+                metrics: self.metrics.clone(),
+            },
         ));
         Ok(Response::new(v1::SubmitResponse { job_id }))
     }
@@ -483,16 +494,28 @@ fn place_media(
     Ok(media)
 }
 
+/// What a job needs from its ingest node.
+struct JobContext {
+    settings: Arc<IngestSettings>,
+    queue: Arc<KafkaQueue>,
+    jobs: Arc<Jobs>,
+    metrics: Arc<Metrics>,
+}
+
 /// Segment the input on a blocking thread and publish each segment as it is cut.
 async fn run_job(
     job_id: String,
     input: InputSource,
     stream_id: String,
     tenant: String,
-    settings: Arc<IngestSettings>,
-    queue: Arc<KafkaQueue>,
-    jobs: Arc<Jobs>,
+    context: JobContext,
 ) {
+    let JobContext {
+        settings,
+        queue,
+        jobs,
+        metrics,
+    } = context;
     jobs.update(&job_id, |job| job.segmenting = true);
     let spool = settings.spool_dir.join(&job_id);
     if let Err(error) = std::fs::create_dir_all(&spool) {
@@ -511,6 +534,7 @@ async fn run_job(
     let (job, sink_jobs) = (job_id.clone(), jobs.clone());
     let inline_max_bytes = settings.inline_max_bytes;
     let blobs = settings.blobs.clone();
+    let sink_metrics = metrics.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let mut publish_error = None;
         let result = vidx_media::segment_source(&input, &options, |chunk| {
@@ -530,6 +554,7 @@ async fn run_job(
             match runtime.block_on(queue.publish_tagged(&task)) {
                 Ok(tag) => {
                     sink_jobs.published(&job, tag, blob);
+                    sink_metrics.segments_published.inc();
                     true
                 }
                 Err(error) => {
@@ -550,6 +575,7 @@ async fn run_job(
     let error = match outcome {
         Ok((Ok(summary), None)) => {
             tracing::info!(job_id, segments = summary.segments, "segmented");
+            metrics.decode_errors.inc_by(summary.corrupt_packets);
             String::new()
         }
         Ok((_, Some(error))) => error,

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod ingest;
 mod limits;
+pub mod metrics;
 pub mod query;
 mod status;
 pub mod worker;
@@ -39,6 +40,7 @@ use vidx_proto::v1::worker_service_server::WorkerServiceServer;
 
 pub use auth::{Authenticator, Tenant};
 pub use ingest::{IngestApi, IngestSettings, Jobs};
+pub use metrics::Metrics;
 pub use query::QueryApi;
 pub use worker::{WorkerApi, WorkerStats};
 
@@ -205,8 +207,20 @@ impl NodeSettings {
 
 /// Bind the configured address (for `vidx run`; tests bind port 0 themselves).
 pub async fn bind(address: &str) -> Result<TcpListener, ServerError> {
+    bind_as(address, "server.listen").await
+}
+
+/// Bind `server.metrics_listen` when it is set.
+pub async fn bind_metrics(address: &str) -> Result<Option<TcpListener>, ServerError> {
+    if address.is_empty() {
+        return Ok(None);
+    }
+    bind_as(address, "server.metrics_listen").await.map(Some)
+}
+
+async fn bind_as(address: &str, key: &str) -> Result<TcpListener, ServerError> {
     let parsed: SocketAddr = address.parse().map_err(|_| ServerError::Config {
-        key: "server.listen".into(),
+        key: key.into(),
         reason: format!("`{address}` is not an address"),
     })?;
     TcpListener::bind(parsed)
@@ -244,6 +258,21 @@ async fn stopped(mut shutdown: watch::Receiver<bool>) {
 pub async fn serve<S, F>(
     settings: NodeSettings,
     listener: TcpListener,
+    engine: F,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), ServerError>
+where
+    S: IndexStore,
+    F: Future<Output = Result<Engine<S>, ServerError>> + Send,
+{
+    serve_with_metrics(settings, listener, None, engine, shutdown).await
+}
+
+/// [`serve`], with Prometheus text metrics on `GET /metrics` of `metrics_listener`.
+pub async fn serve_with_metrics<S, F>(
+    settings: NodeSettings,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     engine: F,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), ServerError>
@@ -292,13 +321,28 @@ where
 
     let engine_cell: Arc<OnceLock<Engine<S>>> = Arc::new(OnceLock::new());
     let queue_cell: Arc<OnceLock<Arc<KafkaQueue>>> = Arc::new(OnceLock::new());
+    let metrics = Arc::new(Metrics::new(queue_cell.clone())?);
+    let _metrics_server = match metrics_listener {
+        Some(metrics_listener) => {
+            let address = metrics_listener
+                .local_addr()
+                .map_err(|error| ServerError::Transport(error.to_string()))?;
+            tracing::info!(%address, "metrics on GET /metrics");
+            Some(tokio::spawn(metrics::serve_metrics(
+                metrics.clone(),
+                metrics_listener,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let stats = Arc::new(WorkerStats::default());
     let intercept = auth::interceptor(authenticator);
     let limit = settings.max_request_bytes;
 
     let search_service = roles.query.then(|| {
         InterceptedService::new(
-            SearchServiceServer::new(QueryApi::new(engine_cell.clone()))
+            SearchServiceServer::new(QueryApi::new(engine_cell.clone(), metrics.clone()))
                 .max_decoding_message_size(limit),
             intercept.clone(),
         )
@@ -310,6 +354,7 @@ where
                 producer.clone(),
                 progress.clone(),
                 jobs.clone(),
+                metrics.clone(),
             ))
             .max_decoding_message_size(limit),
             intercept.clone(),
@@ -351,11 +396,13 @@ where
     if let Some((_, progress, jobs)) = &ingest {
         let (progress, jobs) = (progress.clone(), jobs.clone());
         watchers.spawn({
-            let (progress, jobs) = (progress.clone(), jobs.clone());
+            let (progress, jobs, metrics) = (progress.clone(), jobs.clone(), metrics.clone());
             async move {
                 loop {
                     let record = progress.next_dead_letter().await?;
-                    jobs.dead_lettered(record.source, record.error);
+                    if jobs.dead_lettered(record.source, record.error) {
+                        metrics.dead_letters.inc();
+                    }
                 }
             }
         });
@@ -412,10 +459,11 @@ where
                 });
             }
             drop(events_tx);
-            let stats = stats.clone();
+            let (stats, metrics) = (stats.clone(), metrics.clone());
             tokio::spawn(async move {
                 while let Some(event) = events_rx.recv().await {
                     stats.record(&event);
+                    metrics.record(&event);
                 }
             });
             health

@@ -9,17 +9,18 @@ use vidx_core::ports::IndexStore;
 use vidx_pipeline::SearchRequest;
 use vidx_proto::v1;
 
-use crate::Engine;
 use crate::auth::tenant_of;
 use crate::status::{from_pipeline, invalid};
+use crate::{Engine, Metrics};
 
 pub struct QueryApi<S> {
     engine: Arc<OnceLock<Engine<S>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl<S> QueryApi<S> {
-    pub fn new(engine: Arc<OnceLock<Engine<S>>>) -> Self {
-        Self { engine }
+    pub fn new(engine: Arc<OnceLock<Engine<S>>>, metrics: Arc<Metrics>) -> Self {
+        Self { engine, metrics }
     }
 }
 
@@ -82,7 +83,13 @@ impl<S: IndexStore> v1::search_service_server::SearchService for QueryApi<S> {
         let hits =
             vidx_pipeline::search(engine.store.as_ref(), engine.text_embedder.clone(), search)
                 .await
-                .map_err(from_pipeline)?;
+                .map_err(|error| {
+                    self.metrics.search_errors.inc();
+                    from_pipeline(error)
+                })?;
+        self.metrics
+            .search_seconds
+            .observe(started.elapsed().as_secs_f64());
         Ok(Response::new(v1::SearchResponse {
             hits: hits.iter().map(v1::Hit::from).collect(),
             took_ms: started.elapsed().as_millis() as u64,

@@ -329,6 +329,32 @@ async fn three_streams_through_kafka_and_two_workers_are_found_by_grpc_search() 
     assert!(top.caption.contains("cat"), "{top:?}");
     assert!(hits.iter().all(|hit| hit.stream_id == "cam-2"));
 
+    // What dashboards and autoscalers read: every node answers GET /metrics.
+    let (status_line, _) = front.scrape().await?;
+    assert!(status_line.contains(" 200 "), "{status_line}");
+    assert_eq!(
+        front.metric("vidx_segments_published_total").await?,
+        totals as f64
+    );
+    assert!(front.metric("vidx_search_seconds_count").await? >= 1.0);
+    for (worker, status) in workers.iter().zip(&statuses) {
+        let indexed = worker.metric("vidx_segments_indexed_total").await?;
+        assert_eq!(indexed, status.segments_indexed as f64);
+        for stage in ["fetch", "decode", "models", "store"] {
+            let series = format!("vidx_stage_seconds_count{{stage=\"{stage}\"}}");
+            assert_eq!(worker.metric(&series).await?, indexed, "{series}");
+        }
+        for partition in &status.partitions {
+            let series = format!("vidx_consumer_lag{{partition=\"{partition}\"}}");
+            assert_eq!(
+                worker.metric(&series).await?,
+                0.0,
+                "{series}: all committed"
+            );
+        }
+        assert_eq!(worker.metric("vidx_segments_in_flight").await?, 0.0);
+    }
+
     for worker in workers {
         worker.stop().await?;
     }

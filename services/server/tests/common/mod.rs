@@ -157,6 +157,8 @@ pub fn engine(
 /// A running node: its address, and the switch that stops it.
 pub struct Node {
     pub address: SocketAddr,
+    /// Where `GET /metrics` answers.
+    pub metrics_address: SocketAddr,
     pub shutdown: watch::Sender<bool>,
     pub task: tokio::task::JoinHandle<Result<(), ServerError>>,
 }
@@ -168,10 +170,19 @@ impl Node {
     {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
+        let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let metrics_address = metrics_listener.local_addr()?;
         let (shutdown, receiver) = watch::channel(false);
-        let task = tokio::spawn(vidx_server::serve(settings, listener, engine, receiver));
+        let task = tokio::spawn(vidx_server::serve_with_metrics(
+            settings,
+            listener,
+            Some(metrics_listener),
+            engine,
+            receiver,
+        ));
         Ok(Node {
             address,
+            metrics_address,
             shutdown,
             task,
         })
@@ -191,6 +202,34 @@ impl Node {
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
+    }
+
+    /// `GET /metrics` over plain HTTP/1.1: the status line and the body.
+    pub async fn scrape(&self) -> Result<(String, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.metrics_address).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: vidx\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow::anyhow!("no HTTP response: {response}"))?;
+        let status = head.lines().next().unwrap_or_default().to_string();
+        Ok((status, body.to_string()))
+    }
+
+    /// The value of the series `name` (with its labels, as exposed) in a scrape.
+    pub async fn metric(&self, series: &str) -> Result<f64> {
+        let (_, body) = self.scrape().await?;
+        body.lines()
+            .find_map(|line| {
+                line.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                    .and_then(|value| value.trim().parse().ok())
+            })
+            .ok_or_else(|| anyhow::anyhow!("no series {series} in:\n{body}"))
     }
 
     pub async fn stop(self) -> Result<()> {

@@ -1,0 +1,241 @@
+//! Prometheus metrics of one node, served as text on `GET /metrics` (`server.metrics_listen`).
+//!
+//! Counters and histograms are fed where things happen (ingest publishes, worker events,
+//! searches, dead letters); the queue's gauges (consumer lag per partition, segments in
+//! flight, whether fetching is paused) are read from the worker's queue at scrape time.
+
+use std::sync::{Arc, OnceLock};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use vidx_bus::KafkaQueue;
+use vidx_pipeline::WorkerEvent;
+
+use crate::ServerError;
+
+/// Latency buckets in seconds, from a fast store write to a slow CPU model.
+const SECONDS_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 120.0,
+];
+
+/// Every series of one node, in its own registry.
+pub struct Metrics {
+    registry: Registry,
+    pub segments_published: IntCounter,
+    pub segments_indexed: IntCounter,
+    pub segments_failed: IntCounterVec,
+    pub dead_letters: IntCounter,
+    pub decode_errors: IntCounter,
+    pub stage_seconds: HistogramVec,
+    pub batch_size: Histogram,
+    pub search_seconds: Histogram,
+    pub search_errors: IntCounter,
+    consumer_lag: IntGaugeVec,
+    in_flight: IntGauge,
+    fetching_paused: IntGauge,
+    /// The worker's queue once it exists, for the gauges.
+    queue: Arc<OnceLock<Arc<KafkaQueue>>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn registered<T: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: Result<T, prometheus::Error>,
+) -> Result<T, ServerError> {
+    let collector = collector.map_err(|error| ServerError::Startup(format!("metrics: {error}")))?;
+    registry
+        .register(Box::new(collector.clone()))
+        .map_err(|error| ServerError::Startup(format!("metrics: {error}")))?;
+    Ok(collector)
+}
+
+impl Metrics {
+    pub fn new(queue: Arc<OnceLock<Arc<KafkaQueue>>>) -> Result<Self, ServerError> {
+        let registry = Registry::new();
+        let seconds = |name: &str, help: &str| {
+            HistogramOpts::new(name, help).buckets(SECONDS_BUCKETS.to_vec())
+        };
+        Ok(Self {
+            segments_published: registered(
+                &registry,
+                IntCounter::new(
+                    "vidx_segments_published_total",
+                    "Segments the ingest published to the queue",
+                ),
+            )?,
+            segments_indexed: registered(
+                &registry,
+                IntCounter::new(
+                    "vidx_segments_indexed_total",
+                    "Segments whose points the store acknowledged",
+                ),
+            )?,
+            segments_failed: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "vidx_segments_failed_total",
+                        "Segments given up on (dead-lettered), by the stage that failed",
+                    ),
+                    &["cause"],
+                ),
+            )?,
+            dead_letters: registered(
+                &registry,
+                IntCounter::new(
+                    "vidx_dead_letters_total",
+                    "Dead letters of this ingest's segments seen on the dead-letter topic",
+                ),
+            )?,
+            decode_errors: registered(
+                &registry,
+                IntCounter::new(
+                    "vidx_decode_errors_total",
+                    "Unreadable packets skipped while segmenting, and segments that failed to decode",
+                ),
+            )?,
+            stage_seconds: registered(
+                &registry,
+                HistogramVec::new(
+                    seconds(
+                        "vidx_stage_seconds",
+                        "Time per indexed segment in each stage (fetch, decode, models, store)",
+                    ),
+                    &["stage"],
+                ),
+            )?,
+            batch_size: registered(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("vidx_batch_size", "Segments per model batch")
+                        .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+                ),
+            )?,
+            search_seconds: registered(
+                &registry,
+                Histogram::with_opts(seconds("vidx_search_seconds", "Search latency")),
+            )?,
+            search_errors: registered(
+                &registry,
+                IntCounter::new("vidx_search_errors_total", "Searches that failed"),
+            )?,
+            consumer_lag: registered(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "vidx_consumer_lag",
+                        "Messages not yet committed per partition this worker owns",
+                    ),
+                    &["partition"],
+                ),
+            )?,
+            in_flight: registered(
+                &registry,
+                IntGauge::new(
+                    "vidx_segments_in_flight",
+                    "Segments taken off the queue and not yet committed",
+                ),
+            )?,
+            fetching_paused: registered(
+                &registry,
+                IntGauge::new(
+                    "vidx_fetching_paused",
+                    "1 while fetching is paused because every worker is busy",
+                ),
+            )?,
+            registry,
+            queue,
+        })
+    }
+
+    /// Count a worker's outcome.
+    pub fn record(&self, event: &WorkerEvent) {
+        match event {
+            WorkerEvent::Indexed { timings, .. } => {
+                self.segments_indexed.inc();
+                self.batch_size.observe(1.0);
+                for (stage, time) in [
+                    ("fetch", timings.fetch),
+                    ("decode", timings.decode),
+                    ("models", timings.models),
+                    ("store", timings.store),
+                ] {
+                    self.stage_seconds
+                        .with_label_values(&[stage])
+                        .observe(time.as_secs_f64());
+                }
+            }
+            WorkerEvent::Failed { cause, .. } => {
+                self.segments_failed.with_label_values(&[cause]).inc();
+                if *cause == "decode" {
+                    self.decode_errors.inc();
+                }
+            }
+        }
+    }
+
+    /// Refresh the queue gauges (a broker round trip for the lag) and render every series.
+    pub async fn render(&self) -> String {
+        if let Some(queue) = self.queue.get().cloned() {
+            self.in_flight.set(queue.in_flight() as i64);
+            self.fetching_paused.set(i64::from(queue.is_paused()));
+            match tokio::task::spawn_blocking(move || queue.lag()).await {
+                Ok(Ok(lags)) => {
+                    self.consumer_lag.reset();
+                    for (partition, lag) in lags {
+                        self.consumer_lag
+                            .with_label_values(&[&partition.to_string()])
+                            .set(lag);
+                    }
+                }
+                Ok(Err(error)) => tracing::warn!(error = %error, "consumer lag unavailable"),
+                Err(error) => tracing::warn!(error = %error, "consumer lag task failed"),
+            }
+        }
+        let mut text = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut text) {
+            tracing::warn!(error = %error, "metrics encoding failed");
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    }
+}
+
+/// Serve `GET /metrics` on `listener` until `shutdown` turns true.
+pub async fn serve_metrics(
+    metrics: Arc<Metrics>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ServerError> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    metrics.render().await,
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            if shutdown.wait_for(|stop| *stop).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+        .await
+        .map_err(|error| ServerError::Transport(format!("metrics endpoint: {error}")))
+}
