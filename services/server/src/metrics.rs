@@ -22,6 +22,9 @@ const SECONDS_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 120.0,
 ];
 
+/// The stages of `vidx_stage_seconds`, in pipeline order.
+const STAGES: [&str; 4] = ["fetch", "decode", "models", "store"];
+
 /// Every series of one node, in its own registry.
 pub struct Metrics {
     registry: Registry,
@@ -154,7 +157,17 @@ impl Metrics {
             )?,
             registry,
             queue,
-        })
+        }
+        .with_stages())
+    }
+
+    /// Expose the per-stage series from the start (at zero), so dashboards and alerts see
+    /// them before the first segment.
+    fn with_stages(self) -> Self {
+        for stage in STAGES {
+            self.stage_seconds.with_label_values(&[stage]);
+        }
+        self
     }
 
     /// Count a worker's outcome.
@@ -163,12 +176,8 @@ impl Metrics {
             WorkerEvent::Indexed { timings, .. } => {
                 self.segments_indexed.inc();
                 self.batch_size.observe(1.0);
-                for (stage, time) in [
-                    ("fetch", timings.fetch),
-                    ("decode", timings.decode),
-                    ("models", timings.models),
-                    ("store", timings.store),
-                ] {
+                let times = [timings.fetch, timings.decode, timings.models, timings.store];
+                for (stage, time) in STAGES.into_iter().zip(times) {
                     self.stage_seconds
                         .with_label_values(&[stage])
                         .observe(time.as_secs_f64());
