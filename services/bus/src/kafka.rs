@@ -153,7 +153,7 @@ struct Raw {
 
 /// Messages the keep-alive poll took while the workers were busy (from a partition assigned
 /// during the pause), handed out before anything newer.
-type Stash = Arc<Mutex<VecDeque<Raw>>>;
+type Stash = Mutex<VecDeque<Raw>>;
 
 /// Whether a worker waits for a message, and the pause state that follows from it.
 #[derive(Debug)]
@@ -171,7 +171,7 @@ struct GroupContext {
     tracker: Arc<Mutex<OffsetTracker>>,
     stash: Stash,
     /// Rebalances that took partitions away from this member.
-    revocations: Arc<std::sync::atomic::AtomicU64>,
+    revocations: std::sync::atomic::AtomicU64,
 }
 
 impl GroupContext {
@@ -221,15 +221,14 @@ struct Received {
 
 /// The consumer side shared by `receive` and the keep-alive task.
 struct Consuming {
+    /// Its context holds the stash and the revocation count, which rebalances update.
     consumer: StreamConsumer<GroupContext>,
     flow: Mutex<Flow>,
-    stash: Stash,
     /// Held by whoever polls the consumer, so the keep-alive and the workers never poll at
     /// once and the stash is always drained before the consumer is polled again.
     polling: tokio::sync::Mutex<()>,
     /// A worker started waiting: the keep-alive lets go of the consumer.
     worker_waiting: tokio::sync::Notify,
-    revocations: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Consuming {
@@ -239,12 +238,12 @@ impl Consuming {
             .map_err(|_| QueueError::Unavailable("flow lock poisoned".into()))
     }
 
-    fn pop_stash(&self) -> Result<Option<Raw>, QueueError> {
-        Ok(self
+    fn lock_stash(&self) -> Result<std::sync::MutexGuard<'_, VecDeque<Raw>>, QueueError> {
+        self.consumer
+            .context()
             .stash
             .lock()
-            .map_err(|_| QueueError::Unavailable("stash lock poisoned".into()))?
-            .pop_front())
+            .map_err(|_| QueueError::Unavailable("stash lock poisoned".into()))
     }
 
     /// Pause or resume every partition this member owns now.
@@ -306,7 +305,8 @@ impl Consuming {
                 .start(raw.tag.partition, raw.tag.offset);
             Ok(raw)
         };
-        if let Some(raw) = self.pop_stash()? {
+        let stashed = self.lock_stash()?.pop_front();
+        if let Some(raw) = stashed {
             return start(raw);
         }
         loop {
@@ -347,10 +347,7 @@ impl Consuming {
         if let Some(Ok(message)) = polled {
             let raw = Raw::from(&message);
             drop(message);
-            self.stash
-                .lock()
-                .map_err(|_| QueueError::Unavailable("stash lock poisoned".into()))?
-                .push_back(raw);
+            self.lock_stash()?.push_back(raw);
             let mut flow = self.lock_flow()?;
             self.set_paused(&mut flow, true);
         }
@@ -486,13 +483,11 @@ impl KafkaQueue {
                 )
                 .set("enable.partition.eof", "false");
             settings.apply_properties(&mut consumer_config);
-            let stash = Stash::default();
-            let revocations = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let context = GroupContext {
                 topic: settings.topic.clone(),
                 tracker: tracker.clone(),
-                stash: stash.clone(),
-                revocations: revocations.clone(),
+                stash: Stash::default(),
+                revocations: std::sync::atomic::AtomicU64::new(0),
             };
             let consumer: StreamConsumer<GroupContext> = consumer_config
                 .create_with_context(context)
@@ -507,10 +502,8 @@ impl KafkaQueue {
                     idle_since: Instant::now(),
                     paused: false,
                 }),
-                stash,
                 polling: tokio::sync::Mutex::new(()),
                 worker_waiting: tokio::sync::Notify::new(),
-                revocations,
             });
             runtime.spawn(run_keep_alive(Arc::downgrade(&consuming), closed.clone()));
             Some(consuming)
@@ -598,9 +591,13 @@ impl KafkaQueue {
 
     /// How many rebalances took partitions away from this member.
     pub fn revocations(&self) -> u64 {
-        self.consuming
-            .as_ref()
-            .map_or(0, |consuming| consuming.revocations.load(Ordering::SeqCst))
+        self.consuming.as_ref().map_or(0, |consuming| {
+            consuming
+                .consumer
+                .context()
+                .revocations
+                .load(Ordering::SeqCst)
+        })
     }
 
     /// Whether fetching is paused because every worker is busy.
