@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod captioner;
+pub mod clip_tokenizer;
 pub mod hub;
 pub mod models;
 pub mod ops;

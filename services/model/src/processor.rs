@@ -35,20 +35,39 @@ impl RgbImage {
         })
     }
 
-    /// Squash-resize to `width` × `height` (no aspect preservation).
+    /// Squash-resize to `width` × `height` (no aspect preservation), bicubic.
     pub fn resized(&self, width: usize, height: usize) -> RgbImage {
+        self.resized_with(width, height, Filter::Bicubic)
+    }
+
+    /// Squash-resize with PIL's antialiased `filter`.
+    pub fn resized_with(&self, width: usize, height: usize, filter: Filter) -> RgbImage {
         if width == self.width && height == self.height {
             return self.clone();
         }
         let horizontal = if width == self.width {
             self.data.clone()
         } else {
-            resample_axis(&self.data, self.width, self.height, width, Axis::Horizontal)
+            resample_axis(
+                &self.data,
+                self.width,
+                self.height,
+                width,
+                Axis::Horizontal,
+                filter,
+            )
         };
         let data = if height == self.height {
             horizontal
         } else {
-            resample_axis(&horizontal, width, self.height, height, Axis::Vertical)
+            resample_axis(
+                &horizontal,
+                width,
+                self.height,
+                height,
+                Axis::Vertical,
+                filter,
+            )
         };
         RgbImage {
             width,
@@ -102,6 +121,29 @@ enum Axis {
     Vertical,
 }
 
+/// PIL's resampling filters: PLM resizes bicubic, PE-Core bilinear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    Bicubic,
+    Bilinear,
+}
+
+impl Filter {
+    fn support(self) -> f64 {
+        match self {
+            Filter::Bicubic => 2.0,
+            Filter::Bilinear => 1.0,
+        }
+    }
+
+    fn weight(self, x: f64) -> f64 {
+        match self {
+            Filter::Bicubic => bicubic(x),
+            Filter::Bilinear => (1.0 - x.abs()).max(0.0),
+        }
+    }
+}
+
 /// PIL's bicubic kernel (a = −0.5).
 fn bicubic(x: f64) -> f64 {
     const A: f64 = -0.5;
@@ -117,17 +159,17 @@ fn bicubic(x: f64) -> f64 {
 
 /// For each output index: the first input index and the normalised weights (PIL's
 /// `precompute_coeffs`: the support widens by the scale when downsampling — antialiasing).
-fn coefficients(input: usize, output: usize) -> Vec<(usize, Vec<f64>)> {
+fn coefficients(input: usize, output: usize, filter: Filter) -> Vec<(usize, Vec<f64>)> {
     let scale = input as f64 / output as f64;
     let filter_scale = scale.max(1.0);
-    let support = 2.0 * filter_scale;
+    let support = filter.support() * filter_scale;
     (0..output)
         .map(|index| {
             let center = (index as f64 + 0.5) * scale;
             let first = ((center - support + 0.5).trunc().max(0.0)) as usize;
             let last = ((center + support + 0.5).trunc() as usize).min(input);
             let mut weights: Vec<f64> = (first..last)
-                .map(|x| bicubic((x as f64 - center + 0.5) / filter_scale))
+                .map(|x| filter.weight((x as f64 - center + 0.5) / filter_scale))
                 .collect();
             let total: f64 = weights.iter().sum();
             if total != 0.0 {
@@ -138,12 +180,19 @@ fn coefficients(input: usize, output: usize) -> Vec<(usize, Vec<f64>)> {
         .collect()
 }
 
-fn resample_axis(data: &[u8], width: usize, height: usize, size: usize, axis: Axis) -> Vec<u8> {
+fn resample_axis(
+    data: &[u8],
+    width: usize,
+    height: usize,
+    size: usize,
+    axis: Axis,
+    filter: Filter,
+) -> Vec<u8> {
     let (input, out_width, out_height) = match axis {
         Axis::Horizontal => (width, size, height),
         Axis::Vertical => (height, width, size),
     };
-    let table = coefficients(input, size);
+    let table = coefficients(input, size, filter);
     let mut output = vec![0u8; out_width * out_height * 3];
     for y in 0..out_height {
         for x in 0..out_width {

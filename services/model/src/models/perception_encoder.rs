@@ -198,8 +198,9 @@ struct Block {
     norm2: LayerNorm,
     fc1: Linear,
     fc2: Linear,
-    gamma_1: Tensor,
-    gamma_2: Tensor,
+    /// LayerScale (PE-Lang / PLM towers); PE-Core has none.
+    gamma_1: Option<Tensor>,
+    gamma_2: Option<Tensor>,
     num_heads: usize,
 }
 
@@ -219,8 +220,8 @@ impl Block {
             norm2: candle_nn::layer_norm(dim, norm, vb.pp("norm2"))?,
             fc1: candle_nn::linear(dim, mlp_hidden, vb.pp("mlp.fc1"))?,
             fc2: candle_nn::linear(mlp_hidden, dim, vb.pp("mlp.fc2"))?,
-            gamma_1: vb.get(dim, "gamma_1")?,
-            gamma_2: vb.get(dim, "gamma_2")?,
+            gamma_1: layer_scale(&vb, dim, "gamma_1")?,
+            gamma_2: layer_scale(&vb, dim, "gamma_2")?,
             num_heads: config.num_heads,
         })
     }
@@ -249,11 +250,26 @@ impl Block {
         };
         // Heads-last `[B, T, heads, d]` → `[B, T, dim]`.
         let attended = attended.reshape((batch, tokens, dim))?;
-        let hidden = (hidden + self.proj.forward(&attended)?.broadcast_mul(&self.gamma_1)?)?;
+        let hidden = (hidden + scaled(self.proj.forward(&attended)?, self.gamma_1.as_ref())?)?;
         let mlp = self.fc2.forward(&crate::ops::gelu_erf(
             &self.fc1.forward(&self.norm2.forward(&hidden)?)?,
         )?)?;
-        hidden + mlp.broadcast_mul(&self.gamma_2)?
+        hidden + scaled(mlp, self.gamma_2.as_ref())?
+    }
+}
+
+fn layer_scale(vb: &VarBuilder, dim: usize, name: &str) -> Result<Option<Tensor>> {
+    if vb.contains_tensor(name) {
+        Ok(Some(vb.get(dim, name)?))
+    } else {
+        Ok(None)
+    }
+}
+
+fn scaled(tensor: Tensor, gamma: Option<&Tensor>) -> Result<Tensor> {
+    match gamma {
+        Some(gamma) => tensor.broadcast_mul(gamma),
+        None => Ok(tensor),
     }
 }
 

@@ -731,7 +731,7 @@ pub fn weight_files(
 }
 
 #[allow(unsafe_code)]
-fn mmaped(
+pub(crate) fn mmaped(
     paths: &[std::path::PathBuf],
     dtype: DType,
     device: &Device,
