@@ -8,10 +8,12 @@ pub mod clip_tokenizer;
 pub mod hub;
 pub mod models;
 pub mod ops;
+pub mod pe_embedder;
 pub mod processor;
 
 pub use hub::{HubOptions, ModelFiles, resolve_model_dir};
 pub use models::sentence_bert::SentenceEmbedder;
+pub use pe_embedder::{PeCoreEmbedder, PeCoreTextEmbedder};
 
 use vidx_core::ModelError;
 

@@ -172,3 +172,81 @@ fn the_clip_tokenizer_gives_open_clip_s_ids() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+fn unit(rows: Vec<Vec<f32>>) -> Vec<Vec<f32>> {
+    rows.into_iter()
+        .map(|row| {
+            let norm = row.iter().map(|value| value * value).sum::<f32>().sqrt();
+            row.into_iter().map(|value| value / norm).collect()
+        })
+        .collect()
+}
+
+fn max_row_diff(left: &[Vec<f32>], right: &[Vec<f32>]) -> f32 {
+    assert_eq!(left.len(), right.len());
+    left.iter()
+        .zip(right)
+        .flat_map(|(left, right)| left.iter().zip(right).map(|(a, b)| (a - b).abs()))
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn the_embedder_gives_unit_vectors_of_frames_and_queries_in_one_space() -> anyhow::Result<()> {
+    use vidx_core::ports::{TextEmbedder, VisualEmbedder};
+    let reference = reference("cls")?;
+    let embedder = std::sync::Arc::new(vidx_model::PeCoreEmbedder::from_path(
+        &fixtures().join("cls"),
+        "pe-core-tiny",
+        Device::Cpu,
+        DType::F32,
+    )?);
+    assert_eq!(VisualEmbedder::dimension(embedder.as_ref()), 24);
+    let frames_u8 = &reference["image_u8"];
+    let (count, height, width, _) = frames_u8.dims4()?;
+    let raw = frames_u8.flatten_all()?.to_vec1::<u8>()?;
+    let frames: Vec<vidx_core::Frame> = raw
+        .chunks(height * width * 3)
+        .take(count)
+        .enumerate()
+        .map(|(index, chunk)| vidx_core::Frame {
+            pts_ms: index as u64 * 500,
+            width: width as u32,
+            height: height as u32,
+            rgb: chunk.to_vec(),
+        })
+        .collect();
+    let images = embedder.embed_frames(&frames)?;
+    let expected_images = unit(reference["image_features"].to_vec2::<f32>()?);
+    assert!(max_row_diff(&images, &expected_images) <= TOLERANCE);
+
+    let queries = vidx_model::PeCoreTextEmbedder(embedder.clone());
+    let texts = queries.embed(&texts("cls")?)?;
+    let expected_texts = unit(reference["text_features"].to_vec2::<f32>()?);
+    assert!(max_row_diff(&texts, &expected_texts) <= TOLERANCE);
+
+    // A frame of the wrong size is an error naming the frame, not a panic.
+    let broken = vidx_core::Frame {
+        pts_ms: 7,
+        width: 10,
+        height: 10,
+        rgb: vec![0; 12],
+    };
+    let error = embedder
+        .embed_frames(&[broken])
+        .expect_err("a truncated frame");
+    assert!(error.to_string().contains("7 ms"), "{error}");
+    Ok(())
+}
+
+#[test]
+fn a_directory_without_a_checkpoint_says_what_it_looked_for() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let error = PeCoreClip::from_path(directory.path(), DType::F32, &Device::Cpu, "x")
+        .err()
+        .expect("no checkpoint");
+    let message = error.to_string();
+    assert!(
+        message.contains("open_clip_model.safetensors") && message.contains("*.pt"),
+        "{message}"
+    );
+}
