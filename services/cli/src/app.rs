@@ -13,7 +13,8 @@ use vidx_core::ports::{Captioner, TextEmbedder};
 use vidx_core::types::vector_names;
 use vidx_model::captioner::{CaptionSettings, DENSE_CAPTION_PROMPT, PlmCaptioner};
 use vidx_model::models::perception_lm::{PlmBundle, fetch_files};
-use vidx_model::{HubOptions, SentenceEmbedder};
+use vidx_model::{HubOptions, PeCoreEmbedder, PeCoreTextEmbedder, SentenceEmbedder};
+use vidx_pipeline::SearchModels;
 use vidx_store::{
     AnyStore, EdgeStore, EdgeStoreOptions, ServerStore, ServerStoreOptions, VectorSpec,
 };
@@ -144,6 +145,12 @@ fn common_overrides(common: &CommonArgs) -> Vec<(String, toml::Value)> {
             toml::Value::String(directory.display().to_string()),
         ));
     }
+    if let Some(path) = &common.visual_model_dir {
+        overrides.push((
+            "models.visual_embedder_dir".into(),
+            toml::Value::String(path.display().to_string()),
+        ));
+    }
     overrides
 }
 
@@ -193,6 +200,58 @@ impl AppContext {
         .context("model loading task")?
         .map_err(|error| cli_error(error.code(), error.to_string()))?;
         Ok(Arc::new(embedder))
+    }
+
+    /// The PE-Core visual embedder when one is configured (`models.visual_embedder[_dir]`),
+    /// loaded on a blocking thread.
+    pub async fn visual_embedder(&self) -> anyhow::Result<Option<Arc<PeCoreEmbedder>>> {
+        let models = self.config.models.clone();
+        if models.visual_embedder.is_empty() && models.visual_embedder_dir.is_empty() {
+            return Ok(None);
+        }
+        let device = vidx_model::select_device(&models.device)
+            .map_err(|error| cli_error(error.code(), error.to_string()))?;
+        // PE-Core runs in f32 on the CPU (candle's CPU matmul has no bf16).
+        let dtype = match (models.dtype.as_str(), device.is_cpu()) {
+            ("bf16", false) => DType::BF16,
+            ("f16", false) => DType::F16,
+            _ => DType::F32,
+        };
+        let model_id = if models.visual_embedder.is_empty() {
+            models.visual_embedder_dir.clone()
+        } else {
+            models.visual_embedder.clone()
+        };
+        let options = self.hub_options(&models.visual_embedder_dir);
+        let started = std::time::Instant::now();
+        let embedder = tokio::task::spawn_blocking(move || {
+            PeCoreEmbedder::from_hub(&model_id, &options, device, dtype)
+        })
+        .await
+        .context("model loading task")?
+        .map_err(|error| cli_error(error.code(), error.to_string()))?;
+        tracing::info!(
+            model = %vidx_core::ports::VisualEmbedder::revision(&embedder),
+            secs = started.elapsed().as_secs_f64(),
+            "PE-Core visual embedder loaded"
+        );
+        Ok(Some(Arc::new(embedder)))
+    }
+
+    /// The query-side models: the sentence embedder and, when configured, PE-Core's text tower.
+    pub fn search_models(
+        &self,
+        caption: Arc<dyn TextEmbedder>,
+        visual: Option<&Arc<PeCoreEmbedder>>,
+    ) -> SearchModels {
+        SearchModels {
+            caption,
+            visual: visual.map(|visual| {
+                Arc::new(PeCoreTextEmbedder(visual.clone())) as Arc<dyn TextEmbedder>
+            }),
+            fusion: Default::default(),
+            merge_gap_ms: self.config.models.merge_gap_ms,
+        }
     }
 
     fn hub_options(&self, local_dir: &str) -> HubOptions {
@@ -297,21 +356,29 @@ impl AppContext {
         Ok(EXIT_OK)
     }
 
-    /// Open (or create) the embedded Qdrant Edge index for `text_dimension`-sized text vectors.
-    pub async fn open_store(&self, text_dimension: usize) -> anyhow::Result<EdgeStore> {
-        self.open_store_with(vec![VectorSpec {
-            name: vector_names::TEXT.into(),
-            dimension: text_dimension,
-        }])
-        .await
+    /// Open (or create) the embedded Qdrant Edge index for `text_dimension`-sized text vectors
+    /// and, with a visual model, `visual`/`region` vectors of its dimension.
+    pub async fn open_store(
+        &self,
+        text_dimension: usize,
+        visual_dimension: Option<usize>,
+    ) -> anyhow::Result<EdgeStore> {
+        self.open_store_with(vector_specs(text_dimension, visual_dimension))
+            .await
     }
 
     /// The configured store (`store.kind`): the embedded index, or a Qdrant server collection
     /// (created if missing).
-    pub async fn open_any_store(&self, text_dimension: usize) -> anyhow::Result<AnyStore> {
+    pub async fn open_any_store(
+        &self,
+        text_dimension: usize,
+        visual_dimension: Option<usize>,
+    ) -> anyhow::Result<AnyStore> {
         let store = &self.config.store;
         if store.kind != "qdrant" {
-            return Ok(AnyStore::Edge(self.open_store(text_dimension).await?));
+            return Ok(AnyStore::Edge(
+                self.open_store(text_dimension, visual_dimension).await?,
+            ));
         }
         let options = ServerStoreOptions {
             url: store.url.clone(),
@@ -319,10 +386,7 @@ impl AppContext {
             collection: store.collection.clone(),
             timeout: std::time::Duration::from_millis(store.timeout_ms),
         };
-        let vectors = [VectorSpec {
-            name: vector_names::TEXT.into(),
-            dimension: text_dimension,
-        }];
+        let vectors = vector_specs(text_dimension, visual_dimension);
         let server = ServerStore::connect(&options, &vectors)
             .await
             .map_err(|error| cli_error(error.code(), error.to_string()))?;
@@ -345,6 +409,23 @@ impl AppContext {
             .context("store task")?
             .map_err(|error| cli_error(error.code(), error.to_string()))
     }
+}
+
+/// The named vectors of the index: `text`, plus `visual` and `region` with a visual model.
+fn vector_specs(text_dimension: usize, visual_dimension: Option<usize>) -> Vec<VectorSpec> {
+    let mut specs = vec![VectorSpec {
+        name: vector_names::TEXT.into(),
+        dimension: text_dimension,
+    }];
+    if let Some(dimension) = visual_dimension {
+        for name in [vector_names::VISUAL, vector_names::REGION] {
+            specs.push(VectorSpec {
+                name: name.into(),
+                dimension,
+            });
+        }
+    }
+    specs
 }
 
 fn init_logging(config: &Config, env: &BTreeMap<String, String>, verbose: bool) {

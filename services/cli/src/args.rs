@@ -56,6 +56,10 @@ pub struct CommonArgs {
     /// A local directory with the sentence-embedder files (config models.text_embedder_dir).
     #[arg(long)]
     pub text_model_dir: Option<PathBuf>,
+    /// A local PE-Core checkpoint (directory or weights file) for visual vectors and visual
+    /// search (config models.visual_embedder_dir).
+    #[arg(long, value_name = "PATH")]
+    pub visual_model_dir: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -117,6 +121,14 @@ pub struct SearchArgs {
     /// Number of hits.
     #[arg(long, default_value_t = 10)]
     pub top_k: usize,
+    /// Which vectors to search: caption (caption and subtitle text), visual (what the frames
+    /// look like; needs models.visual_embedder), region, or hybrid (all of them fused; the
+    /// default, captions only without a visual model).
+    #[arg(long, default_value = "hybrid", value_parser = ["caption", "visual", "region", "hybrid"])]
+    pub mode: String,
+    /// Print merged moment windows (neighbouring hits of one stream) instead of single hits.
+    #[arg(long)]
+    pub windows: bool,
     /// Ask a running query service instead of the local index.
     #[command(flatten)]
     pub remote: RemoteArgs,

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use vidx_blob::ObjectBlobStore;
 use vidx_bus::InProcessQueue;
 use vidx_core::format_hms_ms;
-use vidx_core::ports::{BlobStore, Captioner, FrameSampler, SegmentQueue};
+use vidx_core::ports::{BlobStore, Captioner, FrameSampler, SegmentQueue, VisualEmbedder};
 use vidx_media::{FfmpegFrameSampler, InputSource, SegmentOptions, UrlPolicy};
 use vidx_pipeline::captioners::SubtitleCaptioner;
 use vidx_pipeline::{Models, WorkerEvent, WorkerOptions, run_worker};
@@ -87,7 +87,15 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
 
     let text_embedder = context.text_embedder().await?;
     let plm = context.plm_captioner().await?;
-    let store = Arc::new(context.open_store(text_embedder.dimension()).await?);
+    let visual = context.visual_embedder().await?;
+    let store = Arc::new(
+        context
+            .open_store(
+                text_embedder.dimension(),
+                visual.as_ref().map(|visual| visual.dimension()),
+            )
+            .await?,
+    );
 
     let queue = Arc::new(InProcessQueue::new(config.pipeline.queue_capacity));
     let sampler: Arc<dyn FrameSampler> = Arc::new(FfmpegFrameSampler::new(config.media.frame_size));
@@ -97,7 +105,7 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
             .chain([Arc::new(SubtitleCaptioner) as Arc<dyn Captioner>])
             .collect(),
         text_embedder,
-        visual_embedder: None,
+        visual_embedder: visual.map(|visual| visual as Arc<dyn VisualEmbedder>),
     });
     // Segments that do not travel inline wait in the spool; the workers read only from it.
     let spool = tempfile::Builder::new().prefix("vidx-spool-").tempdir()?;

@@ -14,7 +14,7 @@ use vidx_proto::v1::search_service_client::SearchServiceClient;
 
 use crate::app::{EXIT_OK, EXIT_PARTIAL, cli_error};
 use crate::args::{IndexArgs, SearchArgs};
-use crate::search::{HitLine, print_hits};
+use crate::search::{ChannelScoresLine, HitLine, print_hits};
 
 async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
     let mut builder = Endpoint::from_shared(endpoint.to_string())
@@ -79,7 +79,7 @@ pub async fn search(endpoint: &str, token: Option<&str>, args: &SearchArgs) -> a
         from_ms: args.from,
         to_ms: args.to,
         top_k: u32::try_from(args.top_k).unwrap_or(u32::MAX),
-        mode: String::new(),
+        mode: args.mode.clone(),
     };
     let response = client
         .search(request(message, token)?)
@@ -102,6 +102,15 @@ pub async fn search(endpoint: &str, token: Option<&str>, args: &SearchArgs) -> a
             kind: &hit.kind,
             score: hit.score,
             segment_seq: None,
+            scores: hit
+                .scores
+                .as_ref()
+                .map(|scores| ChannelScoresLine {
+                    caption: scores.caption,
+                    visual: scores.visual,
+                    region: scores.region,
+                })
+                .unwrap_or_default(),
         })
         .collect();
     print_hits(&lines, args.common.json)?;

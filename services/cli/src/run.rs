@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use tokio::sync::watch;
-use vidx_core::ports::{Captioner, FrameSampler};
+use vidx_core::ports::{Captioner, FrameSampler, VisualEmbedder};
 use vidx_media::FfmpegFrameSampler;
 use vidx_pipeline::Models;
 use vidx_pipeline::captioners::SubtitleCaptioner;
@@ -54,7 +54,15 @@ pub async fn run(context: AppContext, args: &RunArgs) -> anyhow::Result<u8> {
 async fn load_engine(context: &AppContext, frame_size: u32) -> anyhow::Result<Engine<AnyStore>> {
     let text_embedder = context.text_embedder().await?;
     let plm = context.plm_captioner().await?;
-    let store = Arc::new(context.open_any_store(text_embedder.dimension()).await?);
+    let visual = context.visual_embedder().await?;
+    let store = Arc::new(
+        context
+            .open_any_store(
+                text_embedder.dimension(),
+                visual.as_ref().map(|visual| visual.dimension()),
+            )
+            .await?,
+    );
     let sampler: Arc<dyn FrameSampler> = Arc::new(FfmpegFrameSampler::new(frame_size));
     let models = Arc::new(Models {
         captioners: plm
@@ -62,11 +70,13 @@ async fn load_engine(context: &AppContext, frame_size: u32) -> anyhow::Result<En
             .chain([Arc::new(SubtitleCaptioner) as Arc<dyn Captioner>])
             .collect(),
         text_embedder: text_embedder.clone(),
-        visual_embedder: None,
+        visual_embedder: visual
+            .clone()
+            .map(|visual| visual as Arc<dyn VisualEmbedder>),
     });
     Ok(Engine {
         store,
-        text_embedder,
+        search: context.search_models(text_embedder, visual.as_ref()),
         models,
         sampler,
     })

@@ -1,8 +1,9 @@
 //! `vidx search` and `vidx stats`.
 
 use serde::Serialize;
+use vidx_core::fusion::{Channel, FusedHit};
 use vidx_core::{SearchFilter, format_hms_ms};
-use vidx_pipeline::{PipelineError, SearchRequest};
+use vidx_pipeline::{PipelineError, SearchMode, SearchRequest};
 
 use crate::app::{AppContext, EXIT_OK, cli_error};
 use crate::args::{CommonArgs, SearchArgs};
@@ -21,6 +22,29 @@ pub struct HitLine<'a> {
     pub score: f32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub segment_seq: Option<u64>,
+    /// Each channel's own similarity, for the channels that found the hit.
+    pub scores: ChannelScoresLine,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ChannelScoresLine {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caption: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub visual: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<f32>,
+}
+
+impl ChannelScoresLine {
+    fn of(hit: &FusedHit) -> Self {
+        let channel = |channel: Channel| hit.channels.get(&channel).map(|score| score.score);
+        Self {
+            caption: channel(Channel::Caption),
+            visual: channel(Channel::Visual),
+            region: channel(Channel::Region),
+        }
+    }
 }
 
 /// One line per hit (JSON lines with `json`), or "no hits".
@@ -54,6 +78,7 @@ pub async fn run(context: AppContext, args: &SearchArgs) -> anyhow::Result<u8> {
             to_ms: args.to,
         },
         top_k: args.top_k,
+        mode: SearchMode::parse(&args.mode).map_err(to_cli_error)?,
     };
     // Reject a bad request before loading anything.
     request.validate().map_err(to_cli_error)?;
@@ -67,11 +92,27 @@ pub async fn run(context: AppContext, args: &SearchArgs) -> anyhow::Result<u8> {
         ));
     }
     let embedder = context.text_embedder().await?;
-    let store = context.open_store(embedder.dimension()).await?;
-    let hits = vidx_pipeline::search(&store, embedder, request)
+    let visual = if request.mode == SearchMode::Caption {
+        None
+    } else {
+        context.visual_embedder().await?
+    };
+    let store = context
+        .open_store(
+            embedder.dimension(),
+            visual.as_ref().map(|visual| visual.dimension()),
+        )
+        .await?;
+    let models = context.search_models(embedder, visual.as_ref());
+    let results = vidx_pipeline::search(&store, &models, request)
         .await
         .map_err(to_cli_error)?;
-    let lines: Vec<HitLine<'_>> = hits
+    if args.windows {
+        print_windows(&results.windows, args.common.json)?;
+        return Ok(EXIT_OK);
+    }
+    let lines: Vec<HitLine<'_>> = results
+        .hits
         .iter()
         .enumerate()
         .map(|(index, hit)| HitLine {
@@ -84,12 +125,61 @@ pub async fn run(context: AppContext, args: &SearchArgs) -> anyhow::Result<u8> {
             end: format_hms_ms(hit.payload.end_ms),
             caption: &hit.payload.caption,
             kind: hit.payload.kind.as_str(),
-            score: hit.score,
+            score: hit.score as f32,
             segment_seq: Some(hit.payload.segment_seq),
+            scores: ChannelScoresLine::of(hit),
         })
         .collect();
     print_hits(&lines, args.common.json)?;
     Ok(EXIT_OK)
+}
+
+#[derive(Debug, Serialize)]
+struct WindowLine<'a> {
+    rank: usize,
+    stream_id: &'a str,
+    start_ms: u64,
+    end_ms: u64,
+    start: String,
+    end: String,
+    score: f64,
+    /// The best member's caption.
+    caption: &'a str,
+    hits: usize,
+}
+
+fn print_windows(windows: &[vidx_core::fusion::MomentWindow], json: bool) -> anyhow::Result<()> {
+    if windows.is_empty() && !json {
+        println!("no hits");
+    }
+    for (index, window) in windows.iter().enumerate() {
+        let line = WindowLine {
+            rank: index + 1,
+            stream_id: &window.stream_id,
+            start_ms: window.start_ms,
+            end_ms: window.end_ms,
+            start: format_hms_ms(window.start_ms),
+            end: format_hms_ms(window.end_ms),
+            score: window.score,
+            caption: &window.best.payload.caption,
+            hits: window.members.len(),
+        };
+        if json {
+            println!("{}", serde_json::to_string(&line)?);
+        } else {
+            println!(
+                "{:>2}. {:.3}  {} – {}  {}  ({} hits)\n    {}",
+                line.rank,
+                line.score,
+                line.start,
+                line.end,
+                line.stream_id,
+                line.hits,
+                line.caption
+            );
+        }
+    }
+    Ok(())
 }
 
 fn to_cli_error(error: PipelineError) -> anyhow::Error {

@@ -67,6 +67,13 @@ pub struct ModelsConfig {
     pub device: String,
     pub captioner: String,
     pub captioner_dir: String,
+    /// PE-Core CLIP for the `visual` vectors and visual/hybrid search (`facebook/PE-Core-*`,
+    /// `timm/PE-Core-*`); empty: off.
+    pub visual_embedder: String,
+    /// A local PE-Core directory or weights file; set it or `visual_embedder`.
+    pub visual_embedder_dir: String,
+    /// Gap (ms) within which neighbouring hits of one stream merge into one window.
+    pub merge_gap_ms: u64,
     pub dtype: String,
     pub caption_prompt: String,
     pub max_new_tokens: usize,

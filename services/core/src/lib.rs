@@ -4,9 +4,11 @@
 
 pub mod dense_caption;
 pub mod error;
+pub mod fusion;
 pub mod ids;
 pub mod offsets;
 pub mod ports;
+pub mod regions;
 pub mod time;
 pub mod types;
 

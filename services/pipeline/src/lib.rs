@@ -9,5 +9,7 @@ pub mod worker;
 
 pub use error::PipelineError;
 pub use points::{Models, StageTimings, build_points, build_points_timed, fetch_media};
-pub use search::{MAX_QUERY_CHARS, MAX_TOP_K, SearchRequest, search};
+pub use search::{
+    MAX_QUERY_CHARS, MAX_TOP_K, SearchMode, SearchModels, SearchRequest, SearchResults, search,
+};
 pub use worker::{WorkerEvent, WorkerOptions, run_worker};

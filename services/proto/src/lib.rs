@@ -97,6 +97,37 @@ impl TryFrom<v1::SegmentTask> for vidx_core::SegmentTask {
     }
 }
 
+impl From<&vidx_core::fusion::FusedHit> for v1::Hit {
+    /// `score` is the fused score (the channel's own similarity when one channel was
+    /// searched); `scores` holds each channel's similarity.
+    fn from(hit: &vidx_core::fusion::FusedHit) -> Self {
+        use vidx_core::fusion::Channel;
+        let channel = |channel: Channel| hit.channels.get(&channel).map(|score| score.score);
+        let payload = &hit.payload;
+        v1::Hit {
+            id: hit.id.to_string(),
+            stream_id: payload.stream_id.clone(),
+            start_ms: payload.start_ms,
+            end_ms: payload.end_ms,
+            caption: payload.caption.clone(),
+            score: hit.score as f32,
+            kind: payload.kind.as_str().to_string(),
+            r#box: payload.region.map(|region| v1::Box {
+                x0: region.x0,
+                y0: region.y0,
+                x1: region.x1,
+                y1: region.y1,
+            }),
+            scores: Some(v1::ChannelScores {
+                caption: channel(Channel::Caption),
+                visual: channel(Channel::Visual),
+                region: channel(Channel::Region),
+            }),
+            source_uri: payload.source_uri.clone(),
+        }
+    }
+}
+
 impl From<&vidx_core::Hit> for v1::Hit {
     fn from(hit: &vidx_core::Hit) -> Self {
         let payload = &hit.payload;

@@ -178,7 +178,7 @@ async fn distributed(
         let (stop, shutdown) = watch::channel(false);
         let engine = Engine {
             store: store.clone(),
-            text_embedder: embedder.clone(),
+            search: vidx_pipeline::SearchModels::caption_only(embedder.clone()),
             models: models(embedder),
             sampler: sampler.clone(),
         };

@@ -31,9 +31,9 @@ use vidx_blob::ObjectBlobStore;
 use vidx_bus::{GroupProgress, KafkaQueue, KafkaSettings};
 use vidx_config::{Config, TokenConfig};
 use vidx_core::QueueError;
-use vidx_core::ports::{BlobStore, FrameSampler, IndexStore, TextEmbedder};
+use vidx_core::ports::{BlobStore, FrameSampler, IndexStore};
 use vidx_media::UrlPolicy;
-use vidx_pipeline::{Models, PipelineError, WorkerOptions, run_worker};
+use vidx_pipeline::{Models, PipelineError, SearchModels, WorkerOptions, run_worker};
 use vidx_proto::v1::ingest_service_server::IngestServiceServer;
 use vidx_proto::v1::search_service_server::SearchServiceServer;
 use vidx_proto::v1::worker_service_server::WorkerServiceServer;
@@ -57,7 +57,8 @@ const INLINE_HEADROOM_BYTES: u64 = 64 * 1024;
 /// What the worker and query roles run on, available once the models are loaded.
 pub struct Engine<S> {
     pub store: Arc<S>,
-    pub text_embedder: Arc<dyn TextEmbedder>,
+    /// The query-side models of the search role.
+    pub search: SearchModels,
     pub models: Arc<Models>,
     pub sampler: Arc<dyn FrameSampler>,
 }

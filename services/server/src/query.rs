@@ -6,7 +6,7 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 use vidx_core::SearchFilter;
 use vidx_core::ports::IndexStore;
-use vidx_pipeline::SearchRequest;
+use vidx_pipeline::{SearchMode, SearchRequest};
 use vidx_proto::v1;
 
 use crate::auth::tenant_of;
@@ -30,24 +30,7 @@ pub fn to_search_request(
     request: v1::SearchRequest,
     tenant: String,
 ) -> Result<SearchRequest, Status> {
-    match request.mode.as_str() {
-        "" | "caption" | "hybrid" => {}
-        "visual" | "region" => {
-            return Err(invalid(
-                "mode",
-                format!(
-                    "`{}` needs PE-Core vectors, which this index does not hold yet",
-                    request.mode
-                ),
-            ));
-        }
-        other => {
-            return Err(invalid(
-                "mode",
-                format!("`{other}` is not one of caption, visual, region, hybrid"),
-            ));
-        }
-    }
+    let mode = SearchMode::parse(&request.mode).map_err(from_pipeline)?;
     if let Some(stream_id) = &request.stream_id
         && stream_id.is_empty()
     {
@@ -62,6 +45,7 @@ pub fn to_search_request(
             to_ms: request.to_ms,
         },
         top_k: request.top_k as usize,
+        mode,
     };
     search.validate().map_err(from_pipeline)?;
     Ok(search)
@@ -80,18 +64,17 @@ impl<S: IndexStore> v1::search_service_server::SearchService for QueryApi<S> {
             .engine
             .get()
             .ok_or_else(|| Status::unavailable("models are still loading; retry shortly"))?;
-        let hits =
-            vidx_pipeline::search(engine.store.as_ref(), engine.text_embedder.clone(), search)
-                .await
-                .map_err(|error| {
-                    self.metrics.search_errors.inc();
-                    from_pipeline(error)
-                })?;
+        let results = vidx_pipeline::search(engine.store.as_ref(), &engine.search, search)
+            .await
+            .map_err(|error| {
+                self.metrics.search_errors.inc();
+                from_pipeline(error)
+            })?;
         self.metrics
             .search_seconds
             .observe(started.elapsed().as_secs_f64());
         Ok(Response::new(v1::SearchResponse {
-            hits: hits.iter().map(v1::Hit::from).collect(),
+            hits: results.hits.iter().map(v1::Hit::from).collect(),
             took_ms: started.elapsed().as_millis() as u64,
         }))
     }

@@ -144,7 +144,7 @@ pub fn engine(
 ) -> Engine<AnyStore> {
     Engine {
         store,
-        text_embedder: embedder.clone(),
+        search: vidx_pipeline::SearchModels::caption_only(embedder.clone()),
         models: Arc::new(Models {
             captioners: vec![Arc::new(vidx_pipeline::captioners::SubtitleCaptioner)],
             text_embedder: embedder,
