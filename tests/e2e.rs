@@ -600,6 +600,204 @@ fn plm_captioner_indexes_caption_moments_from_a_model_dir() -> Result<()> {
     Ok(())
 }
 
+/// A PE-Core checkpoint (the tiny random-weight fixture, in open_clip's layout) gives every
+/// segment, frame and moment a `visual` vector and every region a `region` vector; visual,
+/// region and hybrid searches return them with per-channel scores, and windows merge them.
+#[test]
+fn visual_model_indexes_frames_and_regions_and_hybrid_search_fuses_channels() -> Result<()> {
+    let workspace = tempfile::tempdir()?;
+    let data_dir = workspace.path().join("data");
+    let video = make_video(workspace.path(), "visual.mp4", true)?;
+    let model_dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/pe_core/cls");
+    let model_dir = model_dir.to_str().context("path")?;
+    let visual = ["--visual-model-dir", model_dir];
+
+    let (output, summary) = index(
+        &[&video],
+        &data_dir,
+        &[&visual[..], &["--frames", "8"]].concat(),
+    )?;
+    ensure!(output.status.success(), "{}", describe(&output));
+    let segments = summary["segments"].as_u64().context("segments")?;
+    // Per segment: one segment record, 8 frame records, at least one region record; plus
+    // the subtitle moments.
+    let points = point_count(&data_dir)?;
+    ensure!(
+        points >= segments * 10 + CUES.len() as u64,
+        "{points} points for {segments} segments"
+    );
+
+    // Without the model, visual search is refused naming what is missing.
+    let output = vidx(&["search", "red", "--mode", "visual"], &data_dir)?;
+    ensure!(output.status.code() == Some(2), "{}", describe(&output));
+    ensure!(
+        String::from_utf8_lossy(&output.stderr).contains("models.visual_embedder"),
+        "{}",
+        describe(&output)
+    );
+
+    let kinds = |hits: &[Value]| -> Vec<String> {
+        hits.iter()
+            .filter_map(|hit| hit["kind"].as_str().map(String::from))
+            .collect()
+    };
+    let hits = search(
+        "a red screen",
+        &data_dir,
+        &[&visual[..], &["--mode", "visual", "--top-k", "40"]].concat(),
+    )?;
+    ensure!(hits.len() == 40, "{} visual hits", hits.len());
+    let visual_kinds = kinds(&hits);
+    for kind in &visual_kinds {
+        ensure!(
+            ["frame", "segment", "subtitle"].contains(&kind.as_str()),
+            "visual hit of kind {kind}"
+        );
+    }
+    ensure!(
+        visual_kinds.iter().any(|kind| kind == "frame"),
+        "{visual_kinds:?}"
+    );
+    let mut previous = f64::INFINITY;
+    for hit in &hits {
+        let score = hit["score"].as_f64().context("score")?;
+        let visual_score = hit["scores"]["visual"].as_f64().context("visual score")?;
+        ensure!(
+            (score - visual_score).abs() < 1e-5 && score <= previous + 1e-6,
+            "{hit}"
+        );
+        ensure!(hit["scores"]["caption"].is_null(), "{hit}");
+        previous = score;
+    }
+
+    let regions = search(
+        "a square",
+        &data_dir,
+        &[&visual[..], &["--mode", "region", "--top-k", "20"]].concat(),
+    )?;
+    ensure!(!regions.is_empty(), "no region hits");
+    for hit in &regions {
+        ensure!(hit["kind"] == "region", "{hit}");
+        let region = hit["box"].as_array().context("box")?;
+        let values: Vec<f64> = region.iter().filter_map(Value::as_f64).collect();
+        ensure!(
+            values.len() == 4
+                && values.iter().all(|value| (0.0..=1.0).contains(value))
+                && values[0] < values[2]
+                && values[1] < values[3],
+            "{hit}"
+        );
+    }
+
+    // Hybrid (the default with a visual model): the fused list mixes channels, scores fall.
+    let hybrid = search(
+        "tomatoes on a cutting board",
+        &data_dir,
+        &[&visual[..], &["--top-k", "30"]].concat(),
+    )?;
+    ensure!(
+        hybrid
+            .iter()
+            .any(|hit| !hit["scores"]["caption"].is_null() && !hit["scores"]["visual"].is_null()),
+        "no hit found by both the caption and the visual channel: {hybrid:?}"
+    );
+    ensure!(
+        hybrid
+            .iter()
+            .any(|hit| hit["kind"] == "frame" || hit["kind"] == "region"),
+        "hybrid returned only captions"
+    );
+    let scores: Vec<f64> = hybrid
+        .iter()
+        .filter_map(|hit| hit["score"].as_f64())
+        .collect();
+    ensure!(
+        scores.windows(2).all(|pair| pair[0] >= pair[1]),
+        "{scores:?}"
+    );
+    // Captions alone still find the scene.
+    let captions = search(
+        "tomatoes on a cutting board",
+        &data_dir,
+        &[&visual[..], &["--mode", "caption"]].concat(),
+    )?;
+    assert_top_hit_in_scene(&captions, 0, "tomatoes (caption mode)")?;
+
+    // Search by example: a red picture finds the red scene (scene 1) first; the same pixels
+    // embed to the same vector whatever the weights.
+    let red = workspace.path().join("red.png");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=red:s=320x240",
+        "-frames:v",
+        "1",
+        red.to_str().context("path")?,
+    ])?;
+    let by_image = search(
+        "",
+        &data_dir,
+        &[
+            &visual[..],
+            &["--image", red.to_str().context("path")?, "--mode", "visual"],
+        ]
+        .concat(),
+    )?;
+    let top = by_image.first().context("no hits for the image")?;
+    let (start, end) = (
+        top["start_ms"].as_u64().context("start_ms")?,
+        top["end_ms"].as_u64().context("end_ms")?,
+    );
+    ensure!(
+        SCENE_MS <= start && end <= 2 * SCENE_MS,
+        "the red picture's top hit is at {start}..{end} ms: {top}"
+    );
+    ensure!(
+        top["scores"]["visual"].as_f64().context("visual")? > 0.99,
+        "{top}"
+    );
+    let missing = vidx(
+        &[
+            "search",
+            "--image",
+            "/no/such/picture.png",
+            "--visual-model-dir",
+            model_dir,
+        ],
+        &data_dir,
+    )?;
+    ensure!(missing.status.code() == Some(3), "{}", describe(&missing));
+
+    // Windows: members of one stream merged; windows of a stream do not overlap.
+    let windows = search(
+        "a red screen",
+        &data_dir,
+        &[&visual[..], &["--windows", "--top-k", "40"]].concat(),
+    )?;
+    ensure!(!windows.is_empty());
+    let member_total: u64 = windows
+        .iter()
+        .filter_map(|window| window["hits"].as_u64())
+        .sum();
+    ensure!(member_total == 40, "{member_total} hits in windows");
+    ensure!(
+        windows.len() < 40,
+        "nothing merged: {} windows",
+        windows.len()
+    );
+    let mut spans: Vec<(u64, u64)> = windows
+        .iter()
+        .filter_map(|window| Some((window["start_ms"].as_u64()?, window["end_ms"].as_u64()?)))
+        .collect();
+    spans.sort();
+    for pair in spans.windows(2) {
+        ensure!(pair[0].1 < pair[1].0, "overlapping windows {pair:?}");
+    }
+    Ok(())
+}
+
 /// `vidx model fetch` with the hub out of reach fails fast, names the model and says what to
 /// do; `models.dtype = "bf16"` on a CPU build is refused with the key named.
 #[test]

@@ -108,7 +108,12 @@ pub struct IndexArgs {
 #[derive(Debug, Args)]
 pub struct SearchArgs {
     /// What to look for, in plain language.
-    pub query: String,
+    #[arg(required_unless_present = "image")]
+    pub query: Option<String>,
+    /// Search by example: moments and regions that look like this image (PNG, JPEG, …;
+    /// needs models.visual_embedder).
+    #[arg(long, value_name = "FILE")]
+    pub image: Option<PathBuf>,
     /// Only this stream (for files: the absolute path).
     #[arg(long)]
     pub stream: Option<String>,

@@ -13,6 +13,7 @@ use vidx_blob::ObjectBlobStore;
 use vidx_bus::InProcessQueue;
 use vidx_core::format_hms_ms;
 use vidx_core::ports::{BlobStore, Captioner, FrameSampler, SegmentQueue, VisualEmbedder};
+use vidx_core::regions::RegionSettings;
 use vidx_media::{FfmpegFrameSampler, InputSource, SegmentOptions, UrlPolicy};
 use vidx_pipeline::captioners::SubtitleCaptioner;
 use vidx_pipeline::{Models, WorkerEvent, WorkerOptions, run_worker};
@@ -105,6 +106,7 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
             .chain([Arc::new(SubtitleCaptioner) as Arc<dyn Captioner>])
             .collect(),
         text_embedder,
+        regions: (visual.is_some() && config.models.regions).then(RegionSettings::default),
         visual_embedder: visual.map(|visual| visual as Arc<dyn VisualEmbedder>),
     });
     // Segments that do not travel inline wait in the spool; the workers read only from it.

@@ -72,9 +72,15 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
 }
 
 pub async fn search(endpoint: &str, token: Option<&str>, args: &SearchArgs) -> anyhow::Result<u8> {
+    if args.image.is_some() {
+        return Err(cli_error(
+            ErrorCode::InvalidInput,
+            "--image searches the local index; over --endpoint send a text query",
+        ));
+    }
     let mut client = SearchServiceClient::new(connect(endpoint).await?);
     let message = v1::SearchRequest {
-        query: args.query.clone(),
+        query: args.query.clone().unwrap_or_default(),
         stream_id: args.stream.clone(),
         from_ms: args.from,
         to_ms: args.to,
@@ -111,6 +117,10 @@ pub async fn search(endpoint: &str, token: Option<&str>, args: &SearchArgs) -> a
                     region: scores.region,
                 })
                 .unwrap_or_default(),
+            region: hit
+                .r#box
+                .as_ref()
+                .map(|region| [region.x0, region.y0, region.x1, region.y1]),
         })
         .collect();
     print_hits(&lines, args.common.json)?;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 use vidx_core::ports::{Captioner, FrameSampler, VisualEmbedder};
+use vidx_core::regions::RegionSettings;
 use vidx_media::FfmpegFrameSampler;
 use vidx_pipeline::Models;
 use vidx_pipeline::captioners::SubtitleCaptioner;
@@ -73,6 +74,7 @@ async fn load_engine(context: &AppContext, frame_size: u32) -> anyhow::Result<En
         visual_embedder: visual
             .clone()
             .map(|visual| visual as Arc<dyn VisualEmbedder>),
+        regions: (visual.is_some() && context.config.models.regions).then(RegionSettings::default),
     });
     Ok(Engine {
         store,

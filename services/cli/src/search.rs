@@ -24,6 +24,9 @@ pub struct HitLine<'a> {
     pub segment_seq: Option<u64>,
     /// Each channel's own similarity, for the channels that found the hit.
     pub scores: ChannelScoresLine,
+    /// `[x0, y0, x1, y1]` in 0..1 for region records.
+    #[serde(rename = "box", skip_serializing_if = "Option::is_none")]
+    pub region: Option<[f32; 4]>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -56,9 +59,16 @@ pub fn print_hits(lines: &[HitLine<'_>], json: bool) -> anyhow::Result<()> {
         if json {
             println!("{}", serde_json::to_string(line)?);
         } else {
+            let description = match (line.caption.is_empty(), line.region) {
+                (false, _) => line.caption.to_string(),
+                (true, Some([x0, y0, x1, y1])) => {
+                    format!("[{} {x0:.2},{y0:.2}–{x1:.2},{y1:.2}]", line.kind)
+                }
+                (true, None) => format!("[{}]", line.kind),
+            };
             println!(
                 "{:>2}. {:.3}  {} – {}  {}\n    {}",
-                line.rank, line.score, line.start, line.end, line.stream_id, line.caption
+                line.rank, line.score, line.start, line.end, line.stream_id, description
             );
         }
     }
@@ -69,8 +79,8 @@ pub async fn run(context: AppContext, args: &SearchArgs) -> anyhow::Result<u8> {
     if let Some(endpoint) = &args.remote.endpoint {
         return crate::remote::search(endpoint, args.remote.token.as_deref(), args).await;
     }
-    let request = SearchRequest {
-        text: args.query.clone(),
+    let mut request = SearchRequest {
+        text: args.query.clone().unwrap_or_default(),
         filter: SearchFilter {
             tenant: context.config.general.tenant.clone(),
             stream_id: args.stream.clone(),
@@ -79,9 +89,20 @@ pub async fn run(context: AppContext, args: &SearchArgs) -> anyhow::Result<u8> {
         },
         top_k: args.top_k,
         mode: SearchMode::parse(&args.mode).map_err(to_cli_error)?,
+        // A placeholder until the image is embedded below; validation only needs to know
+        // that there is one.
+        example: args.image.as_ref().map(|_| Vec::new()),
     };
     // Reject a bad request before loading anything.
     request.validate().map_err(to_cli_error)?;
+    if let Some(image) = &args.image
+        && !image.is_file()
+    {
+        return Err(cli_error(
+            vidx_core::ErrorCode::NotFound,
+            format!("--image {}: no such file", image.display()),
+        ));
+    }
     if !context.index_dir().exists() {
         return Err(cli_error(
             vidx_core::ErrorCode::NotFound,
@@ -103,6 +124,15 @@ pub async fn run(context: AppContext, args: &SearchArgs) -> anyhow::Result<u8> {
             visual.as_ref().map(|visual| visual.dimension()),
         )
         .await?;
+    if let Some(image) = &args.image {
+        let Some(visual) = &visual else {
+            return Err(cli_error(
+                vidx_core::ErrorCode::InvalidInput,
+                "--image needs a PE-Core model (models.visual_embedder or --visual-model-dir)",
+            ));
+        };
+        request.example = Some(embed_image(visual.clone(), image.clone()).await?);
+    }
     let models = context.search_models(embedder, visual.as_ref());
     let results = vidx_pipeline::search(&store, &models, request)
         .await
@@ -128,6 +158,10 @@ pub async fn run(context: AppContext, args: &SearchArgs) -> anyhow::Result<u8> {
             score: hit.score as f32,
             segment_seq: Some(hit.payload.segment_seq),
             scores: ChannelScoresLine::of(hit),
+            region: hit
+                .payload
+                .region
+                .map(|region| [region.x0, region.y0, region.x1, region.y1]),
         })
         .collect();
     print_hits(&lines, args.common.json)?;
@@ -180,6 +214,32 @@ fn print_windows(windows: &[vidx_core::fusion::MomentWindow], json: bool) -> any
         }
     }
     Ok(())
+}
+
+/// Decode an image file with ffmpeg and embed it with PE-Core.
+async fn embed_image(
+    visual: std::sync::Arc<vidx_model::PeCoreEmbedder>,
+    image: std::path::PathBuf,
+) -> anyhow::Result<Vec<f32>> {
+    use vidx_core::ports::{FrameSampler, VisualEmbedder};
+    let size = visual.model().config().vision.image_size as u32;
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<f32>> {
+        let frames = vidx_media::FfmpegFrameSampler::new(size)
+            .sample(&image, vidx_core::TimeRange::new(0, 1000), 1)
+            .map_err(|error| {
+                cli_error(
+                    error.code(),
+                    format!("--image {}: {error}", image.display()),
+                )
+            })?;
+        let mut vectors = visual
+            .embed_frames(&frames)
+            .map_err(|error| cli_error(error.code(), error.to_string()))?;
+        vectors
+            .pop()
+            .ok_or_else(|| cli_error(vidx_core::ErrorCode::Internal, "no image embedding"))
+    })
+    .await?
 }
 
 fn to_cli_error(error: PipelineError) -> anyhow::Error {

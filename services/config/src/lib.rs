@@ -72,6 +72,8 @@ pub struct ModelsConfig {
     pub visual_embedder: String,
     /// A local PE-Core directory or weights file; set it or `visual_embedder`.
     pub visual_embedder_dir: String,
+    /// Region records (motion tracks, else a coarse grid) embedded with the visual model.
+    pub regions: bool,
     /// Gap (ms) within which neighbouring hits of one stream merge into one window.
     pub merge_gap_ms: u64,
     pub dtype: String,

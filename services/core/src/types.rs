@@ -90,6 +90,10 @@ pub enum RecordKind {
     Subtitle,
     /// A region (box or box track).
     Region,
+    /// A whole segment: the mean visual vector of its sampled frames.
+    Segment,
+    /// One sampled frame's visual vector.
+    Frame,
 }
 
 impl RecordKind {
@@ -98,6 +102,8 @@ impl RecordKind {
             RecordKind::Caption => "caption",
             RecordKind::Subtitle => "subtitle",
             RecordKind::Region => "region",
+            RecordKind::Segment => "segment",
+            RecordKind::Frame => "frame",
         }
     }
 
@@ -106,6 +112,8 @@ impl RecordKind {
             "caption" => Some(RecordKind::Caption),
             "subtitle" => Some(RecordKind::Subtitle),
             "region" => Some(RecordKind::Region),
+            "segment" => Some(RecordKind::Segment),
+            "frame" => Some(RecordKind::Frame),
             _ => None,
         }
     }

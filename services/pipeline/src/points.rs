@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vidx_core::ports::{Captioner, FrameSampler, SegmentInput, TextEmbedder, VisualEmbedder};
+use vidx_core::regions::{RegionKind, RegionSettings, RegionTrack, propose_regions};
 use vidx_core::types::vector_names;
 use vidx_core::{
     Frame, IndexPoint, PointPayload, SEGMENT_TASK_SCHEMA_VERSION, SegmentMedia, SegmentTask,
@@ -20,7 +21,12 @@ use crate::PipelineError;
 pub struct Models {
     pub captioners: Vec<Arc<dyn Captioner>>,
     pub text_embedder: Arc<dyn TextEmbedder>,
+    /// PE-Core: `visual` vectors for moments, segments and frames, `region` vectors for
+    /// region crops.
     pub visual_embedder: Option<Arc<dyn VisualEmbedder>>,
+    /// Region proposals (motion tracks, else a coarse grid) embedded as Region records;
+    /// `None`: no regions. Needs `visual_embedder`.
+    pub regions: Option<RegionSettings>,
 }
 
 impl std::fmt::Debug for Models {
@@ -154,8 +160,24 @@ fn points_from_frames(
             moments.push((captioner.revision().to_string(), index as u32, moment));
         }
     }
+    let frame_vectors = match (&models.visual_embedder, frames.is_empty()) {
+        (Some(embedder), false) => Some(embedder.embed_frames(frames)?),
+        _ => None,
+    };
+    let mut points = Vec::new();
+    if let (Some(embedder), Some(frame_vectors)) = (&models.visual_embedder, &frame_vectors) {
+        points.extend(visual_points(
+            task,
+            frames,
+            frame_vectors,
+            embedder.revision(),
+        ));
+        if let Some(settings) = &models.regions {
+            points.extend(region_points(task, frames, embedder.as_ref(), settings)?);
+        }
+    }
     if moments.is_empty() {
-        return Ok(Vec::new());
+        return Ok(points);
     }
 
     let captions: Vec<String> = moments
@@ -163,12 +185,7 @@ fn points_from_frames(
         .map(|(_, _, moment)| moment.caption.clone())
         .collect();
     let text_vectors = models.text_embedder.embed(&captions)?;
-    let frame_vectors = match (&models.visual_embedder, frames.is_empty()) {
-        (Some(embedder), false) => Some(embedder.embed_frames(frames)?),
-        _ => None,
-    };
-
-    let mut points = Vec::with_capacity(moments.len());
+    points.reserve(moments.len());
     for ((model_rev, index, moment), text_vector) in moments.into_iter().zip(text_vectors) {
         let mut vectors = BTreeMap::from([(vector_names::TEXT.to_string(), text_vector)]);
         if let Some(frame_vectors) = &frame_vectors
@@ -201,6 +218,222 @@ fn points_from_frames(
         });
     }
     Ok(points)
+}
+
+fn payload(
+    task: &SegmentTask,
+    kind: vidx_core::RecordKind,
+    range: vidx_core::TimeRange,
+    model_rev: &str,
+    region: Option<vidx_core::NormalizedBox>,
+) -> PointPayload {
+    PointPayload {
+        tenant: task.tenant.clone(),
+        stream_id: task.stream_id.clone(),
+        segment_seq: task.segment_seq,
+        kind,
+        start_ms: range.start_ms,
+        end_ms: range.end_ms,
+        caption: String::new(),
+        model_rev: model_rev.to_string(),
+        source_uri: task.source_uri.clone(),
+        region,
+    }
+}
+
+/// A Segment record (the mean of every sampled frame) and one Frame record per sampled frame,
+/// each with a `visual` vector. Frame `i` spans from its timestamp to the next frame's (the
+/// last to the segment's end).
+fn visual_points(
+    task: &SegmentTask,
+    frames: &[Frame],
+    frame_vectors: &[Vec<f32>],
+    model_rev: &str,
+) -> Vec<IndexPoint> {
+    use vidx_core::RecordKind;
+    let mut points = Vec::with_capacity(frames.len() + 1);
+    if let Some(mean) = mean_of_window(frames, frame_vectors, task.range) {
+        points.push(IndexPoint {
+            id: point_id(
+                &task.tenant,
+                &task.stream_id,
+                task.segment_seq,
+                RecordKind::Segment,
+                0,
+                model_rev,
+            ),
+            vectors: BTreeMap::from([(vector_names::VISUAL.to_string(), mean)]),
+            payload: payload(task, RecordKind::Segment, task.range, model_rev, None),
+        });
+    }
+    for (index, (frame, vector)) in frames.iter().zip(frame_vectors).enumerate() {
+        let end_ms = frames
+            .get(index + 1)
+            .map(|next| next.pts_ms)
+            .unwrap_or(task.range.end_ms)
+            .max(frame.pts_ms);
+        let range = vidx_core::TimeRange::new(frame.pts_ms, end_ms);
+        points.push(IndexPoint {
+            id: point_id(
+                &task.tenant,
+                &task.stream_id,
+                task.segment_seq,
+                RecordKind::Frame,
+                index as u32,
+                model_rev,
+            ),
+            vectors: BTreeMap::from([(vector_names::VISUAL.to_string(), vector.clone())]),
+            payload: payload(task, RecordKind::Frame, range, model_rev, None),
+        });
+    }
+    points
+}
+
+/// Crops per region track that are embedded (first, middle and last box); their mean is the
+/// track's `region` vector.
+const CROPS_PER_TRACK: usize = 3;
+/// Crops smaller than this many pixels on a side are widened around their centre.
+const MIN_CROP_PIXELS: u32 = 16;
+
+/// Region records: motion tracks (a coarse grid when nothing moves), each embedded from crops
+/// of its boxes, with the track's time span and the union of its boxes.
+fn region_points(
+    task: &SegmentTask,
+    frames: &[Frame],
+    embedder: &dyn VisualEmbedder,
+    settings: &RegionSettings,
+) -> Result<Vec<IndexPoint>, PipelineError> {
+    let tracks = propose_regions(frames, settings).map_err(|error| {
+        PipelineError::Model(vidx_core::ModelError::Inference {
+            model: "regions".into(),
+            reason: error.to_string(),
+        })
+    })?;
+    let mut crops = Vec::new();
+    let mut owners = Vec::new();
+    for (track_index, track) in tracks.iter().enumerate() {
+        for crop in track_crops(frames, track) {
+            crops.push(crop);
+            owners.push(track_index);
+        }
+    }
+    if crops.is_empty() {
+        return Ok(Vec::new());
+    }
+    let vectors = embedder.embed_frames(&crops)?;
+    let mut points = Vec::with_capacity(tracks.len());
+    for (track_index, track) in tracks.iter().enumerate() {
+        let members: Vec<&Vec<f32>> = owners
+            .iter()
+            .zip(&vectors)
+            .filter(|(owner, _)| **owner == track_index)
+            .map(|(_, vector)| vector)
+            .collect();
+        let Some(vector) = unit_mean(&members) else {
+            continue;
+        };
+        let model_rev = format!(
+            "{}+regions:{}",
+            embedder.revision(),
+            match track.kind {
+                RegionKind::Motion => "motion",
+                RegionKind::Grid => "grid",
+            }
+        );
+        points.push(IndexPoint {
+            id: point_id(
+                &task.tenant,
+                &task.stream_id,
+                task.segment_seq,
+                vidx_core::RecordKind::Region,
+                track_index as u32,
+                &model_rev,
+            ),
+            vectors: BTreeMap::from([(vector_names::REGION.to_string(), vector)]),
+            payload: payload(
+                task,
+                vidx_core::RecordKind::Region,
+                track.span,
+                &model_rev,
+                Some(track.union),
+            ),
+        });
+    }
+    Ok(points)
+}
+
+/// Up to `CROPS_PER_TRACK` crops of a track: its first, middle and last box, cut from the
+/// frame with the same timestamp.
+fn track_crops(frames: &[Frame], track: &RegionTrack) -> Vec<Frame> {
+    let count = track.boxes.len();
+    let mut picks: Vec<usize> = match count {
+        0 => Vec::new(),
+        1..=CROPS_PER_TRACK => (0..count).collect(),
+        _ => vec![0, count / 2, count - 1],
+    };
+    picks.dedup();
+    picks
+        .into_iter()
+        .filter_map(|index| {
+            let track_box = &track.boxes[index];
+            let frame = frames
+                .iter()
+                .find(|frame| frame.pts_ms == track_box.pts_ms)?;
+            crop(frame, &track_box.bbox)
+        })
+        .collect()
+}
+
+/// The pixels of `frame` inside a normalised box (at least `MIN_CROP_PIXELS` a side).
+fn crop(frame: &Frame, bbox: &vidx_core::NormalizedBox) -> Option<Frame> {
+    let (width, height) = (frame.width, frame.height);
+    if width == 0 || height == 0 || frame.rgb.len() != (width * height * 3) as usize {
+        return None;
+    }
+    let span = |low: f32, high: f32, size: u32| -> (u32, u32) {
+        let low = (low.clamp(0.0, 1.0) * size as f32).floor() as u32;
+        let high = ((high.clamp(0.0, 1.0) * size as f32).ceil() as u32).min(size);
+        let wanted = MIN_CROP_PIXELS.min(size);
+        if high.saturating_sub(low) >= wanted {
+            return (low, high);
+        }
+        let centre = (low + high) / 2;
+        let start = centre.saturating_sub(wanted / 2).min(size - wanted);
+        (start, start + wanted)
+    };
+    let (x0, x1) = span(bbox.x0, bbox.x1, width);
+    let (y0, y1) = span(bbox.y0, bbox.y1, height);
+    let crop_width = x1 - x0;
+    let mut rgb = Vec::with_capacity(((y1 - y0) * crop_width * 3) as usize);
+    for row in y0..y1 {
+        let start = ((row * width + x0) * 3) as usize;
+        rgb.extend_from_slice(&frame.rgb[start..start + (crop_width * 3) as usize]);
+    }
+    Some(Frame {
+        pts_ms: frame.pts_ms,
+        width: crop_width,
+        height: y1 - y0,
+        rgb,
+    })
+}
+
+/// The L2-normalised mean of unit vectors.
+fn unit_mean(vectors: &[&Vec<f32>]) -> Option<Vec<f32>> {
+    let dimension = vectors.first()?.len();
+    let mut mean = vec![0.0f32; dimension];
+    for vector in vectors {
+        for (sum, value) in mean.iter_mut().zip(vector.iter()) {
+            *sum += value;
+        }
+    }
+    let norm = mean
+        .iter()
+        .map(|value| value * value)
+        .sum::<f32>()
+        .sqrt()
+        .max(1e-12);
+    mean.iter_mut().for_each(|value| *value /= norm);
+    Some(mean)
 }
 
 /// Mean (L2-normalised) of the frame vectors inside `window`; the nearest frame when none
@@ -240,4 +473,219 @@ fn mean_of_window(
         .max(1e-12);
     mean.iter_mut().for_each(|value| *value /= norm);
     Some(mean)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vidx_core::{
+        ModelError, NormalizedBox, RecordKind, SEGMENT_TASK_SCHEMA_VERSION, TimeRange,
+    };
+
+    const SIZE: u32 = 96;
+    const SQUARE: u32 = 16;
+
+    /// A model stand-in: the mean colour of the image (and its aspect), normalised. Crops of
+    /// the red square are red; crops of the grey background are grey.
+    struct ColourEmbedder;
+
+    impl VisualEmbedder for ColourEmbedder {
+        fn name(&self) -> &str {
+            "colour"
+        }
+        fn revision(&self) -> &str {
+            "colour-1"
+        }
+        fn dimension(&self) -> usize {
+            4
+        }
+        fn embed_frames(&self, frames: &[Frame]) -> Result<Vec<Vec<f32>>, ModelError> {
+            Ok(frames
+                .iter()
+                .map(|frame| {
+                    let pixels = (frame.width * frame.height) as f32;
+                    let mut sums = [0f32; 3];
+                    for pixel in frame.rgb.chunks(3) {
+                        for channel in 0..3 {
+                            sums[channel] += f32::from(pixel[channel]) / 255.0;
+                        }
+                    }
+                    let vector = [
+                        sums[0] / pixels,
+                        sums[1] / pixels,
+                        sums[2] / pixels,
+                        frame.width as f32 / frame.height.max(1) as f32 * 0.01,
+                    ];
+                    let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+                    vector.iter().map(|v| v / norm).collect()
+                })
+                .collect())
+        }
+    }
+
+    struct NoText;
+
+    impl TextEmbedder for NoText {
+        fn name(&self) -> &str {
+            "none"
+        }
+        fn revision(&self) -> &str {
+            "none"
+        }
+        fn dimension(&self) -> usize {
+            1
+        }
+        fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
+            Ok(texts.iter().map(|_| vec![1.0]).collect())
+        }
+    }
+
+    struct Frames(Vec<Frame>);
+
+    impl FrameSampler for Frames {
+        fn sample(
+            &self,
+            _path: &std::path::Path,
+            _range: TimeRange,
+            _count: usize,
+        ) -> Result<Vec<Frame>, vidx_core::MediaError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    /// Eight frames of a textured grey scene; with `moving`, a red square crossing it
+    /// diagonally (top-left at `8 + 8·i` px in frame `i`).
+    fn frames(moving: bool) -> Vec<Frame> {
+        (0..8u32)
+            .map(|index| {
+                let mut rgb = Vec::with_capacity((SIZE * SIZE * 3) as usize);
+                for y in 0..SIZE {
+                    for x in 0..SIZE {
+                        let shade = 100 + ((x * 7 + y * 13) % 20) as u8;
+                        let offset = 8 + 8 * index;
+                        let inside = moving
+                            && (offset..offset + SQUARE).contains(&x)
+                            && (offset..offset + SQUARE).contains(&y);
+                        rgb.extend(if inside {
+                            [230, 20, 20]
+                        } else {
+                            [shade, shade, shade]
+                        });
+                    }
+                }
+                Frame {
+                    pts_ms: 1000 + 250 * u64::from(index),
+                    width: SIZE,
+                    height: SIZE,
+                    rgb,
+                }
+            })
+            .collect()
+    }
+
+    fn task() -> SegmentTask {
+        SegmentTask {
+            schema_version: SEGMENT_TASK_SCHEMA_VERSION,
+            tenant: "t".into(),
+            stream_id: "cam".into(),
+            segment_seq: 3,
+            range: TimeRange::new(1000, 3000),
+            media: SegmentMedia::Inline(vec![0]),
+            source_uri: "cam".into(),
+            attempt: 1,
+            subtitles: Vec::new(),
+        }
+    }
+
+    fn models() -> Models {
+        Models {
+            captioners: Vec::new(),
+            text_embedder: Arc::new(NoText),
+            visual_embedder: Some(Arc::new(ColourEmbedder)),
+            regions: Some(RegionSettings::default()),
+        }
+    }
+
+    fn of_kind(points: &[IndexPoint], kind: RecordKind) -> Vec<&IndexPoint> {
+        points
+            .iter()
+            .filter(|point| point.payload.kind == kind)
+            .collect()
+    }
+
+    #[test]
+    fn a_visual_model_gives_segment_frame_and_region_records() -> Result<(), PipelineError> {
+        let sampler = Frames(frames(true));
+        let points = build_points(&task(), &sampler, &models(), 8)?;
+
+        let segment = of_kind(&points, RecordKind::Segment);
+        assert_eq!(segment.len(), 1);
+        assert_eq!(
+            (segment[0].payload.start_ms, segment[0].payload.end_ms),
+            (1000, 3000)
+        );
+        let frame_points = of_kind(&points, RecordKind::Frame);
+        assert_eq!(frame_points.len(), 8);
+        for (index, point) in frame_points.iter().enumerate() {
+            assert_eq!(point.payload.start_ms, 1000 + 250 * index as u64);
+            assert!(point.vectors.contains_key(vector_names::VISUAL));
+        }
+        assert_eq!(frame_points[7].payload.end_ms, 3000);
+
+        // The red square's path: from (8, 8) to (64 + 16, 64 + 16) px.
+        let regions = of_kind(&points, RecordKind::Region);
+        assert_eq!(regions.len(), 1, "one moving object, one track");
+        let region = regions[0];
+        assert!(region.payload.model_rev.ends_with("regions:motion"));
+        let path = NormalizedBox {
+            x0: 8.0 / SIZE as f32,
+            y0: 8.0 / SIZE as f32,
+            x1: 80.0 / SIZE as f32,
+            y1: 80.0 / SIZE as f32,
+        };
+        let found = region.payload.region.expect("a region box");
+        let iou = vidx_core::regions::box_iou(&found, &path);
+        assert!(
+            iou >= 0.7,
+            "track union {found:?} vs path {path:?}: IoU {iou}"
+        );
+        let vector = &region.vectors[vector_names::REGION];
+        assert!(
+            vector[0] > 2.0 * vector[1] && vector[0] > 2.0 * vector[2],
+            "the region's crops are of the red square: {vector:?}"
+        );
+        assert!(!region.vectors.contains_key(vector_names::TEXT));
+
+        // Deterministic ids: the same segment again gives the same points, none duplicated.
+        let again = build_points(&task(), &sampler, &models(), 8)?;
+        let ids: Vec<_> = points.iter().map(|point| point.id).collect();
+        let again_ids: Vec<_> = again.iter().map(|point| point.id).collect();
+        assert_eq!(ids, again_ids);
+        let unique: std::collections::BTreeSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+        Ok(())
+    }
+
+    #[test]
+    fn a_static_scene_gets_grid_regions_and_none_without_the_setting() -> Result<(), PipelineError>
+    {
+        let sampler = Frames(frames(false));
+        let points = build_points(&task(), &sampler, &models(), 8)?;
+        let regions = of_kind(&points, RecordKind::Region);
+        assert!(!regions.is_empty());
+        assert!(
+            regions
+                .iter()
+                .all(|point| point.payload.model_rev.ends_with("regions:grid")),
+            "nothing moves: only grid cells"
+        );
+        let without = Models {
+            regions: None,
+            ..models()
+        };
+        let points = build_points(&task(), &sampler, &without, 8)?;
+        assert!(of_kind(&points, RecordKind::Region).is_empty());
+        assert_eq!(of_kind(&points, RecordKind::Frame).len(), 8);
+        Ok(())
+    }
 }

@@ -68,6 +68,9 @@ pub struct SearchRequest {
     pub filter: SearchFilter,
     pub top_k: usize,
     pub mode: SearchMode,
+    /// Search by example: a PE-Core image embedding used instead of the text against the
+    /// `visual` and `region` vectors (the text may then be empty).
+    pub example: Option<Vec<f32>>,
 }
 
 impl SearchRequest {
@@ -76,8 +79,14 @@ impl SearchRequest {
         let invalid = |field: &'static str, reason: String| {
             Err(PipelineError::InvalidArgument { field, reason })
         };
-        if self.text.trim().is_empty() {
+        if self.text.trim().is_empty() && self.example.is_none() {
             return invalid("query", "must not be empty".into());
+        }
+        if self.example.is_some() && self.mode == SearchMode::Caption {
+            return invalid(
+                "mode",
+                "an image query searches visual or region vectors, not captions".into(),
+            );
         }
         if self.text.chars().count() > MAX_QUERY_CHARS {
             return invalid("query", format!("longer than {MAX_QUERY_CHARS} characters"));
@@ -171,7 +180,14 @@ pub async fn search<S: IndexStore>(
     request: SearchRequest,
 ) -> Result<SearchResults, PipelineError> {
     request.validate()?;
-    let channels = models.channels(request.mode)?;
+    let mut channels = models.channels(request.mode)?;
+    if request.example.is_some() {
+        // An image has no caption embedding; it searches what things look like.
+        channels.retain(|channel| *channel != Channel::Caption);
+        if channels.is_empty() {
+            channels = vec![Channel::Visual, Channel::Region];
+        }
+    }
     let candidates = if channels.len() > 1 {
         (request.top_k * CANDIDATE_FACTOR).min(MAX_TOP_K)
     } else {
@@ -185,8 +201,9 @@ pub async fn search<S: IndexStore>(
     let wants_visual = channels
         .iter()
         .any(|channel| matches!(channel, Channel::Visual | Channel::Region));
-    let visual_vector = match (&models.visual, wants_visual) {
-        (Some(visual), true) => Some(embed_query(visual.clone(), &request.text).await?),
+    let visual_vector = match (&request.example, &models.visual, wants_visual) {
+        (Some(example), _, true) => Some(example.clone()),
+        (None, Some(visual), true) => Some(embed_query(visual.clone(), &request.text).await?),
         _ => None,
     };
     let mut ranked = BTreeMap::new();
@@ -252,6 +269,7 @@ mod tests {
             },
             top_k: 10,
             mode: SearchMode::Hybrid,
+            example: None,
         }
     }
 

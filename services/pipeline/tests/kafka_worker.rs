@@ -32,6 +32,7 @@ fn models() -> Arc<Models> {
         captioners: vec![Arc::new(SubtitleCaptioner)],
         text_embedder: Arc::new(FakeEmbedder),
         visual_embedder: None,
+        regions: None,
     })
 }
 

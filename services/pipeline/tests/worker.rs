@@ -101,6 +101,7 @@ impl Harness {
             captioners: vec![Arc::new(SubtitleCaptioner)],
             text_embedder: Arc::new(FakeEmbedder),
             visual_embedder: None,
+            regions: None,
         });
         let options = WorkerOptions {
             frames_per_segment: media.frames_per_segment,

@@ -77,6 +77,7 @@ fn models(embedder: &Arc<dyn TextEmbedder>) -> Arc<Models> {
         captioners: vec![Arc::new(SubtitleCaptioner) as Arc<dyn Captioner>],
         text_embedder: embedder.clone(),
         visual_embedder: None,
+        regions: None,
     })
 }
 

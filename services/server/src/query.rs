@@ -46,6 +46,7 @@ pub fn to_search_request(
         },
         top_k: request.top_k as usize,
         mode,
+        example: None,
     };
     search.validate().map_err(from_pipeline)?;
     Ok(search)

@@ -149,6 +149,7 @@ pub fn engine(
             captioners: vec![Arc::new(vidx_pipeline::captioners::SubtitleCaptioner)],
             text_embedder: embedder,
             visual_embedder: None,
+            regions: None,
         }),
         sampler,
     }
