@@ -173,3 +173,194 @@ proptest! {
         }
     }
 }
+
+/// One random point of the brute-force test: where it lives and when, and its vector's seed.
+#[derive(Debug, Clone)]
+struct RandomPoint {
+    tenant: usize,
+    stream: usize,
+    start_ms: u64,
+    length_ms: u64,
+    vector_seed: u64,
+}
+
+/// One random search: the tenant is always set, the rest may be absent.
+#[derive(Debug, Clone)]
+struct RandomSearch {
+    tenant: usize,
+    stream: Option<usize>,
+    from_ms: Option<u64>,
+    to_ms: Option<u64>,
+    vector_seed: u64,
+    top_k: usize,
+}
+
+// The last tenant never has points: a search for it must come back empty.
+const TENANTS: [&str; 4] = ["acme", "globex", "initech", "nobody"];
+const STREAMS: [&str; 3] = ["cam-1", "cam-2", "lobby"];
+// Times on a coarse grid, so that a moment ending exactly at `from_ms` or starting exactly at
+// `to_ms` (the inclusive bounds) is common, and zero-length moments occur.
+const STEP_MS: u64 = 500;
+
+fn random_point() -> impl Strategy<Value = RandomPoint> {
+    (0usize..3, 0usize..3, 0u64..120, 0u64..8, any::<u64>()).prop_map(
+        |(tenant, stream, start_step, length_steps, vector_seed)| RandomPoint {
+            tenant,
+            stream,
+            start_ms: start_step * STEP_MS,
+            length_ms: length_steps * STEP_MS,
+            vector_seed,
+        },
+    )
+}
+
+fn random_search() -> impl Strategy<Value = RandomSearch> {
+    (
+        0usize..TENANTS.len(),
+        proptest::option::of(0usize..STREAMS.len()),
+        proptest::option::of((0u64..125).prop_map(|step| step * STEP_MS)),
+        proptest::option::of((0u64..125).prop_map(|step| step * STEP_MS)),
+        any::<u64>(),
+        1usize..12,
+    )
+        .prop_map(
+            |(tenant, stream, from_ms, to_ms, vector_seed, top_k)| RandomSearch {
+                tenant,
+                stream,
+                from_ms,
+                to_ms,
+                vector_seed,
+                top_k,
+            },
+        )
+}
+
+fn fail(error: impl std::fmt::Display) -> TestCaseError {
+    TestCaseError::fail(error.to_string())
+}
+
+fn dot(left: &[f32], right: &[f32]) -> f32 {
+    left.iter().zip(right).map(|(a, b)| a * b).sum()
+}
+
+/// `SearchFilter`'s contract, written out independently of the store: same tenant, same
+/// stream when one is given, and the moment overlaps `[from_ms, to_ms]` (ends at or after
+/// `from_ms`, starts at or before `to_ms`).
+fn matches(filter: &SearchFilter, point: &IndexPoint) -> bool {
+    let payload = &point.payload;
+    payload.tenant == filter.tenant
+        && filter
+            .stream_id
+            .as_ref()
+            .is_none_or(|stream| &payload.stream_id == stream)
+        && filter
+            .from_ms
+            .is_none_or(|from_ms| payload.end_ms >= from_ms)
+        && filter.to_ms.is_none_or(|to_ms| payload.start_ms <= to_ms)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// Random points (tenants, streams, time ranges, vectors) and random filtered searches
+    /// against a brute-force scan of what was inserted: no hit ever breaks the filter, a
+    /// `top_k` at least the number of matches returns every match, and a smaller `top_k`
+    /// returns the nearest matches (the filter is applied before the ranking, not after a
+    /// truncated search).
+    #[test]
+    fn random_filters_match_a_brute_force_scan(
+        random_points in proptest::collection::vec(random_point(), 1..150),
+        searches in proptest::collection::vec(random_search(), 1..10),
+        optimized in any::<bool>(),
+    ) {
+        let directory = tempfile::tempdir().map_err(fail)?;
+        let options = EdgeStoreOptions {
+            indexing_threshold_kb: optimized.then_some(1),
+            ..EdgeStoreOptions::default()
+        };
+        let store = EdgeStore::open(directory.path(), &spec(), options).map_err(fail)?;
+        // The position is the segment number: every point gets its own id.
+        let inserted: Vec<IndexPoint> = random_points
+            .iter()
+            .enumerate()
+            .map(|(position, random)| {
+                let mut indexed = point(
+                    TENANTS[random.tenant],
+                    STREAMS[random.stream],
+                    position as u64,
+                    0,
+                    random.start_ms,
+                    unit_vector(random.vector_seed),
+                );
+                indexed.payload.end_ms = random.start_ms + random.length_ms;
+                indexed
+            })
+            .collect();
+        store.upsert_blocking(inserted.clone()).map_err(fail)?;
+        if optimized {
+            store.optimize_blocking().map_err(fail)?;
+        }
+        prop_assert_eq!(store.count_blocking(None).map_err(fail)?, inserted.len() as u64);
+
+        for search in searches {
+            let filter = SearchFilter {
+                tenant: TENANTS[search.tenant].into(),
+                stream_id: search.stream.map(|stream| STREAMS[stream].to_string()),
+                from_ms: search.from_ms,
+                to_ms: search.to_ms,
+            };
+            let vector = unit_vector(search.vector_seed);
+            let matching: Vec<&IndexPoint> =
+                inserted.iter().filter(|point| matches(&filter, point)).collect();
+            prop_assert_eq!(
+                store.count_blocking(Some(filter.clone())).map_err(fail)?,
+                matching.len() as u64
+            );
+
+            // top_k at least the number of matches: exactly the matching points come back.
+            let everything = store
+                .search_blocking(query(vector.clone(), filter.clone(), inserted.len()))
+                .map_err(fail)?;
+            for hit in &everything {
+                prop_assert_eq!(&hit.payload.tenant, &filter.tenant);
+                if let Some(stream) = &filter.stream_id {
+                    prop_assert_eq!(&hit.payload.stream_id, stream);
+                }
+                if let Some(from_ms) = filter.from_ms {
+                    prop_assert!(hit.payload.end_ms >= from_ms, "{hit:?} ends before {from_ms}");
+                }
+                if let Some(to_ms) = filter.to_ms {
+                    prop_assert!(hit.payload.start_ms <= to_ms, "{hit:?} starts after {to_ms}");
+                }
+            }
+            let mut returned: Vec<_> = everything.iter().map(|hit| hit.id).collect();
+            returned.sort_unstable();
+            let mut expected: Vec<_> = matching.iter().map(|point| point.id).collect();
+            expected.sort_unstable();
+            prop_assert_eq!(returned, expected, "filter {:?}", filter);
+
+            // A small top_k: the nearest matches, by cosine, best first.
+            let mut nearest: Vec<f32> = matching
+                .iter()
+                .map(|point| dot(&point.vectors[vector_names::TEXT], &vector))
+                .collect();
+            nearest.sort_by(|left, right| right.total_cmp(left));
+            nearest.truncate(search.top_k);
+            let top = store
+                .search_blocking(query(vector, filter.clone(), search.top_k))
+                .map_err(fail)?;
+            prop_assert_eq!(top.len(), nearest.len());
+            for (hit, expected_score) in top.iter().zip(&nearest) {
+                let source = inserted
+                    .iter()
+                    .find(|point| point.id == hit.id)
+                    .ok_or_else(|| fail(format!("unknown id {}", hit.id)))?;
+                prop_assert!(matches(&filter, source));
+                prop_assert!(
+                    (hit.score - expected_score).abs() < 1e-4,
+                    "score {} where the scan found {expected_score}", hit.score
+                );
+            }
+        }
+    }
+}
