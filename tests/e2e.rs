@@ -708,6 +708,26 @@ fn visual_model_indexes_frames_and_regions_and_hybrid_search_fuses_channels() ->
             .any(|hit| hit["kind"] == "frame" || hit["kind"] == "region"),
         "hybrid returned only captions"
     );
+    // The lexical channel: the cue that shares words with the query is found by it.
+    let lexical: Vec<&Value> = hybrid
+        .iter()
+        .filter(|hit| !hit["scores"]["lexical"].is_null())
+        .collect();
+    ensure!(
+        lexical.iter().any(|hit| hit["caption"]
+            .as_str()
+            .is_some_and(|caption| caption.contains("tomatoes"))),
+        "no lexical hit on the tomato cue: {lexical:?}"
+    );
+    ensure!(
+        lexical.iter().all(|hit| {
+            let caption = hit["caption"].as_str().unwrap_or_default().to_lowercase();
+            ["tomato", "cut", "board"]
+                .iter()
+                .any(|word| caption.contains(word))
+        }),
+        "a lexical hit without a query word: {lexical:?}"
+    );
     let scores: Vec<f64> = hybrid
         .iter()
         .filter_map(|hit| hit["score"].as_f64())

@@ -115,6 +115,7 @@ pub async fn search(endpoint: &str, token: Option<&str>, args: &SearchArgs) -> a
                     caption: scores.caption,
                     visual: scores.visual,
                     region: scores.region,
+                    lexical: scores.lexical,
                 })
                 .unwrap_or_default(),
             region: hit

@@ -37,6 +37,8 @@ pub struct ChannelScoresLine {
     pub visual: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub region: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lexical: Option<f32>,
 }
 
 impl ChannelScoresLine {
@@ -46,6 +48,7 @@ impl ChannelScoresLine {
             caption: channel(Channel::Caption),
             visual: channel(Channel::Visual),
             region: channel(Channel::Region),
+            lexical: channel(Channel::Lexical),
         }
     }
 }

@@ -179,6 +179,9 @@ pub struct VectorQuery {
     pub vector: Vec<f32>,
     pub filter: SearchFilter,
     pub top_k: usize,
+    /// Lexical restriction: only points whose caption contains at least one of these words
+    /// (the store's full-text index: lowercase, English stop words dropped, stemmed).
+    pub caption_words: Option<String>,
 }
 
 /// One search result.

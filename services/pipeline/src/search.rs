@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use vidx_core::fusion::{Channel, FusedHit, FusionSettings, MomentWindow, fuse, merge_windows};
 use vidx_core::ports::{IndexStore, TextEmbedder};
+use vidx_core::types::vector_names;
 use vidx_core::{SearchFilter, VectorQuery};
 
 use crate::PipelineError;
@@ -156,10 +157,13 @@ impl SearchModels {
             (SearchMode::Visual, true) => Ok(vec![Channel::Visual]),
             (SearchMode::Region, true) => Ok(vec![Channel::Region]),
             (SearchMode::Visual | SearchMode::Region, false) => Err(needs_visual(mode)),
-            (SearchMode::Hybrid, true) => {
-                Ok(vec![Channel::Caption, Channel::Visual, Channel::Region])
-            }
-            (SearchMode::Hybrid, false) => Ok(vec![Channel::Caption]),
+            (SearchMode::Hybrid, true) => Ok(vec![
+                Channel::Caption,
+                Channel::Lexical,
+                Channel::Visual,
+                Channel::Region,
+            ]),
+            (SearchMode::Hybrid, false) => Ok(vec![Channel::Caption, Channel::Lexical]),
         }
     }
 }
@@ -182,8 +186,8 @@ pub async fn search<S: IndexStore>(
     request.validate()?;
     let mut channels = models.channels(request.mode)?;
     if request.example.is_some() {
-        // An image has no caption embedding; it searches what things look like.
-        channels.retain(|channel| *channel != Channel::Caption);
+        // An image has no caption embedding or words; it searches what things look like.
+        channels.retain(|channel| !matches!(channel, Channel::Caption | Channel::Lexical));
         if channels.is_empty() {
             channels = vec![Channel::Visual, Channel::Region];
         }
@@ -193,7 +197,10 @@ pub async fn search<S: IndexStore>(
     } else {
         request.top_k
     };
-    let caption_vector = if channels.contains(&Channel::Caption) {
+    let caption_vector = if channels
+        .iter()
+        .any(|channel| matches!(channel, Channel::Caption | Channel::Lexical))
+    {
         Some(embed_query(models.caption.clone(), &request.text).await?)
     } else {
         None
@@ -208,12 +215,19 @@ pub async fn search<S: IndexStore>(
     };
     let mut ranked = BTreeMap::new();
     for channel in &channels {
-        let vector = match channel {
-            Channel::Caption => caption_vector.clone(),
-            Channel::Visual | Channel::Region => visual_vector.clone(),
-            Channel::Lexical => None,
+        // The lexical channel: captions that share a word with the query (the store's
+        // full-text index), ranked by the caption embedding.
+        let (vector, vector_name, caption_words) = match channel {
+            Channel::Caption => (caption_vector.clone(), vector_names::TEXT, None),
+            Channel::Lexical => (
+                caption_vector.clone(),
+                vector_names::TEXT,
+                Some(request.text.clone()),
+            ),
+            Channel::Visual => (visual_vector.clone(), vector_names::VISUAL, None),
+            Channel::Region => (visual_vector.clone(), vector_names::REGION, None),
         };
-        let (Some(vector), Some(vector_name)) = (vector, channel.vector_name()) else {
+        let Some(vector) = vector else {
             continue;
         };
         let hits = store
@@ -222,6 +236,7 @@ pub async fn search<S: IndexStore>(
                 vector,
                 filter: request.filter.clone(),
                 top_k: candidates,
+                caption_words,
             })
             .await?;
         ranked.insert(*channel, hits);

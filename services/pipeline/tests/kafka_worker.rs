@@ -58,6 +58,7 @@ async fn stored_ids(store: &FlakyStore) -> anyhow::Result<BTreeSet<String>> {
             ..Default::default()
         },
         top_k: 1000,
+        caption_words: None,
     };
     Ok(store
         .search(query)

@@ -122,6 +122,7 @@ impl From<&vidx_core::fusion::FusedHit> for v1::Hit {
                 caption: channel(Channel::Caption),
                 visual: channel(Channel::Visual),
                 region: channel(Channel::Region),
+                lexical: channel(Channel::Lexical),
             }),
             source_uri: payload.source_uri.clone(),
         }
@@ -150,6 +151,7 @@ impl From<&vidx_core::Hit> for v1::Hit {
                 caption: Some(hit.score),
                 visual: None,
                 region: None,
+                lexical: None,
             }),
             source_uri: payload.source_uri.clone(),
         }

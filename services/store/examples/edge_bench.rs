@@ -474,6 +474,7 @@ fn main() -> anyhow::Result<()> {
                 ..Default::default()
             },
             top_k: TOP_K,
+            caption_words: None,
         };
         let started = Instant::now();
         let hits = store.search_blocking(search)?;

@@ -118,6 +118,7 @@ impl EdgeStore {
                 ))
             })?;
             check_vectors(&shard, vectors, &shard_path)?;
+            ensure_caption_index(&shard)?;
             shard
         } else {
             std::fs::create_dir_all(&shard_path).map_err(|error| {
@@ -139,6 +140,7 @@ impl EdgeStore {
             let shard = EdgeShard::new(&shard_path, builder.build())
                 .map_err(internal("cannot create index"))?;
             create_payload_indexes(&shard)?;
+            ensure_caption_index(&shard)?;
             shard.flush();
             shard
         };
@@ -218,7 +220,7 @@ impl EdgeStore {
                 query: VectorInternal::Dense(query.vector),
                 using: Some(query.vector_name.clone()),
             }))),
-            filter: Some(to_filter(&query.filter)?),
+            filter: Some(to_filter(&query.filter, query.caption_words.as_deref())?),
             score_threshold: None,
             limit: query.top_k,
             offset: 0,
@@ -248,7 +250,10 @@ impl EdgeStore {
         let count = state
             .shard
             .count(CountRequest {
-                filter: filter.as_ref().map(to_filter).transpose()?,
+                filter: filter
+                    .as_ref()
+                    .map(|filter| to_filter(filter, None))
+                    .transpose()?,
                 exact: true,
             })
             .map_err(internal("count"))?;
@@ -310,6 +315,36 @@ fn check_vectors(shard: &EdgeShard, vectors: &[VectorSpec], path: &Path) -> Resu
     Ok(())
 }
 
+/// The full-text index of captions (the lexical channel): words, lowercase, English stop
+/// words dropped, Snowball-stemmed. The same parameters on the Qdrant server.
+pub(crate) fn caption_text_index() -> serde_json::Value {
+    serde_json::json!({
+        "type": "text",
+        "tokenizer": "word",
+        "lowercase": true,
+        "stopwords": "english",
+        "stemmer": { "type": "snowball", "language": "english" }
+    })
+}
+
+/// Create the caption full-text index if the shard lacks it (indexes made before it existed).
+fn ensure_caption_index(shard: &EdgeShard) -> Result<(), StoreError> {
+    let field_name = key(payload_keys::CAPTION)?;
+    if shard.info().payload_schema.contains_key(&field_name) {
+        return Ok(());
+    }
+    let schema: PayloadFieldSchema = serde_json::from_value(caption_text_index())
+        .map_err(|error| StoreError::Internal(format!("caption text index: {error}")))?;
+    shard
+        .update(UpdateOperation::FieldIndexOperation(
+            FieldIndexOperations::CreateIndex(CreateIndex {
+                field_name,
+                field_schema: Some(schema),
+            }),
+        ))
+        .map_err(internal("create caption text index"))
+}
+
 fn create_payload_indexes(shard: &EdgeShard) -> Result<(), StoreError> {
     let schemas = INDEXED_KEYWORDS
         .iter()
@@ -355,7 +390,7 @@ fn key(name: &str) -> Result<qdrant_edge::JsonPath, StoreError> {
 
 /// The tenant condition is always present: no search crosses tenants. A key that cannot be
 /// built is an error, never a silently dropped condition.
-fn to_filter(filter: &SearchFilter) -> Result<Filter, StoreError> {
+fn to_filter(filter: &SearchFilter, caption_words: Option<&str>) -> Result<Filter, StoreError> {
     let keyword = |name: &str, value: &str| -> Result<Condition, StoreError> {
         Ok(Condition::Field(FieldCondition::new_match(
             key(name)?,
@@ -383,6 +418,14 @@ fn to_filter(filter: &SearchFilter) -> Result<Filter, StoreError> {
     }
     if let Some(to_ms) = filter.to_ms {
         conditions.push(range(payload_keys::START_MS, None, Some(to_ms))?);
+    }
+    if let Some(words) = caption_words {
+        let any_word: Match = serde_json::from_value(serde_json::json!({ "text_any": words }))
+            .map_err(|error| StoreError::Invalid(format!("caption words: {error}")))?;
+        conditions.push(Condition::Field(FieldCondition::new_match(
+            key(payload_keys::CAPTION)?,
+            any_word,
+        )));
     }
     Ok(Filter {
         should: None,

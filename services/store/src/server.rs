@@ -166,6 +166,19 @@ impl ServerStore {
                 .await
                 .map_err(server_error("create payload index"))?;
         }
+        // The caption full-text index of the lexical channel, with Qdrant Edge's parameters.
+        self.client
+            .create_field_index(
+                CreateFieldIndexCollectionBuilder::new(
+                    &self.collection,
+                    payload_keys::CAPTION,
+                    FieldType::Text,
+                )
+                .field_index_params(caption_text_index_params())
+                .wait(true),
+            )
+            .await
+            .map_err(server_error("create caption text index"))?;
         Ok(())
     }
 
@@ -223,8 +236,31 @@ fn to_point(point: IndexPoint) -> Result<PointStruct, StoreError> {
     Ok(PointStruct::new(point.id.to_string(), vectors, payload))
 }
 
+fn caption_text_index_params() -> qdrant_client::qdrant::TextIndexParams {
+    use qdrant_client::qdrant::{
+        SnowballParams, StemmingAlgorithm, StopwordsSet, TextIndexParams, TokenizerType,
+        stemming_algorithm,
+    };
+    TextIndexParams {
+        tokenizer: TokenizerType::Word as i32,
+        lowercase: Some(true),
+        stopwords: Some(StopwordsSet {
+            languages: vec!["english".into()],
+            custom: Vec::new(),
+        }),
+        stemmer: Some(StemmingAlgorithm {
+            stemming_params: Some(stemming_algorithm::StemmingParams::Snowball(
+                SnowballParams {
+                    language: "english".into(),
+                },
+            )),
+        }),
+        ..Default::default()
+    }
+}
+
 /// The tenant condition is always present: no search crosses tenants.
-fn to_filter(filter: &SearchFilter) -> Filter {
+fn to_filter(filter: &SearchFilter, caption_words: Option<&str>) -> Filter {
     let mut conditions = vec![Condition::matches(
         payload_keys::TENANT,
         filter.tenant.clone(),
@@ -252,6 +288,12 @@ fn to_filter(filter: &SearchFilter) -> Filter {
                 lte: Some(to_ms as f64),
                 ..Range::default()
             },
+        ));
+    }
+    if let Some(words) = caption_words {
+        conditions.push(Condition::matches_text_any(
+            payload_keys::CAPTION,
+            words.to_string(),
         ));
     }
     Filter::must(conditions)
@@ -307,7 +349,7 @@ impl IndexStore for ServerStore {
                 QueryPointsBuilder::new(&self.collection)
                     .query(query.vector)
                     .using(query.vector_name)
-                    .filter(to_filter(&query.filter))
+                    .filter(to_filter(&query.filter, query.caption_words.as_deref()))
                     .limit(query.top_k as u64)
                     .with_payload(true),
             )
@@ -319,7 +361,7 @@ impl IndexStore for ServerStore {
     async fn count(&self, filter: Option<SearchFilter>) -> Result<u64, StoreError> {
         let mut request = CountPointsBuilder::new(&self.collection).exact(true);
         if let Some(filter) = &filter {
-            request = request.filter(to_filter(filter));
+            request = request.filter(to_filter(filter, None));
         }
         let response = self
             .client

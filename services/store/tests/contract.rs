@@ -164,6 +164,217 @@ async fn contract<S: IndexStore>(store: &S) -> Result<()> {
     Ok(())
 }
 
+/// `text`, `visual` and `region` vectors of one dimension, as an index with a visual model.
+fn named_specs() -> Vec<VectorSpec> {
+    [
+        vector_names::TEXT,
+        vector_names::VISUAL,
+        vector_names::REGION,
+    ]
+    .into_iter()
+    .map(|name| VectorSpec {
+        name: name.into(),
+        dimension: DIMENSION,
+    })
+    .collect()
+}
+
+/// Points carry only the vectors of their kind: a subtitle `text` (+ `visual`), a frame
+/// `visual`, a region `region` and its box. Each named vector finds exactly the points that
+/// have it, and payloads (the box included) come back intact.
+async fn named_vectors_contract<S: IndexStore>(store: &S) -> Result<()> {
+    use vidx_core::{NormalizedBox, RecordKind};
+    let tenant = SearchFilter {
+        tenant: "acme".into(),
+        ..SearchFilter::default()
+    };
+    let mut points = Vec::new();
+    for index in 0..30u32 {
+        let mut record = point(
+            "acme",
+            "cam-1",
+            0,
+            index,
+            u64::from(index) * 1000,
+            unit_vector(u64::from(index)),
+        );
+        let vectors = &mut record.vectors;
+        match index % 3 {
+            // A subtitle moment with text and visual vectors.
+            0 => {
+                vectors.insert(
+                    vector_names::VISUAL.into(),
+                    unit_vector(500 + u64::from(index)),
+                );
+            }
+            // A frame: visual only.
+            1 => {
+                let visual = vectors.remove(vector_names::TEXT).unwrap_or_default();
+                vectors.insert(vector_names::VISUAL.into(), visual);
+                record.payload.kind = RecordKind::Frame;
+                record.payload.caption = String::new();
+            }
+            // A region: region only, with its box.
+            _ => {
+                let region = vectors.remove(vector_names::TEXT).unwrap_or_default();
+                vectors.insert(vector_names::REGION.into(), region);
+                record.payload.kind = RecordKind::Region;
+                record.payload.caption = String::new();
+                record.payload.region = Some(NormalizedBox {
+                    x0: 0.25,
+                    y0: 0.125,
+                    x1: 0.5,
+                    y1: 0.75,
+                });
+            }
+        }
+        record.id = vidx_core::point_id("acme", "cam-1", 0, record.payload.kind, index, "named");
+        points.push(record);
+    }
+    store.upsert(points.clone()).await?;
+    for name in [
+        vector_names::TEXT,
+        vector_names::VISUAL,
+        vector_names::REGION,
+    ] {
+        let expected: BTreeSet<uuid::Uuid> = points
+            .iter()
+            .filter(|point| point.vectors.contains_key(name))
+            .map(|point| point.id)
+            .collect();
+        let hits = store
+            .search(VectorQuery {
+                vector_name: name.into(),
+                ..query(unit_vector(3), tenant.clone(), 100)
+            })
+            .await?;
+        let found: BTreeSet<uuid::Uuid> = hits.iter().map(|hit| hit.id).collect();
+        assert_eq!(found, expected, "vector {name}");
+        for hit in &hits {
+            let original = points
+                .iter()
+                .find(|point| point.id == hit.id)
+                .map(|point| &point.payload);
+            assert_eq!(Some(&hit.payload), original, "payload of {}", hit.id);
+        }
+    }
+    Ok(())
+}
+
+/// The lexical restriction: only captions sharing a (stemmed, non-stop) word with the query.
+async fn lexical_contract<S: IndexStore>(store: &S) -> Result<()> {
+    let captions = [
+        "A chef slices ripe tomatoes on a board",
+        "The cook chops onions and garlic",
+        "Children kick a ball across the park",
+        "The tomato sauce simmers",
+        "Snow falls over the mountain pass",
+    ];
+    let mut points = Vec::new();
+    for (index, caption) in captions.iter().enumerate() {
+        let mut record = point(
+            "acme",
+            "cam-9",
+            0,
+            index as u32,
+            index as u64 * 1000,
+            unit_vector(900 + index as u64),
+        );
+        record.payload.caption = caption.to_string();
+        points.push(record);
+    }
+    // Another tenant's tomato must stay invisible.
+    let mut other = point("globex", "cam-9", 0, 0, 0, unit_vector(950));
+    other.payload.caption = "tomato".into();
+    points.push(other);
+    store.upsert(points.clone()).await?;
+    let tenant = SearchFilter {
+        tenant: "acme".into(),
+        stream_id: Some("cam-9".into()),
+        ..SearchFilter::default()
+    };
+    let matching = |words: &str| {
+        let tenant = tenant.clone();
+        let words = words.to_string();
+        async move {
+            let hits = store
+                .search(VectorQuery {
+                    caption_words: Some(words),
+                    ..query(unit_vector(1), tenant, 100)
+                })
+                .await?;
+            anyhow::Ok(
+                hits.into_iter()
+                    .map(|hit| hit.payload.caption)
+                    .collect::<BTreeSet<String>>(),
+            )
+        }
+    };
+    let expected = |indexes: &[usize]| -> BTreeSet<String> {
+        indexes
+            .iter()
+            .map(|index| captions[*index].to_string())
+            .collect()
+    };
+    // Stemming: "slicing" finds "slices", "Tomatoes" finds "tomato"; any word is enough.
+    assert_eq!(matching("slicing Tomatoes").await?, expected(&[0, 3]));
+    assert_eq!(matching("garlic or snow").await?, expected(&[1, 4]));
+    assert_eq!(matching("helicopter").await?, BTreeSet::new());
+    // Stop words alone match nothing.
+    assert_eq!(matching("the a and").await?, BTreeSet::new());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qdrant_edge_keeps_the_lexical_contract() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = EdgeStore::open(dir.path(), &spec(), EdgeStoreOptions::default())?;
+    lexical_contract(&store).await?;
+    // Reopening the index keeps the caption text index working.
+    drop(store);
+    let store = EdgeStore::open(dir.path(), &spec(), EdgeStoreOptions::default())?;
+    lexical_contract(&store).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qdrant_server_keeps_the_lexical_contract() -> Result<()> {
+    let Ok(url) = std::env::var("VIDX_TEST_QDRANT_URL") else {
+        eprintln!("VIDX_TEST_QDRANT_URL is not set: skipped");
+        return Ok(());
+    };
+    let options = ServerStoreOptions {
+        url,
+        api_key: std::env::var("VIDX_TEST_QDRANT_API_KEY").ok(),
+        collection: format!("vidx-lexical-{}", uuid::Uuid::new_v4()),
+        timeout: Duration::from_secs(30),
+    };
+    let store = ServerStore::connect(&options, &spec()).await?;
+    lexical_contract(&store).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qdrant_edge_keeps_the_named_vector_contract() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = EdgeStore::open(dir.path(), &named_specs(), EdgeStoreOptions::default())?;
+    named_vectors_contract(&store).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qdrant_server_keeps_the_named_vector_contract() -> Result<()> {
+    let Ok(url) = std::env::var("VIDX_TEST_QDRANT_URL") else {
+        eprintln!("VIDX_TEST_QDRANT_URL is not set: skipped");
+        return Ok(());
+    };
+    let options = ServerStoreOptions {
+        url,
+        api_key: std::env::var("VIDX_TEST_QDRANT_API_KEY").ok(),
+        collection: format!("vidx-named-{}", uuid::Uuid::new_v4()),
+        timeout: Duration::from_secs(30),
+    };
+    let store = ServerStore::connect(&options, &named_specs()).await?;
+    named_vectors_contract(&store).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qdrant_edge_keeps_the_store_contract() -> Result<()> {
     let dir = tempfile::tempdir()?;

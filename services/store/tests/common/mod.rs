@@ -86,5 +86,6 @@ pub fn query(vector: Vec<f32>, filter: SearchFilter, top_k: usize) -> VectorQuer
         vector,
         filter,
         top_k,
+        caption_words: None,
     }
 }
