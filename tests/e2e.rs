@@ -838,6 +838,22 @@ fn model_fetch_and_dtype_errors_are_clear() -> Result<()> {
         describe(&output)
     );
 
+    // A PE-Core id asks for the official layout's single pickle, named in the error.
+    let output = Command::new(VIDX)
+        .args(["model", "fetch", "facebook/PE-Core-L14-336"])
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env("HF_HOME", workspace.path())
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("HF_TOKEN")
+        .output()?;
+    assert_eq!(output.status.code(), Some(3), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("facebook/PE-Core-L14-336") && stderr.contains("PE-Core-L14-336.pt"),
+        "{}",
+        describe(&output)
+    );
+
     let video = make_video(workspace.path(), "dtype.mp4", false)?;
     let model_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/plm/cls");
     let output = Command::new(VIDX)

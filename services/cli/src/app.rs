@@ -324,18 +324,24 @@ impl AppContext {
         let id = model_id.to_string();
         let has_token = options.token.is_some()
             || std::env::var("HF_TOKEN").is_ok_and(|token| !token.is_empty());
-        let files = tokio::task::spawn_blocking(move || fetch_files(&id, &options))
-            .await
-            .context("download task")?
-            .map_err(|error| {
-                let hint = if has_token {
-                    ""
-                } else {
-                    "; no HF_TOKEN is set: the official PerceptionLM repositories are gated \
+        let files = tokio::task::spawn_blocking(move || {
+            if vidx_model::pe_embedder::is_pe_core(&id) {
+                vidx_model::pe_embedder::fetch_pe_core(&id, &options)
+            } else {
+                fetch_files(&id, &options)
+            }
+        })
+        .await
+        .context("download task")?
+        .map_err(|error| {
+            let hint = if has_token {
+                ""
+            } else {
+                "; no HF_TOKEN is set: the official PerceptionLM repositories are gated \
                      (accept the licence on huggingface.co, then export HF_TOKEN)"
-                };
-                cli_error(error.code(), format!("{error}{hint}"))
-            })?;
+            };
+            cli_error(error.code(), format!("{error}{hint}"))
+        })?;
         let bytes: u64 = files
             .files
             .iter()

@@ -40,7 +40,8 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum ModelCommand {
     /// Download a PerceptionLM checkpoint (config, tokenizer, processor, all weight shards)
-    /// into the Hugging Face cache, where `vidx index --model ID` finds it offline later.
+    /// or a PE-Core checkpoint (facebook/PE-Core-*, timm/PE-Core-*) into the Hugging Face
+    /// cache, where `--model ID` / `models.visual_embedder` find it offline later.
     /// Gated repositories need HF_TOKEN (or models.hf_token).
     Fetch {
         /// Hugging Face model id, e.g. facebook/Perception-LM-1B.

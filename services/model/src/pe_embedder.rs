@@ -10,7 +10,7 @@ use vidx_core::ports::{TextEmbedder, VisualEmbedder};
 use vidx_core::{Frame, ModelError};
 
 use crate::clip_tokenizer::ClipTokenizer;
-use crate::hub::{HubOptions, resolve_model_dir};
+use crate::hub::{HubOptions, ModelFiles, resolve_model_dir};
 use crate::models::pe_core::{PeCoreClip, pixel_values};
 use crate::processor::RgbImage;
 
@@ -51,18 +51,7 @@ impl PeCoreEmbedder {
         if let Some(local) = &options.local_dir {
             return Self::from_path(local, model_id, device, dtype);
         }
-        let base = model_id.rsplit('/').next().unwrap_or(model_id);
-        let official = format!("{base}.pt");
-        let files = if model_id.starts_with("facebook/") {
-            resolve_model_dir(model_id, &[official.as_str()], &[], options)?
-        } else {
-            resolve_model_dir(
-                model_id,
-                &["open_clip_model.safetensors"],
-                &["open_clip_config.json"],
-                options,
-            )?
-        };
+        let files = fetch_pe_core(model_id, options)?;
         let weights = files
             .files
             .first()
@@ -162,6 +151,33 @@ impl PeCoreEmbedder {
             vectors.extend(embedded);
         }
         Ok(vectors)
+    }
+}
+
+/// Whether `model_id` names a PE-Core checkpoint (`facebook/PE-Core-*`, `timm/PE-Core-*`,
+/// `timm/vit_pe_core_*`).
+pub fn is_pe_core(model_id: &str) -> bool {
+    let lower = model_id.to_ascii_lowercase();
+    lower.contains("pe-core") || lower.contains("pe_core")
+}
+
+/// Find (and, online, download into the HF cache) a PE-Core checkpoint's files:
+/// `<name>.pt` for the official `facebook/PE-Core-*` repositories, open_clip's files otherwise
+/// (timm's vision-only repositories hold `model.safetensors`).
+pub fn fetch_pe_core(model_id: &str, options: &HubOptions) -> Result<ModelFiles, ModelError> {
+    let base = model_id.rsplit('/').next().unwrap_or(model_id);
+    let official = format!("{base}.pt");
+    if model_id.starts_with("facebook/") {
+        resolve_model_dir(model_id, &[official.as_str()], &[], options)
+    } else if base.starts_with("vit_pe_core") {
+        resolve_model_dir(model_id, &["model.safetensors"], &["config.json"], options)
+    } else {
+        resolve_model_dir(
+            model_id,
+            &["open_clip_model.safetensors"],
+            &["open_clip_config.json"],
+            options,
+        )
     }
 }
 
