@@ -217,7 +217,12 @@ impl ConsumerContext for GroupContext {
 struct Received {
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
+    /// The W3C trace-context headers of the message (`traceparent`, `tracestate`).
+    trace_context: std::collections::BTreeMap<String, String>,
 }
+
+/// Message headers that carry a segment's trace context from ingest to the worker.
+pub const TRACE_CONTEXT_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 
 /// The consumer side shared by `receive` and the keep-alive task.
 struct Consuming {
@@ -379,6 +384,19 @@ impl<M: Message> From<&M> for Raw {
             received: Received {
                 key: message.key().map(<[u8]>::to_vec),
                 payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                trace_context: message
+                    .headers()
+                    .map(|headers| {
+                        headers
+                            .iter()
+                            .filter(|header| TRACE_CONTEXT_HEADERS.contains(&header.key))
+                            .filter_map(|header| {
+                                let value = std::str::from_utf8(header.value?).ok()?;
+                                Some((header.key.to_string(), value.to_string()))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             },
         }
     }
@@ -741,9 +759,27 @@ impl KafkaQueue {
         }
         let payload = vidx_proto::encode_segment_task(task);
         let key = message_key(task);
-        let record = FutureRecord::to(&self.settings.topic)
+        let mut record = FutureRecord::to(&self.settings.topic)
             .key(&key)
             .payload(&payload);
+        let trace_headers: Vec<(&str, &str)> = task
+            .trace_context
+            .iter()
+            .filter(|(name, _)| TRACE_CONTEXT_HEADERS.contains(&name.as_str()))
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        if !trace_headers.is_empty() {
+            let headers =
+                trace_headers
+                    .iter()
+                    .fold(OwnedHeaders::new(), |headers, (name, value)| {
+                        headers.insert(Header {
+                            key: name,
+                            value: Some(*value),
+                        })
+                    });
+            record = record.headers(headers);
+        }
         let delivery = self
             .producer
             .send(record, self.settings.delivery_timeout)
@@ -771,8 +807,9 @@ impl SegmentQueue for KafkaQueue {
             let next = consuming.next(&self.tracker).await;
             drop(waiting);
             let Raw { tag, received } = next?;
-            let decoded = vidx_proto::decode_segment_task(&received.payload).and_then(|task| {
+            let decoded = vidx_proto::decode_segment_task(&received.payload).and_then(|mut task| {
                 if task.schema_version == SEGMENT_TASK_SCHEMA_VERSION {
+                    task.trace_context = received.trace_context.clone();
                     Ok(task)
                 } else {
                     Err(QueueError::Malformed(format!(

@@ -148,6 +148,7 @@ mod tests {
             source_uri: "s".into(),
             attempt: 1,
             subtitles: vec![],
+            trace_context: Default::default(),
         }
     }
 

@@ -25,6 +25,7 @@ fn task(seq: u64) -> SegmentTask {
         source_uri: "cam-1".into(),
         attempt: 1,
         subtitles: Vec::new(),
+        trace_context: Default::default(),
     }
 }
 

@@ -167,6 +167,13 @@ impl AppContext {
         overrides: Vec<(String, toml::Value)>,
         verbose_logs: bool,
     ) -> anyhow::Result<Self> {
+        let mut overrides = overrides;
+        if let Some(format) = &cli.log_format {
+            overrides.push((
+                "general.log_format".into(),
+                toml::Value::String(format.clone()),
+            ));
+        }
         let config = Config::load(&ConfigSources {
             file: cli.config.clone(),
             env: env.clone(),
@@ -434,25 +441,43 @@ fn vector_specs(text_dimension: usize, visual_dimension: Option<usize>) -> Vec<V
     specs
 }
 
+/// The process's telemetry, flushed at exit (`shutdown_telemetry`).
+static TELEMETRY: std::sync::Mutex<Option<vidx_telemetry::Telemetry>> = std::sync::Mutex::new(None);
+
 fn init_logging(config: &Config, env: &BTreeMap<String, String>, verbose: bool) {
     let level = if verbose {
         config.general.log_level.as_str()
     } else {
         "warn"
     };
-    let default_filter = format!(
-        "warn,qdrant_edge=error,vidx={level},vidx_cli={level},vidx_pipeline={level},vidx_media={level},vidx_model={level},vidx_store={level}"
-    );
-    let filter = env
-        .get("RUST_LOG")
-        .and_then(|value| tracing_subscriber::EnvFilter::try_new(value).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default_filter));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
+    let options = vidx_telemetry::TelemetryOptions {
+        log_format: vidx_telemetry::LogFormat::parse(&config.general.log_format)
+            .unwrap_or_default(),
+        default_filter: format!(
+            "warn,qdrant_edge=error,vidx={level},vidx_cli={level},vidx_pipeline={level},vidx_media={level},vidx_model={level},vidx_store={level},vidx_server={level},vidx_bus={level}"
+        ),
+        ansi: std::io::stderr().is_terminal(),
+        service_name: "vidx".into(),
+    };
+    match vidx_telemetry::init(&options, env) {
+        Ok(telemetry) => {
+            if telemetry.exporting() {
+                tracing::info!("exporting traces over OTLP");
+            }
+            if let Ok(mut slot) = TELEMETRY.lock() {
+                *slot = Some(telemetry);
+            }
+        }
+        Err(error) => eprintln!("warning: traces are not exported: {error}"),
+    }
+}
+
+/// Flush the spans still buffered for the OTLP exporter.
+pub fn shutdown_telemetry() {
+    let telemetry = TELEMETRY.lock().ok().and_then(|mut slot| slot.take());
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
 }
 
 /// First Ctrl-C / SIGTERM: stop taking new work and finish cleanly. Second: exit now.

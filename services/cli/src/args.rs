@@ -14,6 +14,9 @@ pub struct Cli {
     /// A TOML config file (layered over the embedded defaults; env VIDX__SECTION__KEY and flags override it).
     #[arg(long, global = true, env = "VIDX_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Log lines as text or JSON objects (config general.log_format).
+    #[arg(long, global = true, value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

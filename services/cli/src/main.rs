@@ -43,7 +43,14 @@ fn main() -> ExitCode {
             return ExitCode::from(app::EXIT_RUNTIME);
         }
     };
-    match runtime.block_on(app::run(cli)) {
+    let outcome = runtime.block_on(app::run(cli));
+    // The batch exporter runs on the runtime: flush while it is still there.
+    runtime.block_on(async {
+        tokio::task::spawn_blocking(app::shutdown_telemetry)
+            .await
+            .ok()
+    });
+    match outcome {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             eprintln!("error: {error:#}");

@@ -43,6 +43,8 @@ pub struct GeneralConfig {
     pub data_dir: String,
     pub tenant: String,
     pub log_level: String,
+    /// `text` or `json` (one object per line). Flag: --log-format.
+    pub log_format: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -212,6 +214,9 @@ impl Config {
                 "general.log_level",
                 "must be one of error, warn, info, debug, trace",
             );
+        }
+        if !["text", "json"].contains(&self.general.log_format.as_str()) {
+            return invalid("general.log_format", "must be text or json");
         }
         if !(self.media.segment_secs.is_finite()
             && self.media.segment_secs >= 1.0

@@ -67,6 +67,10 @@ pub struct SegmentTask {
     pub attempt: u32,
     /// Subtitle cues of the source that overlap this segment (embedded streams and sidecars).
     pub subtitles: Vec<SubtitleCue>,
+    /// W3C trace context (`traceparent`, `tracestate`) of the span that published the
+    /// segment, so the worker's span joins the same trace; empty when tracing is off. Kafka
+    /// carries it in message headers.
+    pub trace_context: BTreeMap<String, String>,
 }
 
 /// One decoded frame, converted to packed RGB at the model's input size.

@@ -90,6 +90,7 @@ impl SegmentChunk {
             source_uri: source_uri.to_string(),
             attempt: 1,
             subtitles: self.subtitles,
+            trace_context: Default::default(),
         }
     }
 }

@@ -62,6 +62,7 @@ fn task(seq: u64) -> SegmentTask {
         source_uri: "test".into(),
         attempt: 1,
         subtitles: Vec::new(),
+        trace_context: Default::default(),
     }
 }
 

@@ -594,6 +594,7 @@ mod tests {
             source_uri: "cam".into(),
             attempt: 1,
             subtitles: Vec::new(),
+            trace_context: Default::default(),
         }
     }
 

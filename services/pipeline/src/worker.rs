@@ -9,6 +9,8 @@ use tokio::sync::{mpsc, watch};
 use vidx_core::ports::{BlobStore, Delivery, FrameSampler, IndexStore, SegmentQueue};
 use vidx_core::{BlobError, SegmentMedia, SegmentTask};
 
+use tracing::Instrument;
+
 use crate::{Models, PipelineError, StageTimings, build_points_timed};
 
 #[derive(Debug, Clone)]
@@ -88,6 +90,15 @@ pub async fn run_worker<Q: SegmentQueue, S: IndexStore>(
         let stream_id = task.stream_id.clone();
         let segment_seq = task.segment_seq;
         let media_ms = task.range.duration_ms();
+        // One span per segment, continuing the trace the ingest started (Kafka headers).
+        let span = tracing::info_span!(
+            "segment.index",
+            stream_id = %stream_id,
+            segment_seq,
+            points = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        vidx_telemetry::set_parent(&span, &task.trace_context);
         let task = Arc::new(task);
         let mut attempt = task.attempt.max(1);
         let mut outage_since: Option<std::time::Instant> = None;
@@ -95,7 +106,7 @@ pub async fn run_worker<Q: SegmentQueue, S: IndexStore>(
             let result = tokio::select! {
                 biased;
                 _ = stopped(&mut shutdown) => return Ok(()),
-                result = index_once(&task, &store, &sampler, &models, options.frames_per_segment, options.blobs.as_ref()) => result,
+                result = index_once(&task, &store, &sampler, &models, options.frames_per_segment, options.blobs.as_ref()).instrument(span.clone()) => result,
             };
             match result {
                 Ok(points) => break Ok(points),
@@ -133,6 +144,7 @@ pub async fn run_worker<Q: SegmentQueue, S: IndexStore>(
         };
         match outcome {
             Ok((points, timings)) => {
+                span.record("points", points);
                 queue.ack(tag).await?;
                 tracing::info!(stream_id, segment_seq, points, "segment indexed");
                 let _ = events.send(WorkerEvent::Indexed {
@@ -144,6 +156,7 @@ pub async fn run_worker<Q: SegmentQueue, S: IndexStore>(
                 });
             }
             Err(error) => {
+                span.record("error", tracing::field::display(&error));
                 tracing::warn!(stream_id, segment_seq, attempt, error = %error, "segment failed");
                 queue.nack(tag, error.to_string(), attempt).await?;
                 let _ = events.send(WorkerEvent::Failed {
@@ -182,7 +195,9 @@ async fn index_once<S: IndexStore>(
     };
     let fetch = started.elapsed();
     let (task_ref, sampler_ref, models_ref) = (task, sampler.clone(), models.clone());
+    let parent = tracing::Span::current();
     let (points, mut timings) = tokio::task::spawn_blocking(move || {
+        let _span = tracing::info_span!(parent: &parent, "segment.models").entered();
         let mut timings = StageTimings::default();
         build_points_timed(
             &task_ref,
@@ -199,7 +214,10 @@ async fn index_once<S: IndexStore>(
     let count = points.len();
     // The upsert returns once the points are durable; only then may the task be acked.
     let started = std::time::Instant::now();
-    store.upsert(points).await?;
+    store
+        .upsert(points)
+        .instrument(tracing::info_span!("store.upsert", points = count))
+        .await?;
     timings.store = started.elapsed();
     Ok((count, timings))
 }

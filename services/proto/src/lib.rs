@@ -93,6 +93,7 @@ impl TryFrom<v1::SegmentTask> for vidx_core::SegmentTask {
                     text: cue.text,
                 })
                 .collect(),
+            trace_context: Default::default(),
         })
     }
 }
@@ -178,6 +179,7 @@ mod tests {
                 end_ms: 842_000,
                 text: "hello".into(),
             }],
+            trace_context: Default::default(),
         };
         assert_eq!(decode_segment_task(&encode_segment_task(&task))?, task);
         assert!(matches!(

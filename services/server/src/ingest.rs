@@ -531,6 +531,14 @@ async fn run_job(
     };
     let runtime = tokio::runtime::Handle::current();
     let source_uri = input.display_name();
+    // The job's span; each segment's publish span under it starts the segment's trace
+    // context, which travels in the Kafka message to the worker.
+    let job_span = tracing::info_span!(
+        "ingest.job",
+        job_id = %job_id,
+        stream_id = %stream_id,
+        source = %source_uri,
+    );
     let (job, sink_jobs) = (job_id.clone(), jobs.clone());
     let inline_max_bytes = settings.inline_max_bytes;
     let blobs = settings.blobs.clone();
@@ -550,7 +558,18 @@ async fn run_job(
                 SegmentMedia::Blob(uri) => Some(uri.clone()),
                 SegmentMedia::Inline(_) => None,
             };
-            let task = chunk.into_task_with(&tenant, &stream_id, &source_uri, media);
+            let mut task = chunk.into_task_with(&tenant, &stream_id, &source_uri, media);
+            let span = tracing::info_span!(
+                parent: &job_span,
+                "segment.publish",
+                stream_id = %task.stream_id,
+                segment_seq = task.segment_seq,
+                start_ms = task.range.start_ms,
+                end_ms = task.range.end_ms,
+                inline = blob.is_none(),
+            );
+            let _entered = span.enter();
+            task.trace_context = vidx_telemetry::inject(&span);
             match runtime.block_on(queue.publish_tagged(&task)) {
                 Ok(tag) => {
                     sink_jobs.published(&job, tag, blob);

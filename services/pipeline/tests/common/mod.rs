@@ -168,5 +168,6 @@ pub fn task(seq: u64, captions: &[&str]) -> SegmentTask {
                 text: (*text).to_string(),
             })
             .collect(),
+        trace_context: Default::default(),
     }
 }
