@@ -778,6 +778,38 @@ fn visual_model_indexes_frames_and_regions_and_hybrid_search_fuses_channels() ->
         top["scores"]["visual"].as_f64().context("visual")? > 0.99,
         "{top}"
     );
+    // Search by a hit: the red frame's vector finds the red scene.
+    let red_id = top["id"].as_str().context("id")?.to_string();
+    let like = search(
+        "",
+        &data_dir,
+        &["--like", &red_id, "--mode", "visual", "--top-k", "5"],
+    )?;
+    // (Every frame of the plain red scene has the same vector, so the order among them is a
+    // tie: the hit itself or an identical frame comes first.)
+    let first = like.first().context("no hits for --like")?;
+    ensure!(
+        first["scores"]["visual"].as_f64().context("visual")? > 0.999,
+        "{first}"
+    );
+    for hit in &like {
+        let start = hit["start_ms"].as_u64().context("start_ms")?;
+        ensure!(
+            (SCENE_MS..2 * SCENE_MS).contains(&start),
+            "--like {red_id}: {hit} is not in the red scene"
+        );
+    }
+    for (id, code) in [
+        ("not-a-uuid", 2),
+        ("00000000-0000-0000-0000-000000000000", 3),
+    ] {
+        let output = vidx(&["search", "--like", id], &data_dir)?;
+        ensure!(
+            output.status.code() == Some(code),
+            "--like {id}: {}",
+            describe(&output)
+        );
+    }
     let missing = vidx(
         &[
             "search",

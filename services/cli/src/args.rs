@@ -112,12 +112,16 @@ pub struct IndexArgs {
 #[derive(Debug, Args)]
 pub struct SearchArgs {
     /// What to look for, in plain language.
-    #[arg(required_unless_present = "image")]
+    #[arg(required_unless_present_any = ["image", "like"])]
     pub query: Option<String>,
     /// Search by example: moments and regions that look like this image (PNG, JPEG, …;
     /// needs models.visual_embedder).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "like")]
     pub image: Option<PathBuf>,
+    /// Search by example: moments and regions that look like this hit (its id from an
+    /// earlier search; a frame, segment, region or a moment with a visual vector).
+    #[arg(long, value_name = "ID")]
+    pub like: Option<String>,
     /// Only this stream (for files: the absolute path).
     #[arg(long)]
     pub stream: Option<String>,

@@ -72,10 +72,10 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
 }
 
 pub async fn search(endpoint: &str, token: Option<&str>, args: &SearchArgs) -> anyhow::Result<u8> {
-    if args.image.is_some() {
+    if args.image.is_some() || args.like.is_some() {
         return Err(cli_error(
             ErrorCode::InvalidInput,
-            "--image searches the local index; over --endpoint send a text query",
+            "--image and --like search the local index; over --endpoint send a text query",
         ));
     }
     let mut client = SearchServiceClient::new(connect(endpoint).await?);

@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 use vidx_core::fusion::{Channel, FusedHit};
+use vidx_core::ports::IndexStore;
+use vidx_core::types::vector_names;
 use vidx_core::{SearchFilter, format_hms_ms};
 use vidx_pipeline::{PipelineError, SearchMode, SearchRequest};
 
@@ -94,7 +96,7 @@ pub async fn run(context: AppContext, args: &SearchArgs) -> anyhow::Result<u8> {
         mode: SearchMode::parse(&args.mode).map_err(to_cli_error)?,
         // A placeholder until the image is embedded below; validation only needs to know
         // that there is one.
-        example: args.image.as_ref().map(|_| Vec::new()),
+        example: (args.image.is_some() || args.like.is_some()).then(Vec::new),
     };
     // Reject a bad request before loading anything.
     request.validate().map_err(to_cli_error)?;
@@ -115,8 +117,17 @@ pub async fn run(context: AppContext, args: &SearchArgs) -> anyhow::Result<u8> {
             ),
         ));
     }
+    let like = match &args.like {
+        Some(id) => Some(vidx_core::Uuid::parse_str(id.trim()).map_err(|error| {
+            cli_error(
+                vidx_core::ErrorCode::InvalidInput,
+                format!("--like {id}: not a hit id ({error})"),
+            )
+        })?),
+        None => None,
+    };
     let embedder = context.text_embedder().await?;
-    let visual = if request.mode == SearchMode::Caption {
+    let visual = if request.mode == SearchMode::Caption || like.is_some() {
         None
     } else {
         context.visual_embedder().await?
@@ -135,6 +146,32 @@ pub async fn run(context: AppContext, args: &SearchArgs) -> anyhow::Result<u8> {
             ));
         };
         request.example = Some(embed_image(visual.clone(), image.clone()).await?);
+    }
+    if let Some(id) = like {
+        let point = store
+            .point(&request.filter.tenant, id)
+            .await
+            .map_err(|error| cli_error(error.code(), error.to_string()))?
+            .ok_or_else(|| {
+                cli_error(
+                    vidx_core::ErrorCode::NotFound,
+                    format!("--like {id}: no such hit in this index"),
+                )
+            })?;
+        let vector = [vector_names::VISUAL, vector_names::REGION]
+            .iter()
+            .find_map(|name| point.vectors.get(*name).cloned())
+            .ok_or_else(|| {
+                cli_error(
+                    vidx_core::ErrorCode::InvalidInput,
+                    format!(
+                        "--like {id}: this {} has no visual or region vector (it was indexed \
+                         without models.visual_embedder); search by its caption instead",
+                        point.payload.kind.as_str()
+                    ),
+                )
+            })?;
+        request.example = Some(vector);
     }
     let models = context.search_models(embedder, visual.as_ref());
     let results = vidx_pipeline::search(&store, &models, request)

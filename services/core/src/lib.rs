@@ -17,3 +17,4 @@ pub use ids::point_id;
 pub use offsets::OffsetTracker;
 pub use time::{TimeRange, format_hms_ms};
 pub use types::*;
+pub use uuid::Uuid;

@@ -77,6 +77,13 @@ pub trait IndexStore: Send + Sync + 'static {
         &self,
         filter: Option<SearchFilter>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// One point with its payload and vectors, if it exists and belongs to `tenant` (another
+    /// tenant's point looks like one that does not exist).
+    fn point(
+        &self,
+        tenant: &str,
+        id: uuid::Uuid,
+    ) -> impl Future<Output = Result<Option<IndexPoint>, StoreError>> + Send;
 }
 
 /// One message taken from the queue; hand its tag back with `ack` or `nack`.

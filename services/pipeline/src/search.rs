@@ -86,7 +86,8 @@ impl SearchRequest {
         if self.example.is_some() && self.mode == SearchMode::Caption {
             return invalid(
                 "mode",
-                "an image query searches visual or region vectors, not captions".into(),
+                "an example (an image or a hit) searches visual or region vectors, not captions"
+                    .into(),
             );
         }
         if self.text.chars().count() > MAX_QUERY_CHARS {
@@ -184,14 +185,17 @@ pub async fn search<S: IndexStore>(
     request: SearchRequest,
 ) -> Result<SearchResults, PipelineError> {
     request.validate()?;
-    let mut channels = models.channels(request.mode)?;
-    if request.example.is_some() {
-        // An image has no caption embedding or words; it searches what things look like.
-        channels.retain(|channel| !matches!(channel, Channel::Caption | Channel::Lexical));
-        if channels.is_empty() {
-            channels = vec![Channel::Visual, Channel::Region];
+    let channels = if request.example.is_some() {
+        // An example (an image's or a stored point's vector) has no caption embedding or
+        // words: it searches what things look like, and needs no model.
+        match request.mode {
+            SearchMode::Visual => vec![Channel::Visual],
+            SearchMode::Region => vec![Channel::Region],
+            SearchMode::Hybrid | SearchMode::Caption => vec![Channel::Visual, Channel::Region],
         }
-    }
+    } else {
+        models.channels(request.mode)?
+    };
     let candidates = if channels.len() > 1 {
         (request.top_k * CANDIDATE_FACTOR).min(MAX_TOP_K)
     } else {

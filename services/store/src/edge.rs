@@ -260,6 +260,44 @@ impl EdgeStore {
         Ok(count as u64)
     }
 
+    /// One point with payload and vectors, if it belongs to `tenant`.
+    pub fn point_blocking(
+        &self,
+        tenant: &str,
+        id: uuid::Uuid,
+    ) -> Result<Option<IndexPoint>, StoreError> {
+        let state = self.state()?;
+        let records = state
+            .shard
+            .retrieve(
+                &[PointId::Uuid(id)],
+                Some(WithPayloadInterface::Bool(true)),
+                Some(WithVector::Bool(true)),
+            )
+            .map_err(internal("retrieve"))?;
+        drop(state);
+        let Some(record) = records.into_iter().next() else {
+            return Ok(None);
+        };
+        let payload = payload_of(id, record.payload)?;
+        if payload.tenant != tenant {
+            return Ok(None);
+        }
+        let mut vectors = BTreeMap::new();
+        if let Some(qdrant_edge::VectorStructInternal::Named(named)) = record.vector {
+            for (name, vector) in named {
+                if let VectorInternal::Dense(values) = vector {
+                    vectors.insert(name.to_string(), values);
+                }
+            }
+        }
+        Ok(Some(IndexPoint {
+            id,
+            vectors,
+            payload,
+        }))
+    }
+
     /// Number of vectors that live in HNSW-indexed segments.
     pub fn indexed_vectors(&self) -> Result<u64, StoreError> {
         let state = self.state()?;
@@ -435,6 +473,16 @@ fn to_filter(filter: &SearchFilter, caption_words: Option<&str>) -> Result<Filte
     })
 }
 
+fn payload_of(
+    id: uuid::Uuid,
+    payload: Option<qdrant_edge::Payload>,
+) -> Result<PointPayload, StoreError> {
+    let payload =
+        payload.ok_or_else(|| StoreError::Internal(format!("point {id} has no payload")))?;
+    serde_json::from_value(serde_json::Value::Object(payload.0.into_iter().collect()))
+        .map_err(|error| StoreError::Internal(format!("point {id} payload: {error}")))
+}
+
 fn to_hit(point: ScoredPoint) -> Result<Hit, StoreError> {
     let id = match point.id {
         PointId::Uuid(uuid) => uuid,
@@ -488,5 +536,14 @@ impl IndexStore for EdgeStore {
     ) -> impl std::future::Future<Output = Result<u64, StoreError>> + Send {
         let store = self.clone();
         blocking(move || store.count_blocking(filter))
+    }
+
+    fn point(
+        &self,
+        tenant: &str,
+        id: uuid::Uuid,
+    ) -> impl std::future::Future<Output = Result<Option<IndexPoint>, StoreError>> + Send {
+        let (store, tenant) = (self.clone(), tenant.to_string());
+        blocking(move || store.point_blocking(&tenant, id))
     }
 }

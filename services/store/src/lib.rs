@@ -54,4 +54,11 @@ impl IndexStore for AnyStore {
             AnyStore::Server(store) => store.count(filter).await,
         }
     }
+
+    async fn point(&self, tenant: &str, id: uuid::Uuid) -> Result<Option<IndexPoint>, StoreError> {
+        match self {
+            AnyStore::Edge(store) => store.point(tenant, id).await,
+            AnyStore::Server(store) => store.point(tenant, id).await,
+        }
+    }
 }

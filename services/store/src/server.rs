@@ -299,6 +299,18 @@ fn to_filter(filter: &SearchFilter, caption_words: Option<&str>) -> Filter {
     Filter::must(conditions)
 }
 
+fn payload_of(
+    id: uuid::Uuid,
+    payload: HashMap<String, qdrant_client::qdrant::Value>,
+) -> Result<PointPayload, StoreError> {
+    let payload: serde_json::Map<String, serde_json::Value> = payload
+        .into_iter()
+        .map(|(key, value)| (key, serde_json::Value::from(value)))
+        .collect();
+    serde_json::from_value(serde_json::Value::Object(payload))
+        .map_err(|error| StoreError::Internal(format!("point {id} payload: {error}")))
+}
+
 fn to_hit(point: ScoredPoint) -> Result<Hit, StoreError> {
     let id = match point.id.and_then(|id| id.point_id_options) {
         Some(PointIdOptions::Uuid(uuid)) => uuid::Uuid::parse_str(&uuid)
@@ -309,13 +321,7 @@ fn to_hit(point: ScoredPoint) -> Result<Hit, StoreError> {
             )));
         }
     };
-    let payload: serde_json::Map<String, serde_json::Value> = point
-        .payload
-        .into_iter()
-        .map(|(key, value)| (key, serde_json::Value::from(value)))
-        .collect();
-    let payload: PointPayload = serde_json::from_value(serde_json::Value::Object(payload))
-        .map_err(|error| StoreError::Internal(format!("point {id} payload: {error}")))?;
+    let payload = payload_of(id, point.payload)?;
     Ok(Hit {
         id,
         score: point.score,
@@ -324,6 +330,45 @@ fn to_hit(point: ScoredPoint) -> Result<Hit, StoreError> {
 }
 
 impl IndexStore for ServerStore {
+    async fn point(&self, tenant: &str, id: uuid::Uuid) -> Result<Option<IndexPoint>, StoreError> {
+        use qdrant_client::qdrant::vector_output::Vector;
+        use qdrant_client::qdrant::vectors_output::VectorsOptions;
+        let response = self
+            .client
+            .get_points(
+                qdrant_client::qdrant::GetPointsBuilder::new(
+                    &self.collection,
+                    vec![id.to_string().into()],
+                )
+                .with_payload(true)
+                .with_vectors(true),
+            )
+            .await
+            .map_err(server_error("get point"))?;
+        let Some(record) = response.result.into_iter().next() else {
+            return Ok(None);
+        };
+        let payload = payload_of(id, record.payload)?;
+        if payload.tenant != tenant {
+            return Ok(None);
+        }
+        let mut vectors = std::collections::BTreeMap::new();
+        if let Some(VectorsOptions::Vectors(named)) =
+            record.vectors.and_then(|vectors| vectors.vectors_options)
+        {
+            for (name, vector) in named.vectors {
+                if let Vector::Dense(dense) = vector.into_vector() {
+                    vectors.insert(name, dense.data);
+                }
+            }
+        }
+        Ok(Some(IndexPoint {
+            id,
+            vectors,
+            payload,
+        }))
+    }
+
     async fn upsert(&self, points: Vec<IndexPoint>) -> Result<(), StoreError> {
         if points.is_empty() {
             return Ok(());

@@ -232,6 +232,31 @@ async fn named_vectors_contract<S: IndexStore>(store: &S) -> Result<()> {
         points.push(record);
     }
     store.upsert(points.clone()).await?;
+    // A point by id: its payload and exactly its own vectors; never another tenant's.
+    for original in points.iter().take(3) {
+        let found = store
+            .point("acme", original.id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("point {} not found", original.id))?;
+        assert_eq!(found.payload, original.payload);
+        let names: BTreeSet<&String> = found.vectors.keys().collect();
+        let expected_names: BTreeSet<&String> = original.vectors.keys().collect();
+        assert_eq!(names, expected_names, "vectors of {}", original.id);
+        for (name, vector) in &original.vectors {
+            let distance: f32 = vector
+                .iter()
+                .zip(&found.vectors[name])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            ensure!(
+                distance < 1e-5,
+                "vector {name} of {} differs by {distance}",
+                original.id
+            );
+        }
+        ensure!(store.point("globex", original.id).await?.is_none());
+    }
+    ensure!(store.point("acme", uuid::Uuid::new_v4()).await?.is_none());
     for name in [
         vector_names::TEXT,
         vector_names::VISUAL,

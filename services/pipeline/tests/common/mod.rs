@@ -146,6 +146,13 @@ impl IndexStore for FlakyStore {
     async fn count(&self, filter: Option<SearchFilter>) -> Result<u64, StoreError> {
         self.inner.count(filter).await
     }
+    async fn point(
+        &self,
+        tenant: &str,
+        id: vidx_core::Uuid,
+    ) -> Result<Option<vidx_core::IndexPoint>, StoreError> {
+        self.inner.point(tenant, id).await
+    }
 }
 
 /// Segment `seq` of acme/cam-1 with one subtitle moment per caption.
