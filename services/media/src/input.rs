@@ -2,7 +2,7 @@
 //! FFmpeg errors onto [`MediaError`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ffmpeg_next as ffmpeg;
@@ -13,6 +13,42 @@ use crate::source::InputSource;
 
 /// How long an open or a read may make no progress before it is aborted.
 pub(crate) const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a single network read may block, for files and one-shot URLs.
+const DEFAULT_RW_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Network protocols a one-shot URL (a remote file, a VOD playlist) may use.
+const URL_PROTOCOLS: &str = "http,https,tls,tcp,crypto";
+
+/// Network protocols a live URL may use: MPEG-TS over TCP/UDP, RTSP (RTP over UDP or TCP),
+/// RTMP and HLS. Never `file`, so a crafted playlist cannot read local files.
+pub(crate) const LIVE_PROTOCOLS: &str =
+    "http,https,tls,tcp,udp,rtp,rtsp,rtsps,rtmp,rtmps,rtmpt,srtp,crypto";
+
+/// How an input is opened: the stall watchdog, the read timeout and the allowed protocols.
+#[derive(Debug, Clone)]
+pub(crate) struct OpenSettings {
+    /// No progress for this long aborts the open or the read in progress (FFmpeg then
+    /// returns `Error::Exit`).
+    pub stall_timeout: Duration,
+    /// FFmpeg's `rw_timeout`: one network read blocking this long fails.
+    pub rw_timeout: Duration,
+    /// Protocol allow-list for URLs (files always get `file` only).
+    pub url_protocols: &'static str,
+    /// Set from outside to abort a blocking open or read promptly.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+impl Default for OpenSettings {
+    fn default() -> Self {
+        Self {
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
+            rw_timeout: DEFAULT_RW_TIMEOUT,
+            url_protocols: URL_PROTOCOLS,
+            stop: None,
+        }
+    }
+}
 
 /// FFmpeg's `AVPROBE_SCORE_RETRY`: a format detected at or below this score is a guess.
 const LOW_PROBE_SCORE: i32 = 25;
@@ -60,6 +96,14 @@ impl Watchdog {
 /// Open `source` for demuxing. Local files may only use the `file` protocol (so a crafted
 /// playlist cannot reach the network); URLs only the network protocols.
 pub(crate) fn open_input(source: &InputSource) -> Result<OpenedInput, MediaError> {
+    open_input_with(source, &OpenSettings::default())
+}
+
+/// [`open_input`] with explicit timeouts, protocols and stop flag.
+pub(crate) fn open_input_with(
+    source: &InputSource,
+    settings: &OpenSettings,
+) -> Result<OpenedInput, MediaError> {
     crate::init();
     let name = source.display_name();
     let (location, protocols) = match source {
@@ -78,20 +122,29 @@ pub(crate) fn open_input(source: &InputSource) -> Result<OpenedInput, MediaError
             }
             (path.display().to_string(), "file")
         }
-        InputSource::Url(url) => (url.clone(), "http,https,tls,tcp,crypto"),
+        InputSource::Url(url) => (url.clone(), settings.url_protocols),
     };
     let mut options = ffmpeg::Dictionary::new();
     options.set("protocol_whitelist", protocols);
     // Microseconds: a network read that blocks this long fails instead of hanging.
-    options.set("rw_timeout", "15000000");
+    options.set(
+        "rw_timeout",
+        &settings.rw_timeout.as_micros().max(1).to_string(),
+    );
     let watchdog = Watchdog::new();
     let interrupt_watchdog = watchdog.clone();
+    let stall_timeout = settings.stall_timeout;
+    let stop = settings.stop.clone();
     let context = ffmpeg::format::input_with_interrupt_and_dictionary(
         &location,
-        move || interrupt_watchdog.stalled(DEFAULT_STALL_TIMEOUT),
+        move || {
+            stop.as_ref()
+                .is_some_and(|stop| stop.load(Ordering::Relaxed))
+                || interrupt_watchdog.stalled(stall_timeout)
+        },
         options,
     )
-    .map_err(|error| map_open_error(&name, error))?;
+    .map_err(|error| map_open_error(&name, error, stall_timeout))?;
     // FFmpeg guesses a raw format (h263, mp3, ...) for almost any bytes, at a low score; it
     // warns at AVPROBE_SCORE_RETRY (25) and below. Such a guess is not a video file.
     let probe_score = context.probe_score();
@@ -112,7 +165,7 @@ pub(crate) fn open_input(source: &InputSource) -> Result<OpenedInput, MediaError
     })
 }
 
-pub(crate) fn map_open_error(input: &str, error: ffmpeg::Error) -> MediaError {
+fn map_open_error(input: &str, error: ffmpeg::Error, stall_timeout: Duration) -> MediaError {
     match error {
         ffmpeg::Error::InvalidData => MediaError::InvalidData {
             input: input.to_string(),
@@ -127,8 +180,8 @@ pub(crate) fn map_open_error(input: &str, error: ffmpeg::Error) -> MediaError {
         ffmpeg::Error::Exit => MediaError::Io {
             input: input.to_string(),
             reason: format!(
-                "no progress for {} s, aborted",
-                DEFAULT_STALL_TIMEOUT.as_secs()
+                "no progress for {} ms, aborted",
+                stall_timeout.as_millis()
             ),
         },
         ffmpeg::Error::Other { errno } if errno == libc_enoent() => MediaError::NotFound {

@@ -1,17 +1,20 @@
 //! The ffmpeg adapter (ffmpeg-next against the system FFmpeg): input discovery and URL rules,
-//! probing, keyframe-aligned segmenting by remuxing, frame sampling, and subtitle cues from
+//! probing, keyframe-aligned segmenting by remuxing (of files and of live streams, with
+//! reconnects and wall-clock ranges), frame sampling, and subtitle cues from
 //! embedded streams and sidecar `.srt`/`.vtt` files.
 //!
 //! Every failure is a [`vidx_core::MediaError`] naming the input; nothing here panics on input
 //! data.
 
 mod input;
+mod live;
 mod probe;
 mod sample;
 mod segment;
 mod source;
 pub mod subtitles;
 
+pub use live::{LiveOptions, LiveSummary, MAX_CLOCK_JUMP_MS, StopCause, StreamState, segment_live};
 pub use probe::{MediaInfo, SubtitleStreamInfo, VideoInfo, probe};
 pub use sample::{FfmpegFrameSampler, uniform_targets_ms};
 pub use segment::{SegmentChunk, SegmentOptions, SegmentSummary, segment_source};

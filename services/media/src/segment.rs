@@ -119,55 +119,16 @@ pub fn segment_source(
 ) -> Result<SegmentSummary, MediaError> {
     let mut opened = open_input(source)?;
     let name = opened.name.clone();
-    let info = describe(&opened.context, &name);
-    let video = info.video.clone().ok_or_else(|| MediaError::Unsupported {
-        input: name.clone(),
-        reason: "no video stream".into(),
-    })?;
-    let (video_index, time_base, parameters, start_time, stream_duration) =
-        {
-            let stream = opened.context.stream(video.stream_index).ok_or_else(|| {
-                MediaError::InvalidData {
-                    input: name.clone(),
-                    reason: "video stream vanished".into(),
-                }
-            })?;
-            (
-                stream.index(),
-                stream.time_base(),
-                stream.parameters(),
-                stream.start_time(),
-                stream.duration(),
-            )
-        };
-    if ffmpeg::decoder::find(parameters.id()).is_none() {
-        return Err(MediaError::Unsupported {
-            input: name,
-            reason: format!("no decoder for video codec {}", video.codec),
-        });
-    }
-    if video.width == 0 || video.height == 0 {
-        return Err(MediaError::InvalidData {
-            input: name,
-            reason: "video stream has no frame size".into(),
-        });
-    }
-    if u64::from(video.width) * u64::from(video.height) > options.max_pixels {
-        return Err(MediaError::Unsupported {
-            input: name,
-            reason: format!(
-                "frame size {}x{} exceeds the limit of {} pixels",
-                video.width, video.height, options.max_pixels
-            ),
-        });
-    }
-    std::fs::create_dir_all(&options.spool_dir).map_err(|error| MediaError::Io {
-        input: name.clone(),
-        reason: format!(
-            "cannot create spool dir {}: {error}",
-            options.spool_dir.display()
-        ),
-    })?;
+    let track = VideoTrack::select(&opened, options.max_pixels)?;
+    create_spool_dir(&options.spool_dir, &name)?;
+    let VideoTrack {
+        info,
+        index: video_index,
+        time_base,
+        start_time,
+        duration: stream_duration,
+        ..
+    } = track.clone();
 
     // Media time 0 is the first video timestamp; everything is reported relative to it.
     let has_start_time = start_time != ffmpeg::ffi::AV_NOPTS_VALUE;
@@ -183,9 +144,7 @@ pub fn segment_source(
     }
     let cues = normalize_cues(cues);
 
-    let chunk_prefix = chunk_prefix(&name);
-    let mut current: Option<ChunkWriter> = None;
-    let mut next_seq = 0u64;
+    let mut segmenter = Segmenter::new(options, &track, chunk_prefix(&name), 0, name.clone());
     let mut last_end_ms = 0u64;
     let mut corrupt_packets = 0u64;
     let mut consecutive_corrupt = 0usize;
@@ -224,53 +183,30 @@ pub fn segment_source(
         };
         let origin = *origin_pts.get_or_insert(pts);
         let time_ms = (to_ms(pts, time_base) - to_ms(origin, time_base)).max(0) as u64;
-        let starts_new_segment = packet.is_key()
-            && current
-                .as_ref()
-                .is_none_or(|chunk| time_ms >= chunk.start_ms + options.segment_ms);
-        if starts_new_segment {
-            if let Some(chunk) = current.take() {
-                let finished = chunk.finish(time_ms, &cues, false, &name)?;
-                if !sink(finished) {
-                    stopped = true;
-                    break;
-                }
-            }
-            let path = options
-                .spool_dir
-                .join(format!("{chunk_prefix}-{next_seq:06}.mkv"));
-            current = Some(ChunkWriter::create(
-                &path,
-                next_seq,
-                time_ms,
-                &parameters,
-                time_base,
-                &name,
-            )?);
-            next_seq += 1;
+        if let Some(finished) = segmenter.cut_if_due(packet.is_key(), time_ms, &cues)?
+            && !sink(finished)
+        {
+            stopped = true;
+            break;
         }
-        // Packets before the first keyframe cannot be decoded on their own: dropped.
-        let Some(chunk) = current.as_mut() else {
-            continue;
-        };
-        let duration_ms = to_ms(packet.duration().max(0), time_base).max(0) as u64;
-        last_end_ms = last_end_ms.max(time_ms + duration_ms);
-        chunk.write(&mut packet, origin, time_base, &name)?;
+        // Read before writing: the remux rescales the packet's timestamps and duration.
+        let packet_duration = packet.duration().max(0);
+        if segmenter.write(&mut packet, time_ms, origin)? {
+            let duration_ms = to_ms(packet_duration, time_base).max(0) as u64;
+            last_end_ms = last_end_ms.max(time_ms + duration_ms);
+        }
     }
-    if let Some(chunk) = current.take() {
-        if stopped {
-            chunk.discard();
-        } else {
-            let end_ms = last_end_ms.max(chunk.start_ms + 1);
-            let finished = chunk.finish(end_ms, &cues, true, &name)?;
-            if !sink(finished) {
-                stopped = true;
-            }
-        }
+    if stopped {
+        segmenter.discard_current();
+    } else if let Some(finished) = segmenter.finish_current(last_end_ms, &cues, true)?
+        && !sink(finished)
+    {
+        stopped = true;
     }
     if let Some(error) = read_error {
         return Err(error);
     }
+    let next_seq = segmenter.next_seq();
     if next_seq == 0 {
         return Err(MediaError::InvalidData {
             input: name,
@@ -306,6 +242,214 @@ pub fn segment_source(
     })
 }
 
+pub(crate) fn create_spool_dir(spool_dir: &Path, name: &str) -> Result<(), MediaError> {
+    std::fs::create_dir_all(spool_dir).map_err(|error| MediaError::Io {
+        input: name.to_string(),
+        reason: format!("cannot create spool dir {}: {error}", spool_dir.display()),
+    })
+}
+
+/// The video stream chosen for segmenting, checked to be decodable and within the size limit.
+#[derive(Clone)]
+pub(crate) struct VideoTrack {
+    pub info: MediaInfo,
+    pub index: usize,
+    pub time_base: ffmpeg::Rational,
+    pub parameters: ffmpeg::codec::Parameters,
+    pub start_time: i64,
+    pub duration: i64,
+}
+
+impl VideoTrack {
+    pub(crate) fn select(opened: &OpenedInput, max_pixels: u64) -> Result<Self, MediaError> {
+        let name = opened.name.clone();
+        let info = describe(&opened.context, &name);
+        let video = info.video.clone().ok_or_else(|| MediaError::Unsupported {
+            input: name.clone(),
+            reason: "no video stream".into(),
+        })?;
+        let stream =
+            opened
+                .context
+                .stream(video.stream_index)
+                .ok_or_else(|| MediaError::InvalidData {
+                    input: name.clone(),
+                    reason: "video stream vanished".into(),
+                })?;
+        let (index, time_base, parameters, start_time, duration) = (
+            stream.index(),
+            stream.time_base(),
+            stream.parameters(),
+            stream.start_time(),
+            stream.duration(),
+        );
+        if ffmpeg::decoder::find(parameters.id()).is_none() {
+            return Err(MediaError::Unsupported {
+                input: name,
+                reason: format!("no decoder for video codec {}", video.codec),
+            });
+        }
+        if video.width == 0 || video.height == 0 {
+            return Err(MediaError::InvalidData {
+                input: name,
+                reason: "video stream has no frame size".into(),
+            });
+        }
+        if u64::from(video.width) * u64::from(video.height) > max_pixels {
+            return Err(MediaError::Unsupported {
+                input: name,
+                reason: format!(
+                    "frame size {}x{} exceeds the limit of {} pixels",
+                    video.width, video.height, max_pixels
+                ),
+            });
+        }
+        Ok(Self {
+            info,
+            index,
+            time_base,
+            parameters: without_codec_tag(&parameters),
+            start_time,
+            duration,
+        })
+    }
+}
+
+/// An owned copy of `parameters` with the container-specific codec tag cleared, as the ffmpeg
+/// CLI does when remuxing: MPEG-TS stores its stream type there (0x1b for H.264), which the
+/// Matroska muxer rejects as an incompatible tag ("Invalid data" at `write_header`); with tag 0
+/// the muxer picks its own from the codec id.
+fn without_codec_tag(parameters: &ffmpeg::codec::Parameters) -> ffmpeg::codec::Parameters {
+    // An owned copy, so the input stream's own parameters stay untouched.
+    let mut owned = parameters.clone();
+    // ffmpeg-next has no setter for the tag.
+    #[allow(unsafe_code)]
+    // SAFETY: `owned` owns a valid, live AVCodecParameters (allocated by its `clone`) for
+    // this whole scope; writing its plain integer `codec_tag` field cannot invalidate it.
+    unsafe {
+        (*owned.as_mut_ptr()).codec_tag = 0;
+    }
+    owned
+}
+
+/// Keyframe-aligned cutting of one video track into chunk files. The caller reads packets and
+/// decides what time each one has (media ms for files, wall-clock ms for live sources).
+pub(crate) struct Segmenter<'options> {
+    options: &'options SegmentOptions,
+    parameters: ffmpeg::codec::Parameters,
+    time_base: ffmpeg::Rational,
+    chunk_prefix: String,
+    name: String,
+    current: Option<ChunkWriter>,
+    next_seq: u64,
+}
+
+impl<'options> Segmenter<'options> {
+    pub(crate) fn new(
+        options: &'options SegmentOptions,
+        track: &VideoTrack,
+        chunk_prefix: String,
+        first_seq: u64,
+        name: String,
+    ) -> Self {
+        Self {
+            options,
+            parameters: track.parameters.clone(),
+            time_base: track.time_base,
+            chunk_prefix,
+            name,
+            current: None,
+            next_seq: first_seq,
+        }
+    }
+
+    /// The seq the next chunk will get.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Start of the chunk in progress, if any.
+    pub(crate) fn current_start_ms(&self) -> Option<u64> {
+        self.current.as_ref().map(|chunk| chunk.start_ms)
+    }
+
+    /// A keyframe at `time_ms` at least `segment_ms` after the chunk in progress began closes
+    /// that chunk (the keyframe itself starts the next one, in [`Segmenter::write`]).
+    pub(crate) fn cut_if_due(
+        &mut self,
+        is_key: bool,
+        time_ms: u64,
+        cues: &[SubtitleCue],
+    ) -> Result<Option<SegmentChunk>, MediaError> {
+        let due = is_key
+            && self
+                .current
+                .as_ref()
+                .is_some_and(|chunk| time_ms >= chunk.start_ms + self.options.segment_ms);
+        if !due {
+            return Ok(None);
+        }
+        self.finish_current(time_ms, cues, false)
+    }
+
+    /// Write one packet, opening a chunk at a keyframe when none is in progress. Returns
+    /// whether the packet was written: packets before the first keyframe cannot be decoded on
+    /// their own and are dropped.
+    pub(crate) fn write(
+        &mut self,
+        packet: &mut ffmpeg::Packet,
+        time_ms: u64,
+        origin_pts: i64,
+    ) -> Result<bool, MediaError> {
+        if self.current.is_none() {
+            if !packet.is_key() {
+                return Ok(false);
+            }
+            let seq = self.next_seq;
+            let path = self
+                .options
+                .spool_dir
+                .join(format!("{}-{seq:06}.mkv", self.chunk_prefix));
+            self.current = Some(ChunkWriter::create(
+                &path,
+                seq,
+                time_ms,
+                &self.parameters,
+                self.time_base,
+                &self.name,
+            )?);
+            self.next_seq += 1;
+        }
+        let Some(chunk) = self.current.as_mut() else {
+            return Ok(false);
+        };
+        chunk.write(packet, origin_pts, self.time_base, &self.name)?;
+        Ok(true)
+    }
+
+    /// Close the chunk in progress with its packets so far; its range ends at `end_ms` (at
+    /// least 1 ms after its start).
+    pub(crate) fn finish_current(
+        &mut self,
+        end_ms: u64,
+        cues: &[SubtitleCue],
+        is_last: bool,
+    ) -> Result<Option<SegmentChunk>, MediaError> {
+        let Some(chunk) = self.current.take() else {
+            return Ok(None);
+        };
+        let end_ms = end_ms.max(chunk.start_ms + 1);
+        chunk.finish(end_ms, cues, is_last, &self.name).map(Some)
+    }
+
+    /// Drop the chunk in progress and its file.
+    pub(crate) fn discard_current(&mut self) {
+        if let Some(chunk) = self.current.take() {
+            chunk.discard();
+        }
+    }
+}
+
 fn read_failure(opened: &OpenedInput, error: ffmpeg::Error, last_end_ms: u64) -> MediaError {
     match error {
         ffmpeg::Error::Exit => MediaError::Io {
@@ -320,7 +464,7 @@ fn read_failure(opened: &OpenedInput, error: ffmpeg::Error, last_end_ms: u64) ->
 }
 
 /// A short, file-name-safe, collision-resistant prefix for the chunks of one input.
-fn chunk_prefix(name: &str) -> String {
+pub(crate) fn chunk_prefix(name: &str) -> String {
     // FNV-1a: stable across runs and platforms.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in name.as_bytes() {

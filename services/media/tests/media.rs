@@ -147,6 +147,44 @@ fn segments_are_keyframe_aligned_self_contained_remuxes() -> Result<()> {
     Ok(())
 }
 
+/// MPEG-TS stores its stream type in the codec tag (0x1b for H.264), which the Matroska muxer
+/// rejects unless the tag is cleared: `.ts` files (and live MPEG-TS) used to fail at segment 0.
+#[test]
+fn mpegts_inputs_are_segmented() -> Result<()> {
+    let directory = tempfile::tempdir()?;
+    let video = directory.path().join("clip.ts");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=s=160x120:r=25:d=6",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "25",
+        "-sc_threshold",
+        "0",
+        "-pix_fmt",
+        "yuv420p",
+        "-f",
+        "mpegts",
+        video.to_str().context("path")?,
+    ])?;
+    let (chunks, result) = segment_all(&video, 2_000, &directory.path().join("spool"));
+    let summary = result?;
+    assert_eq!(summary.segments, 3);
+    let starts: Vec<u64> = chunks.iter().map(|chunk| chunk.range.start_ms).collect();
+    assert_eq!(starts, vec![0, 2_000, 4_000]);
+    let mut total_frames = 0;
+    for chunk in &chunks {
+        total_frames += ffprobe_frames(&chunk.path)?;
+    }
+    assert_eq!(total_frames, 150);
+    Ok(())
+}
+
 #[test]
 fn sampled_frames_carry_their_real_time_and_content() -> Result<()> {
     let directory = tempfile::tempdir()?;
