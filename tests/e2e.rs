@@ -1013,6 +1013,26 @@ fn vidx_run_serves_index_and_search_over_grpc_and_stops_on_sigterm() -> Result<(
         "{}",
         describe(&bad)
     );
+    // Live streams: none here; stopping an unknown job is NotFound; no endpoint is a usage
+    // error.
+    let streams = vidx(&["streams", "--endpoint", &endpoint, "--json"], &data_dir)?;
+    assert!(streams.status.success(), "{}", describe(&streams));
+    assert!(json_lines(&streams)?.is_empty(), "{}", describe(&streams));
+    let stop = vidx(
+        &["streams", "--endpoint", &endpoint, "--stop", "no-such-job"],
+        &data_dir,
+    )?;
+    assert_eq!(stop.status.code(), Some(3), "{}", describe(&stop));
+    let no_endpoint = Command::new(VIDX)
+        .args(["streams"])
+        .env_remove("VIDX_ENDPOINT")
+        .output()?;
+    assert_eq!(
+        no_endpoint.status.code(),
+        Some(2),
+        "{}",
+        describe(&no_endpoint)
+    );
 
     // SIGTERM: a clean stop, exit 0.
     let pid = service.0.id().to_string();

@@ -122,6 +122,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             let context = AppContext::load(&cli, &env, Vec::new(), false)?;
             context.fetch_model(model).await
         }
+        Command::Streams(args) => {
+            let _context = AppContext::load(&cli, &env, Vec::new(), false)?;
+            let Some(endpoint) = &args.remote.endpoint else {
+                return Err(cli_error(
+                    ErrorCode::InvalidInput,
+                    "vidx streams asks a running ingest service: pass --endpoint URL (or VIDX_ENDPOINT)",
+                ));
+            };
+            crate::remote::streams(endpoint, args.remote.token.as_deref(), args).await
+        }
         Command::Config(ConfigCommand::Check) => {
             let context = AppContext::load(&cli, &env, Vec::new(), false)?;
             print!("{}", context.config.to_redacted_toml());

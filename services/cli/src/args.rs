@@ -32,6 +32,9 @@ pub enum Command {
     /// Run services of the distributed mode: ingest, worker and/or query, in one process
     /// (`vidx run ingest worker query` on one machine) or one role per process.
     Run(RunArgs),
+    /// Live streams of a running ingest service (rtsp, rtmp, MPEG-TS, HLS): their state
+    /// (connecting, live, degraded, stopped), segments and reconnects; `--stop JOB` ends one.
+    Streams(StreamsArgs),
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -183,6 +186,17 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct StatsArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StreamsArgs {
+    /// Stop ingesting this live job (its id from `vidx index --endpoint` or the list).
+    #[arg(long, value_name = "JOB_ID")]
+    pub stop: Option<String>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     #[command(flatten)]
     pub common: CommonArgs,
 }

@@ -13,7 +13,7 @@ use vidx_proto::v1::ingest_service_client::IngestServiceClient;
 use vidx_proto::v1::search_service_client::SearchServiceClient;
 
 use crate::app::{EXIT_OK, EXIT_PARTIAL, cli_error};
-use crate::args::{IndexArgs, SearchArgs};
+use crate::args::{IndexArgs, SearchArgs, StreamsArgs};
 use crate::search::{ChannelScoresLine, HitLine, print_hits};
 
 async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
@@ -197,7 +197,16 @@ pub async fn index(endpoint: &str, token: Option<&str>, args: &IndexArgs) -> any
                 .map_err(status_error)?
                 .into_inner();
             let state = v1::JobState::try_from(job.state).unwrap_or(v1::JobState::Unspecified);
-            if matches!(state, v1::JobState::Done | v1::JobState::Failed) {
+            // A live source never finishes by itself: report it and leave it running
+            // (`vidx streams` follows it).
+            if matches!(state, v1::JobState::Done | v1::JobState::Failed) || job.stream.is_some() {
+                if job.stream.is_some() && !args.common.json {
+                    eprintln!(
+                        "{input}: live stream, job {} — follow it with `vidx streams --endpoint …`, \
+                         stop it with `vidx streams --stop {}`",
+                        job.job_id, job.job_id
+                    );
+                }
                 finished.push(job);
             } else {
                 progress_sum += job.progress;
@@ -257,4 +266,82 @@ pub async fn index(endpoint: &str, token: Option<&str>, args: &IndexArgs) -> any
         }
     }
     Ok(if failures > 0 { EXIT_PARTIAL } else { EXIT_OK })
+}
+
+fn stream_state_name(state: i32) -> &'static str {
+    match v1::StreamState::try_from(state) {
+        Ok(v1::StreamState::Connecting) => "connecting",
+        Ok(v1::StreamState::Live) => "live",
+        Ok(v1::StreamState::Degraded) => "degraded",
+        Ok(v1::StreamState::Stopped) => "stopped",
+        _ => "unknown",
+    }
+}
+
+/// `vidx streams`: list the caller's live streams, or stop one.
+pub async fn streams(
+    endpoint: &str,
+    token: Option<&str>,
+    args: &StreamsArgs,
+) -> anyhow::Result<u8> {
+    let mut client = IngestServiceClient::new(connect(endpoint).await?);
+    let streams = match &args.stop {
+        Some(job_id) => vec![
+            client
+                .stop_stream(request(
+                    v1::StopStreamRequest {
+                        job_id: job_id.clone(),
+                    },
+                    token,
+                )?)
+                .await
+                .map_err(status_error)?
+                .into_inner(),
+        ],
+        None => {
+            client
+                .list_streams(request(v1::ListStreamsRequest {}, token)?)
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .streams
+        }
+    };
+    if streams.is_empty() && !args.common.json {
+        println!("no live streams");
+    }
+    for stream in &streams {
+        let state = stream_state_name(stream.state);
+        if args.common.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "job_id": stream.job_id,
+                    "stream_id": stream.stream_id,
+                    "source": stream.source,
+                    "state": state,
+                    "reason": stream.reason,
+                    "segments": stream.segments,
+                    "reconnects": stream.reconnects,
+                    "last_end_ms": stream.last_end_ms,
+                })
+            );
+        } else {
+            let reason = if stream.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", stream.reason)
+            };
+            println!(
+                "{}  {:<10} {}  segments {}  reconnects {}  {}{reason}",
+                stream.job_id,
+                state,
+                stream.stream_id,
+                stream.segments,
+                stream.reconnects,
+                stream.source
+            );
+        }
+    }
+    Ok(EXIT_OK)
 }

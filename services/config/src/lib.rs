@@ -56,6 +56,8 @@ pub struct MediaConfig {
     pub max_pixels: u64,
     pub inline_max_bytes: u64,
     pub allowed_url_schemes: Vec<String>,
+    /// A live source without packets for this long (ms) is degraded and reconnected.
+    pub live_stall_timeout_ms: u64,
     pub allow_private_hosts: bool,
 }
 
@@ -232,6 +234,12 @@ impl Config {
         }
         if self.media.max_pixels == 0 {
             return invalid("media.max_pixels", "must be positive");
+        }
+        if !(500..=600_000).contains(&self.media.live_stall_timeout_ms) {
+            return invalid(
+                "media.live_stall_timeout_ms",
+                "must be between 500 and 600000",
+            );
         }
         for scheme in &self.media.allowed_url_schemes {
             let lower = scheme.to_ascii_lowercase();

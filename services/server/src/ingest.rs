@@ -42,6 +42,39 @@ pub struct IngestSettings {
     /// Jobs remembered; beyond this the oldest are forgotten (their segments are indexed all
     /// the same).
     pub max_jobs: usize,
+    /// A live source without packets for this long is degraded and reconnected.
+    pub live_stall_timeout: Duration,
+}
+
+/// URL schemes of live sources (cameras, encoders, HLS): ingested until stopped, with
+/// reconnects and wall-clock segment times. `http(s)` counts when the path is an HLS
+/// playlist (`.m3u8`). Each must also be in `media.allowed_url_schemes`.
+pub const LIVE_SCHEMES: &[&str] = &["rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt", "rtp"];
+
+/// Whether `source` is a live source (see [`LIVE_SCHEMES`]).
+pub fn is_live_source(source: &str) -> bool {
+    let Some(scheme) = scheme_of(source) else {
+        return false;
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    if LIVE_SCHEMES.contains(&scheme.as_str()) {
+        return true;
+    }
+    let path = source.split(['?', '#']).next().unwrap_or(source);
+    (scheme == "http" || scheme == "https") && path.to_ascii_lowercase().ends_with(".m3u8")
+}
+
+/// A live job's stream: its state as the media loop reports it.
+#[derive(Debug)]
+struct LiveRecord {
+    stream_id: String,
+    state: v1::StreamState,
+    reason: String,
+    segments: u64,
+    reconnects: u64,
+    last_end_ms: u64,
+    went_live: bool,
+    stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Whether `source` starts with a URL scheme (`http:`, `concat:`, `data:` …). One letter
@@ -136,6 +169,7 @@ struct JobRecord {
     published: Vec<DeliveryTag>,
     dead_lettered: HashMap<DeliveryTag, String>,
     error: String,
+    live: Option<LiveRecord>,
 }
 
 /// A published blob segment, deleted once the workers have committed past it.
@@ -174,7 +208,14 @@ impl Jobs {
             .map_err(|_| Status::internal("job table lock poisoned"))
     }
 
-    fn insert(&self, id: &str, tenant: &str, source: &str, max_jobs: usize) -> Result<(), Status> {
+    fn insert(
+        &self,
+        id: &str,
+        tenant: &str,
+        source: &str,
+        max_jobs: usize,
+        live_stream: Option<&str>,
+    ) -> Result<(), Status> {
         let mut table = self.lock()?;
         while table.order.len() >= max_jobs.max(1) {
             let Some(oldest) = table.order.pop_front() else {
@@ -196,10 +237,101 @@ impl Jobs {
                 published: Vec::new(),
                 dead_lettered: HashMap::new(),
                 error: String::new(),
+                live: live_stream.map(|stream_id| LiveRecord {
+                    stream_id: stream_id.to_string(),
+                    state: v1::StreamState::Connecting,
+                    reason: String::new(),
+                    segments: 0,
+                    reconnects: 0,
+                    last_end_ms: 0,
+                    went_live: false,
+                    stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                }),
             },
         );
         table.order.push_back(id.to_string());
         Ok(())
+    }
+
+    /// The stop flag of a live job.
+    fn live_stop(&self, id: &str) -> Option<Arc<std::sync::atomic::AtomicBool>> {
+        let table = self.table.lock().ok()?;
+        table
+            .jobs
+            .get(id)?
+            .live
+            .as_ref()
+            .map(|live| live.stop.clone())
+    }
+
+    /// Record a live job's stream state.
+    fn stream_state(&self, id: &str, state: vidx_media::StreamState) {
+        self.update(id, |job| {
+            let Some(live) = job.live.as_mut() else {
+                return;
+            };
+            let (code, reason) = match state {
+                vidx_media::StreamState::Connecting => (v1::StreamState::Connecting, String::new()),
+                vidx_media::StreamState::Live => {
+                    if live.went_live {
+                        live.reconnects += 1;
+                    }
+                    live.went_live = true;
+                    (v1::StreamState::Live, String::new())
+                }
+                vidx_media::StreamState::Degraded { reason } => (v1::StreamState::Degraded, reason),
+                vidx_media::StreamState::Stopped { cause } => (
+                    v1::StreamState::Stopped,
+                    format!("{cause:?}").to_lowercase(),
+                ),
+            };
+            tracing::info!(job_id = id, state = ?code, reason, "live stream state");
+            live.state = code;
+            live.reason = reason;
+        });
+    }
+
+    fn live_view(id: &str, job: &JobRecord) -> Option<v1::LiveStream> {
+        let live = job.live.as_ref()?;
+        Some(v1::LiveStream {
+            job_id: id.to_string(),
+            stream_id: live.stream_id.clone(),
+            source: job.source.clone(),
+            state: live.state as i32,
+            reason: live.reason.clone(),
+            segments: live.segments,
+            reconnects: live.reconnects,
+            last_end_ms: live.last_end_ms,
+        })
+    }
+
+    /// The tenant's live streams, oldest first.
+    fn streams(&self, tenant: &str) -> Result<Vec<v1::LiveStream>, Status> {
+        let table = self.lock()?;
+        Ok(table
+            .order
+            .iter()
+            .filter_map(|id| {
+                let job = table.jobs.get(id)?;
+                (job.tenant == tenant).then(|| Self::live_view(id, job))?
+            })
+            .collect())
+    }
+
+    /// Ask a live job to stop; its state as it is now.
+    fn stop_stream(&self, id: &str, tenant: &str) -> Result<v1::LiveStream, Status> {
+        let table = self.lock()?;
+        let job = table
+            .jobs
+            .get(id)
+            .filter(|job| job.tenant == tenant)
+            .ok_or_else(|| Status::not_found(format!("job_id: no job {id}")))?;
+        let live = job
+            .live
+            .as_ref()
+            .ok_or_else(|| invalid("job_id", format!("job {id} is not a live stream")))?;
+        live.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        Self::live_view(id, job).ok_or_else(|| Status::internal("live job vanished"))
     }
 
     fn update(&self, id: &str, change: impl FnOnce(&mut JobRecord)) {
@@ -338,6 +470,7 @@ impl Jobs {
             segments_failed: failed,
             progress,
             error,
+            stream: Self::live_view(id, job),
         })
     }
 }
@@ -426,11 +559,13 @@ impl v1::ingest_service_server::IngestService for IngestApi {
             None => input.display_name(),
         };
         let job_id = uuid::Uuid::new_v4().to_string();
+        let live = is_live_source(&request.source);
         self.jobs.insert(
             &job_id,
             &tenant,
             &input.display_name(),
             self.settings.max_jobs,
+            live.then_some(stream_id.as_str()),
         )?;
         tracing::info!(job_id, tenant, stream_id, source = %input.display_name(), "job accepted");
         tokio::spawn(run_job(
@@ -465,6 +600,30 @@ impl v1::ingest_service_server::IngestService for IngestApi {
         self.jobs
             .view(&job_id, &tenant, &committed)
             .map(Response::new)
+    }
+
+    async fn list_streams(
+        &self,
+        request: Request<v1::ListStreamsRequest>,
+    ) -> Result<Response<v1::ListStreamsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        Ok(Response::new(v1::ListStreamsResponse {
+            streams: self.jobs.streams(&tenant)?,
+        }))
+    }
+
+    async fn stop_stream(
+        &self,
+        request: Request<v1::StopStreamRequest>,
+    ) -> Result<Response<v1::LiveStream>, Status> {
+        let tenant = tenant_of(&request)?;
+        let job_id = request.into_inner().job_id;
+        if job_id.is_empty() {
+            return Err(invalid("job_id", "must not be empty"));
+        }
+        let stream = self.jobs.stop_stream(&job_id, &tenant)?;
+        tracing::info!(job_id, "live stream stop requested");
+        Ok(Response::new(stream))
     }
 }
 
@@ -543,9 +702,13 @@ async fn run_job(
     let inline_max_bytes = settings.inline_max_bytes;
     let blobs = settings.blobs.clone();
     let sink_metrics = metrics.clone();
+    let live_stop = jobs.live_stop(&job_id);
+    let live_stall_timeout = settings.live_stall_timeout;
     let outcome = tokio::task::spawn_blocking(move || {
         let mut publish_error = None;
-        let result = vidx_media::segment_source(&input, &options, |chunk| {
+        let live_job = job.clone();
+        let state_jobs = sink_jobs.clone();
+        let sink = |chunk: vidx_media::SegmentChunk| {
             let placed = place_media(&chunk, inline_max_bytes, &job, blobs.as_ref(), &runtime);
             let media = match placed {
                 Ok(media) => media,
@@ -573,6 +736,12 @@ async fn run_job(
             match runtime.block_on(queue.publish_tagged(&task)) {
                 Ok(tag) => {
                     sink_jobs.published(&job, tag, blob);
+                    sink_jobs.update(&job, |record| {
+                        if let Some(live) = record.live.as_mut() {
+                            live.segments += 1;
+                            live.last_end_ms = task.range.end_ms;
+                        }
+                    });
                     sink_metrics.segments_published.inc();
                     true
                 }
@@ -587,14 +756,37 @@ async fn run_job(
                     false
                 }
             }
-        });
+        };
+        // (segments, corrupt packets)
+        let result = match &live_stop {
+            None => vidx_media::segment_source(&input, &options, sink)
+                .map(|summary| (summary.segments, summary.corrupt_packets)),
+            Some(stop) => {
+                let live_options = vidx_media::LiveOptions {
+                    stall_timeout: live_stall_timeout,
+                    ..vidx_media::LiveOptions::new(options.segment_ms, options.spool_dir.clone())
+                };
+                let live_options = vidx_media::LiveOptions {
+                    segment: options.clone(),
+                    ..live_options
+                };
+                vidx_media::segment_live(
+                    &input,
+                    &live_options,
+                    stop,
+                    |state| state_jobs.stream_state(&live_job, state),
+                    sink,
+                )
+                .map(|summary| (summary.segments, summary.corrupt_packets))
+            }
+        };
         (result, publish_error)
     })
     .await;
     let error = match outcome {
-        Ok((Ok(summary), None)) => {
-            tracing::info!(job_id, segments = summary.segments, "segmented");
-            metrics.decode_errors.inc_by(summary.corrupt_packets);
+        Ok((Ok((segments, corrupt_packets)), None)) => {
+            tracing::info!(job_id, segments, "segmented");
+            metrics.decode_errors.inc_by(corrupt_packets);
             String::new()
         }
         Ok((_, Some(error))) => error,
@@ -616,6 +808,29 @@ async fn run_job(
 mod tests {
     use super::*;
 
+    #[test]
+    fn live_sources_are_recognised_by_scheme_and_hls_playlists() {
+        for live in [
+            "rtsp://cam-7.local/stream1",
+            "RTMP://encoder/live/key",
+            "udp://239.0.0.1:1234",
+            "tcp://127.0.0.1:9000",
+            "srt://relay:9000",
+            "https://cdn.example/live/index.m3u8?token=x",
+            "http://cam/hls/playlist.M3U8",
+        ] {
+            assert!(is_live_source(live), "{live}");
+        }
+        for not_live in [
+            "https://cdn.example/video.mp4",
+            "/videos/a.m3u8",
+            "http://cam/playlist.m3u8.mp4",
+            "C:/videos/a.mp4",
+        ] {
+            assert!(!is_live_source(not_live), "{not_live}");
+        }
+    }
+
     fn settings(roots: Vec<PathBuf>) -> IngestSettings {
         IngestSettings {
             roots,
@@ -629,6 +844,7 @@ mod tests {
                     .expect("an in-memory blob store opens"),
             ),
             max_jobs: 10,
+            live_stall_timeout: Duration::from_secs(10),
         }
     }
 
@@ -702,7 +918,7 @@ mod tests {
     #[test]
     fn job_state_follows_commits_and_dead_letters() -> Result<(), Status> {
         let jobs = Jobs::default();
-        jobs.insert("j", "acme", "/v.mp4", 10)?;
+        jobs.insert("j", "acme", "/v.mp4", 10, None)?;
         jobs.update("j", |job| job.segmenting = true);
         let tags: Vec<DeliveryTag> = (0..4)
             .map(|offset| DeliveryTag {
@@ -740,7 +956,7 @@ mod tests {
     #[test]
     fn blobs_are_released_after_their_commit_and_kept_when_dead_lettered() -> Result<(), Status> {
         let jobs = Jobs::default();
-        jobs.insert("j", "acme", "/v.mp4", 1)?;
+        jobs.insert("j", "acme", "/v.mp4", 1, None)?;
         let tag = |offset| DeliveryTag {
             partition: 0,
             offset,
@@ -754,7 +970,7 @@ mod tests {
         }
         jobs.published("j", tag(3), None);
         // The job record is evicted; its blobs are still collected.
-        jobs.insert("k", "acme", "/w.mp4", 1)?;
+        jobs.insert("k", "acme", "/w.mp4", 1, None)?;
         assert_eq!(jobs.pending_blobs(), 3);
 
         let start = Instant::now();

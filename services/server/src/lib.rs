@@ -191,6 +191,7 @@ impl NodeSettings {
                 spool_dir: data_dir.join("spool"),
                 blobs: blobs.clone(),
                 max_jobs: 10_000,
+                live_stall_timeout: Duration::from_millis(config.media.live_stall_timeout_ms),
             },
             worker: WorkerOptions {
                 frames_per_segment: config.media.frames_per_segment,

@@ -78,10 +78,22 @@ impl FrameSampler for NoFrames {
 /// server at `VIDX_TEST_QDRANT_URL` (gRPC) when that is set, so the same tests also run the
 /// distributed path against a real server.
 pub async fn open_store(directory: &Path, dimension: usize) -> Result<Arc<AnyStore>> {
-    let spec = [VectorSpec {
-        name: vector_names::TEXT.into(),
-        dimension,
-    }];
+    open_store_with(directory, &[vector_names::TEXT], dimension).await
+}
+
+/// A store with the named vectors `names`, all of `dimension`.
+pub async fn open_store_with(
+    directory: &Path,
+    names: &[&str],
+    dimension: usize,
+) -> Result<Arc<AnyStore>> {
+    let spec: Vec<VectorSpec> = names
+        .iter()
+        .map(|name| VectorSpec {
+            name: name.to_string(),
+            dimension,
+        })
+        .collect();
     let Ok(url) = std::env::var("VIDX_TEST_QDRANT_URL") else {
         return Ok(Arc::new(AnyStore::Edge(EdgeStore::open(
             directory,
