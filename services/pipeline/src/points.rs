@@ -458,21 +458,7 @@ fn mean_of_window(
     } else {
         inside
     };
-    let dimension = chosen.first()?.len();
-    let mut mean = vec![0.0f32; dimension];
-    for vector in &chosen {
-        for (sum, value) in mean.iter_mut().zip(vector.iter()) {
-            *sum += value;
-        }
-    }
-    let norm = mean
-        .iter()
-        .map(|value| value * value)
-        .sum::<f32>()
-        .sqrt()
-        .max(1e-12);
-    mean.iter_mut().for_each(|value| *value /= norm);
-    Some(mean)
+    unit_mean(&chosen)
 }
 
 #[cfg(test)]
