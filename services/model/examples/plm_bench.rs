@@ -5,7 +5,12 @@
 //! are not timed, so the figures are steady-state ones, as in a long-running worker (the first
 //! run of a process also pays page faults and allocator growth). Writes JSON.
 //!
-//!     plm_bench --model-dir DIR [--frames 8] [--new-tokens 32] [--repeats 2] [--warmup 1] [--batch 1]
+//! With `--batch B` it times what a GPU worker does with B segments: the vision tower over all
+//! B x N frames, then one batched generation over the B prompts, and reports segments/s and the
+//! multiple of real time for segments of `--segment-secs` (20 by default).
+//!
+//!     plm_bench --model-dir DIR [--device cpu|cuda|cuda:N] [--frames 8] [--new-tokens 32]
+//!               [--repeats 2] [--warmup 1] [--batch 1] [--segment-secs 20]
 //!               [--prefill-chunk 2048] [--vision-batch 4] [--dtype f32|bf16|f16] [--json FILE]
 
 use std::time::Instant;
@@ -46,6 +51,8 @@ struct Arguments {
     prefill_chunk: usize,
     vision_batch: usize,
     dtype: DType,
+    device: String,
+    segment_secs: f64,
     json: Option<std::path::PathBuf>,
 }
 
@@ -60,6 +67,8 @@ fn arguments() -> anyhow::Result<Arguments> {
         prefill_chunk: 2048,
         vision_batch: 4,
         dtype: DType::F32,
+        device: "cpu".into(),
+        segment_secs: 20.0,
         json: None,
     };
     let mut raw = std::env::args().skip(1);
@@ -85,6 +94,8 @@ fn arguments() -> anyhow::Result<Arguments> {
                 }
             }
             "--json" => parsed.json = Some(value.into()),
+            "--device" => parsed.device = value,
+            "--segment-secs" => parsed.segment_secs = value.parse()?,
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
@@ -98,7 +109,7 @@ fn arguments() -> anyhow::Result<Arguments> {
 fn main() -> anyhow::Result<()> {
     keep_freed_memory();
     let arguments = arguments()?;
-    let device = Device::Cpu;
+    let device: Device = vidx_model::select_device(&arguments.device)?;
     let files = resolve_model_dir(
         "bench",
         PLM_REQUIRED_FILES,
@@ -112,7 +123,9 @@ fn main() -> anyhow::Result<()> {
     let model = &bundle.model;
     let size = bundle.processor.video_size;
     let frames = arguments.frames;
-    let pixels = Tensor::rand(-1f32, 1f32, (frames, 3, size, size), &device)?;
+    let batch = arguments.batch;
+    // Every segment of the batch has frames of its own: the tower runs over all of them.
+    let pixels = Tensor::rand(-1f32, 1f32, (batch * frames, 3, size, size), &device)?;
     let ids = bundle
         .prompter
         .encode(Media::Video { frames }, "What is happening in the video?")
@@ -134,7 +147,7 @@ fn main() -> anyhow::Result<()> {
             Tensor::randn(
                 0f32,
                 1f32,
-                (frames, tokens, model.config().text.hidden_size),
+                (batch * frames, tokens, model.config().text.hidden_size),
                 &device,
             )?
             .to_dtype(model.dtype())?
@@ -142,16 +155,20 @@ fn main() -> anyhow::Result<()> {
             model.visual_tokens(&pixels, arguments.vision_batch)?
         };
         let _ = visual.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        device.synchronize()?;
         if timed {
             vision_secs = vision_secs.min(started.elapsed().as_secs_f64());
         }
-        let inputs: Vec<PlmInput> = (0..arguments.batch)
-            .map(|_| PlmInput {
-                ids: ids.clone(),
-                visual: Some(visual.clone()),
+        let inputs: Vec<PlmInput> = (0..batch)
+            .map(|segment| {
+                Ok(PlmInput {
+                    ids: ids.clone(),
+                    visual: Some(visual.narrow(0, segment * frames, frames)?),
+                })
             })
-            .collect();
+            .collect::<candle_core::Result<_>>()?;
         let (_, stats) = model.generate(&inputs, &options)?;
+        device.synchronize()?;
         if !timed {
             continue;
         }
@@ -163,10 +180,15 @@ fn main() -> anyhow::Result<()> {
             decoded = steps;
         }
     }
-    let prompt_tokens = ids.len() * arguments.batch;
+    let prompt_tokens = ids.len() * batch;
+    // One batch end to end: the tower over its frames, the prefill, the decode steps.
+    let batch_secs = vision_secs + prefill_secs + if decoded > 0 { decode_secs } else { 0.0 };
+    let segments_per_s = batch as f64 / batch_secs;
     let report = serde_json::json!({
+        "device": arguments.device,
         "frames": frames,
-        "batch": arguments.batch,
+        "batch": batch,
+        "segment_secs": arguments.segment_secs,
         "vision_batch": arguments.vision_batch,
         "prefill_chunk": arguments.prefill_chunk,
         "prompt_tokens": prompt_tokens,
@@ -177,7 +199,10 @@ fn main() -> anyhow::Result<()> {
         "vision_secs": vision_secs,
         "prefill_secs": prefill_secs,
         "decode_secs": decode_secs,
-        "vision_frames_per_s": frames as f64 / vision_secs,
+        "batch_secs": batch_secs,
+        "segments_per_s": segments_per_s,
+        "x_realtime": segments_per_s * arguments.segment_secs,
+        "vision_frames_per_s": (batch * frames) as f64 / vision_secs,
         "prefill_tokens_per_s": prompt_tokens as f64 / prefill_secs,
         "decode_tokens_per_s": decoded as f64 / decode_secs,
     });

@@ -13,6 +13,61 @@ use rayon::prelude::*;
 /// Bytes of f32 scores per slice.
 const SLICE_BUDGET: usize = 8 << 20;
 
+/// The keys each query of each batch row sees (`ranges[b][i]`), and, off the CPU fast path,
+/// the same as additive f32 masks `[rows, keys]` per row — built once on first use and shared
+/// by every layer of a forward pass (on a GPU, building and uploading a prefill chunk's mask
+/// per layer would cost more than the attention itself).
+#[derive(Debug)]
+pub struct Visibility {
+    ranges: Vec<Vec<(usize, usize)>>,
+    masks: std::sync::OnceLock<Vec<Tensor>>,
+}
+
+impl Visibility {
+    pub fn new(ranges: Vec<Vec<(usize, usize)>>) -> Self {
+        Self {
+            ranges,
+            masks: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn ranges(&self) -> &[Vec<(usize, usize)>] {
+        &self.ranges
+    }
+
+    /// Row `row`'s mask over `keys` keys on `device`.
+    fn mask(&self, row: usize, keys: usize, device: &candle_core::Device) -> Result<&Tensor> {
+        if self.masks.get().is_none() {
+            let masks = self
+                .ranges
+                .iter()
+                .map(|ranges| additive_mask(ranges, keys, device))
+                .collect::<Result<Vec<_>>>()?;
+            let _ = self.masks.set(masks);
+        }
+        match self.masks.get().and_then(|masks| masks.get(row)) {
+            Some(mask) if mask.dim(1)? == keys => Ok(mask),
+            _ => candle_core::bail!("visibility mask for row {row} over {keys} keys"),
+        }
+    }
+}
+
+/// `0` where query `r` sees key `k` (`ranges[r]`), `-inf` elsewhere: `[rows, keys]` f32.
+fn additive_mask(
+    ranges: &[(usize, usize)],
+    keys: usize,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let rows = ranges.len();
+    let mut values = vec![f32::NEG_INFINITY; rows * keys];
+    for (row, (lo, hi)) in ranges.iter().enumerate() {
+        values[row * keys + lo..row * keys + hi]
+            .iter_mut()
+            .for_each(|value| *value = 0.0);
+    }
+    Tensor::from_vec(values, (rows, keys), device)
+}
+
 /// How many of `count` heads fit one slice when each has `rows × keys` scores.
 fn heads_per_slice(count: usize, rows: usize, keys: usize) -> usize {
     (SLICE_BUDGET / (rows * keys * 4).max(1)).clamp(1, count.max(1))
@@ -42,7 +97,8 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> 
 
 /// Grouped-query attention for one batch row: `q` `[kv_heads, group·rows, d]` (the query heads
 /// sharing a KV head stacked along the rows), `k`/`v` `[kv_heads, keys, d]`. Query row `r`
-/// sees keys `visible[r]` (`None`: all keys). Scores and softmax in f32.
+/// sees keys `visible[r]` (`None`: all keys); `mask`, when given, is the same visibility as
+/// an additive mask (see [`Visibility`]). Scores and softmax in f32.
 pub fn attend_grouped(
     q: &Tensor,
     k: &Tensor,
@@ -50,21 +106,19 @@ pub fn attend_grouped(
     scale: f64,
     group: usize,
     visible: Option<&[(usize, usize)]>,
+    mask: Option<&Tensor>,
 ) -> Result<Tensor> {
     let (kv_heads, stacked, _) = q.dims3()?;
     let rows = stacked / group.max(1);
     let keys = k.dim(1)?;
     let step = heads_per_slice(kv_heads, stacked, keys);
     // Off the CPU fast path: the same visibility as an additive mask.
-    let mask = match visible {
-        Some(ranges) if !crate::ops::fast_path(q) => {
-            let mut values = vec![f32::NEG_INFINITY; rows * keys];
-            for (row, (lo, hi)) in ranges.iter().enumerate() {
-                values[row * keys + lo..row * keys + hi]
-                    .iter_mut()
-                    .for_each(|value| *value = 0.0);
-            }
-            Some(Tensor::from_vec(values, (rows, keys), q.device())?)
+    let built;
+    let mask = match (visible, mask) {
+        (Some(_), Some(mask)) if !crate::ops::fast_path(q) => Some(mask),
+        (Some(ranges), None) if !crate::ops::fast_path(q) => {
+            built = additive_mask(ranges, keys, q.device())?;
+            Some(&built)
         }
         _ => None,
     };
@@ -101,18 +155,28 @@ pub fn attend_grouped_batch(
     v: &Tensor,
     scale: f64,
     group: usize,
-    visible: Option<&[Vec<(usize, usize)>]>,
+    visible: Option<&Visibility>,
 ) -> Result<Tensor> {
     let batch = q.dim(0)?;
+    let keys = k.dim(2)?;
     let rows = (0..batch)
         .map(|row| {
+            let (ranges, mask) = match visible {
+                Some(visible) if !crate::ops::fast_path(q) => (
+                    Some(visible.ranges[row].as_slice()),
+                    Some(visible.mask(row, keys, q.device())?),
+                ),
+                Some(visible) => (Some(visible.ranges[row].as_slice()), None),
+                None => (None, None),
+            };
             attend_grouped(
                 &q.i(row)?,
                 &k.i(row)?,
                 &v.i(row)?,
                 scale,
                 group,
-                visible.map(|ranges| ranges[row].as_slice()),
+                ranges,
+                mask,
             )
         })
         .collect::<Result<Vec<_>>>()?;
@@ -452,6 +516,31 @@ mod tests {
         .reshape((batch, heads, rows, head_dim))?;
         let diff = (all - reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-5, "max abs diff {diff}");
+
+        // The tensor-op path a GPU takes (here f64, off the fused kernel), with the masks that
+        // one `Visibility` builds once and every layer shares: the same as the naive reference.
+        let visibility = Visibility::new(visible.clone());
+        let as_f64 = |t: &Tensor| t.to_dtype(DType::F64)?.contiguous();
+        for _layer in 0..2 {
+            let masked = attend_grouped_batch(
+                &as_f64(&q)?.reshape((batch, kv_heads, 2 * rows, head_dim))?,
+                &as_f64(&k)?,
+                &as_f64(&v)?,
+                scale,
+                2,
+                Some(&visibility),
+            )?
+            .reshape((batch, heads, rows, head_dim))?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+            let worst = masked
+                .iter()
+                .zip(&expected)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-5, "masked tensor-op path: max abs diff {worst}");
+        }
         Ok(())
     }
 

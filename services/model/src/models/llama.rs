@@ -257,7 +257,7 @@ impl Attention {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        visible: Option<&[Vec<(usize, usize)>]>,
+        visible: Option<&crate::attention::Visibility>,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
         let (batch, length, _) = x.dims3()?;
@@ -276,7 +276,8 @@ impl Attention {
         let (k, v) = cache.append(&k, &v)?;
         let (q, k, v) = (q.transpose(1, 2)?, k.transpose(1, 2)?, v.transpose(1, 2)?);
         let scale = 1.0 / (head_dim as f64).sqrt();
-        let output = match crate::attention::attend_cpu(&q, &k, &v, scale, visible)? {
+        let ranges = visible.map(|visible| visible.ranges());
+        let output = match crate::attention::attend_cpu(&q, &k, &v, scale, ranges)? {
             Some(output) => output,
             None => {
                 // Grouped-query attention without repeating K/V: the query heads that share a
@@ -437,7 +438,9 @@ impl Llama {
         }
         let start = cache.length;
         let (cos, sin) = self.rotary(start, length, padding)?;
-        let visible = self.visible(start, length, padding);
+        let visible = self
+            .visible(start, length, padding)
+            .map(crate::attention::Visibility::new);
         let mut hidden = embeds.clone();
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let residual = &hidden;
@@ -445,7 +448,7 @@ impl Llama {
                 &layer.input_layernorm.forward(residual)?,
                 &cos,
                 &sin,
-                visible.as_deref(),
+                visible.as_ref(),
                 layer_cache,
             )?;
             let hidden_mid = (residual + attended)?;
