@@ -124,7 +124,16 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
         // long, so the bounded retries apply.
         store_outage_limit: Some(Duration::ZERO),
         blobs: Some(blobs),
+        max_batch: config.pipeline.max_batch,
+        max_batch_wait: Duration::from_millis(config.pipeline.max_batch_wait_ms),
     };
+    if worker_options.max_batch > 1 {
+        // A batch that does not fit the device fails here, before any segment is taken.
+        let (warm_models, size) = (models.clone(), config.media.frame_size);
+        let (batch, frames) = (worker_options.max_batch, worker_options.frames_per_segment);
+        tokio::task::spawn_blocking(move || warm_models.warm_up(batch, frames, (size, size)))
+            .await??;
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let mut workers = Vec::new();

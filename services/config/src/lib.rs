@@ -104,6 +104,10 @@ pub struct PipelineConfig {
     pub queue_capacity: usize,
     pub max_attempts: u32,
     pub retry_backoff_ms: u64,
+    /// Segments a worker captions together (a GPU batches them; 1 on the CPU).
+    pub max_batch: usize,
+    /// How long a batch waits to fill once its first segment arrived, in ms.
+    pub max_batch_wait_ms: u64,
 }
 
 /// The gRPC services of `vidx run`.
@@ -286,6 +290,9 @@ impl Config {
         }
         if self.pipeline.queue_capacity == 0 {
             return invalid("pipeline.queue_capacity", "must be positive");
+        }
+        if self.pipeline.max_batch == 0 || self.pipeline.max_batch > 1024 {
+            return invalid("pipeline.max_batch", "must be between 1 and 1024");
         }
         if self.pipeline.max_attempts == 0 {
             return invalid("pipeline.max_attempts", "must be at least 1");

@@ -91,7 +91,7 @@ impl MediaError {
 }
 
 /// A model that could not be loaded or run.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ModelError {
     #[error("model {model}: not found ({reason})")]
     NotFound { model: String, reason: String },
@@ -105,6 +105,14 @@ pub enum ModelError {
     },
     #[error("model {model}: inference failed ({reason})")]
     Inference { model: String, reason: String },
+    /// The device ran out of memory for this work: a smaller batch may fit, and the same
+    /// segment may fit later (retryable).
+    #[error("model {model}: out of device memory ({reason})")]
+    OutOfMemory { model: String, reason: String },
+    /// The device is unusable until the process restarts (a sticky CUDA error: illegal
+    /// address, launch failure, ECC error, ...). Nothing in flight may be committed.
+    #[error("model {model}: device failed, the process must restart ({reason})")]
+    DeviceFailed { model: String, reason: String },
 }
 
 impl ModelError {
@@ -113,10 +121,65 @@ impl ModelError {
             ModelError::NotFound { .. } => ErrorCode::NotFound,
             ModelError::Load { .. } => ErrorCode::Internal,
             ModelError::UnsupportedConfig { .. } => ErrorCode::Unsupported,
-            ModelError::Inference { .. } => ErrorCode::Internal,
+            ModelError::Inference { .. } | ModelError::DeviceFailed { .. } => ErrorCode::Internal,
+            ModelError::OutOfMemory { .. } => ErrorCode::ResourceExhausted,
+        }
+    }
+
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, ModelError::OutOfMemory { .. })
+    }
+
+    /// Whether the device is gone for this process (see [`ModelError::DeviceFailed`]).
+    pub fn is_device_failure(&self) -> bool {
+        matches!(self, ModelError::DeviceFailed { .. })
+    }
+
+    /// An inference failure of `model`, classified by its message: the CUDA driver's and
+    /// cuBLAS's out-of-memory codes become [`ModelError::OutOfMemory`], the sticky CUDA errors
+    /// [`ModelError::DeviceFailed`], the rest [`ModelError::Inference`].
+    pub fn inference(model: &str, reason: impl fmt::Display) -> Self {
+        let reason = reason.to_string();
+        let model = model.to_string();
+        if OUT_OF_MEMORY.iter().any(|code| reason.contains(code)) {
+            ModelError::OutOfMemory { model, reason }
+        } else if STICKY_DEVICE_ERRORS
+            .iter()
+            .any(|code| reason.contains(code))
+        {
+            ModelError::DeviceFailed { model, reason }
+        } else {
+            ModelError::Inference { model, reason }
         }
     }
 }
+
+/// How the CUDA driver (cudarc's `DriverError`), cuBLAS and candle name running out of memory.
+const OUT_OF_MEMORY: &[&str] = &[
+    "CUDA_ERROR_OUT_OF_MEMORY",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CURAND_STATUS_ALLOCATION_FAILED",
+    "out of memory",
+];
+
+/// CUDA errors after which the context is corrupt and every later call fails: only a new
+/// process recovers (CUDA programming guide, "sticky errors").
+const STICKY_DEVICE_ERRORS: &[&str] = &[
+    "CUDA_ERROR_ILLEGAL_ADDRESS",
+    "CUDA_ERROR_ILLEGAL_INSTRUCTION",
+    "CUDA_ERROR_MISALIGNED_ADDRESS",
+    "CUDA_ERROR_INVALID_ADDRESS_SPACE",
+    "CUDA_ERROR_INVALID_PC",
+    "CUDA_ERROR_LAUNCH_FAILED",
+    "CUDA_ERROR_LAUNCH_TIMEOUT",
+    "CUDA_ERROR_HARDWARE_STACK_ERROR",
+    "CUDA_ERROR_ECC_UNCORRECTABLE",
+    "CUDA_ERROR_ASSERT",
+    "CUDA_ERROR_CONTEXT_IS_DESTROYED",
+    "CUDA_ERROR_DEVICE_UNAVAILABLE",
+    "CUDA_ERROR_NVLINK_UNCORRECTABLE",
+    "CUDA_ERROR_UNKNOWN",
+];
 
 /// The index store failed.
 #[derive(Debug, thiserror::Error)]
@@ -183,5 +246,38 @@ impl QueueError {
             QueueError::Unavailable(_) => ErrorCode::Unavailable,
             QueueError::Malformed(_) => ErrorCode::InvalidInput,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inference_errors_are_classified_by_the_device_error_they_carry() {
+        // The texts as cudarc's DriverError and candle's cuBLAS wrapper format them.
+        let oom = ModelError::inference(
+            "plm",
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
+        );
+        assert!(oom.is_out_of_memory() && !oom.is_device_failure());
+        assert_eq!(oom.code(), ErrorCode::ResourceExhausted);
+        assert!(oom.code().is_retryable());
+        assert!(
+            ModelError::inference("plm", "cublas: CUBLAS_STATUS_ALLOC_FAILED").is_out_of_memory()
+        );
+
+        let sticky = ModelError::inference(
+            "plm",
+            "DriverError(CUDA_ERROR_ILLEGAL_ADDRESS, \"an illegal memory access was encountered\")",
+        );
+        assert!(sticky.is_device_failure() && !sticky.is_out_of_memory());
+        assert!(!sticky.code().is_retryable());
+        assert!(sticky.to_string().contains("must restart"), "{sticky}");
+
+        let plain =
+            ModelError::inference("plm", "shape mismatch in matmul, lhs: [2, 3], rhs: [4, 5]");
+        assert!(matches!(plain, ModelError::Inference { .. }));
+        assert!(!plain.code().is_retryable());
     }
 }

@@ -40,6 +40,14 @@ pub trait Captioner: Send + Sync {
     /// Whether the captioner looks at the sampled frames.
     fn needs_frames(&self) -> bool;
     fn caption(&self, segment: SegmentInput<'_>) -> Result<Vec<Moment>, ModelError>;
+    /// Several segments at once, one result per segment in order (a GPU worker batches
+    /// segments across queue messages). The default captions them one by one.
+    fn caption_batch(&self, segments: &[SegmentInput<'_>]) -> Result<Vec<Vec<Moment>>, ModelError> {
+        segments
+            .iter()
+            .map(|segment| self.caption(*segment))
+            .collect()
+    }
 }
 
 /// Embeds text (captions at index time, the query at search time).

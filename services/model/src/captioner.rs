@@ -63,11 +63,10 @@ impl PlmCaptioner {
         }
     }
 
+    /// An inference failure, classified (out of device memory, a sticky device error, or
+    /// neither) so that the worker can split the batch or restart.
     fn error(&self, reason: impl std::fmt::Display) -> ModelError {
-        ModelError::Inference {
-            model: "plm".into(),
-            reason: reason.to_string(),
-        }
+        ModelError::inference("plm", reason)
     }
 
     /// Frames → visual tokens `[frames·tokens, hidden]`.
@@ -280,9 +279,14 @@ impl Captioner for PlmCaptioner {
     }
 
     fn caption(&self, segment: SegmentInput<'_>) -> Result<Vec<Moment>, ModelError> {
-        Ok(self
-            .caption_batch(std::slice::from_ref(&segment))?
-            .pop()
-            .unwrap_or_default())
+        Ok(
+            PlmCaptioner::caption_batch(self, std::slice::from_ref(&segment))?
+                .pop()
+                .unwrap_or_default(),
+        )
+    }
+
+    fn caption_batch(&self, segments: &[SegmentInput<'_>]) -> Result<Vec<Vec<Moment>>, ModelError> {
+        PlmCaptioner::caption_batch(self, segments)
     }
 }

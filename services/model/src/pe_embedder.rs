@@ -105,10 +105,7 @@ impl PeCoreEmbedder {
     }
 
     fn inference(&self, error: candle_core::Error) -> ModelError {
-        ModelError::Inference {
-            model: self.name.clone(),
-            reason: error.to_string(),
-        }
+        ModelError::inference(&self.name, error)
     }
 
     /// Images (any size; squashed to the model's) → unit vectors.

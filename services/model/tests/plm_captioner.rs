@@ -103,6 +103,26 @@ fn captions_land_inside_the_segment_and_batching_changes_nothing() -> anyhow::Re
         "batched answer differs from the single one"
     );
     assert_eq!(batch[2], single);
+    // The odd one out too, and through the port a worker batches with.
+    let second_alone = captioner.caption(SegmentInput {
+        task: &second,
+        frames: &reversed,
+    })?;
+    assert_eq!(
+        batch[1], second_alone,
+        "batched answer differs from the single one"
+    );
+    let through_port = vidx_core::ports::Captioner::caption_batch(
+        &captioner,
+        &[
+            SegmentInput {
+                task: &second,
+                frames: &reversed,
+            },
+            segment,
+        ],
+    )?;
+    assert_eq!(through_port, vec![second_alone, single]);
     let empty = captioner.caption(SegmentInput {
         task: &first,
         frames: &[],

@@ -8,7 +8,10 @@ pub mod search;
 pub mod worker;
 
 pub use error::PipelineError;
-pub use points::{Models, StageTimings, build_points, build_points_timed, fetch_media};
+pub use points::{
+    Models, StageTimings, TaskPoints, build_points, build_points_batch, build_points_timed,
+    device_failed, fetch_media,
+};
 pub use search::{
     MAX_QUERY_CHARS, MAX_TOP_K, SearchMode, SearchModels, SearchRequest, SearchResults, search,
 };

@@ -46,6 +46,81 @@ impl std::fmt::Debug for Models {
     }
 }
 
+impl Models {
+    /// Run every captioner that looks at frames on a batch of `max_batch` synthetic segments of
+    /// `frames` frames each (`width` x `height`), as a GPU worker does before it reports ready
+    /// (as TGI warms up on its largest batch): a batch size that does not fit the device fails
+    /// here, with [`vidx_core::ModelError::OutOfMemory`], instead of on the first real batch.
+    pub fn warm_up(
+        &self,
+        max_batch: usize,
+        frames: usize,
+        (width, height): (u32, u32),
+    ) -> Result<(), vidx_core::ModelError> {
+        let captioners: Vec<&Arc<dyn Captioner>> = self
+            .captioners
+            .iter()
+            .filter(|captioner| captioner.needs_frames())
+            .collect();
+        if captioners.is_empty() || frames == 0 {
+            return Ok(());
+        }
+        let segment_ms = 1000 * frames as u64;
+        let tasks: Vec<SegmentTask> = (0..max_batch.max(1) as u64)
+            .map(|seq| SegmentTask {
+                schema_version: SEGMENT_TASK_SCHEMA_VERSION,
+                tenant: "warm-up".into(),
+                stream_id: "warm-up".into(),
+                segment_seq: seq,
+                range: vidx_core::TimeRange::new(0, segment_ms),
+                media: SegmentMedia::Inline(Vec::new()),
+                source_uri: "warm-up".into(),
+                attempt: 1,
+                subtitles: Vec::new(),
+                trace_context: Default::default(),
+            })
+            .collect();
+        let sampled: Vec<Frame> = (0..frames as u64)
+            .map(|index| Frame {
+                pts_ms: index * 1000,
+                width,
+                height,
+                rgb: vec![128; width as usize * height as usize * 3],
+            })
+            .collect();
+        let inputs: Vec<SegmentInput<'_>> = tasks
+            .iter()
+            .map(|task| SegmentInput {
+                task,
+                frames: &sampled,
+            })
+            .collect();
+        for captioner in captioners {
+            let started = Instant::now();
+            captioner.caption_batch(&inputs).map_err(|error| match error {
+                vidx_core::ModelError::OutOfMemory { model, reason } => {
+                    vidx_core::ModelError::OutOfMemory {
+                        model,
+                        reason: format!(
+                            "warm-up: a batch of {} segments x {frames} frames does not fit ({reason}); lower pipeline.max_batch",
+                            inputs.len()
+                        ),
+                    }
+                }
+                other => other,
+            })?;
+            tracing::info!(
+                captioner = captioner.name(),
+                batch = inputs.len(),
+                frames,
+                secs = started.elapsed().as_secs_f64(),
+                "warm-up batch fits"
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Segment media on local disk for the decoder; a temporary copy is removed on drop.
 #[derive(Debug)]
 pub struct LocalMedia {
@@ -148,6 +223,139 @@ pub fn build_points_timed(
     Ok(points)
 }
 
+/// One task's result in a batch: its points and stage timings, or why it failed.
+pub type TaskPoints = Result<(Vec<IndexPoint>, StageTimings), PipelineError>;
+
+/// Whether `error` leaves the device unusable for this process (a sticky GPU error).
+pub fn device_failed(error: &PipelineError) -> bool {
+    matches!(error, PipelineError::Model(model) if model.is_device_failure())
+}
+
+/// [`build_points_timed`] for several tasks at once, as a GPU worker runs them: frames are
+/// sampled per task, each captioner captions every task's segment in one batch, the
+/// embedders run per task. A batch that fails (out of device memory, or one bad segment) is
+/// split in halves and each half retried, down to single segments, so one segment's failure
+/// is its own. One result per task, in order; `Err` only for a device failure, which
+/// abandons the whole batch (nothing of it may be committed).
+pub fn build_points_batch(
+    tasks: &[&SegmentTask],
+    sampler: &dyn FrameSampler,
+    models: &Models,
+    frames_per_segment: usize,
+) -> Result<Vec<TaskPoints>, PipelineError> {
+    let mut timings = vec![StageTimings::default(); tasks.len()];
+    let mut prepared: Vec<Result<Vec<Frame>, PipelineError>> = tasks
+        .iter()
+        .zip(&mut timings)
+        .map(|(task, timings)| {
+            if task.schema_version != SEGMENT_TASK_SCHEMA_VERSION {
+                return Err(PipelineError::SchemaVersion {
+                    found: task.schema_version,
+                    expected: SEGMENT_TASK_SCHEMA_VERSION,
+                });
+            }
+            let started = Instant::now();
+            let frames = if frames_per_segment > 0 {
+                let media = fetch_media(&task.media)?;
+                sampler.sample(&media.path, task.range, frames_per_segment)?
+            } else {
+                Vec::new()
+            };
+            timings.decode = started.elapsed();
+            Ok(frames)
+        })
+        .collect();
+
+    let mut moments: Vec<Vec<(String, u32, vidx_core::Moment)>> = vec![Vec::new(); tasks.len()];
+    for captioner in &models.captioners {
+        let live: Vec<usize> = (0..tasks.len())
+            .filter(|index| prepared[*index].is_ok())
+            .collect();
+        if live.is_empty() {
+            break;
+        }
+        let inputs: Vec<SegmentInput<'_>> = live
+            .iter()
+            .filter_map(|index| {
+                let frames = prepared[*index].as_ref().ok()?;
+                Some(SegmentInput {
+                    task: tasks[*index],
+                    frames,
+                })
+            })
+            .collect();
+        let started = Instant::now();
+        let results = caption_split(captioner.as_ref(), &inputs)?;
+        let share = started.elapsed() / live.len() as u32;
+        for (index, result) in live.into_iter().zip(results) {
+            timings[index].models += share;
+            match result {
+                Ok(found) => moments[index].extend(
+                    found
+                        .into_iter()
+                        .enumerate()
+                        .map(|(at, moment)| (captioner.revision().to_string(), at as u32, moment)),
+                ),
+                Err(error) => prepared[index] = Err(error.into()),
+            }
+        }
+    }
+
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for (((task, frames), moments), mut timings) in
+        tasks.iter().zip(prepared).zip(moments).zip(timings)
+    {
+        let outcome = frames.and_then(|frames| {
+            let started = Instant::now();
+            let points = points_from_moments(task, &frames, models, moments)?;
+            timings.models += started.elapsed();
+            Ok((points, timings))
+        });
+        if let Err(error) = &outcome
+            && device_failed(error)
+        {
+            return Err(outcome
+                .err()
+                .unwrap_or(PipelineError::Task("device failed".into())));
+        }
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+/// One captioner over a batch; on failure, each half on its own (recursively), so that a
+/// batch too large for the device still gets captioned and a bad segment fails alone. `Err`
+/// only for a device failure.
+fn caption_split(
+    captioner: &dyn Captioner,
+    inputs: &[SegmentInput<'_>],
+) -> Result<Vec<Result<Vec<vidx_core::Moment>, vidx_core::ModelError>>, vidx_core::ModelError> {
+    match captioner.caption_batch(inputs) {
+        Ok(outputs) if outputs.len() == inputs.len() => Ok(outputs.into_iter().map(Ok).collect()),
+        Ok(outputs) => {
+            let error = vidx_core::ModelError::Inference {
+                model: captioner.name().to_string(),
+                reason: format!("{} results for a batch of {}", outputs.len(), inputs.len()),
+            };
+            Ok(inputs.iter().map(|_| Err(error.clone())).collect())
+        }
+        Err(error) if error.is_device_failure() => Err(error),
+        Err(error) if inputs.len() <= 1 => Ok(vec![Err(error)]),
+        Err(error) => {
+            tracing::warn!(
+                captioner = captioner.name(),
+                batch = inputs.len(),
+                error = %error,
+                "batch failed; retrying it in halves"
+            );
+            let (left, right) = inputs.split_at(inputs.len() / 2);
+            let mut outputs = caption_split(captioner, left)?;
+            outputs.extend(caption_split(captioner, right)?);
+            Ok(outputs)
+        }
+    }
+}
+
 fn points_from_frames(
     task: &SegmentTask,
     frames: &[Frame],
@@ -160,6 +368,16 @@ fn points_from_frames(
             moments.push((captioner.revision().to_string(), index as u32, moment));
         }
     }
+    points_from_moments(task, frames, models, moments)
+}
+
+/// The points of a segment whose moments are known: visual, region and moment records.
+fn points_from_moments(
+    task: &SegmentTask,
+    frames: &[Frame],
+    models: &Models,
+    moments: Vec<(String, u32, vidx_core::Moment)>,
+) -> Result<Vec<IndexPoint>, PipelineError> {
     let frame_vectors = match (&models.visual_embedder, frames.is_empty()) {
         (Some(embedder), false) => Some(embedder.embed_frames(frames)?),
         _ => None,

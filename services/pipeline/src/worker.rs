@@ -11,7 +11,7 @@ use vidx_core::{BlobError, SegmentMedia, SegmentTask};
 
 use tracing::Instrument;
 
-use crate::{Models, PipelineError, StageTimings, build_points_timed};
+use crate::{Models, PipelineError, StageTimings};
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -28,6 +28,10 @@ pub struct WorkerOptions {
     /// Where blob segments are read from. Only URIs of this store are read; a task naming a
     /// blob without one, or outside it, fails without retries (and is dead-lettered).
     pub blobs: Option<Arc<dyn BlobStore>>,
+    /// Segments captioned together (a GPU batches them); 1 on the CPU.
+    pub max_batch: usize,
+    /// How long a batch waits to fill once its first segment arrived.
+    pub max_batch_wait: Duration,
 }
 
 impl WorkerOptions {
@@ -68,6 +72,11 @@ pub enum WorkerEvent {
 /// Process tasks until the queue is closed and drained or `shutdown` turns true. A task in
 /// flight at shutdown is neither acked nor nacked: it is redelivered (Kafka) or re-segmented
 /// on the next run (embedded), and its deterministic ids make the replay idempotent.
+///
+/// Tasks are taken in batches of up to `max_batch` (waiting at most `max_batch_wait` for a
+/// batch to fill) and captioned together; each task is then acked or retried on its own.
+/// Returns `Err` when the queue breaks or the device fails (a sticky GPU error): the tasks in
+/// flight are then neither acked nor nacked, and the process must restart.
 pub async fn run_worker<Q: SegmentQueue, S: IndexStore>(
     queue: Arc<Q>,
     store: Arc<S>,
@@ -77,98 +86,190 @@ pub async fn run_worker<Q: SegmentQueue, S: IndexStore>(
     events: mpsc::UnboundedSender<WorkerEvent>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), PipelineError> {
+    let context = Context {
+        store,
+        sampler,
+        models,
+        options,
+    };
     loop {
-        let delivery = tokio::select! {
-            biased;
-            _ = stopped(&mut shutdown) => return Ok(()),
-            delivery = queue.receive() => delivery?,
-        };
-        let Some(delivery) = delivery else {
+        let Some(batch) = next_batch(queue.as_ref(), &context.options, &mut shutdown).await? else {
             return Ok(());
         };
-        let Delivery { tag, task } = delivery;
-        let stream_id = task.stream_id.clone();
-        let segment_seq = task.segment_seq;
-        let media_ms = task.range.duration_ms();
+        let tasks: Vec<Arc<SegmentTask>> = batch
+            .iter()
+            .map(|delivery| Arc::new(delivery.task.clone()))
+            .collect();
         // One span per segment, continuing the trace the ingest started (Kafka headers).
-        let span = tracing::info_span!(
-            "segment.index",
-            stream_id = %stream_id,
-            segment_seq,
-            points = tracing::field::Empty,
-            error = tracing::field::Empty,
-        );
-        vidx_telemetry::set_parent(&span, &task.trace_context);
-        let task = Arc::new(task);
-        let mut attempt = task.attempt.max(1);
-        let mut outage_since: Option<std::time::Instant> = None;
-        let outcome = loop {
-            let result = tokio::select! {
-                biased;
-                _ = stopped(&mut shutdown) => return Ok(()),
-                result = index_once(&task, &store, &sampler, &models, options.frames_per_segment, options.blobs.as_ref()).instrument(span.clone()) => result,
-            };
-            match result {
-                Ok(points) => break Ok(points),
-                Err(error)
-                    if store_unavailable(&error) && {
-                        let since = *outage_since.get_or_insert_with(std::time::Instant::now);
-                        options
-                            .store_outage_limit
-                            .is_none_or(|limit| since.elapsed() < limit)
-                    } =>
-                {
-                    // Nothing is acked while the store is down: the segment waits, and with it
-                    // the queue's commit.
-                    let backoff = options.backoff(attempt);
-                    tracing::warn!(stream_id, segment_seq, attempt, error = %error, ?backoff, "store unavailable, waiting");
-                    tokio::select! {
-                        biased;
-                        _ = stopped(&mut shutdown) => return Ok(()),
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    attempt += 1;
-                }
-                Err(error) if error.code().is_retryable() && attempt < options.max_attempts => {
-                    let backoff = options.backoff(attempt);
-                    tracing::warn!(stream_id, segment_seq, attempt, error = %error, ?backoff, "segment failed, retrying");
-                    tokio::select! {
-                        biased;
-                        _ = stopped(&mut shutdown) => return Ok(()),
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    attempt += 1;
-                }
-                Err(error) => break Err(error),
-            }
+        let spans: Vec<tracing::Span> = tasks
+            .iter()
+            .map(|task| {
+                let span = tracing::info_span!(
+                    "segment.index",
+                    stream_id = %task.stream_id,
+                    segment_seq = task.segment_seq,
+                    batch = batch.len(),
+                    points = tracing::field::Empty,
+                    error = tracing::field::Empty,
+                );
+                vidx_telemetry::set_parent(&span, &task.trace_context);
+                span
+            })
+            .collect();
+        let first = tokio::select! {
+            biased;
+            _ = stopped(&mut shutdown) => return Ok(()),
+            results = index_tasks(&tasks, &spans, &context) => results?,
         };
-        match outcome {
-            Ok((points, timings)) => {
-                span.record("points", points);
-                queue.ack(tag).await?;
-                tracing::info!(stream_id, segment_seq, points, "segment indexed");
-                let _ = events.send(WorkerEvent::Indexed {
-                    stream_id,
-                    segment_seq,
-                    points,
-                    media_ms,
-                    timings,
-                });
-            }
-            Err(error) => {
-                span.record("error", tracing::field::display(&error));
-                tracing::warn!(stream_id, segment_seq, attempt, error = %error, "segment failed");
-                queue.nack(tag, error.to_string(), attempt).await?;
-                let _ = events.send(WorkerEvent::Failed {
-                    stream_id,
-                    segment_seq,
-                    attempts: attempt,
-                    error: error.to_string(),
-                    cause: error.cause(),
-                });
-            }
+        for (((delivery, task), span), result) in batch.iter().zip(&tasks).zip(&spans).zip(first) {
+            let Some(outcome) = settle(task, span, result, &context, &mut shutdown).await? else {
+                return Ok(());
+            };
+            report(queue.as_ref(), delivery.tag, task, span, outcome, &events).await?;
         }
     }
+}
+
+/// What the steps of a worker share.
+struct Context<S> {
+    store: Arc<S>,
+    sampler: Arc<dyn FrameSampler>,
+    models: Arc<Models>,
+    options: WorkerOptions,
+}
+
+/// The next batch: waits for one task, then takes what else arrives within `max_batch_wait`,
+/// up to `max_batch`. `None` at shutdown, or once the queue is closed and drained.
+async fn next_batch<Q: SegmentQueue>(
+    queue: &Q,
+    options: &WorkerOptions,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<Vec<Delivery>>, PipelineError> {
+    let first = tokio::select! {
+        biased;
+        _ = stopped(shutdown) => return Ok(None),
+        delivery = queue.receive() => delivery?,
+    };
+    let Some(first) = first else {
+        return Ok(None);
+    };
+    let mut batch = vec![first];
+    let deadline = tokio::time::Instant::now() + options.max_batch_wait;
+    while batch.len() < options.max_batch.max(1) {
+        let next = tokio::select! {
+            biased;
+            _ = stopped(shutdown) => return Ok(None),
+            next = tokio::time::timeout_at(deadline, queue.receive()) => next,
+        };
+        match next {
+            Ok(Ok(Some(delivery))) => batch.push(delivery),
+            // The wait is over, or the queue is closed: run what there is.
+            Err(_) | Ok(Ok(None)) => break,
+            Ok(Err(error)) => return Err(error.into()),
+        }
+    }
+    Ok(Some(batch))
+}
+
+/// Retry one task until it is indexed or has failed for good. `Ok(None)` at shutdown; `Err`
+/// when the device failed (the task is not settled).
+async fn settle<S: IndexStore>(
+    task: &Arc<SegmentTask>,
+    span: &tracing::Span,
+    mut result: Result<(usize, StageTimings), PipelineError>,
+    context: &Context<S>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<(Result<(usize, StageTimings), PipelineError>, u32)>, PipelineError> {
+    let options = &context.options;
+    let (stream_id, segment_seq) = (task.stream_id.as_str(), task.segment_seq);
+    let mut attempt = task.attempt.max(1);
+    let mut outage_since: Option<std::time::Instant> = None;
+    loop {
+        if matches!(&result, Err(error) if crate::device_failed(error)) {
+            return result.map(|_| None);
+        }
+        let backoff = match &result {
+            Ok(_) => break,
+            Err(error)
+                if store_unavailable(error) && {
+                    let since = *outage_since.get_or_insert_with(std::time::Instant::now);
+                    options
+                        .store_outage_limit
+                        .is_none_or(|limit| since.elapsed() < limit)
+                } =>
+            {
+                // Nothing is acked while the store is down: the segment waits, and with it
+                // the queue's commit.
+                let backoff = options.backoff(attempt);
+                tracing::warn!(stream_id, segment_seq, attempt, error = %error, ?backoff, "store unavailable, waiting");
+                backoff
+            }
+            Err(error) if error.code().is_retryable() && attempt < options.max_attempts => {
+                let backoff = options.backoff(attempt);
+                tracing::warn!(stream_id, segment_seq, attempt, error = %error, ?backoff, "segment failed, retrying");
+                backoff
+            }
+            Err(_) => break,
+        };
+        tokio::select! {
+            biased;
+            _ = stopped(shutdown) => return Ok(None),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        attempt += 1;
+        // A retry runs the segment alone.
+        let retried = tokio::select! {
+            biased;
+            _ = stopped(shutdown) => return Ok(None),
+            results = index_tasks(std::slice::from_ref(task), std::slice::from_ref(span), context) => results?,
+        };
+        result = retried.into_iter().next().unwrap_or_else(|| {
+            Err(PipelineError::Task(
+                "no result for a retried segment".into(),
+            ))
+        });
+    }
+    Ok(Some((result, attempt)))
+}
+
+/// Ack an indexed task, or nack (dead-letter) a failed one, and report it.
+async fn report<Q: SegmentQueue>(
+    queue: &Q,
+    tag: vidx_core::ports::DeliveryTag,
+    task: &SegmentTask,
+    span: &tracing::Span,
+    (outcome, attempts): (Result<(usize, StageTimings), PipelineError>, u32),
+    events: &mpsc::UnboundedSender<WorkerEvent>,
+) -> Result<(), PipelineError> {
+    let stream_id = task.stream_id.clone();
+    let segment_seq = task.segment_seq;
+    match outcome {
+        Ok((points, timings)) => {
+            span.record("points", points);
+            queue.ack(tag).await?;
+            tracing::info!(stream_id, segment_seq, points, "segment indexed");
+            let _ = events.send(WorkerEvent::Indexed {
+                stream_id,
+                segment_seq,
+                points,
+                media_ms: task.range.duration_ms(),
+                timings,
+            });
+        }
+        Err(error) => {
+            span.record("error", tracing::field::display(&error));
+            tracing::warn!(stream_id, segment_seq, attempts, error = %error, "segment failed");
+            queue.nack(tag, error.to_string(), attempts).await?;
+            let _ = events.send(WorkerEvent::Failed {
+                stream_id,
+                segment_seq,
+                attempts,
+                error: error.to_string(),
+                cause: error.cause(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Resolves once shutdown is requested; never, when the sender is gone without asking.
@@ -178,48 +279,76 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     }
 }
 
-async fn index_once<S: IndexStore>(
-    task: &Arc<vidx_core::SegmentTask>,
-    store: &Arc<S>,
-    sampler: &Arc<dyn FrameSampler>,
-    models: &Arc<Models>,
-    frames_per_segment: usize,
-    blobs: Option<&Arc<dyn BlobStore>>,
-) -> Result<(usize, StageTimings), PipelineError> {
+/// One attempt at a batch of tasks: fetch their media, build their points together on a
+/// blocking thread, upsert each task's points. One result per task; `Err` for a device
+/// failure (nothing of the batch may be committed then).
+async fn index_tasks<S: IndexStore>(
+    tasks: &[Arc<SegmentTask>],
+    spans: &[tracing::Span],
+    context: &Context<S>,
+) -> Result<Vec<Result<(usize, StageTimings), PipelineError>>, PipelineError> {
+    let frames_per_segment = context.options.frames_per_segment;
     // Without frames the media is never opened, so there is nothing to fetch.
-    let started = std::time::Instant::now();
-    let task = if frames_per_segment > 0 {
-        resolve_media(task, blobs).await?
-    } else {
-        task.clone()
-    };
-    let fetch = started.elapsed();
-    let (task_ref, sampler_ref, models_ref) = (task, sampler.clone(), models.clone());
-    let parent = tracing::Span::current();
-    let (points, mut timings) = tokio::task::spawn_blocking(move || {
-        let _span = tracing::info_span!(parent: &parent, "segment.models").entered();
-        let mut timings = StageTimings::default();
-        build_points_timed(
-            &task_ref,
-            sampler_ref.as_ref(),
-            &models_ref,
-            frames_per_segment,
-            &mut timings,
-        )
-        .map(|points| (points, timings))
+    let mut resolved = Vec::with_capacity(tasks.len());
+    for (task, span) in tasks.iter().zip(spans) {
+        let started = std::time::Instant::now();
+        let media = if frames_per_segment > 0 {
+            resolve_media(task, context.options.blobs.as_ref())
+                .instrument(span.clone())
+                .await
+        } else {
+            Ok(task.clone())
+        };
+        resolved.push(media.map(|task| (task, started.elapsed())));
+    }
+    let ready: Vec<Arc<SegmentTask>> = resolved
+        .iter()
+        .filter_map(|media| media.as_ref().ok().map(|(task, _)| task.clone()))
+        .collect();
+    let (sampler, models) = (context.sampler.clone(), context.models.clone());
+    let parent = spans.first().cloned().unwrap_or_else(tracing::Span::none);
+    let built = tokio::task::spawn_blocking(move || {
+        let _span =
+            tracing::info_span!(parent: &parent, "segment.models", batch = ready.len()).entered();
+        let tasks: Vec<&SegmentTask> = ready.iter().map(|task| task.as_ref()).collect();
+        crate::build_points_batch(&tasks, sampler.as_ref(), &models, frames_per_segment)
     })
     .await
     .map_err(|error| PipelineError::Task(error.to_string()))??;
-    timings.fetch = fetch;
-    let count = points.len();
-    // The upsert returns once the points are durable; only then may the task be acked.
-    let started = std::time::Instant::now();
-    store
-        .upsert(points)
-        .instrument(tracing::info_span!("store.upsert", points = count))
-        .await?;
-    timings.store = started.elapsed();
-    Ok((count, timings))
+
+    let mut built = built.into_iter();
+    let mut results = Vec::with_capacity(tasks.len());
+    for (media, span) in resolved.into_iter().zip(spans) {
+        let outcome = match media {
+            Err(error) => Err(error),
+            Ok((_, fetch)) => match built.next() {
+                None => Err(PipelineError::Task(
+                    "no result for a segment of the batch".into(),
+                )),
+                Some(Err(error)) => Err(error),
+                Some(Ok((points, mut timings))) => {
+                    timings.fetch = fetch;
+                    let count = points.len();
+                    // The upsert returns once the points are durable; only then may the
+                    // task be acked.
+                    let started = std::time::Instant::now();
+                    let stored = context
+                        .store
+                        .upsert(points)
+                        .instrument(
+                            tracing::info_span!(parent: span, "store.upsert", points = count),
+                        )
+                        .await;
+                    timings.store = started.elapsed();
+                    stored
+                        .map(|()| (count, timings))
+                        .map_err(PipelineError::from)
+                }
+            },
+        };
+        results.push(outcome);
+    }
+    Ok(results)
 }
 
 /// Make a blob task's media readable by the decoder: the file in place for a local blob

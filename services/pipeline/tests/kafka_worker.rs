@@ -86,6 +86,8 @@ fn start_worker(settings: &KafkaSettings, store: &Arc<FlakyStore>) -> anyhow::Re
         max_backoff: Duration::from_millis(200),
         store_outage_limit: None,
         blobs: None,
+        max_batch: 1,
+        max_batch_wait: Duration::from_millis(0),
     };
     let handle = tokio::spawn(run_worker(
         queue.clone(),

@@ -110,6 +110,8 @@ impl Harness {
             max_backoff: Duration::from_millis(20),
             store_outage_limit,
             blobs: media.blobs,
+            max_batch: 1,
+            max_batch_wait: Duration::from_millis(0),
         };
         let (events_tx, mut events_rx) = mpsc::unbounded_channel();
         let (_shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -102,6 +102,8 @@ async fn embedded(
         max_backoff: Duration::from_secs(1),
         store_outage_limit: Some(Duration::ZERO),
         blobs: None,
+        max_batch: 1,
+        max_batch_wait: Duration::from_millis(0),
     };
     let worker = tokio::spawn(run_worker(
         queue.clone(),

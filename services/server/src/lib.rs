@@ -110,6 +110,8 @@ pub struct NodeSettings {
     pub worker: WorkerOptions,
     /// Segments one worker node processes at once.
     pub concurrency: usize,
+    /// The side of the frames the sampler produces (the warm-up batch uses it).
+    pub frame_size: u32,
 }
 
 impl NodeSettings {
@@ -201,8 +203,11 @@ impl NodeSettings {
                 // A down Qdrant is waited out: no commit, no dead letters, until it is back.
                 store_outage_limit: None,
                 blobs: Some(blobs),
+                max_batch: config.pipeline.max_batch,
+                max_batch_wait: Duration::from_millis(config.pipeline.max_batch_wait_ms),
             },
             concurrency: config.pipeline.workers,
+            frame_size: config.media.frame_size,
         })
     }
 }
@@ -440,6 +445,16 @@ where
                 .await;
         }
         if roles.worker {
+            // Warm up on the largest batch before joining the group: a batch that does not
+            // fit the device keeps the node from becoming ready (it exits with the error).
+            let (warm_models, options, size) =
+                (models.clone(), settings.worker.clone(), settings.frame_size);
+            tokio::task::spawn_blocking(move || {
+                warm_models.warm_up(options.max_batch, options.frames_per_segment, (size, size))
+            })
+            .await
+            .map_err(|error| ServerError::Startup(format!("warm-up: {error}")))?
+            .map_err(|error| ServerError::Startup(format!("warm-up: {error}")))?;
             let queue = Arc::new(KafkaQueue::worker(settings.kafka.clone())?);
             let _ = queue_cell.set(queue.clone());
             let (events_tx, mut events_rx) = mpsc::unbounded_channel();

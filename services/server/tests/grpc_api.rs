@@ -388,3 +388,96 @@ async fn oversized_requests_and_floods_are_refused_without_hanging() -> Result<(
         .await?;
     fixture.node.stop().await
 }
+
+/// A captioner on a pretend device that holds `fits` segments per call; its first call waits
+/// for `gate`, so the test can look at the node while the warm-up runs.
+struct SmallDevice {
+    fits: usize,
+    gate: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl vidx_core::ports::Captioner for SmallDevice {
+    fn name(&self) -> &str {
+        "small-device"
+    }
+    fn revision(&self) -> &str {
+        "small-device-1"
+    }
+    fn needs_frames(&self) -> bool {
+        true
+    }
+    fn caption(
+        &self,
+        segment: vidx_core::ports::SegmentInput<'_>,
+    ) -> Result<Vec<vidx_core::Moment>, vidx_core::ModelError> {
+        Ok(self.caption_batch(&[segment])?.remove(0))
+    }
+    fn caption_batch(
+        &self,
+        segments: &[vidx_core::ports::SegmentInput<'_>],
+    ) -> Result<Vec<Vec<vidx_core::Moment>>, vidx_core::ModelError> {
+        if let Some(gate) = self.gate.lock().ok().and_then(|mut gate| gate.take()) {
+            let _ = gate.recv_timeout(Duration::from_secs(20));
+        }
+        if segments.len() > self.fits {
+            return Err(vidx_core::ModelError::inference(
+                "small-device",
+                "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
+            ));
+        }
+        Ok(segments.iter().map(|_| Vec::new()).collect())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_warm_up_batch_does_not_fit_never_becomes_ready() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = vidx_bus::local_broker::LocalBroker::start()?;
+    let store = open_store(&dir.path().join("index"), common::DIMENSION).await?;
+    let mut config = config()?;
+    config.pipeline.max_batch = 4;
+    let mut settings = common::settings(
+        &config,
+        Roles {
+            worker: true,
+            ..Roles::default()
+        },
+        dir.path(),
+    )?;
+    settings.kafka = broker.fresh_settings(2);
+    let (release, gate) = std::sync::mpsc::channel();
+    let mut engine = engine(
+        store,
+        Arc::new(WordsEmbedder {
+            delay: Duration::ZERO,
+        }),
+        Arc::new(NoFrames),
+    );
+    engine.models = Arc::new(vidx_pipeline::Models {
+        captioners: vec![Arc::new(SmallDevice {
+            fits: 2,
+            gate: std::sync::Mutex::new(Some(gate)),
+        })],
+        ..(*engine.models).clone()
+    });
+    let node = Node::start(settings, async move { Ok(engine) }).await?;
+
+    // While the warm-up batch runs, the worker is not ready.
+    assert_eq!(
+        health(&node, service_names::WORKER).await?,
+        ServingStatus::NotServing as i32
+    );
+    assert_eq!(health(&node, "").await?, ServingStatus::NotServing as i32);
+    let _ = release.send(());
+
+    // The batch of 4 does not fit a device that holds 2: the node fails to start, saying so.
+    let error = match tokio::time::timeout(Duration::from_secs(30), node.task).await?? {
+        Err(error) => error.to_string(),
+        Ok(()) => anyhow::bail!("the node started although its warm-up batch does not fit"),
+    };
+    ensure!(
+        error.contains("a batch of 4 segments") && error.contains("pipeline.max_batch"),
+        "{error}"
+    );
+    Ok(())
+}

@@ -183,10 +183,7 @@ impl TextEmbedder for SentenceEmbedder {
         for batch in texts.chunks(BATCH_SIZE) {
             let embedded = self
                 .embed_batch(batch)
-                .map_err(|error| ModelError::Inference {
-                    model: self.name.clone(),
-                    reason: error.to_string(),
-                })?;
+                .map_err(|error| ModelError::inference(&self.name, error))?;
             vectors.extend(embedded);
         }
         Ok(vectors)
