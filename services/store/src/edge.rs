@@ -7,8 +7,8 @@ use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::{
     Condition, CountRequest, CreateIndex, Distance, EdgeConfigBuilder, EdgeShard,
     EdgeVectorParamsBuilder, FieldCondition, FieldIndexOperations, Filter, Match, NamedQuery,
-    PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations, PointOperations,
-    PointStruct, PointStructPersisted, QueryEnum, QueryRequest, Range, ScoredPoint, ScoringQuery,
+    PayloadFieldSchema, PointId, PointInsertOperations, PointOperations, PointStruct,
+    PointStructPersisted, QueryEnum, QueryRequest, Range, ScoredPoint, ScoringQuery,
     UpdateOperation, ValueVariants, VectorInternal, Vectors, WithPayloadInterface, WithVector,
 };
 use vidx_core::ports::IndexStore;
@@ -82,6 +82,34 @@ pub(crate) const INDEXED_INTEGERS: &[&str] = &[
     payload_keys::END_MS,
     payload_keys::SEGMENT_SEQ,
 ];
+
+/// Whether HNSW builds extra links for a payload field's values (payload-aware HNSW), on both
+/// stores. Only for the tenant and the stream: filtered searches by them stay on the graph.
+/// Not for `kind` (few values, each covering much of the collection), the times and sequence
+/// numbers (range filters gain nothing, and a million distinct values multiply the build) or
+/// caption words (one subgraph per frequent word): with them the HNSW build of a million
+/// points did not finish in two hours on two cores.
+pub(crate) fn payload_hnsw(field: &str) -> bool {
+    field == payload_keys::TENANT || field == payload_keys::STREAM_ID
+}
+
+/// The index schema of a keyword or integer field of vidx's payload (Qdrant's JSON form).
+fn payload_index_schema(field: &str, integer: bool) -> serde_json::Value {
+    if integer {
+        serde_json::json!({
+            "type": "integer",
+            "lookup": true,
+            "range": true,
+            "enable_hnsw": payload_hnsw(field),
+        })
+    } else {
+        serde_json::json!({
+            "type": "keyword",
+            "is_tenant": field == payload_keys::TENANT,
+            "enable_hnsw": payload_hnsw(field),
+        })
+    }
+}
 
 fn internal(context: &str) -> impl Fn(qdrant_edge::OperationError) -> StoreError + '_ {
     move |error| StoreError::Internal(format!("{context}: {error}"))
@@ -361,7 +389,8 @@ pub(crate) fn caption_text_index() -> serde_json::Value {
         "tokenizer": "word",
         "lowercase": true,
         "stopwords": "english",
-        "stemmer": { "type": "snowball", "language": "english" }
+        "stemmer": { "type": "snowball", "language": "english" },
+        "enable_hnsw": payload_hnsw(payload_keys::CAPTION)
     })
 }
 
@@ -386,19 +415,19 @@ fn ensure_caption_index(shard: &EdgeShard) -> Result<(), StoreError> {
 fn create_payload_indexes(shard: &EdgeShard) -> Result<(), StoreError> {
     let schemas = INDEXED_KEYWORDS
         .iter()
-        .map(|key| (*key, PayloadSchemaType::Keyword))
-        .chain(
-            INDEXED_INTEGERS
-                .iter()
-                .map(|key| (*key, PayloadSchemaType::Integer)),
-        );
-    for (name, schema) in schemas {
+        .map(|key| (*key, false))
+        .chain(INDEXED_INTEGERS.iter().map(|key| (*key, true)));
+    for (name, integer) in schemas {
         let field_name = key(name)?;
+        let schema: PayloadFieldSchema =
+            serde_json::from_value(payload_index_schema(name, integer)).map_err(|error| {
+                StoreError::Internal(format!("payload index schema of {name}: {error}"))
+            })?;
         shard
             .update(UpdateOperation::FieldIndexOperation(
                 FieldIndexOperations::CreateIndex(CreateIndex {
                     field_name,
-                    field_schema: Some(PayloadFieldSchema::FieldType(schema)),
+                    field_schema: Some(schema),
                 }),
             ))
             .map_err(internal("create payload index"))?;
@@ -545,5 +574,58 @@ impl IndexStore for EdgeStore {
     ) -> impl std::future::Future<Output = Result<Option<IndexPoint>, StoreError>> + Send {
         let (store, tenant) = (self.clone(), tenant.to_string());
         blocking(move || store.point_blocking(&tenant, id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The payload indexes as the engine holds them: tenant-optimised tenant, HNSW extra links
+    /// only for tenant and stream (not for kind, times, sequence numbers or caption words).
+    #[test]
+    fn payload_indexes_build_hnsw_links_only_for_tenant_and_stream() -> anyhow::Result<()> {
+        let directory = tempfile::tempdir()?;
+        let store = EdgeStore::open(
+            directory.path(),
+            &[VectorSpec {
+                name: vidx_core::types::vector_names::TEXT.into(),
+                dimension: 4,
+            }],
+            EdgeStoreOptions::default(),
+        )?;
+        let schema = store.state()?.shard.info().payload_schema;
+        let params = |name: &str| -> anyhow::Result<serde_json::Value> {
+            let info = schema
+                .get(&key(name)?)
+                .ok_or_else(|| anyhow::anyhow!("no index on {name}"))?;
+            Ok(serde_json::to_value(&info.params)?)
+        };
+        for field in INDEXED_KEYWORDS.iter().chain(INDEXED_INTEGERS) {
+            let expected = *field == payload_keys::TENANT || *field == payload_keys::STREAM_ID;
+            assert_eq!(
+                params(field)?["enable_hnsw"],
+                serde_json::json!(expected),
+                "{field}: {}",
+                params(field)?
+            );
+        }
+        assert_eq!(
+            params(payload_keys::TENANT)?["is_tenant"],
+            serde_json::json!(true)
+        );
+        assert_eq!(
+            params(payload_keys::START_MS)?["range"],
+            serde_json::json!(true)
+        );
+        assert_eq!(
+            params(payload_keys::CAPTION)?["enable_hnsw"],
+            serde_json::json!(false)
+        );
+        assert_eq!(
+            params(payload_keys::CAPTION)?["stemmer"]["type"],
+            "snowball"
+        );
+        Ok(())
     }
 }

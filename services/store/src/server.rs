@@ -19,7 +19,7 @@ use vidx_core::types::payload_keys;
 use vidx_core::{Hit, IndexPoint, PointPayload, SearchFilter, StoreError, VectorQuery};
 
 use crate::VectorSpec;
-use crate::edge::{INDEXED_INTEGERS, INDEXED_KEYWORDS};
+use crate::edge::{INDEXED_INTEGERS, INDEXED_KEYWORDS, payload_hnsw};
 
 /// How to reach the server and which collection to use.
 #[derive(Clone)]
@@ -149,19 +149,44 @@ impl ServerStore {
         } else {
             self.check_vectors(vectors).await?;
         }
-        let fields = INDEXED_KEYWORDS
-            .iter()
-            .map(|key| (*key, FieldType::Keyword))
-            .chain(
-                INDEXED_INTEGERS
-                    .iter()
-                    .map(|key| (*key, FieldType::Integer)),
-            );
-        for (field, kind) in fields {
+        use qdrant_client::qdrant::{IntegerIndexParams, KeywordIndexParams};
+        // The same parameters as on Qdrant Edge (`edge::payload_hnsw`): tenant-optimised
+        // storage for the tenant, payload-aware HNSW links only for tenant and stream.
+        for field in INDEXED_KEYWORDS {
+            let params = KeywordIndexParams {
+                is_tenant: Some(*field == payload_keys::TENANT),
+                enable_hnsw: Some(payload_hnsw(field)),
+                ..Default::default()
+            };
             self.client
                 .create_field_index(
-                    CreateFieldIndexCollectionBuilder::new(&self.collection, field, kind)
-                        .wait(true),
+                    CreateFieldIndexCollectionBuilder::new(
+                        &self.collection,
+                        *field,
+                        FieldType::Keyword,
+                    )
+                    .field_index_params(params)
+                    .wait(true),
+                )
+                .await
+                .map_err(server_error("create payload index"))?;
+        }
+        for field in INDEXED_INTEGERS {
+            let params = IntegerIndexParams {
+                lookup: Some(true),
+                range: Some(true),
+                enable_hnsw: Some(payload_hnsw(field)),
+                ..Default::default()
+            };
+            self.client
+                .create_field_index(
+                    CreateFieldIndexCollectionBuilder::new(
+                        &self.collection,
+                        *field,
+                        FieldType::Integer,
+                    )
+                    .field_index_params(params)
+                    .wait(true),
                 )
                 .await
                 .map_err(server_error("create payload index"))?;
@@ -255,6 +280,7 @@ fn caption_text_index_params() -> qdrant_client::qdrant::TextIndexParams {
                 },
             )),
         }),
+        enable_hnsw: Some(payload_hnsw(payload_keys::CAPTION)),
         ..Default::default()
     }
 }
