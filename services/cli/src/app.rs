@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use candle_core::DType;
 use vidx_config::{Config, ConfigSources};
 use vidx_core::ErrorCode;
 use vidx_core::ports::{Captioner, TextEmbedder};
@@ -155,6 +154,9 @@ fn common_overrides(common: &CommonArgs) -> Vec<(String, toml::Value)> {
             toml::Value::String(directory.display().to_string()),
         ));
     }
+    if let Some(device) = &common.device {
+        overrides.push(("models.device".into(), toml::Value::String(device.clone())));
+    }
     if let Some(path) = &common.visual_model_dir {
         overrides.push((
             "models.visual_embedder_dir".into(),
@@ -229,11 +231,7 @@ impl AppContext {
         let device = vidx_model::select_device(&models.device)
             .map_err(|error| cli_error(error.code(), error.to_string()))?;
         // PE-Core runs in f32 on the CPU (candle's CPU matmul has no bf16).
-        let dtype = match (models.dtype.as_str(), device.is_cpu()) {
-            ("bf16", false) => DType::BF16,
-            ("f16", false) => DType::F16,
-            _ => DType::F32,
-        };
+        let dtype = vidx_model::select_dtype(&models.dtype, &device);
         let model_id = if models.visual_embedder.is_empty() {
             models.visual_embedder_dir.clone()
         } else {
@@ -290,11 +288,7 @@ impl AppContext {
         }
         let device = vidx_model::select_device(&models.device)
             .map_err(|error| cli_error(error.code(), error.to_string()))?;
-        let dtype = match models.dtype.as_str() {
-            "bf16" => DType::BF16,
-            "f16" => DType::F16,
-            _ => DType::F32,
-        };
+        let dtype = vidx_model::select_dtype(&models.dtype, &device);
         let model_id = if models.captioner.is_empty() {
             models.captioner_dir.clone()
         } else {

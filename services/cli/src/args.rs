@@ -67,6 +67,10 @@ pub struct CommonArgs {
     /// search (config models.visual_embedder_dir).
     #[arg(long, value_name = "PATH")]
     pub visual_model_dir: Option<PathBuf>,
+    /// Where the models run: auto, cpu, cuda or cuda:N (config models.device; auto: the GPU
+    /// when the build has the cuda feature and one answers, else the CPU).
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,

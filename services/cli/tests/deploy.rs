@@ -2117,7 +2117,9 @@ fn check_worker(
             format!("{where_}: a GPU worker runs image `{image}`, not worker.gpuImage `{repository}` (deploy/docker/Dockerfile.cuda)")
         });
     } else {
-        problems.check(gpus.is_none() && config.models.device == "cpu", || {
+        // `auto` in the CPU image (built without the cuda feature) is the CPU.
+        let on_cpu = matches!(config.models.device.as_str(), "cpu" | "auto");
+        problems.check(gpus.is_none() && on_cpu, || {
             format!(
                 "{where_}: a CPU worker asks for GPUs ({gpus:?}) or runs on `{}`",
                 config.models.device

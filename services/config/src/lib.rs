@@ -266,11 +266,13 @@ impl Config {
                 "set a model id or models.text_embedder_dir",
             );
         }
-        if self.models.device != "cpu" && !self.models.device.starts_with("cuda") {
-            return invalid("models.device", "must be cpu or cuda[:N]");
+        if !["auto", "cpu"].contains(&self.models.device.as_str())
+            && !self.models.device.starts_with("cuda")
+        {
+            return invalid("models.device", "must be auto, cpu or cuda[:N]");
         }
-        if !["f32", "bf16", "f16"].contains(&self.models.dtype.as_str()) {
-            return invalid("models.dtype", "must be f32, bf16 or f16");
+        if !["auto", "f32", "bf16", "f16"].contains(&self.models.dtype.as_str()) {
+            return invalid("models.dtype", "must be auto, f32, bf16 or f16");
         }
         if self.models.max_new_tokens == 0 || self.models.max_new_tokens > 8192 {
             return invalid("models.max_new_tokens", "must be between 1 and 8192");

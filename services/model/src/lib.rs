@@ -17,8 +17,9 @@ pub use pe_embedder::{PeCoreEmbedder, PeCoreTextEmbedder};
 
 use vidx_core::ModelError;
 
-/// Choose the candle device from a config string (`cpu`, `cuda`, `cuda:N`). CUDA needs a
-/// build with the `cuda` feature.
+/// Choose the candle device from a config string (`auto`, `cpu`, `cuda`, `cuda:N`). CUDA needs
+/// a build with the `cuda` feature. `auto` takes the first GPU when the build has the feature
+/// and one answers, else the CPU, and says which in a log line (once per process).
 pub fn select_device(device: &str) -> Result<candle_core::Device, ModelError> {
     let unsupported = |reason: String| ModelError::UnsupportedConfig {
         model: "device".into(),
@@ -26,6 +27,7 @@ pub fn select_device(device: &str) -> Result<candle_core::Device, ModelError> {
         reason,
     };
     match device {
+        "auto" => Ok(auto_device()),
         "cpu" => Ok(candle_core::Device::Cpu),
         cuda if cuda == "cuda" || cuda.starts_with("cuda:") => {
             let index = match cuda.strip_prefix("cuda:") {
@@ -42,6 +44,34 @@ pub fn select_device(device: &str) -> Result<candle_core::Device, ModelError> {
     }
 }
 
+/// The device `auto` resolves to, decided (and logged) once per process.
+fn auto_device() -> candle_core::Device {
+    static AUTO: std::sync::OnceLock<candle_core::Device> = std::sync::OnceLock::new();
+    AUTO.get_or_init(|| match cuda_device(0) {
+        Ok(device) => {
+            tracing::info!("models.device = auto: running the models on cuda:0");
+            device
+        }
+        Err(reason) => {
+            tracing::info!(%reason, "models.device = auto: running the models on the CPU");
+            candle_core::Device::Cpu
+        }
+    })
+    .clone()
+}
+
+/// The dtype from a config string (`auto`: bf16 on a GPU, f32 on the CPU). On the CPU only
+/// f32 is used: candle's CPU matmul has no fast bf16/f16 path.
+pub fn select_dtype(dtype: &str, device: &candle_core::Device) -> candle_core::DType {
+    use candle_core::DType;
+    match (dtype, device.is_cpu()) {
+        (_, true) => DType::F32,
+        ("f32", false) => DType::F32,
+        ("f16", false) => DType::F16,
+        _ => DType::BF16,
+    }
+}
+
 #[cfg(feature = "cuda")]
 fn cuda_device(index: usize) -> Result<candle_core::Device, String> {
     candle_core::Device::new_cuda(index).map_err(|error| format!("cuda:{index}: {error}"))
@@ -52,4 +82,39 @@ fn cuda_device(index: usize) -> Result<candle_core::Device, String> {
     Err(format!(
         "cuda:{index} needs a build with the cuda feature (cargo build --release --features cuda); this build runs on cpu"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_runs_on_the_cpu_without_a_gpu_and_bad_devices_name_the_field() {
+        // No GPU here (and no cuda feature in a default build): auto is the CPU.
+        #[cfg(not(feature = "cuda"))]
+        assert!(select_device("auto").is_ok_and(|device| device.is_cpu()));
+        assert!(select_device("cpu").is_ok_and(|device| device.is_cpu()));
+        for bad in ["gpu", "cuda:x"] {
+            let error = select_device(bad).err().map(|error| error.to_string());
+            assert!(
+                error
+                    .as_deref()
+                    .is_some_and(|error| error.contains("models.device")),
+                "{bad}: {error:?}"
+            );
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let error = select_device("cuda:0").err().map(|error| error.to_string());
+            assert!(
+                error
+                    .as_deref()
+                    .is_some_and(|error| error.contains("--features cuda")),
+                "{error:?}"
+            );
+        }
+        use candle_core::DType;
+        assert_eq!(select_dtype("auto", &candle_core::Device::Cpu), DType::F32);
+        assert_eq!(select_dtype("bf16", &candle_core::Device::Cpu), DType::F32);
+    }
 }
