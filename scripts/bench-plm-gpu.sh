@@ -4,7 +4,7 @@
 # segments at batch 1, 8 and 32 (scripts/bench_plm_device.py says what is timed). Not a test.
 #
 #   bash scripts/bench-plm-gpu.sh build     # here (no GPU needed): the stripped release binary
-#                                           # with CUDA into .device/plm_bench, and the pinned
+#                                           # with CUDA into .device/plm_bench.xz, and the pinned
 #                                           # reference wheels (transformers, timm) into .device/
 #   bash scripts/bench-plm-gpu.sh run [ARGS] # on the GPU machine: JSON + a table (ARGS go to
 #                                           # bench_plm_device.py, e.g. --batches 1,8)
@@ -27,13 +27,19 @@ case "$mode" in
     export CARGO_TARGET_DIR="${VIDX_CUDA_TARGET:-${XDG_CACHE_HOME:-$HOME/.cache}/vidx/cuda-target}"
     cargo build --release -p vidx-model --features cuda --example plm_bench
     mkdir -p "$stage/wheels"
+    # Stripped (~45 MiB) and xz-compressed: what a device run carries is limited to 64 MiB.
     strip -o "$stage/plm_bench" "$CARGO_TARGET_DIR/release/examples/plm_bench"
+    xz -T0 -6 -f "$stage/plm_bench"
     python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
       -d "$stage/wheels" transformers==5.24.0 timm==1.0.31
     ls -la "$stage" "$stage/wheels"
     ;;
   run)
-    [ -x "$stage/plm_bench" ] || { echo "$stage/plm_bench missing: run 'bench-plm-gpu.sh build' first" >&2; exit 1; }
+    [ -f "$stage/plm_bench.xz" ] || { echo "$stage/plm_bench.xz missing: run 'bench-plm-gpu.sh build' first" >&2; exit 1; }
+    bin=/tmp/vidx-plm_bench
+    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+      "$stage/plm_bench.xz" "$bin"
+    chmod +x "$bin"
     # The reference stack pinned as in scripts/requirements-fixtures.txt.
     if ls "$stage"/wheels/*.whl >/dev/null 2>&1; then
       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -53,7 +59,7 @@ EOF
 )
     export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
-    PYTHONUNBUFFERED=1 exec python3 scripts/bench_plm_device.py --candle-bin "$stage/plm_bench" "$@"
+    PYTHONUNBUFFERED=1 exec python3 scripts/bench_plm_device.py --candle-bin "$bin" "$@"
     ;;
   cpu-check)
     cargo build --release -q -p vidx-model --example plm_bench

@@ -76,6 +76,9 @@ def parse_args():
                    help="a small config for a CPU dry run (2x128 vision at 112 px, 2x256 LLM, 4 frames, batches 1,2)")
     p.add_argument("--candle-bin", type=pathlib.Path, help="plm_bench built with the cuda feature")
     p.add_argument("--skip-candle", action="store_true")
+    p.add_argument("--profile-batches", default="1,32",
+                   help="after the timed runs, candle once more per batch size with VIDX_PROFILE=1: "
+                        "time per stage (each stage synchronised, so slower than the timed runs); empty: none")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--time-budget", type=float, default=420.0,
                    help="seconds: no new batch size is started after this (the run must fit a 10 min slot)")
@@ -85,8 +88,9 @@ def parse_args():
     if a.small:
         a.vision_layers, a.vision_width, a.llm_layers, a.llm_hidden = 2, 128, 2, 256
         a.llm_kv_heads, a.llm_mlp, a.vocab, a.image_size, a.frames = 2, 512, 1024, 112, 4
-        a.batches, a.new_tokens, a.vision_chunk = "1,2", 8, 4
+        a.batches, a.new_tokens, a.vision_chunk, a.profile_batches = "1,2", 8, 4, "2"
     a.batches = [int(b) for b in a.batches.split(",") if b.strip()]
+    a.profile_batches = [int(b) for b in a.profile_batches.split(",") if b.strip()]
     a.dtype = a.dtype or ("f32" if a.device == "cpu" else "bf16")
     if not a.skip_candle and (a.candle_bin is None or not a.candle_bin.is_file()):
         p.error(f"--candle-bin {a.candle_bin}: not a file (build it with scripts/bench-plm-gpu.sh build)")
@@ -217,20 +221,23 @@ def time_reference(a, model, tokenizer, per_frame, batch, device):
     return result
 
 
-def time_candle(a, model_dir, work, batch):
-    out = work / f"candle-{batch}.json"
+def time_candle(a, model_dir, work, batch, profile=False):
+    out = work / f"candle-{batch}{'-profile' if profile else ''}.json"
     # Prefill chunk: whole prompts at batch 1, shorter chunks for big batches, so the score
     # matrices of one chunk stay a few GB.
     chunk = max(256, min(16384, 16384 // batch))
     cmd = [str(a.candle_bin), "--model-dir", str(model_dir), "--device", a.device, "--dtype", a.dtype,
            "--frames", str(a.frames), "--batch", str(batch), "--new-tokens", str(a.new_tokens),
-           "--repeats", str(a.repeats), "--warmup", "1", "--vision-batch", str(a.vision_chunk),
+           "--repeats", "1" if profile else str(a.repeats), "--warmup", "1", "--vision-batch", str(a.vision_chunk),
            "--prefill-chunk", str(chunk), "--segment-secs", str(a.segment_secs), "--json", str(out)]
     print("  " + " ".join(cmd), file=sys.stderr, flush=True)
-    run = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ, RUST_BACKTRACE="0", VIDX_PROFILE="1" if profile else "0")
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if run.returncode != 0:
-        tail = (run.stderr or run.stdout).strip().splitlines()[-5:]
-        return {"batch": batch, "error": ("out of memory: " if out_of_memory(run.stderr) else "") + " | ".join(tail)}
+        text = (run.stderr or run.stdout).split("Stack backtrace")[0].strip()
+        print(text, file=sys.stderr)
+        lines = [line.strip() for line in text.splitlines() if line.strip()][-4:]
+        return {"batch": batch, "error": ("out of memory: " if out_of_memory(run.stderr) else "") + " | ".join(lines)}
     return json.loads(out.read_text())
 
 
@@ -289,6 +296,15 @@ def main():
                                   for k in ("vision_frames_per_s", "prefill_tokens_per_s", "decode_tokens_per_s",
                                             "segments_per_s", "x_realtime")}
             rows.append((batch, sides))
+        profiles = []
+        for batch in ([] if a.skip_candle else a.profile_batches):
+            if time.perf_counter() - started > a.time_budget:
+                break
+            print(f"profile, batch {batch}:", file=sys.stderr, flush=True)
+            result = time_candle(a, model_dir, work, batch, profile=True)
+            profiles.append({"batch": batch, "stages": result.get("profile"), "error": result.get("error"),
+                             "vision_secs": result.get("vision_secs"), "prefill_secs": result.get("prefill_secs"),
+                             "decode_secs": result.get("decode_secs")})
 
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     report = {
@@ -302,6 +318,7 @@ def main():
                    "vision_chunk": a.vision_chunk},
         "versions": bench_plm.versions(),
         "batches": [{"batch": batch, **sides} for batch, sides in rows],
+        "candle_profiles": profiles,
         "wall_secs": time.perf_counter() - started,
         "notes": "best of repeats after one warm-up per side; segments/s = batch / (vision + prefill + decode); "
                  "x_realtime = segments/s x segment_secs; decode tokens/s counts batch x (new_tokens - 1) steps",
@@ -311,6 +328,12 @@ def main():
     print(f"PLM on {gpu or a.device} ({a.dtype}), {params / 1e6:.0f}M params, {a.frames} frames x {per_frame} "
           f"tokens per {a.segment_secs:g} s segment, {a.new_tokens} new tokens")
     print(table(rows))
+    for profile in profiles:
+        stages = profile.get("stages") or []
+        print(f"candle stages, batch {profile['batch']} (synchronised; vision {profile.get('vision_secs') or 0:.3f} s, "
+              f"prefill {profile.get('prefill_secs') or 0:.3f} s, decode {profile.get('decode_secs') or 0:.3f} s): "
+              + ", ".join(f"{s['stage']} {s['secs']:.3f} s/{s['calls']}" for s in stages)
+              + (f" error: {profile['error']}" if profile.get("error") else ""))
     print(f"wrote {a.json}")
 
 

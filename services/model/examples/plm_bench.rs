@@ -141,6 +141,10 @@ fn main() -> anyhow::Result<()> {
     let mut decoded = 0;
     for run in 0..arguments.warmup + arguments.repeats {
         let timed = run >= arguments.warmup;
+        if run == arguments.warmup {
+            // VIDX_PROFILE=1: stage times of the timed runs only.
+            let _ = vidx_model::profile::take();
+        }
         let started = Instant::now();
         let visual = if std::env::var_os("PLM_BENCH_SKIP_VISION").is_some() {
             let tokens = model.config().tokens_per_tile();
@@ -206,6 +210,14 @@ fn main() -> anyhow::Result<()> {
         "prefill_tokens_per_s": prompt_tokens as f64 / prefill_secs,
         "decode_tokens_per_s": decoded as f64 / decode_secs,
     });
+    let mut report = report;
+    let stages = vidx_model::profile::take();
+    if !stages.is_empty() {
+        report["profile"] = stages
+            .into_iter()
+            .map(|(stage, secs, calls)| serde_json::json!({"stage": stage, "secs": secs, "calls": calls}))
+            .collect();
+    }
     let text = serde_json::to_string_pretty(&report)?;
     match &arguments.json {
         Some(path) => std::fs::write(path, &text)?,

@@ -10,8 +10,11 @@
 use candle_core::{CpuStorage, CustomOp3, DType, IndexOp, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Bytes of f32 scores per slice.
+/// Bytes of f32 scores per slice on the CPU (cache-sized).
 const SLICE_BUDGET: usize = 8 << 20;
+/// The same on a GPU: large, so that a slice is a few big kernels rather than thousands of
+/// small ones (the vision tower has frames x heads of them).
+const GPU_SLICE_BUDGET: usize = 2 << 30;
 
 /// The keys each query of each batch row sees (`ranges[b][i]`), and, off the CPU fast path,
 /// the same as additive f32 masks `[rows, keys]` per row — built once on first use and shared
@@ -21,6 +24,7 @@ const SLICE_BUDGET: usize = 8 << 20;
 pub struct Visibility {
     ranges: Vec<Vec<(usize, usize)>>,
     masks: std::sync::OnceLock<Vec<Tensor>>,
+    stacked: std::sync::OnceLock<Tensor>,
 }
 
 impl Visibility {
@@ -28,6 +32,21 @@ impl Visibility {
         Self {
             ranges,
             masks: std::sync::OnceLock::new(),
+            stacked: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Every row's mask, `[B, rows, keys]` (built once, like [`Visibility::mask`]).
+    fn stacked(&self, keys: usize, device: &candle_core::Device, dtype: DType) -> Result<&Tensor> {
+        if self.stacked.get().is_none() {
+            let rows = (0..self.ranges.len())
+                .map(|row| self.mask(row, keys, device, dtype).cloned())
+                .collect::<Result<Vec<_>>>()?;
+            let _ = self.stacked.set(Tensor::stack(&rows, 0)?);
+        }
+        match self.stacked.get() {
+            Some(stacked) if stacked.dim(2)? == keys => Ok(stacked),
+            _ => candle_core::bail!("visibility masks over {keys} keys"),
         }
     }
 
@@ -35,13 +54,19 @@ impl Visibility {
         &self.ranges
     }
 
-    /// Row `row`'s mask over `keys` keys on `device`.
-    fn mask(&self, row: usize, keys: usize, device: &candle_core::Device) -> Result<&Tensor> {
+    /// Row `row`'s mask over `keys` keys on `device`, in `dtype` (the scores').
+    fn mask(
+        &self,
+        row: usize,
+        keys: usize,
+        device: &candle_core::Device,
+        dtype: DType,
+    ) -> Result<&Tensor> {
         if self.masks.get().is_none() {
             let masks = self
                 .ranges
                 .iter()
-                .map(|ranges| additive_mask(ranges, keys, device))
+                .map(|ranges| additive_mask(ranges, keys, device)?.to_dtype(dtype))
                 .collect::<Result<Vec<_>>>()?;
             let _ = self.masks.set(masks);
         }
@@ -69,26 +94,35 @@ fn additive_mask(
 }
 
 /// How many of `count` heads fit one slice when each has `rows × keys` scores.
-fn heads_per_slice(count: usize, rows: usize, keys: usize) -> usize {
-    (SLICE_BUDGET / (rows * keys * 4).max(1)).clamp(1, count.max(1))
+fn heads_per_slice(count: usize, rows: usize, keys: usize, device: &candle_core::Device) -> usize {
+    let budget = if device.is_cpu() {
+        SLICE_BUDGET
+    } else {
+        GPU_SLICE_BUDGET
+    };
+    (budget / (rows * keys * 4).max(1)).clamp(1, count.max(1))
 }
 
 /// `softmax(q·kᵀ·scale)·v` for `q`, `k`, `v` of shape `[heads, rows, d]` (any strides the
-/// matmul accepts), without a mask.
+/// matmul accepts), without a mask. Off the CPU fast path the scale is applied to `q` and the
+/// scores stay in the inputs' dtype (candle's GPU softmax accumulates in f32), as
+/// transformers' eager attention does: each pass over the score matrix is memory traffic.
 pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     let (heads, rows, _) = q.dims3()?;
     let keys = k.dim(1)?;
-    let step = heads_per_slice(heads, rows, keys);
+    let step = heads_per_slice(heads, rows, keys, q.device());
+    let fast = crate::ops::fast_path(q);
+    let q = if fast { q.clone() } else { (q * scale)? };
     let mut parts = Vec::with_capacity(heads.div_ceil(step));
     for start in (0..heads).step_by(step) {
         let count = step.min(heads - start);
         let scores = q
             .narrow(0, start, count)?
             .matmul(&k.narrow(0, start, count)?.t()?)?;
-        let weights = if crate::ops::fast_path(&scores) {
+        let weights = if fast {
             crate::ops::scaled_softmax(&scores, scale, &[])?
         } else {
-            candle_nn::ops::softmax_last_dim(&(scores * scale)?)?
+            candle_nn::ops::softmax_last_dim(&scores)?
         };
         parts.push(weights.matmul(&v.narrow(0, start, count)?)?);
     }
@@ -98,7 +132,8 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> 
 /// Grouped-query attention for one batch row: `q` `[kv_heads, group·rows, d]` (the query heads
 /// sharing a KV head stacked along the rows), `k`/`v` `[kv_heads, keys, d]`. Query row `r`
 /// sees keys `visible[r]` (`None`: all keys); `mask`, when given, is the same visibility as
-/// an additive mask (see [`Visibility`]). Scores and softmax in f32.
+/// an additive mask in the inputs' dtype (see [`Visibility`]). Off the CPU fast path the
+/// scale goes into `q` and the scores stay in the inputs' dtype, as in [`attend`].
 pub fn attend_grouped(
     q: &Tensor,
     k: &Tensor,
@@ -111,17 +146,19 @@ pub fn attend_grouped(
     let (kv_heads, stacked, _) = q.dims3()?;
     let rows = stacked / group.max(1);
     let keys = k.dim(1)?;
-    let step = heads_per_slice(kv_heads, stacked, keys);
+    let step = heads_per_slice(kv_heads, stacked, keys, q.device());
+    let fast = crate::ops::fast_path(q);
     // Off the CPU fast path: the same visibility as an additive mask.
     let built;
     let mask = match (visible, mask) {
-        (Some(_), Some(mask)) if !crate::ops::fast_path(q) => Some(mask),
-        (Some(ranges), None) if !crate::ops::fast_path(q) => {
-            built = additive_mask(ranges, keys, q.device())?;
+        (Some(_), Some(mask)) if !fast => Some(mask),
+        (Some(ranges), None) if !fast => {
+            built = additive_mask(ranges, keys, q.device())?.to_dtype(q.dtype())?;
             Some(&built)
         }
         _ => None,
     };
+    let q = if fast { q.clone() } else { (q * scale)? };
     let mut parts = Vec::with_capacity(kv_heads.div_ceil(step));
     for start in (0..kv_heads).step_by(step) {
         let count = step.min(kv_heads - start);
@@ -129,10 +166,9 @@ pub fn attend_grouped(
             .narrow(0, start, count)?
             .matmul(&k.narrow(0, start, count)?.t()?)?;
         let values = v.narrow(0, start, count)?;
-        let weights = if crate::ops::fast_path(&scores) {
+        let weights = if fast {
             crate::ops::scaled_softmax(&scores, scale, visible.unwrap_or(&[]))?
         } else {
-            let scores = (scores * scale)?.to_dtype(DType::F32)?;
             let scores = match &mask {
                 Some(mask) => scores
                     .reshape((count, group, rows, keys))?
@@ -140,15 +176,18 @@ pub fn attend_grouped(
                     .reshape((count, stacked, keys))?,
                 None => scores,
             };
-            candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(values.dtype())?
+            candle_nn::ops::softmax_last_dim(&scores)?
         };
         parts.push(weights.matmul(&values)?);
     }
     Tensor::cat(&parts, 0)
 }
 
-/// Per-row grouped attention over a batch: `q` `[B, kv_heads, group·rows, d]`, `k`/`v`
-/// `[B, kv_heads, keys, d]`, `visible[b][r]` the key range of query `r` of row `b`.
+/// Grouped attention over a batch: `q` `[B, kv_heads, group·rows, d]`, `k`/`v`
+/// `[B, kv_heads, keys, d]` (views of a cache are fine), `visible[b][r]` the key range of query
+/// `r` of row `b`. Off the CPU fast path, as many whole batch rows as fit the slice budget go
+/// through one batched matmul and softmax (a decode step of 32 segments is a few kernels per
+/// layer, not 32 times as many); a row too large for the budget is sliced by KV head.
 pub fn attend_grouped_batch(
     q: &Tensor,
     k: &Tensor,
@@ -159,12 +198,25 @@ pub fn attend_grouped_batch(
 ) -> Result<Tensor> {
     let batch = q.dim(0)?;
     let keys = k.dim(2)?;
+    if !crate::ops::fast_path(q) {
+        let (kv_heads, stacked) = (q.dim(1)?, q.dim(2)?);
+        let per_row = kv_heads * stacked * keys * 4;
+        let budget = if q.device().is_cpu() {
+            SLICE_BUDGET
+        } else {
+            GPU_SLICE_BUDGET
+        };
+        let rows_per_slice = budget / per_row.max(1);
+        if rows_per_slice >= 1 {
+            return attend_rows(q, k, v, scale, group, visible, rows_per_slice.min(batch));
+        }
+    }
     let rows = (0..batch)
         .map(|row| {
             let (ranges, mask) = match visible {
                 Some(visible) if !crate::ops::fast_path(q) => (
                     Some(visible.ranges[row].as_slice()),
-                    Some(visible.mask(row, keys, q.device())?),
+                    Some(visible.mask(row, keys, q.device(), q.dtype())?),
                 ),
                 Some(visible) => (Some(visible.ranges[row].as_slice()), None),
                 None => (None, None),
@@ -181,6 +233,47 @@ pub fn attend_grouped_batch(
         })
         .collect::<Result<Vec<_>>>()?;
     Tensor::stack(&rows, 0)
+}
+
+/// [`attend_grouped_batch`] off the CPU fast path, `step` whole batch rows per slice.
+fn attend_rows(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    group: usize,
+    visible: Option<&Visibility>,
+    step: usize,
+) -> Result<Tensor> {
+    let (batch, kv_heads, stacked, _) = q.dims4()?;
+    let rows = stacked / group.max(1);
+    let keys = k.dim(2)?;
+    let masks = match visible {
+        Some(visible) => Some(visible.stacked(keys, q.device(), q.dtype())?),
+        None => None,
+    };
+    let q = (q * scale)?;
+    let mut parts = Vec::with_capacity(batch.div_ceil(step));
+    for start in (0..batch).step_by(step.max(1)) {
+        let count = step.min(batch - start);
+        let scores = q
+            .narrow(0, start, count)?
+            .matmul(&k.narrow(0, start, count)?.t()?)?;
+        let scores = match masks {
+            Some(masks) => scores
+                .reshape((count, kv_heads, group, rows, keys))?
+                .broadcast_add(
+                    &masks
+                        .narrow(0, start, count)?
+                        .reshape((count, 1, 1, rows, keys))?,
+                )?
+                .reshape((count, kv_heads, stacked, keys))?,
+            None => scores,
+        };
+        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        parts.push(weights.matmul(&v.narrow(0, start, count)?)?);
+    }
+    Tensor::cat(&parts, 0)
 }
 
 /// Scratch scores per query block (f32): small enough to stay in L2.

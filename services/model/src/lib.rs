@@ -10,6 +10,7 @@ pub mod models;
 pub mod ops;
 pub mod pe_embedder;
 pub mod processor;
+pub mod profile;
 
 pub use hub::{HubOptions, ModelFiles, resolve_model_dir};
 pub use models::sentence_bert::SentenceEmbedder;

@@ -11,6 +11,8 @@
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
+
+use crate::profile;
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
 use serde::Deserialize;
 use vidx_core::ModelError;
@@ -262,22 +264,52 @@ impl Attention {
     ) -> Result<Tensor> {
         let (batch, length, _) = x.dims3()?;
         let (heads, kv_heads, head_dim) = (self.heads, self.kv_heads, self.head_dim);
-        // Heads-last throughout, `[B, L, heads, d]`, as the projection writes it: RoPE works
-        // in that layout and the cache holds `[B, positions, kv_heads, d]`, so the CPU kernel
-        // reads transposed views and writes the layout `o_proj` reads.
-        let qkv =
-            self.qkv_proj
-                .forward(x)?
-                .reshape((batch, length, heads + 2 * kv_heads, head_dim))?;
-        let part = |first: usize, count: usize| qkv.narrow(2, first, count)?.contiguous();
-        let q = candle_nn::rotary_emb::rope_thd(&part(0, heads)?, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope_thd(&part(heads, kv_heads)?, cos, sin)?;
-        let v = part(heads + kv_heads, kv_heads)?;
-        let (k, v) = cache.append(&k, &v)?;
-        let (q, k, v) = (q.transpose(1, 2)?, k.transpose(1, 2)?, v.transpose(1, 2)?);
+        // Heads-last `[B, L, heads, d]`, as the projection writes it: RoPE works in that
+        // layout. The cache holds `[B, kv_heads, positions, d]` (only the new positions are
+        // transposed into it); the CPU kernel reads a transposed view of `q` and writes the
+        // layout `o_proj` reads.
+        let device = x.device();
+        let (q, k, v) = profile::stage("llm.qkv_rope", device, || {
+            let qkv = self.qkv_proj.forward(x)?.reshape((
+                batch,
+                length,
+                heads + 2 * kv_heads,
+                head_dim,
+            ))?;
+            let part = |first: usize, count: usize| qkv.narrow(2, first, count)?.contiguous();
+            let q = candle_nn::rotary_emb::rope_thd(&part(0, heads)?, cos, sin)?;
+            let k = candle_nn::rotary_emb::rope_thd(&part(heads, kv_heads)?, cos, sin)?;
+            Ok((q, k, part(heads + kv_heads, kv_heads)?))
+        })?;
+        let (k, v) = profile::stage("llm.kv_cache", device, || {
+            cache.append(
+                &k.transpose(1, 2)?.contiguous()?,
+                &v.transpose(1, 2)?.contiguous()?,
+            )
+        })?;
+        let q = q.transpose(1, 2)?;
         let scale = 1.0 / (head_dim as f64).sqrt();
         let ranges = visible.map(|visible| visible.ranges());
-        let output = match crate::attention::attend_cpu(&q, &k, &v, scale, ranges)? {
+        let output = profile::stage("llm.attention", device, || {
+            self.attend(&q, &k, &v, scale, visible, ranges)
+        })?;
+        let output = output.reshape((batch, length, heads * head_dim))?;
+        profile::stage("llm.o_proj", device, || self.o_proj.forward(&output))
+    }
+
+    /// `q` `[B, heads, L, d]` (a view), `k`/`v` `[B, kv_heads, keys, d]` → `[B, L, heads, d]`.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f64,
+        visible: Option<&crate::attention::Visibility>,
+        ranges: Option<&[Vec<(usize, usize)>]>,
+    ) -> Result<Tensor> {
+        let (batch, heads, length, head_dim) = q.dims4()?;
+        let kv_heads = self.kv_heads;
+        let output = match crate::attention::attend_cpu(q, k, v, scale, ranges)? {
             Some(output) => output,
             None => {
                 // Grouped-query attention without repeating K/V: the query heads that share a
@@ -286,14 +318,12 @@ impl Attention {
                 let q = q
                     .contiguous()?
                     .reshape((batch, kv_heads, group * length, head_dim))?;
-                let (k, v) = (k.contiguous()?, v.contiguous()?);
-                crate::attention::attend_grouped_batch(&q, &k, &v, scale, group, visible)?
+                crate::attention::attend_grouped_batch(&q, k, v, scale, group, visible)?
                     .reshape((batch, heads, length, head_dim))?
                     .transpose(1, 2)?
             }
         };
-        let output = output.reshape((batch, length, heads * head_dim))?;
-        self.o_proj.forward(&output)
+        Ok(output)
     }
 }
 
@@ -317,9 +347,11 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate_up = self.gate_up_proj.forward(x)?;
-        self.down_proj
-            .forward(&crate::ops::swiglu(&gate_up, self.inner)?)
+        profile::stage("llm.mlp", x.device(), || {
+            let gate_up = self.gate_up_proj.forward(x)?;
+            self.down_proj
+                .forward(&crate::ops::swiglu(&gate_up, self.inner)?)
+        })
     }
 }
 
@@ -416,7 +448,9 @@ impl Llama {
     pub fn new_cache(&self, capacity: usize) -> LlamaCache {
         LlamaCache {
             layers: (0..self.layers.len())
-                .map(|_| KvCache::new(1, capacity.max(1)))
+                // Heads first, `[B, kv_heads, positions, d]`: attention reads the cache as it
+                // is (no transposed copy of the whole cache per decode step).
+                .map(|_| KvCache::new(2, capacity.max(1)))
                 .collect(),
             length: 0,
         }
@@ -463,7 +497,9 @@ impl Llama {
 
     /// Logits `[.., vocab]` (f32) for final hidden states.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.lm_head.forward(hidden)?.to_dtype(DType::F32)
+        profile::stage("llm.logits", hidden.device(), || {
+            self.lm_head.forward(hidden)?.to_dtype(DType::F32)
+        })
     }
 
     /// cos/sin `[B, L, head_dim/2]` at each row's positions (padding: position 0).

@@ -229,32 +229,49 @@ impl Block {
     fn forward(&self, hidden: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let (batch, tokens, dim) = hidden.dims3()?;
         let head_dim = dim / self.num_heads;
-        let qkv = self
-            .qkv
-            .forward(&self.norm1.forward(hidden)?)?
-            .reshape((batch, tokens, 3, self.num_heads, head_dim))?
-            .permute((2, 0, 3, 1, 4))?;
-        let query = candle_nn::rotary_emb::rope_i(&qkv.get(0)?.contiguous()?, cos, sin)?;
-        let key = candle_nn::rotary_emb::rope_i(&qkv.get(1)?.contiguous()?, cos, sin)?;
-        let value = qkv.get(2)?;
+        let device = hidden.device();
+        let (query, key, value) = crate::profile::stage("vision.qkv_rope", device, || {
+            let qkv = self
+                .qkv
+                .forward(&self.norm1.forward(hidden)?)?
+                .reshape((batch, tokens, 3, self.num_heads, head_dim))?
+                .permute((2, 0, 3, 1, 4))?;
+            let query = candle_nn::rotary_emb::rope_i(&qkv.get(0)?.contiguous()?, cos, sin)?;
+            let key = candle_nn::rotary_emb::rope_i(&qkv.get(1)?.contiguous()?, cos, sin)?;
+            Ok((query, key, qkv.get(2)?))
+        })?;
         let scale = (head_dim as f64).powf(-0.5);
-        let attended = match crate::attention::attend_cpu(&query, &key, &value, scale, None)? {
-            Some(attended) => attended,
-            None => {
-                let flat =
-                    |tensor: Tensor| tensor.reshape((batch * self.num_heads, tokens, head_dim));
-                crate::attention::attend(&flat(query)?, &flat(key)?, &flat(value)?, scale)?
-                    .reshape((batch, self.num_heads, tokens, head_dim))?
-                    .transpose(1, 2)?
-            }
-        };
+        let attended = crate::profile::stage("vision.attention", device, || {
+            Ok(
+                match crate::attention::attend_cpu(&query, &key, &value, scale, None)? {
+                    Some(attended) => attended,
+                    None => {
+                        let flat = |tensor: &Tensor| {
+                            tensor.reshape((batch * self.num_heads, tokens, head_dim))
+                        };
+                        crate::attention::attend(
+                            &flat(&query)?,
+                            &flat(&key)?,
+                            &flat(&value)?,
+                            scale,
+                        )?
+                        .reshape((batch, self.num_heads, tokens, head_dim))?
+                        .transpose(1, 2)?
+                    }
+                },
+            )
+        })?;
         // Heads-last `[B, T, heads, d]` → `[B, T, dim]`.
-        let attended = attended.reshape((batch, tokens, dim))?;
-        let hidden = (hidden + scaled(self.proj.forward(&attended)?, self.gamma_1.as_ref())?)?;
-        let mlp = self.fc2.forward(&crate::ops::gelu_erf(
-            &self.fc1.forward(&self.norm2.forward(&hidden)?)?,
-        )?)?;
-        hidden + scaled(mlp, self.gamma_2.as_ref())?
+        let hidden = crate::profile::stage("vision.proj", device, || {
+            let attended = attended.reshape((batch, tokens, dim))?;
+            hidden + scaled(self.proj.forward(&attended)?, self.gamma_1.as_ref())?
+        })?;
+        crate::profile::stage("vision.mlp", device, || {
+            let mlp = self.fc2.forward(&crate::ops::gelu_erf(
+                &self.fc1.forward(&self.norm2.forward(&hidden)?)?,
+            )?)?;
+            hidden.clone() + scaled(mlp, self.gamma_2.as_ref())?
+        })
     }
 }
 

@@ -304,10 +304,13 @@ impl PerceptionLm {
         let mut last_hidden = None;
         for start in (0..longest).step_by(chunk) {
             let length = chunk.min(longest - start);
-            let hidden =
-                self.llm
-                    .forward(&batch.narrow(1, start, length)?, &mut cache, &padding)?;
-            last_hidden = Some(hidden.i((.., length - 1, ..))?);
+            let hidden = self.llm.forward(
+                &batch.narrow(1, start, length)?.contiguous()?,
+                &mut cache,
+                &padding,
+            )?;
+            // Contiguous: a GPU matmul (the lm_head) refuses a strided [B, hidden] view.
+            last_hidden = Some(hidden.i((.., length - 1, ..))?.contiguous()?);
         }
         let Some(last_hidden) = last_hidden else {
             candle_core::bail!("empty prompt");
