@@ -149,44 +149,33 @@ impl ServerStore {
         } else {
             self.check_vectors(vectors).await?;
         }
+        use qdrant_client::qdrant::payload_index_params::IndexParams;
         use qdrant_client::qdrant::{IntegerIndexParams, KeywordIndexParams};
         // The same parameters as on Qdrant Edge (`edge::payload_hnsw`): tenant-optimised
         // storage for the tenant, payload-aware HNSW links only for tenant and stream.
-        for field in INDEXED_KEYWORDS {
+        let keywords = INDEXED_KEYWORDS.iter().map(|field| {
             let params = KeywordIndexParams {
                 is_tenant: Some(*field == payload_keys::TENANT),
                 enable_hnsw: Some(payload_hnsw(field)),
                 ..Default::default()
             };
-            self.client
-                .create_field_index(
-                    CreateFieldIndexCollectionBuilder::new(
-                        &self.collection,
-                        *field,
-                        FieldType::Keyword,
-                    )
-                    .field_index_params(params)
-                    .wait(true),
-                )
-                .await
-                .map_err(server_error("create payload index"))?;
-        }
-        for field in INDEXED_INTEGERS {
+            (*field, FieldType::Keyword, IndexParams::from(params))
+        });
+        let integers = INDEXED_INTEGERS.iter().map(|field| {
             let params = IntegerIndexParams {
                 lookup: Some(true),
                 range: Some(true),
                 enable_hnsw: Some(payload_hnsw(field)),
                 ..Default::default()
             };
+            (*field, FieldType::Integer, IndexParams::from(params))
+        });
+        for (field, kind, params) in keywords.chain(integers) {
             self.client
                 .create_field_index(
-                    CreateFieldIndexCollectionBuilder::new(
-                        &self.collection,
-                        *field,
-                        FieldType::Integer,
-                    )
-                    .field_index_params(params)
-                    .wait(true),
+                    CreateFieldIndexCollectionBuilder::new(&self.collection, field, kind)
+                        .field_index_params(params)
+                        .wait(true),
                 )
                 .await
                 .map_err(server_error("create payload index"))?;
