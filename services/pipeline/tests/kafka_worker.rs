@@ -76,6 +76,15 @@ struct Worker {
 }
 
 fn start_worker(settings: &KafkaSettings, store: &Arc<FlakyStore>) -> anyhow::Result<Worker> {
+    start_worker_with(settings, store, models(), 1)
+}
+
+fn start_worker_with(
+    settings: &KafkaSettings,
+    store: &Arc<FlakyStore>,
+    models: Arc<Models>,
+    max_batch: usize,
+) -> anyhow::Result<Worker> {
     let queue = Arc::new(KafkaQueue::worker(settings.clone())?);
     let (events_tx, events) = mpsc::unbounded_channel();
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -86,14 +95,14 @@ fn start_worker(settings: &KafkaSettings, store: &Arc<FlakyStore>) -> anyhow::Re
         max_backoff: Duration::from_millis(200),
         store_outage_limit: None,
         blobs: None,
-        max_batch: 1,
-        max_batch_wait: Duration::from_millis(0),
+        max_batch,
+        max_batch_wait: Duration::from_millis(500),
     };
     let handle = tokio::spawn(run_worker(
         queue.clone(),
         store.clone(),
         Arc::new(NoFrames) as Arc<dyn FrameSampler>,
-        models(),
+        models,
         options,
         events_tx,
         shutdown_rx,
@@ -322,5 +331,81 @@ async fn group_churn_loses_nothing() -> anyhow::Result<()> {
     assert_eq!(store.count(None).await?, expected.len() as u64);
     let _ = steady.shutdown.send(true);
     steady.handle.await??;
+    Ok(())
+}
+
+/// A GPU captioner whose device breaks (a sticky CUDA error) on the batch holding segment 3;
+/// it adds no moments of its own, so the points are the subtitle ones either way.
+struct BreaksOnSegment3;
+
+impl vidx_core::ports::Captioner for BreaksOnSegment3 {
+    fn name(&self) -> &str {
+        "breaks-on-3"
+    }
+    fn revision(&self) -> &str {
+        "breaks-on-3-1"
+    }
+    fn needs_frames(&self) -> bool {
+        false
+    }
+    fn caption(
+        &self,
+        segment: vidx_core::ports::SegmentInput<'_>,
+    ) -> Result<Vec<vidx_core::Moment>, vidx_core::ModelError> {
+        if segment.task.segment_seq == 3 {
+            return Err(vidx_core::ModelError::inference(
+                "breaks-on-3",
+                "DriverError(CUDA_ERROR_ILLEGAL_ADDRESS, \"an illegal memory access was encountered\")",
+            ));
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// RELIABILITY.md fault 6 on a GPU, through a real broker: a sticky device error stops the
+/// worker with an error, the batch in flight (segments 2 and 3) is not committed, and the
+/// next worker of the group indexes it: every segment once, none dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sticky_device_error_commits_nothing_of_its_batch_and_the_next_worker_indexes_it()
+-> anyhow::Result<()> {
+    let broker = LocalBroker::start()?;
+    let settings = broker.fresh_settings(1);
+    publish_all(&settings).await?;
+    let directory = tempfile::tempdir()?;
+    let store = Arc::new(FlakyStore::open(directory.path(), 0)?);
+    let expected = expected_ids()?;
+
+    let breaking = Arc::new(Models {
+        captioners: vec![Arc::new(SubtitleCaptioner), Arc::new(BreaksOnSegment3)],
+        ..(*models()).clone()
+    });
+    let first = start_worker_with(&settings, &store, breaking, 2)?;
+    let error = match tokio::time::timeout(Duration::from_secs(60), first.handle).await?? {
+        Err(error) => error,
+        Ok(()) => anyhow::bail!("the worker went on after a sticky device error"),
+    };
+    assert!(vidx_pipeline::device_failed(&error), "{error}");
+    // Batches of up to two (usually [0, 1] then [2, 3]): what came before the broken batch is
+    // committed, segment 3 is not, and nothing of the broken batch was written.
+    let committed_first = committed(&first.queue).await?.unwrap_or(0);
+    assert!(committed_first <= 3, "committed through {committed_first}");
+    assert_eq!(
+        store.count(None).await?,
+        2 * committed_first as u64,
+        "only the committed segments' points (two each) are in the store"
+    );
+    drop(first.queue);
+
+    let second = start_worker(&settings, &store)?;
+    assert_eq!(committed(&second.queue).await?, Some(committed_first));
+    let queue = second
+        .finish_after(SEGMENTS as usize - committed_first as usize)
+        .await?;
+    assert_eq!(committed(&queue).await?, Some(SEGMENTS as i64));
+    assert_eq!(
+        stored_ids(&store).await?,
+        expected,
+        "no missing or phantom ids"
+    );
     Ok(())
 }
