@@ -231,7 +231,11 @@ impl AppContext {
         let device = vidx_model::select_device(&models.device)
             .map_err(|error| cli_error(error.code(), error.to_string()))?;
         // PE-Core runs in f32 on the CPU (candle's CPU matmul has no bf16).
-        let dtype = vidx_model::select_dtype(&models.dtype, &device);
+        let dtype = if device.is_cpu() {
+            candle_core::DType::F32
+        } else {
+            vidx_model::select_dtype(&models.dtype, &device)
+        };
         let model_id = if models.visual_embedder.is_empty() {
             models.visual_embedder_dir.clone()
         } else {

@@ -61,14 +61,14 @@ fn auto_device() -> candle_core::Device {
     .clone()
 }
 
-/// The dtype from a config string (`auto`: bf16 on a GPU, f32 on the CPU). On the CPU only
-/// f32 is used: candle's CPU matmul has no fast bf16/f16 path.
+/// The dtype from a config string: `auto` is bf16 on a GPU and f32 on the CPU; an explicit
+/// dtype is taken as it is (a model that cannot run it on the device refuses it, naming
+/// `models.dtype`).
 pub fn select_dtype(dtype: &str, device: &candle_core::Device) -> candle_core::DType {
     use candle_core::DType;
     match (dtype, device.is_cpu()) {
-        (_, true) => DType::F32,
-        ("f32", false) => DType::F32,
-        ("f16", false) => DType::F16,
+        ("auto", true) | ("f32", _) => DType::F32,
+        ("f16", _) => DType::F16,
         _ => DType::BF16,
     }
 }
@@ -116,6 +116,9 @@ mod tests {
         }
         use candle_core::DType;
         assert_eq!(select_dtype("auto", &candle_core::Device::Cpu), DType::F32);
-        assert_eq!(select_dtype("bf16", &candle_core::Device::Cpu), DType::F32);
+        assert_eq!(select_dtype("f32", &candle_core::Device::Cpu), DType::F32);
+        // Explicit: kept, for the model to accept or refuse on this device.
+        assert_eq!(select_dtype("bf16", &candle_core::Device::Cpu), DType::BF16);
+        assert_eq!(select_dtype("f16", &candle_core::Device::Cpu), DType::F16);
     }
 }
