@@ -199,27 +199,11 @@ pub fn build_points_timed(
     frames_per_segment: usize,
     timings: &mut StageTimings,
 ) -> Result<Vec<IndexPoint>, PipelineError> {
-    if task.schema_version != SEGMENT_TASK_SCHEMA_VERSION {
-        return Err(PipelineError::SchemaVersion {
-            found: task.schema_version,
-            expected: SEGMENT_TASK_SCHEMA_VERSION,
-        });
-    }
-    // Frames are decoded whenever sampling is on, even for captioners that do not look at
-    // them: decoding validates the media, so a broken segment fails here instead of being
-    // indexed from its subtitles alone.
-    let wants_frames = frames_per_segment > 0;
-    let started = Instant::now();
-    let frames: Vec<Frame> = if wants_frames {
-        let media = fetch_media(&task.media)?;
-        sampler.sample(&media.path, task.range, frames_per_segment)?
-    } else {
-        Vec::new()
-    };
-    timings.decode = started.elapsed();
-    let started = Instant::now();
-    let points = points_from_frames(task, &frames, models)?;
-    timings.models = started.elapsed();
+    let (points, stages) = build_points_batch(&[task], sampler, models, frames_per_segment)?
+        .pop()
+        .unwrap_or_else(|| Err(PipelineError::Task("no result for the segment".into())))?;
+    timings.decode = stages.decode;
+    timings.models = stages.models;
     Ok(points)
 }
 
@@ -254,6 +238,9 @@ pub fn build_points_batch(
                     expected: SEGMENT_TASK_SCHEMA_VERSION,
                 });
             }
+            // Frames are decoded whenever sampling is on, even for captioners that do not
+            // look at them: decoding validates the media, so a broken segment fails here
+            // instead of being indexed from its subtitles alone.
             let started = Instant::now();
             let frames = if frames_per_segment > 0 {
                 let media = fetch_media(&task.media)?;
@@ -354,21 +341,6 @@ fn caption_split(
             Ok(outputs)
         }
     }
-}
-
-fn points_from_frames(
-    task: &SegmentTask,
-    frames: &[Frame],
-    models: &Models,
-) -> Result<Vec<IndexPoint>, PipelineError> {
-    let input = SegmentInput { task, frames };
-    let mut moments = Vec::new();
-    for captioner in &models.captioners {
-        for (index, moment) in captioner.caption(input)?.into_iter().enumerate() {
-            moments.push((captioner.revision().to_string(), index as u32, moment));
-        }
-    }
-    points_from_moments(task, frames, models, moments)
 }
 
 /// The points of a segment whose moments are known: visual, region and moment records.
