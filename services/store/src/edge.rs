@@ -93,6 +93,21 @@ pub(crate) fn payload_hnsw(field: &str) -> bool {
     field == payload_keys::TENANT || field == payload_keys::STREAM_ID
 }
 
+/// Links per point of the payload-aware HNSW graphs (Qdrant's default `m`).
+pub(crate) const PAYLOAD_M: usize = 16;
+
+/// The HNSW layout of a new index, on both stores: no global graph (`m = 0`), a graph per
+/// tenant and per stream (`payload_m`) instead. Every vidx search carries a tenant condition,
+/// so it walks its tenant's own graph and never wades through other tenants' points — Qdrant's
+/// multitenancy layout. A search without a filter would scan, and vidx makes none.
+fn hnsw_config() -> qdrant_edge::HnswIndexConfig {
+    qdrant_edge::HnswIndexConfig {
+        m: 0,
+        payload_m: Some(PAYLOAD_M),
+        ..Default::default()
+    }
+}
+
 /// The index schema of a keyword or integer field of vidx's payload (Qdrant's JSON form).
 fn payload_index_schema(field: &str, integer: bool) -> serde_json::Value {
     if integer {
@@ -152,7 +167,7 @@ impl EdgeStore {
             std::fs::create_dir_all(&shard_path).map_err(|error| {
                 StoreError::Unavailable(format!("cannot create {}: {error}", shard_path.display()))
             })?;
-            let mut builder = EdgeConfigBuilder::new();
+            let mut builder = EdgeConfigBuilder::new().hnsw_config(hnsw_config());
             for spec in vectors {
                 builder = builder.vector(
                     spec.name.clone(),
@@ -581,8 +596,8 @@ impl IndexStore for EdgeStore {
 mod tests {
     use super::*;
 
-    /// The payload indexes as the engine holds them: tenant-optimised tenant, HNSW extra links
-    /// only for tenant and stream (not for kind, times, sequence numbers or caption words).
+    /// The HNSW layout and the payload indexes as the engine holds them: no global graph,
+    /// tenant-optimised tenant, HNSW links only for tenant and stream (not for kind, times, sequence numbers or caption words).
     #[test]
     fn payload_indexes_build_hnsw_links_only_for_tenant_and_stream() -> anyhow::Result<()> {
         let directory = tempfile::tempdir()?;
@@ -594,6 +609,12 @@ mod tests {
             }],
             EdgeStoreOptions::default(),
         )?;
+        let hnsw = store.state()?.shard.config().hnsw_config;
+        assert_eq!(
+            (hnsw.m, hnsw.payload_m),
+            (0, Some(PAYLOAD_M)),
+            "a graph per tenant and stream, no global graph"
+        );
         let schema = store.state()?.shard.info().payload_schema;
         let params = |name: &str| -> anyhow::Result<serde_json::Value> {
             let info = schema

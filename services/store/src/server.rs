@@ -10,8 +10,8 @@ use qdrant_client::qdrant::point_id::PointIdOptions;
 use qdrant_client::qdrant::vectors_config::Config as VectorsConfigKind;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
-    Distance, FieldType, Filter, PointStruct, QueryPointsBuilder, Range, ScoredPoint,
-    UpsertPointsBuilder, VectorParamsBuilder, VectorsConfigBuilder,
+    Distance, FieldType, Filter, HnswConfigDiffBuilder, PointStruct, QueryPointsBuilder, Range,
+    ScoredPoint, UpsertPointsBuilder, VectorParamsBuilder, VectorsConfigBuilder,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
 use vidx_core::ports::IndexStore;
@@ -19,7 +19,7 @@ use vidx_core::types::payload_keys;
 use vidx_core::{Hit, IndexPoint, PointPayload, SearchFilter, StoreError, VectorQuery};
 
 use crate::VectorSpec;
-use crate::edge::{INDEXED_INTEGERS, INDEXED_KEYWORDS, payload_hnsw};
+use crate::edge::{INDEXED_INTEGERS, INDEXED_KEYWORDS, PAYLOAD_M, payload_hnsw};
 
 /// How to reach the server and which collection to use.
 #[derive(Clone)]
@@ -136,7 +136,15 @@ impl ServerStore {
             let created = self
                 .client
                 .create_collection(
-                    CreateCollectionBuilder::new(&self.collection).vectors_config(config),
+                    CreateCollectionBuilder::new(&self.collection)
+                        .vectors_config(config)
+                        // As on Qdrant Edge (`edge::hnsw_config`): a graph per tenant and per
+                        // stream, no global graph.
+                        .hnsw_config(
+                            HnswConfigDiffBuilder::default()
+                                .m(0)
+                                .payload_m(PAYLOAD_M as u64),
+                        ),
                 )
                 .await;
             // Another node may have created it meanwhile.
