@@ -216,8 +216,22 @@ fn logits_match(name: &str) -> anyhow::Result<()> {
         last_diff <= 1e-3,
         "{name}: last logits differ by {last_diff}"
     );
+    // The prefill path: chunks before the last fill only the cache, and the last layer of the
+    // last chunk computes only the last position (`Outputs::Last`). The same logits.
+    let prefilled = model.prefill(&[video], 50, 1)?;
+    let prefill_last = Tensor::new(prefilled.logits[0].as_slice(), &Device::Cpu)?;
+    let prefill_diff = max_abs_diff(&prefill_last, &last)?;
+    assert!(
+        prefill_diff <= 1e-4,
+        "{name}: prefill's last logits differ from the full forward's by {prefill_diff}"
+    );
+    assert_eq!(
+        prefilled.cache.len(),
+        length,
+        "{name}: every position cached"
+    );
     println!(
-        "{name}: logits at {} positions {worst:.2e}, last {last_diff:.2e}",
+        "{name}: logits at {} positions {worst:.2e}, last {last_diff:.2e}, prefill {prefill_diff:.2e}",
         positions.len()
     );
     Ok(())

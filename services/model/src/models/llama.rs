@@ -225,6 +225,9 @@ impl LlamaConfig {
 /// Self-attention with `q_proj`, `k_proj` and `v_proj` stacked into one matmul at load.
 struct Attention {
     qkv_proj: Linear,
+    /// Views of `qkv_proj`'s weight: the query rows, and the key and value rows.
+    q_proj: Linear,
+    kv_proj: Linear,
     o_proj: Linear,
     heads: usize,
     kv_heads: usize,
@@ -243,8 +246,14 @@ impl Attention {
         let v = vb
             .pp("v_proj")
             .get((kv_heads * head_dim, hidden), "weight")?;
+        let qkv = Tensor::cat(&[&q, &k, &v], 0)?;
         Ok(Self {
-            qkv_proj: Linear::new(Tensor::cat(&[&q, &k, &v], 0)?, None),
+            q_proj: Linear::new(qkv.narrow(0, 0, heads * head_dim)?, None),
+            kv_proj: Linear::new(
+                qkv.narrow(0, heads * head_dim, 2 * kv_heads * head_dim)?,
+                None,
+            ),
+            qkv_proj: Linear::new(qkv, None),
             o_proj: candle_nn::linear_no_bias(heads * head_dim, hidden, vb.pp("o_proj"))?,
             heads,
             kv_heads,
@@ -295,6 +304,74 @@ impl Attention {
         })?;
         let output = output.reshape((batch, length, heads * head_dim))?;
         profile::stage("llm.o_proj", device, || self.o_proj.forward(&output))
+    }
+
+    /// What [`Attention::forward`] does for the positions whose outputs nobody reads: their
+    /// keys and values go into the cache, and only the queries of `outputs` are computed and
+    /// attended — with [`Outputs::Last`] the last position of each row (which sees
+    /// `last_visible[b]`), with [`Outputs::None`] none at all (`Ok(None)`).
+    fn forward_outputs(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        last_visible: &[(usize, usize)],
+        cache: &mut KvCache,
+        outputs: Outputs,
+    ) -> Result<Option<Tensor>> {
+        let (batch, length, _) = x.dims3()?;
+        let (heads, kv_heads, head_dim) = (self.heads, self.kv_heads, self.head_dim);
+        let device = x.device();
+        let (k, v) = profile::stage("llm.qkv_rope", device, || {
+            let kv = self
+                .kv_proj
+                .forward(x)?
+                .reshape((batch, length, 2 * kv_heads, head_dim))?;
+            let k = candle_nn::rotary_emb::rope_thd(
+                &kv.narrow(2, 0, kv_heads)?.contiguous()?,
+                cos,
+                sin,
+            )?;
+            Ok((k, kv.narrow(2, kv_heads, kv_heads)?))
+        })?;
+        let (k, v) = profile::stage("llm.kv_cache", device, || {
+            cache.append(
+                &k.transpose(1, 2)?.contiguous()?,
+                &v.transpose(1, 2)?.contiguous()?,
+            )
+        })?;
+        if outputs == Outputs::None {
+            return Ok(None);
+        }
+        let last = length - 1;
+        let q = profile::stage("llm.qkv_rope", device, || {
+            let q = self
+                .q_proj
+                .forward(&x.narrow(1, last, 1)?.contiguous()?)?
+                .reshape((batch, 1, heads, head_dim))?;
+            candle_nn::rotary_emb::rope_thd(
+                &q,
+                &cos.narrow(1, last, 1)?.contiguous()?,
+                &sin.narrow(1, last, 1)?.contiguous()?,
+            )
+        })?;
+        let q = q.transpose(1, 2)?;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let ranges: Vec<Vec<(usize, usize)>> =
+            last_visible.iter().map(|range| vec![*range]).collect();
+        let visibility = crate::attention::Visibility::new(ranges);
+        let output = profile::stage("llm.attention", device, || {
+            self.attend(
+                &q,
+                &k,
+                &v,
+                scale,
+                Some(&visibility),
+                Some(visibility.ranges()),
+            )
+        })?;
+        let output = output.reshape((batch, 1, heads * head_dim))?;
+        profile::stage("llm.o_proj", device, || self.o_proj.forward(&output)).map(Some)
     }
 
     /// `q` `[B, heads, L, d]` (a view), `k`/`v` `[B, kv_heads, keys, d]` → `[B, L, heads, d]`.
@@ -373,6 +450,22 @@ impl DecoderLayer {
             mlp: Mlp::load(config, vb.pp("mlp"))?,
         })
     }
+}
+
+/// The positions of a chunk whose final hidden states the caller reads.
+///
+/// Every layer must put every position's keys and values into the cache, but the last
+/// layer's attention, output projection and MLP only matter for the positions that are read:
+/// a prefill chunk before the last one needs none, the last chunk only its last position
+/// (the first token's logits). Skipping the rest of the last layer is exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outputs {
+    /// `[B, L, hidden]`.
+    All,
+    /// `[B, 1, hidden]`: the last position of each row.
+    Last,
+    /// Nothing: the chunk only fills the cache.
+    None,
 }
 
 /// Per-layer KV caches of a batch, and how many positions they hold.
@@ -466,18 +559,70 @@ impl Llama {
         cache: &mut LlamaCache,
         padding: &[usize],
     ) -> Result<Tensor> {
+        match self.forward_outputs(embeds, cache, padding, Outputs::All)? {
+            Some(hidden) => Ok(hidden),
+            None => candle_core::bail!("the decoder returned no hidden states"),
+        }
+    }
+
+    /// [`Llama::forward`] for the positions `outputs` names: `None` for [`Outputs::None`].
+    pub fn forward_outputs(
+        &self,
+        embeds: &Tensor,
+        cache: &mut LlamaCache,
+        padding: &[usize],
+        outputs: Outputs,
+    ) -> Result<Option<Tensor>> {
         let (batch, length, _) = embeds.dims3()?;
         if padding.len() != batch {
             candle_core::bail!("{} padding entries for a batch of {batch}", padding.len());
         }
+        if length == 0 {
+            candle_core::bail!("an empty chunk");
+        }
         let start = cache.length;
         let (cos, sin) = self.rotary(start, length, padding)?;
-        let visible = self
-            .visible(start, length, padding)
-            .map(crate::attention::Visibility::new);
+        let ranges = self.visible(start, length, padding);
+        // With one position per row, every output is the last one: the full path is the same.
+        let outputs = if outputs == Outputs::Last && length == 1 {
+            Outputs::All
+        } else {
+            outputs
+        };
+        let last_visible: Vec<(usize, usize)> = match &ranges {
+            Some(ranges) => ranges
+                .iter()
+                .map(|row| row.last().copied().unwrap_or((0, start + length)))
+                .collect(),
+            None => vec![(0, start + length); batch],
+        };
+        let visible = ranges.map(crate::attention::Visibility::new);
         let mut hidden = embeds.clone();
-        for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        let depth = self.layers.len();
+        for (index, (layer, layer_cache)) in
+            self.layers.iter().zip(cache.layers.iter_mut()).enumerate()
+        {
             let residual = &hidden;
+            if index + 1 == depth && outputs != Outputs::All {
+                let attended = layer.self_attn.forward_outputs(
+                    &layer.input_layernorm.forward(residual)?,
+                    &cos,
+                    &sin,
+                    &last_visible,
+                    layer_cache,
+                    outputs,
+                )?;
+                let Some(attended) = attended else {
+                    cache.length += length;
+                    return Ok(None);
+                };
+                let hidden_mid = (residual.narrow(1, length - 1, 1)? + attended)?;
+                let mlp = layer
+                    .mlp
+                    .forward(&layer.post_attention_layernorm.forward(&hidden_mid)?)?;
+                cache.length += length;
+                return self.norm.forward(&(hidden_mid + mlp)?).map(Some);
+            }
             let attended = layer.self_attn.forward(
                 &layer.input_layernorm.forward(residual)?,
                 &cos,
@@ -492,7 +637,7 @@ impl Llama {
             hidden = (hidden_mid + mlp)?;
         }
         cache.length += length;
-        self.norm.forward(&hidden)
+        self.norm.forward(&hidden).map(Some)
     }
 
     /// Logits `[.., vocab]` (f32) for final hidden states.

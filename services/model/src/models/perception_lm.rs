@@ -14,7 +14,7 @@ use tokenizers::Tokenizer;
 use vidx_core::ModelError;
 
 use crate::hub::ModelFiles;
-use crate::models::llama::{Llama, LlamaCache, LlamaConfig, argmax};
+use crate::models::llama::{Llama, LlamaCache, LlamaConfig, Outputs, argmax};
 use crate::models::perception_encoder::{
     PeVisionConfig, PeVisionTower, PlmProjector, TimmVisionConfig,
 };
@@ -304,13 +304,22 @@ impl PerceptionLm {
         let mut last_hidden = None;
         for start in (0..longest).step_by(chunk) {
             let length = chunk.min(longest - start);
-            let hidden = self.llm.forward(
+            // Only the last position of the last chunk is read (the first token's logits).
+            let outputs = if start + length == longest {
+                Outputs::Last
+            } else {
+                Outputs::None
+            };
+            let hidden = self.llm.forward_outputs(
                 &batch.narrow(1, start, length)?.contiguous()?,
                 &mut cache,
                 &padding,
+                outputs,
             )?;
-            // Contiguous: a GPU matmul (the lm_head) refuses a strided [B, hidden] view.
-            last_hidden = Some(hidden.i((.., length - 1, ..))?.contiguous()?);
+            if let Some(hidden) = hidden {
+                // Contiguous: a GPU matmul (the lm_head) refuses a strided [B, hidden] view.
+                last_hidden = Some(hidden.i((.., 0, ..))?.contiguous()?);
+            }
         }
         let Some(last_hidden) = last_hidden else {
             candle_core::bail!("empty prompt");
