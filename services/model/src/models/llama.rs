@@ -290,12 +290,7 @@ impl Attention {
             let k = candle_nn::rotary_emb::rope_thd(&part(heads, kv_heads)?, cos, sin)?;
             Ok((q, k, part(heads + kv_heads, kv_heads)?))
         })?;
-        let (k, v) = profile::stage("llm.kv_cache", device, || {
-            cache.append(
-                &k.transpose(1, 2)?.contiguous()?,
-                &v.transpose(1, 2)?.contiguous()?,
-            )
-        })?;
+        let (k, v) = append_heads_first(cache, &k, &v)?;
         let q = q.transpose(1, 2)?;
         let scale = 1.0 / (head_dim as f64).sqrt();
         let ranges = visible.map(|visible| visible.ranges());
@@ -334,12 +329,7 @@ impl Attention {
             )?;
             Ok((k, kv.narrow(2, kv_heads, kv_heads)?))
         })?;
-        let (k, v) = profile::stage("llm.kv_cache", device, || {
-            cache.append(
-                &k.transpose(1, 2)?.contiguous()?,
-                &v.transpose(1, 2)?.contiguous()?,
-            )
-        })?;
+        let (k, v) = append_heads_first(cache, &k, &v)?;
         if outputs == Outputs::None {
             return Ok(None);
         }
@@ -402,6 +392,17 @@ impl Attention {
         };
         Ok(output)
     }
+}
+
+/// Append `[B, L, kv_heads, d]` keys and values to a heads-first cache; returns the whole
+/// cache, `[B, kv_heads, positions, d]`.
+fn append_heads_first(cache: &mut KvCache, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    profile::stage("llm.kv_cache", k.device(), || {
+        cache.append(
+            &k.transpose(1, 2)?.contiguous()?,
+            &v.transpose(1, 2)?.contiguous()?,
+        )
+    })
 }
 
 /// SwiGLU MLP with `gate_proj` and `up_proj` stacked into one matmul at load.
