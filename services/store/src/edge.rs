@@ -597,7 +597,8 @@ mod tests {
     use super::*;
 
     /// The HNSW layout and the payload indexes as the engine holds them: no global graph,
-    /// tenant-optimised tenant, HNSW links only for tenant and stream (not for kind, times, sequence numbers or caption words).
+    /// tenant-optimised tenant, HNSW links only for tenant and stream (not for kind, times,
+    /// sequence numbers or caption words).
     #[test]
     fn payload_indexes_build_hnsw_links_only_for_tenant_and_stream() -> anyhow::Result<()> {
         let directory = tempfile::tempdir()?;

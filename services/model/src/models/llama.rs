@@ -583,21 +583,15 @@ impl Llama {
         }
         let start = cache.length;
         let (cos, sin) = self.rotary(start, length, padding)?;
-        let ranges = self.visible(start, length, padding);
+        let visible = self
+            .visible(start, length, padding)
+            .map(crate::attention::Visibility::new);
         // With one position per row, every output is the last one: the full path is the same.
         let outputs = if outputs == Outputs::Last && length == 1 {
             Outputs::All
         } else {
             outputs
         };
-        let last_visible: Vec<(usize, usize)> = match &ranges {
-            Some(ranges) => ranges
-                .iter()
-                .map(|row| row.last().copied().unwrap_or((0, start + length)))
-                .collect(),
-            None => vec![(0, start + length); batch],
-        };
-        let visible = ranges.map(crate::attention::Visibility::new);
         let mut hidden = embeds.clone();
         let depth = self.layers.len();
         for (index, (layer, layer_cache)) in
@@ -605,6 +599,15 @@ impl Llama {
         {
             let residual = &hidden;
             if index + 1 == depth && outputs != Outputs::All {
+                // The keys the last query of each row sees.
+                let last_visible: Vec<(usize, usize)> = match &visible {
+                    Some(visible) => visible
+                        .ranges()
+                        .iter()
+                        .map(|row| row.last().copied().unwrap_or((0, start + length)))
+                        .collect(),
+                    None => vec![(0, start + length); batch],
+                };
                 let attended = layer.self_attn.forward_outputs(
                     &layer.input_layernorm.forward(residual)?,
                     &cos,
