@@ -221,6 +221,28 @@ def time_reference(a, model, tokenizer, per_frame, batch, device):
     return result
 
 
+def check_attention(a):
+    """The fused attention kernel against f32 tensor ops on the same device (plm_bench
+    --check-attention). When it is off by more than the tolerance, the candle runs go on with
+    the kernel turned off (VIDX_FUSED_ATTENTION=0), so the figures are still right."""
+    tolerance = "0.05" if a.dtype in ("bf16", "f16") else "1e-4"
+    cmd = [str(a.candle_bin), "--check-attention", tolerance, "--device", a.device, "--dtype", a.dtype]
+    print("  " + " ".join(cmd), file=sys.stderr, flush=True)
+    run = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, RUST_BACKTRACE="0"))
+    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    result = json.loads(lines[-1]) if lines else {"ok": False}
+    if run.returncode != 0:
+        result["ok"] = False
+        result["error"] = (run.stderr or run.stdout).strip().splitlines()[-3:]
+    print(f"  attention check: {json.dumps(result)}", file=sys.stderr, flush=True)
+    if not result.get("ok"):
+        os.environ["VIDX_FUSED_ATTENTION"] = "0"
+        print("  the fused attention failed its check: candle runs with VIDX_FUSED_ATTENTION=0",
+              file=sys.stderr, flush=True)
+    result["candle_runs_fused"] = os.environ.get("VIDX_FUSED_ATTENTION", "1") != "0"
+    return result
+
+
 def time_candle(a, model_dir, work, batch, profile=False):
     out = work / f"candle-{batch}{'-profile' if profile else ''}.json"
     # Prefill chunk: whole prompts at batch 1, shorter chunks for big batches, so the score
@@ -274,6 +296,7 @@ def main():
         params = write_checkpoint(a, s, tokenizer, model_dir)
         print(f"wrote a {params / 1e6:.1f}M-parameter random PLM ({a.dtype}) in "
               f"{time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
+        attention = None if a.skip_candle else check_attention(a)
         model = None
         if not a.skip_reference:
             if device.type == "cpu":
@@ -317,6 +340,7 @@ def main():
                    "vision": s["vision"], "text": s["text"], "vocab": a.vocab, "parameters": params,
                    "vision_chunk": a.vision_chunk},
         "versions": bench_plm.versions(),
+        "attention_check": attention,
         "batches": [{"batch": batch, **sides} for batch, sides in rows],
         "candle_profiles": profiles,
         "wall_secs": time.perf_counter() - started,
@@ -327,6 +351,9 @@ def main():
     a.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"PLM on {gpu or a.device} ({a.dtype}), {params / 1e6:.0f}M params, {a.frames} frames x {per_frame} "
           f"tokens per {a.segment_secs:g} s segment, {a.new_tokens} new tokens")
+    if attention is not None:
+        print(f"fused attention check: {json.dumps(attention.get('max_abs_diff'))}, ok={attention.get('ok')}, "
+              f"candle runs fused: {attention.get('candle_runs_fused')}")
     print(table(rows))
     for profile in profiles:
         stages = profile.get("stages") or []

@@ -12,6 +12,12 @@
 //!     plm_bench --model-dir DIR [--device cpu|cuda|cuda:N] [--frames 8] [--new-tokens 32]
 //!               [--repeats 2] [--warmup 1] [--batch 1] [--segment-secs 20]
 //!               [--prefill-chunk 2048] [--vision-batch 4] [--dtype f32|bf16|f16] [--json FILE]
+//!     plm_bench --check-attention TOLERANCE [--device ...] [--dtype ...]
+//!
+//! `--check-attention` compares the fused attention kernel of the device (the CPU's for f32, the
+//! CUDA one for bf16/f16) with the tensor-op attention in f32 on the same device, prints the
+//! largest difference per case as JSON and fails when one exceeds TOLERANCE or no fused kernel
+//! applies (`vidx_model::attention::fused_error`).
 
 use std::time::Instant;
 
@@ -54,6 +60,7 @@ struct Arguments {
     device: String,
     segment_secs: f64,
     json: Option<std::path::PathBuf>,
+    check_attention: Option<f32>,
 }
 
 fn arguments() -> anyhow::Result<Arguments> {
@@ -70,6 +77,7 @@ fn arguments() -> anyhow::Result<Arguments> {
         device: "cpu".into(),
         segment_secs: 20.0,
         json: None,
+        check_attention: None,
     };
     let mut raw = std::env::args().skip(1);
     while let Some(flag) = raw.next() {
@@ -96,11 +104,12 @@ fn arguments() -> anyhow::Result<Arguments> {
             "--json" => parsed.json = Some(value.into()),
             "--device" => parsed.device = value,
             "--segment-secs" => parsed.segment_secs = value.parse()?,
+            "--check-attention" => parsed.check_attention = Some(value.parse()?),
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
     anyhow::ensure!(
-        !parsed.model_dir.as_os_str().is_empty(),
+        parsed.check_attention.is_some() || !parsed.model_dir.as_os_str().is_empty(),
         "--model-dir is required"
     );
     Ok(parsed)
@@ -110,6 +119,9 @@ fn main() -> anyhow::Result<()> {
     keep_freed_memory();
     let arguments = arguments()?;
     let device: Device = vidx_model::select_device(&arguments.device)?;
+    if let Some(tolerance) = arguments.check_attention {
+        return check_attention(&device, arguments.dtype, tolerance);
+    }
     let files = resolve_model_dir(
         "bench",
         PLM_REQUIRED_FILES,
@@ -223,5 +235,32 @@ fn main() -> anyhow::Result<()> {
         Some(path) => std::fs::write(path, &text)?,
         None => println!("{text}"),
     }
+    Ok(())
+}
+
+/// `--check-attention`: the fused kernel against the f32 tensor ops on `device`.
+fn check_attention(device: &Device, dtype: DType, tolerance: f32) -> anyhow::Result<()> {
+    let errors = vidx_model::attention::fused_error(device, dtype)?;
+    let ok = errors
+        .iter()
+        .all(|(_, error)| error.is_some_and(|error| error <= tolerance));
+    let cases: serde_json::Map<String, serde_json::Value> = errors
+        .iter()
+        .map(|(name, error)| (name.to_string(), serde_json::json!(error)))
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({
+            "check": "attention",
+            "dtype": format!("{dtype:?}"),
+            "tolerance": tolerance,
+            "max_abs_diff": cases,
+            "ok": ok,
+        })
+    );
+    anyhow::ensure!(
+        ok,
+        "the fused attention is off by more than {tolerance} (or did not apply)"
+    );
     Ok(())
 }

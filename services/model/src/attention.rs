@@ -3,9 +3,10 @@
 //! On the CPU in f32, [`attend_cpu`] is one fused kernel: each (batch row, query head) is one
 //! parallel task that walks its queries in blocks, multiplies a block only against the keys
 //! its rows can see (causal blocks skip the masked keys), applies the softmax in place in a
-//! cache-sized scratch buffer and accumulates `weights · V` straight into the output. Elsewhere
-//! (GPU, half precision) the functions below compute it with tensor ops, in slices of heads so
-//! the score matrix of a slice stays a few MB.
+//! cache-sized scratch buffer and accumulates `weights · V` straight into the output. On a
+//! CUDA GPU in bf16/f16 with head dim 64, `attention_cuda` runs the same computation as one
+//! flash-attention style kernel ([`attend_fused`] picks either). Elsewhere the functions below
+//! compute it with tensor ops, in slices of heads so the score matrix of a slice stays a few MB.
 
 use candle_core::{CpuStorage, CustomOp3, DType, IndexOp, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -25,6 +26,8 @@ pub struct Visibility {
     ranges: Vec<Vec<(usize, usize)>>,
     masks: std::sync::OnceLock<Vec<Tensor>>,
     stacked: std::sync::OnceLock<Tensor>,
+    /// The ranges as a `[B, L, 2]` u32 tensor on the device (the fused GPU kernel's input).
+    on_device: std::sync::OnceLock<Tensor>,
 }
 
 impl Visibility {
@@ -33,6 +36,35 @@ impl Visibility {
             ranges,
             masks: std::sync::OnceLock::new(),
             stacked: std::sync::OnceLock::new(),
+            on_device: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The ranges as `[B, rows, 2]` u32 `(lo, hi)` on `device`, uploaded once.
+    pub fn ranges_on(
+        &self,
+        device: &candle_core::Device,
+        batch: usize,
+        rows: usize,
+    ) -> Result<&Tensor> {
+        if self.ranges.len() != batch || self.ranges.iter().any(|row| row.len() != rows) {
+            candle_core::bail!("visible ranges do not cover {batch} x {rows} queries");
+        }
+        if self.on_device.get().is_none() {
+            let clamp = |value: usize| value.min(u32::MAX as usize) as u32;
+            let flat: Vec<u32> = self
+                .ranges
+                .iter()
+                .flatten()
+                .flat_map(|&(lo, hi)| [clamp(lo), clamp(hi)])
+                .collect();
+            let _ = self
+                .on_device
+                .set(Tensor::from_vec(flat, (batch, rows, 2), device)?);
+        }
+        match self.on_device.get() {
+            Some(ranges) => Ok(ranges),
+            None => candle_core::bail!("visible ranges were not uploaded"),
         }
     }
 
@@ -274,6 +306,125 @@ fn attend_rows(
         parts.push(weights.matmul(&v.narrow(0, start, count)?)?);
     }
     Tensor::cat(&parts, 0)
+}
+
+/// `softmax(q·kᵀ·scale)·v` by a fused kernel where one applies: on the CPU in f32
+/// ([`attend_cpu`]), on a CUDA GPU in bf16/f16 with head dim 64 (`attention_cuda`, with the
+/// `cuda` feature). Same contract as [`attend_cpu`]: `q` `[B, Hq, L, d]`, `k`/`v`
+/// `[B, Hkv, K, d]`, query `i` of row `b` sees `visible.ranges()[b][i]`; returns
+/// `[B, L, Hq, d]`, or `None` when no kernel applies (use the tensor-op functions then).
+pub fn attend_fused(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    visible: Option<&Visibility>,
+) -> Result<Option<Tensor>> {
+    if let Some(output) = attend_cpu(q, k, v, scale, visible.map(Visibility::ranges))? {
+        return Ok(Some(output));
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(output) = crate::attention_cuda::attend(q, k, v, scale, visible)? {
+        return Ok(Some(output));
+    }
+    Ok(None)
+}
+
+/// How far [`attend_fused`] on `device` in `dtype` lies from the tensor-op attention computed
+/// in f32 on the same device from the same (rounded) inputs: the largest absolute difference
+/// per case, `None` where no fused kernel applies. The cases are the decoder's prefill (grouped
+/// heads, keys as a view of a larger cache, causal ranges with one row left-padded), a batched
+/// decode step (one query, every key visible) and the vision tower (no mask, values as a view
+/// of the fused qkv projection). The device benchmark runs it before timing the GPU kernel.
+pub fn fused_error(
+    device: &candle_core::Device,
+    dtype: DType,
+) -> Result<Vec<(&'static str, Option<f32>)>> {
+    let head_dim = 64;
+    let mut errors = Vec::new();
+    // Prefill: 2 rows of 200 new queries after 40 cached positions, 8 query heads on 2 KV heads.
+    let (batch, heads, kv_heads, rows, past) = (2, 8, 2, 200, 40);
+    let keys = past + rows;
+    let q = Tensor::randn(0f32, 1.0, (batch, rows, heads, head_dim), device)?
+        .to_dtype(dtype)?
+        .transpose(1, 2)?;
+    let cache = |seed: f32| {
+        Tensor::randn(seed, 1.0, (batch, kv_heads, keys + 60, head_dim), device)?
+            .to_dtype(dtype)?
+            .narrow(2, 0, keys)
+    };
+    let (k, v) = (cache(0.0)?, cache(0.5)?);
+    let visible = Visibility::new(
+        [0usize, 7 + past]
+            .iter()
+            .map(|&pad| {
+                (past..keys)
+                    .map(|query| {
+                        if query < pad {
+                            (query, query + 1)
+                        } else {
+                            (pad.min(past), query + 1)
+                        }
+                    })
+                    .collect()
+            })
+            .collect(),
+    );
+    errors.push(("prefill", fused_vs_f32(&q, &k, &v, 0.125, Some(&visible))?));
+    // Decode: 3 rows, one query each over 1000 keys, 32 query heads on 8 KV heads.
+    let q = Tensor::randn(0f32, 1.0, (3, 32, 1, head_dim), device)?.to_dtype(dtype)?;
+    let k = Tensor::randn(0f32, 1.0, (3, 8, 1000, head_dim), device)?.to_dtype(dtype)?;
+    let v = Tensor::randn(0f32, 1.0, (3, 8, 1000, head_dim), device)?.to_dtype(dtype)?;
+    errors.push(("decode", fused_vs_f32(&q, &k, &v, 0.125, None)?));
+    // Vision: 3 frames of 257 tokens, 4 heads, values a view of the qkv projection.
+    let (frames, tokens, heads) = (3, 257, 4);
+    let qkv = Tensor::randn(0f32, 1.0, (frames, tokens, 3, heads, head_dim), device)?
+        .to_dtype(dtype)?
+        .permute((2, 0, 3, 1, 4))?;
+    let (q, k, v) = (
+        qkv.get(0)?.contiguous()?,
+        qkv.get(1)?.contiguous()?,
+        qkv.get(2)?,
+    );
+    errors.push(("vision", fused_vs_f32(&q, &k, &v, 0.125, None)?));
+    Ok(errors)
+}
+
+/// [`attend_fused`] against [`attend_grouped_batch`] in f32: the largest absolute difference.
+fn fused_vs_f32(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    visible: Option<&Visibility>,
+) -> Result<Option<f32>> {
+    let Some(fused) = attend_fused(q, k, v, scale, visible)? else {
+        return Ok(None);
+    };
+    let (batch, heads, rows, head_dim) = q.dims4()?;
+    let kv_heads = k.dim(1)?;
+    let group = heads / kv_heads;
+    let f32 = |tensor: &Tensor| tensor.to_dtype(DType::F32)?.contiguous();
+    let visible = visible.map(|visible| Visibility::new(visible.ranges().to_vec()));
+    let expected = attend_grouped_batch(
+        &f32(q)?.reshape((batch, kv_heads, group * rows, head_dim))?,
+        &f32(k)?,
+        &f32(v)?,
+        scale,
+        group,
+        visible.as_ref(),
+    )?
+    .reshape((batch, heads, rows, head_dim))?
+    .transpose(1, 2)?;
+    let diff = (fused.to_dtype(DType::F32)? - expected)?
+        .abs()?
+        .flatten_all()?;
+    // A NaN anywhere (which `max` would step over) is the answer itself.
+    let total = diff.sum_all()?.to_scalar::<f32>()?;
+    if !total.is_finite() {
+        return Ok(Some(f32::NAN));
+    }
+    Ok(Some(diff.max(0)?.to_scalar::<f32>()?))
 }
 
 /// Scratch scores per query block (f32): small enough to stay in L2.
@@ -634,6 +785,32 @@ mod tests {
                 .fold(0f32, f32::max);
             assert!(worst < 1e-5, "masked tensor-op path: max abs diff {worst}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_error_is_small_for_the_cpu_kernel_and_the_output_depends_on_the_scale() -> Result<()> {
+        let errors = fused_error(&Device::Cpu, DType::F32)?;
+        let names: Vec<_> = errors.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, ["prefill", "decode", "vision"]);
+        for (name, error) in errors {
+            let error = error.expect("the CPU kernel applies to f32");
+            assert!(error < 1e-4, "{name}: max abs diff {error}");
+        }
+        // No fused kernel for f64 on the CPU: nothing to compare, said as such.
+        assert!(
+            fused_error(&Device::Cpu, DType::F64)?
+                .iter()
+                .all(|(_, error)| error.is_none())
+        );
+        // The comparison is not blind: a wrong scale shows up.
+        let q = Tensor::randn(0f32, 1.0, (1, 2, 9, 64), &Device::Cpu)?;
+        let k = Tensor::randn(0f32, 1.0, (1, 2, 9, 64), &Device::Cpu)?;
+        let v = Tensor::randn(0f32, 1.0, (1, 2, 9, 64), &Device::Cpu)?;
+        let right = attend_fused(&q, &k, &v, 0.125, None)?.expect("fused");
+        let wrong = attend_fused(&q, &k, &v, 0.5, None)?.expect("fused");
+        let gap = (right - wrong)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(gap > 1e-2, "a 4x scale changes the output: {gap}");
         Ok(())
     }
 

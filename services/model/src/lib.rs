@@ -3,6 +3,8 @@
 //! device choice.
 
 pub mod attention;
+#[cfg(feature = "cuda")]
+pub mod attention_cuda;
 pub mod captioner;
 pub mod clip_tokenizer;
 pub mod hub;

@@ -293,9 +293,8 @@ impl Attention {
         let (k, v) = append_heads_first(cache, &k, &v)?;
         let q = q.transpose(1, 2)?;
         let scale = 1.0 / (head_dim as f64).sqrt();
-        let ranges = visible.map(|visible| visible.ranges());
         let output = profile::stage("llm.attention", device, || {
-            self.attend(&q, &k, &v, scale, visible, ranges)
+            self.attend(&q, &k, &v, scale, visible)
         })?;
         let output = output.reshape((batch, length, heads * head_dim))?;
         profile::stage("llm.o_proj", device, || self.o_proj.forward(&output))
@@ -351,14 +350,7 @@ impl Attention {
             last_visible.iter().map(|range| vec![*range]).collect();
         let visibility = crate::attention::Visibility::new(ranges);
         let output = profile::stage("llm.attention", device, || {
-            self.attend(
-                &q,
-                &k,
-                &v,
-                scale,
-                Some(&visibility),
-                Some(visibility.ranges()),
-            )
+            self.attend(&q, &k, &v, scale, Some(&visibility))
         })?;
         let output = output.reshape((batch, 1, heads * head_dim))?;
         profile::stage("llm.o_proj", device, || self.o_proj.forward(&output)).map(Some)
@@ -372,11 +364,10 @@ impl Attention {
         v: &Tensor,
         scale: f64,
         visible: Option<&crate::attention::Visibility>,
-        ranges: Option<&[Vec<(usize, usize)>]>,
     ) -> Result<Tensor> {
         let (batch, heads, length, head_dim) = q.dims4()?;
         let kv_heads = self.kv_heads;
-        let output = match crate::attention::attend_cpu(q, k, v, scale, ranges)? {
+        let output = match crate::attention::attend_fused(q, k, v, scale, visible)? {
             Some(output) => output,
             None => {
                 // Grouped-query attention without repeating K/V: the query heads that share a

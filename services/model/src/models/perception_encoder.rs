@@ -243,7 +243,7 @@ impl Block {
         let scale = (head_dim as f64).powf(-0.5);
         let attended = crate::profile::stage("vision.attention", device, || {
             Ok(
-                match crate::attention::attend_cpu(&query, &key, &value, scale, None)? {
+                match crate::attention::attend_fused(&query, &key, &value, scale, None)? {
                     Some(attended) => attended,
                     None => {
                         let flat = |tensor: &Tensor| {
