@@ -80,6 +80,8 @@ def parse_args():
                    help="after the timed runs, candle once more per batch size with VIDX_PROFILE=1: "
                         "time per stage (each stage synchronised, so slower than the timed runs); empty: none")
     p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--skip-micro", action="store_true",
+                   help="skip the single-operation timings (candle beside PyTorch; GPU only)")
     p.add_argument("--time-budget", type=float, default=420.0,
                    help="seconds: no new batch size is started after this (the run must fit a 10 min slot)")
     p.add_argument("--out", type=pathlib.Path, help="keep the checkpoint here (default: a temp dir)")
@@ -243,6 +245,77 @@ def check_attention(a):
     return result
 
 
+MICRO_FLOPS = {
+    "attention_prefill_8192_causal": 4.0 * 64 * 32 * (8192 * 8193 // 2),
+    "attention_vision_32x1025": 4.0 * 64 * 32 * 16 * 1025 * 1025,
+    "linear_32800x1024x4096_bias": 2.0 * 32800 * 1024 * 4096,
+    "matmul_32800x1024x4096": 2.0 * 32800 * 1024 * 4096,
+}
+
+
+def micro(a, device):
+    """Single operations in PLM-1B's shapes, candle (plm_bench --micro) beside PyTorch on the
+    same GPU: where the candle side loses time. Mean of 10 runs after one each."""
+    cmd = [str(a.candle_bin), "--micro", "1", "--device", a.device, "--dtype", a.dtype]
+    print("  " + " ".join(cmd), file=sys.stderr, flush=True)
+    run = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, RUST_BACKTRACE="0"))
+    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    candle = {op["op"]: op["ms"] for op in json.loads(lines[-1])["ops"]} if lines else {}
+    if run.returncode != 0:
+        print((run.stderr or run.stdout).strip()[-600:], file=sys.stderr)
+    dt = torch_dtype(a)
+    F = torch.nn.functional
+
+    def timed(fn):
+        fn()
+        torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        for _ in range(10):
+            fn()
+        torch.cuda.synchronize(device)
+        return (time.perf_counter() - started) / 10 * 1e3
+
+    def randn(*shape):
+        return torch.randn(*shape, device=device, dtype=dt)
+
+    reference = {}
+    with torch.inference_mode():
+        q, k, v = randn(1, 32, 8192, 64), randn(1, 8, 8192, 64), randn(1, 8, 8192, 64)
+        reference["attention_prefill_8192_causal"] = timed(
+            lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
+        q, k, v = randn(32, 16, 1025, 64), randn(32, 16, 1025, 64), randn(32, 16, 1025, 64)
+        reference["attention_vision_32x1025"] = timed(lambda: F.scaled_dot_product_attention(q, k, v))
+        del q, k, v
+        x, w, b = randn(32800, 1024), randn(4096, 1024), randn(4096)
+        y = x @ w.t()
+        reference["linear_32800x1024x4096_bias"] = timed(lambda: F.linear(x, w, b))
+        reference["matmul_32800x1024x4096"] = timed(lambda: x @ w.t())
+        reference["bias_add_32800x4096"] = timed(lambda: y + b)
+        reference["add_32800x4096"] = timed(lambda: y + y)
+        reference["gelu_erf_32800x4096"] = timed(lambda: F.gelu(y))
+        wn, bn = randn(1024), randn(1024)
+        reference["layer_norm_32800x1024"] = timed(lambda: F.layer_norm(x, (1024,), wn, bn))
+        del x, w, b, y
+    torch.cuda.empty_cache()
+    rows = []
+    for name, ref_ms in reference.items():
+        for suffix in ("_fused", "_tensor_ops", ""):
+            ms = candle.get(name + suffix)
+            if ms is None:
+                continue
+            flops = MICRO_FLOPS.get(name)
+            rows.append({"op": name + suffix, "candle_ms": ms, "reference_ms": ref_ms,
+                         "ratio": ref_ms / ms,
+                         "candle_tflops": flops / ms / 1e9 if flops else None,
+                         "reference_tflops": flops / ref_ms / 1e9 if flops else None})
+    for row in rows:
+        tf = (f"  ({row['candle_tflops']:.0f} vs {row['reference_tflops']:.0f} TFLOP/s)"
+              if row["candle_tflops"] else "")
+        print(f"  micro {row['op']}: candle {row['candle_ms']:.3f} ms, torch {row['reference_ms']:.3f} ms, "
+              f"ratio {row['ratio']:.2f}{tf}", file=sys.stderr, flush=True)
+    return rows
+
+
 def time_candle(a, model_dir, work, batch, profile=False):
     out = work / f"candle-{batch}{'-profile' if profile else ''}.json"
     # Prefill chunk: whole prompts at batch 1, shorter chunks for big batches, so the score
@@ -297,6 +370,7 @@ def main():
         print(f"wrote a {params / 1e6:.1f}M-parameter random PLM ({a.dtype}) in "
               f"{time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
         attention = None if a.skip_candle else check_attention(a)
+        micro_rows = micro(a, device) if device.type == "cuda" and not a.skip_candle and not a.skip_micro else None
         model = None
         if not a.skip_reference:
             if device.type == "cpu":
@@ -341,6 +415,7 @@ def main():
                    "vision_chunk": a.vision_chunk},
         "versions": bench_plm.versions(),
         "attention_check": attention,
+        "micro": micro_rows,
         "batches": [{"batch": batch, **sides} for batch, sides in rows],
         "candle_profiles": profiles,
         "wall_secs": time.perf_counter() - started,
@@ -355,6 +430,9 @@ def main():
         print(f"fused attention check: {json.dumps(attention.get('max_abs_diff'))}, ok={attention.get('ok')}, "
               f"candle runs fused: {attention.get('candle_runs_fused')}")
     print(table(rows))
+    for row in micro_rows or []:
+        print(f"micro {row['op']}: candle {row['candle_ms']:.3f} ms, torch {row['reference_ms']:.3f} ms, "
+              f"ratio {row['ratio']:.2f}")
     for profile in profiles:
         stages = profile.get("stages") or []
         print(f"candle stages, batch {profile['batch']} (synchronised; vision {profile.get('vision_secs') or 0:.3f} s, "

@@ -13,11 +13,14 @@
 //!               [--repeats 2] [--warmup 1] [--batch 1] [--segment-secs 20]
 //!               [--prefill-chunk 2048] [--vision-batch 4] [--dtype f32|bf16|f16] [--json FILE]
 //!     plm_bench --check-attention TOLERANCE [--device ...] [--dtype ...]
+//!     plm_bench --micro 1 [--device ...] [--dtype ...]
 //!
 //! `--check-attention` compares the fused attention kernel of the device (the CPU's for f32, the
 //! CUDA one for bf16/f16) with the tensor-op attention in f32 on the same device, prints the
 //! largest difference per case as JSON and fails when one exceeds TOLERANCE or no fused kernel
-//! applies (`vidx_model::attention::fused_error`).
+//! applies (`vidx_model::attention::fused_error`). `--micro` times single operations in
+//! Perception-LM-1B's shapes (attention fused and not, a linear layer and its parts, layer
+//! norm, GELU) and prints JSON: `bench_plm_device.py` times the same in PyTorch beside them.
 
 use std::time::Instant;
 
@@ -61,6 +64,7 @@ struct Arguments {
     segment_secs: f64,
     json: Option<std::path::PathBuf>,
     check_attention: Option<f32>,
+    micro: bool,
 }
 
 fn arguments() -> anyhow::Result<Arguments> {
@@ -78,6 +82,7 @@ fn arguments() -> anyhow::Result<Arguments> {
         segment_secs: 20.0,
         json: None,
         check_attention: None,
+        micro: false,
     };
     let mut raw = std::env::args().skip(1);
     while let Some(flag) = raw.next() {
@@ -105,11 +110,14 @@ fn arguments() -> anyhow::Result<Arguments> {
             "--device" => parsed.device = value,
             "--segment-secs" => parsed.segment_secs = value.parse()?,
             "--check-attention" => parsed.check_attention = Some(value.parse()?),
+            "--micro" => parsed.micro = value != "0",
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
     anyhow::ensure!(
-        parsed.check_attention.is_some() || !parsed.model_dir.as_os_str().is_empty(),
+        parsed.check_attention.is_some()
+            || parsed.micro
+            || !parsed.model_dir.as_os_str().is_empty(),
         "--model-dir is required"
     );
     Ok(parsed)
@@ -121,6 +129,9 @@ fn main() -> anyhow::Result<()> {
     let device: Device = vidx_model::select_device(&arguments.device)?;
     if let Some(tolerance) = arguments.check_attention {
         return check_attention(&device, arguments.dtype, tolerance);
+    }
+    if arguments.micro {
+        return micro(&device, arguments.dtype);
     }
     let files = resolve_model_dir(
         "bench",
@@ -261,6 +272,104 @@ fn check_attention(device: &Device, dtype: DType, tolerance: f32) -> anyhow::Res
     anyhow::ensure!(
         ok,
         "the fused attention is off by more than {tolerance} (or did not apply)"
+    );
+    Ok(())
+}
+
+/// `--micro`: single operations in PLM-1B's shapes, each the mean of 10 runs after one.
+fn micro(device: &Device, dtype: DType) -> anyhow::Result<()> {
+    use candle_core::Module;
+    use vidx_model::attention::{Visibility, attend, attend_fused};
+    let time = |work: &dyn Fn() -> candle_core::Result<Tensor>| -> anyhow::Result<f64> {
+        work()?;
+        device.synchronize()?;
+        let started = Instant::now();
+        for _ in 0..10 {
+            work()?;
+        }
+        device.synchronize()?;
+        Ok(started.elapsed().as_secs_f64() / 10.0)
+    };
+    let randn = |shape: &[usize]| Tensor::randn(0f32, 1.0, shape, device)?.to_dtype(dtype);
+    let mut results = Vec::new();
+    let mut record = |name: &str, secs: f64, flops: f64, bytes: f64| {
+        results.push(serde_json::json!({
+            "op": name,
+            "ms": secs * 1e3,
+            "tflops": (flops > 0.0).then(|| flops / secs / 1e12),
+            "gb_per_s": (bytes > 0.0).then(|| bytes / secs / 1e9),
+        }));
+    };
+    // The decoder's prefill: one 8192-token prompt, 32 query heads on 8 KV heads, causal.
+    let length = 8192;
+    let q = randn(&[1, length, 32, 64])?.transpose(1, 2)?;
+    let (k, v) = (randn(&[1, 8, length, 64])?, randn(&[1, 8, length, 64])?);
+    let causal = Visibility::new(vec![(0..length).map(|i| (0, i + 1)).collect()]);
+    let flops = 4.0 * 64.0 * 32.0 * (length * (length + 1) / 2) as f64;
+    if attend_fused(&q, &k, &v, 0.125, Some(&causal))?.is_some() {
+        let secs = time(&|| Ok(attend_fused(&q, &k, &v, 0.125, Some(&causal))?.expect("fused")))?;
+        record("attention_prefill_8192_causal_fused", secs, flops, 0.0);
+    }
+    // The vision tower: 32 frames x 1025 tokens, 16 heads, no mask.
+    let (frames, tokens, heads) = (32, 1025, 16);
+    let qv = randn(&[frames, heads, tokens, 64])?;
+    let kv = randn(&[frames, heads, tokens, 64])?;
+    let vv = randn(&[frames, heads, tokens, 64])?;
+    let flops = 4.0 * 64.0 * (frames * heads * tokens * tokens) as f64;
+    if attend_fused(&qv, &kv, &vv, 0.125, None)?.is_some() {
+        let secs = time(&|| Ok(attend_fused(&qv, &kv, &vv, 0.125, None)?.expect("fused")))?;
+        record("attention_vision_32x1025_fused", secs, flops, 0.0);
+    }
+    let flat = |t: &Tensor| t.reshape((frames * heads, tokens, 64));
+    let (qf, kf, vf) = (flat(&qv)?, flat(&kv)?, flat(&vv)?);
+    let secs = time(&|| attend(&qf, &kf, &vf, 0.125))?;
+    record("attention_vision_32x1025_tensor_ops", secs, flops, 0.0);
+    // The vision MLP's first layer: 32 frames x 1025 tokens, 1024 -> 4096, and its parts.
+    let rows = frames * tokens;
+    let x = randn(&[rows, 1024])?;
+    let weight = randn(&[4096, 1024])?;
+    let bias = randn(&[4096])?;
+    let linear = candle_nn::Linear::new(weight.clone(), Some(bias.clone()));
+    let flops = 2.0 * (rows * 1024 * 4096) as f64;
+    let element = dtype.size_in_bytes() as f64;
+    record(
+        "linear_32800x1024x4096_bias",
+        time(&|| linear.forward(&x))?,
+        flops,
+        0.0,
+    );
+    record(
+        "matmul_32800x1024x4096",
+        time(&|| x.matmul(&weight.t()?))?,
+        flops,
+        0.0,
+    );
+    let y = x.matmul(&weight.t()?)?;
+    let out_bytes = (rows * 4096) as f64 * element;
+    record(
+        "bias_add_32800x4096",
+        time(&|| y.broadcast_add(&bias))?,
+        0.0,
+        2.0 * out_bytes,
+    );
+    record("add_32800x4096", time(&|| &y + &y)?, 0.0, 3.0 * out_bytes);
+    record(
+        "gelu_erf_32800x4096",
+        time(&|| vidx_model::ops::gelu_erf(&y))?,
+        0.0,
+        2.0 * out_bytes,
+    );
+    let norm = candle_nn::LayerNorm::new(randn(&[1024])?, randn(&[1024])?, 1e-5);
+    let in_bytes = (rows * 1024) as f64 * element;
+    record(
+        "layer_norm_32800x1024",
+        time(&|| norm.forward(&x))?,
+        0.0,
+        2.0 * in_bytes,
+    );
+    println!(
+        "{}",
+        serde_json::json!({"micro": "candle", "dtype": format!("{dtype:?}"), "ops": results})
     );
     Ok(())
 }

@@ -60,6 +60,11 @@ pub fn attend(
         return Ok(None);
     }
     let (batch, heads, rows, _) = q.dims4()?;
+    if rows == 1 {
+        // One query per row (a decode step): a block would walk every key alone, with one
+        // block per KV head and row; the batched tensor ops spread that work better.
+        return Ok(None);
+    }
     let (k_batch, kv_heads, keys, _) = k.dims4()?;
     if k.dims() != v.dims() || k_batch != batch || kv_heads == 0 || heads % kv_heads != 0 {
         bail!(

@@ -230,10 +230,11 @@ impl Block {
         let (batch, tokens, dim) = hidden.dims3()?;
         let head_dim = dim / self.num_heads;
         let device = hidden.device();
-        let (query, key, value) = crate::profile::stage("vision.qkv_rope", device, || {
-            let qkv = self
-                .qkv
-                .forward(&self.norm1.forward(hidden)?)?
+        let qkv = crate::profile::stage("vision.qkv", device, || {
+            self.qkv.forward(&self.norm1.forward(hidden)?)
+        })?;
+        let (query, key, value) = crate::profile::stage("vision.rope", device, || {
+            let qkv = qkv
                 .reshape((batch, tokens, 3, self.num_heads, head_dim))?
                 .permute((2, 0, 3, 1, 4))?;
             let query = candle_nn::rotary_emb::rope_i(&qkv.get(0)?.contiguous()?, cos, sin)?;
@@ -266,11 +267,12 @@ impl Block {
             let attended = attended.reshape((batch, tokens, dim))?;
             hidden + scaled(self.proj.forward(&attended)?, self.gamma_1.as_ref())?
         })?;
-        crate::profile::stage("vision.mlp", device, || {
-            let mlp = self.fc2.forward(&crate::ops::gelu_erf(
-                &self.fc1.forward(&self.norm2.forward(&hidden)?)?,
-            )?)?;
-            hidden.clone() + scaled(mlp, self.gamma_2.as_ref())?
+        let inner = crate::profile::stage("vision.fc1", device, || {
+            self.fc1.forward(&self.norm2.forward(&hidden)?)
+        })?;
+        let inner = crate::profile::stage("vision.gelu", device, || crate::ops::gelu_erf(&inner))?;
+        crate::profile::stage("vision.fc2", device, || {
+            hidden.clone() + scaled(self.fc2.forward(&inner)?, self.gamma_2.as_ref())?
         })
     }
 }
