@@ -226,7 +226,7 @@ def time_reference(a, model, tokenizer, per_frame, batch, device):
 def check_attention(a):
     """The fused attention kernel against f32 tensor ops on the same device (plm_bench
     --check-attention). When it is off by more than the tolerance, the candle runs go on with
-    the kernel turned off (VIDX_FUSED_ATTENTION=0), so the figures are still right."""
+    the kernel turned off (VIDX_FUSED_KERNELS=0), so the figures are still right."""
     tolerance = "0.05" if a.dtype in ("bf16", "f16") else "1e-4"
     cmd = [str(a.candle_bin), "--check-attention", tolerance, "--device", a.device, "--dtype", a.dtype]
     print("  " + " ".join(cmd), file=sys.stderr, flush=True)
@@ -238,10 +238,10 @@ def check_attention(a):
         result["error"] = (run.stderr or run.stdout).strip().splitlines()[-3:]
     print(f"  attention check: {json.dumps(result)}", file=sys.stderr, flush=True)
     if not result.get("ok"):
-        os.environ["VIDX_FUSED_ATTENTION"] = "0"
-        print("  the fused attention failed its check: candle runs with VIDX_FUSED_ATTENTION=0",
+        os.environ["VIDX_FUSED_KERNELS"] = "0"
+        print("  the fused attention failed its check: candle runs with VIDX_FUSED_KERNELS=0",
               file=sys.stderr, flush=True)
-    result["candle_runs_fused"] = os.environ.get("VIDX_FUSED_ATTENTION", "1") != "0"
+    result["candle_runs_fused"] = os.environ.get("VIDX_FUSED_KERNELS", "1") != "0"
     return result
 
 
@@ -250,6 +250,7 @@ MICRO_FLOPS = {
     "attention_vision_32x1025": 4.0 * 64 * 32 * 16 * 1025 * 1025,
     "linear_32800x1024x4096_bias": 2.0 * 32800 * 1024 * 4096,
     "matmul_32800x1024x4096": 2.0 * 32800 * 1024 * 4096,
+    "linear_gelu_32800x1024x4096": 2.0 * 32800 * 1024 * 4096,
 }
 
 
@@ -293,13 +294,18 @@ def micro(a, device):
         reference["bias_add_32800x4096"] = timed(lambda: y + b)
         reference["add_32800x4096"] = timed(lambda: y + y)
         reference["gelu_erf_32800x4096"] = timed(lambda: F.gelu(y))
+        reference["linear_gelu_32800x1024x4096"] = timed(lambda: F.gelu(F.linear(x, w, b)))
+        reference["bias_gelu_32800x4096"] = timed(lambda: F.gelu(y + b))
         wn, bn = randn(1024), randn(1024)
         reference["layer_norm_32800x1024"] = timed(lambda: F.layer_norm(x, (1024,), wn, bn))
         del x, w, b, y
+        stacked = randn(8192, 2 * 8192)
+        reference["swiglu_8192x8192"] = timed(lambda: F.silu(stacked[:, :8192]) * stacked[:, 8192:])
+        del stacked
     torch.cuda.empty_cache()
     rows = []
     for name, ref_ms in reference.items():
-        for suffix in ("_fused", "_tensor_ops", ""):
+        for suffix in ("_fused", "_vidx", "_tensor_ops", ""):
             ms = candle.get(name + suffix)
             if ms is None:
                 continue

@@ -359,6 +359,49 @@ fn micro(device: &Device, dtype: DType) -> anyhow::Result<()> {
         0.0,
         2.0 * out_bytes,
     );
+    record(
+        "linear_gelu_32800x1024x4096_vidx",
+        time(&|| {
+            vidx_model::ops::linear_epilogue(
+                &linear,
+                &x,
+                vidx_model::ops::Activation::GeluErf,
+                None,
+                None,
+            )
+        })?,
+        flops,
+        0.0,
+    );
+    record(
+        "bias_gelu_32800x4096_vidx",
+        time(&|| {
+            vidx_model::ops::epilogue(
+                &y,
+                Some(&bias),
+                vidx_model::ops::Activation::GeluErf,
+                None,
+                None,
+            )
+        })?,
+        0.0,
+        2.0 * out_bytes,
+    );
+    // The decoder's SwiGLU over an 8192-token chunk: [8192, 2 x 8192] -> [8192, 8192].
+    let stacked = randn(&[8192, 2 * 8192])?;
+    let swiglu_bytes = 3.0 * (8192 * 8192) as f64 * element;
+    record(
+        "swiglu_8192x8192_vidx",
+        time(&|| vidx_model::ops::swiglu(&stacked, 8192))?,
+        0.0,
+        swiglu_bytes,
+    );
+    record(
+        "swiglu_8192x8192_tensor_ops",
+        time(&|| vidx_model::ops::swiglu_ops(&stacked, 8192))?,
+        0.0,
+        swiglu_bytes,
+    );
     let norm = candle_nn::LayerNorm::new(randn(&[1024])?, randn(&[1024])?, 1e-5);
     let in_bytes = (rows * 1024) as f64 * element;
     record(

@@ -333,12 +333,25 @@ pub fn attend_fused(
 /// How far [`attend_fused`] on `device` in `dtype` lies from the tensor-op attention computed
 /// in f32 on the same device from the same (rounded) inputs: the largest absolute difference
 /// per case, `None` where no fused kernel applies. The cases are the decoder's prefill (grouped
-/// heads, keys as a view of a larger cache, causal ranges with one row left-padded), a batched
-/// decode step (one query, every key visible) and the vision tower (no mask, values as a view
-/// of the fused qkv projection). The device benchmark runs it before timing the GPU kernel.
+/// heads, keys as a view of a larger cache, causal ranges with one row left-padded), a short
+/// chunk (two queries per row, every key visible) and the vision tower (no mask, values as a
+/// view of the fused qkv projection). The device benchmark runs it before timing the GPU kernel.
 pub fn fused_error(
     device: &candle_core::Device,
     dtype: DType,
+) -> Result<Vec<(&'static str, Option<f32>)>> {
+    fused_error_with(device, dtype, &attend_fused)
+}
+
+/// A fused attention: [`attend_fused`]'s signature.
+pub type AttentionKernel<'a> =
+    dyn Fn(&Tensor, &Tensor, &Tensor, f64, Option<&Visibility>) -> Result<Option<Tensor>> + 'a;
+
+/// [`fused_error`] for a given kernel (the CUDA start-up check passes its kernel directly).
+pub fn fused_error_with(
+    device: &candle_core::Device,
+    dtype: DType,
+    fused: &AttentionKernel,
 ) -> Result<Vec<(&'static str, Option<f32>)>> {
     let head_dim = 64;
     let mut errors = Vec::new();
@@ -370,12 +383,16 @@ pub fn fused_error(
             })
             .collect(),
     );
-    errors.push(("prefill", fused_vs_f32(&q, &k, &v, 0.125, Some(&visible))?));
-    // Decode: 3 rows, one query each over 1000 keys, 32 query heads on 8 KV heads.
-    let q = Tensor::randn(0f32, 1.0, (3, 32, 1, head_dim), device)?.to_dtype(dtype)?;
+    errors.push((
+        "prefill",
+        fused_vs_f32(fused, &q, &k, &v, 0.125, Some(&visible))?,
+    ));
+    // The end of a prefill: 3 rows, two queries each over 1000 keys (all visible), 32 query
+    // heads on 8 KV heads.
+    let q = Tensor::randn(0f32, 1.0, (3, 32, 2, head_dim), device)?.to_dtype(dtype)?;
     let k = Tensor::randn(0f32, 1.0, (3, 8, 1000, head_dim), device)?.to_dtype(dtype)?;
     let v = Tensor::randn(0f32, 1.0, (3, 8, 1000, head_dim), device)?.to_dtype(dtype)?;
-    errors.push(("decode", fused_vs_f32(&q, &k, &v, 0.125, None)?));
+    errors.push(("short", fused_vs_f32(fused, &q, &k, &v, 0.125, None)?));
     // Vision: 3 frames of 257 tokens, 4 heads, values a view of the qkv projection.
     let (frames, tokens, heads) = (3, 257, 4);
     let qkv = Tensor::randn(0f32, 1.0, (frames, tokens, 3, heads, head_dim), device)?
@@ -386,19 +403,20 @@ pub fn fused_error(
         qkv.get(1)?.contiguous()?,
         qkv.get(2)?,
     );
-    errors.push(("vision", fused_vs_f32(&q, &k, &v, 0.125, None)?));
+    errors.push(("vision", fused_vs_f32(fused, &q, &k, &v, 0.125, None)?));
     Ok(errors)
 }
 
-/// [`attend_fused`] against [`attend_grouped_batch`] in f32: the largest absolute difference.
+/// `fused` against [`attend_grouped_batch`] in f32: the largest absolute difference.
 fn fused_vs_f32(
+    fused: &AttentionKernel,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     scale: f64,
     visible: Option<&Visibility>,
 ) -> Result<Option<f32>> {
-    let Some(fused) = attend_fused(q, k, v, scale, visible)? else {
+    let Some(fused) = fused(q, k, v, scale, visible)? else {
         return Ok(None);
     };
     let (batch, heads, rows, head_dim) = q.dims4()?;
@@ -792,7 +810,7 @@ mod tests {
     fn fused_error_is_small_for_the_cpu_kernel_and_the_output_depends_on_the_scale() -> Result<()> {
         let errors = fused_error(&Device::Cpu, DType::F32)?;
         let names: Vec<_> = errors.iter().map(|(name, _)| *name).collect();
-        assert_eq!(names, ["prefill", "decode", "vision"]);
+        assert_eq!(names, ["prefill", "short", "vision"]);
         for (name, error) in errors {
             let error = error.expect("the CPU kernel applies to f32");
             assert!(error < 1e-4, "{name}: max abs diff {error}");

@@ -3,8 +3,8 @@
 //! score matrix never reaches memory, where the tensor-op path in [`crate::attention`] writes
 //! and reads it several times per layer.
 //!
-//! `VIDX_FUSED_ATTENTION=0` turns the kernel off (the tensor ops run instead), to compare the
-//! two or to step around a kernel fault.
+//! It runs once [`crate::cuda_ops::verified`] has checked it against the tensor ops on the
+//! device (`VIDX_FUSED_KERNELS=0` turns it and the other vidx kernels off).
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
@@ -23,19 +23,25 @@ const HEAD_DIM: usize = 64;
 const BLOCK_ROWS: usize = 64;
 const BLOCK_THREADS: u32 = 128;
 
-/// Whether the kernel is on (`VIDX_FUSED_ATTENTION` unset or not `0`), read once.
-pub fn enabled() -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| {
-        std::env::var("VIDX_FUSED_ATTENTION").map_or(true, |value| value.trim() != "0")
-    })
-}
-
 /// `softmax(q·kᵀ·scale)·v` for `q` `[B, Hq, L, 64]` and `k`/`v` `[B, Hkv, K, 64]` on a CUDA
 /// device in bf16 or f16 (any strides with a unit last stride and 16-byte aligned rows); query
 /// `i` of row `b` sees the keys `visible.ranges()[b][i]` (`None`: all). Returns `[B, L, Hq,
-/// 64]`, or `None` when the inputs are outside what the kernel handles (or it is turned off).
+/// 64]`, or `None` when the inputs are outside what the kernel handles or the kernels are off.
 pub fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    visible: Option<&Visibility>,
+) -> Result<Option<Tensor>> {
+    if !q.device().is_cuda() || !crate::cuda_ops::verified(q.device()) {
+        return Ok(None);
+    }
+    attend_unchecked(q, k, v, scale, visible)
+}
+
+/// [`attend`] without the start-up check (what the check itself runs).
+pub fn attend_unchecked(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -50,13 +56,10 @@ pub fn attend(
             && tensor.dim(3).ok() == Some(HEAD_DIM)
             && tensor.stride()[3] == 1
             // 16-byte loads: every row starts on a multiple of 8 values.
-            && tensor.stride()[..3].iter().all(|stride| stride % 8 == 0)
-            && tensor.layout().start_offset() % 8 == 0
+            && tensor.stride()[..3].iter().all(|stride| stride.is_multiple_of(8))
+            && tensor.layout().start_offset().is_multiple_of(8)
     };
-    if !enabled()
-        || !matches!(dtype, DType::BF16 | DType::F16)
-        || !(usable(q) && usable(k) && usable(v))
-    {
+    if !(matches!(dtype, DType::BF16 | DType::F16) && usable(q) && usable(k) && usable(v)) {
         return Ok(None);
     }
     let (batch, heads, rows, _) = q.dims4()?;

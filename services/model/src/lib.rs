@@ -7,6 +7,8 @@ pub mod attention;
 pub mod attention_cuda;
 pub mod captioner;
 pub mod clip_tokenizer;
+#[cfg(feature = "cuda")]
+pub mod cuda_ops;
 pub mod hub;
 pub mod models;
 pub mod ops;

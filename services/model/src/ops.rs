@@ -334,12 +334,83 @@ pub fn scaled_softmax(scores: &Tensor, scale: f64, ranges: &[(usize, usize)]) ->
 /// `silu(gate) · up` for `[.., gate | up]` with halves of `half`.
 pub fn swiglu(tensor: &Tensor, half: usize) -> Result<Tensor> {
     if fast_path(tensor) {
-        tensor.contiguous()?.apply_op1_no_bwd(&SwiGlu { half })
-    } else {
-        let last = tensor.rank().saturating_sub(1);
-        let gate = candle_nn::ops::silu(&tensor.narrow(last, 0, half)?)?;
-        gate * tensor.narrow(last, half, half)?
+        return tensor.contiguous()?.apply_op1_no_bwd(&SwiGlu { half });
     }
+    #[cfg(feature = "cuda")]
+    if let Some(output) = crate::cuda_ops::swiglu(tensor, half)? {
+        return Ok(output);
+    }
+    swiglu_ops(tensor, half)
+}
+
+/// [`swiglu`] with candle's tensor ops (the GPU's fallback and the reference of its kernel).
+pub fn swiglu_ops(tensor: &Tensor, half: usize) -> Result<Tensor> {
+    let last = tensor.rank().saturating_sub(1);
+    let gate = candle_nn::ops::silu(&tensor.narrow(last, 0, half)?)?;
+    gate * tensor.narrow(last, half, half)?
+}
+
+/// The activation an [`epilogue`] applies after the bias (its code in the CUDA kernel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Identity = 0,
+    GeluErf = 1,
+}
+
+/// `residual + gamma · act(x + bias)` with `bias` and `gamma` `[cols]` broadcast over the rows
+/// of `x` `[.., cols]` (each part optional): what follows a linear layer's matmul. One fused
+/// kernel on a CUDA GPU in bf16/f16 (candle's broadcast ops index every element with 64-bit
+/// divisions there); candle's ops elsewhere, in that order.
+pub fn epilogue(
+    x: &Tensor,
+    bias: Option<&Tensor>,
+    act: Activation,
+    gamma: Option<&Tensor>,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let Some(output) = crate::cuda_ops::epilogue(x, bias, act, gamma, residual)? {
+        return Ok(output);
+    }
+    epilogue_ops(x, bias, act, gamma, residual)
+}
+
+/// [`epilogue`] with candle's tensor ops.
+pub fn epilogue_ops(
+    x: &Tensor,
+    bias: Option<&Tensor>,
+    act: Activation,
+    gamma: Option<&Tensor>,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let mut y = match bias {
+        Some(bias) => x.broadcast_add(bias)?,
+        None => x.clone(),
+    };
+    if act == Activation::GeluErf {
+        y = gelu_erf(&y)?;
+    }
+    if let Some(gamma) = gamma {
+        y = y.broadcast_mul(gamma)?;
+    }
+    match residual {
+        Some(residual) => residual + y,
+        None => Ok(y),
+    }
+}
+
+/// `residual + gamma · act(x·Wᵀ + b)` for a linear layer `(W, b)`: its matmul, then
+/// [`epilogue`] (the same ops as `Linear::forward` and the steps after it on the CPU).
+pub fn linear_epilogue(
+    layer: &candle_nn::Linear,
+    x: &Tensor,
+    act: Activation,
+    gamma: Option<&Tensor>,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    use candle_core::Module;
+    let product = candle_nn::Linear::new(layer.weight().clone(), None).forward(x)?;
+    epilogue(&product, layer.bias(), act, gamma, residual)
 }
 
 /// Softmax over the last axis.
@@ -425,6 +496,46 @@ mod tests {
         let probabilities = softmax_last_dim(&masked)?.to_vec2::<f32>()?;
         assert!(probabilities[0][1] < 1e-30);
         assert!((probabilities[0][0] + probabilities[0][2] - 1.0).abs() < 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn linear_epilogue_is_residual_plus_gamma_times_activated_affine() -> Result<()> {
+        let device = candle_core::Device::Cpu;
+        let x = Tensor::new(&[[1f32, -2.0], [0.5, 3.0]], &device)?;
+        let weight = Tensor::new(&[[1f32, 0.0], [1.0, 1.0], [0.0, -1.0]], &device)?;
+        let bias = Tensor::new(&[0.5f32, -1.0, 2.0], &device)?;
+        let gamma = Tensor::new(&[2f32, 0.5, -1.0], &device)?;
+        let residual = Tensor::new(&[[10f32, 20.0, 30.0], [40.0, 50.0, 60.0]], &device)?;
+        let layer = candle_nn::Linear::new(weight, Some(bias));
+        let gelu =
+            |v: f32| 0.5 * v * (1.0 + libm_erf((v / std::f32::consts::SQRT_2) as f64) as f32);
+        // x·Wᵀ + b = [[1.5, -2, 4], [1, 2.5, -1]].
+        let affine = [[1.5f32, -2.0, 4.0], [1.0, 2.5, -1.0]];
+        let (g, r) = ([2f32, 0.5, -1.0], [[10f32, 20.0, 30.0], [40.0, 50.0, 60.0]]);
+        let full = linear_epilogue(
+            &layer,
+            &x,
+            Activation::GeluErf,
+            Some(&gamma),
+            Some(&residual),
+        )?
+        .to_vec2::<f32>()?;
+        let plain =
+            linear_epilogue(&layer, &x, Activation::Identity, None, None)?.to_vec2::<f32>()?;
+        for row in 0..2 {
+            for col in 0..3 {
+                let expected = r[row][col] + g[col] * gelu(affine[row][col]);
+                assert!(
+                    (full[row][col] - expected).abs() < 1e-4,
+                    "{row},{col}: {full:?}"
+                );
+                assert!(
+                    (plain[row][col] - affine[row][col]).abs() < 1e-6,
+                    "{plain:?}"
+                );
+            }
+        }
         Ok(())
     }
 }

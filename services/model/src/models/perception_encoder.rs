@@ -9,6 +9,8 @@ use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, LayerNormConfig, Linear, VarBui
 use serde::Deserialize;
 use vidx_core::ModelError;
 
+use crate::ops::Activation;
+
 /// PE LayerNorms all use this epsilon.
 const LAYER_NORM_EPS: f64 = 1e-5;
 /// RoPE temperature of PE's 2D rotary embedding.
@@ -231,7 +233,8 @@ impl Block {
         let head_dim = dim / self.num_heads;
         let device = hidden.device();
         let qkv = crate::profile::stage("vision.qkv", device, || {
-            self.qkv.forward(&self.norm1.forward(hidden)?)
+            let normed = self.norm1.forward(hidden)?;
+            crate::ops::linear_epilogue(&self.qkv, &normed, Activation::Identity, None, None)
         })?;
         let (query, key, value) = crate::profile::stage("vision.rope", device, || {
             let qkv = qkv
@@ -265,14 +268,26 @@ impl Block {
         // Heads-last `[B, T, heads, d]` → `[B, T, dim]`.
         let hidden = crate::profile::stage("vision.proj", device, || {
             let attended = attended.reshape((batch, tokens, dim))?;
-            hidden + scaled(self.proj.forward(&attended)?, self.gamma_1.as_ref())?
+            crate::ops::linear_epilogue(
+                &self.proj,
+                &attended,
+                Activation::Identity,
+                self.gamma_1.as_ref(),
+                Some(hidden),
+            )
         })?;
         let inner = crate::profile::stage("vision.fc1", device, || {
-            self.fc1.forward(&self.norm2.forward(&hidden)?)
+            let normed = self.norm2.forward(&hidden)?;
+            crate::ops::linear_epilogue(&self.fc1, &normed, Activation::GeluErf, None, None)
         })?;
-        let inner = crate::profile::stage("vision.gelu", device, || crate::ops::gelu_erf(&inner))?;
         crate::profile::stage("vision.fc2", device, || {
-            hidden.clone() + scaled(self.fc2.forward(&inner)?, self.gamma_2.as_ref())?
+            crate::ops::linear_epilogue(
+                &self.fc2,
+                &inner,
+                Activation::Identity,
+                self.gamma_2.as_ref(),
+                Some(&hidden),
+            )
         })
     }
 }
@@ -282,13 +297,6 @@ fn layer_scale(vb: &VarBuilder, dim: usize, name: &str) -> Result<Option<Tensor>
         Ok(Some(vb.get(dim, name)?))
     } else {
         Ok(None)
-    }
-}
-
-fn scaled(tensor: Tensor, gamma: Option<&Tensor>) -> Result<Tensor> {
-    match gamma {
-        Some(gamma) => tensor.broadcast_mul(gamma),
-        None => Ok(tensor),
     }
 }
 
