@@ -29,6 +29,7 @@ fn main() {
     if cap < 80 {
         panic!("CUDA_COMPUTE_CAP={cap}: vidx's attention kernel needs bf16 tensor cores (80+)");
     }
+    println!("cargo::rerun-if-changed=kernels/precision.cuh");
     for kernel in KERNELS {
         let source = format!("kernels/{kernel}.cu");
         println!("cargo::rerun-if-changed={source}");

@@ -18,8 +18,7 @@
 // shared memory → online softmax, one row at a time across the warp's 32 lanes (lane j holds
 // columns j and j + 32) → P (bf16/f16) → P·V (tensor cores) → rescaled into the warp's
 // output rows, which stay in registers (lane j: columns j and j + 32 of each of its 16 rows).
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include "precision.cuh"
 #include <mma.h>
 #include <stdint.h>
 
@@ -36,12 +35,6 @@ constexpr int LDH = D + 8;       // half-precision tile row stride (pads off ban
 constexpr int LDS = BN + 4;      // f32 score row stride
 static_assert(BN == D, "the score buffer doubles as the P·V buffer");
 static_assert(D == 64 && BN == 64, "lane j holds columns j and j + 32");
-
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-template <typename T> __device__ __forceinline__ T from_float(float x);
-template <> __device__ __forceinline__ __nv_bfloat16 from_float(float x) { return __float2bfloat16(x); }
-template <> __device__ __forceinline__ __half from_float(float x) { return __float2half(x); }
 
 template <typename T>
 __device__ __forceinline__ void attend(

@@ -8,17 +8,10 @@
 //   vidx_swiglu:   out[r, c] = silu(x[r, c]) · x[r, half + c] for x [rows, 2·half]
 //
 // All tensors contiguous; one block per row (grid-strided), threads across the columns.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include "precision.cuh"
 #include <stdint.h>
 
 namespace {
-
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-template <typename T> __device__ __forceinline__ T from_float(float x);
-template <> __device__ __forceinline__ __nv_bfloat16 from_float(float x) { return __float2bfloat16(x); }
-template <> __device__ __forceinline__ __half from_float(float x) { return __float2half(x); }
 
 template <typename T>
 __device__ __forceinline__ void epilogue(const T* __restrict__ x, const T* __restrict__ bias,

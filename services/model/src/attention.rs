@@ -434,15 +434,17 @@ fn fused_vs_f32(
     )?
     .reshape((batch, heads, rows, head_dim))?
     .transpose(1, 2)?;
-    let diff = (fused.to_dtype(DType::F32)? - expected)?
-        .abs()?
-        .flatten_all()?;
-    // A NaN anywhere (which `max` would step over) is the answer itself.
-    let total = diff.sum_all()?.to_scalar::<f32>()?;
-    if !total.is_finite() {
-        return Ok(Some(f32::NAN));
+    worst(&(fused.to_dtype(DType::F32)? - expected)?.abs()?).map(Some)
+}
+
+/// The largest of an f32 tensor of errors, or NaN when one is not finite (`max` would step
+/// over a NaN). Shared by the kernel checks.
+pub fn worst(errors: &Tensor) -> Result<f32> {
+    let errors = errors.flatten_all()?;
+    if !errors.sum_all()?.to_scalar::<f32>()?.is_finite() {
+        return Ok(f32::NAN);
     }
-    Ok(Some(diff.max(0)?.to_scalar::<f32>()?))
+    errors.max(0)?.to_scalar::<f32>()
 }
 
 /// Scratch scores per query block (f32): small enough to stay in L2.
