@@ -248,6 +248,7 @@ def check_attention(a):
 MICRO_FLOPS = {
     "attention_prefill_8192_causal": 4.0 * 64 * 32 * (8192 * 8193 // 2),
     "attention_vision_32x1025": 4.0 * 64 * 32 * 16 * 1025 * 1025,
+    "attention_decode_32x8192": 4.0 * 64 * 32 * 32 * 8192,
     "linear_32800x1024x4096_bias": 2.0 * 32800 * 1024 * 4096,
     "matmul_32800x1024x4096": 2.0 * 32800 * 1024 * 4096,
     "linear_gelu_32800x1024x4096": 2.0 * 32800 * 1024 * 4096,
@@ -284,6 +285,9 @@ def micro(a, device):
         q, k, v = randn(1, 32, 8192, 64), randn(1, 8, 8192, 64), randn(1, 8, 8192, 64)
         reference["attention_prefill_8192_causal"] = timed(
             lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
+        q, k, v = randn(32, 32, 1, 64), randn(32, 8, 8192, 64), randn(32, 8, 8192, 64)
+        reference["attention_decode_32x8192"] = timed(
+            lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
         q, k, v = randn(32, 16, 1025, 64), randn(32, 16, 1025, 64), randn(32, 16, 1025, 64)
         reference["attention_vision_32x1025"] = timed(lambda: F.scaled_dot_product_attention(q, k, v))
         del q, k, v
@@ -296,6 +300,16 @@ def micro(a, device):
         reference["gelu_erf_32800x4096"] = timed(lambda: F.gelu(y))
         reference["linear_gelu_32800x1024x4096"] = timed(lambda: F.gelu(F.linear(x, w, b)))
         reference["bias_gelu_32800x4096"] = timed(lambda: F.gelu(y + b))
+        qkv = randn(32, 1025, 3, 16, 64)
+        angles = torch.randn(1025, 32, device=device) * 3
+        cos, sin = (t.to(dt)[None, :, None, None, :] for t in (angles.cos(), angles.sin()))
+
+        def rope():
+            x = qkv[:, :, :2]
+            x0, x1 = x[..., 0::2], x[..., 1::2]
+            return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), -1).flatten(-2)
+        reference["rope_qk_32x1025"] = timed(rope)
+        del qkv
         wn, bn = randn(1024), randn(1024)
         reference["layer_norm_32800x1024"] = timed(lambda: F.layer_norm(x, (1024,), wn, bn))
         del x, w, b, y
@@ -305,7 +319,7 @@ def micro(a, device):
     torch.cuda.empty_cache()
     rows = []
     for name, ref_ms in reference.items():
-        for suffix in ("_fused", "_vidx", "_tensor_ops", ""):
+        for suffix in ("_fused", "_mma", "_wmma", "_vidx", "_tensor_ops", ""):
             ms = candle.get(name + suffix)
             if ms is None:
                 continue

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: &[&str] = &["attention", "elementwise"];
+const KERNELS: &[&str] = &["attention", "attention_mma", "elementwise"];
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");

@@ -251,14 +251,49 @@ fn main() -> anyhow::Result<()> {
 
 /// `--check-attention`: the fused kernel against the f32 tensor ops on `device`.
 fn check_attention(device: &Device, dtype: DType, tolerance: f32) -> anyhow::Result<()> {
-    let errors = vidx_model::attention::fused_error(device, dtype)?;
+    #[allow(unused_mut)]
+    let mut errors: Vec<(String, Option<f32>)> = vidx_model::attention::fused_error(device, dtype)?
+        .into_iter()
+        .map(|(name, error)| (name.to_string(), error))
+        .collect();
+    // What the models run decides; each CUDA kernel on its own is reported beside it.
     let ok = errors
         .iter()
         .all(|(_, error)| error.is_some_and(|error| error <= tolerance));
+    // Each CUDA kernel on its own.
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        for kernel in vidx_model::attention_cuda::Kernel::ALL {
+            let attend = |q: &Tensor, k: &Tensor, v: &Tensor, scale, visible: Option<&_>| {
+                vidx_model::attention_cuda::attend_with(kernel, q, k, v, scale, visible)
+            };
+            for (name, error) in vidx_model::attention::fused_error_with(device, dtype, &attend)? {
+                errors.push((format!("{} {name}", kernel.name()), error));
+            }
+        }
+    }
     let cases: serde_json::Map<String, serde_json::Value> = errors
         .iter()
         .map(|(name, error)| (name.to_string(), serde_json::json!(error)))
         .collect();
+    // The start-up check of every vidx CUDA kernel (relative errors) and what it let run.
+    #[allow(unused_mut)]
+    let mut kernels = serde_json::json!(null);
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        use vidx_model::cuda_ops::{Family, attention_kernel, check, verified};
+        let cases: serde_json::Map<String, serde_json::Value> = check(device)?
+            .into_iter()
+            .map(|(name, error)| (name, serde_json::json!(error)))
+            .collect();
+        kernels = serde_json::json!({
+            "relative_error": cases,
+            "epilogue": verified(device, Family::Epilogue),
+            "swiglu": verified(device, Family::SwiGlu),
+            "rope": verified(device, Family::Rope),
+            "attention": attention_kernel(device).map(|kernel| kernel.name()),
+        });
+    }
     println!(
         "{}",
         serde_json::json!({
@@ -266,6 +301,7 @@ fn check_attention(device: &Device, dtype: DType, tolerance: f32) -> anyhow::Res
             "dtype": format!("{dtype:?}"),
             "tolerance": tolerance,
             "max_abs_diff": cases,
+            "kernels": kernels,
             "ok": ok,
         })
     );
@@ -310,6 +346,43 @@ fn micro(device: &Device, dtype: DType) -> anyhow::Result<()> {
         let secs = time(&|| Ok(attend_fused(&q, &k, &v, 0.125, Some(&causal))?.expect("fused")))?;
         record("attention_prefill_8192_causal_fused", secs, flops, 0.0);
     }
+    #[cfg(feature = "cuda")]
+    for kernel in vidx_model::attention_cuda::Kernel::ALL {
+        let run =
+            || vidx_model::attention_cuda::attend_with(kernel, &q, &k, &v, 0.125, Some(&causal));
+        if run()?.is_some() {
+            let secs = time(&|| Ok(run()?.expect("kernel")))?;
+            record(
+                &format!("attention_prefill_8192_causal_{}", kernel.name()),
+                secs,
+                flops,
+                0.0,
+            );
+        }
+    }
+    // A decode step at batch 32: one query per row over 8192 cached keys (the tensor ops the
+    // decoder runs beside each fused kernel).
+    let (batch, keys) = (32, 8192);
+    let qd = randn(&[batch, 32, 1, 64])?;
+    let (kd, vd) = (randn(&[batch, 8, keys, 64])?, randn(&[batch, 8, keys, 64])?);
+    let flops = 4.0 * 64.0 * (batch * 32 * keys) as f64;
+    let stacked = qd.reshape((batch, 8, 4, 64))?;
+    let secs =
+        time(&|| vidx_model::attention::attend_grouped_batch(&stacked, &kd, &vd, 0.125, 4, None))?;
+    record("attention_decode_32x8192_tensor_ops", secs, flops, 0.0);
+    #[cfg(feature = "cuda")]
+    for kernel in vidx_model::attention_cuda::Kernel::ALL {
+        let run = || vidx_model::attention_cuda::attend_with(kernel, &qd, &kd, &vd, 0.125, None);
+        if run()?.is_some() {
+            let secs = time(&|| Ok(run()?.expect("kernel")))?;
+            record(
+                &format!("attention_decode_32x8192_{}", kernel.name()),
+                secs,
+                flops,
+                0.0,
+            );
+        }
+    }
     // The vision tower: 32 frames x 1025 tokens, 16 heads, no mask.
     let (frames, tokens, heads) = (32, 1025, 16);
     let qv = randn(&[frames, heads, tokens, 64])?;
@@ -320,10 +393,42 @@ fn micro(device: &Device, dtype: DType) -> anyhow::Result<()> {
         let secs = time(&|| Ok(attend_fused(&qv, &kv, &vv, 0.125, None)?.expect("fused")))?;
         record("attention_vision_32x1025_fused", secs, flops, 0.0);
     }
+    #[cfg(feature = "cuda")]
+    for kernel in vidx_model::attention_cuda::Kernel::ALL {
+        let run = || vidx_model::attention_cuda::attend_with(kernel, &qv, &kv, &vv, 0.125, None);
+        if run()?.is_some() {
+            let secs = time(&|| Ok(run()?.expect("kernel")))?;
+            record(
+                &format!("attention_vision_32x1025_{}", kernel.name()),
+                secs,
+                flops,
+                0.0,
+            );
+        }
+    }
     let flat = |t: &Tensor| t.reshape((frames * heads, tokens, 64));
     let (qf, kf, vf) = (flat(&qv)?, flat(&kv)?, flat(&vv)?);
     let secs = time(&|| attend(&qf, &kf, &vf, 0.125))?;
     record("attention_vision_32x1025_tensor_ops", secs, flops, 0.0);
+    // The vision tower's RoPE on its fused projection: 32 frames x 1025 tokens, 16 heads.
+    let qkv = randn(&[frames, tokens, 3 * 1024])?;
+    let angles = Tensor::randn(0f32, 3.0, &[tokens, 32], device)?;
+    let (cos, sin) = (
+        angles.cos()?.to_dtype(dtype)?,
+        angles.sin()?.to_dtype(dtype)?,
+    );
+    let bytes = 4.0 * (frames * tokens * 1024 * dtype.size_in_bytes()) as f64;
+    let secs = time(&|| Ok(vidx_model::ops::rope_qk_ops(&qkv, 16, &cos, &sin)?.0))?;
+    record("rope_qk_32x1025_tensor_ops", secs, 0.0, bytes);
+    #[cfg(feature = "cuda")]
+    if vidx_model::cuda_ops::rope_qk(&qkv, 16, &cos, &sin)?.is_some() {
+        let secs = time(&|| {
+            Ok(vidx_model::cuda_ops::rope_qk(&qkv, 16, &cos, &sin)?
+                .expect("rope kernel")
+                .0)
+        })?;
+        record("rope_qk_32x1025_vidx", secs, 0.0, bytes);
+    }
     // The vision MLP's first layer: 32 frames x 1025 tokens, 1024 -> 4096, and its parts.
     let rows = frames * tokens;
     let x = randn(&[rows, 1024])?;

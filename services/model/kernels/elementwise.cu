@@ -6,6 +6,10 @@
 //   vidx_epilogue: out[r, c] = residual[r, c] + gamma[c] · act(x[r, c] + bias[c])
 //       bias, gamma and residual may each be null (left out); act 0: identity, 1: GELU (erf)
 //   vidx_swiglu:   out[r, c] = silu(x[r, c]) · x[r, half + c] for x [rows, 2·half]
+//   vidx_rope_qk:  the vision tower's q and k out of its fused projection, rotated by 2D RoPE
+//       (interleaved pairs: candle's rope_i): qkv [rows = B·T, 3, H, 2·half], cos and sin
+//       [T, half] → out [2, rows, H, 2·half] (q, then k); one pass instead of two strided
+//       copies and two rotations
 //
 // All tensors contiguous; one block per row (grid-strided), threads across the columns.
 #include "precision.cuh"
@@ -43,6 +47,26 @@ __device__ __forceinline__ void swiglu(const T* __restrict__ x, T* __restrict__ 
   }
 }
 
+template <typename T>
+__device__ __forceinline__ void rope_qk(const T* __restrict__ qkv, const T* __restrict__ cos,
+                                        const T* __restrict__ sin, T* __restrict__ out,
+                                        long long rows, int tokens, int pairs, int half) {
+  const int which = blockIdx.y;  // 0: q, 1: k
+  const long long dim = 2LL * pairs;
+  for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
+    const long long t = row % tokens;
+    const T* x = qkv + row * 3 * dim + which * dim;
+    T* y = out + (which * rows + row) * dim;
+    for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
+      const int p = i % half;
+      const float x0 = to_float(x[2 * i]), x1 = to_float(x[2 * i + 1]);
+      const float c = to_float(cos[t * half + p]), s = to_float(sin[t * half + p]);
+      y[2 * i] = from_float<T>(x0 * c - x1 * s);
+      y[2 * i + 1] = from_float<T>(x0 * s + x1 * c);
+    }
+  }
+}
+
 }  // namespace
 
 #define VIDX_ELEMENTWISE(SUFFIX, T)                                                             \
@@ -53,6 +77,11 @@ __device__ __forceinline__ void swiglu(const T* __restrict__ x, T* __restrict__ 
   }                                                                                             \
   extern "C" __global__ void vidx_swiglu_##SUFFIX(const T* x, T* out, long long rows, int half) { \
     swiglu<T>(x, out, rows, half);                                                              \
+  }                                                                                             \
+  extern "C" __global__ void vidx_rope_qk_##SUFFIX(const T* qkv, const T* cos, const T* sin,    \
+                                                    T* out, long long rows, int tokens,         \
+                                                    int pairs, int half) {                      \
+    rope_qk<T>(qkv, cos, sin, out, rows, tokens, pairs, half);                                  \
   }
 
 VIDX_ELEMENTWISE(bf16, __nv_bfloat16)

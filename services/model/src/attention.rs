@@ -334,8 +334,9 @@ pub fn attend_fused(
 /// in f32 on the same device from the same (rounded) inputs: the largest absolute difference
 /// per case, `None` where no fused kernel applies. The cases are the decoder's prefill (grouped
 /// heads, keys as a view of a larger cache, causal ranges with one row left-padded), a short
-/// chunk (two queries per row, every key visible) and the vision tower (no mask, values as a
-/// view of the fused qkv projection). The device benchmark runs it before timing the GPU kernel.
+/// chunk (two queries per row, every key visible), a decode step at batch 32 (one query per
+/// row, padded rows) and the vision tower (no mask, values as a view of the fused qkv
+/// projection). The device benchmark runs it before timing the GPU kernel.
 pub fn fused_error(
     device: &candle_core::Device,
     dtype: DType,
@@ -393,6 +394,17 @@ pub fn fused_error_with(
     let k = Tensor::randn(0f32, 1.0, (3, 8, 1000, head_dim), device)?.to_dtype(dtype)?;
     let v = Tensor::randn(0f32, 1.0, (3, 8, 1000, head_dim), device)?.to_dtype(dtype)?;
     errors.push(("short", fused_vs_f32(fused, &q, &k, &v, 0.125, None)?));
+    // A decode step of 32 rows (one query each, 32 query heads on 8 KV heads) over 130 cached
+    // keys, every other row left-padded by 9.
+    let (batch, keys) = (32, 130);
+    let q = Tensor::randn(0f32, 1.0, (batch, 32, 1, head_dim), device)?.to_dtype(dtype)?;
+    let k = Tensor::randn(0f32, 1.0, (batch, 8, keys, head_dim), device)?.to_dtype(dtype)?;
+    let v = Tensor::randn(0f32, 1.0, (batch, 8, keys, head_dim), device)?.to_dtype(dtype)?;
+    let visible = Visibility::new((0..batch).map(|row| vec![(9 * (row % 2), keys)]).collect());
+    errors.push((
+        "decode",
+        fused_vs_f32(fused, &q, &k, &v, 0.125, Some(&visible))?,
+    ));
     // Vision: 3 frames of 257 tokens, 4 heads, values a view of the qkv projection.
     let (frames, tokens, heads) = (3, 257, 4);
     let qkv = Tensor::randn(0f32, 1.0, (frames, tokens, 3, heads, head_dim), device)?
@@ -812,7 +824,7 @@ mod tests {
     fn fused_error_is_small_for_the_cpu_kernel_and_the_output_depends_on_the_scale() -> Result<()> {
         let errors = fused_error(&Device::Cpu, DType::F32)?;
         let names: Vec<_> = errors.iter().map(|(name, _)| *name).collect();
-        assert_eq!(names, ["prefill", "short", "vision"]);
+        assert_eq!(names, ["prefill", "short", "decode", "vision"]);
         for (name, error) in errors {
             let error = error.expect("the CPU kernel applies to f32");
             assert!(error < 1e-4, "{name}: max abs diff {error}");

@@ -1,10 +1,13 @@
-//! The fused GPU attention of `kernels/attention.cu` (compiled to PTX by `build.rs`) as a
-//! candle op: bf16/f16, head dim 64, grouped-query heads, a visible key range per query. The
-//! score matrix never reaches memory, where the tensor-op path in [`crate::attention`] writes
-//! and reads it several times per layer.
+//! The fused GPU attention kernels (compiled to PTX by `build.rs`) as a candle op: bf16/f16,
+//! head dim 64, grouped-query heads, a visible key range per query. The score matrix never
+//! reaches memory, where the tensor-op path in [`crate::attention`] writes and reads it
+//! several times per layer. Two kernels with one contract ([`Kernel`]):
+//! `kernels/attention_mma.cu` keeps its tiles in registers (mma.sync), `kernels/attention.cu`
+//! goes through shared memory (WMMA).
 //!
-//! It runs once [`crate::cuda_ops::verified`] has checked it against the tensor ops on the
-//! device (`VIDX_FUSED_KERNELS=0` turns it and the other vidx kernels off).
+//! [`attend`] runs the first kernel that [`crate::cuda_ops::attention_kernel`] found to agree
+//! with the tensor ops on the device (`VIDX_FUSED_KERNELS=0` turns them and the other vidx
+//! kernels off).
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
@@ -16,12 +19,55 @@ use candle_core::{Tensor, bail};
 
 use crate::attention::Visibility;
 
-const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
+const WMMA_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
+const MMA_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention_mma.ptx"));
 /// The head dim the kernel is built for.
 const HEAD_DIM: usize = 64;
 /// Stacked query rows per block and threads per block (`BM` and `THREADS` in the kernel).
 const BLOCK_ROWS: usize = 64;
 const BLOCK_THREADS: u32 = 128;
+
+/// Fewest blocks (batch rows × KV heads) for which a decode step runs the fused kernel.
+const DECODE_MIN_BLOCKS: usize = 256;
+
+/// One of the fused attention kernels (same contract, same launch shape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// `kernels/attention_mma.cu`: register-resident mma.sync tiles, cp.async double buffering.
+    Mma,
+    /// `kernels/attention.cu`: WMMA tiles through shared memory.
+    Wmma,
+}
+
+impl Kernel {
+    /// In the order of preference.
+    pub const ALL: [Kernel; 2] = [Kernel::Mma, Kernel::Wmma];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Mma => "mma",
+            Kernel::Wmma => "wmma",
+        }
+    }
+
+    /// (PTX module, module name, bf16 function, f16 function).
+    fn code(self) -> (&'static str, &'static str, &'static str, &'static str) {
+        match self {
+            Kernel::Mma => (
+                MMA_PTX,
+                "vidx_attention_mma",
+                "vidx_attention_mma_d64_bf16",
+                "vidx_attention_mma_d64_f16",
+            ),
+            Kernel::Wmma => (
+                WMMA_PTX,
+                "vidx_attention",
+                "vidx_attention_d64_bf16",
+                "vidx_attention_d64_f16",
+            ),
+        }
+    }
+}
 
 /// `softmax(q·kᵀ·scale)·v` for `q` `[B, Hq, L, 64]` and `k`/`v` `[B, Hkv, K, 64]` on a CUDA
 /// device in bf16 or f16 (any strides with a unit last stride and 16-byte aligned rows); query
@@ -34,14 +80,26 @@ pub fn attend(
     scale: f64,
     visible: Option<&Visibility>,
 ) -> Result<Option<Tensor>> {
-    if !q.device().is_cuda() || !crate::cuda_ops::verified(q.device()) {
+    if !q.device().is_cuda() {
         return Ok(None);
     }
-    attend_unchecked(q, k, v, scale, visible)
+    // One query per row (a decode step) is one block per KV head and row, each walking every
+    // key alone: with few of them the batched tensor ops spread the work better. On an H200 at
+    // 32 rows × 8 KV heads the mma kernel took 0.19 ms against their 0.36 (`plm_bench --micro`);
+    // at 8 blocks the shared-memory kernel was 2.8× slower than them.
+    let (batch, _, rows, _) = q.dims4()?;
+    if rows == 1 && batch * k.dim(1)? < DECODE_MIN_BLOCKS {
+        return Ok(None);
+    }
+    match crate::cuda_ops::attention_kernel(q.device()) {
+        Some(kernel) => attend_with(kernel, q, k, v, scale, visible),
+        None => Ok(None),
+    }
 }
 
-/// [`attend`] without the start-up check (what the check itself runs).
-pub fn attend_unchecked(
+/// [`attend`] by a given kernel, without the start-up check (what the check itself runs).
+pub fn attend_with(
+    kernel: Kernel,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -63,11 +121,6 @@ pub fn attend_unchecked(
         return Ok(None);
     }
     let (batch, heads, rows, _) = q.dims4()?;
-    if rows == 1 {
-        // One query per row (a decode step): a block would walk every key alone, with one
-        // block per KV head and row; the batched tensor ops spread that work better.
-        return Ok(None);
-    }
     let (k_batch, kv_heads, keys, _) = k.dims4()?;
     if k.dims() != v.dims() || k_batch != batch || kv_heads == 0 || heads % kv_heads != 0 {
         bail!(
@@ -85,6 +138,7 @@ pub fn attend_unchecked(
         None => None,
     };
     let op = CudaAttention {
+        kernel,
         scale_log2: (scale * std::f64::consts::LOG2_E) as f32,
         ranges,
     };
@@ -92,6 +146,7 @@ pub fn attend_unchecked(
 }
 
 struct CudaAttention {
+    kernel: Kernel,
     /// `scale · log2(e)`: the kernel's softmax works in base 2.
     scale_log2: f32,
     /// `[B, L, 2]` u32 `(lo, hi)` on the device.
@@ -117,7 +172,7 @@ impl CudaAttention {
     #[allow(clippy::too_many_arguments)]
     fn launch<T: DeviceRepr + ValidAsZeroBits>(
         &self,
-        kernel: &str,
+        function: &str,
         device: &candle_core::CudaDevice,
         (q, q_layout): (&CudaSlice<T>, &Layout),
         (k, k_layout): (&CudaSlice<T>, &Layout),
@@ -151,7 +206,8 @@ impl CudaAttention {
             }
             None => None,
         };
-        let func = device.get_or_load_custom_func(kernel, "vidx_attention", PTX)?;
+        let (ptx, module, _, _) = self.kernel.code();
+        let func = device.get_or_load_custom_func(function, module, ptx)?;
         let output = device.alloc_zeros::<T>(batch * rows * heads * HEAD_DIM)?;
         let stacked = rows * (heads / kv_heads);
         let config = LaunchConfig {
@@ -222,10 +278,11 @@ impl CustomOp3 for CudaAttention {
     ) -> Result<(CudaStorage, Shape)> {
         let device = q.device().clone();
         let (batch, heads, rows, _) = q_layout.shape().dims4()?;
+        let (_, _, bf16, f16) = self.kernel.code();
         let slice = match (&q.slice, &k.slice, &v.slice) {
             (CudaStorageSlice::BF16(q), CudaStorageSlice::BF16(k), CudaStorageSlice::BF16(v)) => {
                 CudaStorageSlice::BF16(self.launch(
-                    "vidx_attention_d64_bf16",
+                    bf16,
                     &device,
                     (q, q_layout),
                     (k, k_layout),
@@ -234,7 +291,7 @@ impl CustomOp3 for CudaAttention {
             }
             (CudaStorageSlice::F16(q), CudaStorageSlice::F16(k), CudaStorageSlice::F16(v)) => {
                 CudaStorageSlice::F16(self.launch(
-                    "vidx_attention_d64_f16",
+                    f16,
                     &device,
                     (q, q_layout),
                     (k, k_layout),

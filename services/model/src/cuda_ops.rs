@@ -2,39 +2,93 @@
 //! the fused element-wise steps of `kernels/elementwise.cu` as candle ops, and the start-up
 //! check that gates them and the fused attention of [`crate::attention_cuda`].
 //!
-//! The first time a model asks for a fused kernel on a CUDA device, [`verified`] runs every
-//! kernel on small random inputs against candle's own ops on that device (a few ms). When one
-//! disagrees, or `VIDX_FUSED_KERNELS=0` is set, the models use candle's ops for the rest of the
-//! process and a log line says why: a kernel fault costs speed, never wrong captions.
+//! The first time a model asks for a fused kernel on a CUDA device, every kernel runs on small
+//! random inputs against candle's own ops on that device (a few ms). The element-wise kernels
+//! pass or fail together ([`verified`]); the attention runs the first of its kernels that
+//! passes ([`attention_kernel`]). Where none does, or `VIDX_FUSED_KERNELS=0` is set, the models
+//! use candle's ops for the rest of the process and a log line says why: a kernel fault costs
+//! speed, never wrong captions.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Result, Shape};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape,
+};
 use candle_core::{Storage, Tensor, bail};
 
+use crate::attention_cuda::Kernel;
 use crate::ops::Activation;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/elementwise.ptx"));
 /// Most errors allowed by the start-up check, relative to `1 + |expected|` (bf16 keeps 8 bits).
 const TOLERANCE: f32 = 0.05;
 
-/// Whether vidx's kernels may run on `device`: not turned off, and they passed the start-up
-/// check (run once per process, on first use).
-pub fn verified(device: &Device) -> bool {
-    static VERIFIED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if !device.is_cuda() {
-        return false;
+/// vidx's element-wise kernels, each allowed or not on its own by the start-up check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// [`epilogue`]: the cases named `epilogue …`.
+    Epilogue,
+    /// [`swiglu`]: the case `swiglu`.
+    SwiGlu,
+    /// [`rope_qk`]: the cases `rope …`.
+    Rope,
+}
+
+impl Family {
+    const ALL: [Family; 3] = [Family::Epilogue, Family::SwiGlu, Family::Rope];
+
+    /// The prefix of its cases in [`check`].
+    fn prefix(self) -> &'static str {
+        match self {
+            Family::Epilogue => "epilogue ",
+            Family::SwiGlu => "swiglu",
+            Family::Rope => "rope ",
+        }
     }
-    *VERIFIED.get_or_init(|| {
+}
+
+/// What the start-up check allowed on the device.
+#[derive(Debug, Clone, Copy)]
+struct Verified {
+    /// Per [`Family::ALL`]: whether its kernel passed.
+    families: [bool; 3],
+    /// The preferred attention kernel among those that passed.
+    attention: Option<Kernel>,
+}
+
+/// The start-up check's verdict for `device` (run once per process, on first use); `None` off
+/// the GPU.
+fn verdict(device: &Device) -> Option<Verified> {
+    static VERIFIED: std::sync::OnceLock<Verified> = std::sync::OnceLock::new();
+    if !device.is_cuda() {
+        return None;
+    }
+    let off = Verified {
+        families: [false; 3],
+        attention: None,
+    };
+    Some(*VERIFIED.get_or_init(|| {
         if std::env::var("VIDX_FUSED_KERNELS").is_ok_and(|value| value.trim() == "0") {
             tracing::info!("VIDX_FUSED_KERNELS=0: the models use candle's ops on the GPU");
-            return false;
+            return off;
         }
         match check(device) {
             Ok(errors) => {
+                let passes = |prefix: &str| {
+                    errors
+                        .iter()
+                        .filter(|(name, _)| name.starts_with(prefix))
+                        .all(|(_, error)| *error <= TOLERANCE)
+                };
+                let verdict = Verified {
+                    families: Family::ALL.map(|family| passes(family.prefix())),
+                    attention: Kernel::ALL
+                        .into_iter()
+                        .find(|kernel| passes(&format!("attention {} ", kernel.name()))),
+                };
                 let worst = errors.iter().map(|(_, error)| *error).fold(0f32, f32::max);
                 let bad: Vec<_> = errors
                     .iter()
@@ -42,31 +96,61 @@ pub fn verified(device: &Device) -> bool {
                     .collect();
                 if bad.is_empty() {
                     tracing::info!(max_error = worst, "vidx's CUDA kernels agree with candle's ops");
-                    true
                 } else {
                     tracing::error!(
                         ?bad,
-                        "vidx's CUDA kernels disagree with candle's ops: using candle's ops"
+                        passed = ?Family::ALL
+                            .into_iter()
+                            .zip(verdict.families)
+                            .filter(|(_, passed)| *passed)
+                            .map(|(family, _)| family)
+                            .collect::<Vec<_>>(),
+                        attention = verdict.attention.map(Kernel::name),
+                        "some of vidx's CUDA kernels disagree with candle's ops: those use candle's ops"
                     );
-                    false
                 }
+                verdict
             }
             Err(error) => {
                 tracing::error!(%error, "vidx's CUDA kernels failed their check: using candle's ops");
-                false
+                off
             }
         }
+    }))
+}
+
+/// Whether vidx's element-wise kernel `family` may run on `device`: not turned off, and it
+/// passed the start-up check.
+pub fn verified(device: &Device, family: Family) -> bool {
+    verdict(device).is_some_and(|verdict| {
+        Family::ALL
+            .iter()
+            .zip(verdict.families)
+            .any(|(each, passed)| *each == family && passed)
     })
 }
 
-/// Every kernel against candle's ops on `device`, in bf16: (case, relative error).
+/// The attention kernel [`crate::attention_cuda::attend`] runs on `device`: the first of
+/// [`Kernel::ALL`] that passed the start-up check; `None` when none did or they are off.
+pub fn attention_kernel(device: &Device) -> Option<Kernel> {
+    verdict(device).and_then(|verdict| verdict.attention)
+}
+
+/// Every kernel against candle's ops on `device`, in bf16: (case, relative error). Attention
+/// cases are named `attention <kernel> <case>`.
 pub fn check(device: &Device) -> Result<Vec<(String, f32)>> {
     let dtype = DType::BF16;
     let mut errors = Vec::new();
-    for (name, error) in
-        crate::attention::fused_error_with(device, dtype, &crate::attention_cuda::attend_unchecked)?
-    {
-        errors.push((format!("attention {name}"), error.unwrap_or(f32::NAN)));
+    for kernel in Kernel::ALL {
+        let attend = |q: &Tensor, k: &Tensor, v: &Tensor, scale, visible: Option<&_>| {
+            crate::attention_cuda::attend_with(kernel, q, k, v, scale, visible)
+        };
+        for (name, error) in crate::attention::fused_error_with(device, dtype, &attend)? {
+            errors.push((
+                format!("attention {} {name}", kernel.name()),
+                error.unwrap_or(f32::NAN),
+            ));
+        }
     }
     let randn = |shape: &[usize]| Tensor::randn(0f32, 1.0, shape, device)?.to_dtype(dtype);
     let (x, bias, gamma, residual) = (
@@ -98,6 +182,27 @@ pub fn check(device: &Device) -> Result<Vec<(String, f32)>> {
     let fused = swiglu_unchecked(&stacked, 300)?;
     let expected = crate::ops::swiglu_ops(&stacked, 300)?;
     errors.push(("swiglu".into(), relative_error(fused, &expected)?));
+    // The vision tower's RoPE: 2 frames of 5 tokens, 3 heads of 8, against candle's ops in f32
+    // on the same rounded inputs (candle's bf16 rotation rounds each product: too coarse a
+    // reference).
+    let angles = Tensor::randn(0f32, 3.0, &[5, 4], device)?;
+    let (qkv, cos, sin) = (
+        randn(&[2, 5, 3 * 3 * 8])?,
+        angles.cos()?.to_dtype(dtype)?,
+        angles.sin()?.to_dtype(dtype)?,
+    );
+    let f32 = |tensor: &Tensor| tensor.to_dtype(DType::F32);
+    let expected = crate::ops::rope_qk_ops(&f32(&qkv)?, 3, &f32(&cos)?, &f32(&sin)?)?;
+    let fused = rope_qk_unchecked(&qkv, 3, &cos, &sin)?;
+    for (index, name) in ["rope q", "rope k", "rope v"].into_iter().enumerate() {
+        let part = |parts: &(Tensor, Tensor, Tensor)| match index {
+            0 => parts.0.clone(),
+            1 => parts.1.clone(),
+            _ => parts.2.clone(),
+        };
+        let error = relative_error(fused.as_ref().map(part), &part(&expected))?;
+        errors.push((name.into(), error));
+    }
     Ok(errors)
 }
 
@@ -130,7 +235,7 @@ pub fn epilogue(
     gamma: Option<&Tensor>,
     residual: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
-    if !x.device().is_cuda() || !verified(x.device()) {
+    if !x.device().is_cuda() || !verified(x.device(), Family::Epilogue) {
         return Ok(None);
     }
     epilogue_unchecked(x, bias, act, gamma, residual)
@@ -170,7 +275,7 @@ fn epilogue_unchecked(
 
 /// [`crate::ops::swiglu`] by the fused kernel, once [`verified`]; `None` when it does not apply.
 pub fn swiglu(x: &Tensor, half: usize) -> Result<Option<Tensor>> {
-    if !x.device().is_cuda() || !verified(x.device()) {
+    if !x.device().is_cuda() || !verified(x.device(), Family::SwiGlu) {
         return Ok(None);
     }
     swiglu_unchecked(x, half)
@@ -185,6 +290,63 @@ fn swiglu_unchecked(x: &Tensor, half: usize) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     x.apply_op1_no_bwd(&SwiGlu { half }).map(Some)
+}
+
+/// [`crate::ops::rope_qk`] by the fused kernel, once [`verified`]; `None` when it does not
+/// apply.
+pub fn rope_qk(
+    qkv: &Tensor,
+    heads: usize,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+    if !qkv.device().is_cuda() || !verified(qkv.device(), Family::Rope) {
+        return Ok(None);
+    }
+    rope_qk_unchecked(qkv, heads, cos, sin)
+}
+
+fn rope_qk_unchecked(
+    qkv: &Tensor,
+    heads: usize,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+    let dtype = qkv.dtype();
+    let Ok((batch, tokens, width)) = qkv.dims3() else {
+        return Ok(None);
+    };
+    if heads == 0 || !width.is_multiple_of(6 * heads) {
+        return Ok(None);
+    }
+    let head_dim = width / (3 * heads);
+    let half = head_dim / 2;
+    if !usable(qkv, dtype)
+        || !usable(cos, dtype)
+        || !usable(sin, dtype)
+        || cos.dims() != [tokens, half]
+        || sin.dims() != [tokens, half]
+        || batch * tokens == 0
+        || heads * half > i32::MAX as usize
+    {
+        return Ok(None);
+    }
+    let rotated = qkv.apply_op3_no_bwd(
+        cos,
+        sin,
+        &RopeQk {
+            tokens,
+            heads,
+            half,
+        },
+    )?;
+    // [2, B, T, H, d] → q and k as [B, H, T, d] views; v a view of the projection.
+    let rotated = rotated.permute((0, 1, 3, 2, 4))?;
+    let value = qkv
+        .reshape((batch, tokens, 3, heads, head_dim))?
+        .permute((2, 0, 3, 1, 4))?
+        .get(2)?;
+    Ok(Some((rotated.get(0)?, rotated.get(1)?, value)))
 }
 
 /// The device slice of a contiguous tensor's values.
@@ -307,6 +469,129 @@ impl CustomOp1 for Epilogue {
             _ => bail!("vidx-epilogue: bf16 or f16 only"),
         };
         Ok((CudaStorage { slice, device }, layout.shape().clone()))
+    }
+}
+
+/// The `len` values of a contiguous operand.
+fn exact<'a, T>(
+    values: &'a CudaSlice<T>,
+    layout: &Layout,
+    len: usize,
+    name: &str,
+) -> Result<CudaView<'a, T>> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) if end - start == len => Ok(values.slice(start..end)),
+        _ => bail!(
+            "vidx kernels: {name} {:?} has the wrong size",
+            layout.dims()
+        ),
+    }
+}
+
+struct RopeQk {
+    tokens: usize,
+    heads: usize,
+    half: usize,
+}
+
+impl RopeQk {
+    fn launch<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        kernel: &str,
+        device: &candle_core::CudaDevice,
+        (qkv, qkv_layout): (&CudaSlice<T>, &Layout),
+        (cos, cos_layout): (&CudaSlice<T>, &Layout),
+        (sin, sin_layout): (&CudaSlice<T>, &Layout),
+    ) -> Result<CudaSlice<T>> {
+        let pairs = self.heads * self.half;
+        let rows = qkv_layout.shape().elem_count() / (6 * pairs);
+        let qkv = exact(qkv, qkv_layout, rows * 6 * pairs, "qkv")?;
+        let cos = exact(cos, cos_layout, self.tokens * self.half, "cos")?;
+        let sin = exact(sin, sin_layout, self.tokens * self.half, "sin")?;
+        let func = device.get_or_load_custom_func(kernel, "vidx_elementwise", PTX)?;
+        let output = device.alloc_zeros::<T>(2 * rows * 2 * pairs)?;
+        let (rows_arg, tokens, pairs_arg, half) = (
+            rows as i64,
+            self.tokens as i32,
+            pairs as i32,
+            self.half as i32,
+        );
+        let mut builder = func.builder();
+        builder.arg(&qkv);
+        builder.arg(&cos);
+        builder.arg(&sin);
+        builder.arg(&output);
+        builder.arg(&rows_arg);
+        builder.arg(&tokens);
+        builder.arg(&pairs_arg);
+        builder.arg(&half);
+        let config = LaunchConfig {
+            grid_dim: (blocks(rows), 2, 1),
+            block_dim: (threads(pairs), 1, 1),
+            shared_mem_bytes: 0,
+        };
+        #[allow(unsafe_code)]
+        // SAFETY: the arguments match `vidx_rope_qk_*` (4 pointers, i64, 3 i32); qkv holds
+        // rows × 3 × 2·pairs values, cos and sin tokens × half (checked above; a row's token is
+        // row % tokens), the output 2 × rows × 2·pairs: all the kernel reads and writes.
+        unsafe { builder.launch(config) }.w()?;
+        Ok(output)
+    }
+}
+
+impl CustomOp3 for RopeQk {
+    fn name(&self) -> &'static str {
+        "vidx-rope-qk"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        bail!("vidx-rope-qk runs on CUDA devices only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        qkv: &CudaStorage,
+        qkv_layout: &Layout,
+        cos: &CudaStorage,
+        cos_layout: &Layout,
+        sin: &CudaStorage,
+        sin_layout: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let device = qkv.device().clone();
+        let slice = match (&qkv.slice, &cos.slice, &sin.slice) {
+            (CudaStorageSlice::BF16(x), CudaStorageSlice::BF16(c), CudaStorageSlice::BF16(s)) => {
+                CudaStorageSlice::BF16(self.launch(
+                    "vidx_rope_qk_bf16",
+                    &device,
+                    (x, qkv_layout),
+                    (c, cos_layout),
+                    (s, sin_layout),
+                )?)
+            }
+            (CudaStorageSlice::F16(x), CudaStorageSlice::F16(c), CudaStorageSlice::F16(s)) => {
+                CudaStorageSlice::F16(self.launch(
+                    "vidx_rope_qk_f16",
+                    &device,
+                    (x, qkv_layout),
+                    (c, cos_layout),
+                    (s, sin_layout),
+                )?)
+            }
+            _ => bail!("vidx-rope-qk: qkv, cos and sin must all be bf16 or all f16"),
+        };
+        let (batch, tokens, _) = qkv_layout.shape().dims3()?;
+        Ok((
+            CudaStorage { slice, device },
+            Shape::from_dims(&[2, batch, tokens, self.heads, 2 * self.half]),
+        ))
     }
 }
 

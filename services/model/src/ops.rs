@@ -350,6 +350,39 @@ pub fn swiglu_ops(tensor: &Tensor, half: usize) -> Result<Tensor> {
     gate * tensor.narrow(last, half, half)?
 }
 
+/// The vision tower's attention inputs from its fused projection `qkv` `[B, T, 3·H·d]`: `q`
+/// and `k` rotated by RoPE with interleaved pairs (`cos`/`sin` `[T, d/2]`, candle's `rope_i`)
+/// and `v`, each `[B, H, T, d]` (`v` and, on the GPU, `q` and `k` are strided views). One
+/// kernel on a CUDA GPU in bf16/f16; candle's ops elsewhere.
+pub fn rope_qk(
+    qkv: &Tensor,
+    heads: usize,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if let Some(rotated) = crate::cuda_ops::rope_qk(qkv, heads, cos, sin)? {
+        return Ok(rotated);
+    }
+    rope_qk_ops(qkv, heads, cos, sin)
+}
+
+/// [`rope_qk`] with candle's ops.
+pub fn rope_qk_ops(
+    qkv: &Tensor,
+    heads: usize,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (batch, tokens, width) = qkv.dims3()?;
+    let qkv = qkv
+        .reshape((batch, tokens, 3, heads, width / (3 * heads)))?
+        .permute((2, 0, 3, 1, 4))?;
+    let query = candle_nn::rotary_emb::rope_i(&qkv.get(0)?.contiguous()?, cos, sin)?;
+    let key = candle_nn::rotary_emb::rope_i(&qkv.get(1)?.contiguous()?, cos, sin)?;
+    Ok((query, key, qkv.get(2)?))
+}
+
 /// The activation an [`epilogue`] applies after the bias (its code in the CUDA kernel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {

@@ -237,12 +237,7 @@ impl Block {
             crate::ops::linear_epilogue(&self.qkv, &normed, Activation::Identity, None, None)
         })?;
         let (query, key, value) = crate::profile::stage("vision.rope", device, || {
-            let qkv = qkv
-                .reshape((batch, tokens, 3, self.num_heads, head_dim))?
-                .permute((2, 0, 3, 1, 4))?;
-            let query = candle_nn::rotary_emb::rope_i(&qkv.get(0)?.contiguous()?, cos, sin)?;
-            let key = candle_nn::rotary_emb::rope_i(&qkv.get(1)?.contiguous()?, cos, sin)?;
-            Ok((query, key, qkv.get(2)?))
+            crate::ops::rope_qk(&qkv, self.num_heads, cos, sin)
         })?;
         let scale = (head_dim as f64).powf(-0.5);
         let attended = crate::profile::stage("vision.attention", device, || {
