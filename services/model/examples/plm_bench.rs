@@ -515,6 +515,15 @@ fn micro(device: &Device, dtype: DType) -> anyhow::Result<()> {
         0.0,
         2.0 * in_bytes,
     );
+    #[cfg(feature = "cuda")]
+    if vidx_model::cuda_ops::norm(&x, norm.weight(), norm.bias(), norm.eps(), true)?.is_some() {
+        record(
+            "layer_norm_32800x1024_vidx",
+            time(&|| vidx_model::ops::layer_norm(&norm, &x))?,
+            0.0,
+            2.0 * in_bytes,
+        );
+    }
     println!(
         "{}",
         serde_json::json!({"micro": "candle", "dtype": format!("{dtype:?}"), "ops": results})

@@ -35,17 +35,20 @@ pub enum Family {
     SwiGlu,
     /// [`rope_qk`]: the cases `rope …`.
     Rope,
+    /// [`norm`]: the cases `norm …`.
+    Norm,
 }
 
 impl Family {
-    const ALL: [Family; 3] = [Family::Epilogue, Family::SwiGlu, Family::Rope];
+    const ALL: [Family; 4] = [Family::Epilogue, Family::SwiGlu, Family::Rope, Family::Norm];
 
     /// The prefix of its cases in [`check`].
     fn prefix(self) -> &'static str {
         match self {
             Family::Epilogue => "epilogue ",
-            Family::SwiGlu => "swiglu",
+            Family::SwiGlu => "swiglu ",
             Family::Rope => "rope ",
+            Family::Norm => "norm ",
         }
     }
 }
@@ -54,7 +57,7 @@ impl Family {
 #[derive(Debug, Clone, Copy)]
 struct Verified {
     /// Per [`Family::ALL`]: whether its kernel passed.
-    families: [bool; 3],
+    families: [bool; 4],
     /// The preferred attention kernel among those that passed.
     attention: Option<Kernel>,
 }
@@ -67,7 +70,7 @@ fn verdict(device: &Device) -> Option<Verified> {
         return None;
     }
     let off = Verified {
-        families: [false; 3],
+        families: [false; 4],
         attention: None,
     };
     Some(*VERIFIED.get_or_init(|| {
@@ -153,55 +156,83 @@ pub fn check(device: &Device) -> Result<Vec<(String, f32)>> {
         }
     }
     let randn = |shape: &[usize]| Tensor::randn(0f32, 1.0, shape, device)?.to_dtype(dtype);
-    let (x, bias, gamma, residual) = (
-        randn(&[3, 37, 200])?,
-        randn(&[200])?,
-        randn(&[200])?,
-        randn(&[3, 37, 200])?,
-    );
-    for (name, bias, act, gamma, residual) in [
-        ("bias", Some(&bias), Activation::Identity, None, None),
-        ("bias gelu", Some(&bias), Activation::GeluErf, None, None),
-        (
-            "bias gamma residual",
-            Some(&bias),
-            Activation::Identity,
-            Some(&gamma),
-            Some(&residual),
-        ),
-        ("gamma", None, Activation::Identity, Some(&gamma), None),
-    ] {
-        let fused = epilogue_unchecked(&x, bias, act, gamma, residual)?;
-        let expected = crate::ops::epilogue_ops(&x, bias, act, gamma, residual)?;
-        errors.push((
-            format!("epilogue {name}"),
-            relative_error(fused, &expected)?,
-        ));
+    // Rows of 200 take the kernels' 16-byte path, rows of 36 their one-value path.
+    for cols in [200, 36] {
+        let (x, bias, gamma, residual) = (
+            randn(&[3, 37, cols])?,
+            randn(&[cols])?,
+            randn(&[cols])?,
+            randn(&[3, 37, cols])?,
+        );
+        for (name, bias, act, gamma, residual) in [
+            ("bias", Some(&bias), Activation::Identity, None, None),
+            ("bias gelu", Some(&bias), Activation::GeluErf, None, None),
+            (
+                "bias gamma residual",
+                Some(&bias),
+                Activation::Identity,
+                Some(&gamma),
+                Some(&residual),
+            ),
+            ("gamma", None, Activation::Identity, Some(&gamma), None),
+        ] {
+            let fused = epilogue_unchecked(&x, bias, act, gamma, residual)?;
+            let expected = crate::ops::epilogue_ops(&x, bias, act, gamma, residual)?;
+            errors.push((
+                format!("epilogue {name} {cols}"),
+                relative_error(fused, &expected)?,
+            ));
+        }
+        // Layer norm (with and without bias) and RMS norm against candle's in f32.
+        let f32 = |tensor: &Tensor| tensor.to_dtype(DType::F32);
+        let shifted = (&x + 3.0)?;
+        for (name, bias, rms) in [
+            ("layer", Some(&bias), false),
+            ("layer no bias", None, false),
+            ("rms", None, true),
+        ] {
+            let fused = norm_unchecked(&shifted, &gamma, bias, 1e-5, !rms)?;
+            let expected = if rms {
+                candle_nn::ops::rms_norm(&f32(&shifted)?, &f32(&gamma)?, 1e-5)?
+            } else {
+                let zeros = Tensor::zeros(cols, DType::F32, device)?;
+                let bias = bias.map(f32).transpose()?.unwrap_or(zeros);
+                candle_nn::ops::layer_norm(&f32(&shifted)?, &f32(&gamma)?, &bias, 1e-5)?
+            };
+            errors.push((
+                format!("norm {name} {cols}"),
+                relative_error(fused, &expected)?,
+            ));
+        }
     }
-    let stacked = randn(&[2, 9, 2 * 300])?;
-    let fused = swiglu_unchecked(&stacked, 300)?;
-    let expected = crate::ops::swiglu_ops(&stacked, 300)?;
-    errors.push(("swiglu".into(), relative_error(fused, &expected)?));
-    // The vision tower's RoPE: 2 frames of 5 tokens, 3 heads of 8, against candle's ops in f32
-    // on the same rounded inputs (candle's bf16 rotation rounds each product: too coarse a
-    // reference).
-    let angles = Tensor::randn(0f32, 3.0, &[5, 4], device)?;
-    let (qkv, cos, sin) = (
-        randn(&[2, 5, 3 * 3 * 8])?,
-        angles.cos()?.to_dtype(dtype)?,
-        angles.sin()?.to_dtype(dtype)?,
-    );
+    for half in [304, 300] {
+        let stacked = randn(&[2, 9, 2 * half])?;
+        let fused = swiglu_unchecked(&stacked, half)?;
+        let expected = crate::ops::swiglu_ops(&stacked, half)?;
+        errors.push((format!("swiglu {half}"), relative_error(fused, &expected)?));
+    }
+    // The vision tower's RoPE: 2 frames of 5 tokens, 3 heads of 8 (four pairs per access) and
+    // of 6 (one), against candle's ops in f32 on the same rounded inputs (candle's bf16
+    // rotation rounds each product: too coarse a reference).
     let f32 = |tensor: &Tensor| tensor.to_dtype(DType::F32);
-    let expected = crate::ops::rope_qk_ops(&f32(&qkv)?, 3, &f32(&cos)?, &f32(&sin)?)?;
-    let fused = rope_qk_unchecked(&qkv, 3, &cos, &sin)?;
-    for (index, name) in ["rope q", "rope k", "rope v"].into_iter().enumerate() {
-        let part = |parts: &(Tensor, Tensor, Tensor)| match index {
-            0 => parts.0.clone(),
-            1 => parts.1.clone(),
-            _ => parts.2.clone(),
-        };
-        let error = relative_error(fused.as_ref().map(part), &part(&expected))?;
-        errors.push((name.into(), error));
+    for head_dim in [8, 6] {
+        let angles = Tensor::randn(0f32, 3.0, &[5, head_dim / 2], device)?;
+        let (qkv, cos, sin) = (
+            randn(&[2, 5, 3 * 3 * head_dim])?,
+            angles.cos()?.to_dtype(dtype)?,
+            angles.sin()?.to_dtype(dtype)?,
+        );
+        let expected = crate::ops::rope_qk_ops(&f32(&qkv)?, 3, &f32(&cos)?, &f32(&sin)?)?;
+        let fused = rope_qk_unchecked(&qkv, 3, &cos, &sin)?;
+        for (index, name) in ["q", "k", "v"].into_iter().enumerate() {
+            let part = |parts: &(Tensor, Tensor, Tensor)| match index {
+                0 => parts.0.clone(),
+                1 => parts.1.clone(),
+                _ => parts.2.clone(),
+            };
+            let error = relative_error(fused.as_ref().map(part), &part(&expected))?;
+            errors.push((format!("rope {name} {head_dim}"), error));
+        }
     }
     Ok(errors)
 }
@@ -368,6 +399,16 @@ fn threads(cols: usize) -> u32 {
     (cols.div_ceil(32) * 32).clamp(32, 256) as u32
 }
 
+/// Threads a row of `values` needs when each moves `wide` of them at a time (the kernels do
+/// where the row divides evenly; otherwise one at a time).
+fn lanes(values: usize, wide: usize) -> usize {
+    if values.is_multiple_of(wide) {
+        values / wide
+    } else {
+        values
+    }
+}
+
 /// Blocks for `rows` rows (each block walks rows with a grid stride).
 fn blocks(rows: usize) -> u32 {
     rows.clamp(1, 1 << 20) as u32
@@ -436,7 +477,7 @@ impl Epilogue {
         builder.arg(&act);
         let config = LaunchConfig {
             grid_dim: (blocks(rows), 1, 1),
-            block_dim: (threads(cols), 1, 1),
+            block_dim: (threads(lanes(cols, 8)), 1, 1),
             shared_mem_bytes: 0,
         };
         #[allow(unsafe_code)]
@@ -472,6 +513,51 @@ impl CustomOp1 for Epilogue {
     }
 }
 
+/// Layer norm (`remove_mean`, `bias` optional) or RMS norm over the last axis of `x` by the
+/// fused kernel, once [`verified`]; `None` when it does not apply.
+pub fn norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    eps: f64,
+    remove_mean: bool,
+) -> Result<Option<Tensor>> {
+    if !x.device().is_cuda() || !verified(x.device(), Family::Norm) {
+        return Ok(None);
+    }
+    norm_unchecked(x, weight, bias, eps, remove_mean)
+}
+
+fn norm_unchecked(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    eps: f64,
+    remove_mean: bool,
+) -> Result<Option<Tensor>> {
+    let dtype = x.dtype();
+    let Some(&cols) = x.dims().last() else {
+        return Ok(None);
+    };
+    let vector = |tensor: &Tensor| usable(tensor, dtype) && tensor.dims() == [cols];
+    if !usable(x, dtype)
+        || cols == 0
+        || cols > i32::MAX as usize
+        || !vector(weight)
+        || !bias.is_none_or(vector)
+        || (bias.is_some() && !remove_mean)
+    {
+        return Ok(None);
+    }
+    let op = Norm {
+        weight: weight.clone(),
+        bias: bias.cloned(),
+        eps: eps as f32,
+        rms: !remove_mean,
+    };
+    x.apply_op1_no_bwd(&op).map(Some)
+}
+
 /// The `len` values of a contiguous operand.
 fn exact<'a, T>(
     values: &'a CudaSlice<T>,
@@ -485,6 +571,98 @@ fn exact<'a, T>(
             "vidx kernels: {name} {:?} has the wrong size",
             layout.dims()
         ),
+    }
+}
+
+struct Norm {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    eps: f32,
+    rms: bool,
+}
+
+/// Rows per block of the norm kernel (one warp each).
+const NORM_ROWS_PER_BLOCK: usize = 8;
+
+impl Norm {
+    fn launch<T>(
+        &self,
+        kernel: &str,
+        device: &candle_core::CudaDevice,
+        x: &CudaSlice<T>,
+        layout: &Layout,
+    ) -> Result<CudaSlice<T>>
+    where
+        T: DeviceRepr + ValidAsZeroBits + candle_core::cuda_backend::CudaDType,
+    {
+        let cols = layout.dims().last().copied().unwrap_or(0);
+        let count = layout.shape().elem_count();
+        let x = exact(x, layout, count, "x")?;
+        let rows = count / cols.max(1);
+        let (weight_storage, weight_layout) = self.weight.storage_and_layout();
+        let weight = view::<T>(&weight_storage, weight_layout)?;
+        let bias_guard = self.bias.as_ref().map(|bias| bias.storage_and_layout());
+        let bias = match &bias_guard {
+            Some((storage, layout)) => Some(view::<T>(storage, layout)?),
+            None => None,
+        };
+        if weight.len() != cols || bias.as_ref().is_some_and(|bias| bias.len() != cols) {
+            bail!(
+                "vidx norm: weight or bias does not match x {:?}",
+                layout.dims()
+            );
+        }
+        let func = device.get_or_load_custom_func(kernel, "vidx_elementwise", PTX)?;
+        let output = device.alloc_zeros::<T>(count)?;
+        let null = 0u64;
+        let mut builder = func.builder();
+        builder.arg(&x);
+        builder.arg(&weight);
+        match &bias {
+            Some(bias) => builder.arg(bias),
+            None => builder.arg(&null),
+        };
+        builder.arg(&output);
+        let (rows_arg, cols_arg, rms) = (rows as i64, cols as i32, i32::from(self.rms));
+        builder.arg(&rows_arg);
+        builder.arg(&cols_arg);
+        builder.arg(&self.eps);
+        builder.arg(&rms);
+        let config = LaunchConfig {
+            grid_dim: (blocks(rows.div_ceil(NORM_ROWS_PER_BLOCK)), 1, 1),
+            block_dim: (32 * NORM_ROWS_PER_BLOCK as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        #[allow(unsafe_code)]
+        // SAFETY: the arguments match `vidx_norm_*` (4 pointers, i64, i32, f32, i32); x and the
+        // output hold rows × cols values, weight and bias `cols` (checked above), which is all
+        // the kernel reads and writes.
+        unsafe { builder.launch(config) }.w()?;
+        Ok(output)
+    }
+}
+
+impl CustomOp1 for Norm {
+    fn name(&self) -> &'static str {
+        "vidx-norm"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("vidx-norm runs on CUDA devices only")
+    }
+
+    fn cuda_fwd(&self, x: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+        let device = x.device().clone();
+        let slice = match &x.slice {
+            CudaStorageSlice::BF16(x) => {
+                CudaStorageSlice::BF16(self.launch("vidx_norm_bf16", &device, x, layout)?)
+            }
+            CudaStorageSlice::F16(x) => {
+                CudaStorageSlice::F16(self.launch("vidx_norm_f16", &device, x, layout)?)
+            }
+            _ => bail!("vidx-norm: bf16 or f16 only"),
+        };
+        Ok((CudaStorage { slice, device }, layout.shape().clone()))
     }
 }
 
@@ -527,7 +705,14 @@ impl RopeQk {
         builder.arg(&half);
         let config = LaunchConfig {
             grid_dim: (blocks(rows), 2, 1),
-            block_dim: (threads(pairs), 1, 1),
+            block_dim: (
+                threads(lanes(
+                    pairs,
+                    if self.half.is_multiple_of(4) { 4 } else { 1 },
+                )),
+                1,
+                1,
+            ),
             shared_mem_bytes: 0,
         };
         #[allow(unsafe_code)]
@@ -622,7 +807,7 @@ impl SwiGlu {
         builder.arg(&half);
         let config = LaunchConfig {
             grid_dim: (blocks(rows), 1, 1),
-            block_dim: (threads(self.half), 1, 1),
+            block_dim: (threads(lanes(self.half, 8)), 1, 1),
             shared_mem_bytes: 0,
         };
         #[allow(unsafe_code)]

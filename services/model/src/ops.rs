@@ -350,6 +350,31 @@ pub fn swiglu_ops(tensor: &Tensor, half: usize) -> Result<Tensor> {
     gate * tensor.narrow(last, half, half)?
 }
 
+/// `norm.forward(x)` (layer norm or RMS norm over the last axis): one vidx kernel on a CUDA
+/// GPU in bf16/f16, candle's elsewhere.
+pub fn layer_norm(norm: &candle_nn::LayerNorm, x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let Some(output) = crate::cuda_ops::norm(
+        x,
+        norm.weight(),
+        norm.bias(),
+        norm.eps(),
+        norm.remove_mean(),
+    )? {
+        return Ok(output);
+    }
+    candle_core::Module::forward(norm, x)
+}
+
+/// `norm.forward(x)` for an RMS norm, as [`layer_norm`].
+pub fn rms_norm(norm: &candle_nn::RmsNorm, x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let Some(output) = crate::cuda_ops::norm(x, norm.weight(), None, norm.eps(), false)? {
+        return Ok(output);
+    }
+    candle_core::Module::forward(norm, x)
+}
+
 /// The vision tower's attention inputs from its fused projection `qkv` `[B, T, 3·H·d]`: `q`
 /// and `k` rotated by RoPE with interleaved pairs (`cos`/`sin` `[T, d/2]`, candle's `rope_i`)
 /// and `v`, each `[B, H, T, d]` (`v` and, on the GPU, `q` and `k` are strided views). One

@@ -600,7 +600,7 @@ impl Llama {
                     None => vec![(0, start + length); batch],
                 };
                 let attended = layer.self_attn.forward_outputs(
-                    &layer.input_layernorm.forward(residual)?,
+                    &crate::ops::rms_norm(&layer.input_layernorm, residual)?,
                     &cos,
                     &sin,
                     &last_visible,
@@ -612,27 +612,29 @@ impl Llama {
                     return Ok(None);
                 };
                 let hidden_mid = (residual.narrow(1, length - 1, 1)? + attended)?;
-                let mlp = layer
-                    .mlp
-                    .forward(&layer.post_attention_layernorm.forward(&hidden_mid)?)?;
+                let mlp = layer.mlp.forward(&crate::ops::rms_norm(
+                    &layer.post_attention_layernorm,
+                    &hidden_mid,
+                )?)?;
                 cache.length += length;
-                return self.norm.forward(&(hidden_mid + mlp)?).map(Some);
+                return crate::ops::rms_norm(&self.norm, &(hidden_mid + mlp)?).map(Some);
             }
             let attended = layer.self_attn.forward(
-                &layer.input_layernorm.forward(residual)?,
+                &crate::ops::rms_norm(&layer.input_layernorm, residual)?,
                 &cos,
                 &sin,
                 visible.as_ref(),
                 layer_cache,
             )?;
             let hidden_mid = (residual + attended)?;
-            let mlp = layer
-                .mlp
-                .forward(&layer.post_attention_layernorm.forward(&hidden_mid)?)?;
+            let mlp = layer.mlp.forward(&crate::ops::rms_norm(
+                &layer.post_attention_layernorm,
+                &hidden_mid,
+            )?)?;
             hidden = (hidden_mid + mlp)?;
         }
         cache.length += length;
-        self.norm.forward(&hidden).map(Some)
+        crate::ops::rms_norm(&self.norm, &hidden).map(Some)
     }
 
     /// Logits `[.., vocab]` (f32) for final hidden states.

@@ -233,7 +233,7 @@ impl Block {
         let head_dim = dim / self.num_heads;
         let device = hidden.device();
         let qkv = crate::profile::stage("vision.qkv", device, || {
-            let normed = self.norm1.forward(hidden)?;
+            let normed = crate::ops::layer_norm(&self.norm1, hidden)?;
             crate::ops::linear_epilogue(&self.qkv, &normed, Activation::Identity, None, None)
         })?;
         let (query, key, value) = crate::profile::stage("vision.rope", device, || {
@@ -272,7 +272,7 @@ impl Block {
             )
         })?;
         let inner = crate::profile::stage("vision.fc1", device, || {
-            let normed = self.norm2.forward(&hidden)?;
+            let normed = crate::ops::layer_norm(&self.norm2, &hidden)?;
             crate::ops::linear_epilogue(&self.fc1, &normed, Activation::GeluErf, None, None)
         })?;
         crate::profile::stage("vision.fc2", device, || {
