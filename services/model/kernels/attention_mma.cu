@@ -29,6 +29,9 @@ constexpr int THREADS = WARPS * 32;
 constexpr int LDH = D + 8;      // tile row stride: 144 bytes, so ldmatrix's 8 rows hit 8 banks
 static_assert(D == 64 && BN == 64, "the fragment loops below are written for 64");
 
+// The warp-level PTX this kernel is built on. `tests/kernels_on_cpu.rs` compiles the kernel
+// for the CPU with its own versions of these (VIDX_HOST_EMULATION).
+#ifndef VIDX_HOST_EMULATION
 __device__ __forceinline__ uint32_t shared_address(const void* pointer) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(pointer));
 }
@@ -79,6 +82,7 @@ __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint3
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+#endif  // VIDX_HOST_EMULATION
 
 // Two values rounded into one register (lo in the low half); `sum` gains the rounded values,
 // the weights P·V really multiplies.
