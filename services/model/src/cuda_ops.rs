@@ -11,7 +11,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{
@@ -430,7 +430,7 @@ impl Epilogue {
         layout: &Layout,
     ) -> Result<CudaSlice<T>>
     where
-        T: DeviceRepr + ValidAsZeroBits + candle_core::cuda_backend::CudaDType,
+        T: DeviceRepr + candle_core::cuda_backend::CudaDType,
     {
         let Some((start, end)) = layout.contiguous_offsets() else {
             bail!("vidx epilogue: x is not contiguous");
@@ -460,7 +460,12 @@ impl Epilogue {
             );
         }
         let func = device.get_or_load_custom_func(kernel, "vidx_elementwise", PTX)?;
-        let output = device.alloc_zeros::<T>(rows * cols)?;
+        // Not zeroed: the kernel writes every value (tests/kernels_on_cpu.rs checks that no
+        // output keeps its initial value).
+        #[allow(unsafe_code)]
+        // SAFETY: uninitialised device memory of the output's size; the kernel launched below
+        // writes all of it before anything reads it.
+        let output = unsafe { device.alloc::<T>(rows * cols) }?;
         let null = 0u64;
         let mut builder = func.builder();
         builder.arg(&x);
@@ -593,7 +598,7 @@ impl Norm {
         layout: &Layout,
     ) -> Result<CudaSlice<T>>
     where
-        T: DeviceRepr + ValidAsZeroBits + candle_core::cuda_backend::CudaDType,
+        T: DeviceRepr + candle_core::cuda_backend::CudaDType,
     {
         let cols = layout.dims().last().copied().unwrap_or(0);
         let count = layout.shape().elem_count();
@@ -613,7 +618,12 @@ impl Norm {
             );
         }
         let func = device.get_or_load_custom_func(kernel, "vidx_elementwise", PTX)?;
-        let output = device.alloc_zeros::<T>(count)?;
+        // Not zeroed: the kernel writes every value (tests/kernels_on_cpu.rs checks that no
+        // output keeps its initial value).
+        #[allow(unsafe_code)]
+        // SAFETY: uninitialised device memory of the output's size; the kernel launched below
+        // writes all of it before anything reads it.
+        let output = unsafe { device.alloc::<T>(count) }?;
         let null = 0u64;
         let mut builder = func.builder();
         builder.arg(&x);
@@ -673,7 +683,7 @@ struct RopeQk {
 }
 
 impl RopeQk {
-    fn launch<T: DeviceRepr + ValidAsZeroBits>(
+    fn launch<T: DeviceRepr>(
         &self,
         kernel: &str,
         device: &candle_core::CudaDevice,
@@ -687,7 +697,12 @@ impl RopeQk {
         let cos = exact(cos, cos_layout, self.tokens * self.half, "cos")?;
         let sin = exact(sin, sin_layout, self.tokens * self.half, "sin")?;
         let func = device.get_or_load_custom_func(kernel, "vidx_elementwise", PTX)?;
-        let output = device.alloc_zeros::<T>(2 * rows * 2 * pairs)?;
+        // Not zeroed: the kernel writes every value (tests/kernels_on_cpu.rs checks that no
+        // output keeps its initial value).
+        #[allow(unsafe_code)]
+        // SAFETY: uninitialised device memory of the output's size; the kernel launched below
+        // writes all of it before anything reads it.
+        let output = unsafe { device.alloc::<T>(2 * rows * 2 * pairs) }?;
         let (rows_arg, tokens, pairs_arg, half) = (
             rows as i64,
             self.tokens as i32,
@@ -785,7 +800,7 @@ struct SwiGlu {
 }
 
 impl SwiGlu {
-    fn launch<T: DeviceRepr + ValidAsZeroBits>(
+    fn launch<T: DeviceRepr>(
         &self,
         kernel: &str,
         device: &candle_core::CudaDevice,
@@ -798,7 +813,12 @@ impl SwiGlu {
         let x = x.slice(start..end);
         let rows = (end - start) / (2 * self.half);
         let func = device.get_or_load_custom_func(kernel, "vidx_elementwise", PTX)?;
-        let output = device.alloc_zeros::<T>(rows * self.half)?;
+        // Not zeroed: the kernel writes every value (tests/kernels_on_cpu.rs checks that no
+        // output keeps its initial value).
+        #[allow(unsafe_code)]
+        // SAFETY: uninitialised device memory of the output's size; the kernel launched below
+        // writes all of it before anything reads it.
+        let output = unsafe { device.alloc::<T>(rows * self.half) }?;
         let (rows_arg, half) = (rows as i64, self.half as i32);
         let mut builder = func.builder();
         builder.arg(&x);

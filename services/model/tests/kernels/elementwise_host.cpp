@@ -20,6 +20,10 @@ std::vector<B16> random_values(size_t count, float shift = 0.f) {
 
 float f(B16 value) { return to_float(value); }
 
+// What an output holds before the kernel runs: a value no case produces, so a missed write
+// shows.
+const B16 unwritten = from_float<B16>(99.f);
+
 // |got - expected| / (1 + |expected|), the start-up check's measure.
 double relative(float got, double expected) {
   return std::fabs(got - expected) / (1 + std::fabs(expected));
@@ -28,7 +32,7 @@ double relative(float got, double expected) {
 void test_epilogue(int rows, int cols, int act, bool has_bias, bool has_gamma, bool has_residual) {
   const auto x = random_values(size_t(rows) * cols), bias = random_values(cols),
              gamma = random_values(cols), residual = random_values(size_t(rows) * cols);
-  std::vector<B16> out(size_t(rows) * cols);
+  std::vector<B16> out(size_t(rows) * cols, unwritten);
   launch(3, 1, 1, 64, [&] {
     epilogue<B16>(x.data(), has_bias ? bias.data() : nullptr, has_gamma ? gamma.data() : nullptr,
                   has_residual ? residual.data() : nullptr, out.data(), rows, cols, act);
@@ -52,7 +56,7 @@ void test_epilogue(int rows, int cols, int act, bool has_bias, bool has_gamma, b
 
 void test_swiglu(int rows, int half) {
   const auto x = random_values(size_t(rows) * 2 * half);
-  std::vector<B16> out(size_t(rows) * half);
+  std::vector<B16> out(size_t(rows) * half, unwritten);
   launch(2, 1, 1, 64, [&] { swiglu<B16>(x.data(), out.data(), rows, half); });
   double worst = 0;
   for (int r = 0; r < rows; ++r) {
@@ -70,7 +74,7 @@ void test_rope(int batch, int tokens, int heads, int head_dim) {
   const int half = head_dim / 2, pairs = heads * half;
   const long long rows = (long long)batch * tokens;
   const auto qkv = random_values(rows * 3 * heads * head_dim);
-  std::vector<B16> cos(tokens * half), sin(tokens * half), out(2 * rows * heads * head_dim);
+  std::vector<B16> cos(tokens * half), sin(tokens * half), out(2 * rows * heads * head_dim, unwritten);
   std::normal_distribution<float> normal;
   for (int i = 0; i < tokens * half; ++i) {
     const float angle = normal(generator) * 3;
@@ -105,7 +109,7 @@ void test_norm(int rows, int cols, bool rms, bool has_bias) {
   // A mean of 5: a one-pass sum of squares would lose the variance.
   const auto x = random_values(size_t(rows) * cols, 5.f), weight = random_values(cols),
              bias = random_values(cols);
-  std::vector<B16> out(size_t(rows) * cols);
+  std::vector<B16> out(size_t(rows) * cols, unwritten);
   launch(2, 1, 1, 64, [&] {
     norm<B16>(x.data(), weight.data(), has_bias ? bias.data() : nullptr, out.data(), rows, cols,
               1e-5f, rms);
