@@ -86,7 +86,7 @@ pub fn attend(
     // One query per row (a decode step) is one block per KV head and row, each walking every
     // key alone: with few of them the batched tensor ops spread the work better. On an H200 at
     // 32 rows × 8 KV heads the mma kernel took 0.19 ms against their 0.36 (`plm_bench --micro`);
-    // at 8 blocks the shared-memory kernel was 2.8× slower than them.
+    // at batch 1 (8 blocks) the WMMA kernel made decoding 2.8× slower (58 against 161 tokens/s).
     let (batch, _, rows, _) = q.dims4()?;
     if rows == 1 && batch * k.dim(1)? < DECODE_MIN_BLOCKS {
         return Ok(None);
