@@ -5,9 +5,12 @@
 set -euo pipefail
 
 packages=(libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev
-  libavfilter-dev libavdevice-dev pkg-config clang libclang-dev protobuf-compiler ffmpeg g++)
+  libavfilter-dev libavdevice-dev pkg-config clang libclang-dev protobuf-compiler ffmpeg)
+# Only the tests need these (the Dockerfiles' build stages do not): g++ compiles the CUDA
+# kernels' source for the CPU in services/model/tests/kernels_on_cpu.rs.
+test_packages=(g++)
 missing=()
-for package in "${packages[@]}"; do
+for package in "${packages[@]}" "${test_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
