@@ -414,6 +414,40 @@ fn blocks(rows: usize) -> u32 {
     rows.clamp(1, 1 << 20) as u32
 }
 
+/// A one-input vidx kernel with a bf16 and an f16 entry point.
+trait HalfKernel {
+    /// The entry points for bf16 and for f16 inputs.
+    const KERNELS: [&'static str; 2];
+
+    fn launch<T>(
+        &self,
+        kernel: &str,
+        device: &candle_core::CudaDevice,
+        x: &CudaSlice<T>,
+        layout: &Layout,
+    ) -> Result<CudaSlice<T>>
+    where
+        T: DeviceRepr + candle_core::cuda_backend::CudaDType;
+}
+
+/// `CustomOp1::cuda_fwd`'s storage for a [`HalfKernel`]: the entry point for `x`'s type.
+fn half_fwd<K: HalfKernel + CustomOp1>(
+    kernel: &K,
+    x: &CudaStorage,
+    layout: &Layout,
+) -> Result<CudaStorage> {
+    let device = x.device().clone();
+    let [bf16, f16] = K::KERNELS;
+    let slice = match &x.slice {
+        CudaStorageSlice::BF16(x) => {
+            CudaStorageSlice::BF16(kernel.launch(bf16, &device, x, layout)?)
+        }
+        CudaStorageSlice::F16(x) => CudaStorageSlice::F16(kernel.launch(f16, &device, x, layout)?),
+        _ => bail!("{}: bf16 or f16 only", kernel.name()),
+    };
+    Ok(CudaStorage { slice, device })
+}
+
 struct Epilogue {
     bias: Option<Tensor>,
     gamma: Option<Tensor>,
@@ -421,7 +455,9 @@ struct Epilogue {
     act: Activation,
 }
 
-impl Epilogue {
+impl HalfKernel for Epilogue {
+    const KERNELS: [&'static str; 2] = ["vidx_epilogue_bf16", "vidx_epilogue_f16"];
+
     fn launch<T>(
         &self,
         kernel: &str,
@@ -504,17 +540,7 @@ impl CustomOp1 for Epilogue {
     }
 
     fn cuda_fwd(&self, x: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
-        let device = x.device().clone();
-        let slice = match &x.slice {
-            CudaStorageSlice::BF16(x) => {
-                CudaStorageSlice::BF16(self.launch("vidx_epilogue_bf16", &device, x, layout)?)
-            }
-            CudaStorageSlice::F16(x) => {
-                CudaStorageSlice::F16(self.launch("vidx_epilogue_f16", &device, x, layout)?)
-            }
-            _ => bail!("vidx-epilogue: bf16 or f16 only"),
-        };
-        Ok((CudaStorage { slice, device }, layout.shape().clone()))
+        Ok((half_fwd(self, x, layout)?, layout.shape().clone()))
     }
 }
 
@@ -589,7 +615,9 @@ struct Norm {
 /// Rows per block of the norm kernel (one warp each).
 const NORM_ROWS_PER_BLOCK: usize = 8;
 
-impl Norm {
+impl HalfKernel for Norm {
+    const KERNELS: [&'static str; 2] = ["vidx_norm_bf16", "vidx_norm_f16"];
+
     fn launch<T>(
         &self,
         kernel: &str,
@@ -662,17 +690,7 @@ impl CustomOp1 for Norm {
     }
 
     fn cuda_fwd(&self, x: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
-        let device = x.device().clone();
-        let slice = match &x.slice {
-            CudaStorageSlice::BF16(x) => {
-                CudaStorageSlice::BF16(self.launch("vidx_norm_bf16", &device, x, layout)?)
-            }
-            CudaStorageSlice::F16(x) => {
-                CudaStorageSlice::F16(self.launch("vidx_norm_f16", &device, x, layout)?)
-            }
-            _ => bail!("vidx-norm: bf16 or f16 only"),
-        };
-        Ok((CudaStorage { slice, device }, layout.shape().clone()))
+        Ok((half_fwd(self, x, layout)?, layout.shape().clone()))
     }
 }
 
@@ -799,14 +817,19 @@ struct SwiGlu {
     half: usize,
 }
 
-impl SwiGlu {
-    fn launch<T: DeviceRepr>(
+impl HalfKernel for SwiGlu {
+    const KERNELS: [&'static str; 2] = ["vidx_swiglu_bf16", "vidx_swiglu_f16"];
+
+    fn launch<T>(
         &self,
         kernel: &str,
         device: &candle_core::CudaDevice,
         x: &CudaSlice<T>,
         layout: &Layout,
-    ) -> Result<CudaSlice<T>> {
+    ) -> Result<CudaSlice<T>>
+    where
+        T: DeviceRepr + candle_core::cuda_backend::CudaDType,
+    {
         let Some((start, end)) = layout.contiguous_offsets() else {
             bail!("vidx swiglu: x is not contiguous");
         };
@@ -848,20 +871,11 @@ impl CustomOp1 for SwiGlu {
     }
 
     fn cuda_fwd(&self, x: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
-        let device = x.device().clone();
-        let slice = match &x.slice {
-            CudaStorageSlice::BF16(x) => {
-                CudaStorageSlice::BF16(self.launch("vidx_swiglu_bf16", &device, x, layout)?)
-            }
-            CudaStorageSlice::F16(x) => {
-                CudaStorageSlice::F16(self.launch("vidx_swiglu_f16", &device, x, layout)?)
-            }
-            _ => bail!("vidx-swiglu: bf16 or f16 only"),
-        };
+        let storage = half_fwd(self, x, layout)?;
         let mut dims = layout.dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = self.half;
         }
-        Ok((CudaStorage { slice, device }, Shape::from_dims(&dims)))
+        Ok((storage, Shape::from_dims(&dims)))
     }
 }
