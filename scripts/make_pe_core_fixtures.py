@@ -5,7 +5,8 @@ Reference implementation: open_clip's `CustomTextCLIP` with timm's Perception En
 (`Eva` with `global_pool="map"`: `norm` (ln_post) -> attention pooling -> `head`) and open_clip's
 `TextTransformer` (causal mask, `ln_final`, EOT pooling at argmax(ids), raw `text_projection`),
 exactly how open_clip builds `PE-Core-*` (its model_configs/PE-Core-*.json). The CLIP BPE tokenizer
-is open_clip's SimpleTokenizer. Nothing is downloaded; the weights are random (spec: PLM.md s4, s7).
+is open_clip's SimpleTokenizer. Nothing is downloaded; the weights are random (spec: docs/models.md,
+"PE-Core as a CLIP model" and "Making parity fixtures").
 
 Two configurations, each in one of the checkpoint layouts vidx reads:
 

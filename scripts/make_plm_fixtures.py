@@ -6,7 +6,7 @@ timm's Perception Encoder (`vit_pe_core_*`, an `Eva`) as vision tower through Ti
 PerceptionLM image / video processors. Nothing is downloaded: the weights are random, the tokenizer
 is a tiny byte-level BPE trained here on a fixed corpus, the video and image are synthetic.
 
-Two configurations (model spec: PLM.md sections 1-3):
+Two configurations (model spec: docs/models.md, "The PLM and PE spec"):
 
     cls    like PLM-1B/3B: `vit_pe_core_large_patch14_336`, CLS token (RoPE grid offset 1),
            llama3 rope scaling, lm_head tied. config.json uses the published-PLM layout
@@ -82,10 +82,10 @@ SYSTEM_PROMPT = (
 VIDEO_QUESTION = "What is happening in the video?"
 IMAGE_QUESTION = "Describe the image in detail."
 
-# Our own rendering of the PLM chat template (spec section 2): BOS, system turn (default system
-# message unless the conversation starts with one), then for each message its header, all <|image|>
-# placeholders, all <|video|> placeholders, its trimmed text parts and <|eot_id|>; finally the
-# assistant header when a generation prompt is requested.
+# Our own rendering of the PLM chat template (docs/models.md, PLM pre-processing): BOS, system
+# turn (default system message unless the conversation starts with one), then for each message
+# its header, all <|image|> placeholders, all <|video|> placeholders, its trimmed text parts and
+# <|eot_id|>; finally the assistant header when a generation prompt is requested.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% if messages[0]['role'] == 'system' %}"
@@ -332,7 +332,7 @@ def build_config(spec, tokenizer, tile=TILE, max_pos=MAX_POS) -> PerceptionLMCon
 
 @torch.no_grad()
 def init_weights(model, seed: int, embed_std: float) -> None:
-    """O(1) activations: std-0.02 init would hide bugs (spec section 7)."""
+    """O(1) activations: std-0.02 init would hide bugs (docs/models.md, Making parity fixtures)."""
     gen = torch.Generator().manual_seed(seed)
     for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
         shape = tuple(p.shape)
@@ -366,7 +366,7 @@ def legacy_rope_layout(config_path: pathlib.Path, spec) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Independent re-implementation of the vision tower + projector from PLM.md section 1
+# Independent re-implementation of the vision tower + projector from docs/models.md (PLM architecture)
 # (checks the spec, not transformers; the Rust port follows the spec).
 # ----------------------------------------------------------------------------------------------
 def spec_vision(sd, pixel_values, *, cls, heads, eps=1e-5):

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/setup-test.sh
 export HF_HUB_OFFLINE=1
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -924,7 +924,7 @@ fn vidx_run_serves_index_and_search_over_grpc_and_stops_on_sigterm() -> Result<(
     std::fs::create_dir_all(&media)?;
     let video = make_video(&media, "scenes.mp4", true)?;
     let data_dir = workspace.path().join("data");
-    let broker = vidx_bus::local_broker::LocalBroker::start()?;
+    let broker = vidx_testkit::LocalBroker::start()?;
     let kafka = broker.fresh_settings(2);
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -1015,6 +1015,35 @@ fn vidx_run_serves_index_and_search_over_grpc_and_stops_on_sigterm() -> Result<(
         "{}",
         describe(&bad)
     );
+    // Flags that only mean something locally are refused by name over --endpoint, not
+    // silently ignored.
+    for (arguments, flags) in [
+        (vec!["search", "a cat", "--windows"], vec!["--windows"]),
+        (
+            vec!["index", "--frames", "4", "--device", "cpu"],
+            vec!["--frames", "--device"],
+        ),
+        (vec!["index", "--segment-secs", "5"], vec!["--segment-secs"]),
+        (
+            vec!["index", "--model-dir", "/models/plm"],
+            vec!["--model-dir"],
+        ),
+    ] {
+        let mut arguments = arguments;
+        arguments.extend(["--endpoint", endpoint.as_str()]);
+        if arguments[0] == "index" {
+            arguments.push(video.to_str().context("path")?);
+        }
+        let refused = vidx(&arguments, &data_dir)?;
+        assert_eq!(refused.status.code(), Some(2), "{}", describe(&refused));
+        for flag in flags {
+            assert!(
+                String::from_utf8_lossy(&refused.stderr).contains(flag),
+                "{flag}: {}",
+                describe(&refused)
+            );
+        }
+    }
     // Live streams: none here; stopping an unknown job is NotFound; no endpoint is a usage
     // error.
     let streams = vidx(&["streams", "--endpoint", &endpoint, "--json"], &data_dir)?;

@@ -215,6 +215,35 @@ impl BlobStore for ObjectBlobStore {
         })
     }
 
+    fn put_file<'a>(
+        &'a self,
+        key: &'a str,
+        path: &'a Path,
+    ) -> BoxFuture<'a, Result<String, BlobError>> {
+        Box::pin(async move {
+            let Some(root) = &self.local_root else {
+                return vidx_core::ports::upload_file(self, key, path).await;
+            };
+            check_key(key).map_err(|reason| BlobError::Refused {
+                uri: key.to_string(),
+                reason,
+            })?;
+            let target = root.join(key);
+            let unavailable = |error: std::io::Error| {
+                BlobError::Unavailable(format!("{}: {error}", target.display()))
+            };
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).map_err(unavailable)?;
+            }
+            // A rename within one filesystem; across filesystems, a copy.
+            if std::fs::rename(path, &target).is_err() {
+                std::fs::copy(path, &target).map_err(unavailable)?;
+                let _ = std::fs::remove_file(path);
+            }
+            Ok(format!("{}/{key}", self.location))
+        })
+    }
+
     fn get<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, Result<Vec<u8>, BlobError>> {
         Box::pin(async move {
             if let Some(root) = &self.local_root {

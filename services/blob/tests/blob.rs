@@ -147,3 +147,36 @@ fn s3_and_gcs_open_from_options_without_leaking_secrets() -> TestResult {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn put_file_moves_a_chunk_into_a_local_store_and_uploads_it_to_a_remote_one() -> TestResult {
+    let directory = tempfile::tempdir()?;
+    let spool = directory.path().join("spool");
+    std::fs::create_dir_all(&spool)?;
+
+    let local = ObjectBlobStore::open(
+        &directory.path().join("blobs").display().to_string(),
+        &BTreeMap::new(),
+    )?;
+    let chunk = spool.join("000001.mkv");
+    std::fs::write(&chunk, b"chunk one")?;
+    let uri = local.put_file("job-1/000001.mkv", &chunk).await?;
+    assert_eq!(uri, format!("{}/job-1/000001.mkv", local.location()));
+    assert!(!chunk.exists(), "the chunk is moved, not copied");
+    let path = local
+        .local_path(&uri)?
+        .ok_or("a local store reads in place")?;
+    assert_eq!(std::fs::read(&path)?, b"chunk one");
+    refused(
+        local.put_file("../escape.mkv", &path).await,
+        "a key with `..`",
+    );
+
+    let remote = ObjectBlobStore::open("memory:///blobs", &BTreeMap::new())?;
+    let chunk = spool.join("000002.mkv");
+    std::fs::write(&chunk, b"chunk two")?;
+    let uri = remote.put_file("job-1/000002.mkv", &chunk).await?;
+    assert!(!chunk.exists(), "the uploaded chunk is removed");
+    assert_eq!(remote.get(&uri).await?, b"chunk two");
+    Ok(())
+}

@@ -32,7 +32,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use vidx_core::ports::{Delivery, DeliveryTag, SegmentQueue};
+use vidx_core::ports::{
+    BoxFuture, Delivery, DeliveryTag, IngestProgress, QueueStatus, SegmentQueue,
+};
 use vidx_core::{OffsetTracker, QueueError, SEGMENT_TASK_SCHEMA_VERSION, SegmentTask};
 
 /// Header names on dead-lettered messages.
@@ -68,25 +70,6 @@ pub struct KafkaSettings {
     pub max_message_bytes: u64,
     /// More librdkafka properties (`security.protocol`, `sasl.*`, `ssl.*`, …), applied last.
     pub properties: BTreeMap<String, String>,
-}
-
-impl Default for KafkaSettings {
-    fn default() -> Self {
-        Self {
-            brokers: "localhost:9092".into(),
-            topic: "vidx.segments".into(),
-            dead_letter_topic: "vidx.segments.dlq".into(),
-            group_id: "vidx-workers".into(),
-            client_id: "vidx".into(),
-            partitions: 8,
-            replication: 1,
-            session_timeout: Duration::from_secs(30),
-            max_poll_interval: Duration::from_secs(300),
-            delivery_timeout: Duration::from_secs(60),
-            max_message_bytes: 1_000_000,
-            properties: BTreeMap::new(),
-        }
-    }
 }
 
 impl KafkaSettings {
@@ -793,8 +776,8 @@ impl KafkaQueue {
 }
 
 impl SegmentQueue for KafkaQueue {
-    async fn publish(&self, task: SegmentTask) -> Result<(), QueueError> {
-        self.publish_tagged(&task).await.map(|_| ())
+    async fn publish(&self, task: SegmentTask) -> Result<DeliveryTag, QueueError> {
+        self.publish_tagged(&task).await
     }
 
     async fn receive(&self) -> Result<Option<Delivery>, QueueError> {
@@ -989,6 +972,41 @@ impl GroupProgress {
                 attempts: header(dead_letter_headers::ATTEMPTS).parse().unwrap_or(1),
             });
         }
+    }
+}
+
+impl IngestProgress for GroupProgress {
+    fn committed(&self) -> Result<HashMap<i32, i64>, QueueError> {
+        GroupProgress::committed(self)
+    }
+
+    fn next_dead_letter(&self) -> BoxFuture<'_, Result<(DeliveryTag, String), QueueError>> {
+        Box::pin(async move {
+            let record = GroupProgress::next_dead_letter(self).await?;
+            Ok((record.source, record.error))
+        })
+    }
+}
+
+impl QueueStatus for KafkaQueue {
+    fn in_flight(&self) -> usize {
+        KafkaQueue::in_flight(self)
+    }
+
+    fn assigned_partitions(&self) -> Vec<i32> {
+        KafkaQueue::assigned_partitions(self)
+    }
+
+    fn is_paused(&self) -> bool {
+        KafkaQueue::is_paused(self)
+    }
+
+    fn revocations(&self) -> u64 {
+        KafkaQueue::revocations(self)
+    }
+
+    fn lag(&self) -> Result<Vec<(i32, i64)>, QueueError> {
+        KafkaQueue::lag(self)
     }
 }
 

@@ -3,7 +3,6 @@
 //! distributed mode.
 
 pub mod kafka;
-pub mod local_broker;
 mod memory;
 
 pub use kafka::{DeadLetterRecord, GroupProgress, KafkaQueue, KafkaSettings, ensure_topics};

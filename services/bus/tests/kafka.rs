@@ -1,6 +1,6 @@
 //! The Kafka queue against a real Kafka-protocol broker (`tansu`, started on loopback):
 //! at-least-once delivery, contiguous-prefix commits, redelivery after a crash, and the
-//! dead-letter topic with its headers (RELIABILITY.md faults 1–3, 6, 7).
+//! dead-letter topic with its headers (docs/reliability.md faults 1–3, 6, 7).
 
 use std::time::Duration;
 
@@ -9,10 +9,10 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use vidx_bus::kafka::{dead_letter_headers, dead_letter_info, ensure_topics};
-use vidx_bus::local_broker::LocalBroker;
 use vidx_bus::{KafkaQueue, KafkaSettings};
 use vidx_core::ports::{Delivery, SegmentQueue};
 use vidx_core::{SEGMENT_TASK_SCHEMA_VERSION, SegmentMedia, SegmentTask, TimeRange};
+use vidx_testkit::LocalBroker;
 
 fn task(seq: u64) -> SegmentTask {
     SegmentTask {

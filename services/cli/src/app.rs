@@ -8,12 +8,16 @@ use std::sync::Arc;
 use anyhow::Context;
 use vidx_config::{Config, ConfigSources};
 use vidx_core::ErrorCode;
-use vidx_core::ports::{Captioner, TextEmbedder};
+use vidx_core::ports::{Captioner, TextEmbedder, VisualEmbedder};
+use vidx_core::regions::RegionSettings;
 use vidx_core::types::vector_names;
+use vidx_media::FfmpegFrameSampler;
 use vidx_model::captioner::{CaptionSettings, DENSE_CAPTION_PROMPT, PlmCaptioner};
 use vidx_model::models::perception_lm::{PlmBundle, fetch_files};
 use vidx_model::{HubOptions, PeCoreEmbedder, PeCoreTextEmbedder, SentenceEmbedder};
-use vidx_pipeline::SearchModels;
+use vidx_pipeline::captioners::SubtitleCaptioner;
+use vidx_pipeline::{Models, SearchModels};
+use vidx_server::Engine;
 use vidx_store::{
     AnyStore, EdgeStore, EdgeStoreOptions, ServerStore, ServerStoreOptions, VectorSpec,
 };
@@ -257,6 +261,42 @@ impl AppContext {
         Ok(Some(Arc::new(embedder)))
     }
 
+    /// Every model a node runs, loaded once for `vidx index` and `vidx run` alike: the
+    /// worker's set (PLM when configured, subtitles, the sentence embedder, PE-Core and its
+    /// regions when configured) and the query side's.
+    pub async fn load_models(&self) -> anyhow::Result<LoadedModels> {
+        let text_embedder = self.text_embedder().await?;
+        let plm = self.plm_captioner().await?;
+        let visual = self.visual_embedder().await?;
+        let models = Arc::new(Models {
+            captioners: plm
+                .into_iter()
+                .chain([Arc::new(SubtitleCaptioner) as Arc<dyn Captioner>])
+                .collect(),
+            text_embedder: text_embedder.clone(),
+            visual_embedder: visual
+                .clone()
+                .map(|visual| visual as Arc<dyn VisualEmbedder>),
+            regions: (visual.is_some() && self.config.models.regions).then(RegionSettings::default),
+        });
+        Ok(LoadedModels {
+            text_dimension: text_embedder.dimension(),
+            visual_dimension: visual.as_ref().map(|visual| visual.dimension()),
+            search: self.search_models(text_embedder, visual.as_ref()),
+            models,
+        })
+    }
+
+    /// The models and `store` as a node's engine, with the FFmpeg frame sampler.
+    pub fn engine<S>(&self, loaded: LoadedModels, store: S) -> Engine<S> {
+        Engine {
+            store: Arc::new(store),
+            search: loaded.search,
+            models: loaded.models,
+            sampler: Arc::new(FfmpegFrameSampler::new(self.config.media.frame_size)),
+        }
+    }
+
     /// The query-side models: the sentence embedder and, when configured, PE-Core's text tower.
     pub fn search_models(
         &self,
@@ -432,6 +472,14 @@ impl AppContext {
     }
 }
 
+/// What [`AppContext::load_models`] loaded.
+pub struct LoadedModels {
+    pub models: Arc<Models>,
+    pub search: SearchModels,
+    pub text_dimension: usize,
+    pub visual_dimension: Option<usize>,
+}
+
 /// The named vectors of the index: `text`, plus `visual` and `region` with a visual model.
 fn vector_specs(text_dimension: usize, visual_dimension: Option<usize>) -> Vec<VectorSpec> {
     let mut specs = vec![VectorSpec {
@@ -492,7 +540,9 @@ pub fn shutdown_telemetry() {
 pub fn spawn_signal_handler(shutdown: tokio::sync::watch::Sender<bool>) {
     tokio::spawn(async move {
         wait_for_signal().await;
-        eprintln!("stopping: finishing the segments in flight (press Ctrl-C again to exit now)");
+        eprintln!(
+            "stopping: finishing the batch in flight (up to pipeline.shutdown_grace_ms; press Ctrl-C again to exit now)"
+        );
         let _ = shutdown.send(true);
         wait_for_signal().await;
         std::process::exit(i32::from(EXIT_INTERRUPTED));

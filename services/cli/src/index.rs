@@ -1,24 +1,25 @@
-//! `vidx index`: discover inputs, segment them into the in-process queue, run the workers,
-//! report a summary. Inputs fail independently: a bad file is reported and the rest go on.
+//! `vidx index`: an in-process node — the ingest and workers of `vidx run` over the
+//! in-process queue and the embedded index. Discover the inputs, submit each as a job,
+//! follow the workers, report a summary. Inputs fail independently: a bad file is reported
+//! and the rest go on.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
-use vidx_blob::ObjectBlobStore;
+use tokio::sync::watch;
 use vidx_bus::InProcessQueue;
 use vidx_core::format_hms_ms;
-use vidx_core::ports::{BlobStore, Captioner, FrameSampler, SegmentQueue, VisualEmbedder};
-use vidx_core::regions::RegionSettings;
-use vidx_media::{FfmpegFrameSampler, InputSource, SegmentOptions, UrlPolicy};
-use vidx_pipeline::captioners::SubtitleCaptioner;
-use vidx_pipeline::{Models, WorkerEvent, WorkerOptions, run_worker};
+use vidx_core::ports::SegmentQueue;
+use vidx_pipeline::WorkerEvent;
+use vidx_server::{Ingest, Metrics, NodeSettings, start_workers};
 
-use crate::app::{AppContext, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, spawn_signal_handler};
+use crate::app::{
+    AppContext, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, cli_error, spawn_signal_handler,
+};
 use crate::args::IndexArgs;
 
 #[derive(Debug, Default, Serialize)]
@@ -59,16 +60,13 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
     }
     let started = Instant::now();
     let config = context.config.clone();
-    let policy = UrlPolicy {
-        allowed_schemes: config
-            .media
-            .allowed_url_schemes
-            .iter()
-            .map(|s| s.to_ascii_lowercase())
-            .collect(),
-        allow_private_hosts: config.media.allow_private_hosts,
-    };
-    let (inputs, discovery_errors) = vidx_media::discover_inputs(&args.inputs, &policy);
+    // The node's settings, mapped from the config as `vidx run` maps them, for an embedded
+    // node: segments go to the workers as files in a spool that this run owns.
+    let spool = tempfile::Builder::new().prefix("vidx-spool-").tempdir()?;
+    let settings = NodeSettings::embedded(&config, spool.path())
+        .map_err(|error| cli_error(vidx_core::ErrorCode::InvalidInput, error.to_string()))?;
+    let (inputs, discovery_errors) =
+        vidx_media::discover_inputs(&args.inputs, &settings.ingest.policy);
     let mut reports: BTreeMap<String, InputReport> = BTreeMap::new();
     for error in &discovery_errors {
         report_for(&mut reports, error.input())
@@ -86,89 +84,75 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
         return Ok(EXIT_PARTIAL);
     }
 
-    let text_embedder = context.text_embedder().await?;
-    let plm = context.plm_captioner().await?;
-    let visual = context.visual_embedder().await?;
-    let store = Arc::new(
-        context
-            .open_store(
-                text_embedder.dimension(),
-                visual.as_ref().map(|visual| visual.dimension()),
-            )
-            .await?,
-    );
+    let loaded = context.load_models().await?;
+    let store = context
+        .open_store(loaded.text_dimension, loaded.visual_dimension)
+        .await?;
+    let engine = context.engine(loaded, store);
+    // A batch that does not fit the device fails here, before any segment is taken.
+    if settings.worker.max_batch > 1 {
+        vidx_server::warm_up(engine.models.clone(), &settings.worker, settings.frame_size)
+            .await
+            .map_err(|error| cli_error(vidx_core::ErrorCode::Unavailable, error.to_string()))?;
+    }
 
+    // The in-process node: the ingest and the workers of `vidx run`, over the in-process
+    // queue and the embedded index.
     let queue = Arc::new(InProcessQueue::new(config.pipeline.queue_capacity));
-    let sampler: Arc<dyn FrameSampler> = Arc::new(FfmpegFrameSampler::new(config.media.frame_size));
-    let models = Arc::new(Models {
-        captioners: plm
-            .into_iter()
-            .chain([Arc::new(SubtitleCaptioner) as Arc<dyn Captioner>])
-            .collect(),
-        text_embedder,
-        regions: (visual.is_some() && config.models.regions).then(RegionSettings::default),
-        visual_embedder: visual.map(|visual| visual as Arc<dyn VisualEmbedder>),
-    });
-    // Segments that do not travel inline wait in the spool; the workers read only from it.
-    let spool = tempfile::Builder::new().prefix("vidx-spool-").tempdir()?;
-    let blobs: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::open(
-        &spool.path().display().to_string(),
-        &Default::default(),
-    )?);
-    let worker_options = WorkerOptions {
-        frames_per_segment: config.media.frames_per_segment,
-        max_attempts: config.pipeline.max_attempts,
-        retry_backoff: Duration::from_millis(config.pipeline.retry_backoff_ms),
-        max_backoff: Duration::from_secs(30),
-        // The embedded store is a local directory: an error there will not heal by waiting
-        // long, so the bounded retries apply.
-        store_outage_limit: Some(Duration::ZERO),
-        blobs: Some(blobs),
-        max_batch: config.pipeline.max_batch,
-        max_batch_wait: Duration::from_millis(config.pipeline.max_batch_wait_ms),
-    };
-    if worker_options.max_batch > 1 {
-        // A batch that does not fit the device fails here, before any segment is taken.
-        let (warm_models, size) = (models.clone(), config.media.frame_size);
-        let (batch, frames) = (worker_options.max_batch, worker_options.frames_per_segment);
-        tokio::task::spawn_blocking(move || warm_models.warm_up(batch, frames, (size, size)))
-            .await??;
-    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
-    let mut workers = Vec::new();
-    for _ in 0..config.pipeline.workers {
-        workers.push(tokio::spawn(run_worker(
-            queue.clone(),
-            store.clone(),
-            sampler.clone(),
-            models.clone(),
-            worker_options.clone(),
-            events_tx.clone(),
-            shutdown_rx.clone(),
-        )));
-    }
-    drop(events_tx);
-    spawn_signal_handler(shutdown_tx.clone());
-
-    let progress = progress_spinner(args.common.json);
-    let segment_options = SegmentOptions {
-        max_pixels: config.media.max_pixels,
-        ..SegmentOptions::new(
-            (config.media.segment_secs * 1000.0) as u64,
-            spool.path().to_path_buf(),
-        )
-    };
-
-    // Ingest runs beside the workers; events are folded into the reports as they arrive.
-    let ingest = tokio::spawn(ingest_inputs(
-        inputs,
-        segment_options,
+    let metrics = Arc::new(
+        Metrics::new(Arc::new(OnceLock::new()))
+            .map_err(|error| cli_error(vidx_core::ErrorCode::Internal, error.to_string()))?,
+    );
+    let ingest = Arc::new(Ingest::new(
+        settings.ingest.clone(),
         queue.clone(),
-        config.general.tenant.clone(),
-        config.media.inline_max_bytes,
+        queue.clone(),
+        metrics,
         shutdown_rx.clone(),
     ));
+    let (mut workers, mut events_rx) = start_workers(
+        queue.clone(),
+        &engine,
+        &settings.worker,
+        settings.concurrency,
+        &shutdown_rx,
+    );
+    spawn_signal_handler(shutdown_tx.clone());
+    let follow = tokio::spawn({
+        let ingest = ingest.clone();
+        async move { ingest.follow_dead_letters().await }
+    });
+    let collect = tokio::spawn({
+        let ingest = ingest.clone();
+        async move { ingest.collect_blobs().await }
+    });
+
+    let progress = progress_spinner(args.common.json);
+    // Jobs run one after the other, beside the workers; the bounded queue paces segmenting.
+    let tenant = config.general.tenant.clone();
+    let submit = tokio::spawn({
+        let (ingest, queue, shutdown) = (ingest.clone(), queue.clone(), shutdown_rx.clone());
+        async move {
+            let mut jobs = Vec::new();
+            for input in inputs {
+                if *shutdown.borrow() {
+                    break;
+                }
+                let name = input.display_name();
+                let accepted = ingest.accept(&tenant, input, name.clone(), false);
+                match accepted {
+                    Ok((job_id, work)) => {
+                        work.await;
+                        jobs.push((name, Ok(job_id)));
+                    }
+                    Err(status) => jobs.push((name, Err(status.message().to_string()))),
+                }
+            }
+            queue.close();
+            jobs
+        }
+    });
     let mut indexed = 0u64;
     let mut moments = 0u64;
     while let Some(event) = events_rx.recv().await {
@@ -202,16 +186,34 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
         }
         progress.set_message(format!("{indexed} segments, {moments} moments"));
     }
-    let ingest_results = ingest.await?;
-    for (name, error) in ingest_results.errors {
-        report_for(&mut reports, &name).errors.push(error);
+    if *shutdown_rx.borrow() {
+        // The workers stopped taking segments: drain what segmenting may still be publishing
+        // into the full queue, so that it sees the shutdown and ends (the next run indexes
+        // those segments again; their ids make that idempotent).
+        let drain = queue.clone();
+        tokio::spawn(async move { while let Ok(Some(_)) = drain.receive().await {} });
     }
-    for worker in workers {
-        worker.await??;
+    let jobs = submit.await?;
+    while let Some(joined) = workers.join_next().await {
+        joined?.map_err(|error| cli_error(vidx_core::ErrorCode::Unavailable, error.to_string()))?;
     }
     let interrupted = *shutdown_rx.borrow();
+    // What segmenting said of each input (the workers' outcomes are in the reports already).
+    for (name, job) in jobs {
+        let error = match job {
+            Ok(job_id) => ingest.ingest_error(&job_id),
+            Err(reason) => Some(reason),
+        };
+        if let Some(error) = error
+            && !(interrupted && error == vidx_server::ingest::INTERRUPTED)
+        {
+            report_for(&mut reports, &name).errors.push(error);
+        }
+    }
+    follow.abort();
+    collect.abort();
     if !interrupted {
-        let finishing_store = store.clone();
+        let finishing_store = engine.store.clone();
         tokio::task::spawn_blocking(move || finishing_store.finish_blocking()).await??;
     }
     progress.finish_and_clear();
@@ -278,71 +280,6 @@ fn report_for<'a>(
             input: name.to_string(),
             ..Default::default()
         })
-}
-
-#[derive(Debug, Default)]
-struct IngestResults {
-    errors: Vec<(String, String)>,
-}
-
-/// Segment each input in turn (blocking ffmpeg work on a blocking thread) and publish its
-/// chunks; the queue's bound throttles segmenting to the workers' pace.
-async fn ingest_inputs(
-    inputs: Vec<InputSource>,
-    options: SegmentOptions,
-    queue: Arc<InProcessQueue>,
-    tenant: String,
-    inline_max_bytes: u64,
-    shutdown: watch::Receiver<bool>,
-) -> IngestResults {
-    let mut results = IngestResults::default();
-    let runtime = tokio::runtime::Handle::current();
-    for input in inputs {
-        if *shutdown.borrow() {
-            break;
-        }
-        let name = input.display_name();
-        let (queue, tenant, options, shutdown, runtime) = (
-            queue.clone(),
-            tenant.clone(),
-            options.clone(),
-            shutdown.clone(),
-            runtime.clone(),
-        );
-        let stream_id = name.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            vidx_media::segment_source(&input, &options, |chunk| {
-                if *shutdown.borrow() {
-                    return false;
-                }
-                let task = match chunk.into_task(&tenant, &stream_id, &stream_id, inline_max_bytes)
-                {
-                    Ok(task) => task,
-                    Err(error) => {
-                        tracing::warn!(stream_id, %error, "cannot read segment chunk");
-                        return false;
-                    }
-                };
-                // A blocking thread may wait on the runtime; the bounded queue is the backpressure.
-                runtime.block_on(queue.publish(task)).is_ok()
-            })
-        })
-        .await;
-        match outcome {
-            Ok(Ok(summary)) => {
-                tracing::info!(input = %name, segments = summary.segments, cues = summary.subtitle_cues, "segmented");
-                if summary.subtitle_cues == 0 {
-                    tracing::warn!(input = %name, "no subtitles found: without a captioning model this input yields no moments");
-                }
-            }
-            Ok(Err(error)) => results.errors.push((name, error.to_string())),
-            Err(error) => results
-                .errors
-                .push((name, format!("segmenting task failed: {error}"))),
-        }
-    }
-    queue.close();
-    results
 }
 
 /// A spinner with the running counts: the number of segments is unknown until segmenting ends.

@@ -7,14 +7,15 @@ use std::time::Duration;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
-use vidx_core::{ErrorCode, format_hms_ms};
+use vidx_core::ErrorCode;
+use vidx_core::fusion::SearchHit;
 use vidx_proto::v1;
 use vidx_proto::v1::ingest_service_client::IngestServiceClient;
 use vidx_proto::v1::search_service_client::SearchServiceClient;
 
 use crate::app::{EXIT_OK, EXIT_PARTIAL, cli_error};
 use crate::args::{IndexArgs, SearchArgs, StreamsArgs};
-use crate::search::{ChannelScoresLine, HitLine, print_hits};
+use crate::search::print_hits;
 
 async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
     let mut builder = Endpoint::from_shared(endpoint.to_string())
@@ -55,6 +56,37 @@ fn request<T>(message: T, token: Option<&str>) -> anyhow::Result<tonic::Request<
     Ok(request)
 }
 
+/// Flags that only mean something to the local index or the local models: with
+/// `--endpoint` they would be silently ignored, so they are refused by name instead.
+fn refuse_local_flags(command: &str, set: &[(&str, bool)]) -> anyhow::Result<()> {
+    let named: Vec<&str> = set
+        .iter()
+        .filter(|(_, present)| *present)
+        .map(|(flag, _)| *flag)
+        .collect();
+    if named.is_empty() {
+        return Ok(());
+    }
+    Err(cli_error(
+        ErrorCode::InvalidInput,
+        format!(
+            "vidx {command} --endpoint: {} only apply to the local index and models (the server uses its own configuration); drop {}",
+            named.join(", "),
+            if named.len() == 1 { "it" } else { "them" }
+        ),
+    ))
+}
+
+/// The flags of [`CommonArgs`](crate::args::CommonArgs) that name local models. (`--data-dir`
+/// is accepted: it also says where `vidx` keeps nothing else but the index.)
+fn common_local_flags(common: &crate::args::CommonArgs) -> [(&'static str, bool); 3] {
+    [
+        ("--text-model-dir", common.text_model_dir.is_some()),
+        ("--visual-model-dir", common.visual_model_dir.is_some()),
+        ("--device", common.device.is_some()),
+    ]
+}
+
 /// A gRPC status as a CLI error with the matching exit code.
 fn status_error(status: tonic::Status) -> anyhow::Error {
     use tonic::Code;
@@ -78,6 +110,9 @@ pub async fn search(endpoint: &str, token: Option<&str>, args: &SearchArgs) -> a
             "--image and --like search the local index; over --endpoint send a text query",
         ));
     }
+    let mut local = common_local_flags(&args.common).to_vec();
+    local.push(("--windows", args.windows));
+    refuse_local_flags("search", &local)?;
     let mut client = SearchServiceClient::new(connect(endpoint).await?);
     let message = v1::SearchRequest {
         query: args.query.clone().unwrap_or_default(),
@@ -92,44 +127,21 @@ pub async fn search(endpoint: &str, token: Option<&str>, args: &SearchArgs) -> a
         .await
         .map_err(status_error)?
         .into_inner();
-    let lines: Vec<HitLine<'_>> = response
-        .hits
-        .iter()
-        .enumerate()
-        .map(|(index, hit)| HitLine {
-            rank: index + 1,
-            id: hit.id.clone(),
-            stream_id: &hit.stream_id,
-            start_ms: hit.start_ms,
-            end_ms: hit.end_ms,
-            start: format_hms_ms(hit.start_ms),
-            end: format_hms_ms(hit.end_ms),
-            caption: &hit.caption,
-            kind: &hit.kind,
-            score: hit.score,
-            segment_seq: None,
-            scores: hit
-                .scores
-                .as_ref()
-                .map(|scores| ChannelScoresLine {
-                    caption: scores.caption,
-                    visual: scores.visual,
-                    region: scores.region,
-                    lexical: scores.lexical,
-                })
-                .unwrap_or_default(),
-            region: hit
-                .r#box
-                .as_ref()
-                .map(|region| [region.x0, region.y0, region.x1, region.y1]),
-        })
-        .collect();
-    print_hits(&lines, args.common.json)?;
+    let hits: Vec<SearchHit> = response.hits.into_iter().map(SearchHit::from).collect();
+    print_hits(&hits, args.common.json)?;
     Ok(EXIT_OK)
 }
 
 /// Submit every input, then follow the jobs to the end with a progress bar.
 pub async fn index(endpoint: &str, token: Option<&str>, args: &IndexArgs) -> anyhow::Result<u8> {
+    let mut local = common_local_flags(&args.common).to_vec();
+    local.extend([
+        ("--segment-secs", args.segment_secs.is_some()),
+        ("--frames", args.frames.is_some()),
+        ("--model", args.model.is_some()),
+        ("--model-dir", args.model_dir.is_some()),
+    ]);
+    refuse_local_flags("index", &local)?;
     let mut client = IngestServiceClient::new(connect(endpoint).await?);
     let mut jobs = Vec::new();
     let mut failures = 0usize;

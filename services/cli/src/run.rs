@@ -1,13 +1,6 @@
 //! `vidx run ingest|worker|query`: one node of the distributed mode (see `vidx-server`).
 
-use std::sync::Arc;
-
 use tokio::sync::watch;
-use vidx_core::ports::{Captioner, FrameSampler, VisualEmbedder};
-use vidx_core::regions::RegionSettings;
-use vidx_media::FfmpegFrameSampler;
-use vidx_pipeline::Models;
-use vidx_pipeline::captioners::SubtitleCaptioner;
 use vidx_server::{Engine, NodeSettings, Roles, ServerError};
 use vidx_store::AnyStore;
 
@@ -30,9 +23,8 @@ pub async fn run(context: AppContext, args: &RunArgs) -> anyhow::Result<u8> {
         .map_err(server_error)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     spawn_signal_handler(shutdown_tx);
-    let frame_size = context.config.media.frame_size;
     let engine = async {
-        load_engine(&context, frame_size)
+        load_engine(&context)
             .await
             .map_err(|error| ServerError::Startup(format!("{error:#}")))
     };
@@ -52,36 +44,12 @@ pub async fn run(context: AppContext, args: &RunArgs) -> anyhow::Result<u8> {
 /// Models and the store: a Qdrant server collection (`store.kind = "qdrant"`, the cluster
 /// setup), or the embedded Qdrant Edge index in the data dir, which one process owns — then
 /// the worker and query roles that share it run in one process.
-async fn load_engine(context: &AppContext, frame_size: u32) -> anyhow::Result<Engine<AnyStore>> {
-    let text_embedder = context.text_embedder().await?;
-    let plm = context.plm_captioner().await?;
-    let visual = context.visual_embedder().await?;
-    let store = Arc::new(
-        context
-            .open_any_store(
-                text_embedder.dimension(),
-                visual.as_ref().map(|visual| visual.dimension()),
-            )
-            .await?,
-    );
-    let sampler: Arc<dyn FrameSampler> = Arc::new(FfmpegFrameSampler::new(frame_size));
-    let models = Arc::new(Models {
-        captioners: plm
-            .into_iter()
-            .chain([Arc::new(SubtitleCaptioner) as Arc<dyn Captioner>])
-            .collect(),
-        text_embedder: text_embedder.clone(),
-        visual_embedder: visual
-            .clone()
-            .map(|visual| visual as Arc<dyn VisualEmbedder>),
-        regions: (visual.is_some() && context.config.models.regions).then(RegionSettings::default),
-    });
-    Ok(Engine {
-        store,
-        search: context.search_models(text_embedder, visual.as_ref()),
-        models,
-        sampler,
-    })
+async fn load_engine(context: &AppContext) -> anyhow::Result<Engine<AnyStore>> {
+    let loaded = context.load_models().await?;
+    let store = context
+        .open_any_store(loaded.text_dimension, loaded.visual_dimension)
+        .await?;
+    Ok(context.engine(loaded, store))
 }
 
 fn server_error(error: ServerError) -> anyhow::Error {

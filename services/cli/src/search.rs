@@ -1,7 +1,7 @@
 //! `vidx search` and `vidx stats`.
 
 use serde::Serialize;
-use vidx_core::fusion::{Channel, FusedHit};
+use vidx_core::fusion::SearchHit;
 use vidx_core::ports::IndexStore;
 use vidx_core::types::vector_names;
 use vidx_core::{SearchFilter, format_hms_ms};
@@ -10,70 +10,42 @@ use vidx_pipeline::{PipelineError, SearchMode, SearchRequest};
 use crate::app::{AppContext, EXIT_OK, cli_error};
 use crate::args::{CommonArgs, SearchArgs};
 
+/// A hit as `vidx search` prints it: its rank and readable times, then the hit itself
+/// (the same shape locally and over `--endpoint`).
 #[derive(Debug, Serialize)]
-pub struct HitLine<'a> {
-    pub rank: usize,
-    pub id: String,
-    pub stream_id: &'a str,
-    pub start_ms: u64,
-    pub end_ms: u64,
-    pub start: String,
-    pub end: String,
-    pub caption: &'a str,
-    pub kind: &'a str,
-    pub score: f32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub segment_seq: Option<u64>,
-    /// Each channel's own similarity, for the channels that found the hit.
-    pub scores: ChannelScoresLine,
-    /// `[x0, y0, x1, y1]` in 0..1 for region records.
-    #[serde(rename = "box", skip_serializing_if = "Option::is_none")]
-    pub region: Option<[f32; 4]>,
-}
-
-#[derive(Debug, Default, Serialize)]
-pub struct ChannelScoresLine {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub caption: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub visual: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub region: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lexical: Option<f32>,
-}
-
-impl ChannelScoresLine {
-    fn of(hit: &FusedHit) -> Self {
-        let channel = |channel: Channel| hit.channels.get(&channel).map(|score| score.score);
-        Self {
-            caption: channel(Channel::Caption),
-            visual: channel(Channel::Visual),
-            region: channel(Channel::Region),
-            lexical: channel(Channel::Lexical),
-        }
-    }
+struct HitLine<'a> {
+    rank: usize,
+    start: String,
+    end: String,
+    #[serde(flatten)]
+    hit: &'a SearchHit,
 }
 
 /// One line per hit (JSON lines with `json`), or "no hits".
-pub fn print_hits(lines: &[HitLine<'_>], json: bool) -> anyhow::Result<()> {
-    if lines.is_empty() && !json {
+pub fn print_hits(hits: &[SearchHit], json: bool) -> anyhow::Result<()> {
+    if hits.is_empty() && !json {
         println!("no hits");
     }
-    for line in lines {
+    for (index, hit) in hits.iter().enumerate() {
+        let line = HitLine {
+            rank: index + 1,
+            start: format_hms_ms(hit.start_ms),
+            end: format_hms_ms(hit.end_ms),
+            hit,
+        };
         if json {
-            println!("{}", serde_json::to_string(line)?);
+            println!("{}", serde_json::to_string(&line)?);
         } else {
-            let description = match (line.caption.is_empty(), line.region) {
-                (false, _) => line.caption.to_string(),
+            let description = match (hit.caption.is_empty(), hit.region) {
+                (false, _) => hit.caption.clone(),
                 (true, Some([x0, y0, x1, y1])) => {
-                    format!("[{} {x0:.2},{y0:.2}–{x1:.2},{y1:.2}]", line.kind)
+                    format!("[{} {x0:.2},{y0:.2}–{x1:.2},{y1:.2}]", hit.kind)
                 }
-                (true, None) => format!("[{}]", line.kind),
+                (true, None) => format!("[{}]", hit.kind),
             };
             println!(
                 "{:>2}. {:.3}  {} – {}  {}\n    {}",
-                line.rank, line.score, line.start, line.end, line.stream_id, description
+                line.rank, hit.score, line.start, line.end, hit.stream_id, description
             );
         }
     }
@@ -181,30 +153,8 @@ pub async fn run(context: AppContext, args: &SearchArgs) -> anyhow::Result<u8> {
         print_windows(&results.windows, args.common.json)?;
         return Ok(EXIT_OK);
     }
-    let lines: Vec<HitLine<'_>> = results
-        .hits
-        .iter()
-        .enumerate()
-        .map(|(index, hit)| HitLine {
-            rank: index + 1,
-            id: hit.id.to_string(),
-            stream_id: &hit.payload.stream_id,
-            start_ms: hit.payload.start_ms,
-            end_ms: hit.payload.end_ms,
-            start: format_hms_ms(hit.payload.start_ms),
-            end: format_hms_ms(hit.payload.end_ms),
-            caption: &hit.payload.caption,
-            kind: hit.payload.kind.as_str(),
-            score: hit.score as f32,
-            segment_seq: Some(hit.payload.segment_seq),
-            scores: ChannelScoresLine::of(hit),
-            region: hit
-                .payload
-                .region
-                .map(|region| [region.x0, region.y0, region.x1, region.y1]),
-        })
-        .collect();
-    print_hits(&lines, args.common.json)?;
+    let hits: Vec<SearchHit> = results.hits.iter().map(SearchHit::from).collect();
+    print_hits(&hits, args.common.json)?;
     Ok(EXIT_OK)
 }
 

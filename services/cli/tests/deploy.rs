@@ -381,6 +381,7 @@ fn every_yaml_file_under_deploy_parses() {
 
 const COMPOSE_DIR: &str = "deploy/compose";
 const COMPOSE_FILE: &str = "deploy/compose/docker-compose.yml";
+const COMPOSE_GPU_FILE: &str = "deploy/compose/gpu.yml";
 const COLLECTOR_FILE: &str = "deploy/compose/otel-collector.yaml";
 
 /// Compose's `${NAME:-default}` / `${NAME}` with nothing set (deterministic: the defaults).
@@ -561,14 +562,51 @@ fn compose_image_repository(image: &str) -> &str {
 
 #[test]
 fn compose_stack_references_agree() {
+    check_compose_stack(&yaml_file(COMPOSE_FILE), COMPOSE_FILE, 2);
+}
+
+/// The GPU override replaces the CPU workers (one consumer group, one model set: a GPU
+/// worker beside caption-less CPU workers would leave some segments without captions), and
+/// its workers caption in batches.
+#[test]
+fn the_gpu_compose_override_makes_every_worker_a_batched_gpu_captioner() {
+    let mut stack = yaml_file(COMPOSE_FILE);
+    gotmpl::merge_values(&mut stack, &yaml_file(COMPOSE_GPU_FILE));
+    let label = format!("{COMPOSE_FILE} + {COMPOSE_GPU_FILE}");
+    // One GPU worker by default (one per GPU of the host).
+    let nodes = check_compose_stack(&stack, &label, 1);
+    let workers: Vec<&ComposeNode> = nodes
+        .iter()
+        .filter(|node| node.roles.iter().any(|role| role == "worker"))
+        .collect();
+    assert!(!workers.is_empty(), "{label}: no worker");
+    for worker in workers {
+        let models = &worker.config.models;
+        assert!(
+            models.device.starts_with("cuda") && !models.captioner.is_empty(),
+            "{label}: worker `{}` is not a GPU captioner (device `{}`, captioner `{}`)",
+            worker.name,
+            models.device,
+            models.captioner
+        );
+        assert_eq!(
+            worker.dockerfile, "deploy/docker/Dockerfile.cuda",
+            "{label}: worker `{}`",
+            worker.name
+        );
+    }
+}
+
+/// Every check of one compose stack (a file, or a file with its overrides merged); the vidx
+/// nodes it found.
+fn check_compose_stack(compose: &Value, file: &str, min_workers: u64) -> Vec<ComposeNode> {
     let mut problems = Problems::default();
     let schema = Schema::load();
-    let compose = yaml_file(COMPOSE_FILE);
     let compose_dir = repo_root().join(COMPOSE_DIR);
-    let services = at(&compose, &["services"])
+    let services = at(compose, &["services"])
         .and_then(Value::as_mapping)
-        .unwrap_or_else(|| panic!("{COMPOSE_FILE}: no services"));
-    let declared_volumes: BTreeSet<String> = at(&compose, &["volumes"])
+        .unwrap_or_else(|| panic!("{file}: no services"));
+    let declared_volumes: BTreeSet<String> = at(compose, &["volumes"])
         .and_then(Value::as_mapping)
         .map(|volumes| {
             volumes
@@ -601,30 +639,28 @@ fn compose_stack_references_agree() {
                 context_dir.join("Cargo.toml").is_file()
                     && read_to_string_or_empty(&context_dir.join("Cargo.toml"))
                         .contains("[workspace]"),
-                || format!("{COMPOSE_FILE}: service `{name}` builds from `{context}`, which is not the workspace root"),
+                || format!("{file}: service `{name}` builds from `{context}`, which is not the workspace root"),
             );
-            let file = str_at(build, &["dockerfile"]).unwrap_or("Dockerfile");
-            problems.check(context_dir.join(file).is_file(), || {
-                format!(
-                    "{COMPOSE_FILE}: service `{name}` builds with `{file}`, which does not exist"
-                )
+            let built_with = str_at(build, &["dockerfile"]).unwrap_or("Dockerfile");
+            problems.check(context_dir.join(built_with).is_file(), || {
+                format!("{file}: service `{name}` builds with `{built_with}`, which does not exist")
             });
-            dockerfile = Some(file.to_string());
+            dockerfile = Some(built_with.to_string());
         } else if let Some(image) = image {
             let repository = compose_image_repository(image);
             problems.check(PUBLIC_IMAGES.contains(&repository), || {
-                format!("{COMPOSE_FILE}: service `{name}` pulls `{image}`, which is neither built here nor a known public image ({PUBLIC_IMAGES:?})")
+                format!("{file}: service `{name}` pulls `{image}`, which is neither built here nor a known public image ({PUBLIC_IMAGES:?})")
             });
             let tag = image.strip_prefix(repository).unwrap_or_default();
             problems.check(!tag.is_empty() && tag != ":latest", || {
-                format!("{COMPOSE_FILE}: service `{name}` pulls `{image}` without a pinned tag")
+                format!("{file}: service `{name}` pulls `{image}` without a pinned tag")
             });
             if repository == "otel/opentelemetry-collector-contrib" {
                 collector_service = Some((name.clone(), service));
             }
         } else {
             problems.add(format!(
-                "{COMPOSE_FILE}: service `{name}` has neither image nor build"
+                "{file}: service `{name}` has neither image nor build"
             ));
         }
 
@@ -635,38 +671,36 @@ fn compose_stack_references_agree() {
         let words = command_words(service);
         let Some((roles, config_path)) = run_command(&words) else {
             problems.add(format!(
-                "{COMPOSE_FILE}: service `{name}` builds vidx but its command {words:?} is not `run ROLE... --config FILE`"
+                "{file}: service `{name}` builds vidx but its command {words:?} is not `run ROLE... --config FILE`"
             ));
             continue;
         };
         for role in &roles {
             problems.check(role_service(role).is_some(), || {
-                format!("{COMPOSE_FILE}: service `{name}`: `{role}` is not a role of `vidx run`")
+                format!("{file}: service `{name}`: `{role}` is not a role of `vidx run`")
             });
         }
         problems.check(config_path.as_deref() == Some(CONFIG_MOUNT), || {
-            format!("{COMPOSE_FILE}: service `{name}` reads its config from {config_path:?}, not {CONFIG_MOUNT}")
+            format!(
+                "{file}: service `{name}` reads its config from {config_path:?}, not {CONFIG_MOUNT}"
+            )
         });
         let mounts = compose_mounts(service);
         problems.check(
             mounts.get(CONFIG_MOUNT).map(String::as_str) == Some("./vidx.toml"),
-            || {
-                format!(
-                    "{COMPOSE_FILE}: service `{name}` does not mount ./vidx.toml at {CONFIG_MOUNT}"
-                )
-            },
+            || format!("{file}: service `{name}` does not mount ./vidx.toml at {CONFIG_MOUNT}"),
         );
         for source in mounts.values() {
             let is_named = !source.starts_with('.') && !source.starts_with('/');
             problems.check(!is_named || declared_volumes.contains(source), || {
-                format!("{COMPOSE_FILE}: service `{name}` mounts volume `{source}`, which is not declared under volumes")
+                format!("{file}: service `{name}` mounts volume `{source}`, which is not declared under volumes")
             });
         }
         let env = compose_env(service);
         for variable in env.keys() {
             if let Some(path) = env_key_path(variable) {
                 problems.check(schema.knows(&path), || {
-                    format!("{COMPOSE_FILE}: service `{name}` sets {variable}, but `{path}` does not exist in config/default.toml")
+                    format!("{file}: service `{name}` sets {variable}, but `{path}` does not exist in config/default.toml")
                 });
             }
         }
@@ -681,12 +715,12 @@ fn compose_stack_references_agree() {
                 optional: at(service, &["profiles"]).is_some(),
             }),
             Err(error) => problems.add(format!(
-                "{COMPOSE_FILE}: service `{name}`: {COMPOSE_DIR}/vidx.toml with its environment does not load: {error}"
+                "{file}: service `{name}`: {COMPOSE_DIR}/vidx.toml with its environment does not load: {error}"
             )),
         }
     }
 
-    let collector_grpc_port = check_collector(&mut problems, collector_service, &nodes);
+    let collector_grpc_port = check_collector(&mut problems, collector_service, &nodes, file);
 
     for node in &nodes {
         let service = &services[node.name.as_str()];
@@ -696,14 +730,14 @@ fn compose_stack_references_agree() {
         let metrics_port = port_of(&config.server.metrics_listen);
         problems.check(
             config.server.listen.starts_with("0.0.0.0:") && listen_port.is_some(),
-            || format!("{COMPOSE_FILE}: service `{name}`: server.listen `{}` is not reachable from other containers", config.server.listen),
+            || format!("{file}: service `{name}`: server.listen `{}` is not reachable from other containers", config.server.listen),
         );
         problems.check(metrics_port.is_some(), || {
-            format!("{COMPOSE_FILE}: service `{name}`: server.metrics_listen is not set, the collector scrapes it")
+            format!("{file}: service `{name}`: server.metrics_listen is not set, the collector scrapes it")
         });
         for target in published_targets(service) {
             problems.check(Some(target) == listen_port || Some(target) == metrics_port, || {
-                format!("{COMPOSE_FILE}: service `{name}` publishes container port {target}, but vidx listens on {listen_port:?} and {metrics_port:?}")
+                format!("{file}: service `{name}` publishes container port {target}, but vidx listens on {listen_port:?} and {metrics_port:?}")
             });
         }
 
@@ -714,7 +748,7 @@ fn compose_stack_references_agree() {
             .collect();
         let probed_port = probe_flag(&test, "addr").and_then(|address| host_port(&address));
         problems.check(probed_port.as_ref().map(|(_, port)| *port) == listen_port, || {
-            format!("{COMPOSE_FILE}: service `{name}`: the healthcheck probes {probed_port:?}, vidx listens on port {listen_port:?}")
+            format!("{file}: service `{name}`: the healthcheck probes {probed_port:?}, vidx listens on port {listen_port:?}")
         });
         let probed_service = probe_flag(&test, "service").unwrap_or_default();
         let expected: Vec<&str> = node
@@ -723,14 +757,16 @@ fn compose_stack_references_agree() {
             .filter_map(|role| role_service(role))
             .collect();
         problems.check(expected.contains(&probed_service.as_str()), || {
-            format!("{COMPOSE_FILE}: service `{name}`: the healthcheck asks for `{probed_service}`, which is not one of {expected:?} (vidx_server::service_names)")
+            format!("{file}: service `{name}`: the healthcheck asks for `{probed_service}`, which is not one of {expected:?} (vidx_server::service_names)")
         });
 
         let has = |role: &str| node.roles.iter().any(|r| r == role);
         if has("ingest") || has("worker") {
             for broker in config.kafka.brokers.split(',') {
                 let Some((host, port)) = host_port(broker.trim()) else {
-                    problems.add(format!("{COMPOSE_FILE}: service `{name}`: kafka.brokers `{broker}` is not host:port"));
+                    problems.add(format!(
+                        "{file}: service `{name}`: kafka.brokers `{broker}` is not host:port"
+                    ));
                     continue;
                 };
                 let advertised = services
@@ -739,78 +775,75 @@ fn compose_stack_references_agree() {
                     .and_then(|env| env.get("KAFKA_ADVERTISED_LISTENERS").cloned())
                     .unwrap_or_default();
                 problems.check(advertised.contains(&format!("://{host}:{port}")), || {
-                    format!("{COMPOSE_FILE}: service `{name}`: kafka.brokers names {host}:{port}, but no service `{host}` advertises that listener")
+                    format!("{file}: service `{name}`: kafka.brokers names {host}:{port}, but no service `{host}` advertises that listener")
                 });
                 problems.check(depends_healthy(service, &host), || {
-                    format!(
-                        "{COMPOSE_FILE}: service `{name}` does not wait for `{host}` to be healthy"
-                    )
+                    format!("{file}: service `{name}` does not wait for `{host}` to be healthy")
                 });
                 problems.check(
                     services
                         .get(host.as_str())
                         .is_some_and(|broker| at(broker, &["healthcheck"]).is_some()),
-                    || {
-                        format!(
-                            "{COMPOSE_FILE}: service `{host}` has no healthcheck for depends_on"
-                        )
-                    },
+                    || format!("{file}: service `{host}` has no healthcheck for depends_on"),
                 );
             }
         }
         if has("worker") || has("query") {
             problems.check(config.store.kind == "qdrant", || {
-                format!("{COMPOSE_FILE}: service `{name}`: store.kind is `{}`; separate worker and query containers need a Qdrant server", config.store.kind)
+                format!("{file}: service `{name}`: store.kind is `{}`; separate worker and query containers need a Qdrant server", config.store.kind)
             });
             match url_host_port(&config.store.url) {
                 Some((host, port)) => {
                     problems.check(port == QDRANT_GRPC_PORT, || {
-                        format!("{COMPOSE_FILE}: service `{name}`: store.url `{}` is not Qdrant's gRPC port {QDRANT_GRPC_PORT}", config.store.url)
+                        format!("{file}: service `{name}`: store.url `{}` is not Qdrant's gRPC port {QDRANT_GRPC_PORT}", config.store.url)
                     });
                     problems.check(
                         services.get(host.as_str()).is_some_and(|qdrant| exposed_ports(qdrant).contains(&port)),
-                        || format!("{COMPOSE_FILE}: service `{name}`: store.url names `{host}:{port}`, which no service exposes"),
+                        || format!("{file}: service `{name}`: store.url names `{host}:{port}`, which no service exposes"),
                     );
                     problems.check(depends_healthy(service, &host), || {
-                        format!("{COMPOSE_FILE}: service `{name}` does not wait for `{host}` to be healthy")
+                        format!("{file}: service `{name}` does not wait for `{host}` to be healthy")
                     });
                 }
                 None => problems.add(format!(
-                    "{COMPOSE_FILE}: service `{name}`: store.url `{}` has no host:port",
+                    "{file}: service `{name}`: store.url `{}` has no host:port",
                     config.store.url
                 )),
             }
             let hf_home = node.env.get("HF_HOME").cloned().unwrap_or_default();
             problems.check(node.mounts.contains_key(&hf_home), || {
-                format!("{COMPOSE_FILE}: service `{name}`: HF_HOME `{hf_home}` is not a volume (models would be fetched on every start)")
+                format!("{file}: service `{name}`: HF_HOME `{hf_home}` is not a volume (models would be fetched on every start)")
             });
         }
         if has("ingest") {
             for root in &config.server.ingest_roots {
                 problems.check(mount_of(&node.mounts, root).is_some(), || {
-                    format!("{COMPOSE_FILE}: service `{name}`: server.ingest_roots `{root}` is not mounted")
+                    format!("{file}: service `{name}`: server.ingest_roots `{root}` is not mounted")
                 });
             }
         }
         if has("worker") {
             let grace = str_at(service, &["stop_grace_period"]).and_then(duration_secs);
-            problems.check(grace.is_some_and(|secs| secs > LONGEST_BATCH_SECS), || {
-                format!("{COMPOSE_FILE}: service `{name}`: stop_grace_period {grace:?} s does not exceed the longest batch ({LONGEST_BATCH_SECS} s)")
+            let batch_grace = config.pipeline.shutdown_grace_ms.div_ceil(1000);
+            problems.check(grace.is_some_and(|secs| secs > LONGEST_BATCH_SECS && secs > batch_grace), || {
+                format!("{file}: service `{name}`: stop_grace_period {grace:?} s does not exceed the longest batch ({LONGEST_BATCH_SECS} s) and pipeline.shutdown_grace_ms ({batch_grace} s)")
             });
         }
         let is_cuda_image = node.dockerfile.ends_with("Dockerfile.cuda");
         let wants_cuda = config.models.device.starts_with("cuda");
         problems.check(is_cuda_image == wants_cuda, || {
             format!(
-                "{COMPOSE_FILE}: service `{name}` builds `{}` but models.device is `{}`",
+                "{file}: service `{name}` builds `{}` but models.device is `{}`",
                 node.dockerfile, config.models.device
             )
         });
         if wants_cuda {
             let devices = seq_at(service, &["deploy", "resources", "reservations", "devices"]);
             problems.check(
-                devices.iter().any(|device| str_at(device, &["driver"]) == Some("nvidia")),
-                || format!("{COMPOSE_FILE}: service `{name}` runs on cuda but reserves no nvidia device"),
+                devices
+                    .iter()
+                    .any(|device| str_at(device, &["driver"]) == Some("nvidia")),
+                || format!("{file}: service `{name}` runs on cuda but reserves no nvidia device"),
             );
         }
 
@@ -823,18 +856,18 @@ fn compose_stack_references_agree() {
             Some((host, port)) => {
                 problems.check(
                     collector_service_name(services).as_deref() == Some(host.as_str()),
-                    || format!("{COMPOSE_FILE}: service `{name}`: OTEL_EXPORTER_OTLP_ENDPOINT names `{host}`, not the collector service"),
+                    || format!("{file}: service `{name}`: OTEL_EXPORTER_OTLP_ENDPOINT names `{host}`, not the collector service"),
                 );
                 problems.check(Some(port) == collector_grpc_port, || {
-                    format!("{COMPOSE_FILE}: service `{name}`: OTEL_EXPORTER_OTLP_ENDPOINT port {port} is not the collector's OTLP gRPC port {collector_grpc_port:?}")
+                    format!("{file}: service `{name}`: OTEL_EXPORTER_OTLP_ENDPOINT port {port} is not the collector's OTLP gRPC port {collector_grpc_port:?}")
                 });
             }
             None => problems.add(format!(
-                "{COMPOSE_FILE}: service `{name}` has no OTEL_EXPORTER_OTLP_ENDPOINT"
+                "{file}: service `{name}` has no OTEL_EXPORTER_OTLP_ENDPOINT"
             )),
         }
         problems.check(node.env.contains_key("OTEL_SERVICE_NAME"), || {
-            format!("{COMPOSE_FILE}: service `{name}` has no OTEL_SERVICE_NAME")
+            format!("{file}: service `{name}` has no OTEL_SERVICE_NAME")
         });
     }
 
@@ -855,10 +888,10 @@ fn compose_stack_references_agree() {
         })
         .collect();
     problems.check(blob_volumes.len() == 1, || {
-        format!("{COMPOSE_FILE}: ingest and workers do not share one blob store volume: {blob_volumes:?}")
+        format!("{file}: ingest and workers do not share one blob store volume: {blob_volumes:?}")
     });
 
-    // The stack: one ingest, at least two workers, one query (profiles aside).
+    // The stack: one ingest, `min_workers` workers, one query (profiles aside).
     let count = |role: &str| -> u64 {
         nodes
             .iter()
@@ -866,9 +899,9 @@ fn compose_stack_references_agree() {
             .map(|node| u64_at(&services[node.name.as_str()], &["deploy", "replicas"]).unwrap_or(1))
             .sum()
     };
-    problems.check(count("ingest") >= 1 && count("query") >= 1 && count("worker") >= 2, || {
+    problems.check(count("ingest") >= 1 && count("query") >= 1 && count("worker") >= min_workers, || {
         format!(
-            "{COMPOSE_FILE}: expected ingest, two workers and query; found {} ingest, {} worker, {} query",
+            "{file}: expected ingest, {min_workers} worker(s) and query; found {} ingest, {} worker, {} query",
             count("ingest"),
             count("worker"),
             count("query")
@@ -888,9 +921,52 @@ fn compose_stack_references_agree() {
         })
         .collect();
     problems.check(clusters.len() == 1, || {
-        format!("{COMPOSE_FILE}: the vidx services disagree on Kafka or Qdrant: {clusters:?}")
+        format!("{file}: the vidx services disagree on Kafka or Qdrant: {clusters:?}")
     });
-    problems.assert_none(COMPOSE_FILE);
+    // Workers of one consumer group share the segments: they must run the same models, or
+    // the segments some of them take miss captions or vectors the others produce.
+    let mut groups: BTreeMap<String, Vec<&ComposeNode>> = BTreeMap::new();
+    for node in nodes
+        .iter()
+        .filter(|node| node.roles.iter().any(|role| role == "worker"))
+    {
+        groups
+            .entry(node.config.kafka.group_id.clone())
+            .or_default()
+            .push(node);
+    }
+    for (group, workers) in &groups {
+        let models: BTreeSet<(String, String, String)> = workers
+            .iter()
+            .map(|node| {
+                let models = &node.config.models;
+                (
+                    models.captioner.clone(),
+                    models.visual_embedder.clone(),
+                    models.text_embedder.clone(),
+                )
+            })
+            .collect();
+        problems.check(models.len() == 1, || {
+            format!(
+                "{file}: the workers of consumer group `{group}` run different models: {models:?}"
+            )
+        });
+    }
+    // A GPU worker captions in batches (one segment at a time leaves most of a GPU idle).
+    for node in nodes
+        .iter()
+        .filter(|node| node.config.models.device.starts_with("cuda"))
+    {
+        problems.check(node.config.pipeline.max_batch > 1, || {
+            format!(
+                "{file}: GPU service `{}` has pipeline.max_batch = {}",
+                node.name, node.config.pipeline.max_batch
+            )
+        });
+    }
+    problems.assert_none(file);
+    nodes
 }
 
 fn read_to_string_or_empty(path: &Path) -> String {
@@ -911,11 +987,10 @@ fn check_collector(
     problems: &mut Problems,
     collector: Option<(String, &Value)>,
     nodes: &[ComposeNode],
+    file: &str,
 ) -> Option<u16> {
     let Some((name, service)) = collector else {
-        problems.add(format!(
-            "{COMPOSE_FILE}: no OpenTelemetry collector service"
-        ));
+        problems.add(format!("{file}: no OpenTelemetry collector service"));
         return None;
     };
     let mounts = compose_mounts(service);
@@ -924,7 +999,7 @@ fn check_collector(
         .find_map(|word| word.strip_prefix("--config=").map(str::to_string));
     let mounted = config_flag.as_ref().and_then(|path| mounts.get(path));
     problems.check(mounted.map(String::as_str) == Some("./otel-collector.yaml"), || {
-        format!("{COMPOSE_FILE}: service `{name}` reads --config={config_flag:?}, which is not ./otel-collector.yaml mounted")
+        format!("{file}: service `{name}` reads --config={config_flag:?}, which is not ./otel-collector.yaml mounted")
     });
     let collector = yaml_file(COLLECTOR_FILE);
     let grpc_port = str_at(
@@ -938,7 +1013,7 @@ fn check_collector(
     });
     if let Some(port) = grpc_port {
         problems.check(exposed_ports(service).contains(&port), || {
-            format!("{COMPOSE_FILE}: service `{name}` does not expose the OTLP gRPC port {port}")
+            format!("{file}: service `{name}` does not expose the OTLP gRPC port {port}")
         });
     }
     // The pipelines use only defined components.
@@ -980,7 +1055,7 @@ fn check_collector(
                         scraped.insert(host.to_string());
                     }
                     None => problems.add(format!(
-                        "{COLLECTOR_FILE}: scrapes `{host}`, which is not a vidx service of {COMPOSE_FILE}"
+                        "{COLLECTOR_FILE}: scrapes `{host}`, which is not a vidx service of {file}"
                     )),
                 }
             }
@@ -1158,7 +1233,8 @@ fn dockerfiles_build_the_vidx_binary_and_expose_its_ports() {
             || format!("{file}: ARG RUST_VERSION is not the workspace rust-version {rust_version}"),
         );
 
-        // What the build installs covers scripts/setup.sh (the ffmpeg CLI aside: tests only).
+        // What the build installs covers scripts/setup.sh (the ffmpeg CLI aside: the demo and
+        // the tests; what only the tests need is in scripts/setup-test.sh).
         let builder = stages
             .iter()
             .find(|stage| {
@@ -2085,8 +2161,9 @@ fn check_worker(
 ) {
     let spec = pod_spec(deployment).unwrap_or(&Value::Null);
     let grace = u64_at(spec, &["terminationGracePeriodSeconds"]);
-    problems.check(grace.is_some_and(|secs| secs > LONGEST_BATCH_SECS), || {
-        format!("{where_}: terminationGracePeriodSeconds {grace:?} does not exceed the longest batch ({LONGEST_BATCH_SECS} s)")
+    let batch_grace = config.pipeline.shutdown_grace_ms.div_ceil(1000);
+    problems.check(grace.is_some_and(|secs| secs > LONGEST_BATCH_SECS && secs > batch_grace), || {
+        format!("{where_}: terminationGracePeriodSeconds {grace:?} does not exceed the longest batch ({LONGEST_BATCH_SECS} s) and pipeline.shutdown_grace_ms ({batch_grace} s)")
     });
     let gpu = at(values, &["worker", "gpu", "enabled"]) == Some(&Value::Bool(true));
     let gpus = u64_at(container, &["resources", "limits", "nvidia.com/gpu"]);
@@ -2112,6 +2189,13 @@ fn check_worker(
                 )
             },
         );
+        // One segment at a time leaves most of a GPU idle.
+        problems.check(config.pipeline.max_batch > 1, || {
+            format!(
+                "{where_}: a GPU worker runs pipeline.max_batch = {}",
+                config.pipeline.max_batch
+            )
+        });
         let repository = str_at(values, &["worker", "gpuImage", "repository"]).unwrap_or_default();
         problems.check(!repository.is_empty() && image.starts_with(&format!("{repository}:")), || {
             format!("{where_}: a GPU worker runs image `{image}`, not worker.gpuImage `{repository}` (deploy/docker/Dockerfile.cuda)")
@@ -2261,6 +2345,34 @@ fn readmes_name_existing_deploy_files() {
         }
     }
     problems.assert_none("READMEs");
+}
+
+#[test]
+fn readme_is_short_and_links_existing_docs() {
+    let mut problems = Problems::default();
+    let text = read("README.md");
+    let lines = text.lines().count();
+    problems.check(lines <= 200, || {
+        format!("README.md: {lines} lines, more than 200 (the detail belongs in docs/)")
+    });
+    let mut links = 0;
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find("(docs/") {
+        let tail = &rest[start + 1..];
+        let end = tail.find(')').unwrap_or(tail.len());
+        let target = &tail[..end];
+        // A link may name a heading: `docs/gpu.md#warm-up`.
+        let path = target.split_once('#').map_or(target, |(path, _)| path);
+        problems.check(repo_root().join(path).exists(), || {
+            format!("README.md: links `{target}`, which does not exist")
+        });
+        links += 1;
+        rest = &tail[end..];
+    }
+    problems.check(links > 0, || {
+        "README.md: links nothing under docs/".to_string()
+    });
+    problems.assert_none("README");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -108,6 +108,8 @@ pub struct PipelineConfig {
     pub max_batch: usize,
     /// How long a batch waits to fill once its first segment arrived, in ms.
     pub max_batch_wait_ms: u64,
+    /// At shutdown, how long the batch being computed may take to finish, in ms.
+    pub shutdown_grace_ms: u64,
 }
 
 /// The gRPC services of `vidx run`.

@@ -187,6 +187,69 @@ pub struct FusedHit {
     pub channels: BTreeMap<Channel, ChannelScore>,
 }
 
+/// Each channel's own score for a hit, for the channels that found it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChannelScores {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caption: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visual: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<f32>,
+    /// Caption similarity of a hit whose caption shares a word with the query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lexical: Option<f32>,
+}
+
+/// One search hit as every surface shows it — `vidx.v1.Hit` over gRPC, `vidx search` as
+/// text and as JSON, locally or over `--endpoint` — built once from a fused hit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchHit {
+    pub id: String,
+    pub stream_id: String,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub caption: String,
+    /// caption, subtitle, frame, segment or region.
+    pub kind: String,
+    /// The fused score (the channel's own similarity when one channel was searched).
+    pub score: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_seq: Option<u64>,
+    pub scores: ChannelScores,
+    /// `[x0, y0, x1, y1]` in 0..1 for region records.
+    #[serde(rename = "box", default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<[f32; 4]>,
+    pub source_uri: String,
+}
+
+impl From<&FusedHit> for SearchHit {
+    fn from(hit: &FusedHit) -> Self {
+        let channel = |channel: Channel| hit.channels.get(&channel).map(|score| score.score);
+        let payload = &hit.payload;
+        SearchHit {
+            id: hit.id.to_string(),
+            stream_id: payload.stream_id.clone(),
+            start_ms: payload.start_ms,
+            end_ms: payload.end_ms,
+            caption: payload.caption.clone(),
+            kind: payload.kind.as_str().to_string(),
+            score: hit.score as f32,
+            segment_seq: Some(payload.segment_seq),
+            scores: ChannelScores {
+                caption: channel(Channel::Caption),
+                visual: channel(Channel::Visual),
+                region: channel(Channel::Region),
+                lexical: channel(Channel::Lexical),
+            },
+            region: payload
+                .region
+                .map(|region| [region.x0, region.y0, region.x1, region.y1]),
+            source_uri: payload.source_uri.clone(),
+        }
+    }
+}
+
 impl FusedHit {
     /// The best (lowest) rank any channel gave the point.
     pub fn best_rank(&self) -> u32 {

@@ -127,7 +127,7 @@ mod tests {
 
     #[test]
     fn a_failed_earlier_message_holds_the_commit_below_it() {
-        // RELIABILITY.md fault 3: the later batch finishes, the earlier one fails (and is
+        // docs/reliability.md fault 3: the later batch finishes, the earlier one fails (and is
         // never finished by this consumer): the commit stays below the earlier one.
         let mut tracker = OffsetTracker::new();
         tracker.start(3, 100);

@@ -4,13 +4,18 @@
 //! Model and media ports are blocking (they run on blocking threads behind bounded channels);
 //! the store and the queue are async because their remote implementations are.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 
 use crate::error::{BlobError, MediaError, ModelError, QueueError, StoreError};
 use crate::time::TimeRange;
 use crate::types::{Frame, Hit, IndexPoint, Moment, SearchFilter, SegmentTask, VectorQuery};
+
+/// Bytes shared without copying: an inline segment, still inside its queue message.
+pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
 /// Decodes a segment's media and samples frames from it.
 pub trait FrameSampler: Send + Sync {
@@ -19,6 +24,14 @@ pub trait FrameSampler: Send + Sync {
     fn sample(
         &self,
         media_path: &Path,
+        range: TimeRange,
+        count: usize,
+    ) -> Result<Vec<Frame>, MediaError>;
+    /// The same for a chunk held in memory (an inline segment), read where it is: never
+    /// written to disk first.
+    fn sample_bytes(
+        &self,
+        media: SharedBytes,
         range: TimeRange,
         count: usize,
     ) -> Result<Vec<Frame>, MediaError>;
@@ -110,8 +123,12 @@ pub struct DeliveryTag {
 
 /// The segment queue between ingest and workers.
 pub trait SegmentQueue: Send + Sync + 'static {
-    /// Publish a task; waits while the queue is full (the bound is the backpressure).
-    fn publish(&self, task: SegmentTask) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// Publish a task; waits while the queue is full (the bound is the backpressure). Returns
+    /// where the task landed, which [`IngestProgress`] reports on later.
+    fn publish(
+        &self,
+        task: SegmentTask,
+    ) -> impl Future<Output = Result<DeliveryTag, QueueError>> + Send;
     /// The next task, or `None` once the queue is closed and drained.
     fn receive(&self) -> impl Future<Output = Result<Option<Delivery>, QueueError>> + Send;
     /// The task's points are durable in the store: the queue may forget it.
@@ -128,6 +145,48 @@ pub trait SegmentQueue: Send + Sync + 'static {
     fn close(&self);
 }
 
+/// What the ingest learns from its queue about the segments it published: how far the
+/// workers got, and which segments were dead-lettered. Both queues implement it (Kafka from
+/// the group's committed offsets and the dead-letter topic), so job progress holds across
+/// worker crashes and rebalances.
+pub trait IngestProgress: Send + Sync + std::fmt::Debug {
+    /// Per partition, the first offset not yet settled: every delivery before it was indexed
+    /// or dead-lettered. May block on a broker round trip (call it on a blocking thread).
+    fn committed(&self) -> Result<HashMap<i32, i64>, QueueError>;
+    /// The next dead letter of any segment: the delivery it came from and why it failed.
+    fn next_dead_letter(&self) -> BoxFuture<'_, Result<(DeliveryTag, String), QueueError>>;
+}
+
+/// What a worker node reports about its queue (`WorkerService.Status`, the metrics' gauges).
+pub trait QueueStatus: Send + Sync {
+    /// Deliveries taken and not yet settled.
+    fn in_flight(&self) -> usize;
+    /// The partitions this consumer holds now.
+    fn assigned_partitions(&self) -> Vec<i32>;
+    /// Whether fetching is paused because every worker is busy.
+    fn is_paused(&self) -> bool;
+    /// Partitions taken away from this consumer so far.
+    fn revocations(&self) -> u64;
+    /// Deliveries not yet settled per partition this consumer holds. May block on a broker
+    /// round trip (call it on a blocking thread).
+    fn lag(&self) -> Result<Vec<(i32, i64)>, QueueError>;
+}
+
+/// [`BlobStore::put_file`] by reading the file and [`put`](BlobStore::put)ting its bytes,
+/// then removing it: what a store that cannot rename into itself does.
+pub async fn upload_file<S: BlobStore + ?Sized>(
+    store: &S,
+    key: &str,
+    path: &Path,
+) -> Result<String, BlobError> {
+    let bytes = std::fs::read(path)
+        .map_err(|error| BlobError::Unavailable(format!("{}: {error}", path.display())))?;
+    let uri = store.put(key, bytes).await?;
+    // A leftover file is harmless: the ingest removes its spool per job.
+    let _ = std::fs::remove_file(path);
+    Ok(uri)
+}
+
 /// A boxed future, for the ports used as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -138,6 +197,16 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     fn location(&self) -> &str;
     /// Store `bytes` under `key` (a relative path) and return the URI that names them.
     fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> BoxFuture<'a, Result<String, BlobError>>;
+    /// Move the file at `path` into the store under `key` and return its URI; the file is
+    /// gone afterwards. The default reads it and [`put`](Self::put)s the bytes; a store on the
+    /// local filesystem renames it instead (no copy).
+    fn put_file<'a>(
+        &'a self,
+        key: &'a str,
+        path: &'a Path,
+    ) -> BoxFuture<'a, Result<String, BlobError>> {
+        Box::pin(upload_file(self, key, path))
+    }
     /// The bytes behind a URI of this store.
     fn get<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, Result<Vec<u8>, BlobError>>;
     /// Remove a blob of this store; a blob that is already gone is not an error.

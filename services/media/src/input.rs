@@ -65,6 +65,12 @@ impl OpenedInput {
     pub fn touch(&self) {
         self.watchdog.touch();
     }
+
+    /// A handle that tells the watchdog about progress, apart from the context.
+    pub fn toucher(&self) -> impl Fn() + use<> {
+        let watchdog = self.watchdog.clone();
+        move || watchdog.touch()
+    }
 }
 
 #[derive(Clone)]
@@ -165,7 +171,11 @@ pub(crate) fn open_input_with(
     })
 }
 
-fn map_open_error(input: &str, error: ffmpeg::Error, stall_timeout: Duration) -> MediaError {
+pub(crate) fn map_open_error(
+    input: &str,
+    error: ffmpeg::Error,
+    stall_timeout: Duration,
+) -> MediaError {
     match error {
         ffmpeg::Error::InvalidData => MediaError::InvalidData {
             input: input.to_string(),

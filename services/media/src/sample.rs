@@ -2,11 +2,13 @@
 //! RGB at the model's input size.
 
 use std::path::Path;
+use std::time::Duration;
 
 use ffmpeg_next as ffmpeg;
 use ffmpeg_next::media::Type as MediaType;
 use ffmpeg_next::software::scaling;
-use vidx_core::ports::FrameSampler;
+
+use vidx_core::ports::{FrameSampler, SharedBytes};
 use vidx_core::{Frame, MediaError, TimeRange};
 
 use crate::input::{open_input, to_ms};
@@ -39,6 +41,16 @@ impl FfmpegFrameSampler {
     }
 }
 
+/// Segment bytes in memory as FFmpeg's custom I/O reads them (a read and a seek callback
+/// over the shared buffer: no copy, no file).
+struct SharedReader(SharedBytes);
+
+impl AsRef<[u8]> for SharedReader {
+    fn as_ref(&self) -> &[u8] {
+        (*self.0).as_ref()
+    }
+}
+
 impl FrameSampler for FfmpegFrameSampler {
     fn sample(
         &self,
@@ -51,17 +63,58 @@ impl FrameSampler for FfmpegFrameSampler {
         }
         let mut opened = open_input(&InputSource::File(media_path.to_path_buf()))?;
         let name = opened.name.clone();
-        let (stream_index, time_base, parameters) = {
-            let stream = opened
-                .context
-                .streams()
-                .best(MediaType::Video)
-                .ok_or_else(|| MediaError::Unsupported {
-                    input: name.clone(),
-                    reason: "no video stream".into(),
+        let watchdog = opened.toucher();
+        self.sample_input(&mut opened.context, name, &watchdog, range, count)
+    }
+
+    fn sample_bytes(
+        &self,
+        media: SharedBytes,
+        range: TimeRange,
+        count: usize,
+    ) -> Result<Vec<Frame>, MediaError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        crate::init();
+        let name = format!("inline segment at {} ms", range.start_ms);
+        if (*media).as_ref().is_empty() {
+            return Err(MediaError::Empty { input: name });
+        }
+        let io = ffmpeg::format::context::StreamIo::from_read_seek(std::io::Cursor::new(
+            SharedReader(media),
+        ))
+        .map_err(|error| MediaError::Io {
+            input: name.clone(),
+            reason: format!("custom I/O: {error}"),
+        })?;
+        let mut context = ffmpeg::format::input_from_stream(io, None, None)
+            .map_err(|error| crate::input::map_open_error(&name, error, Duration::ZERO))?;
+        self.sample_input(&mut context, name, &|| {}, range, count)
+    }
+}
+
+impl FfmpegFrameSampler {
+    /// Decode the video of an opened input and pick `count` frames over `range`; `touch`
+    /// tells a stall watchdog about progress.
+    fn sample_input(
+        &self,
+        input: &mut ffmpeg::format::context::Input,
+        name: String,
+        touch: &dyn Fn(),
+        range: TimeRange,
+        count: usize,
+    ) -> Result<Vec<Frame>, MediaError> {
+        let (stream_index, time_base, parameters) =
+            {
+                let stream = input.streams().best(MediaType::Video).ok_or_else(|| {
+                    MediaError::Unsupported {
+                        input: name.clone(),
+                        reason: "no video stream".into(),
+                    }
                 })?;
-            (stream.index(), stream.time_base(), stream.parameters())
-        };
+                (stream.index(), stream.time_base(), stream.parameters())
+            };
         let mut context = ffmpeg::codec::Context::from_parameters(parameters).map_err(|error| {
             MediaError::Unsupported {
                 input: name.clone(),
@@ -86,8 +139,8 @@ impl FrameSampler for FfmpegFrameSampler {
         let mut packet = ffmpeg::Packet::empty();
         let mut decode_errors = 0usize;
         'demux: loop {
-            match packet.read(&mut opened.context) {
-                Ok(()) => opened.touch(),
+            match packet.read(input) {
+                Ok(()) => touch(),
                 Err(ffmpeg::Error::Eof) => break,
                 Err(ffmpeg::Error::InvalidData) => continue,
                 Err(error) => {

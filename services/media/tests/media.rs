@@ -240,6 +240,23 @@ fn sampled_frames_carry_their_real_time_and_content() -> Result<()> {
     // A later segment reports absolute stream times.
     let frames = sampler.sample(&chunks[0].path, TimeRange::new(60_000, 68_000), 2)?;
     assert_eq!((frames[0].pts_ms, frames[1].pts_ms), (62_000, 66_000));
+
+    // The same chunk held in memory (an inline segment) is read in place through FFmpeg's
+    // custom I/O and gives the very same frames; garbage bytes are a clear error.
+    let bytes: vidx_core::ports::SharedBytes = std::sync::Arc::new(std::fs::read(&chunks[0].path)?);
+    let from_file = sampler.sample(&chunks[0].path, chunks[0].range, 4)?;
+    let from_memory = sampler.sample_bytes(bytes, chunks[0].range, 4)?;
+    assert_eq!(from_memory, from_file);
+    let garbage: vidx_core::ports::SharedBytes = std::sync::Arc::new(vec![7u8; 4096]);
+    let error = sampler
+        .sample_bytes(garbage, chunks[0].range, 4)
+        .expect_err("garbage is not a segment");
+    assert!(error.to_string().contains("inline segment"), "{error}");
+    let empty: vidx_core::ports::SharedBytes = std::sync::Arc::new(Vec::<u8>::new());
+    assert!(matches!(
+        sampler.sample_bytes(empty, chunks[0].range, 4),
+        Err(MediaError::Empty { .. })
+    ));
     Ok(())
 }
 

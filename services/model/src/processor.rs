@@ -491,7 +491,7 @@ fn first_max(
 mod tests {
     use super::*;
 
-    /// Worked examples from PLM.md §2 (tile 448, up to 36 tiles).
+    /// Worked examples from docs/models.md, PLM pre-processing (tile 448, up to 36 tiles).
     #[test]
     fn tile_grids_match_the_reference_algorithm() {
         assert_eq!(tile_grid(448, 448, 448, 36), (6, 6));

@@ -34,7 +34,7 @@ fn run_on_cpu(kernel: &str, harness: &str) -> String {
         .arg(&binary)
         .output()
         .unwrap_or_else(|error| {
-            panic!("running {compiler} (scripts/setup.sh installs g++): {error}")
+            panic!("running {compiler} (scripts/setup-test.sh installs g++): {error}")
         });
     assert!(
         built.status.success(),

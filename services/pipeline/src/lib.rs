@@ -10,7 +10,7 @@ pub mod worker;
 pub use error::PipelineError;
 pub use points::{
     Models, StageTimings, TaskPoints, build_points, build_points_batch, build_points_timed,
-    device_failed, fetch_media,
+    device_failed,
 };
 pub use search::{
     MAX_QUERY_CHARS, MAX_TOP_K, SearchMode, SearchModels, SearchRequest, SearchResults, search,

@@ -2,11 +2,13 @@
 //! and embedders, derive deterministic ids. Blocking: call it on a blocking thread.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vidx_core::ports::{Captioner, FrameSampler, SegmentInput, TextEmbedder, VisualEmbedder};
+use vidx_core::ports::{
+    Captioner, FrameSampler, SegmentInput, SharedBytes, TextEmbedder, VisualEmbedder,
+};
 use vidx_core::regions::{RegionKind, RegionSettings, RegionTrack, propose_regions};
 use vidx_core::types::vector_names;
 use vidx_core::{
@@ -121,28 +123,29 @@ impl Models {
     }
 }
 
-/// Segment media on local disk for the decoder; a temporary copy is removed on drop.
-#[derive(Debug)]
-pub struct LocalMedia {
-    pub path: PathBuf,
-    _temporary: Option<tempfile::NamedTempFile>,
+/// An inline segment's bytes, shared with its task (no copy).
+struct InlineBytes(Arc<SegmentTask>);
+
+impl AsRef<[u8]> for InlineBytes {
+    fn as_ref(&self) -> &[u8] {
+        match &self.0.media {
+            SegmentMedia::Inline(bytes) => bytes,
+            SegmentMedia::Blob(_) => &[],
+        }
+    }
 }
 
-/// Make the task's media readable as a local file.
-pub fn fetch_media(media: &SegmentMedia) -> Result<LocalMedia, PipelineError> {
-    match media {
-        SegmentMedia::Inline(bytes) => {
-            let mut file = tempfile::Builder::new()
-                .prefix("vidx-segment-")
-                .suffix(".mkv")
-                .tempfile()
-                .map_err(|error| PipelineError::Fetch(format!("temporary file: {error}")))?;
-            std::io::Write::write_all(&mut file, bytes)
-                .map_err(|error| PipelineError::Fetch(format!("temporary file: {error}")))?;
-            Ok(LocalMedia {
-                path: file.path().to_path_buf(),
-                _temporary: Some(file),
-            })
+/// Sample `count` frames of a task's segment where its media is: in memory for an inline
+/// segment (read in place), or the local file a `file://` blob names.
+fn sample_task(
+    task: &Arc<SegmentTask>,
+    sampler: &dyn FrameSampler,
+    count: usize,
+) -> Result<Vec<Frame>, PipelineError> {
+    match &task.media {
+        SegmentMedia::Inline(_) => {
+            let bytes: SharedBytes = Arc::new(InlineBytes(task.clone()));
+            Ok(sampler.sample_bytes(bytes, task.range, count)?)
         }
         SegmentMedia::Blob(uri) => {
             let Some(path) = uri.strip_prefix("file://") else {
@@ -150,14 +153,11 @@ pub fn fetch_media(media: &SegmentMedia) -> Result<LocalMedia, PipelineError> {
                     "blob URI `{uri}`: only file:// blobs are readable by this worker"
                 )));
             };
-            let path = PathBuf::from(path);
+            let path = Path::new(path);
             if !path.is_file() {
                 return Err(PipelineError::Fetch(format!("blob {uri} does not exist")));
             }
-            Ok(LocalMedia {
-                path,
-                _temporary: None,
-            })
+            Ok(sampler.sample(path, task.range, count)?)
         }
     }
 }
@@ -199,6 +199,9 @@ pub fn build_points_timed(
     frames_per_segment: usize,
     timings: &mut StageTimings,
 ) -> Result<Vec<IndexPoint>, PipelineError> {
+    // A copy of the task for the batch path: only for callers outside the worker (tests,
+    // benchmarks); the worker hands its tasks over shared.
+    let task = Arc::new(task.clone());
     let (points, stages) = build_points_batch(&[task], sampler, models, frames_per_segment)?
         .pop()
         .unwrap_or_else(|| Err(PipelineError::Task("no result for the segment".into())))?;
@@ -222,7 +225,7 @@ pub fn device_failed(error: &PipelineError) -> bool {
 /// is its own. One result per task, in order; `Err` only for a device failure, which
 /// abandons the whole batch (nothing of it may be committed).
 pub fn build_points_batch(
-    tasks: &[&SegmentTask],
+    tasks: &[Arc<SegmentTask>],
     sampler: &dyn FrameSampler,
     models: &Models,
     frames_per_segment: usize,
@@ -243,8 +246,7 @@ pub fn build_points_batch(
             // instead of being indexed from its subtitles alone.
             let started = Instant::now();
             let frames = if frames_per_segment > 0 {
-                let media = fetch_media(&task.media)?;
-                sampler.sample(&media.path, task.range, frames_per_segment)?
+                sample_task(task, sampler, frames_per_segment)?
             } else {
                 Vec::new()
             };
@@ -266,7 +268,7 @@ pub fn build_points_batch(
             .filter_map(|index| {
                 let frames = prepared[*index].as_ref().ok()?;
                 Some(SegmentInput {
-                    task: tasks[*index],
+                    task: tasks[*index].as_ref(),
                     frames,
                 })
             })
@@ -722,6 +724,14 @@ mod tests {
         fn sample(
             &self,
             _path: &std::path::Path,
+            _range: TimeRange,
+            _count: usize,
+        ) -> Result<Vec<Frame>, vidx_core::MediaError> {
+            Ok(self.0.clone())
+        }
+        fn sample_bytes(
+            &self,
+            _media: vidx_core::ports::SharedBytes,
             _range: TimeRange,
             _count: usize,
         ) -> Result<Vec<Frame>, vidx_core::MediaError> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use vidx_core::ports::{BlobStore, Delivery, FrameSampler, IndexStore, SegmentQueue};
+use vidx_core::ports::{BlobStore, Delivery, DeliveryTag, FrameSampler, IndexStore, SegmentQueue};
 use vidx_core::{BlobError, SegmentMedia, SegmentTask};
 
 use tracing::Instrument;
@@ -32,6 +32,9 @@ pub struct WorkerOptions {
     pub max_batch: usize,
     /// How long a batch waits to fill once its first segment arrived.
     pub max_batch_wait: Duration,
+    /// At shutdown, how long the batch being computed may take to finish (its segments are
+    /// then stored and acked); past it the batch is abandoned, not acked, and redelivered.
+    pub shutdown_grace: Duration,
 }
 
 impl WorkerOptions {
@@ -56,6 +59,9 @@ pub enum WorkerEvent {
         segment_seq: u64,
         points: usize,
         media_ms: u64,
+        /// Segments in the model batch this one was captioned in (1 for a retry, which runs
+        /// alone).
+        batch: usize,
         /// The stages of the successful attempt.
         timings: StageTimings,
     },
@@ -69,9 +75,11 @@ pub enum WorkerEvent {
     },
 }
 
-/// Process tasks until the queue is closed and drained or `shutdown` turns true. A task in
-/// flight at shutdown is neither acked nor nacked: it is redelivered (Kafka) or re-segmented
-/// on the next run (embedded), and its deterministic ids make the replay idempotent.
+/// Process tasks until the queue is closed and drained or `shutdown` turns true. At shutdown
+/// the batch being computed gets `shutdown_grace` to finish (then it is stored and acked as
+/// usual); a batch past it, or a segment waiting for a retry, is neither acked nor nacked: it
+/// is redelivered (Kafka) or re-segmented on the next run (embedded), and its deterministic
+/// ids make the replay idempotent.
 ///
 /// Tasks are taken in batches of up to `max_batch` (waiting at most `max_batch_wait` for a
 /// batch to fill) and captioned together; each task is then acked or retried on its own.
@@ -96,10 +104,12 @@ pub async fn run_worker<Q: SegmentQueue, S: IndexStore>(
         let Some(batch) = next_batch(queue.as_ref(), &context.options, &mut shutdown).await? else {
             return Ok(());
         };
-        let tasks: Vec<Arc<SegmentTask>> = batch
-            .iter()
-            .map(|delivery| Arc::new(delivery.task.clone()))
-            .collect();
+        // The tasks move out of their deliveries: a segment's bytes are never copied here.
+        let (tags, tasks): (Vec<DeliveryTag>, Vec<Arc<SegmentTask>>) = batch
+            .into_iter()
+            .map(|delivery| (delivery.tag, Arc::new(delivery.task)))
+            .unzip();
+        let size = tasks.len();
         // One span per segment, continuing the trace the ingest started (Kafka headers).
         let spans: Vec<tracing::Span> = tasks
             .iter()
@@ -108,24 +118,44 @@ pub async fn run_worker<Q: SegmentQueue, S: IndexStore>(
                     "segment.index",
                     stream_id = %task.stream_id,
                     segment_seq = task.segment_seq,
-                    batch = batch.len(),
+                    batch = size,
                     points = tracing::field::Empty,
                     error = tracing::field::Empty,
+                    trace_id = tracing::field::Empty,
                 );
                 vidx_telemetry::set_parent(&span, &task.trace_context);
                 span
             })
             .collect();
+        let work = index_tasks(&tasks, &spans, &context);
+        tokio::pin!(work);
         let first = tokio::select! {
             biased;
-            _ = stopped(&mut shutdown) => return Ok(()),
-            results = index_tasks(&tasks, &spans, &context) => results?,
+            results = &mut work => results?,
+            _ = stopped(&mut shutdown) => {
+                // Shutdown while the models run: finish this batch within the grace period
+                // (then store and ack it below); past it, abandon it unacked.
+                let grace = context.options.shutdown_grace;
+                tracing::info!(batch = size, ?grace, "shutdown: finishing the batch in flight");
+                match tokio::time::timeout(grace, &mut work).await {
+                    Ok(results) => results?,
+                    Err(_) => {
+                        tracing::warn!(batch = size, "shutdown: the batch in flight did not finish within the grace period; it is not acked and will be redelivered");
+                        return Ok(());
+                    }
+                }
+            }
         };
-        for (((delivery, task), span), result) in batch.iter().zip(&tasks).zip(&spans).zip(first) {
+        for (((tag, task), span), result) in tags.iter().zip(&tasks).zip(&spans).zip(first) {
+            // A segment that succeeded is stored and acked even after shutdown was asked
+            // for; one that failed is not retried then (it stays unacked and is redelivered).
             let Some(outcome) = settle(task, span, result, &context, &mut shutdown).await? else {
-                return Ok(());
+                continue;
             };
-            report(queue.as_ref(), delivery.tag, task, span, outcome, &events).await?;
+            report(queue.as_ref(), *tag, task, span, outcome, size, &events).await?;
+        }
+        if *shutdown.borrow() {
+            return Ok(());
         }
     }
 }
@@ -235,10 +265,11 @@ async fn settle<S: IndexStore>(
 /// Ack an indexed task, or nack (dead-letter) a failed one, and report it.
 async fn report<Q: SegmentQueue>(
     queue: &Q,
-    tag: vidx_core::ports::DeliveryTag,
+    tag: DeliveryTag,
     task: &SegmentTask,
     span: &tracing::Span,
     (outcome, attempts): (Result<(usize, StageTimings), PipelineError>, u32),
+    batch: usize,
     events: &mpsc::UnboundedSender<WorkerEvent>,
 ) -> Result<(), PipelineError> {
     let stream_id = task.stream_id.clone();
@@ -253,6 +284,7 @@ async fn report<Q: SegmentQueue>(
                 segment_seq,
                 points,
                 media_ms: task.range.duration_ms(),
+                batch: if attempts > 1 { 1 } else { batch },
                 timings,
             });
         }
@@ -310,8 +342,7 @@ async fn index_tasks<S: IndexStore>(
     let built = tokio::task::spawn_blocking(move || {
         let _span =
             tracing::info_span!(parent: &parent, "segment.models", batch = ready.len()).entered();
-        let tasks: Vec<&SegmentTask> = ready.iter().map(|task| task.as_ref()).collect();
-        crate::build_points_batch(&tasks, sampler.as_ref(), &models, frames_per_segment)
+        crate::build_points_batch(&ready, sampler.as_ref(), &models, frames_per_segment)
     })
     .await
     .map_err(|error| PipelineError::Task(error.to_string()))??;

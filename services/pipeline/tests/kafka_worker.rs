@@ -1,5 +1,5 @@
 //! Workers on Kafka: a real Kafka-protocol broker (`tansu`, started on loopback), the real
-//! Qdrant Edge store, the worker loop. RELIABILITY.md faults 1, 2, 11 and 12: after every
+//! Qdrant Edge store, the worker loop. docs/reliability.md faults 1, 2, 11 and 12: after every
 //! fault the store holds exactly the expected points and every expected id.
 
 mod common;
@@ -12,12 +12,12 @@ use std::time::Duration;
 use common::{FakeEmbedder, FlakyStore, NoFrames, task};
 use tokio::sync::{mpsc, watch};
 use vidx_bus::kafka::ensure_topics;
-use vidx_bus::local_broker::LocalBroker;
 use vidx_bus::{KafkaQueue, KafkaSettings};
 use vidx_core::ports::{FrameSampler, IndexStore, SegmentQueue};
 use vidx_core::{SearchFilter, SegmentTask};
 use vidx_pipeline::captioners::SubtitleCaptioner;
 use vidx_pipeline::{Models, WorkerEvent, WorkerOptions, build_points, run_worker};
+use vidx_testkit::LocalBroker;
 
 const SEGMENTS: u64 = 6;
 
@@ -97,6 +97,7 @@ fn start_worker_with(
         blobs: None,
         max_batch,
         max_batch_wait: Duration::from_millis(500),
+        shutdown_grace: Duration::from_secs(5),
     };
     let handle = tokio::spawn(run_worker(
         queue.clone(),
@@ -362,7 +363,7 @@ impl vidx_core::ports::Captioner for BreaksOnSegment3 {
     }
 }
 
-/// RELIABILITY.md fault 6 on a GPU, through a real broker: a sticky device error stops the
+/// docs/reliability.md fault 21 on a GPU, through a real broker: a sticky device error stops the
 /// worker with an error, the batch in flight (segments 2 and 3) is not committed, and the
 /// next worker of the group indexes it: every segment once, none dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,6 +43,18 @@ impl FrameSampler for RecordingSampler {
         }
         Ok(Vec::new())
     }
+    fn sample_bytes(
+        &self,
+        media: vidx_core::ports::SharedBytes,
+        _: TimeRange,
+        _: usize,
+    ) -> Result<Vec<Frame>, MediaError> {
+        // Read in memory: recorded without a path.
+        if let Ok(mut opened) = self.opened.lock() {
+            opened.push((PathBuf::new(), (*media).as_ref().to_vec()));
+        }
+        Ok(Vec::new())
+    }
 }
 
 struct Harness {
@@ -112,6 +124,7 @@ impl Harness {
             blobs: media.blobs,
             max_batch: 1,
             max_batch_wait: Duration::from_millis(0),
+            shutdown_grace: Duration::from_secs(5),
         };
         let (events_tx, mut events_rx) = mpsc::unbounded_channel();
         let (_shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -159,6 +172,7 @@ async fn store_outage_is_retried_then_acked() -> anyhow::Result<()> {
             segment_seq: 0,
             points: 2,
             media_ms: 10_000,
+            batch: 1,
             timings,
         },
     ] = &events[..]
@@ -180,7 +194,7 @@ async fn store_outage_is_retried_then_acked() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_store_outage_is_waited_out_without_dead_letters() -> anyhow::Result<()> {
-    // RELIABILITY.md fault 11: the store stays down for more tries than max_attempts allows;
+    // docs/reliability.md fault 11: the store stays down for more tries than max_attempts allows;
     // the worker waits (acking nothing) instead of dead-lettering, then indexes everything.
     let harness = Harness::new(12)?;
     let events = harness
@@ -403,6 +417,11 @@ async fn blob_segments_are_read_only_from_the_blob_store() -> anyhow::Result<()>
         .clone();
     assert_eq!(opened.len(), 1);
     assert_eq!(opened[0].1, vec![9; 70_000]);
+    assert_eq!(
+        opened[0].0,
+        PathBuf::new(),
+        "a fetched remote blob is decoded from memory, not written to a file first"
+    );
 
     let harness = Harness::new(0)?;
     let media = Media {
@@ -423,5 +442,110 @@ async fn blob_segments_are_read_only_from_the_blob_store() -> anyhow::Result<()>
         matches!(&events[..], [WorkerEvent::Failed { error, .. }] if error.contains("no blob store")),
         "{events:?}"
     );
+    Ok(())
+}
+
+/// A captioner that takes `millis` per batch and adds no moments (the subtitles make the
+/// points).
+struct SlowCaptioner {
+    millis: u64,
+}
+
+impl vidx_core::ports::Captioner for SlowCaptioner {
+    fn name(&self) -> &str {
+        "slow"
+    }
+    fn revision(&self) -> &str {
+        "slow-1"
+    }
+    fn needs_frames(&self) -> bool {
+        false
+    }
+    fn caption(
+        &self,
+        _: vidx_core::ports::SegmentInput<'_>,
+    ) -> Result<Vec<vidx_core::Moment>, vidx_core::ModelError> {
+        std::thread::sleep(Duration::from_millis(self.millis));
+        Ok(Vec::new())
+    }
+    fn caption_batch(
+        &self,
+        segments: &[vidx_core::ports::SegmentInput<'_>],
+    ) -> Result<Vec<Vec<vidx_core::Moment>>, vidx_core::ModelError> {
+        std::thread::sleep(Duration::from_millis(self.millis));
+        Ok(segments.iter().map(|_| Vec::new()).collect())
+    }
+}
+
+/// Shut a worker down while its batch of two runs in the models, with `grace` to finish:
+/// the events, the points stored, and the deliveries left unsettled.
+async fn shutdown_mid_batch(grace: Duration) -> anyhow::Result<(Vec<WorkerEvent>, u64, usize)> {
+    let harness = Harness::new(0)?;
+    let models = Arc::new(Models {
+        captioners: vec![
+            Arc::new(SlowCaptioner { millis: 800 }),
+            Arc::new(SubtitleCaptioner),
+        ],
+        text_embedder: Arc::new(FakeEmbedder),
+        visual_embedder: None,
+        regions: None,
+    });
+    let options = WorkerOptions {
+        frames_per_segment: 0,
+        max_attempts: 3,
+        retry_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+        store_outage_limit: Some(Duration::ZERO),
+        blobs: None,
+        max_batch: 2,
+        max_batch_wait: Duration::from_millis(100),
+        shutdown_grace: grace,
+    };
+    for seq in 0..2 {
+        harness.queue.publish(task(seq, &["a dog runs"])).await?;
+    }
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let worker = tokio::spawn(run_worker(
+        harness.queue.clone(),
+        harness.store.clone(),
+        Arc::new(NoFrames) as Arc<dyn FrameSampler>,
+        models,
+        options,
+        events_tx,
+        shutdown_rx,
+    ));
+    // The batch is in the models by now (it waited 100 ms to fill, then runs for 800 ms).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    shutdown_tx.send(true)?;
+    worker.await??;
+    let mut events = Vec::new();
+    while let Some(event) = events_rx.recv().await {
+        events.push(event);
+    }
+    Ok((events, harness.points().await?, harness.queue.in_flight()))
+}
+
+#[tokio::test]
+async fn shutdown_finishes_the_batch_in_flight_within_the_grace_period() -> anyhow::Result<()> {
+    let (events, points, in_flight) = shutdown_mid_batch(Duration::from_secs(10)).await?;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(
+        events
+            .iter()
+            .all(|event| matches!(event, WorkerEvent::Indexed { batch: 2, .. })),
+        "both segments indexed in one batch of two: {events:?}"
+    );
+    assert_eq!(points, 2, "the finished batch is stored");
+    assert_eq!(in_flight, 0, "and acked");
+    Ok(())
+}
+
+#[tokio::test]
+async fn shutdown_abandons_a_batch_that_outlasts_the_grace_period() -> anyhow::Result<()> {
+    let (events, points, in_flight) = shutdown_mid_batch(Duration::from_millis(50)).await?;
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(points, 0, "nothing of the abandoned batch is stored");
+    assert_eq!(in_flight, 2, "neither acked nor nacked: it is redelivered");
     Ok(())
 }

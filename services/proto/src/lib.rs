@@ -11,6 +11,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/vidx_descriptor.bin"));
 
 use prost::Message;
+use vidx_core::fusion::{ChannelScores, SearchHit};
 use vidx_core::{QueueError, SegmentMedia, SubtitleCue, TimeRange};
 
 /// Encode a task as the queue message.
@@ -98,63 +99,53 @@ impl TryFrom<v1::SegmentTask> for vidx_core::SegmentTask {
     }
 }
 
-impl From<&vidx_core::fusion::FusedHit> for v1::Hit {
-    /// `score` is the fused score (the channel's own similarity when one channel was
-    /// searched); `scores` holds each channel's similarity.
-    fn from(hit: &vidx_core::fusion::FusedHit) -> Self {
-        use vidx_core::fusion::Channel;
-        let channel = |channel: Channel| hit.channels.get(&channel).map(|score| score.score);
-        let payload = &hit.payload;
+impl From<&SearchHit> for v1::Hit {
+    fn from(hit: &SearchHit) -> Self {
         v1::Hit {
-            id: hit.id.to_string(),
-            stream_id: payload.stream_id.clone(),
-            start_ms: payload.start_ms,
-            end_ms: payload.end_ms,
-            caption: payload.caption.clone(),
-            score: hit.score as f32,
-            kind: payload.kind.as_str().to_string(),
-            r#box: payload.region.map(|region| v1::Box {
-                x0: region.x0,
-                y0: region.y0,
-                x1: region.x1,
-                y1: region.y1,
-            }),
+            id: hit.id.clone(),
+            stream_id: hit.stream_id.clone(),
+            start_ms: hit.start_ms,
+            end_ms: hit.end_ms,
+            caption: hit.caption.clone(),
+            score: hit.score,
+            kind: hit.kind.clone(),
+            r#box: hit
+                .region
+                .map(|[x0, y0, x1, y1]| v1::Box { x0, y0, x1, y1 }),
             scores: Some(v1::ChannelScores {
-                caption: channel(Channel::Caption),
-                visual: channel(Channel::Visual),
-                region: channel(Channel::Region),
-                lexical: channel(Channel::Lexical),
+                caption: hit.scores.caption,
+                visual: hit.scores.visual,
+                region: hit.scores.region,
+                lexical: hit.scores.lexical,
             }),
-            source_uri: payload.source_uri.clone(),
+            source_uri: hit.source_uri.clone(),
+            segment_seq: hit.segment_seq,
         }
     }
 }
 
-impl From<&vidx_core::Hit> for v1::Hit {
-    fn from(hit: &vidx_core::Hit) -> Self {
-        let payload = &hit.payload;
-        v1::Hit {
-            id: hit.id.to_string(),
-            stream_id: payload.stream_id.clone(),
-            start_ms: payload.start_ms,
-            end_ms: payload.end_ms,
-            caption: payload.caption.clone(),
+impl From<v1::Hit> for SearchHit {
+    fn from(hit: v1::Hit) -> Self {
+        let scores = hit.scores.unwrap_or_default();
+        SearchHit {
+            id: hit.id,
+            stream_id: hit.stream_id,
+            start_ms: hit.start_ms,
+            end_ms: hit.end_ms,
+            caption: hit.caption,
+            kind: hit.kind,
             score: hit.score,
-            kind: payload.kind.as_str().to_string(),
-            r#box: payload.region.map(|region| v1::Box {
-                x0: region.x0,
-                y0: region.y0,
-                x1: region.x1,
-                y1: region.y1,
-            }),
-            // One channel so far: the caption text vectors.
-            scores: Some(v1::ChannelScores {
-                caption: Some(hit.score),
-                visual: None,
-                region: None,
-                lexical: None,
-            }),
-            source_uri: payload.source_uri.clone(),
+            segment_seq: hit.segment_seq,
+            scores: ChannelScores {
+                caption: scores.caption,
+                visual: scores.visual,
+                region: scores.region,
+                lexical: scores.lexical,
+            },
+            region: hit
+                .r#box
+                .map(|region| [region.x0, region.y0, region.x1, region.y1]),
+            source_uri: hit.source_uri,
         }
     }
 }
@@ -194,5 +185,28 @@ mod tests {
         let error = decode_segment_task(&no_media.encode_to_vec()).expect_err("media missing");
         assert!(error.to_string().contains("media"), "{error}");
         Ok(())
+    }
+
+    #[test]
+    fn a_search_hit_round_trips_through_the_wire_shape() {
+        let hit = SearchHit {
+            id: "6f1c4b8e-0000-5000-8000-000000000001".into(),
+            stream_id: "cam-1".into(),
+            start_ms: 1_000,
+            end_ms: 3_500,
+            caption: "a dog runs".into(),
+            kind: "region".into(),
+            score: 0.5,
+            segment_seq: Some(7),
+            scores: ChannelScores {
+                caption: Some(0.25),
+                visual: None,
+                region: Some(0.75),
+                lexical: None,
+            },
+            region: Some([0.1, 0.2, 0.3, 0.4]),
+            source_uri: "/videos/a.mp4".into(),
+        };
+        assert_eq!(SearchHit::from(v1::Hit::from(&hit)), hit);
     }
 }

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use tokio::sync::{mpsc, watch};
 use vidx_bus::InProcessQueue;
-use vidx_bus::local_broker::LocalBroker;
 use vidx_config::{Config, ConfigSources};
 use vidx_core::ports::{Captioner, FrameSampler, SegmentQueue, TextEmbedder};
 use vidx_core::types::vector_names;
@@ -26,6 +25,7 @@ use vidx_proto::v1;
 use vidx_proto::v1::ingest_service_client::IngestServiceClient;
 use vidx_server::{Engine, NodeSettings, Roles};
 use vidx_store::{EdgeStore, EdgeStoreOptions, VectorSpec};
+use vidx_testkit::LocalBroker;
 
 const FRAMES: usize = 4;
 
@@ -104,6 +104,7 @@ async fn embedded(
         blobs: None,
         max_batch: 1,
         max_batch_wait: Duration::from_millis(0),
+        shutdown_grace: Duration::from_secs(5),
     };
     let worker = tokio::spawn(run_worker(
         queue.clone(),

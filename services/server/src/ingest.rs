@@ -1,19 +1,22 @@
-//! `IngestService`: accept a file under an allow-listed root or an allow-listed URL, segment
-//! it, publish its segments to Kafka, and follow the job through the workers.
+//! The ingest: accept an input (over gRPC, a file under an allow-listed root or an
+//! allow-listed URL), segment it, publish its segments to the segment queue, and follow the
+//! job through the workers. One implementation for both modes: Kafka in a cluster, the
+//! in-process queue in `vidx index`.
 //!
-//! Progress comes from the queue itself, so it holds across worker crashes and rebalances:
-//! a segment is finished once the workers' group committed past its offset (committed means
-//! indexed or dead-lettered), and it failed if its offset shows up on the dead-letter topic.
+//! Progress comes from the queue itself ([`IngestProgress`]), so it holds across worker
+//! crashes and rebalances: a segment is finished once the workers settled past its offset
+//! (indexed or dead-lettered), and it failed if its offset shows up as a dead letter.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
-use vidx_bus::{GroupProgress, KafkaQueue};
-use vidx_core::SegmentMedia;
-use vidx_core::ports::{BlobStore, DeliveryTag};
+use vidx_core::ports::{BlobStore, DeliveryTag, IngestProgress, SegmentQueue};
+use vidx_core::{QueueError, SegmentMedia};
 use vidx_media::{InputSource, SegmentOptions, UrlPolicy};
 use vidx_proto::v1;
 use vidx_proto::v1::JobState;
@@ -475,76 +478,172 @@ impl Jobs {
     }
 }
 
-/// Delete the blobs of committed segments, every [`BLOB_GRACE`] while there are any. A broker
-/// or blob store that is down only delays this; it never fails the node.
-pub async fn collect_blobs(
-    progress: Arc<GroupProgress>,
-    jobs: Arc<Jobs>,
-    blobs: Arc<dyn BlobStore>,
-) {
-    let mut tick = tokio::time::interval(BLOB_GRACE);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if jobs.pending_blobs() == 0 {
-            continue;
-        }
-        let reader = progress.clone();
-        let committed = match tokio::task::spawn_blocking(move || reader.committed()).await {
-            Ok(Ok(committed)) => committed,
-            Ok(Err(error)) => {
-                tracing::warn!(error = %error, "blob collection: committed offsets unavailable");
-                continue;
-            }
-            Err(error) => {
-                tracing::warn!(error = %error, "blob collection task failed");
-                continue;
-            }
-        };
-        for uri in jobs.take_finished_blobs(&committed, Instant::now()) {
-            match blobs.delete(&uri).await {
-                Ok(()) => tracing::debug!(uri, "blob deleted"),
-                Err(error) => tracing::warn!(uri, error = %error, "blob not deleted"),
-            }
-        }
-    }
-}
-
-pub struct IngestApi {
+/// The ingest of one node over any segment queue: it accepts jobs, segments each input into
+/// the queue (inline or by blob), and follows the jobs through the queue's progress. `vidx
+/// run ingest` runs it over Kafka behind `IngestService`; `vidx index` runs it over the
+/// in-process queue and awaits each job.
+pub struct Ingest<Q> {
     settings: Arc<IngestSettings>,
-    queue: Arc<KafkaQueue>,
-    progress: Arc<GroupProgress>,
+    queue: Arc<Q>,
+    progress: Arc<dyn IngestProgress>,
     jobs: Arc<Jobs>,
     metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
 }
 
-impl IngestApi {
+impl<Q: SegmentQueue> Ingest<Q> {
+    /// Jobs segment into `queue`; `progress` reports on the same queue. Segmenting stops
+    /// when `shutdown` turns true (the job ends with an error saying so).
     pub fn new(
         settings: IngestSettings,
-        queue: Arc<KafkaQueue>,
-        progress: Arc<GroupProgress>,
-        jobs: Arc<Jobs>,
+        queue: Arc<Q>,
+        progress: Arc<dyn IngestProgress>,
         metrics: Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self {
             settings: Arc::new(settings),
             queue,
             progress,
-            jobs,
+            jobs: Arc::new(Jobs::default()),
             metrics,
+            shutdown,
+        }
+    }
+
+    pub fn settings(&self) -> &IngestSettings {
+        &self.settings
+    }
+
+    /// Accept a job for `input` as `stream_id` of `tenant`: its id, and the work that
+    /// segments and publishes it (spawn it, or await it).
+    pub fn accept(
+        &self,
+        tenant: &str,
+        input: InputSource,
+        stream_id: String,
+        live: bool,
+    ) -> Result<(String, impl Future<Output = ()> + Send + use<Q>), Status> {
+        let job_id = uuid::Uuid::new_v4().to_string();
+        self.jobs.insert(
+            &job_id,
+            tenant,
+            &input.display_name(),
+            self.settings.max_jobs,
+            live.then_some(stream_id.as_str()),
+        )?;
+        tracing::info!(job_id, tenant, stream_id, source = %input.display_name(), "job accepted");
+        let work = run_job(
+            job_id.clone(),
+            input,
+            stream_id,
+            tenant.to_string(),
+            JobContext {
+                settings: self.settings.clone(),
+                queue: self.queue.clone(),
+                jobs: self.jobs.clone(),
+                metrics: self.metrics.clone(),
+                shutdown: self.shutdown.clone(),
+            },
+        );
+        Ok((job_id, work))
+    }
+
+    /// The job as `tenant` sees it now (a broker round trip for the committed offsets).
+    pub async fn job(&self, tenant: &str, job_id: &str) -> Result<v1::Job, Status> {
+        let progress = self.progress.clone();
+        let committed = tokio::task::spawn_blocking(move || progress.committed())
+            .await
+            .map_err(|error| Status::internal(format!("progress task: {error}")))?
+            .map_err(|error| Status::unavailable(error.to_string()))?;
+        self.jobs.view(job_id, tenant, &committed)
+    }
+
+    /// Why segmenting the job failed or stopped early, if it did (segments that failed in
+    /// the workers are not counted here).
+    pub fn ingest_error(&self, job_id: &str) -> Option<String> {
+        let table = self.jobs.table.lock().ok()?;
+        let job = table.jobs.get(job_id)?;
+        (!job.error.is_empty()).then(|| job.error.clone())
+    }
+
+    /// The tenant's live streams, oldest first.
+    pub fn streams(&self, tenant: &str) -> Result<Vec<v1::LiveStream>, Status> {
+        self.jobs.streams(tenant)
+    }
+
+    /// Ask a live job to stop; its state as it is now.
+    pub fn stop_stream(&self, job_id: &str, tenant: &str) -> Result<v1::LiveStream, Status> {
+        self.jobs.stop_stream(job_id, tenant)
+    }
+
+    /// Count dead letters against their jobs, until the queue's dead letters end (a Kafka
+    /// reader never ends; an in-process queue's with the queue).
+    pub async fn follow_dead_letters(&self) -> Result<(), QueueError> {
+        loop {
+            let (tag, error) = match self.progress.next_dead_letter().await {
+                Ok(letter) => letter,
+                Err(QueueError::Closed) => return Ok(()),
+                Err(error) => return Err(error),
+            };
+            if self.jobs.dead_lettered(tag, error) {
+                self.metrics.dead_letters.inc();
+            }
+        }
+    }
+
+    /// Delete the blobs of committed segments, every [`BLOB_GRACE`] while there are any. A
+    /// queue or blob store that is down only delays this; it never fails the node.
+    pub async fn collect_blobs(&self) {
+        let mut tick = tokio::time::interval(BLOB_GRACE);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.jobs.pending_blobs() == 0 {
+                continue;
+            }
+            let reader = self.progress.clone();
+            let committed = match tokio::task::spawn_blocking(move || reader.committed()).await {
+                Ok(Ok(committed)) => committed,
+                Ok(Err(error)) => {
+                    tracing::warn!(error = %error, "blob collection: committed offsets unavailable");
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "blob collection task failed");
+                    continue;
+                }
+            };
+            for uri in self.jobs.take_finished_blobs(&committed, Instant::now()) {
+                match self.settings.blobs.delete(&uri).await {
+                    Ok(()) => tracing::debug!(uri, "blob deleted"),
+                    Err(error) => tracing::warn!(uri, error = %error, "blob not deleted"),
+                }
+            }
         }
     }
 }
 
+/// `IngestService` over a node's [`Ingest`].
+pub struct IngestApi<Q> {
+    ingest: Arc<Ingest<Q>>,
+}
+
+impl<Q> IngestApi<Q> {
+    pub fn new(ingest: Arc<Ingest<Q>>) -> Self {
+        Self { ingest }
+    }
+}
+
 #[tonic::async_trait]
-impl v1::ingest_service_server::IngestService for IngestApi {
+impl<Q: SegmentQueue> v1::ingest_service_server::IngestService for IngestApi<Q> {
     async fn submit(
         &self,
         request: Request<v1::SubmitRequest>,
     ) -> Result<Response<v1::SubmitResponse>, Status> {
         let tenant = tenant_of(&request)?;
         let request = request.into_inner();
-        let input = resolve_source(&request.source, &self.settings)?;
+        let input = resolve_source(&request.source, self.ingest.settings())?;
         let stream_id = match request.stream_id {
             Some(stream_id) if stream_id.trim().is_empty() => {
                 return Err(invalid("stream_id", "must not be empty when set"));
@@ -558,27 +657,12 @@ impl v1::ingest_service_server::IngestService for IngestApi {
             Some(stream_id) => stream_id,
             None => input.display_name(),
         };
-        let job_id = uuid::Uuid::new_v4().to_string();
         let live = is_live_source(&request.source);
-        self.jobs.insert(
-            &job_id,
-            &tenant,
-            &input.display_name(),
-            self.settings.max_jobs,
-            live.then_some(stream_id.as_str()),
-        )?;
-        tracing::info!(job_id, tenant, stream_id, source = %input.display_name(), "job accepted");
-        tokio::spawn(run_job(
-            job_id.clone(),
-            input,
-            stream_id,
-            tenant,
-            JobContext {
-                settings: self.settings.clone(),
-                queue: self.queue.clone(),
-                jobs: self.jobs.clone(),
-                metrics: self.metrics.clone(),
-            },
+        let (job_id, work) = self.ingest.accept(&tenant, input, stream_id, live)?;
+        // The job's span is a child of this request's (and so of the caller's trace).
+        tokio::spawn(tracing::Instrument::instrument(
+            work,
+            tracing::Span::current(),
         ));
         Ok(Response::new(v1::SubmitResponse { job_id }))
     }
@@ -592,14 +676,7 @@ impl v1::ingest_service_server::IngestService for IngestApi {
         if job_id.is_empty() {
             return Err(invalid("job_id", "must not be empty"));
         }
-        let progress = self.progress.clone();
-        let committed = tokio::task::spawn_blocking(move || progress.committed())
-            .await
-            .map_err(|error| Status::internal(format!("progress task: {error}")))?
-            .map_err(|error| Status::unavailable(error.to_string()))?;
-        self.jobs
-            .view(&job_id, &tenant, &committed)
-            .map(Response::new)
+        self.ingest.job(&tenant, &job_id).await.map(Response::new)
     }
 
     async fn list_streams(
@@ -608,7 +685,7 @@ impl v1::ingest_service_server::IngestService for IngestApi {
     ) -> Result<Response<v1::ListStreamsResponse>, Status> {
         let tenant = tenant_of(&request)?;
         Ok(Response::new(v1::ListStreamsResponse {
-            streams: self.jobs.streams(&tenant)?,
+            streams: self.ingest.streams(&tenant)?,
         }))
     }
 
@@ -621,14 +698,15 @@ impl v1::ingest_service_server::IngestService for IngestApi {
         if job_id.is_empty() {
             return Err(invalid("job_id", "must not be empty"));
         }
-        let stream = self.jobs.stop_stream(&job_id, &tenant)?;
+        let stream = self.ingest.stop_stream(&job_id, &tenant)?;
         tracing::info!(job_id, "live stream stop requested");
         Ok(Response::new(stream))
     }
 }
 
-/// A cut chunk's media for its message: inline when it fits, else uploaded to the blob store
-/// under `<job>/<seq>.mkv`. The local chunk is removed either way.
+/// A cut chunk's media for its message: inline when it fits, else moved into the blob store
+/// under `<job>/<seq>.mkv` (a rename on a local store: no copy). The local chunk is gone
+/// either way.
 fn place_media(
     chunk: &vidx_media::SegmentChunk,
     inline_max_bytes: u64,
@@ -636,44 +714,47 @@ fn place_media(
     blobs: &dyn BlobStore,
     runtime: &tokio::runtime::Handle,
 ) -> Result<SegmentMedia, String> {
-    let bytes = std::fs::read(&chunk.path)
-        .map_err(|error| format!("cannot read segment chunk {}: {error}", chunk.seq))?;
-    let media = if chunk.bytes <= inline_max_bytes {
-        SegmentMedia::Inline(bytes)
-    } else {
-        let key = format!("{job_id}/{:06}.mkv", chunk.seq);
-        let uri = runtime
-            .block_on(blobs.put(&key, bytes))
-            .map_err(|error| format!("storing segment {}: {error}", chunk.seq))?;
-        SegmentMedia::Blob(uri)
-    };
-    if let Err(error) = std::fs::remove_file(&chunk.path) {
-        tracing::warn!(path = %chunk.path.display(), error = %error, "spool file not removed");
+    if chunk.bytes <= inline_max_bytes {
+        let bytes = std::fs::read(&chunk.path)
+            .map_err(|error| format!("cannot read segment chunk {}: {error}", chunk.seq))?;
+        if let Err(error) = std::fs::remove_file(&chunk.path) {
+            tracing::warn!(path = %chunk.path.display(), error = %error, "spool file not removed");
+        }
+        return Ok(SegmentMedia::Inline(bytes));
     }
-    Ok(media)
+    let key = format!("{job_id}/{:06}.mkv", chunk.seq);
+    let uri = runtime
+        .block_on(blobs.put_file(&key, &chunk.path))
+        .map_err(|error| format!("storing segment {}: {error}", chunk.seq))?;
+    Ok(SegmentMedia::Blob(uri))
 }
 
 /// What a job needs from its ingest node.
-struct JobContext {
+struct JobContext<Q> {
     settings: Arc<IngestSettings>,
-    queue: Arc<KafkaQueue>,
+    queue: Arc<Q>,
     jobs: Arc<Jobs>,
     metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
 }
 
+/// Why a job stopped early when the node shut down.
+pub const INTERRUPTED: &str = "interrupted: the node is shutting down";
+
 /// Segment the input on a blocking thread and publish each segment as it is cut.
-async fn run_job(
+async fn run_job<Q: SegmentQueue>(
     job_id: String,
     input: InputSource,
     stream_id: String,
     tenant: String,
-    context: JobContext,
+    context: JobContext<Q>,
 ) {
     let JobContext {
         settings,
         queue,
         jobs,
         metrics,
+        shutdown,
     } = context;
     jobs.update(&job_id, |job| job.segmenting = true);
     let spool = settings.spool_dir.join(&job_id);
@@ -690,6 +771,7 @@ async fn run_job(
     };
     let runtime = tokio::runtime::Handle::current();
     let source_uri = input.display_name();
+    let source_name = source_uri.clone();
     // The job's span; each segment's publish span under it starts the segment's trace
     // context, which travels in the Kafka message to the worker.
     let job_span = tracing::info_span!(
@@ -697,7 +779,11 @@ async fn run_job(
         job_id = %job_id,
         stream_id = %stream_id,
         source = %source_uri,
+        trace_id = tracing::field::Empty,
     );
+    if let Some(trace_id) = vidx_telemetry::trace_id(&job_span) {
+        job_span.record("trace_id", trace_id.as_str());
+    }
     let (job, sink_jobs) = (job_id.clone(), jobs.clone());
     let inline_max_bytes = settings.inline_max_bytes;
     let blobs = settings.blobs.clone();
@@ -709,6 +795,10 @@ async fn run_job(
         let live_job = job.clone();
         let state_jobs = sink_jobs.clone();
         let sink = |chunk: vidx_media::SegmentChunk| {
+            if *shutdown.borrow() {
+                publish_error = Some(INTERRUPTED.to_string());
+                return false;
+            }
             let placed = place_media(&chunk, inline_max_bytes, &job, blobs.as_ref(), &runtime);
             let media = match placed {
                 Ok(media) => media,
@@ -722,32 +812,32 @@ async fn run_job(
                 SegmentMedia::Inline(_) => None,
             };
             let mut task = chunk.into_task_with(&tenant, &stream_id, &source_uri, media);
+            let (segment_seq, end_ms) = (task.segment_seq, task.range.end_ms);
             let span = tracing::info_span!(
                 parent: &job_span,
                 "segment.publish",
                 stream_id = %task.stream_id,
-                segment_seq = task.segment_seq,
+                segment_seq,
                 start_ms = task.range.start_ms,
-                end_ms = task.range.end_ms,
+                end_ms,
                 inline = blob.is_none(),
             );
             let _entered = span.enter();
             task.trace_context = vidx_telemetry::inject(&span);
-            match runtime.block_on(queue.publish_tagged(&task)) {
+            match runtime.block_on(queue.publish(task)) {
                 Ok(tag) => {
                     sink_jobs.published(&job, tag, blob);
                     sink_jobs.update(&job, |record| {
                         if let Some(live) = record.live.as_mut() {
                             live.segments += 1;
-                            live.last_end_ms = task.range.end_ms;
+                            live.last_end_ms = end_ms;
                         }
                     });
                     sink_metrics.segments_published.inc();
                     true
                 }
                 Err(error) => {
-                    publish_error =
-                        Some(format!("publishing segment {}: {error}", task.segment_seq));
+                    publish_error = Some(format!("publishing segment {segment_seq}: {error}"));
                     if let Some(uri) = &blob
                         && let Err(error) = runtime.block_on(blobs.delete(uri))
                     {
@@ -757,10 +847,15 @@ async fn run_job(
                 }
             }
         };
-        // (segments, corrupt packets)
+        // (segments, corrupt packets, subtitle cues)
         let result = match &live_stop {
-            None => vidx_media::segment_source(&input, &options, sink)
-                .map(|summary| (summary.segments, summary.corrupt_packets)),
+            None => vidx_media::segment_source(&input, &options, sink).map(|summary| {
+                (
+                    summary.segments,
+                    summary.corrupt_packets,
+                    Some(summary.subtitle_cues),
+                )
+            }),
             Some(stop) => {
                 let live_options = vidx_media::LiveOptions {
                     stall_timeout: live_stall_timeout,
@@ -777,15 +872,18 @@ async fn run_job(
                     |state| state_jobs.stream_state(&live_job, state),
                     sink,
                 )
-                .map(|summary| (summary.segments, summary.corrupt_packets))
+                .map(|summary| (summary.segments, summary.corrupt_packets, None))
             }
         };
         (result, publish_error)
     })
     .await;
     let error = match outcome {
-        Ok((Ok((segments, corrupt_packets)), None)) => {
-            tracing::info!(job_id, segments, "segmented");
+        Ok((Ok((segments, corrupt_packets, cues)), None)) => {
+            tracing::info!(job_id, segments, ?cues, "segmented");
+            if cues == Some(0) {
+                tracing::warn!(job_id, source = %source_name, "no subtitles found: without a captioning model this input yields no moments");
+            }
             metrics.decode_errors.inc_by(corrupt_packets);
             String::new()
         }

@@ -4,9 +4,10 @@
 //! reflection, behind bearer-token auth and request limits.
 //!
 //! [`serve`] runs a node until `shutdown` turns true: the server stops taking requests and
-//! finishes those in flight, workers stop polling and abandon the segment in flight without
-//! committing it (it is redelivered; its ids make the replay idempotent), and the consumer
-//! leaves its group.
+//! finishes those in flight, workers stop polling and finish the batch they are computing
+//! within `pipeline.shutdown_grace_ms` (stored and committed), or abandon it uncommitted past
+//! that (it is redelivered; its ids make the replay idempotent), and the consumer leaves its
+//! group.
 
 pub mod auth;
 pub mod ingest;
@@ -29,17 +30,17 @@ use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 use vidx_blob::ObjectBlobStore;
 use vidx_bus::{GroupProgress, KafkaQueue, KafkaSettings};
-use vidx_config::{Config, TokenConfig};
+use vidx_config::{Config, KafkaConfig, TokenConfig};
 use vidx_core::QueueError;
-use vidx_core::ports::{BlobStore, FrameSampler, IndexStore};
+use vidx_core::ports::{BlobStore, FrameSampler, IndexStore, QueueStatus, SegmentQueue};
 use vidx_media::UrlPolicy;
-use vidx_pipeline::{Models, PipelineError, SearchModels, WorkerOptions, run_worker};
+use vidx_pipeline::{Models, PipelineError, SearchModels, WorkerEvent, WorkerOptions, run_worker};
 use vidx_proto::v1::ingest_service_server::IngestServiceServer;
 use vidx_proto::v1::search_service_server::SearchServiceServer;
 use vidx_proto::v1::worker_service_server::WorkerServiceServer;
 
 pub use auth::{Authenticator, Tenant};
-pub use ingest::{IngestApi, IngestSettings, Jobs};
+pub use ingest::{Ingest, IngestApi, IngestSettings, Jobs};
 pub use metrics::Metrics;
 pub use query::QueryApi;
 pub use worker::{WorkerApi, WorkerStats};
@@ -143,8 +144,54 @@ impl NodeSettings {
                 },
             )?,
         );
+        Ok(Self::map(
+            config,
+            roles,
+            roots,
+            blobs,
+            data_dir.join("spool"),
+        ))
+    }
+
+    /// The settings of an embedded node (`vidx index`): the ingest and worker roles of
+    /// [`from_config`](Self::from_config), mapped alike, except that segments are cut into
+    /// `spool` and handed to the workers as files in a blob store there (moved, never copied
+    /// or held in memory), and that a failing local store is not waited out (the bounded
+    /// retries apply: an error on a local directory does not heal by waiting). The server
+    /// keys (`server.ingest_roots`, `server.blob_store`) do not apply.
+    pub fn embedded(config: &Config, spool: &Path) -> Result<Self, ServerError> {
+        let blobs: Arc<dyn BlobStore> = Arc::new(
+            ObjectBlobStore::open(
+                &spool.join("blobs").display().to_string(),
+                &Default::default(),
+            )
+            .map_err(|error| ServerError::Config {
+                key: "general.data_dir".into(),
+                reason: error.to_string(),
+            })?,
+        );
+        let roles = Roles {
+            ingest: true,
+            worker: true,
+            query: false,
+        };
+        let mut settings = Self::map(config, roles, Vec::new(), blobs, spool.join("chunks"));
+        settings.ingest.inline_max_bytes = 0;
+        settings.worker.store_outage_limit = Some(Duration::ZERO);
+        Ok(settings)
+    }
+
+    /// The typed settings of `config`, given what needs the filesystem (the canonical ingest
+    /// roots, the opened blob store, the spool directory).
+    fn map(
+        config: &Config,
+        roles: Roles,
+        roots: Vec<std::path::PathBuf>,
+        blobs: Arc<dyn BlobStore>,
+        spool_dir: std::path::PathBuf,
+    ) -> Self {
         let kafka = &config.kafka;
-        Ok(Self {
+        Self {
             roles,
             worker_id: format!(
                 "{}-{}",
@@ -156,20 +203,7 @@ impl NodeSettings {
             max_request_bytes: config.server.max_request_bytes,
             max_concurrent_requests: config.server.max_concurrent_requests,
             request_timeout: Duration::from_millis(config.server.request_timeout_ms),
-            kafka: KafkaSettings {
-                brokers: kafka.brokers.clone(),
-                topic: kafka.topic.clone(),
-                dead_letter_topic: kafka.dead_letter_topic.clone(),
-                group_id: kafka.group_id.clone(),
-                client_id: kafka.client_id.clone(),
-                partitions: kafka.partitions,
-                replication: kafka.replication,
-                session_timeout: Duration::from_millis(kafka.session_timeout_ms),
-                max_poll_interval: Duration::from_millis(kafka.max_poll_interval_ms),
-                delivery_timeout: Duration::from_millis(kafka.delivery_timeout_ms),
-                max_message_bytes: kafka.max_message_bytes,
-                properties: kafka.properties.clone(),
-            },
+            kafka: kafka_settings(kafka),
             ingest: IngestSettings {
                 roots,
                 policy: UrlPolicy {
@@ -190,7 +224,7 @@ impl NodeSettings {
                         .max_message_bytes
                         .saturating_sub(INLINE_HEADROOM_BYTES),
                 ),
-                spool_dir: data_dir.join("spool"),
+                spool_dir,
                 blobs: blobs.clone(),
                 max_jobs: 10_000,
                 live_stall_timeout: Duration::from_millis(config.media.live_stall_timeout_ms),
@@ -205,11 +239,88 @@ impl NodeSettings {
                 blobs: Some(blobs),
                 max_batch: config.pipeline.max_batch,
                 max_batch_wait: Duration::from_millis(config.pipeline.max_batch_wait_ms),
+                shutdown_grace: Duration::from_millis(config.pipeline.shutdown_grace_ms),
             },
             concurrency: config.pipeline.workers,
             frame_size: config.media.frame_size,
-        })
+        }
     }
+}
+
+/// The Kafka settings of `kafka.*`: durations and sizes typed once, for every role.
+pub fn kafka_settings(kafka: &KafkaConfig) -> KafkaSettings {
+    KafkaSettings {
+        brokers: kafka.brokers.clone(),
+        topic: kafka.topic.clone(),
+        dead_letter_topic: kafka.dead_letter_topic.clone(),
+        group_id: kafka.group_id.clone(),
+        client_id: kafka.client_id.clone(),
+        partitions: kafka.partitions,
+        replication: kafka.replication,
+        session_timeout: Duration::from_millis(kafka.session_timeout_ms),
+        max_poll_interval: Duration::from_millis(kafka.max_poll_interval_ms),
+        delivery_timeout: Duration::from_millis(kafka.delivery_timeout_ms),
+        max_message_bytes: kafka.max_message_bytes,
+        properties: kafka.properties.clone(),
+    }
+}
+
+/// Start `concurrency` workers on `queue` (they end when it is closed and drained, or at
+/// shutdown); their events arrive on the returned channel. The same for every queue.
+pub fn start_workers<Q: SegmentQueue, S: IndexStore>(
+    queue: Arc<Q>,
+    engine: &Engine<S>,
+    options: &WorkerOptions,
+    concurrency: usize,
+    shutdown: &watch::Receiver<bool>,
+) -> (
+    JoinSet<Result<(), ServerError>>,
+    mpsc::UnboundedReceiver<WorkerEvent>,
+) {
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let (queue, store, sampler, models) = (
+            queue.clone(),
+            engine.store.clone(),
+            engine.sampler.clone(),
+            engine.models.clone(),
+        );
+        let (options, events, shutdown) = (options.clone(), events_tx.clone(), shutdown.clone());
+        workers.spawn(async move {
+            run_worker(queue, store, sampler, models, options, events, shutdown)
+                .await
+                .map_err(ServerError::from)
+        });
+    }
+    (workers, events_rx)
+}
+
+/// Warm the models up on the largest batch, before any segment is taken: a batch that does
+/// not fit the device fails here (the node is not ready and exits with the error).
+pub async fn warm_up(
+    models: Arc<Models>,
+    options: &WorkerOptions,
+    frame_size: u32,
+) -> Result<(), ServerError> {
+    let (batch, frames) = (options.max_batch, options.frames_per_segment);
+    tokio::task::spawn_blocking(move || models.warm_up(batch, frames, (frame_size, frame_size)))
+        .await
+        .map_err(|error| ServerError::Startup(format!("warm-up: {error}")))?
+        .map_err(|error| ServerError::Startup(format!("warm-up: {error}")))
+}
+
+/// The server span of a gRPC request, a child of the caller's W3C trace context when the
+/// request carries one (`traceparent`, `tracestate`).
+fn request_span(request: &http::Request<()>) -> tracing::Span {
+    let carrier: std::collections::BTreeMap<String, String> = ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|name| {
+            let value = request.headers().get(name)?.to_str().ok()?;
+            Some((name.to_string(), value.to_string()))
+        })
+        .collect();
+    vidx_telemetry::request_span(request.uri().path(), &carrier)
 }
 
 /// Bind the configured address (for `vidx run`; tests bind port 0 themselves).
@@ -307,27 +418,7 @@ where
         .build_v1()
         .map_err(|error| ServerError::Startup(format!("reflection: {error}")))?;
 
-    // The ingest role talks only to Kafka: ready as soon as the brokers answer.
-    // The topics, once, for every role that talks to Kafka.
-    if roles.ingest || roles.worker {
-        vidx_bus::ensure_topics(&settings.kafka).await?;
-    }
-    let ingest = if roles.ingest {
-        let producer = Arc::new(KafkaQueue::producer(settings.kafka.clone())?);
-        let kafka = settings.kafka.clone();
-        let progress = Arc::new(
-            tokio::task::spawn_blocking(move || GroupProgress::connect(kafka))
-                .await
-                .map_err(|error| ServerError::Startup(error.to_string()))??,
-        );
-        let jobs = Arc::new(Jobs::default());
-        Some((producer, progress, jobs))
-    } else {
-        None
-    };
-
-    let engine_cell: Arc<OnceLock<Engine<S>>> = Arc::new(OnceLock::new());
-    let queue_cell: Arc<OnceLock<Arc<KafkaQueue>>> = Arc::new(OnceLock::new());
+    let queue_cell: Arc<OnceLock<Arc<dyn QueueStatus>>> = Arc::new(OnceLock::new());
     let metrics = Arc::new(Metrics::new(queue_cell.clone())?);
     let _metrics_server = match metrics_listener {
         Some(metrics_listener) => {
@@ -343,6 +434,32 @@ where
         }
         None => None,
     };
+
+    // The ingest role talks only to Kafka: ready as soon as the brokers answer.
+    // The topics, once, for every role that talks to Kafka.
+    if roles.ingest || roles.worker {
+        vidx_bus::ensure_topics(&settings.kafka).await?;
+    }
+    let ingest = if roles.ingest {
+        let producer = Arc::new(KafkaQueue::producer(settings.kafka.clone())?);
+        let kafka = settings.kafka.clone();
+        let progress = Arc::new(
+            tokio::task::spawn_blocking(move || GroupProgress::connect(kafka))
+                .await
+                .map_err(|error| ServerError::Startup(error.to_string()))??,
+        );
+        Some(Arc::new(Ingest::new(
+            settings.ingest.clone(),
+            producer,
+            progress,
+            metrics.clone(),
+            shutdown.clone(),
+        )))
+    } else {
+        None
+    };
+
+    let engine_cell: Arc<OnceLock<Engine<S>>> = Arc::new(OnceLock::new());
     let stats = Arc::new(WorkerStats::default());
     let intercept = auth::interceptor(authenticator);
     let limit = settings.max_request_bytes;
@@ -354,16 +471,10 @@ where
             intercept.clone(),
         )
     });
-    let ingest_service = ingest.as_ref().map(|(producer, progress, jobs)| {
+    let ingest_service = ingest.as_ref().map(|ingest| {
         InterceptedService::new(
-            IngestServiceServer::new(IngestApi::new(
-                settings.ingest.clone(),
-                producer.clone(),
-                progress.clone(),
-                jobs.clone(),
-                metrics.clone(),
-            ))
-            .max_decoding_message_size(limit),
+            IngestServiceServer::new(IngestApi::new(ingest.clone()))
+                .max_decoding_message_size(limit),
             intercept.clone(),
         )
     });
@@ -371,7 +482,7 @@ where
         InterceptedService::new(
             WorkerServiceServer::new(WorkerApi {
                 worker_id: settings.worker_id.clone(),
-                concurrency: settings.concurrency,
+                max_batch: settings.worker.max_batch,
                 engine: engine_cell.clone(),
                 queue: queue_cell.clone(),
                 stats: stats.clone(),
@@ -381,6 +492,7 @@ where
         )
     });
     let router = tonic::transport::Server::builder()
+        .trace_fn(request_span)
         .timeout(settings.request_timeout)
         .layer(limits::LimitsLayer::new(settings.max_concurrent_requests))
         .add_service(health_service)
@@ -400,23 +512,18 @@ where
     // Workers end when shutdown is asked for; watchers (the dead-letter reader) never do.
     let mut background = JoinSet::new();
     let mut watchers = JoinSet::new();
-    if let Some((_, progress, jobs)) = &ingest {
-        let (progress, jobs) = (progress.clone(), jobs.clone());
+    let mut kafka_queue = None;
+    if let Some(ingest) = &ingest {
         watchers.spawn({
-            let (progress, jobs, metrics) = (progress.clone(), jobs.clone(), metrics.clone());
-            async move {
-                loop {
-                    let record = progress.next_dead_letter().await?;
-                    if jobs.dead_lettered(record.source, record.error) {
-                        metrics.dead_letters.inc();
-                    }
-                }
-            }
+            let ingest = ingest.clone();
+            async move { Ok(ingest.follow_dead_letters().await?) }
         });
-        let blobs = settings.ingest.blobs.clone();
-        watchers.spawn(async move {
-            ingest::collect_blobs(progress, jobs, blobs).await;
-            Ok(())
+        watchers.spawn({
+            let ingest = ingest.clone();
+            async move {
+                ingest.collect_blobs().await;
+                Ok(())
+            }
         });
         health
             .set_service_status(service_names::INGEST, ServingStatus::Serving)
@@ -431,13 +538,9 @@ where
         };
         let Some(loaded) = loaded else {
             watchers.abort_all();
-            return finish(server, background, None).await;
+            return finish(server, background, None, Duration::ZERO).await;
         };
-        let (store, models, sampler) = (
-            loaded.store.clone(),
-            loaded.models.clone(),
-            loaded.sampler.clone(),
-        );
+        let models = loaded.models.clone();
         let _ = engine_cell.set(loaded);
         if roles.query {
             health
@@ -445,37 +548,21 @@ where
                 .await;
         }
         if roles.worker {
-            // Warm up on the largest batch before joining the group: a batch that does not
-            // fit the device keeps the node from becoming ready (it exits with the error).
-            let (warm_models, options, size) =
-                (models.clone(), settings.worker.clone(), settings.frame_size);
-            tokio::task::spawn_blocking(move || {
-                warm_models.warm_up(options.max_batch, options.frames_per_segment, (size, size))
-            })
-            .await
-            .map_err(|error| ServerError::Startup(format!("warm-up: {error}")))?
-            .map_err(|error| ServerError::Startup(format!("warm-up: {error}")))?;
+            warm_up(models.clone(), &settings.worker, settings.frame_size).await?;
             let queue = Arc::new(KafkaQueue::worker(settings.kafka.clone())?);
             let _ = queue_cell.set(queue.clone());
-            let (events_tx, mut events_rx) = mpsc::unbounded_channel();
-            for _ in 0..settings.concurrency.max(1) {
-                background.spawn({
-                    let (queue, store, sampler, models) = (
-                        queue.clone(),
-                        store.clone(),
-                        sampler.clone(),
-                        models.clone(),
-                    );
-                    let (options, events, shutdown) =
-                        (settings.worker.clone(), events_tx.clone(), shutdown.clone());
-                    async move {
-                        run_worker(queue, store, sampler, models, options, events, shutdown)
-                            .await
-                            .map_err(ServerError::from)
-                    }
-                });
-            }
-            drop(events_tx);
+            kafka_queue = Some(queue.clone());
+            let engine = engine_cell
+                .get()
+                .ok_or_else(|| ServerError::Startup("engine not set".into()))?;
+            let (workers, mut events_rx) = start_workers(
+                queue,
+                engine,
+                &settings.worker,
+                settings.concurrency,
+                &shutdown,
+            );
+            background = workers;
             let (stats, metrics) = (stats.clone(), metrics.clone());
             tokio::spawn(async move {
                 while let Some(event) = events_rx.recv().await {
@@ -516,22 +603,25 @@ where
         return Err(error);
     }
     set_all(&health, ServingStatus::NotServing).await;
-    finish(server, background, queue_cell.get().cloned()).await
+    let deadline = settings.worker.shutdown_grace + Duration::from_secs(10);
+    finish(server, background, kafka_queue, deadline).await
 }
 
-/// After shutdown: let the workers return (they abandon the segment in flight), leave the
-/// consumer group, and wait for the server to finish the requests in flight.
+/// After shutdown: let the workers return (they finish their batch within the grace period),
+/// leave the consumer group, and wait for the server to finish the requests in flight.
 async fn finish(
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     mut workers: JoinSet<Result<(), ServerError>>,
     queue: Option<Arc<KafkaQueue>>,
+    deadline: Duration,
 ) -> Result<(), ServerError> {
-    let deadline = tokio::time::sleep(Duration::from_secs(30));
+    let limit = deadline;
+    let deadline = tokio::time::sleep(deadline);
     tokio::pin!(deadline);
     loop {
         tokio::select! {
             _ = &mut deadline => {
-                tracing::warn!("workers did not stop within 30 s; abandoning them");
+                tracing::warn!(?limit, "workers did not stop in time; abandoning them");
                 workers.abort_all();
                 break;
             }

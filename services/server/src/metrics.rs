@@ -12,7 +12,7 @@ use prometheus::{
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use vidx_bus::KafkaQueue;
+use vidx_core::ports::QueueStatus;
 use vidx_pipeline::WorkerEvent;
 
 use crate::ServerError;
@@ -41,7 +41,7 @@ pub struct Metrics {
     in_flight: IntGauge,
     fetching_paused: IntGauge,
     /// The worker's queue once it exists, for the gauges.
-    queue: Arc<OnceLock<Arc<KafkaQueue>>>,
+    queue: Arc<OnceLock<Arc<dyn QueueStatus>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -62,7 +62,7 @@ fn registered<T: prometheus::core::Collector + Clone + 'static>(
 }
 
 impl Metrics {
-    pub fn new(queue: Arc<OnceLock<Arc<KafkaQueue>>>) -> Result<Self, ServerError> {
+    pub fn new(queue: Arc<OnceLock<Arc<dyn QueueStatus>>>) -> Result<Self, ServerError> {
         let registry = Registry::new();
         let seconds = |name: &str, help: &str| {
             HistogramOpts::new(name, help).buckets(SECONDS_BUCKETS.to_vec())
@@ -119,7 +119,10 @@ impl Metrics {
             batch_size: registered(
                 &registry,
                 Histogram::with_opts(
-                    HistogramOpts::new("vidx_batch_size", "Segments per model batch")
+                    HistogramOpts::new(
+                        "vidx_batch_size",
+                        "Size of the model batch each indexed segment was captioned in",
+                    )
                         .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
                 ),
             )?,
@@ -173,9 +176,9 @@ impl Metrics {
     /// Count a worker's outcome.
     pub fn record(&self, event: &WorkerEvent) {
         match event {
-            WorkerEvent::Indexed { timings, .. } => {
+            WorkerEvent::Indexed { timings, batch, .. } => {
                 self.segments_indexed.inc();
-                self.batch_size.observe(1.0);
+                self.batch_size.observe(*batch as f64);
                 let times = [timings.fetch, timings.decode, timings.models, timings.store];
                 for (stage, time) in STAGES.into_iter().zip(times) {
                     self.stage_seconds
@@ -247,4 +250,27 @@ pub async fn serve_metrics(
         })
         .await
         .map_err(|error| ServerError::Transport(format!("metrics endpoint: {error}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_batch_size_histogram_observes_each_segments_batch() -> Result<(), ServerError> {
+        let metrics = Metrics::new(Arc::new(OnceLock::new()))?;
+        for batch in [4, 4, 4, 4, 1] {
+            metrics.record(&WorkerEvent::Indexed {
+                stream_id: "s".into(),
+                segment_seq: 0,
+                points: 1,
+                media_ms: 1000,
+                batch,
+                timings: Default::default(),
+            });
+        }
+        assert_eq!(metrics.batch_size.get_sample_count(), 5);
+        assert!((metrics.batch_size.get_sample_sum() - 17.0).abs() < 1e-9);
+        Ok(())
+    }
 }

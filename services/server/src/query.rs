@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 use vidx_core::SearchFilter;
+use vidx_core::fusion::SearchHit;
 use vidx_core::ports::IndexStore;
 use vidx_pipeline::{SearchMode, SearchRequest};
 use vidx_proto::v1;
@@ -75,7 +76,11 @@ impl<S: IndexStore> v1::search_service_server::SearchService for QueryApi<S> {
             .search_seconds
             .observe(started.elapsed().as_secs_f64());
         Ok(Response::new(v1::SearchResponse {
-            hits: results.hits.iter().map(v1::Hit::from).collect(),
+            hits: results
+                .hits
+                .iter()
+                .map(|hit| v1::Hit::from(&SearchHit::from(hit)))
+                .collect(),
             took_ms: started.elapsed().as_millis() as u64,
         }))
     }

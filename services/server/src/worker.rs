@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tonic::{Request, Response, Status};
-use vidx_bus::KafkaQueue;
+use vidx_core::ports::QueueStatus;
 use vidx_pipeline::WorkerEvent;
 use vidx_proto::v1;
 
@@ -29,9 +29,10 @@ impl WorkerStats {
 
 pub struct WorkerApi<S> {
     pub(crate) worker_id: String,
-    pub(crate) concurrency: usize,
+    /// Segments captioned together (`pipeline.max_batch`).
+    pub(crate) max_batch: usize,
     pub(crate) engine: Arc<OnceLock<Engine<S>>>,
-    pub(crate) queue: Arc<OnceLock<Arc<KafkaQueue>>>,
+    pub(crate) queue: Arc<OnceLock<Arc<dyn QueueStatus>>>,
     pub(crate) stats: Arc<WorkerStats>,
 }
 
@@ -52,6 +53,13 @@ impl<S: Send + Sync + 'static> v1::worker_service_server::WorkerService for Work
                     .iter()
                     .map(|captioner| captioner.revision().to_string())
                     .chain([engine.models.text_embedder.revision().to_string()])
+                    .chain(
+                        engine
+                            .models
+                            .visual_embedder
+                            .iter()
+                            .map(|visual| visual.revision().to_string()),
+                    )
                     .collect()
             })
             .unwrap_or_default();
@@ -62,7 +70,7 @@ impl<S: Send + Sync + 'static> v1::worker_service_server::WorkerService for Work
         Ok(Response::new(v1::WorkerStatusResponse {
             worker_id: self.worker_id.clone(),
             models,
-            max_batch_size: self.concurrency as u32,
+            max_batch_size: self.max_batch as u32,
             queue_depth,
             partitions,
             segments_indexed: self.stats.indexed.load(Ordering::Relaxed),

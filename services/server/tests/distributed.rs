@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use common::{Node, authorized, config, engine, open_store};
 use tonic::Code;
-use vidx_bus::local_broker::LocalBroker;
 use vidx_core::ports::{FrameSampler, IndexStore, TextEmbedder};
 use vidx_media::FfmpegFrameSampler;
 use vidx_model::SentenceEmbedder;
@@ -23,6 +22,7 @@ use vidx_proto::v1::ingest_service_client::IngestServiceClient;
 use vidx_proto::v1::search_service_client::SearchServiceClient;
 use vidx_proto::v1::worker_service_client::WorkerServiceClient;
 use vidx_server::Roles;
+use vidx_testkit::LocalBroker;
 
 /// Subtitle cues of the test video: what each part of it shows.
 const CUES: &[(u64, u64, &str)] = &[
@@ -138,6 +138,7 @@ async fn three_streams_through_kafka_and_two_workers_are_found_by_grpc_search() 
     config.media.frames_per_segment = 4;
     config.server.ingest_roots = vec![media.display().to_string()];
     config.pipeline.workers = 1;
+    config.pipeline.max_batch = 2;
     config.pipeline.retry_backoff_ms = 50;
     let kafka = broker.fresh_settings(4);
     let node = |roles: Roles| -> Result<vidx_server::NodeSettings> {
@@ -300,9 +301,14 @@ async fn three_streams_through_kafka_and_two_workers_are_found_by_grpc_search() 
         statuses.iter().all(|status| status.queue_depth == 0),
         "nothing left in flight: {statuses:?}"
     );
-    assert!(statuses.iter().all(
-        |status| status.models.contains(&"subtitles".to_string()) || !status.models.is_empty()
-    ));
+    // Each worker reports its batch size (pipeline.max_batch, not its worker count) and its
+    // models: the subtitle captioner and the sentence embedder.
+    assert!(
+        statuses.iter().all(|status| status.max_batch_size == 2
+            && status.models.len() == 2
+            && status.models.contains(&"subtitles-v1".to_string())),
+        "{statuses:?}"
+    );
     // One point per cue and stream: nothing lost, nothing duplicated.
     assert_eq!(store.count(None).await?, (CUES.len() * 3) as u64);
 

@@ -1,5 +1,5 @@
 //! The query node over a real gRPC connection on a loopback port, against the real Qdrant
-//! Edge store: health and reflection, and RELIABILITY.md's bad requests 14-16 and 18.
+//! Edge store: health and reflection, and docs/reliability.md's bad requests 14-16 and 18.
 
 mod common;
 
@@ -432,7 +432,7 @@ impl vidx_core::ports::Captioner for SmallDevice {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_warm_up_batch_does_not_fit_never_becomes_ready() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let broker = vidx_bus::local_broker::LocalBroker::start()?;
+    let broker = vidx_testkit::LocalBroker::start()?;
     let store = open_store(&dir.path().join("index"), common::DIMENSION).await?;
     let mut config = config()?;
     config.pipeline.max_batch = 4;

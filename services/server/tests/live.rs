@@ -1,6 +1,6 @@
-//! A live source through the services (RELIABILITY.md fault 9): the ingest service follows an
-//! MPEG-TS stream that the ffmpeg CLI serves over TCP on loopback, publishes its segments with
-//! wall-clock times, reports the stream's state through ListStreams and GetJob, survives a
+//! A live source through the services (docs/reliability.md fault 9): the ingest service follows
+//! an MPEG-TS stream that the ffmpeg CLI serves over TCP on loopback, publishes its segments
+//! with wall-clock times, reports the stream's state through ListStreams and GetJob, survives a
 //! stall (degraded) and a drop (reconnect, live again), and stops on request.
 
 mod common;
@@ -12,7 +12,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, ensure};
 use common::{Node, WordsEmbedder, authorized, config};
-use vidx_bus::local_broker::LocalBroker;
 use vidx_core::ports::{FrameSampler, IndexStore, TextEmbedder, VisualEmbedder};
 use vidx_core::{Frame, ModelError, SearchFilter};
 use vidx_media::FfmpegFrameSampler;
@@ -20,6 +19,7 @@ use vidx_pipeline::{Models, SearchModels};
 use vidx_proto::v1;
 use vidx_proto::v1::ingest_service_client::IngestServiceClient;
 use vidx_server::{Engine, Roles};
+use vidx_testkit::LocalBroker;
 
 fn now_ms() -> u64 {
     SystemTime::now()

@@ -13,12 +13,12 @@ use anyhow::{Context, Result, ensure};
 use common::{Node, WordsEmbedder, authorized, config, engine, open_store};
 use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
-use vidx_bus::local_broker::LocalBroker;
 use vidx_core::ports::{FrameSampler, TextEmbedder};
 use vidx_media::FfmpegFrameSampler;
 use vidx_proto::v1;
 use vidx_proto::v1::ingest_service_client::IngestServiceClient;
 use vidx_server::Roles;
+use vidx_testkit::LocalBroker;
 
 fn attribute(span: &SpanData, key: &str) -> Option<String> {
     span.attributes
@@ -80,17 +80,20 @@ async fn a_segment_s_spans_form_one_trace_from_ingest_through_kafka_to_the_store
     let node = Node::start(settings, async move { Ok(ready) }).await?;
 
     let mut ingest = IngestServiceClient::new(node.channel().await?);
-    let job_id = ingest
-        .submit(authorized(
-            v1::SubmitRequest {
-                source: video.display().to_string(),
-                stream_id: Some("traced".into()),
-            },
-            None,
-        ))
-        .await?
-        .into_inner()
-        .job_id;
+    // The caller's own trace: the request carries W3C trace context.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut submit = authorized(
+        v1::SubmitRequest {
+            source: video.display().to_string(),
+            stream_id: Some("traced".into()),
+        },
+        None,
+    );
+    submit.metadata_mut().insert(
+        "traceparent",
+        format!("00-{caller_trace}-00f067aa0ba902b7-01").parse()?,
+    );
+    let job_id = ingest.submit(submit).await?.into_inner().job_id;
     let deadline = Instant::now() + Duration::from_secs(120);
     let job = loop {
         let job = ingest
@@ -118,9 +121,23 @@ async fn a_segment_s_spans_form_one_trace_from_ingest_through_kafka_to_the_store
     let spans = exporter.get_finished_spans()?;
     let named =
         |name: &str| -> Vec<&SpanData> { spans.iter().filter(|span| span.name == name).collect() };
+    // The server span of the Submit call continues the caller's trace, and the job runs in it.
+    let request = named("grpc.request")
+        .into_iter()
+        .find(|span| {
+            attribute(span, "rpc.method").as_deref() == Some("/vidx.v1.IngestService/Submit")
+        })
+        .context("no grpc.request span for Submit")?;
+    ensure!(request.span_context.trace_id().to_string() == caller_trace);
+    ensure!(request.parent_span_id.to_string() == "00f067aa0ba902b7");
     let jobs = named("ingest.job");
     ensure!(jobs.len() == 1, "{} ingest.job spans", jobs.len());
     let job_span = jobs[0];
+    ensure!(
+        job_span.span_context.trace_id().to_string() == caller_trace
+            && job_span.parent_span_id == request.span_context.span_id(),
+        "the job span is not under the Submit request's span"
+    );
     let publishes: BTreeMap<String, &SpanData> = named("segment.publish")
         .into_iter()
         .filter(|span| attribute(span, "stream_id").as_deref() == Some("traced"))

@@ -135,12 +135,7 @@ pub fn init(
             .with_ansi(options.ansi)
             .with_target(false)
             .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .with_writer(std::io::stderr)
-            .boxed(),
+        LogFormat::Json => json_logs(std::io::stderr).boxed(),
     };
     // Only vidx's own spans are exported (not the HTTP/2 and Kafka clients' internals).
     let traces = provider.as_ref().map(|provider| {
@@ -154,6 +149,21 @@ pub fn init(
         .try_init();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     Ok(Telemetry { provider })
+}
+
+/// The JSON log layer: one object per line with the fields of the event, of its span and of
+/// every span above it (`span`, `spans`), so a line inside a traced request or segment
+/// carries that span's `trace_id`.
+pub fn json_logs<S, W>(writer: W) -> impl Layer<S> + Send + Sync
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    W: for<'writer> tracing_subscriber::fmt::MakeWriter<'writer> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .json()
+        .with_current_span(true)
+        .with_span_list(true)
+        .with_writer(writer)
 }
 
 /// A tracer provider over `exporter` (`simple`: export each span when it ends, for tests;
@@ -200,17 +210,56 @@ pub fn inject(span: &tracing::Span) -> BTreeMap<String, String> {
     carrier.into_iter().collect()
 }
 
-/// Make `span` a child of the context in `carrier` (no-op for an empty or invalid one).
+/// Make `span` a child of the context in `carrier` (no-op for an empty or invalid one), and
+/// record the trace id in its `trace_id` field when it declares one (JSON log lines inside
+/// the span then carry it, with or without a trace exporter).
 pub fn set_parent(span: &tracing::Span, carrier: &BTreeMap<String, String>) {
-    if carrier.is_empty() {
-        return;
+    if !carrier.is_empty() {
+        let map: std::collections::HashMap<String, String> = carrier
+            .iter()
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        let context = TraceContextPropagator::new().extract(&map);
+        let _ = span.set_parent(context);
     }
-    let carrier: std::collections::HashMap<String, String> = carrier
-        .iter()
-        .map(|(key, value)| (key.clone(), value.clone()))
-        .collect();
-    let context = TraceContextPropagator::new().extract(&carrier);
-    let _ = span.set_parent(context);
+    if let Some(trace_id) = trace_id(span).or_else(|| carrier_trace_id(carrier)) {
+        span.record("trace_id", trace_id.as_str());
+    }
+}
+
+/// The trace id of `span` (32 hex digits) when an OpenTelemetry layer records it.
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
+/// The trace id of a W3C `traceparent` in `carrier` (`00-<trace id>-<span id>-<flags>`).
+pub fn carrier_trace_id(carrier: &BTreeMap<String, String>) -> Option<String> {
+    let mut parts = carrier.get("traceparent")?.trim().split('-');
+    let (_version, trace_id) = (parts.next()?, parts.next()?);
+    let valid = trace_id.len() == 32
+        && trace_id.bytes().all(|byte| byte.is_ascii_hexdigit())
+        && trace_id.bytes().any(|byte| byte != b'0');
+    valid.then(|| trace_id.to_ascii_lowercase())
+}
+
+/// The server span of one gRPC request: `grpc.request`, `rpc.method` the request path,
+/// a child of the caller's trace when the request carries W3C trace context headers
+/// (`carrier`), with its trace id in the `trace_id` field.
+pub fn request_span(method: &str, carrier: &BTreeMap<String, String>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "grpc.request",
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.method = %method,
+        trace_id = tracing::field::Empty,
+    );
+    set_parent(&span, carrier);
+    span
 }
 
 #[cfg(test)]

@@ -69,6 +69,17 @@ impl FrameSampler for NoFrames {
             reason: "unexpected decode".into(),
         })
     }
+    fn sample_bytes(
+        &self,
+        _: vidx_core::ports::SharedBytes,
+        range: TimeRange,
+        _: usize,
+    ) -> Result<Vec<Frame>, MediaError> {
+        Err(MediaError::Io {
+            input: format!("inline segment at {} ms", range.start_ms),
+            reason: "unexpected decode".into(),
+        })
+    }
 }
 
 /// The real store, unavailable for the first `failures` upserts and while `down` is set;

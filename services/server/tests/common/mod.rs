@@ -72,6 +72,17 @@ impl FrameSampler for NoFrames {
             reason: "unexpected decode".into(),
         })
     }
+    fn sample_bytes(
+        &self,
+        _: vidx_core::ports::SharedBytes,
+        range: TimeRange,
+        _: usize,
+    ) -> Result<Vec<Frame>, MediaError> {
+        Err(MediaError::Io {
+            input: format!("inline segment at {} ms", range.start_ms),
+            reason: "unexpected decode".into(),
+        })
+    }
 }
 
 /// The index of a test: Qdrant Edge in `directory`, or a fresh collection on the Qdrant

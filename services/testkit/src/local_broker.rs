@@ -1,11 +1,13 @@
 //! A Kafka-protocol broker on loopback for tests and local runs: the `tansu` broker
 //! (`cargo install --locked tansu --version 0.6.0 --features dynostore`, done by
-//! `scripts/setup.sh`) with in-memory storage on a free port, stopped when dropped.
+//! `scripts/setup-test.sh`) with in-memory storage on a free port, stopped when dropped.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use vidx_bus::KafkaSettings;
 
 /// A running broker; killed on drop.
 #[derive(Debug)]
@@ -34,7 +36,7 @@ impl LocalBroker {
                     format!(
                         "cannot start the Kafka-protocol broker `{program}` ({error}); install it with \
                          `cargo install --locked tansu --version 0.6.0 --features dynostore` \
-                         (scripts/setup.sh does) or point $TANSU at it"
+                         (scripts/setup-test.sh does) or point $TANSU at it"
                     ),
                 )
             })?;
@@ -66,14 +68,18 @@ impl LocalBroker {
 
     /// Settings for this broker with topics and a group no other caller in this process
     /// uses, so tests sharing a broker never see each other's messages.
-    pub fn fresh_settings(&self, partitions: i32) -> crate::KafkaSettings {
+    pub fn fresh_settings(&self, partitions: i32) -> KafkaSettings {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let id = format!(
             "{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::SeqCst)
         );
-        crate::KafkaSettings {
+        // The configured defaults, mapped as every vidx node maps them.
+        let defaults = vidx_config::Config::load(&vidx_config::ConfigSources::default())
+            .map(|config| vidx_server::kafka_settings(&config.kafka))
+            .expect("the embedded default configuration loads");
+        KafkaSettings {
             brokers: self.bootstrap(),
             topic: format!("segments-{id}"),
             dead_letter_topic: format!("segments-{id}.dlq"),
@@ -81,7 +87,7 @@ impl LocalBroker {
             partitions,
             session_timeout: Duration::from_secs(6),
             delivery_timeout: Duration::from_secs(20),
-            ..crate::KafkaSettings::default()
+            ..defaults
         }
     }
 }

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install what only the tests need, on top of scripts/setup.sh (scripts/test.sh runs both):
+# g++ and the tansu Kafka-protocol broker. Idempotent. Neither is needed to build or run vidx,
+# so the quick start (scripts/demo.sh) and the Dockerfiles' build stages do without them.
+set -euo pipefail
+# shellcheck source=scripts/apt-install.sh
+source "$(dirname "$0")/apt-install.sh"
+
+# g++ compiles the CUDA kernels' source for the CPU in services/model/tests/kernels_on_cpu.rs.
+test_packages=(g++)
+apt_install_missing "the tests" "${test_packages[@]}"
+
+# A Kafka-protocol broker for the distributed-mode tests, which start it on loopback with
+# in-memory storage (services/testkit/src/local_broker.rs). Built from crates.io once (~10 min).
+if ! command -v tansu >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]; then
+  echo "installing the tansu Kafka-protocol broker (cargo install, once)" >&2
+  cargo install --locked --quiet tansu --version 0.6.0 --features dynostore
+fi
