@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use common::{NoFrames, Node, WordsEmbedder, authorized, config, engine, open_store, point};
+use common::{Node, WordsEmbedder, authorized, config, engine, open_store, point};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -18,6 +18,7 @@ use vidx_core::ports::{IndexStore, TextEmbedder};
 use vidx_proto::v1;
 use vidx_proto::v1::search_service_client::SearchServiceClient;
 use vidx_server::{Roles, service_names};
+use vidx_testkit::NoFrames;
 
 const TOKEN_A: &str = "tenant-a-token-0123456789";
 const TOKEN_B: &str = "tenant-b-token-0123456789";

@@ -5,10 +5,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use vidx_core::ports::{FrameSampler, IndexStore, TextEmbedder};
+use vidx_core::ports::{IndexStore, TextEmbedder};
 use vidx_core::{
-    Frame, Hit, IndexPoint, MediaError, ModelError, SEGMENT_TASK_SCHEMA_VERSION, SearchFilter,
-    SegmentMedia, SegmentTask, StoreError, SubtitleCue, TimeRange, VectorQuery,
+    Hit, IndexPoint, ModelError, SEGMENT_TASK_SCHEMA_VERSION, SearchFilter, SegmentMedia,
+    SegmentTask, StoreError, SubtitleCue, TimeRange, VectorQuery,
 };
 use vidx_store::{EdgeStore, EdgeStoreOptions, VectorSpec};
 
@@ -54,33 +54,7 @@ impl TextEmbedder for FakeEmbedder {
     }
 }
 
-/// Never called: these tests sample no frames.
-pub struct NoFrames;
-
-impl FrameSampler for NoFrames {
-    fn sample(
-        &self,
-        path: &std::path::Path,
-        _: TimeRange,
-        _: usize,
-    ) -> Result<Vec<Frame>, MediaError> {
-        Err(MediaError::Io {
-            input: path.display().to_string(),
-            reason: "unexpected decode".into(),
-        })
-    }
-    fn sample_bytes(
-        &self,
-        _: vidx_core::ports::SharedBytes,
-        range: TimeRange,
-        _: usize,
-    ) -> Result<Vec<Frame>, MediaError> {
-        Err(MediaError::Io {
-            input: format!("inline segment at {} ms", range.start_ms),
-            reason: "unexpected decode".into(),
-        })
-    }
-}
+pub use vidx_testkit::NoFrames;
 
 /// The real store, unavailable for the first `failures` upserts and while `down` is set;
 /// upsert call number `hang_at` (1-based) never returns, before or after writing

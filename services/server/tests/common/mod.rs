@@ -14,9 +14,7 @@ use tonic::transport::{Channel, Endpoint};
 use vidx_config::{Config, ConfigSources};
 use vidx_core::ports::{FrameSampler, TextEmbedder};
 use vidx_core::types::vector_names;
-use vidx_core::{
-    Frame, IndexPoint, MediaError, ModelError, PointPayload, RecordKind, TimeRange, point_id,
-};
+use vidx_core::{IndexPoint, ModelError, PointPayload, RecordKind, point_id};
 use vidx_pipeline::Models;
 use vidx_server::{Engine, NodeSettings, Roles, ServerError};
 use vidx_store::{
@@ -59,29 +57,6 @@ impl TextEmbedder for WordsEmbedder {
                 vector.iter().map(|v| v / norm).collect()
             })
             .collect())
-    }
-}
-
-/// Never called by query-only nodes.
-pub struct NoFrames;
-
-impl FrameSampler for NoFrames {
-    fn sample(&self, path: &Path, _: TimeRange, _: usize) -> Result<Vec<Frame>, MediaError> {
-        Err(MediaError::Io {
-            input: path.display().to_string(),
-            reason: "unexpected decode".into(),
-        })
-    }
-    fn sample_bytes(
-        &self,
-        _: vidx_core::ports::SharedBytes,
-        range: TimeRange,
-        _: usize,
-    ) -> Result<Vec<Frame>, MediaError> {
-        Err(MediaError::Io {
-            input: format!("inline segment at {} ms", range.start_ms),
-            reason: "unexpected decode".into(),
-        })
     }
 }
 
