@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Quick start: install what is needed, build vidx, make a sample video with subtitles,
-# index it, and search it with a paraphrase.
+# Quick start: install what vidx needs (not what only the tests need), build it, make a
+# sample video with subtitles, index it, and search it with a paraphrase.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --release -q -p vidx-cli
-vidx=target/release/vidx
+# The dev profile: dependencies are optimised there too (Cargo.toml's profile.dev), without
+# the release profile's LTO; the demo's work is in those dependencies (FFmpeg, candle, Qdrant).
+cargo build -q -p vidx-cli
+vidx=target/debug/vidx
 work=${VIDX_DEMO_DIR:-$(mktemp -d)}
 mkdir -p "$work"
 
