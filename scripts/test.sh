@@ -14,9 +14,13 @@ cargo clippy --workspace --all-targets -- -D warnings
 (
   eval "$(bash scripts/setup-cuda.sh)"
   export CARGO_TARGET_DIR="${VIDX_CUDA_TARGET:-${XDG_CACHE_HOME:-$HOME/.cache}/vidx/cuda-target}"
-  cargo check -p vidx-model --features cuda --all-targets
-  cargo check -p vidx-cli --features cuda --all-targets
+  # One invocation for both crates: their dependencies are resolved and checked once.
+  cargo check -p vidx-model -p vidx-cli --features vidx-cli/cuda --all-targets
 )
+# The Qdrant server the distributed-path suites run against (a missing binary fails the run,
+# never skips those tests); stopped when this script exits.
+eval "$(bash scripts/qdrant-test-server.sh)"
+trap 'kill "$VIDX_TEST_QDRANT_PID" 2>/dev/null || true; rm -rf "$VIDX_TEST_QDRANT_STORAGE"' EXIT
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
 else

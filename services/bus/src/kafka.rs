@@ -16,9 +16,15 @@
 //!   a keep-alive task goes on polling, which keeps the member in the group however long a
 //!   segment takes (`max.poll.interval.ms`). The first worker to wait again resumes them;
 //!   fetching restarts right after the last message handed out, so nothing is skipped.
+//! - Deliveries are counted across processes: before a message reaches a worker, its
+//!   delivery count is committed with the partition's offset (commit metadata), and the
+//!   partition's next owner restores the counts from there. A segment that crashed or hung
+//!   `max_attempts` workers is given up on instead of taking the next one down.
+//! - Commits of a partition are sent one at a time and never go backwards; a failed commit is
+//!   retried, counted (`commit_failures`), and superseded by the next one.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -32,6 +38,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use vidx_core::offsets::decode_deliveries;
 use vidx_core::ports::{
     BoxFuture, Delivery, DeliveryTag, IngestProgress, QueueStatus, SegmentQueue,
 };
@@ -68,6 +75,13 @@ pub struct KafkaSettings {
     pub delivery_timeout: Duration,
     /// Largest message the producer sends (the brokers' `message.max.bytes`).
     pub max_message_bytes: u64,
+    /// Static group membership (`group.instance.id`): a worker restarted under the same id
+    /// within the session timeout gets its partitions back without a rebalance. Must be
+    /// unique per worker process (a StatefulSet pod name); `None`: dynamic membership.
+    pub group_instance_id: Option<String>,
+    /// `partition.assignment.strategy`: `cooperative-sticky` moves only the partitions that
+    /// must move when a worker joins or leaves (the others keep their batches in flight).
+    pub assignment_strategy: String,
     /// More librdkafka properties (`security.protocol`, `sasl.*`, `ssl.*`, …), applied last.
     pub properties: BTreeMap<String, String>,
 }
@@ -92,21 +106,52 @@ fn unavailable(what: &str, error: KafkaError) -> QueueError {
     QueueError::Unavailable(format!("kafka {what}: {error}"))
 }
 
-/// Create the segment and dead-letter topics if they do not exist yet.
+/// Create the segment and dead-letter topics if they do not exist yet. Topics that exist are
+/// left alone, and when both do nothing is asked of the brokers' admin API (a cluster whose
+/// topics are provisioned by its operators may deny it).
 pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), QueueError> {
     let mut config = settings.client_config();
     settings.apply_properties(&mut config);
-    let admin: AdminClient<DefaultClientContext> = config
-        .create()
-        .map_err(|error| unavailable("admin client", error))?;
-    let topics = [&settings.topic, &settings.dead_letter_topic].map(|name| {
-        NewTopic::new(
-            name,
-            settings.partitions,
-            TopicReplication::Fixed(settings.replication),
-        )
-    });
+    let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
+        config
+            .create()
+            .map_err(|error| unavailable("admin client", error))?,
+    );
+    let names = [settings.topic.clone(), settings.dead_letter_topic.clone()];
+    let existing = {
+        let admin = admin.clone();
+        tokio::task::spawn_blocking(move || {
+            admin
+                .inner()
+                .fetch_metadata(None, Duration::from_secs(30))
+                .map(|metadata| {
+                    metadata
+                        .topics()
+                        .iter()
+                        .filter(|topic| topic.error().is_none() && !topic.partitions().is_empty())
+                        .map(|topic| topic.name().to_string())
+                        .collect::<Vec<_>>()
+                })
+        })
+        .await
+        .map_err(|error| QueueError::Unavailable(format!("kafka metadata task: {error}")))?
+        .map_err(|error| unavailable("metadata", error))?
+    };
+    if names.iter().all(|name| existing.contains(name)) {
+        return Ok(());
+    }
+    let topics = names
+        .iter()
+        .filter(|name| !existing.contains(name))
+        .map(|name| {
+            NewTopic::new(
+                name,
+                settings.partitions,
+                TopicReplication::Fixed(settings.replication),
+            )
+        });
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let topics: Vec<NewTopic<'_>> = topics.collect();
     let results = admin
         .create_topics(topics.iter(), &options)
         .await
@@ -127,6 +172,9 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), QueueError> {
 /// How long every worker must have been busy before the partitions are paused, and how
 /// often the consumer is polled while they are, or while a worker waits on an empty queue.
 const KEEP_ALIVE_TICK: Duration = Duration::from_millis(500);
+
+/// Tries of one offset commit before it is counted as failed.
+const COMMIT_TRIES: u32 = 3;
 
 /// A message taken off the consumer and not yet handed to a worker.
 struct Raw {
@@ -197,6 +245,7 @@ impl ConsumerContext for GroupContext {
 }
 
 /// What a received message needs for a later dead-letter.
+#[derive(Clone)]
 struct Received {
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
@@ -412,6 +461,12 @@ pub struct KafkaQueue {
     tracker: Arc<Mutex<OffsetTracker>>,
     received: Mutex<HashMap<DeliveryTag, Received>>,
     closed: Arc<AtomicBool>,
+    /// Held while a commit is sent: commits go out one at a time, in order.
+    committing: tokio::sync::Mutex<()>,
+    commit_failures: AtomicU64,
+    /// Malformed messages whose dead-lettering was interrupted (the receive that found them
+    /// was cancelled): settled by the next receive, so that no offset stays in flight.
+    orphans: Mutex<Vec<(DeliveryTag, Received, String)>>,
 }
 
 impl std::fmt::Debug for KafkaQueue {
@@ -482,7 +537,14 @@ impl KafkaQueue {
                         .max(4096)
                         .to_string(),
                 )
-                .set("enable.partition.eof", "false");
+                .set("enable.partition.eof", "false")
+                .set(
+                    "partition.assignment.strategy",
+                    &settings.assignment_strategy,
+                );
+            if let Some(instance) = &settings.group_instance_id {
+                consumer_config.set("group.instance.id", instance);
+            }
             settings.apply_properties(&mut consumer_config);
             let context = GroupContext {
                 topic: settings.topic.clone(),
@@ -518,6 +580,9 @@ impl KafkaQueue {
             tracker,
             received: Mutex::new(HashMap::new()),
             closed,
+            committing: tokio::sync::Mutex::new(()),
+            commit_failures: AtomicU64::new(0),
+            orphans: Mutex::new(Vec::new()),
         })
     }
 
@@ -629,26 +694,81 @@ impl KafkaQueue {
             .map_err(|_| QueueError::Unavailable("received lock poisoned".into()))
     }
 
-    /// Commit `next` (the next offset to read) for `partition`, synchronously so that the
-    /// offset is on the broker when the call returns.
-    async fn commit(&self, partition: i32, next: i64) -> Result<(), QueueError> {
+    /// Commit where `partition` stands now ([`OffsetTracker::checkpoint`]: the next offset
+    /// to read, with the delivery counts as metadata), synchronously so that it is on the
+    /// broker when the call returns. Commits go out one at a time, each reading the state
+    /// when its turn comes, so they never go backwards. A failed commit is retried a few
+    /// times, then counted and left to the next one (which carries the same state or a later
+    /// one); a partition revoked meanwhile is not committed (its new owner replays it).
+    async fn commit(&self, partition: i32) -> Result<(), QueueError> {
         let consuming = self.consuming()?.clone();
-        let mut list = TopicPartitionList::new();
-        list.add_partition_offset(&self.settings.topic, partition, Offset::Offset(next))
-            .map_err(|error| unavailable("commit", error))?;
-        let result =
-            tokio::task::spawn_blocking(move || consuming.consumer.commit(&list, CommitMode::Sync))
-                .await
-                .map_err(|error| QueueError::Unavailable(format!("kafka commit task: {error}")))?;
-        match result {
-            Ok(()) => Ok(()),
-            // The partition moved to another member meanwhile: it replays from the last
-            // commit, which is safe; nothing to do here.
-            Err(error) => {
-                tracing::warn!(partition, offset = next, error = %error, "offset commit failed");
-                Ok(())
+        let _turn = self.committing.lock().await;
+        let mut backoff = Duration::from_millis(100);
+        for attempt in 1..=COMMIT_TRIES {
+            let Some((next, metadata)) = self.lock_tracker()?.checkpoint(partition) else {
+                return Ok(());
+            };
+            let mut list = TopicPartitionList::new();
+            list.add_partition_offset(&self.settings.topic, partition, Offset::Offset(next))
+                .map_err(|error| unavailable("commit", error))?;
+            if let Some(mut element) = list.find_partition(&self.settings.topic, partition) {
+                element.set_metadata(metadata);
+            }
+            let consuming = consuming.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                consuming.consumer.commit(&list, CommitMode::Sync)
+            })
+            .await
+            .map_err(|error| QueueError::Unavailable(format!("kafka commit task: {error}")))?;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(error) if attempt < COMMIT_TRIES => {
+                    tracing::warn!(partition, offset = next, attempt, error = %error, ?backoff, "offset commit failed, retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                Err(error) => {
+                    self.commit_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(partition, offset = next, error = %error, "offset commit failed; the next commit of the partition carries it");
+                }
             }
         }
+        Ok(())
+    }
+
+    /// Count a delivery of `tag` and commit the count before the message is worked on; the
+    /// count, over every owner the partition had. The first delivery of a partition since
+    /// its assignment restores the counts of its earlier owners from the last commit.
+    async fn count_delivery(&self, tag: DeliveryTag) -> Result<u32, QueueError> {
+        if self.lock_tracker()?.needs_restore(tag.partition) {
+            let consuming = self.consuming()?.clone();
+            let topic = self.settings.topic.clone();
+            let restored = tokio::task::spawn_blocking(move || {
+                let mut list = TopicPartitionList::new();
+                list.add_partition(&topic, tag.partition);
+                let committed = consuming
+                    .consumer
+                    .committed_offsets(list, Duration::from_secs(10))?;
+                Ok::<_, KafkaError>(committed.find_partition(&topic, tag.partition).map(
+                    |element| {
+                        let offset = match element.offset() {
+                            Offset::Offset(offset) => Some(offset),
+                            _ => None,
+                        };
+                        (offset, decode_deliveries(element.metadata()))
+                    },
+                ))
+            })
+            .await
+            .map_err(|error| QueueError::Unavailable(format!("kafka committed task: {error}")))?
+            .map_err(|error| unavailable("committed offsets", error))?;
+            let (committed, deliveries) = restored.unwrap_or_default();
+            self.lock_tracker()?
+                .restore(tag.partition, committed, deliveries);
+        }
+        let count = self.lock_tracker()?.deliver(tag.partition, tag.offset);
+        self.commit(tag.partition).await?;
+        Ok(count)
     }
 
     /// Publish a message to the dead-letter topic with where it came from and why.
@@ -721,10 +841,55 @@ impl KafkaQueue {
         }
         self.dead_letter(tag, &received, reason, attempts).await?;
         let next = self.lock_tracker()?.finish(tag.partition, tag.offset);
-        if let Some(next) = next {
-            self.commit(tag.partition, next).await?;
+        if next.is_some() {
+            self.commit(tag.partition).await?;
         }
         Ok(())
+    }
+
+    /// Dead-letter malformed messages found by receives that were cancelled meanwhile.
+    async fn settle_orphans(&self) -> Result<(), QueueError> {
+        loop {
+            let orphan = self
+                .orphans
+                .lock()
+                .map_err(|_| QueueError::Unavailable("orphans lock poisoned".into()))?
+                .pop();
+            let Some((tag, received, reason)) = orphan else {
+                return Ok(());
+            };
+            self.settle_malformed(tag, received, reason).await?;
+        }
+    }
+
+    /// Dead-letter a malformed message. If the caller is cancelled before this finishes, the
+    /// message is kept for the next receive instead of staying in flight for ever.
+    async fn settle_malformed(
+        &self,
+        tag: DeliveryTag,
+        received: Received,
+        reason: String,
+    ) -> Result<(), QueueError> {
+        struct Pending<'a> {
+            queue: &'a KafkaQueue,
+            orphan: Option<(DeliveryTag, Received, String)>,
+        }
+        impl Drop for Pending<'_> {
+            fn drop(&mut self) {
+                if let (Some(orphan), Ok(mut orphans)) =
+                    (self.orphan.take(), self.queue.orphans.lock())
+                {
+                    orphans.push(orphan);
+                }
+            }
+        }
+        let mut pending = Pending {
+            queue: self,
+            orphan: Some((tag, received.clone(), reason.clone())),
+        };
+        let settled = self.settle_failed(tag, received, &reason, 1).await;
+        pending.orphan = None;
+        settled
     }
 }
 
@@ -782,6 +947,7 @@ impl SegmentQueue for KafkaQueue {
 
     async fn receive(&self) -> Result<Option<Delivery>, QueueError> {
         let consuming = self.consuming()?;
+        self.settle_orphans().await?;
         loop {
             if self.closed.load(Ordering::SeqCst) {
                 return Ok(None);
@@ -802,12 +968,13 @@ impl SegmentQueue for KafkaQueue {
                 }
             });
             match decoded {
-                Ok(task) => {
+                Ok(mut task) => {
                     self.lock_received()?.insert(tag, received);
+                    task.attempt = self.count_delivery(tag).await?;
                     return Ok(Some(Delivery { tag, task }));
                 }
                 Err(error) => {
-                    self.settle_failed(tag, received, &error.to_string(), 1)
+                    self.settle_malformed(tag, received, error.to_string())
                         .await?;
                 }
             }
@@ -818,7 +985,7 @@ impl SegmentQueue for KafkaQueue {
         self.lock_received()?.remove(&tag);
         let next = self.lock_tracker()?.finish(tag.partition, tag.offset);
         match next {
-            Some(next) => self.commit(tag.partition, next).await,
+            Some(_) => self.commit(tag.partition).await,
             None => Ok(()),
         }
     }
@@ -829,12 +996,16 @@ impl SegmentQueue for KafkaQueue {
         reason: String,
         attempts: u32,
     ) -> Result<(), QueueError> {
-        let received = self.lock_received()?.remove(&tag).ok_or_else(|| {
-            QueueError::Malformed(format!(
-                "delivery {}:{} is not in flight",
-                tag.partition, tag.offset
-            ))
-        })?;
+        let Some(received) = self.lock_received()?.remove(&tag) else {
+            // Settled already, or the queue forgot it: nothing to dead-letter; the partition's
+            // owner replays it if it was never settled.
+            tracing::warn!(
+                partition = tag.partition,
+                offset = tag.offset,
+                "nack for a delivery not in flight; ignored"
+            );
+            return Ok(());
+        };
         self.settle_failed(tag, received, &reason, attempts).await
     }
 
@@ -1003,6 +1174,10 @@ impl QueueStatus for KafkaQueue {
 
     fn revocations(&self) -> u64 {
         KafkaQueue::revocations(self)
+    }
+
+    fn commit_failures(&self) -> u64 {
+        self.commit_failures.load(Ordering::Relaxed)
     }
 
     fn lag(&self) -> Result<Vec<(i32, i64)>, QueueError> {

@@ -69,9 +69,10 @@ async fn commits_only_the_acked_prefix_and_redelivers_the_rest_after_a_crash() -
     for delivery in &deliveries[1..4] {
         worker.ack(delivery.tag).await?;
     }
+    // Only the delivery counts are committed so far, at the first offset: nothing past it.
     assert_eq!(
         committed(&worker).await?,
-        None,
+        Some(deliveries[0].tag.offset),
         "offset 0 is still in flight"
     );
     worker.ack(deliveries[0].tag).await?;

@@ -119,6 +119,27 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
         &shutdown_rx,
     );
     spawn_signal_handler(shutdown_tx.clone());
+    // A worker that fails (the index's storage failing: never waited out here, never
+    // dead-lettered) stops the others, and the run ends with its error, settling nothing.
+    let supervise = tokio::spawn({
+        let shutdown_tx = shutdown_tx.clone();
+        async move {
+            let mut failure = None;
+            while let Some(joined) = workers.join_next().await {
+                let result = match joined {
+                    Ok(result) => result.map_err(|error| error.to_string()),
+                    Err(error) => Err(error.to_string()),
+                };
+                if let Err(error) = result
+                    && failure.is_none()
+                {
+                    failure = Some(error);
+                    let _ = shutdown_tx.send(true);
+                }
+            }
+            failure
+        }
+    });
     let follow = tokio::spawn({
         let ingest = ingest.clone();
         async move { ingest.follow_dead_letters().await }
@@ -194,8 +215,9 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
         tokio::spawn(async move { while let Ok(Some(_)) = drain.receive().await {} });
     }
     let jobs = submit.await?;
-    while let Some(joined) = workers.join_next().await {
-        joined?.map_err(|error| cli_error(vidx_core::ErrorCode::Unavailable, error.to_string()))?;
+    if let Some(error) = supervise.await? {
+        progress.finish_and_clear();
+        return Err(cli_error(vidx_core::ErrorCode::Unavailable, error));
     }
     let interrupted = *shutdown_rx.borrow();
     // What segmenting said of each input (the workers' outcomes are in the reports already).

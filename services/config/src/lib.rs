@@ -110,6 +110,9 @@ pub struct PipelineConfig {
     pub max_batch_wait_ms: u64,
     /// At shutdown, how long the batch being computed may take to finish, in ms.
     pub shutdown_grace_ms: u64,
+    /// How long the models may take over one batch before it is abandoned, in ms; 0: no
+    /// limit.
+    pub segment_timeout_ms: u64,
 }
 
 /// The gRPC services of `vidx run`.
@@ -156,6 +159,8 @@ pub struct KafkaConfig {
     pub max_poll_interval_ms: u64,
     pub delivery_timeout_ms: u64,
     pub max_message_bytes: u64,
+    pub group_instance_id: String,
+    pub assignment_strategy: String,
     pub properties: BTreeMap<String, String>,
 }
 

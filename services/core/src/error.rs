@@ -3,6 +3,34 @@
 
 use std::fmt;
 
+/// Whose fault a failed segment is, which decides what a worker does with it. Every error
+/// of the ports maps onto it by its type (`failure()`), never by its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Failure {
+    /// The segment itself (undecodable media, an unknown schema, input a model rejects):
+    /// retried up to `pipeline.max_attempts` times, then dead-lettered, and the partition
+    /// moves on.
+    Data,
+    /// A dependency (the store unreachable, failing, refusing the credentials, missing its
+    /// collection or out of disk; the blob store; the broker): never dead-lettered and never
+    /// committed past. The worker stops taking segments, reports NOT_SERVING with the reason
+    /// and retries with jittered backoff until the dependency is back.
+    Infrastructure,
+    /// The device is unusable for this process (a CUDA error other than out-of-memory): nothing
+    /// in flight is settled, and the process exits non-zero so that it is restarted.
+    Device,
+}
+
+impl Failure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Data => "data",
+            Failure::Infrastructure => "infrastructure",
+            Failure::Device => "device",
+        }
+    }
+}
+
 /// The coarse classification of a failure, shared by every boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
@@ -130,74 +158,82 @@ impl ModelError {
         matches!(self, ModelError::OutOfMemory { .. })
     }
 
+    /// A device failure is the process's; everything else is the segment's (out of memory
+    /// included: a smaller batch, or the segment alone, may fit).
+    pub fn failure(&self) -> Failure {
+        match self {
+            ModelError::DeviceFailed { .. } => Failure::Device,
+            _ => Failure::Data,
+        }
+    }
+
     /// Whether the device is gone for this process (see [`ModelError::DeviceFailed`]).
     pub fn is_device_failure(&self) -> bool {
         matches!(self, ModelError::DeviceFailed { .. })
     }
 
-    /// An inference failure of `model`, classified by its message: the CUDA driver's and
-    /// cuBLAS's out-of-memory codes become [`ModelError::OutOfMemory`], the sticky CUDA errors
-    /// [`ModelError::DeviceFailed`], the rest [`ModelError::Inference`].
+    /// An inference failure of `model` that is neither the device's nor a lack of memory
+    /// (those are typed by the model adapter from the device's own error type).
     pub fn inference(model: &str, reason: impl fmt::Display) -> Self {
-        let reason = reason.to_string();
-        let model = model.to_string();
-        if OUT_OF_MEMORY.iter().any(|code| reason.contains(code)) {
-            ModelError::OutOfMemory { model, reason }
-        } else if STICKY_DEVICE_ERRORS
-            .iter()
-            .any(|code| reason.contains(code))
-        {
-            ModelError::DeviceFailed { model, reason }
-        } else {
-            ModelError::Inference { model, reason }
+        ModelError::Inference {
+            model: model.to_string(),
+            reason: reason.to_string(),
         }
     }
 }
 
-/// How the CUDA driver (cudarc's `DriverError`), cuBLAS and candle name running out of memory.
-const OUT_OF_MEMORY: &[&str] = &[
-    "CUDA_ERROR_OUT_OF_MEMORY",
-    "CUBLAS_STATUS_ALLOC_FAILED",
-    "CURAND_STATUS_ALLOCATION_FAILED",
-    "out of memory",
-];
-
-/// CUDA errors after which the context is corrupt and every later call fails: only a new
-/// process recovers (CUDA programming guide, "sticky errors").
-const STICKY_DEVICE_ERRORS: &[&str] = &[
-    "CUDA_ERROR_ILLEGAL_ADDRESS",
-    "CUDA_ERROR_ILLEGAL_INSTRUCTION",
-    "CUDA_ERROR_MISALIGNED_ADDRESS",
-    "CUDA_ERROR_INVALID_ADDRESS_SPACE",
-    "CUDA_ERROR_INVALID_PC",
-    "CUDA_ERROR_LAUNCH_FAILED",
-    "CUDA_ERROR_LAUNCH_TIMEOUT",
-    "CUDA_ERROR_HARDWARE_STACK_ERROR",
-    "CUDA_ERROR_ECC_UNCORRECTABLE",
-    "CUDA_ERROR_ASSERT",
-    "CUDA_ERROR_CONTEXT_IS_DESTROYED",
-    "CUDA_ERROR_DEVICE_UNAVAILABLE",
-    "CUDA_ERROR_NVLINK_UNCORRECTABLE",
-    "CUDA_ERROR_UNKNOWN",
-];
-
-/// The index store failed.
+/// The index store failed. Only [`StoreError::Invalid`] is the data's fault; every other
+/// variant is the store's, and a segment is never dead-lettered for it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The store cannot be reached (connection refused, timed out, overloaded).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The request itself is wrong (a payload or vector the store rejects).
     #[error("invalid store request: {0}")]
     Invalid(String),
+    /// The store answered with an error of its own.
     #[error("store error: {0}")]
     Internal(String),
+    /// The store refused the credentials (`store.api_key`).
+    #[error("store refused the credentials (check store.api_key): {0}")]
+    Unauthenticated(String),
+    /// The collection is gone (deleted under the node).
+    #[error("store collection missing: {0}")]
+    CollectionMissing(String),
+    /// The store's own storage failed (disk full, I/O error).
+    #[error("store storage failed: {0}")]
+    Storage(String),
 }
 
 impl StoreError {
     pub fn code(&self) -> ErrorCode {
         match self {
-            StoreError::Unavailable(_) => ErrorCode::Unavailable,
             StoreError::Invalid(_) => ErrorCode::InvalidInput,
             StoreError::Internal(_) => ErrorCode::Internal,
+            StoreError::Unavailable(_)
+            | StoreError::Unauthenticated(_)
+            | StoreError::CollectionMissing(_)
+            | StoreError::Storage(_) => ErrorCode::Unavailable,
+        }
+    }
+
+    pub fn failure(&self) -> Failure {
+        match self {
+            StoreError::Invalid(_) => Failure::Data,
+            _ => Failure::Infrastructure,
+        }
+    }
+
+    /// The variant as a short label (metrics, health).
+    pub fn label(&self) -> &'static str {
+        match self {
+            StoreError::Unavailable(_) => "store_unavailable",
+            StoreError::Invalid(_) => "store_invalid",
+            StoreError::Internal(_) => "store_internal",
+            StoreError::Unauthenticated(_) => "store_unauthenticated",
+            StoreError::CollectionMissing(_) => "store_collection_missing",
+            StoreError::Storage(_) => "store_storage",
         }
     }
 }
@@ -226,6 +262,15 @@ impl BlobError {
             BlobError::Config(_) => ErrorCode::Unsupported,
         }
     }
+
+    /// A URI refused or a blob gone is the segment's problem; a store that cannot be read is
+    /// the infrastructure's.
+    pub fn failure(&self) -> Failure {
+        match self {
+            BlobError::Refused { .. } | BlobError::NotFound(_) => Failure::Data,
+            BlobError::Unavailable(_) | BlobError::Config(_) => Failure::Infrastructure,
+        }
+    }
 }
 
 /// The segment queue failed.
@@ -247,6 +292,13 @@ impl QueueError {
             QueueError::Malformed(_) => ErrorCode::InvalidInput,
         }
     }
+
+    pub fn failure(&self) -> Failure {
+        match self {
+            QueueError::Malformed(_) => Failure::Data,
+            QueueError::Closed | QueueError::Unavailable(_) => Failure::Infrastructure,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -254,30 +306,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn inference_errors_are_classified_by_the_device_error_they_carry() {
-        // The texts as cudarc's DriverError and candle's cuBLAS wrapper format them.
-        let oom = ModelError::inference(
-            "plm",
-            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
-        );
-        assert!(oom.is_out_of_memory() && !oom.is_device_failure());
-        assert_eq!(oom.code(), ErrorCode::ResourceExhausted);
+    fn failures_are_classified_by_type() {
+        let device = ModelError::DeviceFailed {
+            model: "plm".into(),
+            reason: "CUDA_ERROR_ILLEGAL_ADDRESS".into(),
+        };
+        assert_eq!(device.failure(), Failure::Device);
+        assert!(device.to_string().contains("must restart"), "{device}");
+        let oom = ModelError::OutOfMemory {
+            model: "plm".into(),
+            reason: "CUDA_ERROR_OUT_OF_MEMORY".into(),
+        };
+        assert_eq!(oom.failure(), Failure::Data);
         assert!(oom.code().is_retryable());
-        assert!(
-            ModelError::inference("plm", "cublas: CUBLAS_STATUS_ALLOC_FAILED").is_out_of_memory()
+        // A message that names a CUDA error does not make a plain inference error a device
+        // failure: only the adapter's typed classification does.
+        assert_eq!(
+            ModelError::inference("plm", "CUDA_ERROR_ILLEGAL_ADDRESS").failure(),
+            Failure::Data
         );
-
-        let sticky = ModelError::inference(
-            "plm",
-            "DriverError(CUDA_ERROR_ILLEGAL_ADDRESS, \"an illegal memory access was encountered\")",
+        for infrastructure in [
+            StoreError::Unavailable("connection refused".into()),
+            StoreError::Internal("qdrant upsert: internal".into()),
+            StoreError::Unauthenticated("wrong key".into()),
+            StoreError::CollectionMissing("vidx".into()),
+            StoreError::Storage("No space left on device".into()),
+        ] {
+            assert_eq!(
+                infrastructure.failure(),
+                Failure::Infrastructure,
+                "{infrastructure}"
+            );
+        }
+        assert_eq!(
+            StoreError::Invalid("payload".into()).failure(),
+            Failure::Data
         );
-        assert!(sticky.is_device_failure() && !sticky.is_out_of_memory());
-        assert!(!sticky.code().is_retryable());
-        assert!(sticky.to_string().contains("must restart"), "{sticky}");
-
-        let plain =
-            ModelError::inference("plm", "shape mismatch in matmul, lhs: [2, 3], rhs: [4, 5]");
-        assert!(matches!(plain, ModelError::Inference { .. }));
-        assert!(!plain.code().is_retryable());
+        assert_eq!(QueueError::Malformed("x".into()).failure(), Failure::Data);
+        assert_eq!(
+            QueueError::Unavailable("x".into()).failure(),
+            Failure::Infrastructure
+        );
+        assert_eq!(BlobError::NotFound("x".into()).failure(), Failure::Data);
+        assert_eq!(
+            BlobError::Unavailable("x".into()).failure(),
+            Failure::Infrastructure
+        );
     }
 }

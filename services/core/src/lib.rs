@@ -12,7 +12,7 @@ pub mod regions;
 pub mod time;
 pub mod types;
 
-pub use error::{BlobError, ErrorCode, MediaError, ModelError, QueueError, StoreError};
+pub use error::{BlobError, ErrorCode, Failure, MediaError, ModelError, QueueError, StoreError};
 pub use ids::point_id;
 pub use offsets::OffsetTracker;
 pub use time::{TimeRange, format_hms_ms};

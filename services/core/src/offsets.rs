@@ -5,8 +5,13 @@
 //! lose `i` on a crash. So each partition commits only the contiguous finished prefix of what
 //! it handed out. Partitions taken away by a rebalance are forgotten, and a late finish for
 //! one of them produces no commit (the new owner replays it; ids make the replay idempotent).
+//!
+//! It also counts deliveries of the offsets at or past the commit, so that a segment that
+//! crashes every worker that takes it is given up on after `max_attempts` deliveries: the
+//! counts travel with the commit ([`OffsetTracker::checkpoint`], the metadata of a Kafka
+//! offset commit) and are restored from it by the partition's next owner.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Where a partition stands: the next offset to commit from, and what is out or finished.
 #[derive(Debug, Default, Clone)]
@@ -17,6 +22,39 @@ struct PartitionOffsets {
     in_flight: BTreeSet<i64>,
     /// Finished while an earlier offset is still in flight.
     finished: BTreeSet<i64>,
+    /// Deliveries of each offset at or past the commit, over every owner of the partition.
+    deliveries: BTreeMap<i64, u32>,
+    /// Whether the counts were restored from the partition's last commit since it was
+    /// assigned here.
+    restored: bool,
+}
+
+/// The prefix of a commit's metadata that holds delivery counts (`vidx-deliveries:1 o:n,o:n`).
+const DELIVERIES_PREFIX: &str = "vidx-deliveries:1 ";
+
+/// The delivery counts as commit metadata. Bounded by the offsets in flight (a few per
+/// worker), well under the brokers' `offset.metadata.max.bytes` (4096 by default).
+pub fn encode_deliveries(deliveries: &BTreeMap<i64, u32>) -> String {
+    let counts: Vec<String> = deliveries
+        .iter()
+        .map(|(offset, count)| format!("{offset}:{count}"))
+        .collect();
+    format!("{DELIVERIES_PREFIX}{}", counts.join(","))
+}
+
+/// The delivery counts in a commit's metadata; none for metadata written by anything else
+/// (or nothing), and malformed entries are skipped.
+pub fn decode_deliveries(metadata: &str) -> BTreeMap<i64, u32> {
+    let Some(counts) = metadata.strip_prefix(DELIVERIES_PREFIX) else {
+        return BTreeMap::new();
+    };
+    counts
+        .split(',')
+        .filter_map(|entry| {
+            let (offset, count) = entry.split_once(':')?;
+            Some((offset.parse().ok()?, count.parse().ok()?))
+        })
+        .collect()
 }
 
 /// The offsets a consumer holds, by partition.
@@ -85,7 +123,68 @@ impl OffsetTracker {
             return None;
         }
         state.committed = Some(next);
+        state.deliveries = state.deliveries.split_off(&next);
         Some(next)
+    }
+
+    /// Whether `partition`'s delivery counts still have to be restored from its last commit.
+    pub fn needs_restore(&self, partition: i32) -> bool {
+        self.partitions
+            .get(&partition)
+            .is_some_and(|state| !state.restored)
+    }
+
+    /// What the partition's last commit says: the next offset to read and the delivery
+    /// counts its earlier owners recorded. A no-op for a partition not owned here.
+    pub fn restore(
+        &mut self,
+        partition: i32,
+        committed: Option<i64>,
+        deliveries: BTreeMap<i64, u32>,
+    ) {
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        state.restored = true;
+        if let Some(committed) = committed
+            && state.committed.is_none_or(|ours| ours < committed)
+        {
+            state.committed = Some(committed);
+        }
+        let floor = state.committed.unwrap_or(i64::MIN);
+        for (offset, count) in deliveries.range(floor..) {
+            let ours = state.deliveries.entry(*offset).or_insert(0);
+            *ours = (*ours).max(*count);
+        }
+    }
+
+    /// Count one more delivery of `offset` and return how many there were, this one
+    /// included (1 for a first delivery). Persist it with [`checkpoint`](Self::checkpoint)
+    /// before the message is worked on.
+    pub fn deliver(&mut self, partition: i32, offset: i64) -> u32 {
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return 1;
+        };
+        let count = state.deliveries.entry(offset).or_insert(0);
+        *count += 1;
+        *count
+    }
+
+    /// What to commit for `partition` now: the next offset to read (the last commit, or the
+    /// first offset handed out since the assignment when nothing was committed yet) and the
+    /// delivery counts from there on, as commit metadata. `None` for a partition not owned
+    /// here or with nothing to commit. Commits made of successive checkpoints never go
+    /// backwards, provided they are sent in order.
+    pub fn checkpoint(&self, partition: i32) -> Option<(i64, String)> {
+        let state = self.partitions.get(&partition)?;
+        let offset = state.committed.or_else(|| {
+            let first_out = state.in_flight.first().copied();
+            let first_done = state.finished.first().copied();
+            first_out.into_iter().chain(first_done).min()
+        })?;
+        let mut counts = state.deliveries.clone();
+        let from_offset = counts.split_off(&offset);
+        Some((offset, encode_deliveries(&from_offset)))
     }
 
     /// Messages handed out and not finished, over all partitions.
@@ -157,6 +256,42 @@ mod tests {
             None,
             "offset 5 was handed out before the revoke"
         );
+    }
+
+    #[test]
+    fn delivery_counts_travel_with_the_commit_to_the_next_owner() {
+        let mut first = OffsetTracker::new();
+        first.assign([0]);
+        first.start(0, 7);
+        first.start(0, 8);
+        assert_eq!(first.deliver(0, 7), 1);
+        assert_eq!(first.deliver(0, 8), 1);
+        // Nothing committed yet: the checkpoint is the first offset handed out.
+        let (offset, metadata) = first.checkpoint(0).expect("a checkpoint");
+        assert_eq!(offset, 7);
+        assert_eq!(
+            decode_deliveries(&metadata),
+            BTreeMap::from([(7, 1), (8, 1)])
+        );
+        // 7 is indexed; the owner crashes while 8 is in the models.
+        assert_eq!(first.finish(0, 7), Some(8));
+        let (offset, metadata) = first.checkpoint(0).expect("a checkpoint");
+        assert_eq!(
+            (offset, decode_deliveries(&metadata)),
+            (8, BTreeMap::from([(8, 1)]))
+        );
+
+        let mut next = OffsetTracker::new();
+        next.assign([0]);
+        assert!(next.needs_restore(0));
+        next.restore(0, Some(offset), decode_deliveries(&metadata));
+        assert!(!next.needs_restore(0));
+        next.start(0, 8);
+        assert_eq!(next.deliver(0, 8), 2, "the second delivery of 8");
+        assert_eq!(next.checkpoint(0).map(|(offset, _)| offset), Some(8));
+        // Metadata of something else, or garbage, restores nothing.
+        assert!(decode_deliveries("").is_empty());
+        assert_eq!(decode_deliveries("vidx-deliveries:1 x:y,9:2").len(), 1);
     }
 
     #[test]

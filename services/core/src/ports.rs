@@ -167,6 +167,10 @@ pub trait QueueStatus: Send + Sync {
     fn is_paused(&self) -> bool;
     /// Partitions taken away from this consumer so far.
     fn revocations(&self) -> u64;
+    /// Offset commits that failed so far (each is retried; a later one supersedes it).
+    fn commit_failures(&self) -> u64 {
+        0
+    }
     /// Deliveries not yet settled per partition this consumer holds. May block on a broker
     /// round trip (call it on a blocking thread).
     fn lag(&self) -> Result<Vec<(i32, i64)>, QueueError>;

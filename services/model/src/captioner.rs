@@ -10,6 +10,7 @@ use vidx_core::dense_caption::{event_time, parse_dense_captions};
 use vidx_core::ports::{Captioner, SegmentInput};
 use vidx_core::{Frame, ModelError, Moment, NormalizedBox, RecordKind};
 
+use crate::device_error::InferenceFailure;
 use crate::models::perception_lm::{
     GenerateOptions, GenerateStats, Media, PlmBundle, PlmInput, Sampling,
 };
@@ -65,8 +66,8 @@ impl PlmCaptioner {
 
     /// An inference failure, classified (out of device memory, a sticky device error, or
     /// neither) so that the worker can split the batch or restart.
-    fn error(&self, reason: impl std::fmt::Display) -> ModelError {
-        ModelError::inference("plm", reason)
+    fn error(&self, failure: impl InferenceFailure) -> ModelError {
+        failure.into_model_error("plm")
     }
 
     /// Frames → visual tokens `[frames·tokens, hidden]`.

@@ -9,6 +9,7 @@ pub mod captioner;
 pub mod clip_tokenizer;
 #[cfg(feature = "cuda")]
 pub mod cuda_ops;
+mod device_error;
 pub mod hub;
 pub mod models;
 pub mod ops;

@@ -10,6 +10,7 @@ use vidx_core::ports::{TextEmbedder, VisualEmbedder};
 use vidx_core::{Frame, ModelError};
 
 use crate::clip_tokenizer::ClipTokenizer;
+use crate::device_error::InferenceFailure;
 use crate::hub::{HubOptions, ModelFiles, resolve_model_dir};
 use crate::models::pe_core::{PeCoreClip, pixel_values};
 use crate::processor::RgbImage;
@@ -105,7 +106,7 @@ impl PeCoreEmbedder {
     }
 
     fn inference(&self, error: candle_core::Error) -> ModelError {
-        ModelError::inference(&self.name, error)
+        error.into_model_error(&self.name)
     }
 
     /// Images (any size; squashed to the model's) → unit vectors.

@@ -3,11 +3,13 @@
 
 pub mod captioners;
 mod error;
+mod health;
 mod points;
 pub mod search;
 pub mod worker;
 
 pub use error::PipelineError;
+pub use health::{DependencyHealth, Outage};
 pub use points::{
     Models, StageTimings, TaskPoints, build_points, build_points_batch, build_points_timed,
     device_failed,

@@ -215,7 +215,7 @@ pub type TaskPoints = Result<(Vec<IndexPoint>, StageTimings), PipelineError>;
 
 /// Whether `error` leaves the device unusable for this process (a sticky GPU error).
 pub fn device_failed(error: &PipelineError) -> bool {
-    matches!(error, PipelineError::Model(model) if model.is_device_failure())
+    error.failure() == vidx_core::Failure::Device
 }
 
 /// [`build_points_timed`] for several tasks at once, as a GPU worker runs them: frames are

@@ -1,17 +1,21 @@
 //! The worker loop: receive a task, build its points on a blocking thread, upsert them,
-//! and only then ack. Retryable failures are retried with exponential backoff; the rest (and
-//! retries exhausted) are nacked, which dead-letters the task.
+//! and only then ack. What happens to a failure depends on whose it is ([`Failure`]): the
+//! segment's is retried with exponential backoff up to `max_attempts` and then nacked (which
+//! dead-letters it); a dependency's is waited out with jittered backoff, the node reporting
+//! NOT_SERVING meanwhile, and never settles the segment; the device's stops the worker.
+//! A batch whose models panic or hang is run again segment by segment, so that only the
+//! segment that panics or hangs fails.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use vidx_core::ports::{BlobStore, Delivery, DeliveryTag, FrameSampler, IndexStore, SegmentQueue};
-use vidx_core::{BlobError, SegmentMedia, SegmentTask};
+use vidx_core::{BlobError, Failure, SegmentMedia, SegmentTask};
 
 use tracing::Instrument;
 
-use crate::{Models, PipelineError, StageTimings};
+use crate::{DependencyHealth, Models, PipelineError, StageTimings, TaskPoints};
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -21,10 +25,18 @@ pub struct WorkerOptions {
     /// First retry delay; doubles per attempt up to `max_backoff`.
     pub retry_backoff: Duration,
     pub max_backoff: Duration,
-    /// How long an unavailable store is waited for before the segment counts as failed.
-    /// `None`: until it is back — a down store is not the segment's fault, and
-    /// dead-lettering every segment during an outage would leave them unindexed.
-    pub store_outage_limit: Option<Duration>,
+    /// How long a failing dependency (the store, the blob store) is waited out before the
+    /// worker gives up with the error, which stops the node; the segment is never settled
+    /// for it (not acked, not dead-lettered). `None`: until it is back, the default of a
+    /// cluster node, where dead-lettering every segment of an outage would leave them
+    /// unindexed.
+    pub outage_limit: Option<Duration>,
+    /// How long the models may take over one batch. A batch past it is abandoned (its
+    /// blocking thread cannot be stopped and is left to finish) and its segments are run
+    /// again one by one; a single segment past it fails as the segment's fault.
+    pub segment_timeout: Option<Duration>,
+    /// Where the workers report a dependency outage (the node's health and metrics read it).
+    pub health: Arc<DependencyHealth>,
     /// Where blob segments are read from. Only URIs of this store are read; a task naming a
     /// blob without one, or outside it, fails without retries (and is dead-lettered).
     pub blobs: Option<Arc<dyn BlobStore>>,
@@ -46,9 +58,18 @@ impl WorkerOptions {
     }
 }
 
-/// Whether `error` is the store being unreachable, as opposed to a problem of the segment.
-fn store_unavailable(error: &PipelineError) -> bool {
-    matches!(error, PipelineError::Store(store) if store.code() == vidx_core::ErrorCode::Unavailable)
+/// The longest wait between two probes of a failing dependency (before jitter): a store that
+/// comes back is used again within seconds, and a probe is one small write.
+const OUTAGE_MAX_BACKOFF: Duration = Duration::from_secs(4);
+
+/// `delay` scaled by a random factor in [0.5, 1.5): workers (and nodes) that failed together
+/// do not retry together.
+fn jittered(delay: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    delay.mul_f64(0.5 + (random % 1024) as f64 / 1024.0)
 }
 
 /// What a worker reports per task.
@@ -101,9 +122,51 @@ pub async fn run_worker<Q: SegmentQueue, S: IndexStore>(
         options,
     };
     loop {
+        // While another worker waits out a dependency outage, take nothing new: the queue
+        // pauses the partitions once every worker is busy or waiting here.
+        if !outage_over(&context.options.health, &mut shutdown).await {
+            return Ok(());
+        }
         let Some(batch) = next_batch(queue.as_ref(), &context.options, &mut shutdown).await? else {
             return Ok(());
         };
+        // A segment delivered more than `max_attempts` times (the queue counts deliveries
+        // durably, across process restarts) crashed or hung a worker each time: it is
+        // dead-lettered without being tried again, and the rest of its partition goes on.
+        let mut batch = batch;
+        let mut index = 0;
+        while index < batch.len() {
+            let deliveries = batch[index].task.attempt;
+            if deliveries <= context.options.max_attempts {
+                index += 1;
+                continue;
+            }
+            let delivery = batch.remove(index);
+            let task = delivery.task;
+            let span = tracing::info_span!(
+                "segment.index",
+                stream_id = %task.stream_id,
+                segment_seq = task.segment_seq,
+                error = tracing::field::Empty,
+            );
+            let outcome = (
+                Err(PipelineError::Abandoned(deliveries - 1)),
+                deliveries - 1,
+            );
+            report(
+                queue.as_ref(),
+                delivery.tag,
+                &task,
+                &span,
+                outcome,
+                1,
+                &events,
+            )
+            .await?;
+        }
+        if batch.is_empty() {
+            continue;
+        }
         // The tasks move out of their deliveries: a segment's bytes are never copied here.
         let (tags, tasks): (Vec<DeliveryTag>, Vec<Arc<SegmentTask>>) = batch
             .into_iter()
@@ -202,7 +265,8 @@ async fn next_batch<Q: SegmentQueue>(
 }
 
 /// Retry one task until it is indexed or has failed for good. `Ok(None)` at shutdown; `Err`
-/// when the device failed (the task is not settled).
+/// when the device failed, or a dependency stayed down past `outage_limit` (the task is not
+/// settled then).
 async fn settle<S: IndexStore>(
     task: &Arc<SegmentTask>,
     span: &tracing::Span,
@@ -213,40 +277,49 @@ async fn settle<S: IndexStore>(
     let options = &context.options;
     let (stream_id, segment_seq) = (task.stream_id.as_str(), task.segment_seq);
     let mut attempt = task.attempt.max(1);
-    let mut outage_since: Option<std::time::Instant> = None;
+    // Since when a dependency has been failing for this task, and how many retries it got.
+    let mut outage: Option<(std::time::Instant, u32)> = None;
     loop {
-        if matches!(&result, Err(error) if crate::device_failed(error)) {
-            return result.map(|_| None);
+        let failure = result.as_ref().err().map(PipelineError::failure);
+        if failure != Some(Failure::Infrastructure) && outage.take().is_some() {
+            options.health.recovered();
         }
-        let backoff = match &result {
-            Ok(_) => break,
-            Err(error)
-                if store_unavailable(error) && {
-                    let since = *outage_since.get_or_insert_with(std::time::Instant::now);
-                    options
-                        .store_outage_limit
-                        .is_none_or(|limit| since.elapsed() < limit)
-                } =>
+        let backoff = match (&result, failure) {
+            (Ok(_), _) | (Err(_), None) => break,
+            (Err(_), Some(Failure::Device)) => return result.map(|_| None),
+            (Err(error), Some(Failure::Infrastructure)) => {
+                // Nothing is settled while a dependency is down: the segment waits, and with
+                // it the queue's commit; the other workers take nothing new meanwhile.
+                let (since, retries) = outage.get_or_insert_with(|| (std::time::Instant::now(), 0));
+                *retries += 1;
+                options
+                    .health
+                    .failing(error.outage_kind(), &error.to_string());
+                if options
+                    .outage_limit
+                    .is_some_and(|limit| since.elapsed() >= limit)
+                {
+                    return result.map(|_| None);
+                }
+                let backoff = jittered(options.backoff(*retries).min(OUTAGE_MAX_BACKOFF));
+                tracing::warn!(stream_id, segment_seq, error = %error, ?backoff, "dependency failing, waiting");
+                backoff
+            }
+            (Err(error), Some(Failure::Data))
+                if error.is_retryable() && attempt < options.max_attempts =>
             {
-                // Nothing is acked while the store is down: the segment waits, and with it
-                // the queue's commit.
-                let backoff = options.backoff(attempt);
-                tracing::warn!(stream_id, segment_seq, attempt, error = %error, ?backoff, "store unavailable, waiting");
-                backoff
-            }
-            Err(error) if error.code().is_retryable() && attempt < options.max_attempts => {
-                let backoff = options.backoff(attempt);
+                let backoff = jittered(options.backoff(attempt));
                 tracing::warn!(stream_id, segment_seq, attempt, error = %error, ?backoff, "segment failed, retrying");
+                attempt += 1;
                 backoff
             }
-            Err(_) => break,
+            (Err(_), Some(Failure::Data)) => break,
         };
         tokio::select! {
             biased;
             _ = stopped(shutdown) => return Ok(None),
             _ = tokio::time::sleep(backoff) => {}
         }
-        attempt += 1;
         // A retry runs the segment alone.
         let retried = tokio::select! {
             biased;
@@ -304,6 +377,16 @@ async fn report<Q: SegmentQueue>(
     Ok(())
 }
 
+/// Waits until no dependency outage goes on. `false` when shutdown came first.
+async fn outage_over(health: &DependencyHealth, shutdown: &mut watch::Receiver<bool>) -> bool {
+    let mut outage = health.subscribe();
+    tokio::select! {
+        biased;
+        _ = stopped(shutdown) => false,
+        over = outage.wait_for(Option::is_none) => over.is_ok(),
+    }
+}
+
 /// Resolves once shutdown is requested; never, when the sender is gone without asking.
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     if shutdown.wait_for(|stop| *stop).await.is_err() {
@@ -337,15 +420,8 @@ async fn index_tasks<S: IndexStore>(
         .iter()
         .filter_map(|media| media.as_ref().ok().map(|(task, _)| task.clone()))
         .collect();
-    let (sampler, models) = (context.sampler.clone(), context.models.clone());
     let parent = spans.first().cloned().unwrap_or_else(tracing::Span::none);
-    let built = tokio::task::spawn_blocking(move || {
-        let _span =
-            tracing::info_span!(parent: &parent, "segment.models", batch = ready.len()).entered();
-        crate::build_points_batch(&ready, sampler.as_ref(), &models, frames_per_segment)
-    })
-    .await
-    .map_err(|error| PipelineError::Task(error.to_string()))??;
+    let built = run_models(ready, context, &parent).await?;
 
     let mut built = built.into_iter();
     let mut results = Vec::with_capacity(tasks.len());
@@ -380,6 +456,76 @@ async fn index_tasks<S: IndexStore>(
         results.push(outcome);
     }
     Ok(results)
+}
+
+/// How one run of the models over a batch ended.
+enum ModelRun {
+    /// One result per task; `Err` for a device failure.
+    Finished(Result<Vec<TaskPoints>, PipelineError>),
+    /// The run panicked or outlasted `segment_timeout`: why.
+    Aborted(PipelineError),
+}
+
+/// The models over `tasks`, on a blocking thread. A batch that panics or hangs is run again
+/// one segment at a time, so that the segment that panics or hangs fails alone (a data
+/// failure, retried and dead-lettered like any other) and the worker goes on.
+async fn run_models<S>(
+    tasks: Vec<Arc<SegmentTask>>,
+    context: &Context<S>,
+    parent: &tracing::Span,
+) -> Result<Vec<TaskPoints>, PipelineError> {
+    if tasks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let failure = match run_models_once(tasks.clone(), context, parent).await {
+        ModelRun::Finished(results) => return results,
+        ModelRun::Aborted(failure) if tasks.len() == 1 => return Ok(vec![Err(failure)]),
+        ModelRun::Aborted(failure) => failure,
+    };
+    tracing::warn!(batch = tasks.len(), error = %failure, "model batch aborted; running its segments one by one");
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        match run_models_once(vec![task], context, parent).await {
+            ModelRun::Finished(result) => results.extend(result?),
+            ModelRun::Aborted(failure) => results.push(Err(failure)),
+        }
+    }
+    Ok(results)
+}
+
+async fn run_models_once<S>(
+    tasks: Vec<Arc<SegmentTask>>,
+    context: &Context<S>,
+    parent: &tracing::Span,
+) -> ModelRun {
+    let (sampler, models) = (context.sampler.clone(), context.models.clone());
+    let frames_per_segment = context.options.frames_per_segment;
+    let parent = parent.clone();
+    let run = tokio::task::spawn_blocking(move || {
+        let _span =
+            tracing::info_span!(parent: &parent, "segment.models", batch = tasks.len()).entered();
+        crate::build_points_batch(&tasks, sampler.as_ref(), &models, frames_per_segment)
+    });
+    let joined = match context.options.segment_timeout {
+        Some(limit) => match tokio::time::timeout(limit, run).await {
+            Ok(joined) => joined,
+            Err(_) => return ModelRun::Aborted(PipelineError::TimedOut(limit)),
+        },
+        None => run.await,
+    };
+    match joined {
+        Ok(results) => ModelRun::Finished(results),
+        Err(error) if error.is_panic() => {
+            let payload = error.into_panic();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|text| text.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            ModelRun::Aborted(PipelineError::Panicked(message))
+        }
+        Err(error) => ModelRun::Aborted(PipelineError::Task(error.to_string())),
+    }
 }
 
 /// Make a blob task's media readable by the decoder: the file in place for a local blob

@@ -57,16 +57,16 @@ impl Captioner for Device {
             calls.push(segments.len());
         }
         if segments.iter().any(|s| s.task.stream_id == "sticky") {
-            return Err(ModelError::inference(
-                "device",
-                "DriverError(CUDA_ERROR_ILLEGAL_ADDRESS, \"an illegal memory access was encountered\")",
-            ));
+            return Err(ModelError::DeviceFailed {
+                model: "device".into(),
+                reason: "DriverError(CUDA_ERROR_ILLEGAL_ADDRESS, \"an illegal memory access was encountered\")".into(),
+            });
         }
         if segments.len() > self.fits || segments.iter().any(|s| s.task.stream_id == "huge") {
-            return Err(ModelError::inference(
-                "device",
-                "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
-            ));
+            return Err(ModelError::OutOfMemory {
+                model: "device".into(),
+                reason: "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+            });
         }
         Ok(segments
             .iter()
@@ -127,7 +127,9 @@ async fn run(
         max_attempts,
         retry_backoff: Duration::from_millis(5),
         max_backoff: Duration::from_millis(20),
-        store_outage_limit: Some(Duration::ZERO),
+        outage_limit: Some(Duration::ZERO),
+        segment_timeout: None,
+        health: Default::default(),
         blobs: None,
         max_batch,
         max_batch_wait: Duration::from_millis(200),

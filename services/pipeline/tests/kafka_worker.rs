@@ -93,7 +93,9 @@ fn start_worker_with(
         max_attempts: 3,
         retry_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(200),
-        store_outage_limit: None,
+        outage_limit: None,
+        segment_timeout: None,
+        health: Default::default(),
         blobs: None,
         max_batch,
         max_batch_wait: Duration::from_millis(500),
@@ -229,10 +231,12 @@ async fn store_outage_and_full_replay_keep_counts_exact() -> anyhow::Result<()> 
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "no upsert attempts");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The first delivery's count is committed at offset 0 (nothing done before it); nothing
+    // past it while the store is down.
     assert_eq!(
-        committed(&worker.queue).await?,
-        None,
-        "no commit while the store is down"
+        committed(&worker.queue).await?.unwrap_or(0),
+        0,
+        "no commit past the first segment while the store is down"
     );
     assert_eq!(store.count(None).await?, 0);
     store.down.store(false, Ordering::SeqCst);
@@ -354,10 +358,10 @@ impl vidx_core::ports::Captioner for BreaksOnSegment3 {
         segment: vidx_core::ports::SegmentInput<'_>,
     ) -> Result<Vec<vidx_core::Moment>, vidx_core::ModelError> {
         if segment.task.segment_seq == 3 {
-            return Err(vidx_core::ModelError::inference(
-                "breaks-on-3",
-                "DriverError(CUDA_ERROR_ILLEGAL_ADDRESS, \"an illegal memory access was encountered\")",
-            ));
+            return Err(vidx_core::ModelError::DeviceFailed {
+                model: "breaks-on-3".into(),
+                reason: "DriverError(CUDA_ERROR_ILLEGAL_ADDRESS, \"an illegal memory access was encountered\")".into(),
+            });
         }
         Ok(Vec::new())
     }
@@ -407,6 +411,69 @@ async fn a_sticky_device_error_commits_nothing_of_its_batch_and_the_next_worker_
         stored_ids(&store).await?,
         expected,
         "no missing or phantom ids"
+    );
+    Ok(())
+}
+
+/// docs/reliability.md fault 20: a segment that takes down every worker that gets it (each
+/// owner goes away without settling it, as a crash or an abort does) is delivered
+/// `max_attempts` times, the count surviving each owner (it travels in the group's offset
+/// commits), and then dead-lettered without being run; the segment after it is indexed. On
+/// librdkafka's mock cluster, which keeps commit metadata and evicts members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_that_crashes_every_owner_is_dead_lettered_after_max_attempts_deliveries()
+-> anyhow::Result<()> {
+    let broker = vidx_testkit::MockBroker::start(&[("crashes", 1), ("crashes.dlq", 1)])
+        .map_err(anyhow::Error::msg)?;
+    let settings = broker.settings("crashes", 1);
+    ensure_topics(&settings).await?;
+    let producer = KafkaQueue::producer(settings.clone())?;
+    producer
+        .publish(task(0, &["takes the worker down"]))
+        .await?;
+    producer.publish(task(1, &["a cat sleeps"])).await?;
+    for delivery in 1..=3 {
+        let owner = KafkaQueue::worker(settings.clone())?;
+        let taken = tokio::time::timeout(Duration::from_secs(60), owner.receive())
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("queue closed"))?;
+        assert_eq!(
+            (taken.task.segment_seq, taken.task.attempt),
+            (0, delivery),
+            "delivery {delivery}"
+        );
+        // The owner dies with the segment in hand: nothing acked, nothing dead-lettered.
+        drop(owner);
+    }
+    let directory = tempfile::tempdir()?;
+    let store = Arc::new(FlakyStore::open(directory.path(), 0)?);
+    let mut worker = start_worker(&settings, &store)?;
+    let mut events = Vec::new();
+    while events.len() < 2 {
+        events.push(
+            tokio::time::timeout(Duration::from_secs(60), worker.events.recv())
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("worker stopped"))?,
+        );
+    }
+    assert!(
+        matches!(&events[0], WorkerEvent::Failed { segment_seq: 0, attempts: 3, error, .. } if error.contains("3 deliveries")),
+        "{events:?}"
+    );
+    assert!(
+        matches!(&events[1], WorkerEvent::Indexed { segment_seq: 1, .. }),
+        "{events:?}"
+    );
+    assert_eq!(
+        store.upsert_calls.load(Ordering::SeqCst),
+        1,
+        "the crashing segment was not run again"
+    );
+    let queue = worker.finish_after(0).await?;
+    assert_eq!(
+        committed(&queue).await?,
+        Some(2),
+        "the partition moved past both"
     );
     Ok(())
 }

@@ -9,14 +9,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{FakeEmbedder, FlakyStore, NoFrames, task};
+use common::{FakeEmbedder, FlakyStore, NoFrames, release_hung, task};
 use tokio::sync::{mpsc, watch};
 use vidx_blob::ObjectBlobStore;
 use vidx_bus::InProcessQueue;
 use vidx_core::ports::{BlobStore, FrameSampler, IndexStore, SegmentQueue};
 use vidx_core::{Frame, MediaError, SearchFilter, SegmentMedia, SegmentTask, TimeRange};
 use vidx_pipeline::captioners::SubtitleCaptioner;
-use vidx_pipeline::{Models, WorkerEvent, WorkerOptions, run_worker};
+use vidx_pipeline::{DependencyHealth, Models, WorkerEvent, WorkerOptions, run_worker};
 
 /// How the workers see segment media.
 struct Media {
@@ -60,6 +60,7 @@ impl FrameSampler for RecordingSampler {
 struct Harness {
     store: Arc<FlakyStore>,
     queue: Arc<InProcessQueue>,
+    health: Arc<DependencyHealth>,
     // Dropped last: Qdrant Edge flushes into its directory when the store drops.
     _directory: tempfile::TempDir,
 }
@@ -71,6 +72,7 @@ impl Harness {
             store: Arc::new(FlakyStore::open(directory.path(), outages)?),
             _directory: directory,
             queue: Arc::new(InProcessQueue::new(4)),
+            health: Arc::new(DependencyHealth::new()),
         })
     }
 
@@ -81,8 +83,7 @@ impl Harness {
         workers: usize,
         max_attempts: u32,
     ) -> anyhow::Result<Vec<WorkerEvent>> {
-        self.run_with(tasks, workers, max_attempts, Some(Duration::ZERO))
-            .await
+        self.run_with(tasks, workers, max_attempts, None).await
     }
 
     async fn run_with(
@@ -90,14 +91,14 @@ impl Harness {
         tasks: Vec<SegmentTask>,
         workers: usize,
         max_attempts: u32,
-        store_outage_limit: Option<Duration>,
+        outage_limit: Option<Duration>,
     ) -> anyhow::Result<Vec<WorkerEvent>> {
         let media = Media {
             sampler: Arc::new(NoFrames),
             frames_per_segment: 0,
             blobs: None,
         };
-        self.run_media(tasks, workers, max_attempts, store_outage_limit, media)
+        self.run_media(tasks, workers, max_attempts, outage_limit, media)
             .await
     }
 
@@ -106,7 +107,7 @@ impl Harness {
         tasks: Vec<SegmentTask>,
         workers: usize,
         max_attempts: u32,
-        store_outage_limit: Option<Duration>,
+        outage_limit: Option<Duration>,
         media: Media,
     ) -> anyhow::Result<Vec<WorkerEvent>> {
         let models = Arc::new(Models {
@@ -120,7 +121,9 @@ impl Harness {
             max_attempts,
             retry_backoff: Duration::from_millis(5),
             max_backoff: Duration::from_millis(20),
-            store_outage_limit,
+            outage_limit,
+            segment_timeout: Some(Duration::from_millis(1500)),
+            health: self.health.clone(),
             blobs: media.blobs,
             max_batch: 1,
             max_batch_wait: Duration::from_millis(0),
@@ -214,15 +217,16 @@ async fn a_long_store_outage_is_waited_out_without_dead_letters() -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_retries_dead_letter_and_the_queue_moves_on() -> anyhow::Result<()> {
-    let harness = Harness::new(3)?;
+    // docs/reliability.md fault 6: a segment that runs out of device memory every time.
+    let harness = Harness::new(0)?;
     let events = harness
-        .run(vec![task(0, &["first"]), task(1, &["second"])], 1, 3)
+        .run(vec![task(0, &["BUSY first"]), task(1, &["second"])], 1, 3)
         .await?;
     let letters = harness.queue.dead_letters();
     assert_eq!(letters.len(), 1);
     assert_eq!((letters[0].segment_seq, letters[0].attempts), (0, 3));
     assert!(
-        letters[0].reason.contains("injected outage"),
+        letters[0].reason.contains("out of device memory"),
         "{}",
         letters[0].reason
     );
@@ -238,6 +242,151 @@ async fn exhausted_retries_dead_letter_and_the_queue_moves_on() -> anyhow::Resul
         harness.points().await?,
         1,
         "nothing of the failed segment, all of the next"
+    );
+    Ok(())
+}
+
+/// docs/reliability.md fault 21: whatever the store answers (unreachable, internal error,
+/// credentials refused, collection missing, disk full), for longer than `max_attempts` tries
+/// allow, nothing is dead-lettered or acked while it lasts, the node reports the outage with
+/// its reason, and everything is indexed once the store is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_is_waited_out_never_dead_lettered_and_reported() -> anyhow::Result<()> {
+    for kind in 0..5 {
+        let harness = Arc::new(Harness::new(0)?);
+        harness.store.failure_kind.store(kind, Ordering::SeqCst);
+        harness.store.down.store(true, Ordering::SeqCst);
+        let run = tokio::spawn({
+            let harness = harness.clone();
+            async move {
+                harness
+                    .run(vec![task(0, &["first"]), task(1, &["second"])], 2, 2)
+                    .await
+            }
+        });
+        // Well past max_attempts (2) tries at 5-20 ms each.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while harness.store.upsert_calls.load(Ordering::SeqCst) < 10 {
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "no retries");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let outage = harness.health.outage();
+        assert!(
+            outage
+                .as_deref()
+                .is_some_and(|reason| reason.contains("injected outage")),
+            "kind {kind}: {outage:?}"
+        );
+        assert!(harness.queue.dead_letters().is_empty(), "kind {kind}");
+        let in_flight = harness.queue.in_flight();
+        assert!(
+            (1..=2).contains(&in_flight),
+            "kind {kind}: {in_flight} in flight"
+        );
+        harness.store.down.store(false, Ordering::SeqCst);
+        let events = run.await??;
+        assert!(
+            events
+                .iter()
+                .all(|event| matches!(event, WorkerEvent::Indexed { .. })),
+            "kind {kind}: {events:?}"
+        );
+        assert_eq!(harness.points().await?, 2, "kind {kind}");
+        assert_eq!(harness.health.outage(), None, "kind {kind}: recovered");
+        assert!(harness.queue.dead_letters().is_empty(), "kind {kind}");
+    }
+    Ok(())
+}
+
+/// An embedded run (`vidx index`) does not wait for a local store: the worker stops with the
+/// store's error, and the segment is neither acked nor dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_with_an_outage_limit_stops_the_worker_unsettled() -> anyhow::Result<()> {
+    let harness = Harness::new(0)?;
+    harness.store.failure_kind.store(4, Ordering::SeqCst);
+    harness.store.down.store(true, Ordering::SeqCst);
+    let error = harness
+        .run_with(vec![task(0, &["first"])], 1, 3, Some(Duration::ZERO))
+        .await
+        .expect_err("the worker stops");
+    assert!(error.to_string().contains("injected outage"), "{error}");
+    assert!(harness.queue.dead_letters().is_empty());
+    assert_eq!(harness.queue.in_flight(), 1);
+    Ok(())
+}
+
+/// docs/reliability.md fault 20: a segment whose models panic and one whose models hang are
+/// tried `max_attempts` times each and dead-lettered; the worker survives both, and the
+/// segments around them are indexed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panicking_and_hanging_segments_are_dead_lettered_and_the_worker_goes_on()
+-> anyhow::Result<()> {
+    let harness = Harness::new(0)?;
+    let events = harness
+        .run(
+            vec![
+                task(0, &["before"]),
+                task(1, &["PANIC here"]),
+                task(2, &["HANG here"]),
+                task(3, &["after"]),
+            ],
+            1,
+            2,
+        )
+        .await;
+    release_hung();
+    let events = events?;
+    let mut letters: Vec<(u64, u32, String)> = harness
+        .queue
+        .dead_letters()
+        .into_iter()
+        .map(|letter| (letter.segment_seq, letter.attempts, letter.reason))
+        .collect();
+    letters.sort();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert_eq!((letters[0].0, letters[0].1), (1, 2), "{letters:?}");
+    assert!(letters[0].2.contains("injected panic"), "{letters:?}");
+    assert_eq!((letters[1].0, letters[1].1), (2, 2), "{letters:?}");
+    assert!(letters[1].2.contains("segment_timeout_ms"), "{letters:?}");
+    let indexed: Vec<u64> = events
+        .iter()
+        .filter_map(|event| match event {
+            WorkerEvent::Indexed { segment_seq, .. } => Some(*segment_seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(indexed, vec![0, 3]);
+    assert_eq!(harness.points().await?, 2);
+    Ok(())
+}
+
+/// A segment the queue has delivered more than `max_attempts` times (each delivery crashed
+/// or hung a worker before it settled) is dead-lettered without running the models again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_delivered_more_than_max_attempts_times_is_dead_lettered_untried()
+-> anyhow::Result<()> {
+    let harness = Harness::new(0)?;
+    let mut crashed = task(0, &["would index fine"]);
+    crashed.attempt = 4;
+    let events = harness.run(vec![crashed, task(1, &["next"])], 1, 3).await?;
+    let letters = harness.queue.dead_letters();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!((letters[0].segment_seq, letters[0].attempts), (0, 3));
+    assert!(
+        letters[0].reason.contains("3 deliveries"),
+        "{}",
+        letters[0].reason
+    );
+    assert_eq!(harness.store.upsert_calls.load(Ordering::SeqCst), 1);
+    assert!(
+        matches!(
+            &events[..],
+            [
+                WorkerEvent::Failed { segment_seq: 0, .. },
+                WorkerEvent::Indexed { segment_seq: 1, .. }
+            ]
+        ),
+        "{events:?}"
     );
     Ok(())
 }
@@ -300,6 +449,7 @@ async fn concurrent_workers_and_replays_index_each_moment_once() -> anyhow::Resu
         _directory: tempfile::tempdir()?,
         store: harness.store.clone(),
         queue: Arc::new(InProcessQueue::new(4)),
+        health: Arc::new(DependencyHealth::new()),
     };
     replay.run(tasks, 2, 3).await?;
     assert_eq!(replay.points().await?, 60);
@@ -495,7 +645,9 @@ async fn shutdown_mid_batch(grace: Duration) -> anyhow::Result<(Vec<WorkerEvent>
         max_attempts: 3,
         retry_backoff: Duration::from_millis(5),
         max_backoff: Duration::from_millis(20),
-        store_outage_limit: Some(Duration::ZERO),
+        outage_limit: Some(Duration::ZERO),
+        segment_timeout: None,
+        health: Default::default(),
         blobs: None,
         max_batch: 2,
         max_batch_wait: Duration::from_millis(100),

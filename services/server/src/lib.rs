@@ -34,7 +34,9 @@ use vidx_config::{Config, KafkaConfig, TokenConfig};
 use vidx_core::QueueError;
 use vidx_core::ports::{BlobStore, FrameSampler, IndexStore, QueueStatus, SegmentQueue};
 use vidx_media::UrlPolicy;
-use vidx_pipeline::{Models, PipelineError, SearchModels, WorkerEvent, WorkerOptions, run_worker};
+use vidx_pipeline::{
+    DependencyHealth, Models, PipelineError, SearchModels, WorkerEvent, WorkerOptions, run_worker,
+};
 use vidx_proto::v1::ingest_service_server::IngestServiceServer;
 use vidx_proto::v1::search_service_server::SearchServiceServer;
 use vidx_proto::v1::worker_service_server::WorkerServiceServer;
@@ -156,8 +158,9 @@ impl NodeSettings {
     /// The settings of an embedded node (`vidx index`): the ingest and worker roles of
     /// [`from_config`](Self::from_config), mapped alike, except that segments are cut into
     /// `spool` and handed to the workers as files in a blob store there (moved, never copied
-    /// or held in memory), and that a failing local store is not waited out (the bounded
-    /// retries apply: an error on a local directory does not heal by waiting). The server
+    /// or held in memory), and that a failing local store is not waited out: the run stops
+    /// with its error (an error on a local directory does not heal by waiting), settling
+    /// nothing, so that the next run redoes the segments. The server
     /// keys (`server.ingest_roots`, `server.blob_store`) do not apply.
     pub fn embedded(config: &Config, spool: &Path) -> Result<Self, ServerError> {
         let blobs: Arc<dyn BlobStore> = Arc::new(
@@ -177,7 +180,7 @@ impl NodeSettings {
         };
         let mut settings = Self::map(config, roles, Vec::new(), blobs, spool.join("chunks"));
         settings.ingest.inline_max_bytes = 0;
-        settings.worker.store_outage_limit = Some(Duration::ZERO);
+        settings.worker.outage_limit = Some(Duration::ZERO);
         Ok(settings)
     }
 
@@ -235,7 +238,10 @@ impl NodeSettings {
                 retry_backoff: Duration::from_millis(config.pipeline.retry_backoff_ms),
                 max_backoff: Duration::from_secs(30),
                 // A down Qdrant is waited out: no commit, no dead letters, until it is back.
-                store_outage_limit: None,
+                outage_limit: None,
+                segment_timeout: (config.pipeline.segment_timeout_ms > 0)
+                    .then(|| Duration::from_millis(config.pipeline.segment_timeout_ms)),
+                health: Arc::new(DependencyHealth::new()),
                 blobs: Some(blobs),
                 max_batch: config.pipeline.max_batch,
                 max_batch_wait: Duration::from_millis(config.pipeline.max_batch_wait_ms),
@@ -261,6 +267,9 @@ pub fn kafka_settings(kafka: &KafkaConfig) -> KafkaSettings {
         max_poll_interval: Duration::from_millis(kafka.max_poll_interval_ms),
         delivery_timeout: Duration::from_millis(kafka.delivery_timeout_ms),
         max_message_bytes: kafka.max_message_bytes,
+        group_instance_id: (!kafka.group_instance_id.is_empty())
+            .then(|| kafka.group_instance_id.clone()),
+        assignment_strategy: kafka.assignment_strategy.clone(),
         properties: kafka.properties.clone(),
     }
 }
@@ -486,6 +495,7 @@ where
                 engine: engine_cell.clone(),
                 queue: queue_cell.clone(),
                 stats: stats.clone(),
+                health: settings.worker.health.clone(),
             })
             .max_decoding_message_size(limit),
             intercept.clone(),
@@ -563,6 +573,11 @@ where
                 &shutdown,
             );
             background = workers;
+            tokio::spawn(report_outages(
+                settings.worker.health.clone(),
+                health.clone(),
+                metrics.clone(),
+            ));
             let (stats, metrics) = (stats.clone(), metrics.clone());
             tokio::spawn(async move {
                 while let Some(event) = events_rx.recv().await {
@@ -605,6 +620,33 @@ where
     set_all(&health, ServingStatus::NotServing).await;
     let deadline = settings.worker.shutdown_grace + Duration::from_secs(10);
     finish(server, background, kafka_queue, deadline).await
+}
+
+/// Follow the workers' view of their dependencies: while one fails, the worker service and
+/// the node are NOT_SERVING (a load balancer or orchestrator sees it) and the outage gauge
+/// is 1 for its kind; the reason is in `WorkerService.Status` and the logs.
+async fn report_outages(
+    dependencies: Arc<DependencyHealth>,
+    health: tonic_health::server::HealthReporter,
+    metrics: Arc<Metrics>,
+) {
+    let mut outages = dependencies.subscribe();
+    loop {
+        let outage = outages.borrow_and_update().clone();
+        metrics.set_outage(outage.as_ref().map(|outage| outage.kind));
+        let status = if outage.is_some() {
+            ServingStatus::NotServing
+        } else {
+            ServingStatus::Serving
+        };
+        health
+            .set_service_status(service_names::WORKER, status)
+            .await;
+        health.set_service_status("", status).await;
+        if outages.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// After shutdown: let the workers return (they finish their batch within the grace period),

@@ -40,6 +40,8 @@ pub struct Metrics {
     consumer_lag: IntGaugeVec,
     in_flight: IntGauge,
     fetching_paused: IntGauge,
+    dependency_outage: IntGaugeVec,
+    commit_failures: IntGauge,
     /// The worker's queue once it exists, for the gauges.
     queue: Arc<OnceLock<Arc<dyn QueueStatus>>>,
 }
@@ -158,6 +160,23 @@ impl Metrics {
                     "1 while fetching is paused because every worker is busy",
                 ),
             )?,
+            dependency_outage: registered(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "vidx_dependency_outage",
+                        "1 while a dependency the workers write to fails (the node is NOT_SERVING, nothing is committed or dead-lettered), by kind",
+                    ),
+                    &["kind"],
+                ),
+            )?,
+            commit_failures: registered(
+                &registry,
+                IntGauge::new(
+                    "vidx_commit_failures",
+                    "Offset commits that failed since the node started (each is retried)",
+                ),
+            )?,
             registry,
             queue,
         }
@@ -171,6 +190,14 @@ impl Metrics {
             self.stage_seconds.with_label_values(&[stage]);
         }
         self
+    }
+
+    /// The dependency outage going on (`None`: none).
+    pub fn set_outage(&self, kind: Option<&str>) {
+        self.dependency_outage.reset();
+        if let Some(kind) = kind {
+            self.dependency_outage.with_label_values(&[kind]).set(1);
+        }
     }
 
     /// Count a worker's outcome.
@@ -200,6 +227,7 @@ impl Metrics {
         if let Some(queue) = self.queue.get().cloned() {
             self.in_flight.set(queue.in_flight() as i64);
             self.fetching_paused.set(i64::from(queue.is_paused()));
+            self.commit_failures.set(queue.commit_failures() as i64);
             match tokio::task::spawn_blocking(move || queue.lag()).await {
                 Ok(Ok(lags)) => {
                     self.consumer_lag.reset();

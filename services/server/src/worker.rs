@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use tonic::{Request, Response, Status};
 use vidx_core::ports::QueueStatus;
-use vidx_pipeline::WorkerEvent;
+use vidx_pipeline::{DependencyHealth, WorkerEvent};
 use vidx_proto::v1;
 
 use crate::Engine;
@@ -34,6 +34,7 @@ pub struct WorkerApi<S> {
     pub(crate) engine: Arc<OnceLock<Engine<S>>>,
     pub(crate) queue: Arc<OnceLock<Arc<dyn QueueStatus>>>,
     pub(crate) stats: Arc<WorkerStats>,
+    pub(crate) health: Arc<DependencyHealth>,
 }
 
 #[tonic::async_trait]
@@ -77,6 +78,8 @@ impl<S: Send + Sync + 'static> v1::worker_service_server::WorkerService for Work
             segments_failed: self.stats.failed.load(Ordering::Relaxed),
             fetching_paused: queue.is_some_and(|queue| queue.is_paused()),
             partitions_revoked: queue.map_or(0, |queue| queue.revocations()),
+            outage: self.health.outage().unwrap_or_default(),
+            commit_failures: queue.map_or(0, |queue| queue.commit_failures()),
         }))
     }
 }

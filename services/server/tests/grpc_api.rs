@@ -421,10 +421,10 @@ impl vidx_core::ports::Captioner for SmallDevice {
             let _ = gate.recv_timeout(Duration::from_secs(20));
         }
         if segments.len() > self.fits {
-            return Err(vidx_core::ModelError::inference(
-                "small-device",
-                "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
-            ));
+            return Err(vidx_core::ModelError::OutOfMemory {
+                model: "small-device".into(),
+                reason: "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+            });
         }
         Ok(segments.iter().map(|_| Vec::new()).collect())
     }

@@ -204,11 +204,15 @@ impl EdgeStore {
         &self.inner.path
     }
 
+    /// The shard, locked. A panic inside an earlier call (caught by its blocking task and
+    /// reported as an error) does not take the store down: the shard's own write-ahead log
+    /// keeps it consistent, so the lock is taken back instead of failing every later call.
     fn state(&self) -> Result<MutexGuard<'_, State>, StoreError> {
-        self.inner
-            .state
-            .lock()
-            .map_err(|_| StoreError::Internal("store lock poisoned by an earlier panic".into()))
+        Ok(self.inner.state.lock().unwrap_or_else(|poisoned| {
+            tracing::warn!("the store lock was poisoned by an earlier panic; taking it back");
+            self.inner.state.clear_poison();
+            poisoned.into_inner()
+        }))
     }
 
     /// Blocking upsert + flush; runs the optimizers when enough points arrived.
@@ -554,7 +558,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(function)
         .await
-        .map_err(|error| StoreError::Internal(format!("store task failed: {error}")))?
+        .map_err(|error| StoreError::Storage(format!("store task failed: {error}")))?
 }
 
 impl IndexStore for EdgeStore {

@@ -58,37 +58,35 @@ impl std::fmt::Debug for ServerStore {
     }
 }
 
-/// A transport failure or an overloaded server is the dependency being down (the worker
-/// waits it out); anything else the server answered is a real error.
+/// The server's answer, typed: a request the server rejects as invalid is the data's fault;
+/// everything else (unreachable, overloaded, internal, credentials refused, collection gone)
+/// is the store's, which the worker waits out instead of dead-lettering. The client reports a
+/// refused connection as `Internal` ("Failed to connect"): that is the store's fault too.
 fn server_error(what: &'static str) -> impl Fn(QdrantError) -> StoreError {
     move |error| match &error {
-        QdrantError::ResponseError { status }
-            if matches!(
-                status.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-            ) =>
-        {
-            StoreError::Unavailable(format!("qdrant {what}: {}", status.message()))
+        QdrantError::ResponseError { status } => {
+            let message = format!("qdrant {what}: {}", status.message());
+            match status.code() {
+                tonic::Code::InvalidArgument | tonic::Code::OutOfRange => {
+                    StoreError::Invalid(message)
+                }
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                    StoreError::Unauthenticated(message)
+                }
+                tonic::Code::NotFound => StoreError::CollectionMissing(message),
+                tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Cancelled
+                | tonic::Code::Unknown
+                | tonic::Code::ResourceExhausted
+                | tonic::Code::Aborted => StoreError::Unavailable(message),
+                _ => StoreError::Internal(message),
+            }
         }
-        QdrantError::ResourceExhaustedError { .. } => {
+        QdrantError::ResourceExhaustedError { .. } | QdrantError::Io(_) => {
             StoreError::Unavailable(format!("qdrant {what}: {error}"))
         }
-        QdrantError::ResponseError { status }
-            if matches!(
-                status.code(),
-                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
-            ) =>
-        {
-            // Not worth retrying: the key is wrong until someone changes it.
-            StoreError::Invalid(format!(
-                "qdrant {what}: the server refused the credentials (check store.api_key): {}",
-                status.message()
-            ))
-        }
-        QdrantError::ResponseError { status } if status.code() == tonic::Code::Unknown => {
-            // Connection refused / reset surfaces as Unknown with a transport message.
-            StoreError::Unavailable(format!("qdrant {what}: {}", status.message()))
-        }
+        QdrantError::ConversionError(_) => StoreError::Invalid(format!("qdrant {what}: {error}")),
         _ => StoreError::Internal(format!("qdrant {what}: {error}")),
     }
 }

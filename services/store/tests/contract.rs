@@ -1,6 +1,7 @@
 //! The store contract: what every `IndexStore` must do, run against Qdrant Edge always and
-//! against a Qdrant server when `VIDX_TEST_QDRANT_URL` (gRPC, e.g. `http://127.0.0.1:6334`)
-//! is set, with `VIDX_TEST_QDRANT_API_KEY` if it needs one.
+//! against the Qdrant server: the one at `VIDX_TEST_QDRANT_URL` (gRPC, e.g.
+//! `http://127.0.0.1:6334`; `scripts/test.sh` starts one) with `VIDX_TEST_QDRANT_API_KEY` if
+//! it needs one, else a server started for the test (`vidx_testkit::QdrantServer`).
 
 mod common;
 
@@ -363,10 +364,8 @@ async fn qdrant_edge_keeps_the_lexical_contract() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qdrant_server_keeps_the_lexical_contract() -> Result<()> {
-    let Ok(url) = std::env::var("VIDX_TEST_QDRANT_URL") else {
-        eprintln!("VIDX_TEST_QDRANT_URL is not set: skipped");
-        return Ok(());
-    };
+    // The run's server (scripts/test.sh), or one started for this test: never skipped.
+    let (url, _server) = vidx_testkit::server_url().map_err(anyhow::Error::msg)?;
     let options = ServerStoreOptions {
         url,
         api_key: std::env::var("VIDX_TEST_QDRANT_API_KEY").ok(),
@@ -386,10 +385,8 @@ async fn qdrant_edge_keeps_the_named_vector_contract() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qdrant_server_keeps_the_named_vector_contract() -> Result<()> {
-    let Ok(url) = std::env::var("VIDX_TEST_QDRANT_URL") else {
-        eprintln!("VIDX_TEST_QDRANT_URL is not set: skipped");
-        return Ok(());
-    };
+    // The run's server (scripts/test.sh), or one started for this test: never skipped.
+    let (url, _server) = vidx_testkit::server_url().map_err(anyhow::Error::msg)?;
     let options = ServerStoreOptions {
         url,
         api_key: std::env::var("VIDX_TEST_QDRANT_API_KEY").ok(),
@@ -409,12 +406,8 @@ async fn qdrant_edge_keeps_the_store_contract() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qdrant_server_keeps_the_store_contract() -> Result<()> {
-    let Ok(url) = std::env::var("VIDX_TEST_QDRANT_URL") else {
-        eprintln!(
-            "VIDX_TEST_QDRANT_URL is not set: the Qdrant server run of the contract is skipped"
-        );
-        return Ok(());
-    };
+    // The run's server (scripts/test.sh), or one started for this test: never skipped.
+    let (url, _server) = vidx_testkit::server_url().map_err(anyhow::Error::msg)?;
     let options = ServerStoreOptions {
         url,
         api_key: std::env::var("VIDX_TEST_QDRANT_API_KEY").ok(),

@@ -1,9 +1,13 @@
 //! Test support for vidx's suites, used only as a dev-dependency (nothing here ships in the
-//! `vidx` binary): a Kafka-protocol broker on loopback, and a frame sampler that must never
-//! be called.
+//! `vidx` binary): Kafka-protocol brokers on loopback (`tansu`, and librdkafka's mock cluster
+//! for the crash tests), the Qdrant server, and a frame sampler that must never be called.
 
 pub mod local_broker;
+pub mod mock_broker;
 mod no_frames;
+pub mod qdrant;
 
 pub use local_broker::LocalBroker;
+pub use mock_broker::MockBroker;
 pub use no_frames::NoFrames;
+pub use qdrant::{QdrantServer, server_url};

@@ -75,10 +75,7 @@ impl LocalBroker {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::SeqCst)
         );
-        // The configured defaults, mapped as every vidx node maps them.
-        let defaults = vidx_config::Config::load(&vidx_config::ConfigSources::default())
-            .map(|config| vidx_server::kafka_settings(&config.kafka))
-            .expect("the embedded default configuration loads");
+        let defaults = kafka_defaults();
         KafkaSettings {
             brokers: self.bootstrap(),
             topic: format!("segments-{id}"),
@@ -90,6 +87,13 @@ impl LocalBroker {
             ..defaults
         }
     }
+}
+
+/// The configured Kafka defaults, mapped as every vidx node maps them.
+pub fn kafka_defaults() -> KafkaSettings {
+    vidx_config::Config::load(&vidx_config::ConfigSources::default())
+        .map(|config| vidx_server::kafka_settings(&config.kafka))
+        .expect("the embedded default configuration loads")
 }
 
 /// `tansu` on `PATH`, else where `cargo install` puts it.

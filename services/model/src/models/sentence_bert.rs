@@ -10,6 +10,7 @@ use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 use vidx_core::ModelError;
 use vidx_core::ports::TextEmbedder;
 
+use crate::device_error::InferenceFailure;
 use crate::hub::{HubOptions, ModelFiles, resolve_model_dir};
 
 /// Texts embedded per forward pass.
@@ -183,7 +184,7 @@ impl TextEmbedder for SentenceEmbedder {
         for batch in texts.chunks(BATCH_SIZE) {
             let embedded = self
                 .embed_batch(batch)
-                .map_err(|error| ModelError::inference(&self.name, error))?;
+                .map_err(|error| error.into_model_error(&self.name))?;
             vectors.extend(embedded);
         }
         Ok(vectors)

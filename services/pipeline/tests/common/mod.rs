@@ -14,8 +14,18 @@ use vidx_store::{EdgeStore, EdgeStoreOptions, VectorSpec};
 
 pub const DIMENSION: usize = 8;
 
-/// Hash-based unit vectors; fails on captions containing "POISON".
+/// Hash-based unit vectors. Misbehaves on purpose on captions containing a marker:
+/// "POISON" fails (a model rejecting the input), "BUSY" runs out of device memory every time
+/// (a retryable failure of the segment), "PANIC" panics, "HANG" does not return until
+/// [`release_hung`] (or 20 s).
 pub struct FakeEmbedder;
+
+static RELEASE: AtomicBool = AtomicBool::new(false);
+
+/// Let every "HANG" embedding return.
+pub fn release_hung() {
+    RELEASE.store(true, Ordering::SeqCst);
+}
 
 impl TextEmbedder for FakeEmbedder {
     fn name(&self) -> &str {
@@ -36,6 +46,23 @@ impl TextEmbedder for FakeEmbedder {
                         model: "fake".into(),
                         reason: "bad tensor".into(),
                     });
+                }
+                if text.contains("BUSY") {
+                    return Err(ModelError::OutOfMemory {
+                        model: "fake".into(),
+                        reason: "injected: out of device memory".into(),
+                    });
+                }
+                if text.contains("PANIC") {
+                    panic!("injected panic in the model");
+                }
+                if text.contains("HANG") {
+                    let started = std::time::Instant::now();
+                    while !RELEASE.load(Ordering::SeqCst)
+                        && started.elapsed() < std::time::Duration::from_secs(20)
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
                 }
                 let mut vector: Vec<f32> = (0..DIMENSION)
                     .map(|index| {
@@ -69,6 +96,9 @@ pub struct FlakyStore {
     pub hung: tokio::sync::Notify,
     /// Every upsert takes this long (a slow store keeps work in flight).
     pub delay_ms: AtomicU64,
+    /// What an injected failure is: 0 unreachable, 1 internal, 2 credentials refused,
+    /// 3 collection missing, 4 disk full.
+    pub failure_kind: AtomicUsize,
 }
 
 impl FlakyStore {
@@ -91,7 +121,19 @@ impl FlakyStore {
             hang_before_write: AtomicBool::new(false),
             hung: tokio::sync::Notify::new(),
             delay_ms: AtomicU64::new(0),
+            failure_kind: AtomicUsize::new(0),
         })
+    }
+
+    fn injected(&self) -> StoreError {
+        let reason = "injected outage".to_string();
+        match self.failure_kind.load(Ordering::SeqCst) {
+            1 => StoreError::Internal(reason),
+            2 => StoreError::Unauthenticated(reason),
+            3 => StoreError::CollectionMissing(reason),
+            4 => StoreError::Storage(reason),
+            _ => StoreError::Unavailable(reason),
+        }
     }
 
     async fn hang(&self) {
@@ -108,12 +150,12 @@ impl IndexStore for FlakyStore {
             tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
         }
         if self.down.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("injected outage".into()));
+            return Err(self.injected());
         }
         let remaining = self.failures.load(Ordering::SeqCst);
         if remaining > 0 {
             self.failures.store(remaining - 1, Ordering::SeqCst);
-            return Err(StoreError::Unavailable("injected outage".into()));
+            return Err(self.injected());
         }
         let hang = call == self.hang_at.load(Ordering::SeqCst);
         if hang && self.hang_before_write.load(Ordering::SeqCst) {

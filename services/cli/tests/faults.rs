@@ -1,0 +1,680 @@
+//! Real faults on a real cluster: `vidx run` nodes as child processes (an ingest node and
+//! worker nodes), librdkafka's mock Kafka cluster hosted by this test process on loopback
+//! (its group coordinator evicts dead members, which tansu does not), and the official
+//! Qdrant server (`../shared/bin/qdrant`), each killed, stopped or restarted with real
+//! signals. After every fault the store must hold exactly the points the input produces: one
+//! caption point per segment, with the deterministic id of its segment, and nothing else.
+//!
+//! The rows of docs/reliability.md these cover: 1, 2, 11 and 21 (store killed, store
+//! refusing the credentials), 22 (SIGSTOP past the session timeout).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+use vidx_core::{RecordKind, point_id};
+use vidx_testkit::{MockBroker, QdrantServer};
+
+const VIDX: &str = env!("CARGO_BIN_EXE_vidx");
+const SEGMENT_MS: u64 = 2_000;
+const PARTITIONS: i32 = 4;
+const SESSION_TIMEOUT_MS: u64 = 6_000;
+const COLLECTION: &str = "faults";
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// One HTTP/1.1 request on loopback; the status code and body.
+fn http(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let body = body.map(Value::to_string).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, rest) = response
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .context("no HTTP status")?;
+    // Chunked bodies (axum's metrics): drop the chunk sizes.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut body = String::new();
+        let mut rest = rest;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if size == 0 || tail.len() < size {
+                break;
+            }
+            body.push_str(&tail[..size]);
+            rest = tail[size..].trim_start_matches("\r\n");
+        }
+        body
+    } else {
+        rest.to_string()
+    };
+    Ok((status, body))
+}
+
+fn ffmpeg(arguments: &[&str]) -> Result<()> {
+    let output = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(arguments)
+        .output()
+        .context("running the ffmpeg CLI")?;
+    ensure!(
+        output.status.success(),
+        "ffmpeg failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+fn caption(seq: u64) -> String {
+    format!("Segment number {seq} shows the test pattern moving.")
+}
+
+/// `segments` segments of H.264 (one keyframe per segment) with a sidecar `.srt` holding one
+/// cue inside each segment.
+fn make_video(directory: &Path, segments: u64) -> Result<PathBuf> {
+    let video = directory.join("pattern.mp4");
+    let seconds = (segments * SEGMENT_MS / 1000).to_string();
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        &format!("testsrc2=s=160x120:r=25:d={seconds}"),
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        // Small segments: the mock cluster keeps at most 5 MB per partition, and one
+        // stream's segments share a partition.
+        "-crf",
+        "32",
+        "-g",
+        "50",
+        "-pix_fmt",
+        "yuv420p",
+        video.to_str().context("path")?,
+    ])?;
+    let time = |ms: u64| {
+        format!(
+            "{:02}:{:02}:{:02},{:03}",
+            ms / 3_600_000,
+            ms / 60_000 % 60,
+            ms / 1000 % 60,
+            ms % 1000
+        )
+    };
+    let mut srt = String::new();
+    for seq in 0..segments {
+        let start = seq * SEGMENT_MS + 300;
+        srt.push_str(&format!(
+            "{}\n{} --> {}\n{}\n\n",
+            seq + 1,
+            time(start),
+            time(start + 1_200),
+            caption(seq)
+        ));
+    }
+    std::fs::write(video.with_extension("srt"), srt)?;
+    Ok(video)
+}
+
+/// A `vidx run` process, killed when dropped.
+struct Node {
+    name: String,
+    arguments: Vec<String>,
+    environment: Vec<(String, String)>,
+    metrics: SocketAddr,
+    listen: u16,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        self.child = Some(
+            Command::new(VIDX)
+                .args(&self.arguments)
+                .envs(self.environment.iter().cloned())
+                .env("HF_HUB_OFFLINE", "1")
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("starting {}", self.name))?,
+        );
+        Ok(())
+    }
+
+    fn pid(&self) -> Result<u32> {
+        Ok(self.child.as_ref().context("not running")?.id())
+    }
+
+    /// Send a real signal (`KILL`, `STOP`, `CONT`).
+    fn signal(&mut self, signal: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.pid()?.to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -{signal} {}", self.name);
+        if signal == "KILL"
+            && let Some(mut child) = self.child.take()
+        {
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The node's Prometheus text, `None` while it does not answer.
+    fn scrape(&self) -> Option<String> {
+        match http(self.metrics, "GET", "/metrics", None) {
+            Ok((200, body)) => Some(body),
+            _ => None,
+        }
+    }
+
+    /// The value of a series (`name{labels}` as written in the text), 0 when absent.
+    fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.scrape()?;
+        Some(
+            text.lines()
+                .filter(|line| line.starts_with(series))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum(),
+        )
+    }
+
+    /// The partitions the worker holds (the labels of its consumer-lag gauge).
+    fn partitions(&self) -> Option<BTreeSet<String>> {
+        let text = self.scrape()?;
+        Some(
+            text.lines()
+                .filter(|line| line.starts_with("vidx_consumer_lag{"))
+                .filter_map(|line| {
+                    let start = line.find("partition=\"")? + "partition=\"".len();
+                    let end = start + line[start..].find('"')?;
+                    Some(line[start..end].to_string())
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A broker, a Qdrant server, an ingest node and worker nodes, with a video to index.
+struct Cluster {
+    directory: tempfile::TempDir,
+    qdrant: QdrantServer,
+    _broker: MockBroker,
+    ingest: Node,
+    workers: Vec<Node>,
+    video: PathBuf,
+    segments: u64,
+}
+
+impl Cluster {
+    fn start(workers: usize, segments: u64) -> Result<Self> {
+        let directory = tempfile::tempdir()?;
+        let media = std::fs::canonicalize(directory.path())?.join("media");
+        std::fs::create_dir_all(&media)?;
+        let video = make_video(&media, segments)?;
+        let broker = MockBroker::start(&[
+            ("faults.segments", PARTITIONS),
+            ("faults.segments.dlq", PARTITIONS),
+        ])
+        .map_err(anyhow::Error::msg)?;
+        let qdrant = QdrantServer::start().map_err(anyhow::Error::msg)?;
+        let config = format!(
+            "[media]\nsegment_secs = {segment_secs}\nframes_per_segment = 2\nframe_size = 64\n\
+             [pipeline]\nworkers = 1\nmax_attempts = 3\nretry_backoff_ms = 200\n\
+             [store]\nkind = \"qdrant\"\nurl = \"{qdrant}\"\ncollection = \"{COLLECTION}\"\n\
+             timeout_ms = 5000\n\
+             [server]\ningest_roots = [\"{media}\"]\n\
+             [kafka]\nbrokers = \"{brokers}\"\ntopic = \"faults.segments\"\n\
+             dead_letter_topic = \"faults.segments.dlq\"\ngroup_id = \"faults\"\n\
+             partitions = {PARTITIONS}\nsession_timeout_ms = {SESSION_TIMEOUT_MS}\n\
+             max_poll_interval_ms = 60000\ndelivery_timeout_ms = 20000\n",
+            segment_secs = SEGMENT_MS as f64 / 1000.0,
+            qdrant = qdrant.url(),
+            media = media.display(),
+            brokers = broker.bootstrap(),
+        );
+        let config_path = directory.path().join("cluster.toml");
+        std::fs::write(&config_path, config)?;
+        // Each node its own addresses, through the environment (over the shared file).
+        let node = |name: &str, roles: &[&str]| -> Result<Node> {
+            let listen = free_port()?;
+            let metrics = free_port()?;
+            let mut arguments = vec!["run".to_string()];
+            arguments.extend(roles.iter().map(|role| role.to_string()));
+            arguments.extend([
+                "--config".into(),
+                config_path.display().to_string(),
+                "--data-dir".into(),
+                directory.path().join(name).display().to_string(),
+            ]);
+            Ok(Node {
+                name: name.into(),
+                arguments,
+                environment: vec![
+                    ("VIDX__SERVER__LISTEN".into(), format!("127.0.0.1:{listen}")),
+                    (
+                        "VIDX__SERVER__METRICS_LISTEN".into(),
+                        format!("127.0.0.1:{metrics}"),
+                    ),
+                ],
+                metrics: SocketAddr::from(([127, 0, 0, 1], metrics)),
+                listen,
+                log: directory.path().join(format!("{name}.log")),
+                child: None,
+            })
+        };
+        let mut ingest = node("ingest", &["ingest"])?;
+        ingest.start()?;
+        let mut nodes = Vec::new();
+        for index in 0..workers {
+            let mut worker = node(&format!("worker-{index}"), &["worker"])?;
+            worker.start()?;
+            nodes.push(worker);
+        }
+        let cluster = Self {
+            directory,
+            qdrant,
+            _broker: broker,
+            ingest,
+            workers: nodes,
+            video,
+            segments,
+        };
+        for worker in &cluster.workers {
+            cluster.wait_for(
+                &format!("{} ready", worker.name),
+                Duration::from_secs(120),
+                || {
+                    Ok(worker
+                        .scrape()
+                        .is_some_and(|text| text.contains("vidx_segments_in_flight")))
+                },
+            )?;
+        }
+        Ok(cluster)
+    }
+
+    /// Poll `condition` every 100 ms until it holds or `limit` passes.
+    fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut condition: impl FnMut() -> Result<bool>,
+    ) -> Result<Duration> {
+        let started = Instant::now();
+        loop {
+            if condition()? {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > limit {
+                bail!("{what}: not within {limit:?}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut logs = format!("--- ingest\n{}", tail(&self.ingest.log()));
+        for worker in &self.workers {
+            logs.push_str(&format!("--- {}\n{}", worker.name, tail(&worker.log())));
+        }
+        logs
+    }
+
+    /// Submit the video through `vidx index --endpoint` (it follows the job to the end).
+    fn submit(&self) -> Result<Child> {
+        let output = self.directory.path().join("submit.json");
+        Ok(Command::new(VIDX)
+            .args(["index", "--json", "--endpoint"])
+            .arg(format!("http://127.0.0.1:{}", self.ingest.listen))
+            .arg(&self.video)
+            .env("HF_HUB_OFFLINE", "1")
+            .stdout(std::fs::File::create(&output)?)
+            .stderr(std::fs::File::create(
+                self.directory.path().join("submit.log"),
+            )?)
+            .spawn()?)
+    }
+
+    /// Wait for the submitting command; the job's last JSON line.
+    fn job(&self, mut submit: Child, limit: Duration) -> Result<Value> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = submit.try_wait()? {
+                let text = std::fs::read_to_string(self.directory.path().join("submit.json"))?;
+                let errors = std::fs::read_to_string(self.directory.path().join("submit.log"))?;
+                ensure!(
+                    status.success(),
+                    "vidx index: {status}\n{errors}\n{}",
+                    self.logs()
+                );
+                let last = text.lines().filter(|line| !line.trim().is_empty()).last();
+                return serde_json::from_str(last.context("no job line")?).context("job line");
+            }
+            if started.elapsed() > limit {
+                let _ = submit.kill();
+                bail!("the job did not finish within {limit:?}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Every point in the collection: id → payload.
+    fn points(&self) -> Result<BTreeMap<String, Value>> {
+        let mut points = BTreeMap::new();
+        let mut offset = Value::Null;
+        loop {
+            let (status, body) = http(
+                self.qdrant.http_address(),
+                "POST",
+                &format!("/collections/{COLLECTION}/points/scroll"),
+                Some(&serde_json::json!({
+                    "limit": 256, "with_payload": true, "with_vector": false, "offset": offset
+                })),
+            )?;
+            if status == 404 {
+                return Ok(points);
+            }
+            ensure!(status == 200, "scroll: {status} {body}");
+            let page: Value = serde_json::from_str(&body)?;
+            for point in page["result"]["points"].as_array().context("points")? {
+                let id = point["id"].as_str().context("id")?.to_string();
+                ensure!(
+                    points
+                        .insert(id.clone(), point["payload"].clone())
+                        .is_none(),
+                    "point {id} listed twice"
+                );
+            }
+            offset = page["result"]["next_page_offset"].clone();
+            if offset.is_null() {
+                return Ok(points);
+            }
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.points().map(|points| points.len()).unwrap_or(0)
+    }
+
+    /// Exactly the points the video produces: one subtitle point per segment, each with the
+    /// id its segment determines; nothing missing, nothing extra.
+    fn assert_exact(&self) -> Result<()> {
+        self.check_exact().with_context(|| self.logs())
+    }
+
+    fn check_exact(&self) -> Result<()> {
+        let points = self.points()?;
+        let mut seen = BTreeSet::new();
+        for (id, payload) in &points {
+            let seq = payload["segment_seq"].as_u64().context("segment_seq")?;
+            let kind =
+                RecordKind::parse(payload["kind"].as_str().context("kind")?).context("kind")?;
+            ensure!(
+                kind == RecordKind::Subtitle,
+                "an unexpected {kind:?} point {id}"
+            );
+            let expected = point_id(
+                payload["tenant"].as_str().context("tenant")?,
+                payload["stream_id"].as_str().context("stream_id")?,
+                seq,
+                kind,
+                0,
+                payload["model_rev"].as_str().context("model_rev")?,
+            );
+            ensure!(
+                expected.to_string() == *id,
+                "point {id} is not its segment's id {expected}"
+            );
+            ensure!(
+                payload["caption"].as_str() == Some(caption(seq).as_str()),
+                "segment {seq}: {payload}"
+            );
+            ensure!(seen.insert(seq), "segment {seq} has two points");
+        }
+        let expected: BTreeSet<u64> = (0..self.segments).collect();
+        ensure!(
+            seen == expected,
+            "missing segments {:?}, extra {:?}; {} points: {:?}",
+            expected.difference(&seen).collect::<Vec<_>>(),
+            seen.difference(&expected).collect::<Vec<_>>(),
+            points.len(),
+            points.values().take(3).collect::<Vec<_>>()
+        );
+        Ok(())
+    }
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n") + "\n"
+}
+
+/// docs/reliability.md faults 1 and 2: one of two workers is SIGKILLed while the job runs.
+/// Its partitions reach the survivor within the session timeout plus 10 s, the job finishes
+/// with nothing dead-lettered, and the store holds exactly the expected points.
+#[test]
+fn a_worker_killed_mid_job_loses_and_duplicates_nothing() -> Result<()> {
+    let mut cluster = Cluster::start(2, 40)?;
+    // Both workers hold partitions before the kill.
+    cluster.wait_for(
+        "partitions on both workers",
+        Duration::from_secs(60),
+        || {
+            Ok(cluster
+                .workers
+                .iter()
+                .all(|worker| worker.partitions().is_some_and(|held| !held.is_empty())))
+        },
+    )?;
+    let submit = cluster.submit()?;
+    cluster.wait_for("first points", Duration::from_secs(120), || {
+        Ok(cluster.count() >= 3)
+    })?;
+    let at_kill = cluster.count();
+    cluster.workers[0].signal("KILL")?;
+    let killed = Instant::now();
+    ensure!(
+        at_kill < cluster.segments as usize,
+        "the job was over before the kill: nothing was in flight"
+    );
+    let survivor = &cluster.workers[1];
+    let moved = cluster.wait_for(
+        "the dead worker's partitions on the survivor",
+        Duration::from_millis(SESSION_TIMEOUT_MS) + Duration::from_secs(10),
+        || {
+            Ok(survivor
+                .partitions()
+                .is_some_and(|held| held.len() == PARTITIONS as usize))
+        },
+    )?;
+    let job = cluster.job(submit, Duration::from_secs(180))?;
+    let finished = killed.elapsed();
+    assert_eq!(job["state"], "JOB_STATE_DONE", "{job}");
+    assert_eq!(job["segments_failed"], 0, "{job}");
+    cluster.assert_exact()?;
+    eprintln!(
+        "recovery: partitions moved {:.1} s after the SIGKILL (session timeout {} s); \
+         job done {:.1} s after it; {at_kill} of {} points stored at the kill",
+        moved.as_secs_f64(),
+        SESSION_TIMEOUT_MS / 1000,
+        finished.as_secs_f64(),
+        cluster.segments
+    );
+    Ok(())
+}
+
+/// docs/reliability.md faults 11 and 21: the Qdrant server refuses the workers' credentials
+/// (restarted with an API key the workers do not have), then is SIGKILLed, while a job runs.
+/// Through both: the worker is NOT_SERVING with the reason (outage gauge by kind, log),
+/// nothing is indexed, committed or dead-lettered; after each recovery it resumes, and the
+/// job ends with every segment indexed exactly once.
+#[test]
+fn a_store_refusing_credentials_or_killed_is_waited_out() -> Result<()> {
+    let mut cluster = Cluster::start(1, 40)?;
+    let submit = cluster.submit()?;
+    cluster.wait_for("first points", Duration::from_secs(120), || {
+        Ok(cluster.count() >= 3)
+    })?;
+
+    for (phase, kind) in [("wrong key", "store_unauthenticated"), ("killed", "")] {
+        if phase == "wrong key" {
+            cluster
+                .qdrant
+                .restart_with_api_key(Some("a-key-the-workers-do-not-have"))
+                .map_err(anyhow::Error::msg)?;
+        } else {
+            cluster.qdrant.kill();
+        }
+        let worker = &cluster.workers[0];
+        cluster.wait_for(
+            &format!("{phase}: outage reported"),
+            Duration::from_secs(30),
+            || {
+                Ok(worker.scrape().is_some_and(|text| {
+                    text.lines().any(|line| {
+                        line.starts_with("vidx_dependency_outage{")
+                            && line.contains(kind)
+                            && line.ends_with(" 1")
+                    })
+                }))
+            },
+        )?;
+        let indexed = worker.metric("vidx_segments_indexed_total").unwrap_or(-1.0);
+        let lag = worker.metric("vidx_consumer_lag{").unwrap_or(-1.0);
+        std::thread::sleep(Duration::from_secs(4));
+        assert_eq!(
+            worker.metric("vidx_segments_indexed_total").unwrap_or(-2.0),
+            indexed,
+            "{phase}: nothing is acked while the store fails"
+        );
+        assert!(
+            worker.metric("vidx_consumer_lag{").unwrap_or(-1.0) >= lag,
+            "{phase}: no offset is committed while the store fails"
+        );
+        assert_eq!(
+            worker.metric("vidx_segments_failed_total").unwrap_or(0.0),
+            0.0,
+            "{phase}"
+        );
+        assert!(
+            worker.log().contains("dependency outage"),
+            "{phase}: {}",
+            worker.log()
+        );
+        cluster
+            .qdrant
+            .restart_with_api_key(None)
+            .map_err(anyhow::Error::msg)?;
+        let worker = &cluster.workers[0];
+        cluster.wait_for(
+            &format!("{phase}: recovery"),
+            Duration::from_secs(60),
+            || Ok(worker.metric("vidx_segments_indexed_total").unwrap_or(0.0) > indexed),
+        )?;
+        assert_eq!(
+            worker.metric("vidx_dependency_outage{").unwrap_or(1.0),
+            0.0,
+            "{phase}: the outage is over"
+        );
+    }
+    let job = cluster.job(submit, Duration::from_secs(180))?;
+    assert_eq!(job["state"], "JOB_STATE_DONE", "{job}");
+    assert_eq!(job["segments_failed"], 0, "{job}");
+    cluster.assert_exact()?;
+    Ok(())
+}
+
+/// docs/reliability.md fault 22: a worker SIGSTOPped past the session timeout is evicted (its
+/// partitions move to the other worker, which indexes them), then SIGCONTed: it rejoins, and
+/// the store holds exactly the expected points, none twice.
+#[test]
+fn a_worker_stopped_past_its_session_timeout_rejoins_without_duplicates() -> Result<()> {
+    let mut cluster = Cluster::start(2, 40)?;
+    cluster.wait_for(
+        "partitions on both workers",
+        Duration::from_secs(60),
+        || {
+            Ok(cluster
+                .workers
+                .iter()
+                .all(|worker| worker.partitions().is_some_and(|held| !held.is_empty())))
+        },
+    )?;
+    let submit = cluster.submit()?;
+    cluster.wait_for("first points", Duration::from_secs(120), || {
+        Ok(cluster.count() >= 3)
+    })?;
+    cluster.workers[0].signal("STOP")?;
+    let other = &cluster.workers[1];
+    cluster.wait_for(
+        "the stopped worker's partitions on the other",
+        Duration::from_millis(SESSION_TIMEOUT_MS) + Duration::from_secs(10),
+        || {
+            Ok(other
+                .partitions()
+                .is_some_and(|held| held.len() == PARTITIONS as usize))
+        },
+    )?;
+    let job = cluster.job(submit, Duration::from_secs(180))?;
+    assert_eq!(job["segments_failed"], 0, "{job}");
+    cluster.workers[0].signal("CONT")?;
+    let resumed = &cluster.workers[0];
+    cluster.wait_for(
+        "the resumed worker rejoins",
+        Duration::from_secs(60),
+        || Ok(resumed.partitions().is_some_and(|held| !held.is_empty())),
+    )?;
+    cluster.assert_exact()?;
+    Ok(())
+}
