@@ -398,7 +398,7 @@ impl Cluster {
                     "vidx index: {status}\n{errors}\n{}",
                     self.logs()
                 );
-                let last = text.lines().filter(|line| !line.trim().is_empty()).last();
+                let last = text.lines().rfind(|line| !line.trim().is_empty());
                 return serde_json::from_str(last.context("no job line")?).context("job line");
             }
             if started.elapsed() > limit {
@@ -543,13 +543,22 @@ fn a_worker_killed_mid_job_loses_and_duplicates_nothing() -> Result<()> {
     assert_eq!(job["state"], "JOB_STATE_DONE", "{job}");
     assert_eq!(job["segments_failed"], 0, "{job}");
     cluster.assert_exact()?;
+    // Segments indexed more than once: what the crash made the survivor replay (the dead
+    // worker's upserts that it never committed).
+    let indexed: usize = cluster
+        .workers
+        .iter()
+        .map(|worker| worker.log().matches("segment indexed").count())
+        .sum();
     eprintln!(
         "recovery: partitions moved {:.1} s after the SIGKILL (session timeout {} s); \
-         job done {:.1} s after it; {at_kill} of {} points stored at the kill",
+         job done {:.1} s after it; {at_kill} of {} points stored at the kill; \
+         {} segments replayed",
         moved.as_secs_f64(),
         SESSION_TIMEOUT_MS / 1000,
         finished.as_secs_f64(),
-        cluster.segments
+        cluster.segments,
+        indexed.saturating_sub(cluster.segments as usize)
     );
     Ok(())
 }
@@ -676,5 +685,125 @@ fn a_worker_stopped_past_its_session_timeout_rejoins_without_duplicates() -> Res
         || Ok(resumed.partitions().is_some_and(|held| !held.is_empty())),
     )?;
     cluster.assert_exact()?;
+    Ok(())
+}
+
+/// The benchmark of this harness (`scripts/bench-faults.sh` runs it in release and keeps its
+/// JSON under bench/results/): segments/s of the cluster with 1, 2 and 3 worker processes on
+/// the Qdrant server against `vidx index` (embedded: in-process queue, Qdrant Edge) on the
+/// same video as the baseline, the Kafka + store overhead per segment, and the recovery after
+/// a worker's SIGKILL. Not a test: it asserts nothing but that the runs complete.
+#[test]
+#[ignore = "benchmark: scripts/bench-faults.sh"]
+fn bench_cluster_throughput_and_recovery() -> Result<()> {
+    const SEGMENTS: u64 = 120;
+    // The baseline: the embedded path, one worker, same models and frames.
+    let directory = tempfile::tempdir()?;
+    let media = directory.path().join("media");
+    std::fs::create_dir_all(&media)?;
+    let video = make_video(&media, SEGMENTS)?;
+    let config = directory.path().join("embedded.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[media]\nsegment_secs = {}\nframes_per_segment = 2\nframe_size = 64\n\
+             [pipeline]\nworkers = 1\n",
+            SEGMENT_MS as f64 / 1000.0
+        ),
+    )?;
+    let started = Instant::now();
+    let output = Command::new(VIDX)
+        .args(["index", "--json", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(directory.path().join("data"))
+        .arg(&video)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()?;
+    let embedded_s = started.elapsed().as_secs_f64();
+    ensure!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let embedded_rate = SEGMENTS as f64 / embedded_s;
+
+    let mut runs = Vec::new();
+    for workers in 1..=3 {
+        let cluster = Cluster::start(workers, SEGMENTS)?;
+        cluster.wait_for(
+            "partitions on every worker",
+            Duration::from_secs(60),
+            || {
+                Ok(cluster
+                    .workers
+                    .iter()
+                    .all(|worker| worker.partitions().is_some_and(|held| !held.is_empty())))
+            },
+        )?;
+        let started = Instant::now();
+        let job = cluster.job(cluster.submit()?, Duration::from_secs(600))?;
+        let seconds = started.elapsed().as_secs_f64();
+        ensure!(job["segments_failed"] == 0, "{job}");
+        cluster.assert_exact()?;
+        let rate = SEGMENTS as f64 / seconds;
+        runs.push(serde_json::json!({
+            "worker_processes": workers,
+            "seconds": seconds,
+            "segments_per_s": rate,
+            "ratio_to_embedded": rate / embedded_rate,
+            "overhead_ms_per_segment": (1.0 / rate - 1.0 / embedded_rate) * 1000.0,
+        }));
+    }
+
+    let mut cluster = Cluster::start(2, SEGMENTS)?;
+    cluster.wait_for(
+        "partitions on both workers",
+        Duration::from_secs(60),
+        || {
+            Ok(cluster
+                .workers
+                .iter()
+                .all(|worker| worker.partitions().is_some_and(|held| !held.is_empty())))
+        },
+    )?;
+    let submit = cluster.submit()?;
+    cluster.wait_for("points", Duration::from_secs(120), || {
+        Ok(cluster.count() >= SEGMENTS as usize / 4)
+    })?;
+    cluster.workers[0].signal("KILL")?;
+    let killed = Instant::now();
+    let survivor = &cluster.workers[1];
+    let moved = cluster.wait_for("partitions moved", Duration::from_secs(60), || {
+        Ok(survivor
+            .partitions()
+            .is_some_and(|held| held.len() == PARTITIONS as usize))
+    })?;
+    cluster.job(submit, Duration::from_secs(600))?;
+    let done = killed.elapsed();
+    cluster.assert_exact()?;
+    let indexed: usize = cluster
+        .workers
+        .iter()
+        .map(|worker| worker.log().matches("segment indexed").count())
+        .sum();
+    let report = serde_json::json!({
+        "benchmark": "cluster throughput and recovery (services/cli/tests/faults.rs)",
+        "segments": SEGMENTS,
+        "segment_ms": SEGMENT_MS,
+        "models": "all-MiniLM-L6-v2 over one subtitle cue per segment, 2 frames decoded per segment",
+        "broker": "librdkafka mock cluster (in the bench process, loopback)",
+        "store": "Qdrant server v1.16.3 (loopback); baseline: Qdrant Edge",
+        "baseline": {"command": "vidx index (embedded, 1 worker)", "seconds": embedded_s, "segments_per_s": embedded_rate},
+        "cluster": runs,
+        "recovery": {
+            "worker_processes": 2,
+            "session_timeout_ms": SESSION_TIMEOUT_MS,
+            "partitions_moved_s": moved.as_secs_f64(),
+            "job_done_after_kill_s": done.as_secs_f64(),
+            "segments_replayed": indexed.saturating_sub(SEGMENTS as usize),
+        },
+    });
+    println!("{report:#}");
     Ok(())
 }
