@@ -17,7 +17,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 use vidx_core::{RecordKind, point_id};
+use vidx_proto::v1;
+use vidx_proto::v1::worker_service_client::WorkerServiceClient;
 use vidx_testkit::{MockBroker, QdrantServer};
 
 const VIDX: &str = env!("CARGO_BIN_EXE_vidx");
@@ -218,6 +223,37 @@ impl Node {
                 .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum(),
         )
+    }
+
+    /// What the node's gRPC services say: the overall health status (grpc.health.v1) and
+    /// `WorkerService.Status.outage`.
+    fn grpc_health(&self) -> Result<(i32, String)> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let channel = tonic::transport::Endpoint::from_shared(format!(
+                "http://127.0.0.1:{}",
+                self.listen
+            ))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .connect()
+            .await?;
+            let status = HealthClient::new(channel.clone())
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await?
+                .into_inner()
+                .status;
+            let outage = WorkerServiceClient::new(channel)
+                .status(v1::WorkerStatusRequest {})
+                .await?
+                .into_inner()
+                .outage;
+            Ok((status, outage))
+        })
     }
 
     /// The partitions the worker holds (the labels of its consumer-lag gauge).
@@ -565,7 +601,8 @@ fn a_worker_killed_mid_job_loses_and_duplicates_nothing() -> Result<()> {
 
 /// docs/reliability.md faults 11 and 21: the Qdrant server refuses the workers' credentials
 /// (restarted with an API key the workers do not have), then is SIGKILLed, while a job runs.
-/// Through both: the worker is NOT_SERVING with the reason (outage gauge by kind, log),
+/// Through both: the worker is NOT_SERVING (gRPC health) with the reason (outage gauge by
+/// kind, `WorkerService.Status.outage`, log),
 /// nothing is indexed, committed or dead-lettered; after each recovery it resumes, and the
 /// job ends with every segment indexed exactly once.
 #[test]
@@ -621,6 +658,16 @@ fn a_store_refusing_credentials_or_killed_is_waited_out() -> Result<()> {
             "{phase}: {}",
             worker.log()
         );
+        let (status, outage) = worker.grpc_health()?;
+        assert_eq!(
+            status,
+            ServingStatus::NotServing as i32,
+            "{phase}: the node is NOT_SERVING during the outage"
+        );
+        assert!(
+            outage.starts_with("store") && !outage.contains("a-key-the-workers"),
+            "{phase}: WorkerService.Status names the outage, without the key: {outage}"
+        );
         cluster
             .qdrant
             .restart_with_api_key(None)
@@ -635,6 +682,12 @@ fn a_store_refusing_credentials_or_killed_is_waited_out() -> Result<()> {
             worker.metric("vidx_dependency_outage{").unwrap_or(1.0),
             0.0,
             "{phase}: the outage is over"
+        );
+        let (status, outage) = worker.grpc_health()?;
+        assert_eq!(
+            (status, outage.as_str()),
+            (ServingStatus::Serving as i32, ""),
+            "{phase}: serving again"
         );
     }
     let job = cluster.job(submit, Duration::from_secs(180))?;
