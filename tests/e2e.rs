@@ -936,7 +936,8 @@ fn vidx_run_serves_index_and_search_over_grpc_and_stops_on_sigterm() -> Result<(
         format!(
             "[media]\nsegment_secs = 20\nframes_per_segment = 2\n\
              [server]\nlisten = \"127.0.0.1:{port}\"\ningest_roots = [\"{}\"]\n\
-             [kafka]\nbrokers = \"{}\"\ntopic = \"{}\"\ndead_letter_topic = \"{}\"\ngroup_id = \"{}\"\n\
+             [kafka]\nbrokers = \"{}\"\ntopic = \"{}\"\ndead_letter_topic = \"{}\"\njobs_topic = \"{}\"\n\
+             group_id = \"{}\"\n\
              partitions = 2\nsession_timeout_ms = 6000\n\
              # The smallest message limit: every segment travels as a blob.\n\
              max_message_bytes = 65536\n",
@@ -944,6 +945,7 @@ fn vidx_run_serves_index_and_search_over_grpc_and_stops_on_sigterm() -> Result<(
             kafka.brokers,
             kafka.topic,
             kafka.dead_letter_topic,
+            kafka.jobs_topic,
             kafka.group_id
         ),
     )?;

@@ -60,6 +60,8 @@ pub struct KafkaSettings {
     pub brokers: String,
     pub topic: String,
     pub dead_letter_topic: String,
+    /// The compacted topic of the ingest nodes' jobs ([`JobTopic`]).
+    pub jobs_topic: String,
     pub group_id: String,
     pub client_id: String,
     /// Partitions of the topics when this client creates them.
@@ -106,9 +108,10 @@ fn unavailable(what: &str, error: KafkaError) -> QueueError {
     QueueError::Unavailable(format!("kafka {what}: {error}"))
 }
 
-/// Create the segment and dead-letter topics if they do not exist yet. Topics that exist are
-/// left alone, and when both do nothing is asked of the brokers' admin API (a cluster whose
-/// topics are provisioned by its operators may deny it).
+/// Create the segment, dead-letter and jobs topics if they do not exist yet (the jobs topic
+/// compacted, with one partition). Topics that exist are left alone, and when all do nothing
+/// is asked of the brokers' admin API (a cluster whose topics are provisioned by its
+/// operators may deny it).
 pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), QueueError> {
     let mut config = settings.client_config();
     settings.apply_properties(&mut config);
@@ -117,7 +120,11 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), QueueError> {
             .create()
             .map_err(|error| unavailable("admin client", error))?,
     );
-    let names = [settings.topic.clone(), settings.dead_letter_topic.clone()];
+    let names = [
+        settings.topic.clone(),
+        settings.dead_letter_topic.clone(),
+        settings.jobs_topic.clone(),
+    ];
     let existing = {
         let admin = admin.clone();
         tokio::task::spawn_blocking(move || {
@@ -144,11 +151,17 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> Result<(), QueueError> {
         .iter()
         .filter(|name| !existing.contains(name))
         .map(|name| {
-            NewTopic::new(
-                name,
-                settings.partitions,
-                TopicReplication::Fixed(settings.replication),
-            )
+            if *name == settings.jobs_topic {
+                // The latest record per job is all that is ever read.
+                NewTopic::new(name, 1, TopicReplication::Fixed(settings.replication))
+                    .set("cleanup.policy", "compact")
+            } else {
+                NewTopic::new(
+                    name,
+                    settings.partitions,
+                    TopicReplication::Fixed(settings.replication),
+                )
+            }
         });
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let topics: Vec<NewTopic<'_>> = topics.collect();
@@ -1070,11 +1083,10 @@ impl GroupProgress {
         let mut assignment = TopicPartitionList::new();
         for topic in metadata.topics() {
             for partition in topic.partitions() {
-                let (_, high) = dead_letters
-                    .fetch_watermarks(topic.name(), partition.id(), Duration::from_secs(10))
-                    .map_err(|error| unavailable("dead-letter watermarks", error))?;
+                // From the beginning: a restarted ingest node counts the dead letters of the
+                // jobs it restores too.
                 assignment
-                    .add_partition_offset(topic.name(), partition.id(), Offset::Offset(high))
+                    .add_partition_offset(topic.name(), partition.id(), Offset::Beginning)
                     .map_err(|error| unavailable("dead-letter assignment", error))?;
             }
         }
@@ -1199,4 +1211,122 @@ pub fn dead_letter_info<M: Message>(message: &M) -> BTreeMap<String, String> {
         }
     }
     info
+}
+
+/// The ingest nodes' jobs on the compacted jobs topic: a record per change of a job, keyed by
+/// its id; a restarted node reads the latest record of each.
+pub struct JobTopic {
+    settings: KafkaSettings,
+    producer: FutureProducer,
+}
+
+impl std::fmt::Debug for JobTopic {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("JobTopic")
+            .field("topic", &self.settings.jobs_topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobTopic {
+    pub fn connect(settings: KafkaSettings) -> Result<Self, QueueError> {
+        let mut config = settings.client_config();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "message.timeout.ms",
+                settings.delivery_timeout.as_millis().to_string(),
+            );
+        settings.apply_properties(&mut config);
+        let producer = config
+            .create()
+            .map_err(|error| unavailable("jobs producer", error))?;
+        Ok(Self { settings, producer })
+    }
+
+    /// Record `value` as the job `key`'s latest state; durable on the brokers when it returns.
+    pub async fn record(&self, key: &str, value: &[u8]) -> Result<(), QueueError> {
+        let record = FutureRecord::to(&self.settings.jobs_topic)
+            .key(key)
+            .payload(value);
+        self.producer
+            .send(record, self.settings.delivery_timeout)
+            .await
+            .map(|_| ())
+            .map_err(|(error, _)| unavailable("jobs record", error))
+    }
+
+    /// The latest record of every job, in the order they were last written. Blocking (it
+    /// reads the topic to its end): call it on a blocking thread.
+    pub fn replay(&self) -> Result<Vec<(String, Vec<u8>)>, QueueError> {
+        let mut config = self.settings.client_config();
+        config
+            .set(
+                "group.id",
+                format!("{}-jobs-reader", self.settings.group_id),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        self.settings.apply_properties(&mut config);
+        let reader: BaseConsumer = config
+            .create()
+            .map_err(|error| unavailable("jobs reader", error))?;
+        let topic = &self.settings.jobs_topic;
+        let metadata = reader
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|error| unavailable("jobs metadata", error))?;
+        let mut assignment = TopicPartitionList::new();
+        let mut ends = HashMap::new();
+        for partition in metadata
+            .topics()
+            .iter()
+            .filter(|found| found.name() == topic)
+            .flat_map(|found| found.partitions())
+        {
+            let (low, high) = reader
+                .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+                .map_err(|error| unavailable("jobs watermarks", error))?;
+            if high > low {
+                ends.insert(partition.id(), high);
+                assignment
+                    .add_partition_offset(topic, partition.id(), Offset::Beginning)
+                    .map_err(|error| unavailable("jobs assignment", error))?;
+            }
+        }
+        let mut latest: Vec<(String, Vec<u8>)> = Vec::new();
+        if ends.is_empty() {
+            return Ok(latest);
+        }
+        reader
+            .assign(&assignment)
+            .map_err(|error| unavailable("jobs assignment", error))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut done: HashMap<i32, bool> =
+            ends.keys().map(|partition| (*partition, false)).collect();
+        while done.values().any(|finished| !finished) {
+            if Instant::now() > deadline {
+                return Err(QueueError::Unavailable(
+                    "kafka jobs topic: not read to its end within 60 s".into(),
+                ));
+            }
+            let Some(message) = reader.poll(Duration::from_millis(500)) else {
+                continue;
+            };
+            let message = message.map_err(|error| unavailable("jobs read", error))?;
+            if let (Some(key), Some(payload)) = (message.key(), message.payload()) {
+                let key = String::from_utf8_lossy(key).into_owned();
+                latest.retain(|(seen, _)| *seen != key);
+                latest.push((key, payload.to_vec()));
+            }
+            if ends
+                .get(&message.partition())
+                .is_some_and(|end| message.offset() + 1 >= *end)
+            {
+                done.insert(message.partition(), true);
+            }
+        }
+        Ok(latest)
+    }
 }

@@ -5,5 +5,7 @@
 pub mod kafka;
 mod memory;
 
-pub use kafka::{DeadLetterRecord, GroupProgress, KafkaQueue, KafkaSettings, ensure_topics};
+pub use kafka::{
+    DeadLetterRecord, GroupProgress, JobTopic, KafkaQueue, KafkaSettings, ensure_topics,
+};
 pub use memory::{DeadLetter, InProcessQueue};

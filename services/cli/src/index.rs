@@ -108,6 +108,8 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
         settings.ingest.clone(),
         queue.clone(),
         queue.clone(),
+        // A run's jobs end with it: the next run segments its inputs again.
+        Arc::new(vidx_server::ingest::NoJournal),
         metrics,
         shutdown_rx.clone(),
     ));

@@ -22,6 +22,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use vidx_core::{RecordKind, point_id};
 use vidx_proto::v1;
+use vidx_proto::v1::ingest_service_client::IngestServiceClient;
 use vidx_proto::v1::worker_service_client::WorkerServiceClient;
 use vidx_testkit::{MockBroker, QdrantServer};
 
@@ -301,6 +302,7 @@ impl Cluster {
         let broker = MockBroker::start(&[
             ("faults.segments", PARTITIONS),
             ("faults.segments.dlq", PARTITIONS),
+            ("faults.jobs", 1),
         ])
         .map_err(anyhow::Error::msg)?;
         let qdrant = QdrantServer::start().map_err(anyhow::Error::msg)?;
@@ -311,7 +313,8 @@ impl Cluster {
              timeout_ms = 5000\n\
              [server]\ningest_roots = [\"{media}\"]\n\
              [kafka]\nbrokers = \"{brokers}\"\ntopic = \"faults.segments\"\n\
-             dead_letter_topic = \"faults.segments.dlq\"\ngroup_id = \"faults\"\n\
+             dead_letter_topic = \"faults.segments.dlq\"\njobs_topic = \"faults.jobs\"\n\
+             group_id = \"faults\"\n\
              partitions = {PARTITIONS}\nsession_timeout_ms = {SESSION_TIMEOUT_MS}\n\
              max_poll_interval_ms = 60000\ndelivery_timeout_ms = 20000\n",
             segment_secs = SEGMENT_MS as f64 / 1000.0,
@@ -738,6 +741,89 @@ fn a_worker_stopped_past_its_session_timeout_rejoins_without_duplicates() -> Res
         || Ok(resumed.partitions().is_some_and(|held| !held.is_empty())),
     )?;
     cluster.assert_exact()?;
+    Ok(())
+}
+
+/// docs/reliability.md fault 23: the ingest node is SIGKILLed right after it accepted a job
+/// (while it segments it) and restarted: it still answers for the job (kept in the jobs
+/// topic), finishes it, and the store holds exactly the expected points.
+#[test]
+fn an_ingest_node_killed_mid_job_finishes_it_after_a_restart() -> Result<()> {
+    let mut cluster = Cluster::start(1, 40)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let endpoint = format!("http://127.0.0.1:{}", cluster.ingest.listen);
+    let client = || async {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await?;
+        anyhow::Ok(IngestServiceClient::new(channel))
+    };
+    let source = cluster.video.display().to_string();
+    let job_id = runtime.block_on(async {
+        // The node answers once its services are up.
+        let started = Instant::now();
+        loop {
+            let submitted = async {
+                let mut client = client().await?;
+                let response = client
+                    .submit(v1::SubmitRequest {
+                        source: source.clone(),
+                        ..Default::default()
+                    })
+                    .await?;
+                anyhow::Ok(response.into_inner().job_id)
+            }
+            .await;
+            match submitted {
+                Ok(job_id) => return Ok(job_id),
+                Err(error) if started.elapsed() > Duration::from_secs(60) => return Err(error),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })?;
+    cluster.ingest.signal("KILL")?;
+    cluster.ingest.start()?;
+    let job = runtime.block_on(async {
+        let started = Instant::now();
+        loop {
+            let answer = async {
+                let mut client = client().await?;
+                let job = client
+                    .get_job(v1::GetJobRequest {
+                        job_id: job_id.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                anyhow::Ok(job)
+            }
+            .await;
+            match answer {
+                Ok(job) if job.state == v1::JobState::Done as i32 => return Ok(job),
+                Ok(job) if job.state == v1::JobState::Failed as i32 => bail!("job failed: {job:?}"),
+                Ok(_) | Err(_) if started.elapsed() < Duration::from_secs(120) => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Ok(job) => bail!("job not done within 120 s: {job:?}"),
+                Err(error) => return Err(error),
+            }
+        }
+    });
+    let job = job.with_context(|| cluster.logs())?;
+    assert_eq!(job.segments_failed, 0, "{job:?}");
+    assert_eq!(job.segments_total, cluster.segments, "{job:?}");
+    cluster.assert_exact()?;
+    assert!(
+        cluster
+            .ingest
+            .log()
+            .contains("jobs restored from the journal"),
+        "{}",
+        cluster.ingest.log()
+    );
     Ok(())
 }
 

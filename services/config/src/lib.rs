@@ -151,6 +151,7 @@ pub struct KafkaConfig {
     pub brokers: String,
     pub topic: String,
     pub dead_letter_topic: String,
+    pub jobs_topic: String,
     pub group_id: String,
     pub client_id: String,
     pub partitions: i32,

@@ -423,8 +423,9 @@ async fn a_sticky_device_error_commits_nothing_of_its_batch_and_the_next_worker_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_segment_that_crashes_every_owner_is_dead_lettered_after_max_attempts_deliveries()
 -> anyhow::Result<()> {
-    let broker = vidx_testkit::MockBroker::start(&[("crashes", 1), ("crashes.dlq", 1)])
-        .map_err(anyhow::Error::msg)?;
+    let broker =
+        vidx_testkit::MockBroker::start(&[("crashes", 1), ("crashes.dlq", 1), ("crashes.jobs", 1)])
+            .map_err(anyhow::Error::msg)?;
     let settings = broker.settings("crashes", 1);
     ensure_topics(&settings).await?;
     let producer = KafkaQueue::producer(settings.clone())?;

@@ -14,6 +14,17 @@ use prost::Message;
 use vidx_core::fusion::{ChannelScores, SearchHit};
 use vidx_core::{QueueError, SegmentMedia, SubtitleCue, TimeRange};
 
+/// Encode a jobs-topic record.
+pub fn encode_job_entry(entry: &v1::JobJournalEntry) -> Vec<u8> {
+    entry.encode_to_vec()
+}
+
+/// Decode a jobs-topic record.
+pub fn decode_job_entry(bytes: &[u8]) -> Result<v1::JobJournalEntry, QueueError> {
+    v1::JobJournalEntry::decode(bytes)
+        .map_err(|error| QueueError::Malformed(format!("JobJournalEntry: {error}")))
+}
+
 /// Encode a task as the queue message.
 pub fn encode_segment_task(task: &vidx_core::SegmentTask) -> Vec<u8> {
     v1::SegmentTask::from(task).encode_to_vec()

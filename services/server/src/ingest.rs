@@ -6,6 +6,11 @@
 //! Progress comes from the queue itself ([`IngestProgress`]), so it holds across worker
 //! crashes and rebalances: a segment is finished once the workers settled past its offset
 //! (indexed or dead-lettered), and it failed if its offset shows up as a dead letter.
+//!
+//! Jobs are recorded in a [`JobJournal`] (the compacted jobs topic in a cluster) when they are
+//! accepted and when their segmenting ends, so that a restarted ingest node still answers for
+//! them: finished ones with the segments they published, unfinished ones segmented again
+//! (their point ids make that idempotent) and live streams reconnected.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -15,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
-use vidx_core::ports::{BlobStore, DeliveryTag, IngestProgress, SegmentQueue};
+use vidx_core::ports::{BlobStore, BoxFuture, DeliveryTag, IngestProgress, SegmentQueue};
 use vidx_core::{QueueError, SegmentMedia};
 use vidx_media::{InputSource, SegmentOptions, UrlPolicy};
 use vidx_proto::v1;
@@ -163,10 +168,66 @@ fn resolve_path(path: &Path, roots: &[PathBuf]) -> Result<InputSource, Status> {
     Ok(InputSource::File(canonical))
 }
 
+/// Where an ingest node keeps its jobs, so that a restart does not forget them.
+pub trait JobJournal: Send + Sync + std::fmt::Debug {
+    /// Record the job's latest state; durable when it returns.
+    fn record<'a>(
+        &'a self,
+        entry: &'a v1::JobJournalEntry,
+    ) -> BoxFuture<'a, Result<(), QueueError>>;
+    /// The latest state of every job recorded. Blocking (a broker round trip or more).
+    fn replay(&self) -> Result<Vec<v1::JobJournalEntry>, QueueError>;
+}
+
+/// No journal: `vidx index`, whose jobs end with the run (the next run segments again).
+#[derive(Debug, Default)]
+pub struct NoJournal;
+
+impl JobJournal for NoJournal {
+    fn record<'a>(
+        &'a self,
+        _entry: &'a v1::JobJournalEntry,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn replay(&self) -> Result<Vec<v1::JobJournalEntry>, QueueError> {
+        Ok(Vec::new())
+    }
+}
+
+impl JobJournal for vidx_bus::JobTopic {
+    fn record<'a>(
+        &'a self,
+        entry: &'a v1::JobJournalEntry,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async move {
+            vidx_bus::JobTopic::record(self, &entry.job_id, &vidx_proto::encode_job_entry(entry))
+                .await
+        })
+    }
+
+    fn replay(&self) -> Result<Vec<v1::JobJournalEntry>, QueueError> {
+        Ok(vidx_bus::JobTopic::replay(self)?
+            .into_iter()
+            .filter_map(|(key, bytes)| match vidx_proto::decode_job_entry(&bytes) {
+                Ok(entry) => Some(entry),
+                Err(error) => {
+                    tracing::warn!(job_id = key, error = %error, "unreadable job record skipped");
+                    None
+                }
+            })
+            .collect())
+    }
+}
+
 #[derive(Debug)]
 struct JobRecord {
     tenant: String,
     source: String,
+    /// The source as submitted and the stream id, for the journal.
+    submitted: String,
+    stream_id: String,
     segmenting: bool,
     segmented: bool,
     published: Vec<DeliveryTag>,
@@ -211,11 +272,14 @@ impl Jobs {
             .map_err(|_| Status::internal("job table lock poisoned"))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn insert(
         &self,
         id: &str,
         tenant: &str,
         source: &str,
+        submitted: &str,
+        stream_id: &str,
         max_jobs: usize,
         live_stream: Option<&str>,
     ) -> Result<(), Status> {
@@ -235,6 +299,8 @@ impl Jobs {
             JobRecord {
                 tenant: tenant.to_string(),
                 source: source.to_string(),
+                submitted: submitted.to_string(),
+                stream_id: stream_id.to_string(),
                 segmenting: false,
                 segmented: false,
                 published: Vec::new(),
@@ -254,6 +320,74 @@ impl Jobs {
         );
         table.order.push_back(id.to_string());
         Ok(())
+    }
+
+    /// A job of the journal that had ended its segmenting before the node restarted: its
+    /// progress comes from the segments it published.
+    fn restore_finished(&self, entry: &v1::JobJournalEntry, source: &str, max_jobs: usize) {
+        if self
+            .insert(
+                &entry.job_id,
+                &entry.tenant,
+                source,
+                &entry.source,
+                &entry.stream_id,
+                max_jobs,
+                None,
+            )
+            .is_err()
+        {
+            return;
+        }
+        if let Ok(mut table) = self.table.lock() {
+            let tags: Vec<DeliveryTag> = entry
+                .published
+                .iter()
+                .map(|at| DeliveryTag {
+                    partition: at.partition,
+                    offset: at.offset,
+                })
+                .collect();
+            for tag in &tags {
+                table.by_tag.insert(*tag, entry.job_id.clone());
+            }
+            if let Some(job) = table.jobs.get_mut(&entry.job_id) {
+                job.segmenting = true;
+                job.segmented = true;
+                job.published = tags;
+                job.error = entry.error.clone();
+            }
+        }
+    }
+
+    /// The journal record of a job as it stands.
+    fn entry(&self, id: &str) -> Option<v1::JobJournalEntry> {
+        let table = self.table.lock().ok()?;
+        let job = table.jobs.get(id)?;
+        Some(v1::JobJournalEntry {
+            job_id: id.to_string(),
+            tenant: job.tenant.clone(),
+            source: job.submitted.clone(),
+            stream_id: job.stream_id.clone(),
+            live: job.live.is_some(),
+            segmented: job.segmented,
+            published: job
+                .published
+                .iter()
+                .map(|tag| v1::SegmentRef {
+                    partition: tag.partition,
+                    offset: tag.offset,
+                })
+                .collect(),
+            error: job.error.clone(),
+        })
+    }
+
+    fn remove(&self, id: &str) {
+        if let Ok(mut table) = self.table.lock() {
+            table.jobs.remove(id);
+            table.order.retain(|known| known != id);
+        }
     }
 
     /// The stop flag of a live job.
@@ -486,18 +620,21 @@ pub struct Ingest<Q> {
     settings: Arc<IngestSettings>,
     queue: Arc<Q>,
     progress: Arc<dyn IngestProgress>,
+    journal: Arc<dyn JobJournal>,
     jobs: Arc<Jobs>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 }
 
 impl<Q: SegmentQueue> Ingest<Q> {
-    /// Jobs segment into `queue`; `progress` reports on the same queue. Segmenting stops
-    /// when `shutdown` turns true (the job ends with an error saying so).
+    /// Jobs segment into `queue`; `progress` reports on the same queue; `journal` keeps the
+    /// jobs for a restart. Segmenting stops when `shutdown` turns true (the job ends with an
+    /// error saying so).
     pub fn new(
         settings: IngestSettings,
         queue: Arc<Q>,
         progress: Arc<dyn IngestProgress>,
+        journal: Arc<dyn JobJournal>,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
@@ -505,6 +642,7 @@ impl<Q: SegmentQueue> Ingest<Q> {
             settings: Arc::new(settings),
             queue,
             progress,
+            journal,
             jobs: Arc::new(Jobs::default()),
             metrics,
             shutdown,
@@ -516,7 +654,8 @@ impl<Q: SegmentQueue> Ingest<Q> {
     }
 
     /// Accept a job for `input` as `stream_id` of `tenant`: its id, and the work that
-    /// segments and publishes it (spawn it, or await it).
+    /// segments and publishes it (spawn it, or await it). Not journaled: what `vidx index`
+    /// does; a node's requests go through [`submit`](Self::submit).
     pub fn accept(
         &self,
         tenant: &str,
@@ -524,11 +663,113 @@ impl<Q: SegmentQueue> Ingest<Q> {
         stream_id: String,
         live: bool,
     ) -> Result<(String, impl Future<Output = ()> + Send + use<Q>), Status> {
-        let job_id = uuid::Uuid::new_v4().to_string();
+        let submitted = input.display_name();
+        self.accept_as(
+            uuid::Uuid::new_v4().to_string(),
+            tenant,
+            input,
+            &submitted,
+            stream_id,
+            live,
+        )
+    }
+
+    /// Accept `source` (as submitted) as a job and record it in the journal before the caller
+    /// hears of it: a node that restarts after this still knows the job.
+    pub async fn submit(
+        &self,
+        tenant: &str,
+        source: &str,
+        stream_id: String,
+        live: bool,
+    ) -> Result<(String, impl Future<Output = ()> + Send + use<Q>), Status> {
+        let input = resolve_source(source, &self.settings)?;
+        let (job_id, work) = self.accept_as(
+            uuid::Uuid::new_v4().to_string(),
+            tenant,
+            input,
+            source,
+            stream_id,
+            live,
+        )?;
+        let entry = self
+            .jobs
+            .entry(&job_id)
+            .ok_or_else(|| Status::internal("job vanished"))?;
+        if let Err(error) = self.journal.record(&entry).await {
+            self.jobs.remove(&job_id);
+            return Err(Status::unavailable(format!(
+                "cannot record the job: {error}"
+            )));
+        }
+        Ok((job_id, work))
+    }
+
+    /// Take back the jobs of the journal, for a node that restarted: jobs whose segmenting
+    /// had ended answer with the segments they published; the others are segmented again
+    /// under their id (the same points; live streams reconnect). Returns their works, to
+    /// spawn. A source that the rules refuse now ends its job with the reason.
+    pub async fn restore(
+        &self,
+    ) -> Result<Vec<impl Future<Output = ()> + Send + use<Q>>, QueueError> {
+        let journal = self.journal.clone();
+        let entries = tokio::task::spawn_blocking(move || journal.replay())
+            .await
+            .map_err(|error| QueueError::Unavailable(format!("jobs replay task: {error}")))??;
+        let mut works = Vec::new();
+        let (mut finished, mut resumed) = (0usize, 0usize);
+        for mut entry in entries {
+            if !entry.segmented {
+                let reason = match resolve_source(&entry.source, &self.settings) {
+                    Ok(input) => match self.accept_as(
+                        entry.job_id.clone(),
+                        &entry.tenant,
+                        input,
+                        &entry.source,
+                        entry.stream_id.clone(),
+                        entry.live,
+                    ) {
+                        Ok((_, work)) => {
+                            resumed += 1;
+                            works.push(work);
+                            continue;
+                        }
+                        Err(status) => status.message().to_string(),
+                    },
+                    Err(status) => status.message().to_string(),
+                };
+                tracing::warn!(job_id = entry.job_id, reason, "job not resumed");
+                entry.segmented = true;
+                entry.error = format!("not resumed after a restart: {reason}");
+            }
+            let shown = resolve_source(&entry.source, &self.settings)
+                .map(|input| input.display_name())
+                .unwrap_or_else(|_| entry.stream_id.clone());
+            self.jobs
+                .restore_finished(&entry, &shown, self.settings.max_jobs);
+            finished += 1;
+        }
+        if finished + resumed > 0 {
+            tracing::info!(finished, resumed, "jobs restored from the journal");
+        }
+        Ok(works)
+    }
+
+    fn accept_as(
+        &self,
+        job_id: String,
+        tenant: &str,
+        input: InputSource,
+        submitted: &str,
+        stream_id: String,
+        live: bool,
+    ) -> Result<(String, impl Future<Output = ()> + Send + use<Q>), Status> {
         self.jobs.insert(
             &job_id,
             tenant,
             &input.display_name(),
+            submitted,
+            &stream_id,
             self.settings.max_jobs,
             live.then_some(stream_id.as_str()),
         )?;
@@ -541,6 +782,7 @@ impl<Q: SegmentQueue> Ingest<Q> {
             JobContext {
                 settings: self.settings.clone(),
                 queue: self.queue.clone(),
+                journal: self.journal.clone(),
                 jobs: self.jobs.clone(),
                 metrics: self.metrics.clone(),
                 shutdown: self.shutdown.clone(),
@@ -643,7 +885,6 @@ impl<Q: SegmentQueue> v1::ingest_service_server::IngestService for IngestApi<Q> 
     ) -> Result<Response<v1::SubmitResponse>, Status> {
         let tenant = tenant_of(&request)?;
         let request = request.into_inner();
-        let input = resolve_source(&request.source, self.ingest.settings())?;
         let stream_id = match request.stream_id {
             Some(stream_id) if stream_id.trim().is_empty() => {
                 return Err(invalid("stream_id", "must not be empty when set"));
@@ -655,10 +896,13 @@ impl<Q: SegmentQueue> v1::ingest_service_server::IngestService for IngestApi<Q> 
                 ));
             }
             Some(stream_id) => stream_id,
-            None => input.display_name(),
+            None => resolve_source(&request.source, self.ingest.settings())?.display_name(),
         };
         let live = is_live_source(&request.source);
-        let (job_id, work) = self.ingest.accept(&tenant, input, stream_id, live)?;
+        let (job_id, work) = self
+            .ingest
+            .submit(&tenant, &request.source, stream_id, live)
+            .await?;
         // The job's span is a child of this request's (and so of the caller's trace).
         tokio::spawn(tracing::Instrument::instrument(
             work,
@@ -733,6 +977,7 @@ fn place_media(
 struct JobContext<Q> {
     settings: Arc<IngestSettings>,
     queue: Arc<Q>,
+    journal: Arc<dyn JobJournal>,
     jobs: Arc<Jobs>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
@@ -752,6 +997,7 @@ async fn run_job<Q: SegmentQueue>(
     let JobContext {
         settings,
         queue,
+        journal,
         jobs,
         metrics,
         shutdown,
@@ -896,10 +1142,19 @@ async fn run_job<Q: SegmentQueue>(
     }
     // Every chunk was moved into its message or the blob store.
     let _ = std::fs::remove_dir_all(&spool);
+    let interrupted = error == INTERRUPTED;
     jobs.update(&job_id, |job| {
         job.segmented = true;
         job.error = error;
     });
+    // The job's end, for a node that restarts: not when the node is shutting down, so that
+    // its next start segments the job again instead of reporting it cut short.
+    if !interrupted
+        && let Some(entry) = jobs.entry(&job_id)
+        && let Err(error) = journal.record(&entry).await
+    {
+        tracing::warn!(job_id, error = %error, "the job's end was not recorded: a restarted node segments it again");
+    }
 }
 
 #[cfg(test)]
@@ -1016,7 +1271,7 @@ mod tests {
     #[test]
     fn job_state_follows_commits_and_dead_letters() -> Result<(), Status> {
         let jobs = Jobs::default();
-        jobs.insert("j", "acme", "/v.mp4", 10, None)?;
+        jobs.insert("j", "acme", "/v.mp4", "/v.mp4", "/v.mp4", 10, None)?;
         jobs.update("j", |job| job.segmenting = true);
         let tags: Vec<DeliveryTag> = (0..4)
             .map(|offset| DeliveryTag {
@@ -1054,7 +1309,7 @@ mod tests {
     #[test]
     fn blobs_are_released_after_their_commit_and_kept_when_dead_lettered() -> Result<(), Status> {
         let jobs = Jobs::default();
-        jobs.insert("j", "acme", "/v.mp4", 1, None)?;
+        jobs.insert("j", "acme", "/v.mp4", "/v.mp4", "/v.mp4", 1, None)?;
         let tag = |offset| DeliveryTag {
             partition: 0,
             offset,
@@ -1068,7 +1323,7 @@ mod tests {
         }
         jobs.published("j", tag(3), None);
         // The job record is evicted; its blobs are still collected.
-        jobs.insert("k", "acme", "/w.mp4", 1, None)?;
+        jobs.insert("k", "acme", "/w.mp4", "/w.mp4", "/w.mp4", 1, None)?;
         assert_eq!(jobs.pending_blobs(), 3);
 
         let start = Instant::now();

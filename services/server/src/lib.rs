@@ -259,6 +259,7 @@ pub fn kafka_settings(kafka: &KafkaConfig) -> KafkaSettings {
         brokers: kafka.brokers.clone(),
         topic: kafka.topic.clone(),
         dead_letter_topic: kafka.dead_letter_topic.clone(),
+        jobs_topic: kafka.jobs_topic.clone(),
         group_id: kafka.group_id.clone(),
         client_id: kafka.client_id.clone(),
         partitions: kafka.partitions,
@@ -457,13 +458,20 @@ where
                 .await
                 .map_err(|error| ServerError::Startup(error.to_string()))??,
         );
-        Some(Arc::new(Ingest::new(
+        let journal = Arc::new(vidx_bus::JobTopic::connect(settings.kafka.clone())?);
+        let ingest = Arc::new(Ingest::new(
             settings.ingest.clone(),
             producer,
             progress,
+            journal,
             metrics.clone(),
             shutdown.clone(),
-        )))
+        ));
+        // The jobs this node (or the one it replaces) had: answered for, finished, resumed.
+        for work in ingest.restore().await? {
+            tokio::spawn(work);
+        }
+        Some(ingest)
     } else {
         None
     };

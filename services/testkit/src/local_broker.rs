@@ -80,6 +80,7 @@ impl LocalBroker {
             brokers: self.bootstrap(),
             topic: format!("segments-{id}"),
             dead_letter_topic: format!("segments-{id}.dlq"),
+            jobs_topic: format!("segments-{id}.jobs"),
             group_id: format!("workers-{id}"),
             partitions,
             session_timeout: Duration::from_secs(6),

@@ -67,14 +67,15 @@ impl MockBroker {
         &self.bootstrap
     }
 
-    /// The configured Kafka defaults pointed at this cluster, with `topic` (and its
-    /// dead-letter topic `{topic}.dlq`, both created by [`start`](Self::start)), a group of
-    /// the same name and a short session timeout.
+    /// The configured Kafka defaults pointed at this cluster, with `topic` and its
+    /// dead-letter and jobs topics `{topic}.dlq` and `{topic}.jobs` (create all three with
+    /// [`start`](Self::start)), a group of the same name and a short session timeout.
     pub fn settings(&self, topic: &str, partitions: i32) -> vidx_bus::KafkaSettings {
         vidx_bus::KafkaSettings {
             brokers: self.bootstrap.clone(),
             topic: topic.to_string(),
             dead_letter_topic: format!("{topic}.dlq"),
+            jobs_topic: format!("{topic}.jobs"),
             group_id: format!("{topic}-workers"),
             partitions,
             session_timeout: std::time::Duration::from_secs(6),
