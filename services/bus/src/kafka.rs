@@ -773,9 +773,16 @@ impl KafkaQueue {
                 ))
             })
             .await
-            .map_err(|error| QueueError::Unavailable(format!("kafka committed task: {error}")))?
-            .map_err(|error| unavailable("committed offsets", error))?;
-            let (committed, deliveries) = restored.unwrap_or_default();
+            .map_err(|error| QueueError::Unavailable(format!("kafka committed task: {error}")))?;
+            // A broker that cannot answer now costs the counts of earlier owners (they start
+            // again from this one), not the worker.
+            let (committed, deliveries) = match restored {
+                Ok(restored) => restored.unwrap_or_default(),
+                Err(error) => {
+                    tracing::warn!(partition = tag.partition, error = %error, "delivery counts not restored; counting from this owner");
+                    Default::default()
+                }
+            };
             self.lock_tracker()?
                 .restore(tag.partition, committed, deliveries);
         }
