@@ -282,6 +282,11 @@ impl Drop for Node {
     }
 }
 
+/// One cluster at a time in this process, whatever runs the tests (`cargo test` runs a
+/// binary's tests in parallel; nextest runs them alone, `.config/nextest.toml`): their
+/// recovery bounds are seconds, and parallel clusters would starve each other's nodes.
+static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A broker, a Qdrant server, an ingest node and worker nodes, with a video to index.
 struct Cluster {
     directory: tempfile::TempDir,
@@ -291,10 +296,15 @@ struct Cluster {
     workers: Vec<Node>,
     video: PathBuf,
     segments: u64,
+    /// Last: released once everything above is stopped.
+    _alone: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Cluster {
     fn start(workers: usize, segments: u64) -> Result<Self> {
+        let alone = ONE_CLUSTER
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let directory = tempfile::tempdir()?;
         let media = std::fs::canonicalize(directory.path())?.join("media");
         std::fs::create_dir_all(&media)?;
@@ -368,6 +378,7 @@ impl Cluster {
             workers: nodes,
             video,
             segments,
+            _alone: alone,
         };
         for worker in &cluster.workers {
             cluster.wait_for(
