@@ -324,12 +324,12 @@ impl Jobs {
 
     /// A job of the journal that had ended its segmenting before the node restarted: its
     /// progress comes from the segments it published.
-    fn restore_finished(&self, entry: &v1::JobJournalEntry, source: &str, max_jobs: usize) {
+    fn restore_finished(&self, entry: &v1::JobJournalEntry, max_jobs: usize) {
         if self
             .insert(
                 &entry.job_id,
                 &entry.tenant,
-                source,
+                &entry.display_source,
                 &entry.source,
                 &entry.stream_id,
                 max_jobs,
@@ -368,6 +368,7 @@ impl Jobs {
             job_id: id.to_string(),
             tenant: job.tenant.clone(),
             source: job.submitted.clone(),
+            display_source: job.source.clone(),
             stream_id: job.stream_id.clone(),
             live: job.live.is_some(),
             segmented: job.segmented,
@@ -674,16 +675,18 @@ impl<Q: SegmentQueue> Ingest<Q> {
         )
     }
 
-    /// Accept `source` (as submitted) as a job and record it in the journal before the caller
-    /// hears of it: a node that restarts after this still knows the job.
+    /// Accept `source` (as submitted) as a job, under `stream_id` or else the input's name,
+    /// and record it in the journal before the caller hears of it: a node that restarts after
+    /// this still knows the job.
     pub async fn submit(
         &self,
         tenant: &str,
         source: &str,
-        stream_id: String,
+        stream_id: Option<String>,
         live: bool,
     ) -> Result<(String, impl Future<Output = ()> + Send + use<Q>), Status> {
         let input = resolve_source(source, &self.settings)?;
+        let stream_id = stream_id.unwrap_or_else(|| input.display_name());
         let (job_id, work) = self.accept_as(
             uuid::Uuid::new_v4().to_string(),
             tenant,
@@ -742,11 +745,7 @@ impl<Q: SegmentQueue> Ingest<Q> {
                 entry.segmented = true;
                 entry.error = format!("not resumed after a restart: {reason}");
             }
-            let shown = resolve_source(&entry.source, &self.settings)
-                .map(|input| input.display_name())
-                .unwrap_or_else(|_| entry.stream_id.clone());
-            self.jobs
-                .restore_finished(&entry, &shown, self.settings.max_jobs);
+            self.jobs.restore_finished(&entry, self.settings.max_jobs);
             finished += 1;
         }
         if finished + resumed > 0 {
@@ -895,8 +894,7 @@ impl<Q: SegmentQueue> v1::ingest_service_server::IngestService for IngestApi<Q> 
                     format!("longer than {MAX_STREAM_ID_CHARS} characters"),
                 ));
             }
-            Some(stream_id) => stream_id,
-            None => resolve_source(&request.source, self.ingest.settings())?.display_name(),
+            stream_id => stream_id,
         };
         let live = is_live_source(&request.source);
         let (job_id, work) = self
