@@ -620,19 +620,9 @@ impl KafkaQueue {
     /// The group's committed offset of `partition` on the broker (the next offset to read),
     /// `None` when nothing was committed. Blocks for a broker round trip.
     pub fn committed_offset(&self, partition: i32) -> Result<Option<i64>, QueueError> {
-        let mut list = TopicPartitionList::new();
-        list.add_partition(&self.settings.topic, partition);
-        let committed = self
-            .consuming()?
-            .consumer
-            .committed_offsets(list, Duration::from_secs(10))
-            .map_err(|error| unavailable("committed offsets", error))?;
-        Ok(committed
-            .find_partition(&self.settings.topic, partition)
-            .and_then(|element| match element.offset() {
-                Offset::Offset(offset) => Some(offset),
-                _ => None,
-            }))
+        committed_at(&self.consuming()?.consumer, &self.settings.topic, partition)
+            .map(|(offset, _)| offset)
+            .map_err(|error| unavailable("committed offsets", error))
     }
 
     /// Messages received and not yet acked or nacked.
@@ -757,27 +747,15 @@ impl KafkaQueue {
             let consuming = self.consuming()?.clone();
             let topic = self.settings.topic.clone();
             let restored = tokio::task::spawn_blocking(move || {
-                let mut list = TopicPartitionList::new();
-                list.add_partition(&topic, tag.partition);
-                let committed = consuming
-                    .consumer
-                    .committed_offsets(list, Duration::from_secs(10))?;
-                Ok::<_, KafkaError>(committed.find_partition(&topic, tag.partition).map(
-                    |element| {
-                        let offset = match element.offset() {
-                            Offset::Offset(offset) => Some(offset),
-                            _ => None,
-                        };
-                        (offset, decode_deliveries(element.metadata()))
-                    },
-                ))
+                committed_at(&consuming.consumer, &topic, tag.partition)
+                    .map(|(offset, metadata)| (offset, decode_deliveries(&metadata)))
             })
             .await
             .map_err(|error| QueueError::Unavailable(format!("kafka committed task: {error}")))?;
             // A broker that cannot answer now costs the counts of earlier owners (they start
             // again from this one), not the worker.
             let (committed, deliveries) = match restored {
-                Ok(restored) => restored.unwrap_or_default(),
+                Ok(restored) => restored,
                 Err(error) => {
                     tracing::warn!(partition = tag.partition, error = %error, "delivery counts not restored; counting from this owner");
                     Default::default()
@@ -911,6 +889,28 @@ impl KafkaQueue {
         pending.orphan = None;
         settled
     }
+}
+
+/// The group's last commit of `partition` on the broker: the next offset to read (`None`
+/// when nothing was committed) and the commit's metadata. Blocks for a broker round trip.
+fn committed_at(
+    consumer: &StreamConsumer<GroupContext>,
+    topic: &str,
+    partition: i32,
+) -> Result<(Option<i64>, String), KafkaError> {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10))?;
+    Ok(committed
+        .find_partition(topic, partition)
+        .map(|element| {
+            let offset = match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            };
+            (offset, element.metadata().to_string())
+        })
+        .unwrap_or_default())
 }
 
 /// `tenant/stream`: one stream's segments stay ordered within a partition.
