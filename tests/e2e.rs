@@ -8,6 +8,7 @@ use std::process::{Command, Output, Stdio};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
+use vidx_testkit::ffmpeg;
 
 const VIDX: &str = env!("CARGO_BIN_EXE_vidx");
 
@@ -51,20 +52,6 @@ const CUES: &[(u64, u64, &str)] = &[
         "A snowplow clears the icy road between the peaks.",
     ),
 ];
-
-fn ffmpeg(arguments: &[&str]) -> Result<()> {
-    let output = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y"])
-        .args(arguments)
-        .output()
-        .context("running the ffmpeg CLI")?;
-    ensure!(
-        output.status.success(),
-        "ffmpeg failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
-}
 
 fn srt_time(ms: u64) -> String {
     format!(

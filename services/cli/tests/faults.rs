@@ -24,7 +24,7 @@ use vidx_core::{RecordKind, point_id};
 use vidx_proto::v1;
 use vidx_proto::v1::ingest_service_client::IngestServiceClient;
 use vidx_proto::v1::worker_service_client::WorkerServiceClient;
-use vidx_testkit::{MockBroker, QdrantServer};
+use vidx_testkit::{MockBroker, QdrantServer, ffmpeg};
 
 const VIDX: &str = env!("CARGO_BIN_EXE_vidx");
 const SEGMENT_MS: u64 = 2_000;
@@ -85,20 +85,6 @@ fn http(
         rest.to_string()
     };
     Ok((status, body))
-}
-
-fn ffmpeg(arguments: &[&str]) -> Result<()> {
-    let output = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y"])
-        .args(arguments)
-        .output()
-        .context("running the ffmpeg CLI")?;
-    ensure!(
-        output.status.success(),
-        "ffmpeg failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
 }
 
 fn caption(seq: u64) -> String {
@@ -413,6 +399,29 @@ impl Cluster {
         }
     }
 
+    /// Wait until every worker holds at least one partition (the group has settled).
+    fn wait_for_every_worker_to_hold_partitions(&self) -> Result<Duration> {
+        self.wait_for(
+            "partitions on every worker",
+            Duration::from_secs(60),
+            || {
+                Ok(self
+                    .workers
+                    .iter()
+                    .all(|worker| worker.partitions().is_some_and(|held| !held.is_empty())))
+            },
+        )
+    }
+
+    /// Segments the workers logged as indexed, over all of them (those indexed twice, by a
+    /// crashed worker and the one that replayed them, count twice).
+    fn segments_indexed_by_workers(&self) -> usize {
+        self.workers
+            .iter()
+            .map(|worker| worker.log().matches("segment indexed").count())
+            .sum()
+    }
+
     fn logs(&self) -> String {
         let mut logs = format!("--- ingest\n{}", tail(&self.ingest.log()));
         for worker in &self.workers {
@@ -557,16 +566,7 @@ fn tail(text: &str) -> String {
 fn a_worker_killed_mid_job_loses_and_duplicates_nothing() -> Result<()> {
     let mut cluster = Cluster::start(2, 40)?;
     // Both workers hold partitions before the kill.
-    cluster.wait_for(
-        "partitions on both workers",
-        Duration::from_secs(60),
-        || {
-            Ok(cluster
-                .workers
-                .iter()
-                .all(|worker| worker.partitions().is_some_and(|held| !held.is_empty())))
-        },
-    )?;
+    cluster.wait_for_every_worker_to_hold_partitions()?;
     let submit = cluster.submit()?;
     cluster.wait_for("first points", Duration::from_secs(120), || {
         Ok(cluster.count() >= 3)
@@ -595,11 +595,7 @@ fn a_worker_killed_mid_job_loses_and_duplicates_nothing() -> Result<()> {
     cluster.assert_exact()?;
     // Segments indexed more than once: what the crash made the survivor replay (the dead
     // worker's upserts that it never committed).
-    let indexed: usize = cluster
-        .workers
-        .iter()
-        .map(|worker| worker.log().matches("segment indexed").count())
-        .sum();
+    let indexed = cluster.segments_indexed_by_workers();
     eprintln!(
         "recovery: partitions moved {:.1} s after the SIGKILL (session timeout {} s); \
          job done {:.1} s after it; {at_kill} of {} points stored at the kill; \
@@ -717,16 +713,7 @@ fn a_store_refusing_credentials_or_killed_is_waited_out() -> Result<()> {
 #[test]
 fn a_worker_stopped_past_its_session_timeout_rejoins_without_duplicates() -> Result<()> {
     let mut cluster = Cluster::start(2, 40)?;
-    cluster.wait_for(
-        "partitions on both workers",
-        Duration::from_secs(60),
-        || {
-            Ok(cluster
-                .workers
-                .iter()
-                .all(|worker| worker.partitions().is_some_and(|held| !held.is_empty())))
-        },
-    )?;
+    cluster.wait_for_every_worker_to_hold_partitions()?;
     let submit = cluster.submit()?;
     cluster.wait_for("first points", Duration::from_secs(120), || {
         Ok(cluster.count() >= 3)
@@ -890,16 +877,7 @@ fn bench_cluster_throughput_and_recovery() -> Result<()> {
     let mut runs = Vec::new();
     for workers in 1..=3 {
         let cluster = Cluster::start(workers, SEGMENTS)?;
-        cluster.wait_for(
-            "partitions on every worker",
-            Duration::from_secs(60),
-            || {
-                Ok(cluster
-                    .workers
-                    .iter()
-                    .all(|worker| worker.partitions().is_some_and(|held| !held.is_empty())))
-            },
-        )?;
+        cluster.wait_for_every_worker_to_hold_partitions()?;
         let started = Instant::now();
         let job = cluster.job(cluster.submit()?, Duration::from_secs(600))?;
         let seconds = started.elapsed().as_secs_f64();
@@ -916,16 +894,7 @@ fn bench_cluster_throughput_and_recovery() -> Result<()> {
     }
 
     let mut cluster = Cluster::start(2, SEGMENTS)?;
-    cluster.wait_for(
-        "partitions on both workers",
-        Duration::from_secs(60),
-        || {
-            Ok(cluster
-                .workers
-                .iter()
-                .all(|worker| worker.partitions().is_some_and(|held| !held.is_empty())))
-        },
-    )?;
+    cluster.wait_for_every_worker_to_hold_partitions()?;
     let submit = cluster.submit()?;
     cluster.wait_for("points", Duration::from_secs(120), || {
         Ok(cluster.count() >= SEGMENTS as usize / 4)
@@ -941,11 +910,7 @@ fn bench_cluster_throughput_and_recovery() -> Result<()> {
     cluster.job(submit, Duration::from_secs(600))?;
     let done = killed.elapsed();
     cluster.assert_exact()?;
-    let indexed: usize = cluster
-        .workers
-        .iter()
-        .map(|worker| worker.log().matches("segment indexed").count())
-        .sum();
+    let indexed = cluster.segments_indexed_by_workers();
     let report = serde_json::json!({
         "benchmark": "cluster throughput and recovery (services/cli/tests/faults.rs)",
         "segments": SEGMENTS,

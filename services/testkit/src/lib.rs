@@ -2,11 +2,13 @@
 //! `vidx` binary): Kafka-protocol brokers on loopback (`tansu`, and librdkafka's mock cluster
 //! for the crash tests), the Qdrant server, and a frame sampler that must never be called.
 
+mod ffmpeg;
 pub mod local_broker;
 pub mod mock_broker;
 mod no_frames;
 pub mod qdrant;
 
+pub use ffmpeg::ffmpeg;
 pub use local_broker::LocalBroker;
 pub use mock_broker::MockBroker;
 pub use no_frames::NoFrames;
