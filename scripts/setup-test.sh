@@ -6,7 +6,7 @@ set -euo pipefail
 # shellcheck source=scripts/apt-install.sh
 source "$(dirname "$0")/apt-install.sh"
 
-# g++ compiles the CUDA kernels' source for the CPU in services/model/tests/kernels_on_cpu.rs.
+# g++ compiles the CUDA kernels' source for the CPU in services/kernels/tests/kernels_on_cpu.rs.
 test_packages=(g++)
 apt_install_missing "the tests" "${test_packages[@]}"
 

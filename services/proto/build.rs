@@ -1,6 +1,9 @@
 //! One source of truth: `proto/vidx/v1/*.proto` at the repository root.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read when the script runs, not baked in when it is compiled: a build script compiled in
+    // one clone is reused by another at a different path when they share a target dir (the
+    // CUDA check's, outside the clone).
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let file = root.join("vidx/v1/vidx.proto");
     println!("cargo:rerun-if-changed={}", file.display());
     tonic_prost_build::configure()

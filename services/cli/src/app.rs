@@ -12,15 +12,13 @@ use vidx_core::ports::{Captioner, TextEmbedder, VisualEmbedder};
 use vidx_core::regions::RegionSettings;
 use vidx_core::types::vector_names;
 use vidx_media::FfmpegFrameSampler;
-use vidx_model::captioner::{CaptionSettings, DENSE_CAPTION_PROMPT, PlmCaptioner};
+use vidx_model::captioner::PlmCaptioner;
 use vidx_model::models::perception_lm::{PlmBundle, fetch_files};
-use vidx_model::{HubOptions, PeCoreEmbedder, PeCoreTextEmbedder, SentenceEmbedder};
+use vidx_model::{PeCoreEmbedder, PeCoreTextEmbedder, SentenceEmbedder};
 use vidx_pipeline::captioners::SubtitleCaptioner;
 use vidx_pipeline::{Models, SearchModels};
-use vidx_server::Engine;
-use vidx_store::{
-    AnyStore, EdgeStore, EdgeStoreOptions, ServerStore, ServerStoreOptions, VectorSpec,
-};
+use vidx_server::{Engine, ModelSettings, StoreSettings};
+use vidx_store::{AnyStore, EdgeStore, ServerStore, VectorSpec};
 
 use crate::args::{Cli, Command, CommonArgs, ConfigCommand, ModelCommand};
 
@@ -174,6 +172,10 @@ fn common_overrides(common: &CommonArgs) -> Vec<(String, toml::Value)> {
 pub struct AppContext {
     pub config: Config,
     pub data_dir: PathBuf,
+    /// `models.*`, typed once.
+    pub models: ModelSettings,
+    /// `store.*`, typed once.
+    pub store: StoreSettings,
 }
 
 impl AppContext {
@@ -197,27 +199,32 @@ impl AppContext {
         })?;
         init_logging(&config, env, verbose_logs);
         let data_dir = config.data_dir(env);
-        Ok(Self { config, data_dir })
+        let models = ModelSettings::from_config(&config.models)
+            .map_err(|error| cli_error(ErrorCode::InvalidInput, error.to_string()))?;
+        let store = StoreSettings::from_config(&config, &data_dir);
+        Ok(Self {
+            config,
+            data_dir,
+            models,
+            store,
+        })
     }
 
     pub fn index_dir(&self) -> PathBuf {
-        self.data_dir.join("index")
+        self.store.edge_path.clone()
+    }
+
+    fn device(&self) -> anyhow::Result<candle_core::Device> {
+        vidx_model::select_device(self.models.device)
+            .map_err(|error| cli_error(error.code(), error.to_string()))
     }
 
     /// Load the sentence embedder on a blocking thread.
     pub async fn text_embedder(&self) -> anyhow::Result<Arc<dyn TextEmbedder>> {
-        let models = self.config.models.clone();
-        let device = vidx_model::select_device(&models.device)
-            .map_err(|error| cli_error(error.code(), error.to_string()))?;
-        let options = HubOptions {
-            local_dir: (!models.text_embedder_dir.is_empty())
-                .then(|| PathBuf::from(&models.text_embedder_dir)),
-            offline: models.offline,
-            token: (!models.hf_token.is_empty()).then(|| models.hf_token.clone()),
-            pypi_package: None,
-        };
+        let device = self.device()?;
+        let source = self.models.text_embedder.clone();
         let embedder = tokio::task::spawn_blocking(move || {
-            SentenceEmbedder::from_hub(&models.text_embedder, options, device)
+            SentenceEmbedder::from_hub(&source.id, source.hub, device)
         })
         .await
         .context("model loading task")?
@@ -228,27 +235,19 @@ impl AppContext {
     /// The PE-Core visual embedder when one is configured (`models.visual_embedder[_dir]`),
     /// loaded on a blocking thread.
     pub async fn visual_embedder(&self) -> anyhow::Result<Option<Arc<PeCoreEmbedder>>> {
-        let models = self.config.models.clone();
-        if models.visual_embedder.is_empty() && models.visual_embedder_dir.is_empty() {
+        let Some(source) = self.models.visual_embedder.clone() else {
             return Ok(None);
-        }
-        let device = vidx_model::select_device(&models.device)
-            .map_err(|error| cli_error(error.code(), error.to_string()))?;
+        };
+        let device = self.device()?;
         // PE-Core runs in f32 on the CPU (candle's CPU matmul has no bf16).
         let dtype = if device.is_cpu() {
             candle_core::DType::F32
         } else {
-            vidx_model::select_dtype(&models.dtype, &device)
+            vidx_model::select_dtype(self.models.dtype, &device)
         };
-        let model_id = if models.visual_embedder.is_empty() {
-            models.visual_embedder_dir.clone()
-        } else {
-            models.visual_embedder.clone()
-        };
-        let options = self.hub_options(&models.visual_embedder_dir);
         let started = std::time::Instant::now();
         let embedder = tokio::task::spawn_blocking(move || {
-            PeCoreEmbedder::from_hub(&model_id, &options, device, dtype)
+            PeCoreEmbedder::from_hub(&source.id, &source.hub, device, dtype)
         })
         .await
         .context("model loading task")?
@@ -277,7 +276,7 @@ impl AppContext {
             visual_embedder: visual
                 .clone()
                 .map(|visual| visual as Arc<dyn VisualEmbedder>),
-            regions: (visual.is_some() && self.config.models.regions).then(RegionSettings::default),
+            regions: (visual.is_some() && self.models.regions).then(RegionSettings::default),
         });
         Ok(LoadedModels {
             text_dimension: text_embedder.dimension(),
@@ -309,50 +308,22 @@ impl AppContext {
                 Arc::new(PeCoreTextEmbedder(visual.clone())) as Arc<dyn TextEmbedder>
             }),
             fusion: Default::default(),
-            merge_gap_ms: self.config.models.merge_gap_ms,
-        }
-    }
-
-    fn hub_options(&self, local_dir: &str) -> HubOptions {
-        let models = &self.config.models;
-        HubOptions {
-            local_dir: (!local_dir.is_empty()).then(|| PathBuf::from(local_dir)),
-            offline: models.offline,
-            token: (!models.hf_token.is_empty()).then(|| models.hf_token.clone()),
-            pypi_package: None,
+            merge_gap_ms: self.models.merge_gap_ms,
         }
     }
 
     /// The PerceptionLM captioner when one is configured (`models.captioner[_dir]`), loaded
     /// on a blocking thread.
     pub async fn plm_captioner(&self) -> anyhow::Result<Option<Arc<dyn Captioner>>> {
-        let models = self.config.models.clone();
-        if models.captioner.is_empty() && models.captioner_dir.is_empty() {
+        let Some((source, settings)) = self.models.captioner.clone() else {
             return Ok(None);
-        }
-        let device = vidx_model::select_device(&models.device)
-            .map_err(|error| cli_error(error.code(), error.to_string()))?;
-        let dtype = vidx_model::select_dtype(&models.dtype, &device);
-        let model_id = if models.captioner.is_empty() {
-            models.captioner_dir.clone()
-        } else {
-            models.captioner.clone()
         };
-        let options = self.hub_options(&models.captioner_dir);
-        let settings = CaptionSettings {
-            prompt: if models.caption_prompt.is_empty() {
-                DENSE_CAPTION_PROMPT.into()
-            } else {
-                models.caption_prompt.clone()
-            },
-            max_new_tokens: models.max_new_tokens,
-            prefill_chunk: models.prefill_chunk,
-            ..CaptionSettings::default()
-        };
+        let device = self.device()?;
+        let dtype = vidx_model::select_dtype(self.models.dtype, &device);
         let started = std::time::Instant::now();
         let captioner = tokio::task::spawn_blocking(move || {
-            PlmBundle::from_hub(&model_id, &options, &device, dtype)
-                .map(|bundle| PlmCaptioner::new(Arc::new(bundle), settings, &model_id))
+            PlmBundle::from_hub(&source.id, &source.hub, &device, dtype)
+                .map(|bundle| PlmCaptioner::new(Arc::new(bundle), settings, &source.id))
         })
         .await
         .context("model loading task")?
@@ -367,9 +338,9 @@ impl AppContext {
 
     /// `vidx model fetch ID`: download everything `--model ID` needs into the HF cache.
     async fn fetch_model(&self, model_id: &str) -> anyhow::Result<u8> {
-        let mut options = self.hub_options("");
-        options.offline = false;
-        if self.config.models.offline {
+        let mut options = self.models.text_embedder.hub.clone();
+        options.local_dir = None;
+        if std::mem::take(&mut options.offline) {
             return Err(cli_error(
                 ErrorCode::Unavailable,
                 "models.offline is set: fetching needs the hub",
@@ -435,20 +406,13 @@ impl AppContext {
         text_dimension: usize,
         visual_dimension: Option<usize>,
     ) -> anyhow::Result<AnyStore> {
-        let store = &self.config.store;
-        if store.kind != "qdrant" {
+        let Some(options) = &self.store.server else {
             return Ok(AnyStore::Edge(
                 self.open_store(text_dimension, visual_dimension).await?,
             ));
-        }
-        let options = ServerStoreOptions {
-            url: store.url.clone(),
-            api_key: (!store.api_key.is_empty()).then(|| store.api_key.clone()),
-            collection: store.collection.clone(),
-            timeout: std::time::Duration::from_millis(store.timeout_ms),
         };
         let vectors = vector_specs(text_dimension, visual_dimension);
-        let server = ServerStore::connect(&options, &vectors)
+        let server = ServerStore::connect(options, &vectors)
             .await
             .map_err(|error| cli_error(error.code(), error.to_string()))?;
         Ok(AnyStore::Server(server))
@@ -459,12 +423,10 @@ impl AppContext {
         self.open_store_with(Vec::new()).await
     }
 
+    /// The embedded index (whatever `store.kind` says: `vidx index` and the local commands
+    /// always use it) with `vectors`.
     async fn open_store_with(&self, vectors: Vec<VectorSpec>) -> anyhow::Result<EdgeStore> {
-        let path = self.index_dir();
-        let options = EdgeStoreOptions {
-            optimize_after_points: self.config.store.optimize_after_points,
-            indexing_threshold_kb: None,
-        };
+        let (path, options) = (self.store.edge_path.clone(), self.store.edge.clone());
         tokio::task::spawn_blocking(move || EdgeStore::open(&path, &vectors, options))
             .await
             .context("store task")?

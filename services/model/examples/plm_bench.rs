@@ -126,7 +126,7 @@ fn arguments() -> anyhow::Result<Arguments> {
 fn main() -> anyhow::Result<()> {
     keep_freed_memory();
     let arguments = arguments()?;
-    let device: Device = vidx_model::select_device(&arguments.device)?;
+    let device: Device = vidx_model::select_device(arguments.device.parse()?)?;
     if let Some(tolerance) = arguments.check_attention {
         return check_attention(&device, arguments.dtype, tolerance);
     }
@@ -263,9 +263,9 @@ fn check_attention(device: &Device, dtype: DType, tolerance: f32) -> anyhow::Res
     // Each CUDA kernel on its own.
     #[cfg(feature = "cuda")]
     if device.is_cuda() {
-        for kernel in vidx_model::attention_cuda::Kernel::ALL {
+        for kernel in vidx_model::fused::Kernel::ALL {
             let attend = |q: &Tensor, k: &Tensor, v: &Tensor, scale, visible: Option<&_>| {
-                vidx_model::attention_cuda::attend_with(kernel, q, k, v, scale, visible)
+                vidx_model::fused::attend_with(kernel, q, k, v, scale, visible)
             };
             for (name, error) in vidx_model::attention::fused_error_with(device, dtype, &attend)? {
                 errors.push((format!("{} {name}", kernel.name()), error));
@@ -281,7 +281,7 @@ fn check_attention(device: &Device, dtype: DType, tolerance: f32) -> anyhow::Res
     let mut kernels = serde_json::json!(null);
     #[cfg(feature = "cuda")]
     if device.is_cuda() {
-        use vidx_model::cuda_ops::{Family, attention_kernel, check, verified};
+        use vidx_model::fused::{Family, attention_kernel, check, verified};
         let cases: serde_json::Map<String, serde_json::Value> = check(device)?
             .into_iter()
             .map(|(name, error)| (name, serde_json::json!(error)))
@@ -347,9 +347,8 @@ fn micro(device: &Device, dtype: DType) -> anyhow::Result<()> {
         record("attention_prefill_8192_causal_fused", secs, flops, 0.0);
     }
     #[cfg(feature = "cuda")]
-    for kernel in vidx_model::attention_cuda::Kernel::ALL {
-        let run =
-            || vidx_model::attention_cuda::attend_with(kernel, &q, &k, &v, 0.125, Some(&causal));
+    for kernel in vidx_model::fused::Kernel::ALL {
+        let run = || vidx_model::fused::attend_with(kernel, &q, &k, &v, 0.125, Some(&causal));
         if run()?.is_some() {
             let secs = time(&|| Ok(run()?.expect("kernel")))?;
             record(
@@ -371,8 +370,8 @@ fn micro(device: &Device, dtype: DType) -> anyhow::Result<()> {
         time(&|| vidx_model::attention::attend_grouped_batch(&stacked, &kd, &vd, 0.125, 4, None))?;
     record("attention_decode_32x8192_tensor_ops", secs, flops, 0.0);
     #[cfg(feature = "cuda")]
-    for kernel in vidx_model::attention_cuda::Kernel::ALL {
-        let run = || vidx_model::attention_cuda::attend_with(kernel, &qd, &kd, &vd, 0.125, None);
+    for kernel in vidx_model::fused::Kernel::ALL {
+        let run = || vidx_model::fused::attend_with(kernel, &qd, &kd, &vd, 0.125, None);
         if run()?.is_some() {
             let secs = time(&|| Ok(run()?.expect("kernel")))?;
             record(
@@ -394,8 +393,8 @@ fn micro(device: &Device, dtype: DType) -> anyhow::Result<()> {
         record("attention_vision_32x1025_fused", secs, flops, 0.0);
     }
     #[cfg(feature = "cuda")]
-    for kernel in vidx_model::attention_cuda::Kernel::ALL {
-        let run = || vidx_model::attention_cuda::attend_with(kernel, &qv, &kv, &vv, 0.125, None);
+    for kernel in vidx_model::fused::Kernel::ALL {
+        let run = || vidx_model::fused::attend_with(kernel, &qv, &kv, &vv, 0.125, None);
         if run()?.is_some() {
             let secs = time(&|| Ok(run()?.expect("kernel")))?;
             record(
@@ -421,9 +420,9 @@ fn micro(device: &Device, dtype: DType) -> anyhow::Result<()> {
     let secs = time(&|| Ok(vidx_model::ops::rope_qk_ops(&qkv, 16, &cos, &sin)?.0))?;
     record("rope_qk_32x1025_tensor_ops", secs, 0.0, bytes);
     #[cfg(feature = "cuda")]
-    if vidx_model::cuda_ops::rope_qk(&qkv, 16, &cos, &sin)?.is_some() {
+    if vidx_model::fused::rope_qk(&qkv, 16, &cos, &sin)?.is_some() {
         let secs = time(&|| {
-            Ok(vidx_model::cuda_ops::rope_qk(&qkv, 16, &cos, &sin)?
+            Ok(vidx_model::fused::rope_qk(&qkv, 16, &cos, &sin)?
                 .expect("rope kernel")
                 .0)
         })?;
@@ -516,7 +515,7 @@ fn micro(device: &Device, dtype: DType) -> anyhow::Result<()> {
         2.0 * in_bytes,
     );
     #[cfg(feature = "cuda")]
-    if vidx_model::cuda_ops::norm(&x, norm.weight(), norm.bias(), norm.eps(), true)?.is_some() {
+    if vidx_model::fused::norm(&x, norm.weight(), norm.bias(), norm.eps(), true)?.is_some() {
         record(
             "layer_norm_32800x1024_vidx",
             time(&|| vidx_model::ops::layer_norm(&norm, &x))?,

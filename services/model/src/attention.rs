@@ -4,7 +4,7 @@
 //! parallel task that walks its queries in blocks, multiplies a block only against the keys
 //! its rows can see (causal blocks skip the masked keys), applies the softmax in place in a
 //! cache-sized scratch buffer and accumulates `weights · V` straight into the output. On a
-//! CUDA GPU in bf16/f16 with head dim 64, `attention_cuda` runs the same computation as one
+//! CUDA GPU in bf16/f16 with head dim 64, `fused::attend` runs the same computation as one
 //! flash-attention style kernel ([`attend_fused`] picks either). Elsewhere the functions below
 //! compute it with tensor ops, in slices of heads so the score matrix of a slice stays a few MB.
 
@@ -309,7 +309,7 @@ fn attend_rows(
 }
 
 /// `softmax(q·kᵀ·scale)·v` by a fused kernel where one applies: on the CPU in f32
-/// ([`attend_cpu`]), on a CUDA GPU in bf16/f16 with head dim 64 (`attention_cuda`, with the
+/// ([`attend_cpu`]), on a CUDA GPU in bf16/f16 with head dim 64 (`fused::attend`, with the
 /// `cuda` feature). Same contract as [`attend_cpu`]: `q` `[B, Hq, L, d]`, `k`/`v`
 /// `[B, Hkv, K, d]`, query `i` of row `b` sees `visible.ranges()[b][i]`; returns
 /// `[B, L, Hq, d]`, or `None` when no kernel applies (use the tensor-op functions then).
@@ -324,7 +324,7 @@ pub fn attend_fused(
         return Ok(Some(output));
     }
     #[cfg(feature = "cuda")]
-    if let Some(output) = crate::attention_cuda::attend(q, k, v, scale, visible)? {
+    if let Some(output) = crate::fused::attend(q, k, v, scale, visible)? {
         return Ok(Some(output));
     }
     Ok(None)

@@ -32,8 +32,8 @@ impl ModelFiles {
     }
 }
 
-/// How to look for a model.
-#[derive(Debug, Clone, Default)]
+/// How to look for a model (its `Debug` hides the token).
+#[derive(Clone, Default)]
 pub struct HubOptions {
     /// A directory that holds the files; when set, nothing else is tried.
     pub local_dir: Option<PathBuf>,
@@ -43,6 +43,18 @@ pub struct HubOptions {
     pub token: Option<String>,
     /// A Python package whose `model/` folder holds the files (last resort).
     pub pypi_package: Option<String>,
+}
+
+impl std::fmt::Debug for HubOptions {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("HubOptions")
+            .field("local_dir", &self.local_dir)
+            .field("offline", &self.offline)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("pypi_package", &self.pypi_package)
+            .finish()
+    }
 }
 
 /// Find `required` (and, where present, `optional`) files of `model_id`.

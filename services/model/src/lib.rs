@@ -3,13 +3,11 @@
 //! device choice.
 
 pub mod attention;
-#[cfg(feature = "cuda")]
-pub mod attention_cuda;
 pub mod captioner;
 pub mod clip_tokenizer;
-#[cfg(feature = "cuda")]
-pub mod cuda_ops;
 mod device_error;
+#[cfg(feature = "cuda")]
+pub mod fused;
 pub mod hub;
 pub mod models;
 pub mod ops;
@@ -23,30 +21,81 @@ pub use pe_embedder::{PeCoreEmbedder, PeCoreTextEmbedder};
 
 use vidx_core::ModelError;
 
-/// Choose the candle device from a config string (`auto`, `cpu`, `cuda`, `cuda:N`). CUDA needs
-/// a build with the `cuda` feature. `auto` takes the first GPU when the build has the feature
-/// and one answers, else the CPU, and says which in a log line (once per process).
-pub fn select_device(device: &str) -> Result<candle_core::Device, ModelError> {
-    let unsupported = |reason: String| ModelError::UnsupportedConfig {
+/// Where the models run (`models.device`): `auto`, `cpu`, `cuda` or `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// The first GPU when the build has the `cuda` feature and one answers, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = ModelError;
+
+    fn from_str(device: &str) -> Result<Self, ModelError> {
+        match device {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|number| number.parse::<usize>().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| {
+                    unsupported_device(format!("`{other}`: expected auto, cpu, cuda or cuda:N"))
+                }),
+        }
+    }
+}
+
+/// The weights' and activations' type (`models.dtype`): `auto` is bf16 on a GPU and f32 on
+/// the CPU; an explicit one is taken as it is (a model that cannot run it on the device
+/// refuses it, naming `models.dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DTypeChoice {
+    #[default]
+    Auto,
+    F32,
+    F16,
+    BF16,
+}
+
+impl std::str::FromStr for DTypeChoice {
+    type Err = ModelError;
+
+    fn from_str(dtype: &str) -> Result<Self, ModelError> {
+        match dtype {
+            "auto" => Ok(Self::Auto),
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            "bf16" => Ok(Self::BF16),
+            other => Err(ModelError::UnsupportedConfig {
+                model: "dtype".into(),
+                field: "models.dtype".into(),
+                reason: format!("`{other}`: expected auto, f32, bf16 or f16"),
+            }),
+        }
+    }
+}
+
+fn unsupported_device(reason: String) -> ModelError {
+    ModelError::UnsupportedConfig {
         model: "device".into(),
         field: "models.device".into(),
         reason,
-    };
-    match device {
-        "auto" => Ok(auto_device()),
-        "cpu" => Ok(candle_core::Device::Cpu),
-        cuda if cuda == "cuda" || cuda.starts_with("cuda:") => {
-            let index = match cuda.strip_prefix("cuda:") {
-                None => 0,
-                Some(number) => number
-                    .parse::<usize>()
-                    .map_err(|_| unsupported(format!("`{cuda}`: expected cuda:N")))?,
-            };
-            cuda_device(index).map_err(unsupported)
-        }
-        other => Err(unsupported(format!(
-            "`{other}`: expected cpu, cuda or cuda:N"
-        ))),
+    }
+}
+
+/// The candle device of `choice`. CUDA needs a build with the `cuda` feature. `auto` takes the
+/// first GPU when the build has the feature and one answers, else the CPU, and says which in a
+/// log line (once per process).
+pub fn select_device(choice: DeviceChoice) -> Result<candle_core::Device, ModelError> {
+    match choice {
+        DeviceChoice::Auto => Ok(auto_device()),
+        DeviceChoice::Cpu => Ok(candle_core::Device::Cpu),
+        DeviceChoice::Cuda(index) => cuda_device(index).map_err(unsupported_device),
     }
 }
 
@@ -66,15 +115,13 @@ fn auto_device() -> candle_core::Device {
     .clone()
 }
 
-/// The dtype from a config string: `auto` is bf16 on a GPU and f32 on the CPU; an explicit
-/// dtype is taken as it is (a model that cannot run it on the device refuses it, naming
-/// `models.dtype`).
-pub fn select_dtype(dtype: &str, device: &candle_core::Device) -> candle_core::DType {
+/// The dtype of `choice` on `device`.
+pub fn select_dtype(choice: DTypeChoice, device: &candle_core::Device) -> candle_core::DType {
     use candle_core::DType;
-    match (dtype, device.is_cpu()) {
-        ("auto", true) | ("f32", _) => DType::F32,
-        ("f16", _) => DType::F16,
-        _ => DType::BF16,
+    match (choice, device.is_cpu()) {
+        (DTypeChoice::Auto, true) | (DTypeChoice::F32, _) => DType::F32,
+        (DTypeChoice::F16, _) => DType::F16,
+        (DTypeChoice::BF16, _) | (DTypeChoice::Auto, false) => DType::BF16,
     }
 }
 
@@ -96,12 +143,15 @@ mod tests {
 
     #[test]
     fn auto_runs_on_the_cpu_without_a_gpu_and_bad_devices_name_the_field() {
+        let device = |text: &str| text.parse::<DeviceChoice>();
         // No GPU here (and no cuda feature in a default build): auto is the CPU.
         #[cfg(not(feature = "cuda"))]
-        assert!(select_device("auto").is_ok_and(|device| device.is_cpu()));
-        assert!(select_device("cpu").is_ok_and(|device| device.is_cpu()));
-        for bad in ["gpu", "cuda:x"] {
-            let error = select_device(bad).err().map(|error| error.to_string());
+        assert!(select_device(DeviceChoice::Auto).is_ok_and(|device| device.is_cpu()));
+        assert!(select_device(DeviceChoice::Cpu).is_ok_and(|device| device.is_cpu()));
+        assert_eq!(device("cuda").ok(), Some(DeviceChoice::Cuda(0)));
+        assert_eq!(device("cuda:3").ok(), Some(DeviceChoice::Cuda(3)));
+        for bad in ["gpu", "cuda:x", "cuda:", "CPU"] {
+            let error = device(bad).err().map(|error| error.to_string());
             assert!(
                 error
                     .as_deref()
@@ -109,9 +159,21 @@ mod tests {
                 "{bad}: {error:?}"
             );
         }
+        let error = "fp8"
+            .parse::<DTypeChoice>()
+            .err()
+            .map(|error| error.to_string());
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|error| error.contains("models.dtype")),
+            "{error:?}"
+        );
         #[cfg(not(feature = "cuda"))]
         {
-            let error = select_device("cuda:0").err().map(|error| error.to_string());
+            let error = select_device(DeviceChoice::Cuda(0))
+                .err()
+                .map(|error| error.to_string());
             assert!(
                 error
                     .as_deref()
@@ -120,10 +182,11 @@ mod tests {
             );
         }
         use candle_core::DType;
-        assert_eq!(select_dtype("auto", &candle_core::Device::Cpu), DType::F32);
-        assert_eq!(select_dtype("f32", &candle_core::Device::Cpu), DType::F32);
+        let cpu = candle_core::Device::Cpu;
+        assert_eq!(select_dtype(DTypeChoice::Auto, &cpu), DType::F32);
+        assert_eq!(select_dtype(DTypeChoice::F32, &cpu), DType::F32);
         // Explicit: kept, for the model to accept or refuse on this device.
-        assert_eq!(select_dtype("bf16", &candle_core::Device::Cpu), DType::BF16);
-        assert_eq!(select_dtype("f16", &candle_core::Device::Cpu), DType::F16);
+        assert_eq!(select_dtype(DTypeChoice::BF16, &cpu), DType::BF16);
+        assert_eq!(select_dtype(DTypeChoice::F16, &cpu), DType::F16);
     }
 }

@@ -337,7 +337,7 @@ pub fn swiglu(tensor: &Tensor, half: usize) -> Result<Tensor> {
         return tensor.contiguous()?.apply_op1_no_bwd(&SwiGlu { half });
     }
     #[cfg(feature = "cuda")]
-    if let Some(output) = crate::cuda_ops::swiglu(tensor, half)? {
+    if let Some(output) = crate::fused::swiglu(tensor, half)? {
         return Ok(output);
     }
     swiglu_ops(tensor, half)
@@ -354,7 +354,7 @@ pub fn swiglu_ops(tensor: &Tensor, half: usize) -> Result<Tensor> {
 /// GPU in bf16/f16, candle's elsewhere.
 pub fn layer_norm(norm: &candle_nn::LayerNorm, x: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
-    if let Some(output) = crate::cuda_ops::norm(
+    if let Some(output) = crate::fused::norm(
         x,
         norm.weight(),
         norm.bias(),
@@ -369,7 +369,7 @@ pub fn layer_norm(norm: &candle_nn::LayerNorm, x: &Tensor) -> Result<Tensor> {
 /// `norm.forward(x)` for an RMS norm, as [`layer_norm`].
 pub fn rms_norm(norm: &candle_nn::RmsNorm, x: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
-    if let Some(output) = crate::cuda_ops::norm(x, norm.weight(), None, norm.eps(), false)? {
+    if let Some(output) = crate::fused::norm(x, norm.weight(), None, norm.eps(), false)? {
         return Ok(output);
     }
     candle_core::Module::forward(norm, x)
@@ -386,7 +386,7 @@ pub fn rope_qk(
     sin: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     #[cfg(feature = "cuda")]
-    if let Some(rotated) = crate::cuda_ops::rope_qk(qkv, heads, cos, sin)? {
+    if let Some(rotated) = crate::fused::rope_qk(qkv, heads, cos, sin)? {
         return Ok(rotated);
     }
     rope_qk_ops(qkv, heads, cos, sin)
@@ -409,11 +409,7 @@ pub fn rope_qk_ops(
 }
 
 /// The activation an [`epilogue`] applies after the bias (its code in the CUDA kernel).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    Identity = 0,
-    GeluErf = 1,
-}
+pub use vidx_kernels::Activation;
 
 /// `residual + gamma · act(x + bias)` with `bias` and `gamma` `[cols]` broadcast over the rows
 /// of `x` `[.., cols]` (each part optional): what follows a linear layer's matmul. One fused
@@ -427,7 +423,7 @@ pub fn epilogue(
     residual: Option<&Tensor>,
 ) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
-    if let Some(output) = crate::cuda_ops::epilogue(x, bias, act, gamma, residual)? {
+    if let Some(output) = crate::fused::epilogue(x, bias, act, gamma, residual)? {
         return Ok(output);
     }
     epilogue_ops(x, bias, act, gamma, residual)

@@ -14,12 +14,12 @@ pub mod ingest;
 mod limits;
 pub mod metrics;
 pub mod query;
+mod settings;
 mod status;
 pub mod worker;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -28,12 +28,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
-use vidx_blob::ObjectBlobStore;
-use vidx_bus::{GroupProgress, KafkaQueue, KafkaSettings};
-use vidx_config::{Config, KafkaConfig, TokenConfig};
+use vidx_bus::{GroupProgress, KafkaQueue};
 use vidx_core::QueueError;
-use vidx_core::ports::{BlobStore, FrameSampler, IndexStore, QueueStatus, SegmentQueue};
-use vidx_media::UrlPolicy;
+use vidx_core::ports::{FrameSampler, IndexStore, QueueStatus, SegmentQueue};
 use vidx_pipeline::{
     DependencyHealth, Models, PipelineError, SearchModels, WorkerEvent, WorkerOptions, run_worker,
 };
@@ -45,6 +42,7 @@ pub use auth::{Authenticator, Tenant};
 pub use ingest::{Ingest, IngestApi, IngestSettings, Jobs};
 pub use metrics::Metrics;
 pub use query::QueryApi;
+pub use settings::{ModelSettings, NodeSettings, StoreSettings, kafka_settings};
 pub use worker::{WorkerApi, WorkerStats};
 
 /// Service names as health checks and reflection know them.
@@ -95,184 +93,6 @@ pub enum ServerError {
     Startup(String),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
-}
-
-/// Everything a node needs besides its engine.
-#[derive(Debug, Clone)]
-pub struct NodeSettings {
-    pub roles: Roles,
-    pub worker_id: String,
-    /// The tenant of every request when no tokens are configured.
-    pub default_tenant: String,
-    pub tokens: Vec<TokenConfig>,
-    pub max_request_bytes: usize,
-    pub max_concurrent_requests: usize,
-    pub request_timeout: Duration,
-    pub kafka: KafkaSettings,
-    pub ingest: IngestSettings,
-    pub worker: WorkerOptions,
-    /// Segments one worker node processes at once.
-    pub concurrency: usize,
-    /// The side of the frames the sampler produces (the warm-up batch uses it).
-    pub frame_size: u32,
-}
-
-impl NodeSettings {
-    /// Settings from the configuration; `data_dir` holds the default blob directory.
-    pub fn from_config(
-        config: &Config,
-        roles: Roles,
-        data_dir: &Path,
-    ) -> Result<Self, ServerError> {
-        let mut roots = Vec::new();
-        for root in &config.server.ingest_roots {
-            roots.push(
-                std::fs::canonicalize(root).map_err(|error| ServerError::Config {
-                    key: "server.ingest_roots".into(),
-                    reason: format!("{root}: {error}"),
-                })?,
-            );
-        }
-        let blob_location = if config.server.blob_store.is_empty() {
-            data_dir.join("blobs").display().to_string()
-        } else {
-            config.server.blob_store.clone()
-        };
-        let blobs: Arc<dyn BlobStore> = Arc::new(
-            ObjectBlobStore::open(&blob_location, &config.server.blob_options).map_err(
-                |error| ServerError::Config {
-                    key: "server.blob_store".into(),
-                    reason: error.to_string(),
-                },
-            )?,
-        );
-        Ok(Self::map(
-            config,
-            roles,
-            roots,
-            blobs,
-            data_dir.join("spool"),
-        ))
-    }
-
-    /// The settings of an embedded node (`vidx index`): the ingest and worker roles of
-    /// [`from_config`](Self::from_config), mapped alike, except that segments are cut into
-    /// `spool` and handed to the workers as files in a blob store there (moved, never copied
-    /// or held in memory), and that a failing local store is not waited out: the run stops
-    /// with its error (an error on a local directory does not heal by waiting), settling
-    /// nothing, so that the next run redoes the segments. The server
-    /// keys (`server.ingest_roots`, `server.blob_store`) do not apply.
-    pub fn embedded(config: &Config, spool: &Path) -> Result<Self, ServerError> {
-        let blobs: Arc<dyn BlobStore> = Arc::new(
-            ObjectBlobStore::open(
-                &spool.join("blobs").display().to_string(),
-                &Default::default(),
-            )
-            .map_err(|error| ServerError::Config {
-                key: "general.data_dir".into(),
-                reason: error.to_string(),
-            })?,
-        );
-        let roles = Roles {
-            ingest: true,
-            worker: true,
-            query: false,
-        };
-        let mut settings = Self::map(config, roles, Vec::new(), blobs, spool.join("chunks"));
-        settings.ingest.inline_max_bytes = 0;
-        settings.worker.outage_limit = Some(Duration::ZERO);
-        Ok(settings)
-    }
-
-    /// The typed settings of `config`, given what needs the filesystem (the canonical ingest
-    /// roots, the opened blob store, the spool directory).
-    fn map(
-        config: &Config,
-        roles: Roles,
-        roots: Vec<std::path::PathBuf>,
-        blobs: Arc<dyn BlobStore>,
-        spool_dir: std::path::PathBuf,
-    ) -> Self {
-        let kafka = &config.kafka;
-        Self {
-            roles,
-            worker_id: format!(
-                "{}-{}",
-                std::env::var("HOSTNAME").unwrap_or_else(|_| "vidx".into()),
-                std::process::id()
-            ),
-            default_tenant: config.general.tenant.clone(),
-            tokens: config.server.tokens.clone(),
-            max_request_bytes: config.server.max_request_bytes,
-            max_concurrent_requests: config.server.max_concurrent_requests,
-            request_timeout: Duration::from_millis(config.server.request_timeout_ms),
-            kafka: kafka_settings(kafka),
-            ingest: IngestSettings {
-                roots,
-                policy: UrlPolicy {
-                    allowed_schemes: config
-                        .media
-                        .allowed_url_schemes
-                        .iter()
-                        .map(|scheme| scheme.to_ascii_lowercase())
-                        .collect(),
-                    allow_private_hosts: config.media.allow_private_hosts,
-                },
-                segment_ms: (config.media.segment_secs * 1000.0) as u64,
-                max_pixels: config.media.max_pixels,
-                // A segment travels inline only if its message fits the brokers' limit (with
-                // room for the rest of the message: subtitles, ids); others go by blob.
-                inline_max_bytes: config.media.inline_max_bytes.min(
-                    kafka
-                        .max_message_bytes
-                        .saturating_sub(INLINE_HEADROOM_BYTES),
-                ),
-                spool_dir,
-                blobs: blobs.clone(),
-                max_jobs: 10_000,
-                live_stall_timeout: Duration::from_millis(config.media.live_stall_timeout_ms),
-            },
-            worker: WorkerOptions {
-                frames_per_segment: config.media.frames_per_segment,
-                max_attempts: config.pipeline.max_attempts,
-                retry_backoff: Duration::from_millis(config.pipeline.retry_backoff_ms),
-                max_backoff: Duration::from_secs(30),
-                // A down Qdrant is waited out: no commit, no dead letters, until it is back.
-                outage_limit: None,
-                segment_timeout: (config.pipeline.segment_timeout_ms > 0)
-                    .then(|| Duration::from_millis(config.pipeline.segment_timeout_ms)),
-                health: Arc::new(DependencyHealth::new()),
-                blobs: Some(blobs),
-                max_batch: config.pipeline.max_batch,
-                max_batch_wait: Duration::from_millis(config.pipeline.max_batch_wait_ms),
-                shutdown_grace: Duration::from_millis(config.pipeline.shutdown_grace_ms),
-            },
-            concurrency: config.pipeline.workers,
-            frame_size: config.media.frame_size,
-        }
-    }
-}
-
-/// The Kafka settings of `kafka.*`: durations and sizes typed once, for every role.
-pub fn kafka_settings(kafka: &KafkaConfig) -> KafkaSettings {
-    KafkaSettings {
-        brokers: kafka.brokers.clone(),
-        topic: kafka.topic.clone(),
-        dead_letter_topic: kafka.dead_letter_topic.clone(),
-        jobs_topic: kafka.jobs_topic.clone(),
-        group_id: kafka.group_id.clone(),
-        client_id: kafka.client_id.clone(),
-        partitions: kafka.partitions,
-        replication: kafka.replication,
-        session_timeout: Duration::from_millis(kafka.session_timeout_ms),
-        max_poll_interval: Duration::from_millis(kafka.max_poll_interval_ms),
-        delivery_timeout: Duration::from_millis(kafka.delivery_timeout_ms),
-        max_message_bytes: kafka.max_message_bytes,
-        group_instance_id: (!kafka.group_instance_id.is_empty())
-            .then(|| kafka.group_instance_id.clone()),
-        assignment_strategy: kafka.assignment_strategy.clone(),
-        properties: kafka.properties.clone(),
-    }
 }
 
 /// Start `concurrency` workers on `queue` (they end when it is closed and drained, or at

@@ -1,13 +1,8 @@
-//! The fused GPU attention kernels (compiled to PTX by `build.rs`) as a candle op: bf16/f16,
-//! head dim 64, grouped-query heads, a visible key range per query. The score matrix never
-//! reaches memory, where the tensor-op path in [`crate::attention`] writes and reads it
-//! several times per layer. Two kernels with one contract ([`Kernel`]):
-//! `kernels/attention_mma.cu` keeps its tiles in registers (mma.sync), `kernels/attention.cu`
-//! goes through shared memory (WMMA).
-//!
-//! [`attend`] runs the first kernel that [`crate::cuda_ops::attention_kernel`] found to agree
-//! with the tensor ops on the device (`VIDX_FUSED_KERNELS=0` turns them and the other vidx
-//! kernels off).
+//! The fused GPU attention kernels as a candle op: bf16/f16, head dim 64, grouped-query
+//! heads, a visible key range per query. The score matrix never reaches memory, where candle's
+//! tensor ops write and read it several times per layer. Two kernels with one contract
+//! ([`Kernel`]): `kernels/attention_mma.cu` keeps its tiles in registers (mma.sync),
+//! `kernels/attention.cu` goes through shared memory (WMMA).
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
@@ -17,8 +12,6 @@ use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{CpuStorage, CudaStorage, CustomOp3, DType, Layout, Result, Shape, Storage};
 use candle_core::{Tensor, bail};
 
-use crate::attention::Visibility;
-
 const WMMA_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
 const MMA_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention_mma.ptx"));
 /// The head dim the kernel is built for.
@@ -26,9 +19,6 @@ const HEAD_DIM: usize = 64;
 /// Stacked query rows per block and threads per block (`BM` and `THREADS` in the kernel).
 const BLOCK_ROWS: usize = 64;
 const BLOCK_THREADS: u32 = 128;
-
-/// Fewest blocks (batch rows × KV heads) for which a decode step runs the fused kernel.
-const DECODE_MIN_BLOCKS: usize = 256;
 
 /// One of the fused attention kernels (same contract, same launch shape).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,42 +59,18 @@ impl Kernel {
     }
 }
 
-/// `softmax(q·kᵀ·scale)·v` for `q` `[B, Hq, L, 64]` and `k`/`v` `[B, Hkv, K, 64]` on a CUDA
-/// device in bf16 or f16 (any strides with a unit last stride and 16-byte aligned rows); query
-/// `i` of row `b` sees the keys `visible.ranges()[b][i]` (`None`: all). Returns `[B, L, Hq,
-/// 64]`, or `None` when the inputs are outside what the kernel handles or the kernels are off.
+/// `softmax(q·kᵀ·scale)·v` by `kernel` for `q` `[B, Hq, L, 64]` and `k`/`v` `[B, Hkv, K, 64]`
+/// on a CUDA device in bf16 or f16 (any strides with a unit last stride and 16-byte aligned
+/// rows); query `i` of row `b` sees the keys `ranges[b, i]` (`[B, L, 2]` u32 `(lo, hi)` on the
+/// device; `None`: all). Returns `[B, L, Hq, 64]`, or `None` when the inputs are outside what
+/// the kernel handles.
 pub fn attend(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    scale: f64,
-    visible: Option<&Visibility>,
-) -> Result<Option<Tensor>> {
-    if !q.device().is_cuda() {
-        return Ok(None);
-    }
-    // One query per row (a decode step) is one block per KV head and row, each walking every
-    // key alone: with few of them the batched tensor ops spread the work better. On an H200 at
-    // 32 rows × 8 KV heads the mma kernel took 0.19 ms against their 0.36 (`plm_bench --micro`);
-    // at batch 1 (8 blocks) the WMMA kernel made decoding 2.8× slower (58 against 161 tokens/s).
-    let (batch, _, rows, _) = q.dims4()?;
-    if rows == 1 && batch * k.dim(1)? < DECODE_MIN_BLOCKS {
-        return Ok(None);
-    }
-    match crate::cuda_ops::attention_kernel(q.device()) {
-        Some(kernel) => attend_with(kernel, q, k, v, scale, visible),
-        None => Ok(None),
-    }
-}
-
-/// [`attend`] by a given kernel, without the start-up check (what the check itself runs).
-pub fn attend_with(
     kernel: Kernel,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     scale: f64,
-    visible: Option<&Visibility>,
+    ranges: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
     let dtype = q.dtype();
     let usable = |tensor: &Tensor| {
@@ -133,14 +99,10 @@ pub fn attend_with(
     if keys >= u32::MAX as usize || rows * heads / kv_heads >= i32::MAX as usize {
         return Ok(None);
     }
-    let ranges = match visible {
-        Some(visible) => Some(visible.ranges_on(q.device(), batch, rows)?.clone()),
-        None => None,
-    };
     let op = CudaAttention {
         kernel,
         scale_log2: (scale * std::f64::consts::LOG2_E) as f32,
-        ranges,
+        ranges: ranges.cloned(),
     };
     q.apply_op3_no_bwd(k, v, &op).map(Some)
 }

@@ -1,7 +1,7 @@
 //! With the `cuda` feature: compiles `kernels/*.cu` to PTX with the CUDA toolkit's `nvcc`
 //! (`$CUDA_ROOT/bin/nvcc`, else `nvcc` on `PATH`) for `CUDA_COMPUTE_CAP` (default 80: the
-//! kernels use bf16 tensor cores), into `OUT_DIR`, where `attention_cuda.rs` and `cuda_ops.rs`
-//! embed it.
+//! kernels use bf16 tensor cores), into `OUT_DIR`, where `src/attention.rs` and
+//! `src/elementwise.rs` embed it.
 //! Without the feature it does nothing.
 
 use std::path::PathBuf;
