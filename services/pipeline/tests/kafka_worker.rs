@@ -478,3 +478,120 @@ async fn a_segment_that_crashes_every_owner_is_dead_lettered_after_max_attempts_
     );
     Ok(())
 }
+
+/// The environment a [`worker_process`] child reads: the mock cluster's address and the
+/// store directory.
+const CHILD_BROKERS: &str = "VIDX_TEST_CHILD_BROKERS";
+const CHILD_STORE: &str = "VIDX_TEST_CHILD_STORE";
+
+/// docs/reliability.md fault 20 with real processes: a segment whose model aborts the worker
+/// process (SIGABRT, no unwinding, nothing settled) is delivered to a fresh worker process
+/// after each abort; the delivery count survives every abort (it travels in the group's
+/// offset commits, written before the segment runs), so after `max_attempts` aborted
+/// processes the next one dead-letters the segment without running it, indexes the segment
+/// after it and commits past both. The exact ids in the store: the second segment's, nothing
+/// of the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_that_aborts_its_worker_process_is_dead_lettered_after_max_attempts_processes()
+-> anyhow::Result<()> {
+    use std::os::unix::process::ExitStatusExt;
+
+    let broker =
+        vidx_testkit::MockBroker::start(&[("aborts", 1), ("aborts.dlq", 1), ("aborts.jobs", 1)])
+            .map_err(anyhow::Error::msg)?;
+    let settings = broker.settings("aborts", 1);
+    ensure_topics(&settings).await?;
+    let poison = task(0, &["ABORT the worker process"]);
+    let healthy = task(1, &["a cat sleeps"]);
+    let producer = KafkaQueue::producer(settings.clone())?;
+    producer.publish(poison).await?;
+    producer.publish(healthy.clone()).await?;
+    let progress = {
+        let settings = settings.clone();
+        tokio::task::spawn_blocking(move || vidx_bus::GroupProgress::connect(settings)).await??
+    };
+    let directory = tempfile::tempdir()?;
+    let test_binary = std::env::current_exe()?;
+    // Three processes abort (max_attempts = 3); the fourth settles both segments and exits.
+    for process in 1..=4 {
+        let mut child = std::process::Command::new(&test_binary)
+            .args(["--exact", "worker_process", "--ignored", "--nocapture"])
+            .env(CHILD_BROKERS, broker.bootstrap())
+            .env(CHILD_STORE, directory.path())
+            .spawn()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("worker process {process} ran past 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        if process <= 3 {
+            assert_eq!(
+                status.signal(),
+                Some(6),
+                "worker process {process} was to abort on the segment: {status}"
+            );
+        } else {
+            assert!(status.success(), "worker process {process}: {status}");
+        }
+    }
+    let dead = tokio::time::timeout(Duration::from_secs(30), progress.next_dead_letter())
+        .await
+        .map_err(|_| anyhow::anyhow!("no dead letter"))??;
+    assert_eq!((dead.source.partition, dead.source.offset), (0, 0));
+    assert_eq!(dead.attempts, 3, "{dead:?}");
+    assert!(dead.error.contains("3 deliveries"), "{}", dead.error);
+    let committed = tokio::task::spawn_blocking(move || progress.committed()).await??;
+    assert_eq!(committed.get(&0), Some(&2), "the partition moved past both");
+
+    let store = FlakyStore::open(directory.path(), 0)?;
+    let expected: BTreeSet<String> = build_points(&healthy, &NoFrames, &models(), 0)?
+        .into_iter()
+        .map(|point| point.id.to_string())
+        .collect();
+    assert_eq!(
+        stored_ids(&store).await?,
+        expected,
+        "exactly the healthy segment's ids"
+    );
+    Ok(())
+}
+
+/// One worker process of
+/// [`a_segment_that_aborts_its_worker_process_is_dead_lettered_after_max_attempts_processes`],
+/// which starts it (with the cluster and store in its environment); alone it does nothing.
+/// It works until both segments are settled, then stops gracefully; the model aborts the
+/// whole process on the poison segment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a child process of a_segment_that_aborts_its_worker_process_…, started by it"]
+async fn worker_process() -> anyhow::Result<()> {
+    let (Ok(brokers), Ok(store_dir)) = (std::env::var(CHILD_BROKERS), std::env::var(CHILD_STORE))
+    else {
+        eprintln!("worker_process runs as a child of a test, which sets {CHILD_BROKERS}");
+        return Ok(());
+    };
+    let settings = vidx_testkit::MockBroker::settings_at(&brokers, "aborts", 1);
+    let store = Arc::new(FlakyStore::open(std::path::Path::new(&store_dir), 0)?);
+    let mut worker = start_worker(&settings, &store)?;
+    let mut settled = BTreeSet::new();
+    while settled.len() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(90), worker.events.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("settled only {settled:?}"))?
+            .ok_or_else(|| anyhow::anyhow!("worker stopped"))?;
+        match event {
+            WorkerEvent::Indexed { segment_seq, .. } | WorkerEvent::Failed { segment_seq, .. } => {
+                settled.insert(segment_seq)
+            }
+        };
+    }
+    let _ = worker.shutdown.send(true);
+    worker.handle.await??;
+    Ok(())
+}

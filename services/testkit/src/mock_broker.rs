@@ -71,8 +71,14 @@ impl MockBroker {
     /// dead-letter and jobs topics `{topic}.dlq` and `{topic}.jobs` (create all three with
     /// [`start`](Self::start)), a group of the same name and a short session timeout.
     pub fn settings(&self, topic: &str, partitions: i32) -> vidx_bus::KafkaSettings {
+        Self::settings_at(&self.bootstrap, topic, partitions)
+    }
+
+    /// [`settings`](Self::settings) for the cluster at `bootstrap` (`brokers` of those
+    /// settings): what a child process that did not start the cluster connects with.
+    pub fn settings_at(bootstrap: &str, topic: &str, partitions: i32) -> vidx_bus::KafkaSettings {
         vidx_bus::KafkaSettings {
-            brokers: self.bootstrap.clone(),
+            brokers: bootstrap.to_string(),
             topic: topic.to_string(),
             dead_letter_topic: format!("{topic}.dlq"),
             jobs_topic: format!("{topic}.jobs"),

@@ -17,7 +17,7 @@ pub const DIMENSION: usize = 8;
 /// Hash-based unit vectors. Misbehaves on purpose on captions containing a marker:
 /// "POISON" fails (a model rejecting the input), "BUSY" runs out of device memory every time
 /// (a retryable failure of the segment), "PANIC" panics, "HANG" does not return until
-/// [`release_hung`] (or 20 s).
+/// [`release_hung`] (or 20 s), "ABORT" aborts the process (SIGABRT).
 pub struct FakeEmbedder;
 
 static RELEASE: AtomicBool = AtomicBool::new(false);
@@ -55,6 +55,10 @@ impl TextEmbedder for FakeEmbedder {
                 }
                 if text.contains("PANIC") {
                     panic!("injected panic in the model");
+                }
+                if text.contains("ABORT") {
+                    eprintln!("injected abort of the worker process");
+                    std::process::abort();
                 }
                 if text.contains("HANG") {
                     let started = std::time::Instant::now();
