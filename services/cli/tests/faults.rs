@@ -611,8 +611,8 @@ fn a_worker_killed_mid_job_loses_and_duplicates_nothing() -> Result<()> {
 
 /// docs/reliability.md faults 11 and 21: the Qdrant server refuses the workers' credentials
 /// (restarted with an API key the workers do not have), then is SIGKILLed, while a job runs.
-/// Through both: the worker is NOT_SERVING (gRPC health) with the reason (outage gauge by
-/// kind, `WorkerService.Status.outage`, log),
+/// Through both (30 s and 10 s): the worker is NOT_SERVING (gRPC health) with the reason
+/// (outage gauge by kind, `WorkerService.Status.outage`, log),
 /// nothing is indexed, committed or dead-lettered; after each recovery it resumes, and the
 /// job ends with every segment indexed exactly once.
 #[test]
@@ -648,7 +648,9 @@ fn a_store_refusing_credentials_or_killed_is_waited_out() -> Result<()> {
         )?;
         let indexed = worker.metric("vidx_segments_indexed_total").unwrap_or(-1.0);
         let lag = worker.metric("vidx_consumer_lag{").unwrap_or(-1.0);
-        std::thread::sleep(Duration::from_secs(4));
+        // Held long enough for many retries (the backoff stops growing at 4 s) and past
+        // `max_attempts` of them: an outage never counts as the segment's attempts.
+        std::thread::sleep(Duration::from_secs(if phase == "wrong key" { 30 } else { 10 }));
         assert_eq!(
             worker.metric("vidx_segments_indexed_total").unwrap_or(-2.0),
             indexed,
