@@ -527,6 +527,8 @@ impl Cluster {
                 payload["tenant"].as_str().context("tenant")?,
                 payload["stream_id"].as_str().context("stream_id")?,
                 seq,
+                // One keyframe every SEGMENT_MS: segment `seq` starts there.
+                seq * SEGMENT_MS,
                 kind,
                 0,
                 payload["model_rev"].as_str().context("model_rev")?,
@@ -650,7 +652,11 @@ fn a_store_refusing_credentials_or_killed_is_waited_out() -> Result<()> {
         let lag = worker.metric("vidx_consumer_lag{").unwrap_or(-1.0);
         // Held long enough for many retries (the backoff stops growing at 4 s) and past
         // `max_attempts` of them: an outage never counts as the segment's attempts.
-        std::thread::sleep(Duration::from_secs(if phase == "wrong key" { 30 } else { 10 }));
+        std::thread::sleep(Duration::from_secs(if phase == "wrong key" {
+            30
+        } else {
+            10
+        }));
         assert_eq!(
             worker.metric("vidx_segments_indexed_total").unwrap_or(-2.0),
             indexed,

@@ -317,6 +317,58 @@ async fn a_live_stream_survives_a_stall_and_a_drop_with_wall_clock_moments() -> 
         .expect_err("no such job");
     ensure!(status.code() == tonic::Code::NotFound, "{status:?}");
 
+    // The same camera resubmitted under the same stream id numbers its segments from 0
+    // again: the first session's moments stay (ids include the wall-clock start), the second
+    // session's come beside them.
+    drop(camera);
+    let stopped_ms = now_ms();
+    let mut first_session = store.count(Some(filter(None, None))).await?;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = store.count(Some(filter(None, None))).await?;
+        if now == first_session {
+            break;
+        }
+        first_session = now;
+    }
+    ensure!(
+        store.count(Some(filter(None, Some(stopped_ms)))).await? == first_session,
+        "the first session's records all lie before its stop"
+    );
+    let camera = Camera::start(port)?;
+    let second = ingest
+        .submit(authorized(
+            v1::SubmitRequest {
+                source: format!("tcp://127.0.0.1:{port}"),
+                stream_id: Some("cam-live".into()),
+            },
+            None,
+        ))
+        .await?
+        .into_inner()
+        .job_id;
+    wait_for(
+        &mut ingest,
+        &second,
+        "the second session live with 3 segments",
+        Duration::from_secs(40),
+        |s| s.state == v1::StreamState::Live as i32 && s.segments >= 3,
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while store.count(Some(filter(Some(stopped_ms), None))).await? < 3 {
+        ensure!(
+            Instant::now() < deadline,
+            "the second session's records are not indexed"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let kept = store.count(Some(filter(None, Some(stopped_ms)))).await?;
+    ensure!(
+        kept == first_session,
+        "the second session overwrote the first: {kept} of {first_session} records left"
+    );
+
     drop(camera);
     node.shutdown.send(true)?;
     let _ = tokio::time::timeout(Duration::from_secs(30), node.task).await;

@@ -262,6 +262,7 @@ fn next_point(
             &tenant,
             &stream.stream_id,
             segment_seq,
+            segment_seq * 10_000,
             kind,
             index,
             MODEL_REV,

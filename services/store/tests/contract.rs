@@ -229,7 +229,7 @@ async fn named_vectors_contract<S: IndexStore>(store: &S) -> Result<()> {
                 });
             }
         }
-        record.id = vidx_core::point_id("acme", "cam-1", 0, record.payload.kind, index, "named");
+        record.id = vidx_core::point_id("acme", "cam-1", 0, 0, record.payload.kind, index, "named");
         points.push(record);
     }
     store.upsert(points.clone()).await?;

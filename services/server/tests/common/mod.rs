@@ -108,7 +108,15 @@ pub fn point(
 ) -> Result<IndexPoint> {
     let vector = embedder.embed(&[caption.to_string()])?.remove(0);
     Ok(IndexPoint {
-        id: point_id(tenant, stream_id, seq, RecordKind::Caption, 0, "test"),
+        id: point_id(
+            tenant,
+            stream_id,
+            seq,
+            seq * 10_000,
+            RecordKind::Caption,
+            0,
+            "test",
+        ),
         vectors: BTreeMap::from([(vector_names::TEXT.to_string(), vector)]),
         payload: PointPayload {
             tenant: tenant.into(),

@@ -47,7 +47,15 @@ pub fn point(
     vector: Vec<f32>,
 ) -> IndexPoint {
     IndexPoint {
-        id: point_id(tenant, stream, seq, RecordKind::Subtitle, index, "test-rev"),
+        id: point_id(
+            tenant,
+            stream,
+            seq,
+            0,
+            RecordKind::Subtitle,
+            index,
+            "test-rev",
+        ),
         vectors: BTreeMap::from([(vector_names::TEXT.to_string(), vector)]),
         payload: PointPayload {
             tenant: tenant.into(),
