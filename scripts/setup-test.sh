@@ -10,6 +10,13 @@ source "$(dirname "$0")/apt-install.sh"
 test_packages=(g++)
 apt_install_missing "the tests" "${test_packages[@]}"
 
+# A gRPC client that knows vidx only through server reflection v1alpha
+# (services/server/tests/reflection_client.py, run by services/server/tests/grpc_api.rs).
+if ! python3 -c "import grpc_reflection.v1alpha, google.protobuf.message_factory" 2>/dev/null; then
+  echo "installing grpcio and grpcio-reflection (pip, once)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-reflection
+fi
+
 # A Kafka-protocol broker for the distributed-mode tests, which start it on loopback with
 # in-memory storage (services/testkit/src/local_broker.rs). Built from crates.io once (~10 min).
 if ! command -v tansu >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]; then

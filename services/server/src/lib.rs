@@ -242,10 +242,18 @@ where
     }
     let (health, health_service) = tonic_health::server::health_reporter();
     set_all(&health, ServingStatus::NotServing).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(vidx_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: grpc.reflection.v1 and v1alpha, which Python's
+    // grpcio-reflection, Postman and older grpcurl speak only.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(vidx_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
+        .map_err(|error| ServerError::Startup(format!("reflection: {error}")))?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
         .map_err(|error| ServerError::Startup(format!("reflection: {error}")))?;
 
     let queue_cell: Arc<OnceLock<Arc<dyn QueueStatus>>> = Arc::new(OnceLock::new());
@@ -335,6 +343,7 @@ where
         .layer(limits::LimitsLayer::new(settings.max_concurrent_requests))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_optional_service(search_service)
         .add_optional_service(ingest_service)
         .add_optional_service(worker_service);

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use common::{Node, WordsEmbedder, authorized, config, engine, open_store, point};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -182,6 +182,43 @@ async fn health_says_serving_only_once_models_are_loaded_and_reflection_lists_th
         names.iter().any(|name| name == "grpc.health.v1.Health"),
         "{names:?}"
     );
+
+    // Clients that speak only v1alpha (Python's grpcio-reflection, Postman, older grpcurl)
+    // learn the services too, and call Search from the descriptors alone.
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reflection_client.py");
+    let address = node.address.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(script)
+            .args([address.as_str(), TOKEN_A, "a cat on the sofa"])
+            .output()
+    })
+    .await??;
+    ensure!(
+        output.status.success(),
+        "the Python reflection client (grpcio-reflection, installed by scripts/setup-test.sh) \
+         failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let services = answer["services"].as_array().context("services")?;
+    for name in [
+        service_names::SEARCH,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        ensure!(
+            services.iter().any(|service| service == name),
+            "{name}: {answer}"
+        );
+    }
+    let hits = answer["hits"].as_array().context("hits")?;
+    ensure!(!hits.is_empty(), "{answer}");
+    for hit in hits {
+        let id = hit["id"].as_str().context("hit id")?;
+        ensure!(fixture.ids_a.contains(id), "a hit outside tenant a: {hit}");
+    }
 
     fixture.node.stop().await
 }
