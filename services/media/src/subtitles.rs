@@ -1,5 +1,7 @@
-//! Subtitle cues: a tolerant SRT/WebVTT parser for sidecar files, decoding of embedded text
-//! subtitle streams, and the rule that gives each cue to exactly one segment.
+//! Subtitle cues: tolerant SRT, WebVTT and ASS/SSA parsers for sidecar files in any text
+//! encoding (a byte-order mark, else UTF-8, else UTF-16 by its zero bytes, else the legacy
+//! encoding `chardetng` finds), decoding of embedded text subtitle streams, and the rule that
+//! gives each cue to exactly one segment.
 
 use std::path::{Path, PathBuf};
 
@@ -17,13 +19,55 @@ pub struct ParsedCues {
     pub skipped_blocks: usize,
 }
 
-/// Parse SRT or WebVTT text (detected from the content). Malformed blocks are counted and
-/// skipped; cues with empty text are dropped.
+/// The text of a subtitle file and the name of the encoding it was read in: the one its
+/// byte-order mark names; UTF-8 when it is valid UTF-8; UTF-16 when every other byte of its
+/// start is zero (a file without a mark); else the legacy encoding `chardetng` judges most
+/// likely (CP1252 for Western European text, Shift_JIS, GBK, KOI8-R, …). Never fails:
+/// undecodable bytes become U+FFFD.
+pub fn decode_subtitle_bytes(bytes: &[u8]) -> (String, &'static str) {
+    let encoding = if let Some((encoding, _)) = encoding_rs::Encoding::for_bom(bytes) {
+        encoding
+    } else if std::str::from_utf8(bytes).is_ok() {
+        encoding_rs::UTF_8
+    } else if let Some(encoding) = utf16_without_bom(bytes) {
+        encoding
+    } else {
+        let mut detector = chardetng::EncodingDetector::new();
+        detector.feed(bytes, true);
+        detector.guess(None, true)
+    };
+    // `decode` strips a BOM of the encoding it sniffs (and prefers it to `encoding`).
+    let (text, used, _) = encoding.decode(bytes);
+    (text.into_owned(), used.name())
+}
+
+/// UTF-16 without a byte-order mark: subtitle text is mostly ASCII, so one byte of nearly
+/// every pair in the file's start is zero — the second in little-endian, the first in
+/// big-endian.
+fn utf16_without_bom(bytes: &[u8]) -> Option<&'static encoding_rs::Encoding> {
+    let pairs: Vec<&[u8]> = bytes.chunks_exact(2).take(512).collect();
+    if pairs.len() < 4 {
+        return None;
+    }
+    let zero_at = |index: usize| pairs.iter().filter(|pair| pair[index] == 0).count();
+    let mostly = |count: usize| count * 10 >= pairs.len() * 9;
+    match (mostly(zero_at(0)), mostly(zero_at(1))) {
+        (false, true) => Some(encoding_rs::UTF_16LE),
+        (true, false) => Some(encoding_rs::UTF_16BE),
+        _ => None,
+    }
+}
+
+/// Parse SRT, WebVTT or ASS/SSA text (detected from the content). Malformed blocks are
+/// counted and skipped; cues with empty text are dropped.
 pub fn parse_subtitle_text(text: &str) -> ParsedCues {
     let text = text
         .trim_start_matches('\u{feff}')
         .replace("\r\n", "\n")
         .replace('\r', "\n");
+    if is_ass(&text) {
+        return parse_ass(&text);
+    }
     let is_vtt = text.trim_start().starts_with("WEBVTT");
     let mut parsed = ParsedCues::default();
     for block in text.split("\n\n") {
@@ -128,6 +172,74 @@ pub fn clean_cue_text(text: &str) -> String {
     cleaned.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Whether `text` is an ASS/SSA script (`[Script Info]` first, or an `[Events]` section).
+fn is_ass(text: &str) -> bool {
+    let start = text.trim_start();
+    start.starts_with("[Script Info]")
+        || text
+            .lines()
+            .any(|line| line.trim().eq_ignore_ascii_case("[events]"))
+}
+
+/// The `Dialogue:` events of an ASS/SSA script's `[Events]` section, read by its `Format:`
+/// line (by the standard order when it has none): start, end and text, the text last and
+/// free to hold commas. Comments and other sections are ignored; a dialogue line without a
+/// readable start or end is counted as skipped.
+fn parse_ass(text: &str) -> ParsedCues {
+    const STANDARD: [&str; 10] = [
+        "layer", "start", "end", "style", "name", "marginl", "marginr", "marginv", "effect", "text",
+    ];
+    let mut parsed = ParsedCues::default();
+    let mut in_events = false;
+    let mut format: Vec<String> = STANDARD.iter().map(|field| field.to_string()).collect();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_events = line.eq_ignore_ascii_case("[events]");
+            continue;
+        }
+        if !in_events {
+            continue;
+        }
+        if let Some(fields) = line.strip_prefix("Format:") {
+            format = fields
+                .split(',')
+                .map(|field| field.trim().to_ascii_lowercase())
+                .collect();
+            continue;
+        }
+        let Some(event) = line.strip_prefix("Dialogue:") else {
+            continue;
+        };
+        let values: Vec<&str> = event.splitn(format.len().max(1), ',').collect();
+        let field = |name: &str| {
+            format
+                .iter()
+                .position(|field| field == name)
+                .and_then(|index| values.get(index))
+                .map(|value| value.trim())
+        };
+        let (Some(start_ms), Some(end_ms)) = (
+            field("start").and_then(parse_timestamp),
+            field("end").and_then(parse_timestamp),
+        ) else {
+            parsed.skipped_blocks += 1;
+            continue;
+        };
+        let caption = clean_cue_text(field("text").unwrap_or_default());
+        if caption.is_empty() {
+            continue;
+        }
+        parsed.cues.push(SubtitleCue {
+            start_ms,
+            end_ms: end_ms.max(start_ms),
+            text: caption,
+        });
+    }
+    parsed.cues.sort_by_key(|cue| (cue.start_ms, cue.end_ms));
+    parsed
+}
+
 /// The dialogue text of an ASS event line as FFmpeg's decoders emit it
 /// (`ReadOrder,Layer,Style,Name,MarginL,MarginR,MarginV,Effect,Text`).
 fn ass_dialogue_text(line: &str) -> String {
@@ -136,8 +248,8 @@ fn ass_dialogue_text(line: &str) -> String {
     clean_cue_text(text)
 }
 
-/// Sidecar subtitle files next to a video: `<stem>.srt`, `<stem>.vtt` and
-/// `<stem>.<lang>.srt|vtt`, sorted.
+/// Sidecar subtitle files next to a video: `<stem>.srt|vtt|ass|ssa` and
+/// `<stem>.<lang>.srt|vtt|ass|ssa`, sorted.
 pub fn sidecar_paths(video: &Path) -> Vec<PathBuf> {
     let (Some(directory), Some(stem)) =
         (video.parent(), video.file_stem().and_then(|s| s.to_str()))
@@ -154,7 +266,10 @@ pub fn sidecar_paths(video: &Path) -> Vec<PathBuf> {
                 return false;
             };
             let lower = name.to_ascii_lowercase();
-            if !(lower.ends_with(".srt") || lower.ends_with(".vtt")) {
+            if ![".srt", ".vtt", ".ass", ".ssa"]
+                .iter()
+                .any(|extension| lower.ends_with(extension))
+            {
                 return false;
             }
             let name_stem = &name[..name.len() - 4];
@@ -175,7 +290,11 @@ pub fn sidecar_cues(video: &Path) -> Vec<SubtitleCue> {
     for path in sidecar_paths(video) {
         match std::fs::read(&path) {
             Ok(bytes) => {
-                let parsed = parse_subtitle_text(&String::from_utf8_lossy(&bytes));
+                let (text, encoding) = decode_subtitle_bytes(&bytes);
+                if encoding != "UTF-8" {
+                    tracing::debug!(sidecar = %path.display(), encoding, "subtitle sidecar decoded");
+                }
+                let parsed = parse_subtitle_text(&text);
                 if parsed.skipped_blocks > 0 {
                     tracing::warn!(
                         sidecar = %path.display(),
@@ -400,6 +519,8 @@ mod tests {
             "movie.mp4",
             "movie.srt",
             "movie.en.vtt",
+            "movie.fr.ass",
+            "movie.ssa",
             "movie.extra.en.srt",
             "movies.srt",
             "other.srt",
@@ -411,7 +532,131 @@ mod tests {
             .filter_map(|path| path.file_name()?.to_str().map(str::to_string))
             .collect();
         std::fs::remove_dir_all(&directory)?;
-        assert_eq!(found, vec!["movie.en.vtt", "movie.srt"]);
+        assert_eq!(
+            found,
+            vec!["movie.en.vtt", "movie.fr.ass", "movie.srt", "movie.ssa"]
+        );
+        Ok(())
+    }
+
+    const FRENCH_SRT: &str = "1\r\n00:00:01,000 --> 00:00:03,500\r\nUn café très chaud à Noël.\r\n\r\n\
+        2\r\n00:00:04,000 --> 00:00:06,000\r\nLà-bas, l'été dure où le garçon s'élève.\r\n";
+
+    #[test]
+    fn legacy_and_utf16_sidecars_decode_to_the_same_cues() {
+        let expected = parse_subtitle_text(FRENCH_SRT);
+        assert_eq!(expected.cues.len(), 2);
+        assert!(expected.cues[0].text.contains("café"));
+
+        // CP1252 (what Windows tools write for French): no BOM, not UTF-8.
+        let (cp1252, _, _) = encoding_rs::WINDOWS_1252.encode(FRENCH_SRT);
+        assert!(std::str::from_utf8(&cp1252).is_err());
+        let (text, encoding) = decode_subtitle_bytes(&cp1252);
+        assert_eq!(encoding, "windows-1252");
+        assert_eq!(parse_subtitle_text(&text), expected);
+
+        // UTF-16 with a byte-order mark, either byte order, and without one.
+        let utf16 = |big_endian: bool, bom: bool| {
+            let mut bytes = Vec::new();
+            let units = bom
+                .then_some(0xfeff_u16)
+                .into_iter()
+                .chain(FRENCH_SRT.encode_utf16());
+            for unit in units {
+                bytes.extend(if big_endian {
+                    unit.to_be_bytes()
+                } else {
+                    unit.to_le_bytes()
+                });
+            }
+            bytes
+        };
+        for (big_endian, bom, name) in [
+            (false, true, "UTF-16LE"),
+            (true, true, "UTF-16BE"),
+            (false, false, "UTF-16LE"),
+            (true, false, "UTF-16BE"),
+        ] {
+            let (text, encoding) = decode_subtitle_bytes(&utf16(big_endian, bom));
+            assert_eq!(encoding, name, "big endian {big_endian}, bom {bom}");
+            assert_eq!(parse_subtitle_text(&text), expected, "{name}, bom {bom}");
+        }
+
+        // UTF-8 with and without its BOM.
+        let mut with_bom = b"\xef\xbb\xbf".to_vec();
+        with_bom.extend_from_slice(FRENCH_SRT.as_bytes());
+        for bytes in [FRENCH_SRT.as_bytes().to_vec(), with_bom] {
+            let (text, encoding) = decode_subtitle_bytes(&bytes);
+            assert_eq!(encoding, "UTF-8");
+            assert_eq!(parse_subtitle_text(&text), expected);
+        }
+    }
+
+    #[test]
+    fn ass_scripts_give_their_dialogue_by_the_format_line() {
+        let script = "[Script Info]\nTitle: test\nScriptType: v4.00+\n\n\
+            [V4+ Styles]\nFormat: Name, Fontname\nStyle: Default,Arial\n\n\
+            [Events]\n\
+            Format: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text\n\
+            Dialogue: 0,0:00:02.50,0:00:05.00,Default,,0,0,0,,{\\i1}Snow, falls{\\i0}\\Nover the hills\n\
+            Comment: 0,0:00:03.00,0:00:04.00,Default,,0,0,0,,not shown\n\
+            Dialogue: 0,0:00:01.00,0:00:02.00,Default,,0,0,0,,\n\
+            Dialogue: 0,bad,0:00:09.00,Default,,0,0,0,,unreadable start\n\
+            Dialogue: 0,1:02:03.04,1:02:04.00,Default,,0,0,0,,later\n";
+        let parsed = parse_subtitle_text(script);
+        assert_eq!(parsed.skipped_blocks, 1);
+        assert_eq!(
+            parsed.cues,
+            vec![
+                SubtitleCue {
+                    start_ms: 2_500,
+                    end_ms: 5_000,
+                    text: "Snow, falls over the hills".into(),
+                },
+                SubtitleCue {
+                    start_ms: 3_723_040,
+                    end_ms: 3_724_000,
+                    text: "later".into(),
+                },
+            ]
+        );
+        // SSA (v4) orders its fields differently: the Format line says how.
+        let ssa = "[Script Info]\n\n[Events]\n\
+            Format: Marked, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text\n\
+            Dialogue: Marked=0,0:00:01.00,0:00:02.00,Default,,0000,0000,0000,,Bonjour, le monde\n";
+        assert_eq!(
+            parse_subtitle_text(ssa).cues,
+            vec![SubtitleCue {
+                start_ms: 1_000,
+                end_ms: 2_000,
+                text: "Bonjour, le monde".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn sidecars_in_cp1252_and_ass_are_read_next_to_the_video() -> std::io::Result<()> {
+        let directory = std::env::temp_dir().join(format!("vidx-encoding-{}", std::process::id()));
+        std::fs::create_dir_all(&directory)?;
+        std::fs::write(directory.join("clip.mp4"), b"")?;
+        let (cp1252, _, _) = encoding_rs::WINDOWS_1252.encode(FRENCH_SRT);
+        std::fs::write(directory.join("clip.fr.srt"), &cp1252)?;
+        std::fs::write(
+            directory.join("clip.en.ass"),
+            "[Events]\nFormat: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text\n\
+             Dialogue: 0,0:00:08.00,0:00:09.00,Default,,0,0,0,,A cat sleeps\n",
+        )?;
+        let cues = sidecar_cues(&directory.join("clip.mp4"));
+        std::fs::remove_dir_all(&directory)?;
+        let texts: Vec<&str> = cues.iter().map(|cue| cue.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            vec![
+                "A cat sleeps",
+                "Un café très chaud à Noël.",
+                "Là-bas, l'été dure où le garçon s'élève."
+            ]
+        );
         Ok(())
     }
 }
