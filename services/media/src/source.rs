@@ -20,12 +20,13 @@ pub enum InputSource {
 }
 
 impl InputSource {
-    /// The name used in errors, progress and as the default stream id: the canonical path of
-    /// a file, the URL without credentials.
+    /// The name used in logs, spans, errors, progress, points (`source_uri`) and hits, and
+    /// as the default stream id: the canonical path of a file, the URL without credentials
+    /// ([`redact_url`]).
     pub fn display_name(&self) -> String {
         match self {
             InputSource::File(path) => path.display().to_string(),
-            InputSource::Url(url) => redact_url_credentials(url),
+            InputSource::Url(url) => redact_url(url),
         }
     }
 }
@@ -51,7 +52,7 @@ impl Default for UrlPolicy {
 impl UrlPolicy {
     /// Check a URL against the rules without connecting anywhere.
     pub fn check(&self, url: &str) -> Result<(), MediaError> {
-        let input = redact_url_credentials(url);
+        let input = redact_url(url);
         let reject = |reason: String| MediaError::Rejected {
             input: input.clone(),
             reason,
@@ -121,16 +122,83 @@ fn is_private_v6(address: Ipv6Addr) -> bool {
         || (first_segment & 0xffc0) == 0xfe80
 }
 
-/// `scheme://user:pass@host/...` → `scheme://***@host/...`.
-pub fn redact_url_credentials(url: &str) -> String {
+/// Query parameters whose values are credentials (lower case; `x-amz-*` and `x-goog-*` are
+/// matched by prefix): bearer and API tokens, signed-URL signatures and policies (S3, GCS,
+/// CloudFront, Azure SAS, Akamai), passwords.
+const SECRET_PARAMETERS: &[&str] = &[
+    "token",
+    "access_token",
+    "id_token",
+    "refresh_token",
+    "auth",
+    "authorization",
+    "key",
+    "api_key",
+    "apikey",
+    "api-key",
+    "secret",
+    "client_secret",
+    "password",
+    "passwd",
+    "pwd",
+    "pass",
+    "sig",
+    "signature",
+    "credential",
+    "session",
+    "sessionid",
+    "jwt",
+    "policy",
+    "key-pair-id",
+    "hdnts",
+    "hdnea",
+    "googleaccessid",
+];
+
+/// Whether the query parameter `name` carries a credential.
+fn is_secret_parameter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_PARAMETERS.contains(&name.as_str())
+        || name.starts_with("x-amz-")
+        || name.starts_with("x-goog-")
+        || name.ends_with("_token")
+        || name.ends_with("-token")
+}
+
+/// A URL fit to show, log, store and return: credentials in the authority become `***@`
+/// (`rtsp://admin:pw@cam/…` → `rtsp://***@cam/…`) and the values of credential query
+/// parameters `***` (`?token=abc&t=5` → `?token=***&t=5`; `X-Amz-*` and friends). Anything
+/// that is not a URL comes back as it is.
+pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((_, host)) => format!("{scheme}://***@{host}{tail}"),
-        None => url.to_string(),
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_string(),
+    };
+    let (before_fragment, fragment) = match tail.split_once('#') {
+        Some((before, fragment)) => (before, Some(fragment)),
+        None => (tail, None),
+    };
+    let tail = match before_fragment.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _)) if is_secret_parameter(name) => format!("{name}=***"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => before_fragment.to_string(),
+    };
+    match fragment {
+        Some(fragment) => format!("{scheme}://{authority}{tail}#{fragment}"),
+        None => format!("{scheme}://{authority}{tail}"),
     }
 }
 
@@ -286,13 +354,30 @@ mod tests {
     }
 
     #[test]
+    fn redacts_credentials_in_the_query_string() {
+        assert_eq!(
+            redact_url(
+                "https://cdn.example.com/v.m3u8?t=5&token=abc&X-Amz-Signature=s1&X-Amz-Date=d\
+                 &Key-Pair-Id=k&sig=z&session_token=q&empty#frag?key=x"
+            ),
+            "https://cdn.example.com/v.m3u8?t=5&token=***&X-Amz-Signature=***&X-Amz-Date=***\
+             &Key-Pair-Id=***&sig=***&session_token=***&empty#frag?key=x"
+        );
+        assert_eq!(
+            redact_url("rtsp://u:p@cam:554/live?channel=1&password=pw"),
+            "rtsp://***@cam:554/live?channel=1&password=***"
+        );
+        assert_eq!(redact_url("/videos/a?token=b.mp4"), "/videos/a?token=b.mp4");
+    }
+
+    #[test]
     fn redacts_credentials() {
         assert_eq!(
-            redact_url_credentials("rtsp://admin:secret@cam.local:554/stream?x=1"),
+            redact_url("rtsp://admin:secret@cam.local:554/stream?x=1"),
             "rtsp://***@cam.local:554/stream?x=1"
         );
         assert_eq!(
-            redact_url_credentials("https://example.com/a@b"),
+            redact_url("https://example.com/a@b"),
             "https://example.com/a@b"
         );
     }

@@ -6,14 +6,13 @@
 mod common;
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, ensure};
-use common::{Node, WordsEmbedder, authorized, config};
-use vidx_core::ports::{FrameSampler, IndexStore, TextEmbedder, VisualEmbedder};
-use vidx_core::{Frame, ModelError, SearchFilter};
+use common::{Camera, MeanColour, Node, WordsEmbedder, authorized, config};
+use vidx_core::SearchFilter;
+use vidx_core::ports::{FrameSampler, IndexStore, TextEmbedder};
 use vidx_media::FfmpegFrameSampler;
 use vidx_pipeline::{Models, SearchModels};
 use vidx_proto::v1;
@@ -25,78 +24,6 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
-
-/// A model stand-in: frames become 4-d vectors of their mean colour (so every segment yields
-/// frame and segment records to count).
-struct MeanColour;
-
-impl VisualEmbedder for MeanColour {
-    fn name(&self) -> &str {
-        "mean-colour"
-    }
-    fn revision(&self) -> &str {
-        "mean-colour-1"
-    }
-    fn dimension(&self) -> usize {
-        common::DIMENSION
-    }
-    fn embed_frames(&self, frames: &[Frame]) -> Result<Vec<Vec<f32>>, ModelError> {
-        Ok(frames
-            .iter()
-            .map(|frame| {
-                let mut vector = vec![0.1f32; common::DIMENSION];
-                for (index, value) in frame.rgb.iter().take(3).enumerate() {
-                    vector[index] += f32::from(*value) / 255.0;
-                }
-                vector
-            })
-            .collect())
-    }
-}
-
-/// An ffmpeg process serving a 25 fps H.264 test pattern as MPEG-TS to one TCP client.
-struct Camera(Child);
-
-impl Camera {
-    fn start(port: u16) -> Result<Self> {
-        Ok(Self(
-            Command::new("ffmpeg")
-                .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
-                .args(["-f", "lavfi", "-i", "testsrc2=s=160x120:r=25"])
-                .args([
-                    "-c:v",
-                    "libx264",
-                    "-preset",
-                    "ultrafast",
-                    "-tune",
-                    "zerolatency",
-                ])
-                .args(["-g", "25", "-keyint_min", "25", "-sc_threshold", "0"])
-                .args(["-pix_fmt", "yuv420p", "-f", "mpegts"])
-                .arg(format!("tcp://127.0.0.1:{port}?listen=1"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("start ffmpeg")?,
-        ))
-    }
-
-    fn signal(&self, signal: &str) -> Result<()> {
-        let status = Command::new("kill")
-            .args([signal, &self.0.id().to_string()])
-            .status()?;
-        ensure!(status.success(), "kill {signal}");
-        Ok(())
-    }
-}
-
-impl Drop for Camera {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 async fn stream(
