@@ -58,6 +58,8 @@ pub struct MediaConfig {
     pub allowed_url_schemes: Vec<String>,
     /// A live source without packets for this long (ms) is degraded and reconnected.
     pub live_stall_timeout_ms: u64,
+    /// Private networks (CIDR) URLs may reach although the private-address guard is on.
+    pub allowed_networks: Vec<String>,
     pub allow_private_hosts: bool,
 }
 

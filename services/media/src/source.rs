@@ -38,6 +38,8 @@ pub struct UrlPolicy {
     pub allowed_schemes: Vec<String>,
     /// Allow loopback, private, link-local and metadata addresses (off by default).
     pub allow_private_hosts: bool,
+    /// Private networks URLs may reach although the guard is on (cameras on a LAN).
+    pub allowed_networks: Vec<Network>,
 }
 
 impl Default for UrlPolicy {
@@ -45,12 +47,136 @@ impl Default for UrlPolicy {
         Self {
             allowed_schemes: vec!["http".into(), "https".into()],
             allow_private_hosts: false,
+            allowed_networks: Vec::new(),
         }
     }
 }
 
+/// An address range in CIDR notation (`10.20.0.0/16`, `fd00::/8`; a bare address is one host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    address: IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (address, prefix) = match text.trim().split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text.trim(), None),
+        };
+        let address: IpAddr = address
+            .parse()
+            .map_err(|_| format!("`{text}`: not an IP address or CIDR range"))?;
+        let bits = if address.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => bits,
+            Some(prefix) => prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|prefix| *prefix <= bits)
+                .ok_or_else(|| format!("`{text}`: the prefix must be 0 to {bits}"))?,
+        };
+        Ok(Self { address, prefix })
+    }
+}
+
+impl Network {
+    /// Whether `address` lies in the range (an IPv4-mapped IPv6 address as its IPv4 one).
+    pub fn contains(&self, address: IpAddr) -> bool {
+        let address = canonical_ip(address);
+        let masked = |value: u128, bits: u32| {
+            let prefix = u32::from(self.prefix);
+            if prefix == 0 {
+                0
+            } else {
+                value >> (bits - prefix)
+            }
+        };
+        match (self.address, address) {
+            (IpAddr::V4(network), IpAddr::V4(address)) => {
+                masked(u32::from(network).into(), 32) == masked(u32::from(address).into(), 32)
+            }
+            (IpAddr::V6(network), IpAddr::V6(address)) => {
+                masked(u128::from(network), 128) == masked(u128::from(address), 128)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:127.0.0.1`) as the IPv4 address it is.
+fn canonical_ip(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// A host written as an IPv4 address in any form the system resolver accepts (`inet_aton`):
+/// one to four parts, each decimal, octal (`0` first) or hexadecimal (`0x`), the last filling
+/// the bytes left — `127.1`, `2130706433`, `0x7f.1`, `0177.0.0.1`, `0`. `None` for names.
+fn parse_ipv4_any_form(host: &str) -> Option<Ipv4Addr> {
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let mut values = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let (digits, radix) =
+            if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+                (hex, 16)
+            } else if part.len() > 1 && part.starts_with('0') {
+                (&part[1..], 8)
+            } else {
+                (*part, 10)
+            };
+        if digits.is_empty() && radix != 16 {
+            return None;
+        }
+        let value = if digits.is_empty() {
+            0
+        } else {
+            u64::from_str_radix(digits, radix).ok()?
+        };
+        values.push(value);
+    }
+    let (last, leading) = values.split_last()?;
+    if leading.iter().any(|value| *value > 255) {
+        return None;
+    }
+    let room = 8 * (5 - values.len() as u32);
+    if room < 64 && *last >= 1u64 << room {
+        return None;
+    }
+    let mut address: u64 = 0;
+    for (index, value) in leading.iter().enumerate() {
+        address |= value << (24 - 8 * index as u32);
+    }
+    Some(Ipv4Addr::from((address | last) as u32))
+}
+
+/// The port a URL without one connects to (only used to resolve its host).
+fn default_port(scheme: &str) -> u16 {
+    match scheme {
+        "http" => 80,
+        "https" => 443,
+        "rtsp" => 554,
+        "rtsps" => 322,
+        "rtmp" => 1935,
+        "rtmps" => 443,
+        _ => 0,
+    }
+}
+
 impl UrlPolicy {
-    /// Check a URL against the rules without connecting anywhere.
+    /// Check a URL against the rules: its scheme, and every address its host stands for —
+    /// an IP address in any spelling the resolver accepts, or a name resolved here (every
+    /// address it resolves to must pass). Loopback, private, link-local, unspecified and
+    /// metadata addresses are refused unless `allow_private_hosts` is set or
+    /// `allowed_networks` holds them.
     pub fn check(&self, url: &str) -> Result<(), MediaError> {
         let input = redact_url(url);
         let reject = |reason: String| MediaError::Rejected {
@@ -69,33 +195,63 @@ impl UrlPolicy {
         }
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
         let host_port = authority.rsplit('@').next().unwrap_or_default();
-        let host = if let Some(bracketed) = host_port.strip_prefix('[') {
-            bracketed.split(']').next().unwrap_or_default()
+        let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
+            let (host, after) = bracketed.split_once(']').unwrap_or((bracketed, ""));
+            (host, after.strip_prefix(':'))
         } else {
-            host_port.split(':').next().unwrap_or_default()
+            match host_port.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (host_port, None),
+            }
         };
+        // `localhost.` is `localhost`: a trailing dot only marks a name as fully qualified.
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
         if host.is_empty() {
             return Err(reject("URL has no host".into()));
         }
-        if !self.allow_private_hosts && is_private_host(host) {
+        if self.allow_private_hosts {
+            return Ok(());
+        }
+        if host == "localhost" || host.ends_with(".localhost") || host == "metadata.google.internal"
+        {
             return Err(reject(format!(
                 "host `{host}` is a loopback, private, link-local or metadata address"
             )));
         }
+        let addresses: Vec<IpAddr> = if let Ok(address) = host.parse::<Ipv6Addr>() {
+            vec![IpAddr::V6(address)]
+        } else if let Some(address) = parse_ipv4_any_form(&host) {
+            vec![IpAddr::V4(address)]
+        } else {
+            let port = port
+                .and_then(|port| port.parse().ok())
+                .unwrap_or_else(|| default_port(&scheme));
+            use std::net::ToSocketAddrs;
+            (host.as_str(), port)
+                .to_socket_addrs()
+                .map_err(|error| reject(format!("host `{host}` does not resolve: {error}")))?
+                .map(|address| address.ip())
+                .collect()
+        };
+        for address in addresses {
+            let address = canonical_ip(address);
+            let private = match address {
+                IpAddr::V4(v4) => is_private_v4(v4),
+                IpAddr::V6(v6) => is_private_v6(v6),
+            };
+            if private
+                && !self
+                    .allowed_networks
+                    .iter()
+                    .any(|network| network.contains(address))
+            {
+                return Err(reject(format!(
+                    "host `{host}` is {address}, a loopback, private, link-local or metadata \
+                     address (allow its network in media.allowed_networks)"
+                )));
+            }
+        }
         Ok(())
-    }
-}
-
-fn is_private_host(host: &str) -> bool {
-    let lower = host.to_ascii_lowercase();
-    if lower == "localhost" || lower.ends_with(".localhost") || lower == "metadata.google.internal"
-    {
-        return true;
-    }
-    match lower.parse::<IpAddr>() {
-        Ok(IpAddr::V4(address)) => is_private_v4(address),
-        Ok(IpAddr::V6(address)) => is_private_v6(address),
-        Err(_) => false,
     }
 }
 
@@ -120,6 +276,17 @@ fn is_private_v6(address: Ipv6Addr) -> bool {
         // Unique local fc00::/7 and link-local fe80::/10.
         || (first_segment & 0xfe00) == 0xfc00
         || (first_segment & 0xffc0) == 0xfe80
+        // IPv4-compatible (`::a.b.c.d`, deprecated) and NAT64 (`64:ff9b::/96`) forms of a
+        // private IPv4 address.
+        || (address.segments()[..6] == [0; 6] && is_private_v4(ipv4_tail(address)))
+        || (address.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+            && is_private_v4(ipv4_tail(address)))
+}
+
+/// The last 32 bits of an IPv6 address as an IPv4 address.
+fn ipv4_tail(address: Ipv6Addr) -> Ipv4Addr {
+    let octets = address.octets();
+    Ipv4Addr::new(octets[12], octets[13], octets[14], octets[15])
 }
 
 /// Query parameters whose values are credentials (lower case; `x-amz-*` and `x-goog-*` are
@@ -345,12 +512,113 @@ mod tests {
                 "credentials leaked: {error}"
             );
         }
-        assert!(policy.check("https://example.com/video.mp4").is_ok());
+        assert!(policy.check("https://93.184.215.14/video.mp4").is_ok());
+        // A name that does not resolve is refused with the reason (no DNS here for it).
+        let error = policy
+            .check("https://no-such-host.invalid/video.mp4")
+            .expect_err("unresolvable");
+        assert!(error.to_string().contains("does not resolve"), "{error}");
         let open = UrlPolicy {
             allow_private_hosts: true,
             ..UrlPolicy::default()
         };
         assert!(open.check("http://127.0.0.1:9000/a.mp4").is_ok());
+    }
+
+    #[test]
+    fn every_spelling_of_a_private_address_is_refused() {
+        let policy = UrlPolicy {
+            allowed_schemes: vec!["http".into(), "rtsp".into()],
+            ..UrlPolicy::default()
+        };
+        for url in [
+            "http://127.1:9464/",
+            "http://2130706433:9464/",
+            "http://0x7f.1:9464/",
+            "http://0x7F000001/",
+            "http://0177.0.0.1/",
+            "http://0/",
+            "http://0.0.0.0/",
+            "http://127.0.0.1./",
+            "http://localhost.:9464/",
+            "http://LOCALHOST/",
+            "http://a.localhost./",
+            "http://[::ffff:7f00:1]/",
+            "http://[::127.0.0.1]/",
+            "http://[64:ff9b::a9fe:a9fe]/",
+            "http://[fe80::1]/",
+            "http://169.254.169.254/latest/meta-data",
+            "http://0xa9.0xfe.0xa9.0xfe/",
+            "http://10.1/",
+            "rtsp://u:p@192.168.1.2/stream",
+        ] {
+            let error = policy.check(url).expect_err(url).to_string();
+            assert!(
+                error.contains("loopback, private, link-local or metadata"),
+                "{url}: {error}"
+            );
+        }
+        // Names are resolved and every address they stand for is checked.
+        let error = policy
+            .check("http://ip6-localhost.:80/")
+            .err()
+            .map(|error| error.to_string());
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|error| error.contains("::1") || error.contains("does not resolve")),
+            "{error:?}"
+        );
+        assert_eq!(
+            parse_ipv4_any_form("127.1"),
+            Some(Ipv4Addr::new(127, 0, 0, 1))
+        );
+        assert_eq!(
+            parse_ipv4_any_form("1.2.0x0304"),
+            Some(Ipv4Addr::new(1, 2, 3, 4))
+        );
+        for name in ["example.com", "1.2.3.4.5", "256.1", "08.1", "cam-1", ""] {
+            assert_eq!(parse_ipv4_any_form(name), None, "{name}");
+        }
+        // Public addresses in any spelling pass.
+        for url in [
+            "http://8.8.8.8/",
+            "http://134744072/",
+            "http://[2001:4860::8888]/",
+        ] {
+            assert!(policy.check(url).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn allowed_networks_open_private_ranges_one_by_one() {
+        let policy = UrlPolicy {
+            allowed_schemes: vec!["rtsp".into()],
+            allowed_networks: vec![
+                "192.168.10.0/24".parse().expect("cidr"),
+                "fd00::/8".parse().expect("cidr"),
+                "10.0.0.7".parse().expect("one host"),
+            ],
+            ..UrlPolicy::default()
+        };
+        for url in [
+            "rtsp://192.168.10.20/live",
+            "rtsp://[::ffff:192.168.10.20]/live",
+            "rtsp://[fd12::1]/live",
+            "rtsp://10.0.0.7/live",
+        ] {
+            assert!(policy.check(url).is_ok(), "{url}");
+        }
+        for url in [
+            "rtsp://192.168.11.20/live",
+            "rtsp://10.0.0.8/live",
+            "rtsp://127.0.0.1/live",
+        ] {
+            assert!(policy.check(url).is_err(), "{url}");
+        }
+        for bad in ["10.0.0.0/33", "cam/8", "fd00::/129", "10.0.0.0/x"] {
+            assert!(bad.parse::<Network>().is_err(), "{bad}");
+        }
     }
 
     #[test]

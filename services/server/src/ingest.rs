@@ -1260,7 +1260,7 @@ mod tests {
             InputSource::File(root_path.join("a.mp4"))
         );
         assert!(matches!(
-            resolve_source("https://example.com/v.mp4", &settings),
+            resolve_source("https://93.184.215.14/v.mp4", &settings),
             Ok(InputSource::Url(_))
         ));
         Ok(())

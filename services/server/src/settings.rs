@@ -67,13 +67,7 @@ impl NodeSettings {
                 },
             )?,
         );
-        Ok(Self::map(
-            config,
-            roles,
-            roots,
-            blobs,
-            data_dir.join("spool"),
-        ))
+        Self::map(config, roles, roots, blobs, data_dir.join("spool"))
     }
 
     /// The settings of an embedded node (`vidx index`): the ingest and worker roles of
@@ -99,7 +93,7 @@ impl NodeSettings {
             worker: true,
             query: false,
         };
-        let mut settings = Self::map(config, roles, Vec::new(), blobs, spool.join("chunks"));
+        let mut settings = Self::map(config, roles, Vec::new(), blobs, spool.join("chunks"))?;
         settings.ingest.inline_max_bytes = 0;
         settings.worker.outage_limit = Some(Duration::ZERO);
         Ok(settings)
@@ -113,9 +107,9 @@ impl NodeSettings {
         roots: Vec<std::path::PathBuf>,
         blobs: Arc<dyn BlobStore>,
         spool_dir: std::path::PathBuf,
-    ) -> Self {
+    ) -> Result<Self, ServerError> {
         let kafka = &config.kafka;
-        Self {
+        Ok(Self {
             roles,
             worker_id: format!(
                 "{}-{}",
@@ -138,6 +132,17 @@ impl NodeSettings {
                         .map(|scheme| scheme.to_ascii_lowercase())
                         .collect(),
                     allow_private_hosts: config.media.allow_private_hosts,
+                    allowed_networks: config
+                        .media
+                        .allowed_networks
+                        .iter()
+                        .map(|network| {
+                            network.parse().map_err(|reason| ServerError::Config {
+                                key: "media.allowed_networks".into(),
+                                reason,
+                            })
+                        })
+                        .collect::<Result<_, _>>()?,
                 },
                 segment_ms: (config.media.segment_secs * 1000.0) as u64,
                 max_pixels: config.media.max_pixels,
@@ -170,7 +175,7 @@ impl NodeSettings {
             },
             concurrency: config.pipeline.workers,
             frame_size: config.media.frame_size,
-        }
+        })
     }
 }
 
@@ -359,6 +364,43 @@ mod tests {
         bad.models.device = "cuda:gpu".into();
         let error = ModelSettings::from_config(&bad.models).expect_err("refused");
         assert!(error.to_string().contains("models.device"), "{error}");
+    }
+
+    #[test]
+    fn allowed_networks_are_parsed_once_and_a_bad_one_names_the_key() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = dir.path();
+        let mut config = config(&[]);
+        config.media.allowed_networks = vec!["192.168.10.0/24".into()];
+        let settings = NodeSettings::embedded(&config, dir).expect("maps");
+        assert!(
+            settings
+                .ingest
+                .policy
+                .check("rtsp://192.168.10.5/live")
+                .is_err(),
+            "rtsp is not an allowed scheme by default"
+        );
+        assert!(
+            settings
+                .ingest
+                .policy
+                .check("http://192.168.10.5/v.mp4")
+                .is_ok()
+        );
+        assert!(
+            settings
+                .ingest
+                .policy
+                .check("http://192.168.11.5/v.mp4")
+                .is_err()
+        );
+        config.media.allowed_networks = vec!["192.168.10.0/40".into()];
+        let error = NodeSettings::embedded(&config, dir).expect_err("a bad prefix");
+        assert!(
+            error.to_string().contains("media.allowed_networks"),
+            "{error}"
+        );
     }
 
     #[test]

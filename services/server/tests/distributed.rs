@@ -196,7 +196,14 @@ async fn three_streams_through_kafka_and_two_workers_are_found_by_grpc_search() 
             "metadata",
         ),
         ("http://[::ffff:127.0.0.1]/v.mp4".to_string(), "loopback"),
-        (trap_url, "loopback"),
+        (trap_url.clone(), "loopback"),
+        // The same listener spelled to dodge a plain-text check (docs/reliability.md 25).
+        (trap_url.replace("127.0.0.1", "127.1"), "loopback"),
+        (trap_url.replace("127.0.0.1", "2130706433"), "loopback"),
+        (trap_url.replace("127.0.0.1", "0x7f.1"), "loopback"),
+        (trap_url.replace("127.0.0.1", "0"), "loopback"),
+        (trap_url.replace("127.0.0.1", "localhost."), "loopback"),
+        (trap_url.replace("127.0.0.1", "[::ffff:7f00:1]"), "loopback"),
         (format!("{}/../outside.mp4", media.display()), "`..`"),
         (
             outside.display().to_string(),
