@@ -132,6 +132,10 @@ pub(crate) fn open_input_with(
     };
     let mut options = ffmpeg::Dictionary::new();
     options.set("protocol_whitelist", protocols);
+    // Presentation timestamps for packets that lack them (AVI with B-frames, MPEG program
+    // streams and VOB carry them on some packets only): FFmpeg fills them from the stream's
+    // decoding order, as its own CLI does when it remuxes such files.
+    options.set("fflags", "+genpts");
     // Microseconds: a network read that blocks this long fails instead of hanging.
     options.set(
         "rw_timeout",

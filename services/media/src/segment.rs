@@ -529,7 +529,9 @@ impl ChunkWriter {
         input_time_base: ffmpeg::Rational,
         input: &str,
     ) -> Result<(), MediaError> {
-        packet.set_pts(packet.pts().map(|pts| pts - origin_pts));
+        // A packet still without a presentation time is shown when it is decoded.
+        let pts = packet.pts().or(packet.dts());
+        packet.set_pts(pts.map(|pts| pts - origin_pts));
         packet.set_dts(packet.dts().map(|dts| dts - origin_pts));
         packet.rescale_ts(input_time_base, self.output_time_base);
         packet.set_stream(0);

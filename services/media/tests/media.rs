@@ -359,3 +359,123 @@ fn embedded_and_sidecar_subtitles_become_cues_once() -> Result<()> {
     );
     Ok(())
 }
+
+/// docs/reliability.md 8a: every container and codec FFmpeg reads is segmented, including
+/// archive formats whose packets carry presentation timestamps on some packets only (AVI with
+/// B-frames, MPEG program streams, VOB), with segment times within one frame of the source's.
+#[test]
+fn archive_and_web_formats_segment_at_the_source_times() -> Result<()> {
+    let directory = tempfile::tempdir()?;
+    // 30 fps and a keyframe every 60 frames (2 s): a GOP the MPEG-1/2 encoders keep exactly
+    // with two B-frames (they round it to a multiple of three).
+    let keyframes = ["-g", "60", "-keyint_min", "60"];
+    let formats: &[(&str, &str, &[&str], u64)] = &[
+        (
+            "AVI, MPEG-4 part 2 with B-frames",
+            "avi",
+            &["-c:v", "mpeg4", "-bf", "2"],
+            34,
+        ),
+        ("AVI, MS-MPEG4 v2", "avi", &["-c:v", "msmpeg4v2"], 34),
+        ("AVI, MS-MPEG4 v3", "avi", &["-c:v", "msmpeg4"], 34),
+        ("AVI, MJPEG", "avi", &["-c:v", "mjpeg", "-q:v", "8"], 34),
+        (
+            "MPEG-PS, MPEG-1 with B-frames",
+            "mpg",
+            &["-c:v", "mpeg1video", "-bf", "2", "-f", "mpeg"],
+            34,
+        ),
+        (
+            "VOB, MPEG-2 with B-frames",
+            "vob",
+            &["-c:v", "mpeg2video", "-bf", "2", "-f", "vob"],
+            34,
+        ),
+        (
+            "MPEG-TS, H.264",
+            "ts",
+            &["-c:v", "libx264", "-preset", "ultrafast"],
+            34,
+        ),
+        (
+            "MOV, H.264 with B-frames",
+            "mov",
+            &[
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-sc_threshold",
+                "0",
+            ],
+            34,
+        ),
+        (
+            "MKV, H.264 with B-frames",
+            "mkv",
+            &[
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-sc_threshold",
+                "0",
+            ],
+            34,
+        ),
+        ("WebM, VP8", "webm", &["-c:v", "libvpx", "-b:v", "300k"], 34),
+        (
+            "WebM, VP9",
+            "webm",
+            &[
+                "-c:v",
+                "libvpx-vp9",
+                "-b:v",
+                "300k",
+                "-deadline",
+                "realtime",
+                "-cpu-used",
+                "8",
+            ],
+            34,
+        ),
+        ("FLV, Sorenson H.263", "flv", &["-c:v", "flv1"], 34),
+    ];
+    let mut failures = Vec::new();
+    for (index, (name, extension, codec, frame_ms)) in formats.iter().enumerate() {
+        let path = directory.path().join(format!("clip{index}.{extension}"));
+        let mut arguments = vec!["-f", "lavfi", "-i", "testsrc2=s=160x120:r=30:d=12"];
+        arguments.extend_from_slice(codec);
+        arguments.extend_from_slice(&keyframes);
+        arguments.push(path.to_str().context("path")?);
+        ffmpeg(&arguments).with_context(|| format!("making the {name} clip"))?;
+        let spool = directory.path().join(format!("spool{index}"));
+        let (chunks, result) = segment_all(&path, 2_000, &spool);
+        let summary = match result {
+            Ok(summary) => summary,
+            Err(error) => {
+                failures.push(format!("{name}: {error}"));
+                continue;
+            }
+        };
+        let starts: Vec<u64> = chunks.iter().map(|chunk| chunk.range.start_ms).collect();
+        let end = chunks.last().map_or(0, |chunk| chunk.range.end_ms);
+        let on_time = starts
+            .iter()
+            .enumerate()
+            .all(|(seq, start)| start.abs_diff(seq as u64 * 2_000) <= *frame_ms);
+        if summary.segments != 6
+            || chunks.len() != 6
+            || !on_time
+            || end.abs_diff(12_000) > *frame_ms
+        {
+            failures.push(format!(
+                "{name}: {} segments starting at {starts:?} ms, ending at {end} ms \
+                 (expected 6 every 2000 ms to 12000, within {frame_ms} ms)",
+                chunks.len()
+            ));
+        }
+    }
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
