@@ -126,6 +126,10 @@ pub struct ServerConfig {
     pub metrics_listen: String,
     pub max_request_bytes: usize,
     pub max_concurrent_requests: usize,
+    /// Per tenant and ingest node: jobs remembered, jobs segmenting, live streams followed.
+    pub max_jobs_per_tenant: usize,
+    pub max_running_jobs_per_tenant: usize,
+    pub max_live_streams_per_tenant: usize,
     pub request_timeout_ms: u64,
     pub ingest_roots: Vec<String>,
     /// Where segments too large for a message go: a directory, `s3://…` or `gs://…`.
@@ -340,6 +344,24 @@ impl Config {
                 "server.max_request_bytes",
                 "must be between 1 KiB and 64 MiB",
             );
+        }
+        for (key, value) in [
+            (
+                "server.max_jobs_per_tenant",
+                self.server.max_jobs_per_tenant,
+            ),
+            (
+                "server.max_running_jobs_per_tenant",
+                self.server.max_running_jobs_per_tenant,
+            ),
+            (
+                "server.max_live_streams_per_tenant",
+                self.server.max_live_streams_per_tenant,
+            ),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be positive");
+            }
         }
         if self.server.max_concurrent_requests == 0 {
             return invalid("server.max_concurrent_requests", "must be positive");

@@ -47,11 +47,23 @@ pub struct IngestSettings {
     /// Where segments too large to travel inline go (a shared volume or object storage the
     /// workers read too).
     pub blobs: Arc<dyn BlobStore>,
-    /// Jobs remembered; beyond this the oldest are forgotten (their segments are indexed all
-    /// the same).
-    pub max_jobs: usize,
+    /// What one tenant may hold on this node.
+    pub limits: TenantLimits,
     /// A live source without packets for this long is degraded and reconnected.
     pub live_stall_timeout: Duration,
+}
+
+/// What one tenant may hold on an ingest node: no tenant's flood evicts or blocks another's
+/// jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantLimits {
+    /// Jobs remembered; beyond this the tenant's oldest finished jobs are forgotten (their
+    /// segments are indexed all the same).
+    pub jobs: usize,
+    /// Jobs segmenting at once (live streams included).
+    pub running_jobs: usize,
+    /// Live streams followed at once.
+    pub live_streams: usize,
 }
 
 /// URL schemes of live sources (cameras, encoders, HLS): ingested until stopped, with
@@ -272,6 +284,10 @@ impl Jobs {
             .map_err(|_| Status::internal("job table lock poisoned"))
     }
 
+    /// Remember a new job of `tenant`, within `limits`: a tenant with `running_jobs` jobs (or
+    /// `live_streams` streams, for a stream) still running is refused with
+    /// `RESOURCE_EXHAUSTED`; one with `jobs` jobs forgets its own oldest finished one (never
+    /// another tenant's), or is refused when none has finished.
     #[allow(clippy::too_many_arguments)]
     fn insert(
         &self,
@@ -280,14 +296,52 @@ impl Jobs {
         source: &str,
         submitted: &str,
         stream_id: &str,
-        max_jobs: usize,
+        limits: &TenantLimits,
         live_stream: Option<&str>,
     ) -> Result<(), Status> {
         let mut table = self.lock()?;
-        while table.order.len() >= max_jobs.max(1) {
-            let Some(oldest) = table.order.pop_front() else {
+        let own: Vec<(&String, &JobRecord)> = table
+            .order
+            .iter()
+            .filter_map(|id| table.jobs.get(id).map(|job| (id, job)))
+            .filter(|(_, job)| job.tenant == tenant)
+            .collect();
+        let running = own.iter().filter(|(_, job)| !job.segmented).count();
+        let streaming = own
+            .iter()
+            .filter(|(_, job)| !job.segmented && job.live.is_some())
+            .count();
+        if live_stream.is_some() && streaming >= limits.live_streams.max(1) {
+            return Err(Status::resource_exhausted(format!(
+                "tenant `{tenant}` follows {streaming} live streams, the most allowed \
+                 (server.max_live_streams_per_tenant): stop one first"
+            )));
+        }
+        if running >= limits.running_jobs.max(1) {
+            return Err(Status::resource_exhausted(format!(
+                "tenant `{tenant}` has {running} jobs running, the most allowed \
+                 (server.max_running_jobs_per_tenant): retry when one has finished"
+            )));
+        }
+        let mut forget: Vec<String> = Vec::new();
+        let mut held = own.len();
+        for (id, job) in &own {
+            if held < limits.jobs.max(1) {
                 break;
-            };
+            }
+            if job.segmented {
+                forget.push(id.to_string());
+                held -= 1;
+            }
+        }
+        if held >= limits.jobs.max(1) {
+            return Err(Status::resource_exhausted(format!(
+                "tenant `{tenant}` holds {held} jobs, the most allowed \
+                 (server.max_jobs_per_tenant)"
+            )));
+        }
+        for oldest in forget {
+            table.order.retain(|id| *id != oldest);
             if let Some(job) = table.jobs.remove(&oldest) {
                 for tag in job.published {
                     table.by_tag.remove(&tag);
@@ -324,7 +378,7 @@ impl Jobs {
 
     /// A job of the journal that had ended its segmenting before the node restarted: its
     /// progress comes from the segments it published.
-    fn restore_finished(&self, entry: &v1::JobJournalEntry, max_jobs: usize) {
+    fn restore_finished(&self, entry: &v1::JobJournalEntry, limits: &TenantLimits) {
         if self
             .insert(
                 &entry.job_id,
@@ -332,7 +386,7 @@ impl Jobs {
                 &entry.display_source,
                 &entry.source,
                 &entry.stream_id,
-                max_jobs,
+                limits,
                 None,
             )
             .is_err()
@@ -745,7 +799,7 @@ impl<Q: SegmentQueue> Ingest<Q> {
                 entry.segmented = true;
                 entry.error = format!("not resumed after a restart: {reason}");
             }
-            self.jobs.restore_finished(&entry, self.settings.max_jobs);
+            self.jobs.restore_finished(&entry, &self.settings.limits);
             finished += 1;
         }
         if finished + resumed > 0 {
@@ -769,7 +823,7 @@ impl<Q: SegmentQueue> Ingest<Q> {
             &input.display_name(),
             submitted,
             &stream_id,
-            self.settings.max_jobs,
+            &self.settings.limits,
             live.then_some(stream_id.as_str()),
         )?;
         tracing::info!(job_id, tenant, stream_id, source = %input.display_name(), "job accepted");
@@ -1194,7 +1248,11 @@ mod tests {
                 vidx_blob::ObjectBlobStore::open("memory:///blobs", &Default::default())
                     .expect("an in-memory blob store opens"),
             ),
-            max_jobs: 10,
+            limits: TenantLimits {
+                jobs: 10,
+                running_jobs: 10,
+                live_streams: 10,
+            },
             live_stall_timeout: Duration::from_secs(10),
         }
     }
@@ -1269,7 +1327,12 @@ mod tests {
     #[test]
     fn job_state_follows_commits_and_dead_letters() -> Result<(), Status> {
         let jobs = Jobs::default();
-        jobs.insert("j", "acme", "/v.mp4", "/v.mp4", "/v.mp4", 10, None)?;
+        let limits = TenantLimits {
+            jobs: 10,
+            running_jobs: 10,
+            live_streams: 10,
+        };
+        jobs.insert("j", "acme", "/v.mp4", "/v.mp4", "/v.mp4", &limits, None)?;
         jobs.update("j", |job| job.segmenting = true);
         let tags: Vec<DeliveryTag> = (0..4)
             .map(|offset| DeliveryTag {
@@ -1304,10 +1367,79 @@ mod tests {
         Ok(())
     }
 
+    /// docs/reliability.md 27: one tenant's flood of jobs or streams is refused for that tenant
+    /// alone, and never evicts another tenant's jobs.
+    #[test]
+    fn a_tenant_at_its_limits_is_refused_and_evicts_only_its_own_finished_jobs()
+    -> Result<(), Status> {
+        let jobs = Jobs::default();
+        let limits = TenantLimits {
+            jobs: 3,
+            running_jobs: 2,
+            live_streams: 1,
+        };
+        let insert = |id: &str, tenant: &str, live: bool| {
+            jobs.insert(id, tenant, id, id, id, &limits, live.then_some(id))
+        };
+        insert("b1", "bob", false)?;
+        insert("a1", "alice", false)?;
+        insert("a2", "alice", false)?;
+        // Two of alice's jobs run: a third is refused, naming the limit.
+        let refused = insert("a3", "alice", false).expect_err("running limit");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused
+                .message()
+                .contains("server.max_running_jobs_per_tenant"),
+            "{}",
+            refused.message()
+        );
+        // Bob is not held back by alice.
+        insert("b2", "bob", false)?;
+        // One live stream each.
+        jobs.update("a1", |job| job.segmented = true);
+        insert("s1", "alice", true)?;
+        jobs.update("a2", |job| job.segmented = true);
+        let refused = insert("s2", "alice", true).expect_err("stream limit");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused
+                .message()
+                .contains("server.max_live_streams_per_tenant")
+        );
+        // Alice holds 3 (a1, a2 finished, s1 live): her oldest finished job makes room,
+        // bob's jobs stay whatever alice submits.
+        for round in 0..5 {
+            let id = format!("a-more-{round}");
+            insert(&id, "alice", false)?;
+            jobs.update(&id, |job| job.segmented = true);
+        }
+        let none = HashMap::new();
+        assert!(jobs.view("a1", "alice", &none).is_err(), "a1 was forgotten");
+        assert!(
+            jobs.view("s1", "alice", &none).is_ok(),
+            "the live stream stays"
+        );
+        for id in ["b1", "b2"] {
+            assert!(
+                jobs.view(id, "bob", &none).is_ok(),
+                "{id} was evicted by alice"
+            );
+        }
+        // With nothing finished to forget, the job limit refuses.
+        insert("b3", "bob", false).expect_err("bob runs two");
+        Ok(())
+    }
+
     #[test]
     fn blobs_are_released_after_their_commit_and_kept_when_dead_lettered() -> Result<(), Status> {
         let jobs = Jobs::default();
-        jobs.insert("j", "acme", "/v.mp4", "/v.mp4", "/v.mp4", 1, None)?;
+        let one = TenantLimits {
+            jobs: 1,
+            running_jobs: 1,
+            live_streams: 1,
+        };
+        jobs.insert("j", "acme", "/v.mp4", "/v.mp4", "/v.mp4", &one, None)?;
         let tag = |offset| DeliveryTag {
             partition: 0,
             offset,
@@ -1320,8 +1452,9 @@ mod tests {
             );
         }
         jobs.published("j", tag(3), None);
-        // The job record is evicted; its blobs are still collected.
-        jobs.insert("k", "acme", "/w.mp4", "/w.mp4", "/w.mp4", 1, None)?;
+        jobs.update("j", |job| job.segmented = true);
+        // The finished job's record is evicted; its blobs are still collected.
+        jobs.insert("k", "acme", "/w.mp4", "/w.mp4", "/w.mp4", &one, None)?;
         assert_eq!(jobs.pending_blobs(), 3);
 
         let start = Instant::now();

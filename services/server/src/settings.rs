@@ -16,6 +16,7 @@ use vidx_model::{DTypeChoice, DeviceChoice, HubOptions};
 use vidx_pipeline::{DependencyHealth, WorkerOptions};
 use vidx_store::{EdgeStoreOptions, ServerStoreOptions};
 
+use crate::ingest::TenantLimits;
 use crate::{INLINE_HEADROOM_BYTES, IngestSettings, Roles, ServerError};
 
 /// Everything a node needs besides its engine.
@@ -95,6 +96,12 @@ impl NodeSettings {
         };
         let mut settings = Self::map(config, roles, Vec::new(), blobs, spool.join("chunks"))?;
         settings.ingest.inline_max_bytes = 0;
+        // One user and one run: every input is a job the run reports on.
+        settings.ingest.limits = TenantLimits {
+            jobs: usize::MAX,
+            running_jobs: usize::MAX,
+            live_streams: usize::MAX,
+        };
         settings.worker.outage_limit = Some(Duration::ZERO);
         Ok(settings)
     }
@@ -155,7 +162,11 @@ impl NodeSettings {
                 ),
                 spool_dir,
                 blobs: blobs.clone(),
-                max_jobs: 10_000,
+                limits: TenantLimits {
+                    jobs: config.server.max_jobs_per_tenant,
+                    running_jobs: config.server.max_running_jobs_per_tenant,
+                    live_streams: config.server.max_live_streams_per_tenant,
+                },
                 live_stall_timeout: Duration::from_millis(config.media.live_stall_timeout_ms),
             },
             worker: WorkerOptions {
