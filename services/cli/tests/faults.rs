@@ -24,7 +24,7 @@ use vidx_core::{RecordKind, point_id};
 use vidx_proto::v1;
 use vidx_proto::v1::ingest_service_client::IngestServiceClient;
 use vidx_proto::v1::worker_service_client::WorkerServiceClient;
-use vidx_testkit::{MockBroker, QdrantServer, ffmpeg};
+use vidx_testkit::{Camera, MockBroker, QdrantServer, ffmpeg};
 
 const VIDX: &str = env!("CARGO_BIN_EXE_vidx");
 const SEGMENT_MS: u64 = 2_000;
@@ -830,6 +830,158 @@ fn an_ingest_node_killed_mid_job_finishes_it_after_a_restart() -> Result<()> {
         "{}",
         cluster.ingest.log()
     );
+    Ok(())
+}
+
+/// docs/reliability.md fault 23 for a live stream: the ingest node following a camera is
+/// SIGKILLed and restarted; it takes the stream back from the jobs topic and reconnects (the
+/// camera is back on its port by then), and the workers index its segments again. `GetJob`
+/// and `ListStreams` answer for it on the new process, and `StopStream` ends it.
+#[test]
+fn a_live_stream_reconnects_after_its_ingest_node_is_killed() -> Result<()> {
+    let mut cluster = Cluster::start(1, 1)?;
+    // The camera is on loopback: open that one address to the ingest node (by CIDR, the
+    // private-address guard stays on).
+    cluster.ingest.signal("KILL")?;
+    cluster.ingest.environment.extend([
+        (
+            "VIDX__MEDIA__ALLOWED_URL_SCHEMES".to_string(),
+            "[\"tcp\"]".to_string(),
+        ),
+        (
+            "VIDX__MEDIA__ALLOWED_NETWORKS".to_string(),
+            "[\"127.0.0.1/32\"]".to_string(),
+        ),
+    ]);
+    cluster.ingest.start()?;
+    let port = free_port()?;
+    let mut camera = Camera::start(port)?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let endpoint = format!("http://127.0.0.1:{}", cluster.ingest.listen);
+    let client = || async {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await?;
+        anyhow::Ok(IngestServiceClient::new(channel))
+    };
+    // Retried until the node answers; `None` while it does not.
+    let stream_of = |job_id: String| {
+        let client = &client;
+        async move {
+            let mut client = client().await.ok()?;
+            client
+                .list_streams(v1::ListStreamsRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .streams
+                .into_iter()
+                .find(|stream| stream.job_id == job_id)
+        }
+    };
+    let indexed = |cluster: &Cluster| {
+        cluster.workers[0]
+            .log()
+            .lines()
+            .filter(|line| line.contains("segment indexed") && line.contains("cam-faults"))
+            .count()
+    };
+    let job_id = runtime.block_on(async {
+        let started = Instant::now();
+        loop {
+            let submitted = async {
+                let mut client = client().await?;
+                let response = client
+                    .submit(v1::SubmitRequest {
+                        source: format!("tcp://127.0.0.1:{port}"),
+                        stream_id: Some("cam-faults".into()),
+                    })
+                    .await?;
+                anyhow::Ok(response.into_inner().job_id)
+            }
+            .await;
+            match submitted {
+                Ok(job_id) => return Ok(job_id),
+                Err(error) if started.elapsed() > Duration::from_secs(60) => return Err(error),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })?;
+    cluster.wait_for("the stream indexed", Duration::from_secs(60), || {
+        Ok(indexed(&cluster) >= 3)
+    })?;
+
+    cluster.ingest.signal("KILL")?;
+    let before = indexed(&cluster);
+    // The camera lost its client with the ingest node; it serves the next one.
+    drop(camera);
+    camera = Camera::start(port)?;
+    cluster.ingest.start()?;
+    let restored = cluster.wait_for(
+        "the stream live again on the restarted ingest node",
+        Duration::from_secs(60),
+        || {
+            Ok(runtime
+                .block_on(stream_of(job_id.clone()))
+                .is_some_and(|stream| {
+                    stream.state == v1::StreamState::Live as i32 && stream.segments >= 2
+                }))
+        },
+    )?;
+    cluster.wait_for(
+        "the stream's segments indexed after the restart",
+        Duration::from_secs(60),
+        || Ok(indexed(&cluster) >= before + 2),
+    )?;
+    println!(
+        "live again {:.1} s after the restart; {before} segments before the kill",
+        restored.as_secs_f64()
+    );
+    ensure!(
+        cluster
+            .ingest
+            .log()
+            .contains("jobs restored from the journal"),
+        "{}",
+        cluster.ingest.log()
+    );
+    let job = runtime.block_on(async {
+        let mut client = client().await?;
+        anyhow::Ok(
+            client
+                .get_job(v1::GetJobRequest {
+                    job_id: job_id.clone(),
+                })
+                .await?
+                .into_inner(),
+        )
+    })?;
+    ensure!(
+        job.stream
+            .as_ref()
+            .is_some_and(|stream| stream.stream_id == "cam-faults"),
+        "{job:?}"
+    );
+    runtime.block_on(async {
+        let mut client = client().await?;
+        client
+            .stop_stream(v1::StopStreamRequest {
+                job_id: job_id.clone(),
+            })
+            .await?;
+        anyhow::Ok(())
+    })?;
+    cluster.wait_for("the stream stopped", Duration::from_secs(30), || {
+        Ok(runtime
+            .block_on(stream_of(job_id.clone()))
+            .is_some_and(|stream| stream.state == v1::StreamState::Stopped as i32))
+    })?;
+    drop(camera);
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, ensure};
-use common::{Camera, MeanColour, Node, WordsEmbedder, authorized, config};
+use common::{MeanColour, Node, WordsEmbedder, authorized, config};
 use vidx_core::SearchFilter;
 use vidx_core::ports::{FrameSampler, IndexStore, TextEmbedder};
 use vidx_media::FfmpegFrameSampler;
@@ -18,7 +18,7 @@ use vidx_pipeline::{Models, SearchModels};
 use vidx_proto::v1;
 use vidx_proto::v1::ingest_service_client::IngestServiceClient;
 use vidx_server::{Engine, Roles};
-use vidx_testkit::LocalBroker;
+use vidx_testkit::{Camera, LocalBroker};
 
 fn now_ms() -> u64 {
     SystemTime::now()

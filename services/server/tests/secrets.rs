@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use common::{Camera, MeanColour, Node, WordsEmbedder, authorized, config};
+use common::{MeanColour, Node, WordsEmbedder, authorized, config};
 use opentelemetry_sdk::trace::InMemorySpanExporter;
 use tonic::Code;
 use tracing_subscriber::layer::SubscriberExt;
@@ -24,7 +24,7 @@ use vidx_pipeline::{Models, SearchModels};
 use vidx_proto::v1;
 use vidx_proto::v1::ingest_service_client::IngestServiceClient;
 use vidx_server::{Engine, Roles};
-use vidx_testkit::LocalBroker;
+use vidx_testkit::{Camera, LocalBroker};
 
 const PASSWORD: &str = "pw-Secret-0001";
 const TOKEN: &str = "tok-Secret-0002";

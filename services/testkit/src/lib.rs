@@ -1,6 +1,7 @@
 //! Test support for vidx's suites, used only as a dev-dependency (nothing here ships in the
 //! `vidx` binary): Kafka-protocol brokers on loopback (`tansu`, and librdkafka's mock cluster
-//! for the crash tests), the Qdrant server, and a frame sampler that must never be called.
+//! for the crash tests), the Qdrant server, the FFmpeg CLI (test videos, live cameras), and a
+//! frame sampler that must never be called.
 
 mod ffmpeg;
 pub mod local_broker;
@@ -8,7 +9,7 @@ pub mod mock_broker;
 mod no_frames;
 pub mod qdrant;
 
-pub use ffmpeg::ffmpeg;
+pub use ffmpeg::{Camera, ffmpeg};
 pub use local_broker::LocalBroker;
 pub use mock_broker::MockBroker;
 pub use no_frames::NoFrames;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use vidx_config::{Config, ConfigSources};
@@ -258,51 +258,6 @@ pub fn authorized<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
         request.metadata_mut().insert("authorization", value);
     }
     request
-}
-
-/// A live camera: the FFmpeg CLI encoding a test pattern in real time (H.264, a keyframe a
-/// second, MPEG-TS) to the first client of `tcp://127.0.0.1:PORT`.
-pub struct Camera(std::process::Child);
-
-impl Camera {
-    pub fn start(port: u16) -> Result<Self> {
-        Ok(Self(
-            std::process::Command::new("ffmpeg")
-                .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
-                .args(["-f", "lavfi", "-i", "testsrc2=s=160x120:r=25"])
-                .args([
-                    "-c:v",
-                    "libx264",
-                    "-preset",
-                    "ultrafast",
-                    "-tune",
-                    "zerolatency",
-                ])
-                .args(["-g", "25", "-keyint_min", "25", "-sc_threshold", "0"])
-                .args(["-pix_fmt", "yuv420p", "-f", "mpegts"])
-                .arg(format!("tcp://127.0.0.1:{port}?listen=1"))
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .context("start ffmpeg")?,
-        ))
-    }
-
-    pub fn signal(&self, signal: &str) -> Result<()> {
-        let status = std::process::Command::new("kill")
-            .args([signal, &self.0.id().to_string()])
-            .status()?;
-        ensure!(status.success(), "kill {signal}");
-        Ok(())
-    }
-}
-
-impl Drop for Camera {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A model stand-in: frames become vectors of their first pixel's colour (so every segment
