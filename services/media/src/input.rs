@@ -9,7 +9,8 @@ use ffmpeg_next as ffmpeg;
 use ffmpeg_next::format::context::Input;
 use vidx_core::MediaError;
 
-use crate::source::InputSource;
+use crate::guard::ConnectGuard;
+use crate::source::{InputSource, UrlPolicy};
 
 /// How long an open or a read may make no progress before it is aborted.
 pub(crate) const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -37,6 +38,10 @@ pub(crate) struct OpenSettings {
     pub url_protocols: &'static str,
     /// Set from outside to abort a blocking open or read promptly.
     pub stop: Option<Arc<AtomicBool>>,
+    /// The rules every HTTP(S) connection of a URL input is checked against as it is made
+    /// (redirects and playlist entries included): a [`ConnectGuard`] per input. `None`: no
+    /// guard (files, and URLs whose private-address check is off).
+    pub url_guard: Option<UrlPolicy>,
 }
 
 impl Default for OpenSettings {
@@ -46,6 +51,7 @@ impl Default for OpenSettings {
             rw_timeout: DEFAULT_RW_TIMEOUT,
             url_protocols: URL_PROTOCOLS,
             stop: None,
+            url_guard: None,
         }
     }
 }
@@ -58,6 +64,8 @@ pub(crate) struct OpenedInput {
     pub context: Input,
     watchdog: Watchdog,
     pub name: String,
+    /// Kept running as long as the input reads (HLS opens segments while it reads).
+    _guard: Option<ConnectGuard>,
 }
 
 impl OpenedInput {
@@ -131,7 +139,24 @@ pub(crate) fn open_input_with(
         InputSource::Url(url) => (url.clone(), settings.url_protocols),
     };
     let mut options = ffmpeg::Dictionary::new();
-    options.set("protocol_whitelist", protocols);
+    let guard = match (source, &settings.url_guard) {
+        (InputSource::Url(_), Some(policy)) => Some(ConnectGuard::start(policy.clone()).map_err(
+            |error| MediaError::Io {
+                input: name.clone(),
+                reason: format!("cannot start the URL guard: {error}"),
+            },
+        )?),
+        _ => None,
+    };
+    match &guard {
+        Some(guard) => {
+            // Every HTTP(S) connection goes through the guard; HTTPS as a CONNECT tunnel
+            // (FFmpeg's `httpproxy` protocol).
+            options.set("protocol_whitelist", &format!("{protocols},httpproxy"));
+            options.set("http_proxy", &guard.proxy_url());
+        }
+        None => options.set("protocol_whitelist", protocols),
+    }
     // Presentation timestamps for packets that lack them (AVI with B-frames, MPEG program
     // streams and VOB carry them on some packets only): FFmpeg fills them from the stream's
     // decoding order, as its own CLI does when it remuxes such files.
@@ -154,7 +179,19 @@ pub(crate) fn open_input_with(
         },
         options,
     )
-    .map_err(|error| map_open_error(&name, error, stall_timeout))?;
+    .map_err(|error| {
+        // A connection the guard refused explains the failure better than FFmpeg's 403.
+        match guard
+            .as_ref()
+            .and_then(|guard| guard.refusals().into_iter().next())
+        {
+            Some(reason) => MediaError::Rejected {
+                input: name.clone(),
+                reason,
+            },
+            None => map_open_error(&name, error, stall_timeout),
+        }
+    })?;
     // FFmpeg guesses a raw format (h263, mp3, ...) for almost any bytes, at a low score; it
     // warns at AVPROBE_SCORE_RETRY (25) and below. Such a guess is not a video file.
     let probe_score = context.probe_score();
@@ -172,6 +209,7 @@ pub(crate) fn open_input_with(
         context,
         watchdog,
         name,
+        _guard: guard,
     })
 }
 

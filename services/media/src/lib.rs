@@ -6,6 +6,7 @@
 //! Every failure is a [`vidx_core::MediaError`] naming the input; nothing here panics on input
 //! data.
 
+mod guard;
 mod input;
 mod live;
 mod probe;
@@ -18,7 +19,9 @@ pub use live::{LiveOptions, LiveSummary, MAX_CLOCK_JUMP_MS, StopCause, StreamSta
 pub use probe::{MediaInfo, SubtitleStreamInfo, VideoInfo, probe};
 pub use sample::{FfmpegFrameSampler, uniform_targets_ms};
 pub use segment::{SegmentChunk, SegmentOptions, SegmentSummary, segment_source};
-pub use source::{InputSource, UrlPolicy, discover_inputs, is_video_path, parse_input};
+pub use source::{
+    InputSource, Network, UrlPolicy, discover_inputs, is_video_path, parse_input, redact_url,
+};
 
 use std::sync::Once;
 

@@ -281,6 +281,7 @@ pub fn segment_live(
         rw_timeout: options.stall_timeout,
         url_protocols: LIVE_PROTOCOLS,
         stop: Some(Arc::clone(stop)),
+        url_guard: options.segment.url_guard.clone(),
     };
     let backoff = Backoff {
         initial: options.reconnect_initial_backoff,

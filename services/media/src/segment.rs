@@ -8,7 +8,7 @@ use vidx_core::{
     MediaError, SEGMENT_TASK_SCHEMA_VERSION, SegmentMedia, SegmentTask, SubtitleCue, TimeRange,
 };
 
-use crate::input::{OpenedInput, open_input, to_ms};
+use crate::input::{OpenSettings, OpenedInput, open_input_with, to_ms};
 use crate::probe::{MediaInfo, describe};
 use crate::source::InputSource;
 use crate::subtitles::{cues_for_segment, embedded_cues, normalize_cues, sidecar_cues};
@@ -24,6 +24,9 @@ pub struct SegmentOptions {
     pub max_pixels: u64,
     /// Consecutive unreadable packets after which the input is declared corrupt.
     pub max_consecutive_corrupt_packets: usize,
+    /// Check every HTTP(S) connection of a URL input against these rules as it is made
+    /// (redirects, playlist entries, a name resolved again); `None`: no such check.
+    pub url_guard: Option<crate::UrlPolicy>,
 }
 
 impl SegmentOptions {
@@ -33,6 +36,7 @@ impl SegmentOptions {
             spool_dir,
             max_pixels: 8192 * 8192,
             max_consecutive_corrupt_packets: 200,
+            url_guard: None,
         }
     }
 }
@@ -117,7 +121,11 @@ pub fn segment_source(
     options: &SegmentOptions,
     mut sink: impl FnMut(SegmentChunk) -> bool,
 ) -> Result<SegmentSummary, MediaError> {
-    let mut opened = open_input(source)?;
+    let open = OpenSettings {
+        url_guard: options.url_guard.clone(),
+        ..OpenSettings::default()
+    };
+    let mut opened = open_input_with(source, &open)?;
     let name = opened.name.clone();
     let track = VideoTrack::select(&opened, options.max_pixels)?;
     create_spool_dir(&options.spool_dir, &name)?;
@@ -137,7 +145,7 @@ pub fn segment_source(
     let mut cues = Vec::new();
     if !info.subtitles.is_empty() {
         let origin_ms = origin_pts.map_or(0, |pts| to_ms(pts, time_base));
-        cues.extend(embedded_cues(source, origin_ms)?);
+        cues.extend(embedded_cues(source, origin_ms, &open)?);
     }
     if let InputSource::File(path) = source {
         cues.extend(sidecar_cues(path));

@@ -1,7 +1,7 @@
 //! What can be indexed: files, directories (recursively, by video extension) and URLs whose
 //! scheme and host pass the allow-list.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use vidx_core::MediaError;
@@ -178,20 +178,27 @@ impl UrlPolicy {
     /// metadata addresses are refused unless `allow_private_hosts` is set or
     /// `allowed_networks` holds them.
     pub fn check(&self, url: &str) -> Result<(), MediaError> {
-        let input = redact_url(url);
-        let reject = |reason: String| MediaError::Rejected {
-            input: input.clone(),
-            reason,
-        };
+        self.checked_addresses(url)
+            .map(|_| ())
+            .map_err(|reason| MediaError::Rejected {
+                input: redact_url(url),
+                reason,
+            })
+    }
+
+    /// [`check`](Self::check), returning the checked socket addresses of the URL's host (its
+    /// port, or the scheme's) — the only ones a connection may go to — or why it is refused.
+    /// Empty with `allow_private_hosts` (nothing is resolved then).
+    pub fn checked_addresses(&self, url: &str) -> Result<Vec<SocketAddr>, String> {
         let Some((scheme, rest)) = url.split_once("://") else {
-            return Err(reject("not a URL with a scheme".into()));
+            return Err("not a URL with a scheme".into());
         };
         let scheme = scheme.to_ascii_lowercase();
         if !self.allowed_schemes.contains(&scheme) {
-            return Err(reject(format!(
+            return Err(format!(
                 "scheme `{scheme}` is not allowed (allowed: {})",
                 self.allowed_schemes.join(", ")
-            )));
+            ));
         }
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
         let host_port = authority.rsplit('@').next().unwrap_or_default();
@@ -207,35 +214,37 @@ impl UrlPolicy {
         // `localhost.` is `localhost`: a trailing dot only marks a name as fully qualified.
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         if host.is_empty() {
-            return Err(reject("URL has no host".into()));
+            return Err("URL has no host".into());
         }
         if self.allow_private_hosts {
-            return Ok(());
+            return Ok(Vec::new());
         }
         if host == "localhost" || host.ends_with(".localhost") || host == "metadata.google.internal"
         {
-            return Err(reject(format!(
+            return Err(format!(
                 "host `{host}` is a loopback, private, link-local or metadata address"
-            )));
+            ));
         }
-        let addresses: Vec<IpAddr> = if let Ok(address) = host.parse::<Ipv6Addr>() {
-            vec![IpAddr::V6(address)]
+        let port = match port.filter(|port| !port.is_empty()) {
+            Some(port) => port
+                .parse::<u16>()
+                .map_err(|_| format!("port `{port}` is not a number"))?,
+            None => default_port(&scheme),
+        };
+        let addresses: Vec<SocketAddr> = if let Ok(address) = host.parse::<Ipv6Addr>() {
+            vec![SocketAddr::new(IpAddr::V6(address), port)]
         } else if let Some(address) = parse_ipv4_any_form(&host) {
-            vec![IpAddr::V4(address)]
+            vec![SocketAddr::new(IpAddr::V4(address), port)]
         } else {
-            let port = port
-                .and_then(|port| port.parse().ok())
-                .unwrap_or_else(|| default_port(&scheme));
             use std::net::ToSocketAddrs;
             (host.as_str(), port)
                 .to_socket_addrs()
-                .map_err(|error| reject(format!("host `{host}` does not resolve: {error}")))?
-                .map(|address| address.ip())
+                .map_err(|error| format!("host `{host}` does not resolve: {error}"))?
                 .collect()
         };
-        for address in addresses {
-            let address = canonical_ip(address);
-            let private = match address {
+        for address in &addresses {
+            let ip = canonical_ip(address.ip());
+            let private = match ip {
                 IpAddr::V4(v4) => is_private_v4(v4),
                 IpAddr::V6(v6) => is_private_v6(v6),
             };
@@ -243,15 +252,15 @@ impl UrlPolicy {
                 && !self
                     .allowed_networks
                     .iter()
-                    .any(|network| network.contains(address))
+                    .any(|network| network.contains(ip))
             {
-                return Err(reject(format!(
-                    "host `{host}` is {address}, a loopback, private, link-local or metadata \
+                return Err(format!(
+                    "host `{host}` is {ip}, a loopback, private, link-local or metadata \
                      address (allow its network in media.allowed_networks)"
-                )));
+                ));
             }
         }
-        Ok(())
+        Ok(addresses)
     }
 }
 

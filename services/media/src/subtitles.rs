@@ -9,7 +9,7 @@ use ffmpeg_next as ffmpeg;
 use ffmpeg_next::media::Type as MediaType;
 use vidx_core::{MediaError, SubtitleCue, TimeRange};
 
-use crate::input::{open_input, to_ms};
+use crate::input::{OpenSettings, open_input_with, to_ms};
 use crate::source::InputSource;
 
 /// Cues parsed from a subtitle file, and how many blocks were malformed and skipped.
@@ -315,8 +315,12 @@ pub fn sidecar_cues(video: &Path) -> Vec<SubtitleCue> {
 /// Decode the text subtitle streams of an input. Times are ms relative to `origin_ms`
 /// (the start of the main video stream, in the container's absolute time). Bitmap subtitles
 /// (DVD, PGS) are skipped: they would need OCR.
-pub fn embedded_cues(source: &InputSource, origin_ms: i64) -> Result<Vec<SubtitleCue>, MediaError> {
-    let mut opened = open_input(source)?;
+pub(crate) fn embedded_cues(
+    source: &InputSource,
+    origin_ms: i64,
+    open: &OpenSettings,
+) -> Result<Vec<SubtitleCue>, MediaError> {
+    let mut opened = open_input_with(source, open)?;
     let mut decoders = Vec::new();
     for stream in opened.context.streams() {
         if stream.parameters().medium() != MediaType::Subtitle {

@@ -1065,6 +1065,9 @@ async fn run_job<Q: SegmentQueue>(
     }
     let options = SegmentOptions {
         max_pixels: settings.max_pixels,
+        // The submit-time check saw the URL only: every connection FFmpeg makes for it
+        // (redirects, playlist entries, the host resolved again) is checked as it is made.
+        url_guard: (!settings.policy.allow_private_hosts).then(|| settings.policy.clone()),
         ..SegmentOptions::new(settings.segment_ms, spool.clone())
     };
     let runtime = tokio::runtime::Handle::current();
