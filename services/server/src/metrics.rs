@@ -44,6 +44,19 @@ pub struct Metrics {
     commit_failures: IntGauge,
     /// The worker's queue once it exists, for the gauges.
     queue: Arc<OnceLock<Arc<dyn QueueStatus>>>,
+    /// The consumer-lag refresh: when the last one ended, and whether one is running.
+    lag_refresh: Arc<std::sync::Mutex<LagRefresh>>,
+}
+
+/// A scrape refreshes the consumer lag (broker round trips) at most this often, in the
+/// background: it answers with the last values at once, however many scrapes arrive and
+/// however slow the broker is.
+const LAG_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[derive(Debug, Default)]
+struct LagRefresh {
+    last: Option<std::time::Instant>,
+    running: bool,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -179,6 +192,7 @@ impl Metrics {
             )?,
             registry,
             queue,
+            lag_refresh: Default::default(),
         }
         .with_stages())
     }
@@ -222,30 +236,53 @@ impl Metrics {
         }
     }
 
-    /// Refresh the queue gauges (a broker round trip for the lag) and render every series.
+    /// Render every series, with the queue's gauges as they are now; the consumer lag as of
+    /// its last refresh (at most [`LAG_REFRESH`] old while the broker answers), a new one
+    /// started in the background when that is due. A scrape never waits for the broker.
     pub async fn render(&self) -> String {
         if let Some(queue) = self.queue.get().cloned() {
             self.in_flight.set(queue.in_flight() as i64);
             self.fetching_paused.set(i64::from(queue.is_paused()));
             self.commit_failures.set(queue.commit_failures() as i64);
-            match tokio::task::spawn_blocking(move || queue.lag()).await {
-                Ok(Ok(lags)) => {
-                    self.consumer_lag.reset();
-                    for (partition, lag) in lags {
-                        self.consumer_lag
-                            .with_label_values(&[&partition.to_string()])
-                            .set(lag);
-                    }
-                }
-                Ok(Err(error)) => tracing::warn!(error = %error, "consumer lag unavailable"),
-                Err(error) => tracing::warn!(error = %error, "consumer lag task failed"),
-            }
+            self.refresh_lag(queue);
         }
         let mut text = Vec::new();
         if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut text) {
             tracing::warn!(error = %error, "metrics encoding failed");
         }
         String::from_utf8_lossy(&text).into_owned()
+    }
+}
+
+impl Metrics {
+    /// Start a consumer-lag refresh on a blocking thread unless one is running or the last
+    /// ended less than [`LAG_REFRESH`] ago.
+    fn refresh_lag(&self, queue: Arc<dyn QueueStatus>) {
+        {
+            let Ok(mut state) = self.lag_refresh.lock() else {
+                return;
+            };
+            if state.running || state.last.is_some_and(|last| last.elapsed() < LAG_REFRESH) {
+                return;
+            }
+            state.running = true;
+        }
+        let (gauge, state) = (self.consumer_lag.clone(), self.lag_refresh.clone());
+        tokio::task::spawn_blocking(move || {
+            match queue.lag() {
+                Ok(lags) => {
+                    gauge.reset();
+                    for (partition, lag) in lags {
+                        gauge.with_label_values(&[&partition.to_string()]).set(lag);
+                    }
+                }
+                Err(error) => tracing::warn!(error = %error, "consumer lag unavailable"),
+            }
+            if let Ok(mut state) = state.lock() {
+                state.running = false;
+                state.last = Some(std::time::Instant::now());
+            }
+        });
     }
 }
 
@@ -299,6 +336,76 @@ mod tests {
         }
         assert_eq!(metrics.batch_size.get_sample_count(), 5);
         assert!((metrics.batch_size.get_sample_sum() - 17.0).abs() < 1e-9);
+        Ok(())
+    }
+
+    /// A queue whose lag takes a slow broker round trip.
+    struct SlowBroker {
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl QueueStatus for SlowBroker {
+        fn in_flight(&self) -> usize {
+            2
+        }
+        fn assigned_partitions(&self) -> Vec<i32> {
+            vec![0]
+        }
+        fn is_paused(&self) -> bool {
+            false
+        }
+        fn revocations(&self) -> u64 {
+            0
+        }
+        fn lag(&self) -> Result<Vec<(i32, i64)>, vidx_core::QueueError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            Ok(vec![(0, 7)])
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scrapes_never_wait_for_the_broker_and_share_one_lag_refresh() -> Result<(), ServerError>
+    {
+        let broker = Arc::new(SlowBroker {
+            calls: Default::default(),
+        });
+        let cell: Arc<OnceLock<Arc<dyn QueueStatus>>> = Arc::new(OnceLock::new());
+        let _ = cell.set(broker.clone());
+        let metrics = Arc::new(Metrics::new(cell)?);
+        // A burst of scrapes while the broker takes 1.5 s: each answers at once.
+        let started = std::time::Instant::now();
+        let scrapes: Vec<_> = (0..20)
+            .map(|_| {
+                let metrics = metrics.clone();
+                tokio::spawn(async move { metrics.render().await })
+            })
+            .collect();
+        for scrape in scrapes {
+            let text = scrape
+                .await
+                .map_err(|error| ServerError::Startup(error.to_string()))?;
+            assert!(text.contains("vidx_segments_in_flight 2"), "{text}");
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(1000),
+            "the scrapes waited {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            broker.calls.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "one refresh for the whole burst"
+        );
+        // Once it is done, the lag is there.
+        tokio::time::sleep(std::time::Duration::from_millis(1700)).await;
+        assert!(
+            metrics
+                .render()
+                .await
+                .contains("vidx_consumer_lag{partition=\"0\"} 7"),
+            "the refreshed lag is served"
+        );
         Ok(())
     }
 }
