@@ -496,7 +496,10 @@ fn run_connection<F: FnMut(StreamState)>(
         if let Some(chunk) = cut {
             let end_ms = chunk.range.end_ms;
             progress.next_seq = segmenter.next_seq();
-            if !hand_over(chunk, progress, &mut clock, sink) {
+            let go_on = hand_over(chunk, progress, &mut clock, sink);
+            // The sink's time (a slow publish, a blob upload) is not the source stalling.
+            opened.touch();
+            if !go_on {
                 segmenter.discard_current();
                 return ConnectionEnd::Stopped(StopCause::SinkStopped);
             }

@@ -24,6 +24,8 @@ pub struct SegmentOptions {
     pub max_pixels: u64,
     /// Consecutive unreadable packets after which the input is declared corrupt.
     pub max_consecutive_corrupt_packets: usize,
+    /// No progress reading the input for this long aborts it (the sink's time excluded).
+    pub stall_timeout: std::time::Duration,
     /// Check every HTTP(S) connection of a URL input against these rules as it is made
     /// (redirects, playlist entries, a name resolved again); `None`: no such check.
     pub url_guard: Option<crate::UrlPolicy>,
@@ -36,6 +38,7 @@ impl SegmentOptions {
             spool_dir,
             max_pixels: 8192 * 8192,
             max_consecutive_corrupt_packets: 200,
+            stall_timeout: crate::input::DEFAULT_STALL_TIMEOUT,
             url_guard: None,
         }
     }
@@ -122,6 +125,7 @@ pub fn segment_source(
     mut sink: impl FnMut(SegmentChunk) -> bool,
 ) -> Result<SegmentSummary, MediaError> {
     let open = OpenSettings {
+        stall_timeout: options.stall_timeout,
         url_guard: options.url_guard.clone(),
         ..OpenSettings::default()
     };
@@ -191,11 +195,14 @@ pub fn segment_source(
         };
         let origin = *origin_pts.get_or_insert(pts);
         let time_ms = (to_ms(pts, time_base) - to_ms(origin, time_base)).max(0) as u64;
-        if let Some(finished) = segmenter.cut_if_due(packet.is_key(), time_ms, &cues)?
-            && !sink(finished)
-        {
-            stopped = true;
-            break;
+        if let Some(finished) = segmenter.cut_if_due(packet.is_key(), time_ms, &cues)? {
+            let go_on = sink(finished);
+            // The sink's time (a slow publish, a blob upload) is not the input stalling.
+            opened.touch();
+            if !go_on {
+                stopped = true;
+                break;
+            }
         }
         // Read before writing: the remux rescales the packet's timestamps and duration.
         let packet_duration = packet.duration().max(0);

@@ -479,3 +479,45 @@ fn archive_and_web_formats_segment_at_the_source_times() -> Result<()> {
     ensure!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }
+
+/// A sink that takes longer than the stall timeout (a slow publish, a blob upload) does not
+/// make the input look stalled: the watchdog counts only the time spent reading it.
+#[test]
+fn a_slow_sink_does_not_trip_the_stall_watchdog() -> Result<()> {
+    let directory = tempfile::tempdir()?;
+    // MPEG-TS at a high rate: the demuxer reads the file as it goes (many refills of its
+    // buffer, each of which checks the watchdog).
+    let path = directory.path().join("short.ts");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=s=640x480:r=25:d=8",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-crf",
+        "8",
+        "-g",
+        "50",
+        "-keyint_min",
+        "50",
+        path.to_str().context("path")?,
+    ])?;
+    let options = SegmentOptions {
+        stall_timeout: std::time::Duration::from_millis(500),
+        ..SegmentOptions::new(2_000, directory.path().join("spool"))
+    };
+    let mut handed = 0;
+    let summary = segment_source(&InputSource::File(path), &options, |_| {
+        handed += 1;
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        true
+    })?;
+    ensure!(
+        summary.segments == 4 && handed == 4,
+        "{summary:?}, {handed} handed over"
+    );
+    Ok(())
+}
