@@ -292,7 +292,10 @@ impl AppContext {
             store: Arc::new(store),
             search: loaded.search,
             models: loaded.models,
-            sampler: Arc::new(FfmpegFrameSampler::new(self.config.media.frame_size)),
+            sampler: Arc::new(FfmpegFrameSampler::with_max_pixels(
+                self.config.media.frame_size,
+                self.config.media.max_pixels,
+            )),
         }
     }
 

@@ -30,6 +30,9 @@ pub struct FfmpegFrameSampler {
     pub frame_size: u32,
     /// Decoder threads; 0 lets FFmpeg choose (as its CLI does).
     pub decoder_threads: usize,
+    /// Largest frame (width × height) the decoder may produce, whatever the stream declares:
+    /// the decoder refuses a larger one before allocating it (`media.max_pixels`).
+    pub max_pixels: u64,
 }
 
 impl FfmpegFrameSampler {
@@ -37,6 +40,15 @@ impl FfmpegFrameSampler {
         Self {
             frame_size,
             decoder_threads: 0,
+            max_pixels: 8192 * 8192,
+        }
+    }
+
+    /// [`new`](Self::new) with a decoded-frame size limit.
+    pub fn with_max_pixels(frame_size: u32, max_pixels: u64) -> Self {
+        Self {
+            max_pixels,
+            ..Self::new(frame_size)
         }
     }
 }
@@ -126,6 +138,13 @@ impl FfmpegFrameSampler {
             count: self.decoder_threads,
             ..Default::default()
         });
+        let max_pixels = i64::try_from(self.max_pixels).unwrap_or(i64::MAX);
+        #[allow(unsafe_code)]
+        // SAFETY: `context` owns a valid, not yet opened AVCodecContext; `max_pixels` is a
+        // plain field the decoder reads when it allocates each frame (av_image_check_size2).
+        unsafe {
+            (*context.as_mut_ptr()).max_pixels = max_pixels;
+        }
         let mut decoder = context
             .decoder()
             .video()
@@ -154,6 +173,21 @@ impl FfmpegFrameSampler {
                 continue;
             }
             if decoder.send_packet(&packet).is_err() {
+                // A frame larger than allowed (the stream grew past what it declared) is
+                // refused by the decoder before it is allocated: say so, not "undecodable".
+                let pixels = u64::from(decoder.width()) * u64::from(decoder.height());
+                if pixels > self.max_pixels {
+                    return Err(MediaError::Unsupported {
+                        input: name,
+                        reason: format!(
+                            "decoded frames are {}x{}, more than the {} pixels allowed \
+                             (media.max_pixels)",
+                            decoder.width(),
+                            decoder.height(),
+                            self.max_pixels
+                        ),
+                    });
+                }
                 decode_errors += 1;
                 continue;
             }

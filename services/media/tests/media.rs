@@ -521,3 +521,57 @@ fn a_slow_sink_does_not_trip_the_stall_watchdog() -> Result<()> {
     );
     Ok(())
 }
+
+/// docs/reliability.md 28: a stream that declares small frames and then decodes huge ones (a
+/// resolution change mid-stream) is refused on the decoder's real frame size, before the
+/// frame is allocated, with an error naming the size and the limit.
+#[test]
+fn frames_larger_than_declared_are_refused_by_their_decoded_size() -> Result<()> {
+    let directory = tempfile::tempdir()?;
+    let part = |name: &str, size: &str, seconds: &str, offset: &str| -> Result<PathBuf> {
+        let path = directory.path().join(name);
+        ffmpeg(&[
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("testsrc2=s={size}:r=25:d={seconds}"),
+            // The second part's timestamps follow the first's: one continuous stream.
+            "-output_ts_offset",
+            offset,
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "25",
+            "-f",
+            "mpegts",
+            path.to_str().context("path")?,
+        ])?;
+        Ok(path)
+    };
+    let small = part("small.ts", "160x120", "2", "0")?;
+    let large = part("large.ts", "2400x2400", "0.4", "2")?;
+    // One MPEG-TS stream: its header (what probing sees) says 160x120.
+    let joined = directory.path().join("joined.ts");
+    let mut bytes = std::fs::read(&small)?;
+    bytes.extend(std::fs::read(&large)?);
+    std::fs::write(&joined, bytes)?;
+    let (chunks, result) = segment_all(&joined, 60_000, directory.path());
+    let summary = result?;
+    ensure!(summary.segments == 1 && chunks.len() == 1, "{summary:?}");
+    let sampler = FfmpegFrameSampler::with_max_pixels(32, 640 * 480);
+    let chunk = &chunks[0];
+    let error = sampler
+        .sample(&chunk.path, chunk.range, 40)
+        .expect_err("frames of 2400x2400 with a limit of 640x480");
+    let text = error.to_string();
+    ensure!(
+        text.contains("2400x2400") && text.contains("media.max_pixels"),
+        "{text}"
+    );
+    // The same chunk within the default limit samples.
+    let frames = FfmpegFrameSampler::new(32).sample(&chunk.path, chunk.range, 4)?;
+    ensure!(frames.len() == 4, "{} frames", frames.len());
+    Ok(())
+}
