@@ -649,6 +649,11 @@ fn a_store_refusing_credentials_or_killed_is_waited_out() -> Result<()> {
             },
         )?;
         let indexed = worker.metric("vidx_segments_indexed_total").unwrap_or(-1.0);
+        // The lag gauge serves the last background refresh (at most a second old): let one
+        // refresh start well inside the outage and read its value as the baseline.
+        std::thread::sleep(Duration::from_millis(2500));
+        let _ = worker.scrape();
+        std::thread::sleep(Duration::from_millis(1500));
         let lag = worker.metric("vidx_consumer_lag{").unwrap_or(-1.0);
         // Held long enough for many retries (the backoff stops growing at 4 s) and past
         // `max_attempts` of them: an outage never counts as the segment's attempts.
