@@ -365,7 +365,7 @@ async fn three_streams_through_kafka_and_two_workers_are_found_by_grpc_search() 
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 match worker.metric(&series).await {
-                    Ok(lag) if lag == 0.0 => break,
+                    Ok(0.0) => break,
                     Ok(lag) if Instant::now() > deadline => {
                         panic!("{series}: {lag} left, all were committed")
                     }
