@@ -131,7 +131,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                     "vidx streams asks a running ingest service: pass --endpoint URL (or VIDX_ENDPOINT)",
                 ));
             };
-            crate::remote::streams(endpoint, args.remote.token.as_deref(), args).await
+            crate::remote::streams(endpoint, &args.remote, args).await
         }
         Command::Config(ConfigCommand::Check) => {
             let context = AppContext::load(&cli, &env, Vec::new(), false)?;

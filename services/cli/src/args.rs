@@ -85,6 +85,16 @@ pub struct RemoteArgs {
     /// Bearer token for the endpoint.
     #[arg(long, env = "VIDX_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub token: Option<String>,
+    /// PEM file of the CA that signed the endpoint's certificate (https:// endpoints signed
+    /// by a private CA); without it, the public web PKI.
+    #[arg(long, env = "VIDX_CA", value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM client certificate, for an endpoint that requires one (mutual TLS).
+    #[arg(long, env = "VIDX_CLIENT_CERT", value_name = "FILE", requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, env = "VIDX_CLIENT_KEY", value_name = "FILE", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

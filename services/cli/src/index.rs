@@ -56,7 +56,7 @@ struct Failure {
 
 pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
     if let Some(endpoint) = &args.remote.endpoint {
-        return crate::remote::index(endpoint, args.remote.token.as_deref(), args).await;
+        return crate::remote::index(endpoint, &args.remote, args).await;
     }
     let started = Instant::now();
     let config = context.config.clone();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use vidx_core::ErrorCode;
 use vidx_core::fusion::SearchHit;
 use vidx_proto::v1;
@@ -14,10 +14,10 @@ use vidx_proto::v1::ingest_service_client::IngestServiceClient;
 use vidx_proto::v1::search_service_client::SearchServiceClient;
 
 use crate::app::{EXIT_OK, EXIT_PARTIAL, cli_error};
-use crate::args::{IndexArgs, SearchArgs, StreamsArgs};
+use crate::args::{IndexArgs, RemoteArgs, SearchArgs, StreamsArgs};
 use crate::search::print_hits;
 
-async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
+async fn connect(endpoint: &str, remote: &RemoteArgs) -> anyhow::Result<Channel> {
     let mut builder = Endpoint::from_shared(endpoint.to_string())
         .map_err(|error| {
             cli_error(
@@ -29,20 +29,67 @@ async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
         .timeout(Duration::from_secs(60));
     if endpoint.starts_with("https://") {
         builder = builder
-            .tls_config(ClientTlsConfig::new().with_webpki_roots())
+            .tls_config(client_tls(remote)?)
             .context("TLS configuration")?;
     } else if !endpoint.starts_with("http://") {
         return Err(cli_error(
             ErrorCode::InvalidInput,
             format!("--endpoint {endpoint}: must start with http:// or https://"),
         ));
+    } else if remote.ca.is_some() || remote.cert.is_some() {
+        return Err(cli_error(
+            ErrorCode::InvalidInput,
+            format!("--ca and --cert need an https:// endpoint, not {endpoint}"),
+        ));
     }
     builder.connect().await.map_err(|error| {
+        // The cause (an unknown CA, a refused client certificate) is in the source chain.
+        let mut reason = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            reason = format!("{reason}: {cause}");
+            source = cause.source();
+        }
         cli_error(
             ErrorCode::Unavailable,
-            format!("cannot reach {endpoint}: {error}"),
+            format!("cannot reach {endpoint}: {reason}"),
         )
     })
+}
+
+/// The client side of TLS: the public web PKI, or `--ca`; with `--cert`/`--key`, a client
+/// certificate for servers that ask for one (server.tls.client_ca).
+fn client_tls(remote: &RemoteArgs) -> anyhow::Result<ClientTlsConfig> {
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|error| {
+            cli_error(
+                ErrorCode::InvalidInput,
+                format!("{flag} {}: {error}", path.display()),
+            )
+        })
+    };
+    let mut config = match &remote.ca {
+        Some(path) => {
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--ca", path)?))
+        }
+        None => ClientTlsConfig::new().with_webpki_roots(),
+    };
+    match (&remote.cert, &remote.key) {
+        (Some(cert), Some(key)) => {
+            config = config.identity(Identity::from_pem(
+                read("--cert", cert)?,
+                read("--key", key)?,
+            ));
+        }
+        (None, None) => {}
+        _ => {
+            return Err(cli_error(
+                ErrorCode::InvalidInput,
+                "--cert and --key go together (the client certificate and its key)",
+            ));
+        }
+    }
+    Ok(config)
 }
 
 fn request<T>(message: T, token: Option<&str>) -> anyhow::Result<tonic::Request<T>> {
@@ -103,7 +150,8 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
     cli_error(code, format!("{:?}: {}", status.code(), status.message()))
 }
 
-pub async fn search(endpoint: &str, token: Option<&str>, args: &SearchArgs) -> anyhow::Result<u8> {
+pub async fn search(endpoint: &str, remote: &RemoteArgs, args: &SearchArgs) -> anyhow::Result<u8> {
+    let token = remote.token.as_deref();
     if args.image.is_some() || args.like.is_some() {
         return Err(cli_error(
             ErrorCode::InvalidInput,
@@ -113,7 +161,7 @@ pub async fn search(endpoint: &str, token: Option<&str>, args: &SearchArgs) -> a
     let mut local = common_local_flags(&args.common).to_vec();
     local.push(("--windows", args.windows));
     refuse_local_flags("search", &local)?;
-    let mut client = SearchServiceClient::new(connect(endpoint).await?);
+    let mut client = SearchServiceClient::new(connect(endpoint, remote).await?);
     let message = v1::SearchRequest {
         query: args.query.clone().unwrap_or_default(),
         stream_id: args.stream.clone(),
@@ -133,7 +181,8 @@ pub async fn search(endpoint: &str, token: Option<&str>, args: &SearchArgs) -> a
 }
 
 /// Submit every input, then follow the jobs to the end with a progress bar.
-pub async fn index(endpoint: &str, token: Option<&str>, args: &IndexArgs) -> anyhow::Result<u8> {
+pub async fn index(endpoint: &str, remote: &RemoteArgs, args: &IndexArgs) -> anyhow::Result<u8> {
+    let token = remote.token.as_deref();
     let mut local = common_local_flags(&args.common).to_vec();
     local.extend([
         ("--segment-secs", args.segment_secs.is_some()),
@@ -142,7 +191,7 @@ pub async fn index(endpoint: &str, token: Option<&str>, args: &IndexArgs) -> any
         ("--model-dir", args.model_dir.is_some()),
     ]);
     refuse_local_flags("index", &local)?;
-    let mut client = IngestServiceClient::new(connect(endpoint).await?);
+    let mut client = IngestServiceClient::new(connect(endpoint, remote).await?);
     let mut jobs = Vec::new();
     let mut failures = 0usize;
     for input in &args.inputs {
@@ -293,10 +342,11 @@ fn stream_state_name(state: i32) -> &'static str {
 /// `vidx streams`: list the caller's live streams, or stop one.
 pub async fn streams(
     endpoint: &str,
-    token: Option<&str>,
+    remote: &RemoteArgs,
     args: &StreamsArgs,
 ) -> anyhow::Result<u8> {
-    let mut client = IngestServiceClient::new(connect(endpoint).await?);
+    let token = remote.token.as_deref();
+    let mut client = IngestServiceClient::new(connect(endpoint, remote).await?);
     let streams = match &args.stop {
         Some(job_id) => vec![
             client

@@ -54,7 +54,7 @@ pub fn print_hits(hits: &[SearchHit], json: bool) -> anyhow::Result<()> {
 
 pub async fn run(context: AppContext, args: &SearchArgs) -> anyhow::Result<u8> {
     if let Some(endpoint) = &args.remote.endpoint {
-        return crate::remote::search(endpoint, args.remote.token.as_deref(), args).await;
+        return crate::remote::search(endpoint, &args.remote, args).await;
     }
     let mut request = SearchRequest {
         text: args.query.clone().unwrap_or_default(),

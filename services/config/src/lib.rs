@@ -137,6 +137,21 @@ pub struct ServerConfig {
     /// `object_store` builder options of the blob store (`aws_region`, `aws_endpoint`, …).
     pub blob_options: BTreeMap<String, String>,
     pub tokens: Vec<TokenConfig>,
+    /// TLS on the gRPC and metrics listeners; empty files: plaintext.
+    pub tls: TlsConfig,
+}
+
+/// `server.tls`: PEM files, re-read when they change.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert: String,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// CA certificates of the clients: set, every client must present a certificate it
+    /// signed (mutual TLS).
+    pub client_ca: String,
 }
 
 /// One bearer token and the tenant it speaks for.
@@ -368,6 +383,19 @@ impl Config {
         }
         if self.server.request_timeout_ms == 0 {
             return invalid("server.request_timeout_ms", "must be positive");
+        }
+        let tls = &self.server.tls;
+        if tls.cert.is_empty() != tls.key.is_empty() {
+            return invalid(
+                "server.tls",
+                "set both cert and key (or neither, for plaintext)",
+            );
+        }
+        if !tls.client_ca.is_empty() && tls.cert.is_empty() {
+            return invalid(
+                "server.tls.client_ca",
+                "needs server.tls.cert and server.tls.key",
+            );
         }
         for (index, token) in self.server.tokens.iter().enumerate() {
             let key = |field: &str| format!("server.tokens[{index}].{field}");
@@ -639,6 +667,12 @@ mod tests {
                 "media.allowed_url_schemes",
             ),
             ("VIDX__MEDIA__FRAME_SIZE", "\"big\"", "media.frame_size"),
+            ("VIDX__SERVER__TLS__CERT", "\"node.pem\"", "server.tls"),
+            (
+                "VIDX__SERVER__TLS__CLIENT_CA",
+                "\"ca.pem\"",
+                "server.tls.client_ca",
+            ),
         ] {
             let error = Config::load(&ConfigSources {
                 env: env(&[(key, value)]),

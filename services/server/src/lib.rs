@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod query;
 mod settings;
 mod status;
+pub mod tls;
 pub mod worker;
 
 use std::future::Future;
@@ -256,6 +257,21 @@ where
         .build_v1alpha()
         .map_err(|error| ServerError::Startup(format!("reflection: {error}")))?;
 
+    // TLS files are read now: a node does not start on files that do not load.
+    let (grpc_tls, metrics_tls) = match &settings.tls {
+        None => (None, None),
+        Some(files) => (
+            Some(Arc::new(tls::ReloadingConfig::open(
+                files.clone(),
+                &[b"h2"],
+            )?)),
+            Some(Arc::new(tls::ReloadingConfig::open(
+                files.clone(),
+                &[b"http/1.1"],
+            )?)),
+        ),
+    };
+
     let queue_cell: Arc<OnceLock<Arc<dyn QueueStatus>>> = Arc::new(OnceLock::new());
     let metrics = Arc::new(Metrics::new(queue_cell.clone())?);
     let _metrics_server = match metrics_listener {
@@ -263,10 +279,11 @@ where
             let address = metrics_listener
                 .local_addr()
                 .map_err(|error| ServerError::Transport(error.to_string()))?;
-            tracing::info!(%address, "metrics on GET /metrics");
+            tracing::info!(%address, tls = metrics_tls.is_some(), "metrics on GET /metrics");
             Some(tokio::spawn(metrics::serve_metrics(
                 metrics.clone(),
                 metrics_listener,
+                metrics_tls,
                 shutdown.clone(),
             )))
         }
@@ -350,11 +367,24 @@ where
     let address = listener
         .local_addr()
         .map_err(|error| ServerError::Transport(error.to_string()))?;
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        stopped(shutdown.clone()),
-    ));
-    tracing::info!(%address, ?roles, "gRPC server listening");
+    let tls = grpc_tls.is_some();
+    let server = match grpc_tls {
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stopped(shutdown.clone()),
+        )),
+        Some(config) => {
+            use tokio_stream::StreamExt;
+            let incoming = tokio_stream::wrappers::ReceiverStream::new(tls::accept(
+                listener,
+                config,
+                shutdown.clone(),
+            ))
+            .map(|(stream, _)| Ok::<_, std::io::Error>(stream));
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped(shutdown.clone())))
+        }
+    };
+    tracing::info!(%address, ?roles, tls, "gRPC server listening");
 
     // Workers end when shutdown is asked for; watchers (the dead-letter reader) never do.
     let mut background = JoinSet::new();

@@ -290,6 +290,7 @@ impl Metrics {
 pub async fn serve_metrics(
     metrics: Arc<Metrics>,
     listener: TcpListener,
+    tls: Option<Arc<crate::tls::ReloadingConfig>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ServerError> {
     let app = axum::Router::new().route(
@@ -307,14 +308,32 @@ pub async fn serve_metrics(
             }
         }),
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            if shutdown.wait_for(|stop| *stop).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        })
-        .await
-        .map_err(|error| ServerError::Transport(format!("metrics endpoint: {error}")))
+    let stop = shutdown.clone();
+    let stopped = async move {
+        if shutdown.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let served = match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+        Some(config) => {
+            let local = listener
+                .local_addr()
+                .map_err(|error| ServerError::Transport(error.to_string()))?;
+            let listener = crate::tls::TlsListener {
+                incoming: crate::tls::accept(listener, config, stop),
+                local,
+            };
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+    };
+    served.map_err(|error| ServerError::Transport(format!("metrics endpoint: {error}")))
 }
 
 #[cfg(test)]

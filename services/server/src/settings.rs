@@ -19,6 +19,19 @@ use vidx_store::{EdgeStoreOptions, ServerStoreOptions};
 use crate::ingest::TenantLimits;
 use crate::{INLINE_HEADROOM_BYTES, IngestSettings, Roles, ServerError};
 
+/// The files of `server.tls`, `None` for plaintext (the configuration checked that cert and
+/// key come together).
+fn tls_files(tls: &vidx_config::TlsConfig) -> Option<crate::tls::TlsFiles> {
+    if tls.cert.is_empty() {
+        return None;
+    }
+    Some(crate::tls::TlsFiles {
+        cert: PathBuf::from(&tls.cert),
+        key: PathBuf::from(&tls.key),
+        client_ca: (!tls.client_ca.is_empty()).then(|| PathBuf::from(&tls.client_ca)),
+    })
+}
+
 /// Everything a node needs besides its engine.
 #[derive(Debug, Clone)]
 pub struct NodeSettings {
@@ -37,6 +50,8 @@ pub struct NodeSettings {
     pub concurrency: usize,
     /// The side of the frames the sampler produces (the warm-up batch uses it).
     pub frame_size: u32,
+    /// `server.tls`: TLS on the gRPC and metrics listeners.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl NodeSettings {
@@ -125,6 +140,7 @@ impl NodeSettings {
             ),
             default_tenant: config.general.tenant.clone(),
             tokens: config.server.tokens.clone(),
+            tls: tls_files(&config.server.tls),
             max_request_bytes: config.server.max_request_bytes,
             max_concurrent_requests: config.server.max_concurrent_requests,
             request_timeout: Duration::from_millis(config.server.request_timeout_ms),
