@@ -9,6 +9,7 @@
 mod guard;
 mod input;
 mod live;
+mod orient;
 mod probe;
 mod sample;
 mod segment;

@@ -15,6 +15,9 @@ pub struct VideoInfo {
     pub width: u32,
     pub height: u32,
     pub fps: f64,
+    /// Clockwise degrees (0, 90, 180, 270) the frames are turned for display (a phone's
+    /// display matrix); `width` and `height` are the coded, unturned size.
+    pub rotation: u16,
 }
 
 /// A subtitle or closed-caption stream.
@@ -75,6 +78,7 @@ pub(crate) fn describe(context: &ffmpeg::format::context::Input, name: &str) -> 
                     width,
                     height,
                     fps,
+                    rotation: crate::orient::stream_rotation(&stream),
                 });
             }
             MediaType::Audio => audio_codecs.push(codec),

@@ -117,7 +117,7 @@ impl FfmpegFrameSampler {
         range: TimeRange,
         count: usize,
     ) -> Result<Vec<Frame>, MediaError> {
-        let (stream_index, time_base, parameters) =
+        let (stream_index, time_base, parameters, rotation) =
             {
                 let stream = input.streams().best(MediaType::Video).ok_or_else(|| {
                     MediaError::Unsupported {
@@ -125,7 +125,12 @@ impl FfmpegFrameSampler {
                         reason: "no video stream".into(),
                     }
                 })?;
-                (stream.index(), stream.time_base(), stream.parameters())
+                (
+                    stream.index(),
+                    stream.time_base(),
+                    stream.parameters(),
+                    crate::orient::stream_rotation(&stream),
+                )
             };
         let mut context = ffmpeg::codec::Context::from_parameters(parameters).map_err(|error| {
             MediaError::Unsupported {
@@ -155,6 +160,7 @@ impl FfmpegFrameSampler {
 
         let targets = uniform_targets_ms(range.duration_ms(), count);
         let mut selector = Selector::new(targets, range.start_ms, self.frame_size, name.clone());
+        selector.rotation = rotation;
         let mut packet = ffmpeg::Packet::empty();
         let mut decode_errors = 0usize;
         'demux: loop {
@@ -224,6 +230,8 @@ struct Selector {
     next_target: usize,
     segment_start_ms: u64,
     frame_size: u32,
+    /// Clockwise degrees the frames are turned for display.
+    rotation: u16,
     input: String,
     first_timestamp: Option<i64>,
     previous: Option<(u64, ffmpeg::frame::Video)>,
@@ -239,6 +247,7 @@ impl Selector {
             next_target: 0,
             segment_start_ms,
             frame_size,
+            rotation: 0,
             input,
             first_timestamp: None,
             previous: None,
@@ -365,6 +374,12 @@ impl Selector {
             let start = row * stride;
             rgb.extend_from_slice(&data[start..start + row_bytes]);
         }
+        // Frames are square: turning after scaling is turning before.
+        let rgb = if self.rotation == 0 {
+            rgb
+        } else {
+            crate::orient::rotate_square_rgb(&rgb, self.frame_size as usize, self.rotation)
+        };
         Ok(Frame {
             pts_ms: self.segment_start_ms + offset_ms,
             width: self.frame_size,

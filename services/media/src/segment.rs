@@ -273,6 +273,8 @@ pub(crate) struct VideoTrack {
     pub parameters: ffmpeg::codec::Parameters,
     pub start_time: i64,
     pub duration: i64,
+    /// Clockwise degrees the frames are turned for display, kept in every chunk.
+    pub rotation: u16,
 }
 
 impl VideoTrack {
@@ -320,6 +322,7 @@ impl VideoTrack {
             });
         }
         Ok(Self {
+            rotation: video.rotation,
             info,
             index,
             time_base,
@@ -355,6 +358,7 @@ pub(crate) struct Segmenter<'options> {
     time_base: ffmpeg::Rational,
     chunk_prefix: String,
     name: String,
+    rotation: u16,
     current: Option<ChunkWriter>,
     next_seq: u64,
 }
@@ -373,6 +377,7 @@ impl<'options> Segmenter<'options> {
             time_base: track.time_base,
             chunk_prefix,
             name,
+            rotation: track.rotation,
             current: None,
             next_seq: first_seq,
         }
@@ -431,6 +436,7 @@ impl<'options> Segmenter<'options> {
                 time_ms,
                 &self.parameters,
                 self.time_base,
+                self.rotation,
                 &self.name,
             )?);
             self.next_seq += 1;
@@ -505,6 +511,7 @@ impl ChunkWriter {
         start_ms: u64,
         parameters: &ffmpeg::codec::Parameters,
         input_time_base: ffmpeg::Rational,
+        rotation: u16,
         input: &str,
     ) -> Result<Self, MediaError> {
         let io_error = |stage: &str, error: ffmpeg::Error| MediaError::Io {
@@ -519,6 +526,11 @@ impl ChunkWriter {
                 .map_err(|error| io_error("add stream", error))?;
             stream.set_parameters(parameters.clone());
             stream.set_time_base(input_time_base);
+            if rotation != 0 {
+                let mut tags = ffmpeg::Dictionary::new();
+                tags.set(crate::orient::ROTATION_TAG, &rotation.to_string());
+                stream.set_metadata(tags);
+            }
         }
         output
             .write_header()

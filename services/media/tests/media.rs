@@ -575,3 +575,240 @@ fn frames_larger_than_declared_are_refused_by_their_decoded_size() -> Result<()>
     ensure!(frames.len() == 4, "{} frames", frames.len());
     Ok(())
 }
+
+/// What FFmpeg's CLI shows of `path` at `at_secs`: a `side`×`side` packed-RGB frame, squashed
+/// as the sampler squashes (and turned by the CLI's autorotate).
+fn cli_frame(path: &Path, at_secs: f64, side: u32) -> Result<Vec<u8>> {
+    let output = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-ss",
+            &at_secs.to_string(),
+            "-i",
+        ])
+        .arg(path)
+        .args([
+            "-frames:v",
+            "1",
+            "-vf",
+            &format!("scale={side}:{side}:flags=bilinear"),
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ])
+        .output()?;
+    ensure!(
+        output.status.success() && output.stdout.len() == (side * side * 3) as usize,
+        "ffmpeg frame of {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(output.stdout)
+}
+
+fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
+    let total: u64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| u64::from(x.abs_diff(*y)))
+        .sum();
+    total as f64 / a.len().max(1) as f64
+}
+
+/// Write the display matrix a phone held upright writes (turn 90° clockwise) into the video
+/// track header (`tkhd`) of an MP4 made by FFmpeg (which writes the identity there).
+fn turn_mp4_upright(from: &Path, to: &Path) -> Result<()> {
+    let mut bytes = std::fs::read(from)?;
+    let matrix =
+        |values: [i32; 9]| -> Vec<u8> { values.iter().flat_map(|v| v.to_be_bytes()).collect() };
+    let identity = matrix([0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x4000_0000]);
+    let portrait = matrix([0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x4000_0000]);
+    let tkhd = bytes
+        .windows(4)
+        .position(|window| window == b"tkhd")
+        .context("no tkhd box")?;
+    let at = tkhd
+        + bytes[tkhd..]
+            .windows(identity.len())
+            .position(|window| window == identity.as_slice())
+            .context("no identity matrix in tkhd")?;
+    bytes[at..at + portrait.len()].copy_from_slice(&portrait);
+    std::fs::write(to, bytes)?;
+    Ok(())
+}
+
+#[test]
+fn a_rotated_phone_clip_is_turned_as_ffmpeg_turns_it() -> Result<()> {
+    let directory = tempfile::tempdir()?;
+    let landscape = directory.path().join("landscape.mp4");
+    // Left half red, right half blue; turned clockwise, red is on top.
+    ffmpeg(&[
+        "-filter_complex",
+        "color=c=red:s=80x120:r=30:d=4[a];color=c=blue:s=80x120:r=30:d=4[b];[a][b]hstack",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "30",
+        "-pix_fmt",
+        "yuv420p",
+        landscape.to_str().context("path")?,
+    ])?;
+    let phone = directory.path().join("phone.mp4");
+    turn_mp4_upright(&landscape, &phone)?;
+
+    let info = probe(&InputSource::File(phone.clone()))?;
+    let video = info.video.context("no video")?;
+    ensure!(
+        video.rotation == 90,
+        "rotation {} (expected 90)",
+        video.rotation
+    );
+
+    const SIDE: u32 = 32;
+    let reference = cli_frame(&phone, 0.5, SIDE)?;
+    let pixel = |rgb: &[u8], row: u32, column: u32| {
+        let at = ((row * SIDE + column) * 3) as usize;
+        [rgb[at], rgb[at + 1], rgb[at + 2]]
+    };
+    ensure!(
+        pixel(&reference, 2, 16)[0] > 200 && pixel(&reference, 29, 16)[2] > 200,
+        "the CLI's reference is not red on top, blue below"
+    );
+    let sampler = FfmpegFrameSampler::new(SIDE);
+    let (chunks, summary) = segment_all(&phone, 2_000, &directory.path().join("spool"));
+    summary?;
+    ensure!(chunks.len() == 2, "{} chunks", chunks.len());
+    for (what, path, range) in [
+        ("the source", phone.clone(), TimeRange::new(0, 1_000)),
+        (
+            "its first chunk",
+            chunks[0].path.clone(),
+            TimeRange::new(0, 1_000),
+        ),
+        (
+            "its second chunk",
+            chunks[1].path.clone(),
+            TimeRange::new(2_000, 3_000),
+        ),
+    ] {
+        let frames = sampler.sample(&path, range, 1)?;
+        let frame = frames.first().context("no frame")?;
+        let difference = mean_abs_diff(&frame.rgb, &reference);
+        ensure!(
+            difference < 8.0,
+            "{what}: frame differs from FFmpeg's turned frame by {difference:.1} per channel \
+             (top {:?}, bottom {:?})",
+            pixel(&frame.rgb, 2, 16),
+            pixel(&frame.rgb, 29, 16)
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn variable_frame_rate_and_10_bit_clips_segment_at_the_source_times() -> Result<()> {
+    let directory = tempfile::tempdir()?;
+    let every_2s = ["-force_key_frames", "expr:gte(t,n_forced*2)"];
+    let clips: &[(&str, &str, Vec<&str>, u64)] = &[
+        (
+            "variable frame rate, 30 then 10 fps",
+            "vfr.mkv",
+            vec![
+                "-filter_complex",
+                "testsrc2=s=160x120:r=30:d=6[a];testsrc2=s=160x120:r=10:d=6[b];[a][b]concat=n=2:v=1",
+                "-fps_mode",
+                "vfr",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+            ],
+            100,
+        ),
+        (
+            "H.264 High 10",
+            "h264-10bit.mkv",
+            vec![
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=s=160x120:r=30:d=12",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-pix_fmt",
+                "yuv420p10le",
+            ],
+            34,
+        ),
+        (
+            "HEVC Main 10",
+            "hevc-10bit.mp4",
+            vec![
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=s=160x120:r=30:d=12",
+                "-c:v",
+                "libx265",
+                "-preset",
+                "ultrafast",
+                "-x265-params",
+                "log-level=error",
+                "-pix_fmt",
+                "yuv420p10le",
+            ],
+            34,
+        ),
+    ];
+    let sampler = FfmpegFrameSampler::new(32);
+    let mut failures = Vec::new();
+    for (index, (name, file, arguments, frame_ms)) in clips.iter().enumerate() {
+        let path = directory.path().join(file);
+        let mut arguments = arguments.clone();
+        arguments.extend_from_slice(&every_2s);
+        arguments.push(path.to_str().context("path")?);
+        ffmpeg(&arguments).with_context(|| format!("making the {name} clip"))?;
+        let (chunks, result) =
+            segment_all(&path, 2_000, &directory.path().join(format!("s{index}")));
+        if let Err(error) = result {
+            failures.push(format!("{name}: {error}"));
+            continue;
+        }
+        let starts: Vec<u64> = chunks.iter().map(|chunk| chunk.range.start_ms).collect();
+        let end = chunks.last().map_or(0, |chunk| chunk.range.end_ms);
+        let on_time = starts
+            .iter()
+            .enumerate()
+            .all(|(seq, start)| start.abs_diff(seq as u64 * 2_000) <= *frame_ms);
+        if chunks.len() != 6 || !on_time || end.abs_diff(12_000) > *frame_ms {
+            failures.push(format!(
+                "{name}: {} segments starting at {starts:?} ms, ending at {end} ms",
+                chunks.len()
+            ));
+            continue;
+        }
+        // The frame shown 0.5 s into the fifth segment (in the 10 fps part of the VFR clip):
+        // at the source's time, with the source's picture.
+        let frames = sampler.sample(&chunks[4].path, TimeRange::new(8_000, 9_000), 1)?;
+        let frame = frames.first().context("no frame")?;
+        let reference = cli_frame(&path, 8.5, 32)?;
+        let difference = mean_abs_diff(&frame.rgb, &reference);
+        if frame.pts_ms.abs_diff(8_500) > *frame_ms || difference > 12.0 {
+            failures.push(format!(
+                "{name}: the frame at 8.5 s is at {} ms, {difference:.1} per channel from \
+                 FFmpeg's",
+                frame.pts_ms
+            ));
+        }
+    }
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
