@@ -51,6 +51,8 @@ pub struct GeneralConfig {
 #[serde(deny_unknown_fields)]
 pub struct MediaConfig {
     pub segment_secs: f64,
+    /// Past this without a keyframe, a file is cut by re-encoding.
+    pub max_segment_secs: f64,
     pub frames_per_segment: usize,
     pub frame_size: u32,
     pub max_pixels: u64,
@@ -258,6 +260,12 @@ impl Config {
             && self.media.segment_secs <= 3600.0)
         {
             return invalid("media.segment_secs", "must be between 1 and 3600");
+        }
+        if !(self.media.max_segment_secs.is_finite()
+            && self.media.max_segment_secs >= 1.0
+            && self.media.max_segment_secs <= 86_400.0)
+        {
+            return invalid("media.max_segment_secs", "must be between 1 and 86400");
         }
         if self.media.frames_per_segment > 1024 {
             return invalid("media.frames_per_segment", "must be at most 1024");

@@ -15,6 +15,7 @@ mod sample;
 mod segment;
 mod source;
 pub mod subtitles;
+mod transcode;
 
 pub use live::{LiveOptions, LiveSummary, MAX_CLOCK_JUMP_MS, StopCause, StreamState, segment_live};
 pub use probe::{MediaInfo, SubtitleStreamInfo, VideoInfo, probe};

@@ -18,6 +18,9 @@ use crate::subtitles::{cues_for_segment, embedded_cues, normalize_cues, sidecar_
 pub struct SegmentOptions {
     /// Target segment length; a segment ends at the first keyframe at or after this length.
     pub segment_ms: u64,
+    /// Longest segment remuxing may make: past it without a keyframe (an animated GIF, a
+    /// file with one keyframe), the rest of a file is cut by re-encoding, every `segment_ms`.
+    pub max_segment_ms: u64,
     /// Where chunk files are written.
     pub spool_dir: PathBuf,
     /// Largest accepted frame (width × height).
@@ -35,6 +38,7 @@ impl SegmentOptions {
     pub fn new(segment_ms: u64, spool_dir: PathBuf) -> Self {
         Self {
             segment_ms,
+            max_segment_ms: segment_ms.saturating_mul(3).max(60_000),
             spool_dir,
             max_pixels: 8192 * 8192,
             max_consecutive_corrupt_packets: 200,
@@ -114,6 +118,9 @@ pub struct SegmentSummary {
     pub corrupt_packets: u64,
     /// Whether the sink asked to stop early.
     pub stopped: bool,
+    /// Media time from which the input was cut by re-encoding instead of remuxing (no
+    /// keyframe within `max_segment_ms`, or a stream the chunk container refused).
+    pub reencoded_from_ms: Option<u64>,
 }
 
 /// Segment `source`, calling `sink` with each chunk in order as soon as it is written. The
@@ -162,6 +169,10 @@ pub fn segment_source(
     let mut consecutive_corrupt = 0usize;
     let mut stopped = false;
     let mut read_error = None;
+    let max_segment_ms = options.max_segment_ms.max(options.segment_ms);
+    // Where remuxing could not go on (no keyframe in time, a refused stream), and why.
+    let mut reencode: Option<(u64, String)> = None;
+    let next_seq;
     let mut packet = ffmpeg::Packet::empty();
     loop {
         match packet.read(&mut opened.context) {
@@ -195,6 +206,20 @@ pub fn segment_source(
         };
         let origin = *origin_pts.get_or_insert(pts);
         let time_ms = (to_ms(pts, time_base) - to_ms(origin, time_base)).max(0) as u64;
+        if !packet.is_key()
+            && segmenter
+                .current_start_ms()
+                .is_some_and(|start| time_ms >= start + max_segment_ms)
+        {
+            reencode = Some((
+                time_ms,
+                format!(
+                    "no keyframe for {} s (media.max_segment_secs)",
+                    max_segment_ms / 1000
+                ),
+            ));
+            break;
+        }
         if let Some(finished) = segmenter.cut_if_due(packet.is_key(), time_ms, &cues)? {
             let go_on = sink(finished);
             // The sink's time (a slow publish, a blob upload) is not the input stalling.
@@ -206,22 +231,57 @@ pub fn segment_source(
         }
         // Read before writing: the remux rescales the packet's timestamps and duration.
         let packet_duration = packet.duration().max(0);
-        if segmenter.write(&mut packet, time_ms, origin)? {
-            let duration_ms = to_ms(packet_duration, time_base).max(0) as u64;
-            last_end_ms = last_end_ms.max(time_ms + duration_ms);
+        match segmenter.write(&mut packet, time_ms, origin) {
+            Ok(true) => {
+                let duration_ms = to_ms(packet_duration, time_base).max(0) as u64;
+                last_end_ms = last_end_ms.max(time_ms + duration_ms);
+            }
+            Ok(false) => {}
+            // The chunk container refuses the stream: re-encode instead.
+            Err(error) if segmenter.remux_failed() => {
+                reencode = Some((time_ms, error.to_string()));
+                break;
+            }
+            Err(error) => return Err(error),
         }
     }
-    if stopped {
+    let mut reencoded_from_ms = None;
+    if let Some((at_ms, reason)) = reencode {
+        let from_ms = segmenter.abandon_current().unwrap_or(at_ms);
+        tracing::info!(input = %name, from_ms, %reason, "cutting the rest of the input by re-encoding");
+        let done = crate::transcode::reencode_from(
+            crate::transcode::Resume {
+                source,
+                open: &open,
+                options,
+                track: &track,
+                origin_pts: origin_pts.unwrap_or(0),
+                from_ms,
+                first_seq: segmenter.next_seq(),
+                chunk_prefix: chunk_prefix(&name),
+                cues: &cues,
+            },
+            &mut sink,
+        )?;
+        reencoded_from_ms = Some(from_ms);
+        last_end_ms = done.end_ms;
+        stopped = done.stopped;
+        corrupt_packets += done.corrupt_packets;
+        next_seq = done.next_seq;
+    } else if stopped {
         segmenter.discard_current();
-    } else if let Some(finished) = segmenter.finish_current(last_end_ms, &cues, true)?
-        && !sink(finished)
-    {
-        stopped = true;
+        next_seq = segmenter.next_seq();
+    } else {
+        if let Some(finished) = segmenter.finish_current(last_end_ms, &cues, true)?
+            && !sink(finished)
+        {
+            stopped = true;
+        }
+        next_seq = segmenter.next_seq();
     }
     if let Some(error) = read_error {
         return Err(error);
     }
-    let next_seq = segmenter.next_seq();
     if next_seq == 0 {
         return Err(MediaError::InvalidData {
             input: name,
@@ -254,6 +314,7 @@ pub fn segment_source(
         subtitle_cues: cues.len(),
         corrupt_packets,
         stopped,
+        reencoded_from_ms,
     })
 }
 
@@ -361,6 +422,8 @@ pub(crate) struct Segmenter<'options> {
     rotation: u16,
     current: Option<ChunkWriter>,
     next_seq: u64,
+    /// The last [`write`](Self::write) failed in the chunk container (not reading the input).
+    remux_failed: bool,
 }
 
 impl<'options> Segmenter<'options> {
@@ -380,6 +443,7 @@ impl<'options> Segmenter<'options> {
             rotation: track.rotation,
             current: None,
             next_seq: first_seq,
+            remux_failed: false,
         }
     }
 
@@ -430,7 +494,7 @@ impl<'options> Segmenter<'options> {
                 .options
                 .spool_dir
                 .join(format!("{}-{seq:06}.mkv", self.chunk_prefix));
-            self.current = Some(ChunkWriter::create(
+            let created = ChunkWriter::create(
                 &path,
                 seq,
                 time_ms,
@@ -438,14 +502,32 @@ impl<'options> Segmenter<'options> {
                 self.time_base,
                 self.rotation,
                 &self.name,
-            )?);
+            );
+            self.remux_failed = created.is_err();
+            self.current = Some(created?);
             self.next_seq += 1;
         }
         let Some(chunk) = self.current.as_mut() else {
             return Ok(false);
         };
-        chunk.write(packet, origin_pts, self.time_base, &self.name)?;
-        Ok(true)
+        let written = chunk.write(packet, origin_pts, self.time_base, &self.name);
+        self.remux_failed = written.is_err();
+        written.map(|()| true)
+    }
+
+    /// Whether the last [`write`](Self::write) failed in the chunk container.
+    pub(crate) fn remux_failed(&self) -> bool {
+        self.remux_failed
+    }
+
+    /// Drop the chunk in progress and its file, and give its seq to the next chunk; its
+    /// start, if there was one.
+    pub(crate) fn abandon_current(&mut self) -> Option<u64> {
+        let chunk = self.current.take()?;
+        let start_ms = chunk.start_ms;
+        self.next_seq = chunk.seq;
+        chunk.discard();
+        Some(start_ms)
     }
 
     /// Close the chunk in progress with its packets so far; its range ends at `end_ms` (at
@@ -495,17 +577,17 @@ pub(crate) fn chunk_prefix(name: &str) -> String {
     format!("{hash:016x}")
 }
 
-struct ChunkWriter {
+pub(crate) struct ChunkWriter {
     output: ffmpeg::format::context::Output,
     path: PathBuf,
-    seq: u64,
-    start_ms: u64,
+    pub(crate) seq: u64,
+    pub(crate) start_ms: u64,
     output_time_base: ffmpeg::Rational,
     packets: u64,
 }
 
 impl ChunkWriter {
-    fn create(
+    pub(crate) fn create(
         path: &Path,
         seq: u64,
         start_ms: u64,
@@ -549,7 +631,7 @@ impl ChunkWriter {
         })
     }
 
-    fn write(
+    pub(crate) fn write(
         &mut self,
         packet: &mut ffmpeg::Packet,
         origin_pts: i64,
@@ -573,7 +655,7 @@ impl ChunkWriter {
         Ok(())
     }
 
-    fn finish(
+    pub(crate) fn finish(
         mut self,
         end_ms: u64,
         cues: &[SubtitleCue],
@@ -598,7 +680,7 @@ impl ChunkWriter {
         })
     }
 
-    fn discard(self) {
+    pub(crate) fn discard(self) {
         let path = self.path.clone();
         drop(self);
         let _ = std::fs::remove_file(path);

@@ -812,3 +812,185 @@ fn variable_frame_rate_and_10_bit_clips_segment_at_the_source_times() -> Result<
     ensure!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }
+
+/// Inputs remuxing cannot cut are cut by re-encoding, every segment length, from the segment
+/// where remuxing stopped: an animated GIF (one keyframe, then partial frames), uncompressed
+/// RGB in AVI (every frame a keyframe, but the chunk container refuses the codec) and H.264
+/// with one keyframe in 12 s. Each chunk is playable on its own and shows the source's
+/// picture.
+#[test]
+fn inputs_remuxing_cannot_cut_are_cut_by_re_encoding() -> Result<()> {
+    let directory = tempfile::tempdir()?;
+    let clips: &[(&str, &str, &[&str], u64)] = &[
+        (
+            "animated GIF",
+            "clip.gif",
+            &["-f", "lavfi", "-i", "testsrc2=s=160x120:r=10:d=12"],
+            100,
+        ),
+        (
+            "AVI, uncompressed RGB (which Matroska refuses)",
+            "raw.avi",
+            &[
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=s=160x120:r=10:d=12",
+                "-c:v",
+                "rawvideo",
+                "-pix_fmt",
+                "bgr24",
+            ],
+            100,
+        ),
+        (
+            "H.264 with one keyframe",
+            "one-keyframe.mp4",
+            &[
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=s=160x120:r=30:d=12",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-g",
+                "1000",
+                "-keyint_min",
+                "1000",
+                "-sc_threshold",
+                "0",
+            ],
+            34,
+        ),
+    ];
+    let sampler = FfmpegFrameSampler::new(32);
+    let mut failures = Vec::new();
+    for (index, (name, file, arguments, frame_ms)) in clips.iter().enumerate() {
+        let path = directory.path().join(file);
+        let mut arguments = arguments.to_vec();
+        arguments.push(path.to_str().context("path")?);
+        ffmpeg(&arguments).with_context(|| format!("making the {name} clip"))?;
+        let spool = directory.path().join(format!("s{index}"));
+        let mut chunks = Vec::new();
+        let summary = segment_source(
+            &InputSource::File(path.clone()),
+            &SegmentOptions {
+                max_segment_ms: 5_000,
+                ..SegmentOptions::new(2_000, spool)
+            },
+            |chunk| {
+                chunks.push(chunk);
+                true
+            },
+        );
+        let summary = match summary {
+            Ok(summary) => summary,
+            Err(error) => {
+                failures.push(format!("{name}: {error}"));
+                continue;
+            }
+        };
+        let starts: Vec<u64> = chunks.iter().map(|chunk| chunk.range.start_ms).collect();
+        let end = chunks.last().map_or(0, |chunk| chunk.range.end_ms);
+        let on_time = starts
+            .iter()
+            .enumerate()
+            .all(|(seq, start)| start.abs_diff(seq as u64 * 2_000) <= *frame_ms);
+        if summary.segments != 6
+            || chunks.len() != 6
+            || !on_time
+            || end.abs_diff(12_000) > *frame_ms
+            || summary.reencoded_from_ms != Some(0)
+        {
+            failures.push(format!(
+                "{name}: {} segments starting at {starts:?} ms, ending at {end} ms, \
+                 re-encoded from {:?}",
+                chunks.len(),
+                summary.reencoded_from_ms
+            ));
+            continue;
+        }
+        for chunk in &chunks {
+            let at_ms = chunk.range.start_ms + 500;
+            let frames = sampler.sample(
+                &chunk.path,
+                TimeRange::new(chunk.range.start_ms, chunk.range.start_ms + 1_000),
+                1,
+            )?;
+            let frame = frames.first().context("no frame")?;
+            let reference = cli_frame(&path, at_ms as f64 / 1000.0, 32)?;
+            let difference = mean_abs_diff(&frame.rgb, &reference);
+            // Closer to the source's frame at that time than to its frame a second away
+            // (testsrc2 moves): the right picture, not only a picture.
+            let elsewhere = cli_frame(&path, (at_ms as f64 / 1000.0 + 1.0) % 12.0, 32)?;
+            let wrong = mean_abs_diff(&frame.rgb, &elsewhere);
+            if frame.pts_ms.abs_diff(at_ms) > *frame_ms || difference > 20.0 || difference >= wrong
+            {
+                failures.push(format!(
+                    "{name}: segment {} shows {} ms, {difference:.1} per channel from FFmpeg's \
+                     frame at {at_ms} ms ({wrong:.1} from its frame a second later)",
+                    chunk.seq, frame.pts_ms
+                ));
+            }
+        }
+    }
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+/// Keyframes every 2 s for 6 s, then none for 6 s: the first segments stay remuxed, the
+/// rest is re-encoded from the segment that ran past `max_segment_ms`.
+#[test]
+fn a_file_that_stops_having_keyframes_is_re_encoded_from_there() -> Result<()> {
+    let directory = tempfile::tempdir()?;
+    let path = directory.path().join("late.mkv");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=s=160x120:r=30:d=12",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "1000",
+        "-sc_threshold",
+        "0",
+        "-force_key_frames",
+        "0,2,4",
+        path.to_str().context("path")?,
+    ])?;
+    let mut chunks = Vec::new();
+    let summary = segment_source(
+        &InputSource::File(path.clone()),
+        &SegmentOptions {
+            max_segment_ms: 5_000,
+            ..SegmentOptions::new(2_000, directory.path().join("spool"))
+        },
+        |chunk| {
+            chunks.push(chunk);
+            true
+        },
+    )?;
+    let starts: Vec<u64> = chunks.iter().map(|chunk| chunk.range.start_ms).collect();
+    let seqs: Vec<u64> = chunks.iter().map(|chunk| chunk.seq).collect();
+    ensure!(
+        summary.reencoded_from_ms == Some(4_000)
+            && seqs == [0, 1, 2, 3, 4, 5]
+            && starts
+                .iter()
+                .enumerate()
+                .all(|(seq, start)| start.abs_diff(seq as u64 * 2_000) <= 34),
+        "re-encoded from {:?}; segments {seqs:?} at {starts:?}",
+        summary.reencoded_from_ms
+    );
+    // The remuxed ones are still the source's H.264 packets, untouched.
+    ensure!(
+        ffprobe_frames(&chunks[0].path)? == 60,
+        "first chunk not remuxed"
+    );
+    Ok(())
+}

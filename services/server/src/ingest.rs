@@ -40,6 +40,8 @@ pub struct IngestSettings {
     pub roots: Vec<PathBuf>,
     pub policy: UrlPolicy,
     pub segment_ms: u64,
+    /// Past this without a keyframe, a file is cut by re-encoding.
+    pub max_segment_ms: u64,
     pub max_pixels: u64,
     pub inline_max_bytes: u64,
     /// A local directory where segments are cut before they are published.
@@ -1065,6 +1067,7 @@ async fn run_job<Q: SegmentQueue>(
     }
     let options = SegmentOptions {
         max_pixels: settings.max_pixels,
+        max_segment_ms: settings.max_segment_ms,
         // The submit-time check saw the URL only: every connection FFmpeg makes for it
         // (redirects, playlist entries, the host resolved again) is checked as it is made.
         url_guard: (!settings.policy.allow_private_hosts).then(|| settings.policy.clone()),
@@ -1244,6 +1247,7 @@ mod tests {
             roots,
             policy: UrlPolicy::default(),
             segment_ms: 20_000,
+            max_segment_ms: 60_000,
             max_pixels: 1 << 26,
             inline_max_bytes: 1 << 20,
             spool_dir: PathBuf::from("/nonexistent"),

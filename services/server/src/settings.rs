@@ -168,6 +168,8 @@ impl NodeSettings {
                         .collect::<Result<_, _>>()?,
                 },
                 segment_ms: (config.media.segment_secs * 1000.0) as u64,
+                max_segment_ms: (config.media.max_segment_secs.max(config.media.segment_secs)
+                    * 1000.0) as u64,
                 max_pixels: config.media.max_pixels,
                 // A segment travels inline only if its message fits the brokers' limit (with
                 // room for the rest of the message: subtitles, ids); others go by blob.
