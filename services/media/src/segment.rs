@@ -170,6 +170,7 @@ pub fn segment_source(
     let mut stopped = false;
     let mut read_error = None;
     let max_segment_ms = options.max_segment_ms.max(options.segment_ms);
+    let mut continuity = Continuity::new(&opened, time_base);
     // Where remuxing could not go on (no keyframe in time, a refused stream), and why.
     let mut reencode: Option<(u64, String)> = None;
     let next_seq;
@@ -204,6 +205,8 @@ pub fn segment_source(
         let Some(pts) = packet.pts().or(packet.dts()) else {
             continue;
         };
+        let shift = continuity.shift(&packet);
+        let pts = pts + shift;
         let origin = *origin_pts.get_or_insert(pts);
         let time_ms = (to_ms(pts, time_base) - to_ms(origin, time_base)).max(0) as u64;
         if !packet.is_key()
@@ -231,7 +234,8 @@ pub fn segment_source(
         }
         // Read before writing: the remux rescales the packet's timestamps and duration.
         let packet_duration = packet.duration().max(0);
-        match segmenter.write(&mut packet, time_ms, origin) {
+        // The packet's own timestamps move by the same shift as its media time.
+        match segmenter.write(&mut packet, time_ms, origin - shift) {
             Ok(true) => {
                 let duration_ms = to_ms(packet_duration, time_base).max(0) as u64;
                 last_end_ms = last_end_ms.max(time_ms + duration_ms);
@@ -316,6 +320,72 @@ pub fn segment_source(
         stopped,
         reencoded_from_ms,
     })
+}
+
+/// Timestamps that restart or leap in formats that allow it (MPEG-TS recordings joined end to
+/// end, a broadcast splice, a recorder restarted): the video's media time goes on from where
+/// it was, as FFmpeg's CLI does — a jump back of more than 100 ms, or forward of more than
+/// 10 s, becomes a shift of every later timestamp.
+struct Continuity {
+    enabled: bool,
+    back: i64,
+    forward: i64,
+    /// Added to every timestamp from here on (time base units).
+    shift: i64,
+    /// The last decode time after the shift, and the step before it.
+    last: Option<i64>,
+    step: i64,
+}
+
+impl Continuity {
+    fn new(opened: &OpenedInput, time_base: ffmpeg::Rational) -> Self {
+        let per_second = if time_base.numerator() > 0 {
+            i64::from(time_base.denominator()) / i64::from(time_base.numerator())
+        } else {
+            0
+        };
+        let format = opened.context.format();
+        #[allow(unsafe_code)]
+        // SAFETY: `format` borrows the input's AVInputFormat, a static table entry of libavformat
+        // that outlives the context; `flags` is a plain integer field (ffmpeg-next has no getter).
+        let flags = unsafe { (*format.as_ptr()).flags };
+        Self {
+            enabled: per_second > 0
+                && ffmpeg::format::Flags::from_bits_truncate(flags)
+                    .contains(ffmpeg::format::Flags::TS_DISCONT),
+            back: per_second / 10,
+            forward: per_second * 10,
+            shift: 0,
+            last: None,
+            step: 0,
+        }
+    }
+
+    /// The shift for `packet` (0 where timestamps are continuous).
+    fn shift(&mut self, packet: &ffmpeg::Packet) -> i64 {
+        let Some(dts) = packet.dts().or(packet.pts()).filter(|_| self.enabled) else {
+            return self.shift;
+        };
+        let mut shifted = dts + self.shift;
+        if let Some(last) = self.last {
+            let step = if packet.duration() > 0 {
+                packet.duration()
+            } else {
+                self.step.max(1)
+            };
+            let delta = shifted - (last + step);
+            if delta < -self.back || delta > self.forward {
+                self.shift -= delta;
+                shifted -= delta;
+                tracing::debug!(delta, "timestamp discontinuity: media time goes on");
+            }
+            if shifted > last {
+                self.step = shifted - last;
+            }
+        }
+        self.last = Some(shifted);
+        self.shift
+    }
 }
 
 pub(crate) fn create_spool_dir(spool_dir: &Path, name: &str) -> Result<(), MediaError> {

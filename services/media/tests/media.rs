@@ -464,6 +464,15 @@ fn archive_and_web_formats_segment_at_the_source_times() -> Result<()> {
             .iter()
             .enumerate()
             .all(|(seq, start)| start.abs_diff(seq as u64 * 2_000) <= *frame_ms);
+        let worst_ms = starts
+            .iter()
+            .enumerate()
+            .map(|(seq, start)| start.abs_diff(seq as u64 * 2_000))
+            .chain([end.abs_diff(12_000)])
+            .max()
+            .unwrap_or(0);
+        // The format table of docs/formats.md (`--nocapture`).
+        println!("| {name} | {} | {worst_ms} ms |", chunks.len());
         if summary.segments != 6
             || chunks.len() != 6
             || !on_time
@@ -991,6 +1000,70 @@ fn a_file_that_stops_having_keyframes_is_re_encoded_from_there() -> Result<()> {
     ensure!(
         ffprobe_frames(&chunks[0].path)? == 60,
         "first chunk not remuxed"
+    );
+    Ok(())
+}
+
+/// MPEG-TS recordings joined end to end (`cat a.ts b.ts`, a recorder restarted, a broadcast
+/// splice) restart their timestamps: media time goes on across the jump, nothing is lost or
+/// re-encoded, and the segments are those of the joined length.
+#[test]
+fn mpegts_timestamp_discontinuities_continue_the_media_time() -> Result<()> {
+    let directory = tempfile::tempdir()?;
+    let mut joined = Vec::new();
+    for (index, source) in [
+        "testsrc2=s=160x120:r=30:d=6",
+        "smptebars=s=160x120:r=30:d=6",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let part = directory.path().join(format!("part{index}.ts"));
+        ffmpeg(&[
+            "-f",
+            "lavfi",
+            "-i",
+            source,
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "60",
+            "-keyint_min",
+            "60",
+            "-sc_threshold",
+            "0",
+            part.to_str().context("path")?,
+        ])?;
+        joined.extend(std::fs::read(&part)?);
+    }
+    let path = directory.path().join("joined.ts");
+    std::fs::write(&path, joined)?;
+    let (chunks, result) = segment_all(&path, 2_000, &directory.path().join("spool"));
+    let summary = result?;
+    let starts: Vec<u64> = chunks.iter().map(|chunk| chunk.range.start_ms).collect();
+    let end = chunks.last().map_or(0, |chunk| chunk.range.end_ms);
+    ensure!(
+        chunks.len() == 6
+            && summary.reencoded_from_ms.is_none()
+            && starts
+                .iter()
+                .enumerate()
+                .all(|(seq, start)| start.abs_diff(seq as u64 * 2_000) <= 34)
+            && end.abs_diff(12_000) <= 34,
+        "{} segments at {starts:?}, ending at {end} ms, re-encoded from {:?}",
+        chunks.len(),
+        summary.reencoded_from_ms
+    );
+    // The second recording's picture is in the second half.
+    let sampler = FfmpegFrameSampler::new(32);
+    let frames = sampler.sample(&chunks[4].path, TimeRange::new(8_000, 9_000), 1)?;
+    let bars = cli_frame(&directory.path().join("part1.ts"), 2.5, 32)?;
+    let difference = mean_abs_diff(&frames.first().context("no frame")?.rgb, &bars);
+    ensure!(
+        difference < 12.0,
+        "segment 4 is not the second recording ({difference:.1})"
     );
     Ok(())
 }
