@@ -30,7 +30,28 @@ fn keep_freed_memory() {
     };
 }
 
+/// FFmpeg's HTTP client connects straight to the hosts listed in `no_proxy` (lowercase), past
+/// the proxy through which the URL guard checks every connection (a redirect to
+/// `http://localhost:…` would go unchecked with the common `no_proxy=localhost,127.0.0.1`).
+/// Move the list to `NO_PROXY`, which vidx's other HTTP clients (object storage, OTLP) read
+/// and FFmpeg does not.
+fn keep_ffmpeg_behind_the_url_guard() {
+    let Some(hosts) = std::env::var_os("no_proxy") else {
+        return;
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: runs first in `main`, before any other thread exists, so nothing reads the
+    // environment while it changes.
+    unsafe {
+        if std::env::var_os("NO_PROXY").is_none() {
+            std::env::set_var("NO_PROXY", hosts);
+        }
+        std::env::remove_var("no_proxy");
+    }
+}
+
 fn main() -> ExitCode {
+    keep_ffmpeg_behind_the_url_guard();
     keep_freed_memory();
     let cli = args::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -39,8 +39,9 @@ impl ConnectGuard {
             NO_PROXY_WARNED.call_once(|| {
                 tracing::warn!(
                     "no_proxy is set: FFmpeg connects to the hosts it lists without the URL \
-                     guard (redirects and playlist entries to them are not checked); unset it \
-                     for vidx"
+                     guard (redirects and playlist entries to them are not checked); the vidx \
+                     binary moves it to NO_PROXY at start, a program embedding vidx-media \
+                     must too"
                 );
             });
         }
