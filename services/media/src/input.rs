@@ -136,7 +136,21 @@ pub(crate) fn open_input_with(
             }
             (path.display().to_string(), "file")
         }
-        InputSource::Url(url) => (url.clone(), settings.url_protocols),
+        InputSource::Url(url) => {
+            let is_http = url.split_once("://").is_some_and(|(scheme, _)| {
+                matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https")
+            });
+            let location = match &settings.url_guard {
+                // Checked again now, and connected to by the address checked.
+                Some(policy) if !is_http => crate::source::pin_to_checked_address(url, policy)
+                    .map_err(|reason| MediaError::Rejected {
+                        input: name.clone(),
+                        reason,
+                    })?,
+                _ => url.clone(),
+            };
+            (location, settings.url_protocols)
+        }
     };
     let mut options = ffmpeg::Dictionary::new();
     let guard = match (source, &settings.url_guard) {

@@ -171,6 +171,42 @@ fn default_port(scheme: &str) -> u16 {
     }
 }
 
+/// For the protocols FFmpeg connects by itself (RTSP, RTMP, SRT, TCP, UDP and their TLS
+/// forms; HTTP(S) goes through the guard's proxy instead): check every address `url`'s host
+/// stands for now, and put the first in the URL in place of the name, so that FFmpeg
+/// connects to the address checked (a name that resolves elsewhere the second time — DNS
+/// rebinding — cannot move the connection). Credentials, port, path and query stay.
+pub(crate) fn pin_to_checked_address(url: &str, policy: &UrlPolicy) -> Result<String, String> {
+    let addresses = policy.checked_addresses(url)?;
+    let (Some(address), Some((scheme, rest))) = (addresses.first(), url.split_once("://")) else {
+        return Ok(url.to_string());
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let (userinfo, host_port) = match authority.rsplit_once('@') {
+        Some((userinfo, host_port)) => (Some(userinfo), host_port),
+        None => (None, authority),
+    };
+    let port = match host_port.strip_prefix('[') {
+        Some(bracketed) => bracketed
+            .split_once(']')
+            .and_then(|(_, after)| after.strip_prefix(':')),
+        None => host_port.split_once(':').map(|(_, port)| port),
+    }
+    .filter(|port| !port.is_empty());
+    let host = match address.ip() {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    Ok(format!(
+        "{scheme}://{}{host}{}{tail}",
+        userinfo
+            .map(|userinfo| format!("{userinfo}@"))
+            .unwrap_or_default(),
+        port.map(|port| format!(":{port}")).unwrap_or_default()
+    ))
+}
+
 impl UrlPolicy {
     /// Check a URL against the rules: its scheme, and every address its host stands for —
     /// an IP address in any spelling the resolver accepts, or a name resolved here (every
@@ -483,6 +519,47 @@ fn walk_directory(directory: &Path, inputs: &mut Vec<InputSource>, errors: &mut 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_ffmpeg_connects_by_itself_are_pinned_to_the_checked_address() {
+        let policy = UrlPolicy {
+            allowed_schemes: vec!["rtsp".into(), "udp".into(), "srt".into()],
+            allowed_networks: vec![
+                "127.0.0.0/8".parse().expect("cidr"),
+                "::1/128".parse().expect("cidr"),
+            ],
+            ..UrlPolicy::default()
+        };
+        for (url, pinned) in [
+            (
+                "rtsp://user:p%40ss@0x7f.1:8554/cam/1?token=x",
+                "rtsp://user:p%40ss@127.0.0.1:8554/cam/1?token=x",
+            ),
+            ("rtsp://127.1/stream", "rtsp://127.0.0.1/stream"),
+            (
+                "srt://[::1]:9000?mode=caller",
+                "srt://[::1]:9000?mode=caller",
+            ),
+            ("udp://@2130706433:1234", "udp://@127.0.0.1:1234"),
+        ] {
+            assert_eq!(
+                pin_to_checked_address(url, &policy).as_deref(),
+                Ok(pinned),
+                "{url}"
+            );
+        }
+        let closed = UrlPolicy {
+            allowed_schemes: vec!["rtsp".into()],
+            ..UrlPolicy::default()
+        };
+        let refused = pin_to_checked_address("rtsp://127.0.0.1:8554/cam", &closed);
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|reason| reason.contains("127.0.0.1")),
+            "{refused:?}"
+        );
+    }
 
     #[test]
     fn rejects_disallowed_schemes_and_prefixes() {

@@ -196,3 +196,42 @@ fn redirects_and_playlist_entries_to_private_addresses_reach_nothing() -> Result
     );
     Ok(())
 }
+
+/// Protocols FFmpeg connects by itself (RTSP, TCP) are checked again when the input is
+/// opened, not only at submit, in every spelling; the control without the guard connects.
+#[test]
+fn rtsp_and_tcp_inputs_are_checked_when_opened() -> Result<()> {
+    let directory = tempfile::tempdir()?;
+    let trap = Trap::start()?;
+    let port = trap.port()?;
+    let policy = UrlPolicy {
+        allowed_schemes: vec!["rtsp".into(), "tcp".into()],
+        ..UrlPolicy::default()
+    };
+    for url in [
+        format!("rtsp://127.0.0.1:{port}/cam"),
+        format!("rtsp://2130706433:{port}/cam"),
+        format!("tcp://0x7f.1:{port}"),
+    ] {
+        let result = segments(&url, Some(&policy), &directory.path().join("s"));
+        let error = result.err().with_context(|| format!("{url} was opened"))?;
+        ensure!(error.contains("loopback"), "{url}: {error}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    ensure!(!trap.reached(), "the trap was connected to");
+    // The trap never answers: give up on it quickly.
+    let options = SegmentOptions {
+        stall_timeout: Duration::from_secs(2),
+        ..SegmentOptions::new(2_000, directory.path().join("control"))
+    };
+    let _ = segment_source(
+        &InputSource::Url(format!("rtsp://127.0.0.1:{port}/cam")),
+        &options,
+        |_| true,
+    );
+    ensure!(
+        trap.reached(),
+        "without the guard RTSP did not connect: the test cannot tell"
+    );
+    Ok(())
+}
