@@ -63,7 +63,7 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
     // The node's settings, mapped from the config as `vidx run` maps them, for an embedded
     // node: segments go to the workers as files in a spool that this run owns.
     let spool = tempfile::Builder::new().prefix("vidx-spool-").tempdir()?;
-    let settings = NodeSettings::embedded(&config, spool.path())
+    let settings = NodeSettings::embedded(&config, spool.path(), &context.data_dir)
         .map_err(|error| cli_error(vidx_core::ErrorCode::InvalidInput, error.to_string()))?;
     let (inputs, discovery_errors) =
         vidx_media::discover_inputs(&args.inputs, &settings.ingest.policy);

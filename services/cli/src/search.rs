@@ -153,7 +153,15 @@ pub async fn run(context: AppContext, args: &SearchArgs) -> anyhow::Result<u8> {
         print_windows(&results.windows, args.common.json)?;
         return Ok(EXIT_OK);
     }
-    let hits: Vec<SearchHit> = results.hits.iter().map(SearchHit::from).collect();
+    // The local index's thumbnails are files under the data dir: name them so.
+    let hits: Vec<SearchHit> = results
+        .hits
+        .iter()
+        .map(|fused| SearchHit {
+            thumbnail_url: fused.payload.thumbnail.clone(),
+            ..SearchHit::from(fused)
+        })
+        .collect();
     print_hits(&hits, args.common.json)?;
     Ok(EXIT_OK)
 }

@@ -221,6 +221,10 @@ pub struct SearchHit {
     #[serde(rename = "box", default, skip_serializing_if = "Option::is_none")]
     pub region: Option<[f32; 4]>,
     pub source_uri: String,
+    /// Where the hit's thumbnail (a JPEG) is: `/v1/thumbnails/<id>.jpg` on the query node's
+    /// HTTP listener (a `file://` path for the local index's `vidx search --json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail_url: Option<String>,
 }
 
 impl From<&FusedHit> for SearchHit {
@@ -246,6 +250,10 @@ impl From<&FusedHit> for SearchHit {
                 .region
                 .map(|region| [region.x0, region.y0, region.x1, region.y1]),
             source_uri: payload.source_uri.clone(),
+            thumbnail_url: payload
+                .thumbnail
+                .as_ref()
+                .map(|_| format!("/v1/thumbnails/{}.jpg", hit.id)),
         }
     }
 }
@@ -499,6 +507,7 @@ mod tests {
             model_rev: "test".into(),
             source_uri: format!("/videos/{stream}.mp4"),
             region: None,
+            thumbnail: None,
         }
     }
 

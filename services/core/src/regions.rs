@@ -812,6 +812,7 @@ mod tests {
             width,
             height,
             rgb,
+            display_size: (0, 0),
         }
     }
 
@@ -1166,6 +1167,7 @@ mod tests {
             width: 0,
             height: 0,
             rgb: Vec::new(),
+            display_size: (0, 0),
         };
         assert_eq!(
             motion_tracks(&[empty], &settings),
@@ -1232,7 +1234,7 @@ mod tests {
                     pts_ms: (index as u64 * 37) % 100,
                     width: size,
                     height: size,
-                    rgb: pixels.iter().copied().cycle().skip(index * 7).take(frame_bytes).collect(),
+                    rgb: pixels.iter().copied().cycle().skip(index * 7).take(frame_bytes).collect(), display_size: (0, 0),
                 })
                 .collect();
             let settings = RegionSettings { analysis_width, min_track_frames: 1, ..RegionSettings::default() };

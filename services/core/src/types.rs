@@ -82,6 +82,10 @@ pub struct Frame {
     pub height: u32,
     /// `width * height * 3` bytes, row-major RGB.
     pub rgb: Vec<u8>,
+    /// The source picture's size as displayed (rotation and pixel aspect applied), so that
+    /// thumbnails keep its shape though `rgb` is squashed to the model's size; `(0, 0)` when
+    /// unknown.
+    pub display_size: (u32, u32),
 }
 
 /// Which kind of record a point holds.
@@ -155,6 +159,9 @@ pub struct PointPayload {
     pub source_uri: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<NormalizedBox>,
+    /// Where the point's thumbnail (a JPEG) is in the thumbnail store; never a public URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail: Option<String>,
 }
 
 /// A point to upsert: deterministic id, named vectors and payload.
@@ -163,6 +170,18 @@ pub struct IndexPoint {
     pub id: Uuid,
     pub vectors: BTreeMap<String, Vec<f32>>,
     pub payload: PointPayload,
+    /// A JPEG to store before the point (its URI then goes into `payload.thumbnail`); not
+    /// part of the stored point.
+    pub thumbnail: Option<Thumbnail>,
+}
+
+/// A thumbnail to store: points showing the same frame share one (same key).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thumbnail {
+    /// Relative path in the thumbnail store (`thumbnails/<uuid>.jpg`), the same each time the
+    /// segment is indexed.
+    pub key: String,
+    pub jpeg: std::sync::Arc<Vec<u8>>,
 }
 
 /// Restrictions every search applies. The tenant is mandatory: a search never crosses tenants.

@@ -385,7 +385,25 @@ impl Selector {
             width: self.frame_size,
             height: self.frame_size,
             rgb,
+            display_size: display_size(frame, self.rotation),
         })
+    }
+}
+
+/// The picture's size as shown: the pixel aspect ratio applied to the width, the sides
+/// swapped for a quarter turn.
+fn display_size(frame: &ffmpeg::frame::Video, rotation: u16) -> (u32, u32) {
+    let (width, height) = (frame.width(), frame.height());
+    let sar = frame.aspect_ratio();
+    let width = if sar.numerator() > 0 && sar.denominator() > 0 {
+        (u64::from(width) * sar.numerator() as u64 / sar.denominator() as u64).max(1) as u32
+    } else {
+        width
+    };
+    if rotation % 180 == 90 {
+        (height, width)
+    } else {
+        (width, height)
     }
 }
 

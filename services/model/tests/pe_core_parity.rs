@@ -213,6 +213,7 @@ fn the_embedder_gives_unit_vectors_of_frames_and_queries_in_one_space() -> anyho
             width: width as u32,
             height: height as u32,
             rgb: chunk.to_vec(),
+            display_size: (0, 0),
         })
         .collect();
     let images = embedder.embed_frames(&frames)?;
@@ -230,6 +231,7 @@ fn the_embedder_gives_unit_vectors_of_frames_and_queries_in_one_space() -> anyho
         width: 10,
         height: 10,
         rgb: vec![0; 12],
+        display_size: (0, 0),
     };
     let error = embedder
         .embed_frames(&[broken])

@@ -46,6 +46,7 @@ fn frames() -> anyhow::Result<Vec<Frame>> {
                 width: width as u32,
                 height: height as u32,
                 rgb: video.i(index)?.flatten_all()?.to_vec1::<u8>()?,
+                display_size: (0, 0),
             })
         })
         .collect()

@@ -6,6 +6,7 @@ mod error;
 mod health;
 mod points;
 pub mod search;
+pub mod thumbnails;
 pub mod worker;
 
 pub use error::PipelineError;

@@ -17,6 +17,7 @@ use vidx_core::{
 };
 
 use crate::PipelineError;
+use crate::thumbnails::SegmentThumbnails;
 
 /// The models a worker runs.
 #[derive(Clone)]
@@ -88,6 +89,7 @@ impl Models {
                 width,
                 height,
                 rgb: vec![128; width as usize * height as usize * 3],
+                display_size: (0, 0),
             })
             .collect();
         let inputs: Vec<SegmentInput<'_>> = tasks
@@ -357,15 +359,23 @@ fn points_from_moments(
         _ => None,
     };
     let mut points = Vec::new();
+    let mut thumbnails = SegmentThumbnails::new(task, frames);
     if let (Some(embedder), Some(frame_vectors)) = (&models.visual_embedder, &frame_vectors) {
         points.extend(visual_points(
             task,
             frames,
             frame_vectors,
             embedder.revision(),
+            &mut thumbnails,
         ));
         if let Some(settings) = &models.regions {
-            points.extend(region_points(task, frames, embedder.as_ref(), settings)?);
+            points.extend(region_points(
+                task,
+                frames,
+                embedder.as_ref(),
+                settings,
+                &thumbnails,
+            )?);
         }
     }
     if moments.is_empty() {
@@ -407,7 +417,9 @@ fn points_from_moments(
                 model_rev,
                 source_uri: task.source_uri.clone(),
                 region: moment.region,
+                thumbnail: None,
             },
+            thumbnail: thumbnails.for_range(moment.range),
         });
     }
     Ok(points)
@@ -431,6 +443,7 @@ fn payload(
         model_rev: model_rev.to_string(),
         source_uri: task.source_uri.clone(),
         region,
+        thumbnail: None,
     }
 }
 
@@ -442,6 +455,7 @@ fn visual_points(
     frames: &[Frame],
     frame_vectors: &[Vec<f32>],
     model_rev: &str,
+    thumbnails: &mut SegmentThumbnails<'_>,
 ) -> Vec<IndexPoint> {
     use vidx_core::RecordKind;
     let mut points = Vec::with_capacity(frames.len() + 1);
@@ -458,6 +472,7 @@ fn visual_points(
             ),
             vectors: BTreeMap::from([(vector_names::VISUAL.to_string(), mean)]),
             payload: payload(task, RecordKind::Segment, task.range, model_rev, None),
+            thumbnail: thumbnails.for_range(task.range),
         });
     }
     for (index, (frame, vector)) in frames.iter().zip(frame_vectors).enumerate() {
@@ -479,6 +494,7 @@ fn visual_points(
             ),
             vectors: BTreeMap::from([(vector_names::VISUAL.to_string(), vector.clone())]),
             payload: payload(task, RecordKind::Frame, range, model_rev, None),
+            thumbnail: thumbnails.for_frame(index),
         });
     }
     points
@@ -497,6 +513,7 @@ fn region_points(
     frames: &[Frame],
     embedder: &dyn VisualEmbedder,
     settings: &RegionSettings,
+    thumbnails: &SegmentThumbnails<'_>,
 ) -> Result<Vec<IndexPoint>, PipelineError> {
     let tracks = propose_regions(frames, settings).map_err(|error| {
         PipelineError::Model(vidx_core::ModelError::Inference {
@@ -535,16 +552,17 @@ fn region_points(
                 RegionKind::Grid => "grid",
             }
         );
+        let id = point_id(
+            &task.tenant,
+            &task.stream_id,
+            task.segment_seq,
+            task.range.start_ms,
+            vidx_core::RecordKind::Region,
+            track_index as u32,
+            &model_rev,
+        );
         points.push(IndexPoint {
-            id: point_id(
-                &task.tenant,
-                &task.stream_id,
-                task.segment_seq,
-                task.range.start_ms,
-                vidx_core::RecordKind::Region,
-                track_index as u32,
-                &model_rev,
-            ),
+            id,
             vectors: BTreeMap::from([(vector_names::REGION.to_string(), vector)]),
             payload: payload(
                 task,
@@ -553,6 +571,7 @@ fn region_points(
                 &model_rev,
                 Some(track.union),
             ),
+            thumbnail: thumbnails.for_region(id, track.span, &track.union),
         });
     }
     Ok(points)
@@ -610,6 +629,7 @@ fn crop(frame: &Frame, bbox: &vidx_core::NormalizedBox) -> Option<Frame> {
         width: crop_width,
         height: y1 - y0,
         rgb,
+        display_size: (0, 0),
     })
 }
 
@@ -768,6 +788,7 @@ mod tests {
                     width: SIZE,
                     height: SIZE,
                     rgb,
+                    display_size: (0, 0),
                 }
             })
             .collect()

@@ -40,6 +40,8 @@ pub struct WorkerOptions {
     /// Where blob segments are read from. Only URIs of this store are read; a task naming a
     /// blob without one, or outside it, fails without retries (and is dead-lettered).
     pub blobs: Option<Arc<dyn BlobStore>>,
+    /// Where the points' thumbnails go (keys `thumbnails/<uuid>.jpg`); `None`: none are kept.
+    pub thumbnails: Option<Arc<dyn BlobStore>>,
     /// Segments captioned together (a GPU batches them); 1 on the CPU.
     pub max_batch: usize,
     /// How long a batch waits to fill once its first segment arrived.
@@ -433,9 +435,18 @@ async fn index_tasks<S: IndexStore>(
                     "no result for a segment of the batch".into(),
                 )),
                 Some(Err(error)) => Err(error),
-                Some(Ok((points, mut timings))) => {
+                Some(Ok((mut points, mut timings))) => {
                     timings.fetch = fetch;
                     let count = points.len();
+                    // Thumbnails first: a point never names one that is not stored.
+                    let started = std::time::Instant::now();
+                    if let Err(error) =
+                        store_thumbnails(&mut points, context.options.thumbnails.as_ref()).await
+                    {
+                        results.push(Err(error));
+                        continue;
+                    }
+                    timings.store += started.elapsed();
                     // The upsert returns once the points are durable; only then may the
                     // task be acked.
                     let started = std::time::Instant::now();
@@ -446,7 +457,7 @@ async fn index_tasks<S: IndexStore>(
                             tracing::info_span!(parent: span, "store.upsert", points = count),
                         )
                         .await;
-                    timings.store = started.elapsed();
+                    timings.store += started.elapsed();
                     stored
                         .map(|()| (count, timings))
                         .map_err(PipelineError::from)
@@ -456,6 +467,33 @@ async fn index_tasks<S: IndexStore>(
         results.push(outcome);
     }
     Ok(results)
+}
+
+/// Store the points' thumbnails, each key once, and name them in the payloads; without a
+/// thumbnail store they are dropped.
+async fn store_thumbnails(
+    points: &mut [vidx_core::IndexPoint],
+    store: Option<&Arc<dyn BlobStore>>,
+) -> Result<(), PipelineError> {
+    let mut stored: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for point in points.iter_mut() {
+        let Some(thumbnail) = point.thumbnail.take() else {
+            continue;
+        };
+        let Some(store) = store else {
+            continue;
+        };
+        let uri = match stored.get(&thumbnail.key) {
+            Some(uri) => uri.clone(),
+            None => {
+                let uri = store.put(&thumbnail.key, thumbnail.jpeg.to_vec()).await?;
+                stored.insert(thumbnail.key, uri.clone());
+                uri
+            }
+        };
+        point.payload.thumbnail = Some(uri);
+    }
+    Ok(())
 }
 
 /// How one run of the models over a batch ended.

@@ -134,6 +134,7 @@ async fn run(
         max_batch,
         max_batch_wait: Duration::from_millis(200),
         shutdown_grace: Duration::from_secs(5),
+        thumbnails: None,
     };
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let (_shutdown_tx, shutdown_rx) = watch::channel(false);

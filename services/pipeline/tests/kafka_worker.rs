@@ -100,6 +100,7 @@ fn start_worker_with(
         max_batch,
         max_batch_wait: Duration::from_millis(500),
         shutdown_grace: Duration::from_secs(5),
+        thumbnails: None,
     };
     let handle = tokio::spawn(run_worker(
         queue.clone(),

@@ -128,6 +128,7 @@ impl Harness {
             max_batch: 1,
             max_batch_wait: Duration::from_millis(0),
             shutdown_grace: Duration::from_secs(5),
+            thumbnails: None,
         };
         let (events_tx, mut events_rx) = mpsc::unbounded_channel();
         let (_shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -652,6 +653,7 @@ async fn shutdown_mid_batch(grace: Duration) -> anyhow::Result<(Vec<WorkerEvent>
         max_batch: 2,
         max_batch_wait: Duration::from_millis(100),
         shutdown_grace: grace,
+        thumbnails: None,
     };
     for seq in 0..2 {
         harness.queue.publish(task(seq, &["a dog runs"])).await?;

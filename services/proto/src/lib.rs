@@ -131,6 +131,7 @@ impl From<&SearchHit> for v1::Hit {
             }),
             source_uri: hit.source_uri.clone(),
             segment_seq: hit.segment_seq,
+            thumbnail_url: hit.thumbnail_url.clone().unwrap_or_default(),
         }
     }
 }
@@ -157,6 +158,7 @@ impl From<v1::Hit> for SearchHit {
                 .r#box
                 .map(|region| [region.x0, region.y0, region.x1, region.y1]),
             source_uri: hit.source_uri,
+            thumbnail_url: (!hit.thumbnail_url.is_empty()).then_some(hit.thumbnail_url),
         }
     }
 }
@@ -217,6 +219,7 @@ mod tests {
             },
             region: Some([0.1, 0.2, 0.3, 0.4]),
             source_uri: "/videos/a.mp4".into(),
+            thumbnail_url: None,
         };
         assert_eq!(SearchHit::from(v1::Hit::from(&hit)), hit);
     }

@@ -107,6 +107,7 @@ async fn embedded(
         max_batch: 1,
         max_batch_wait: Duration::from_millis(0),
         shutdown_grace: Duration::from_secs(5),
+        thumbnails: None,
     };
     let worker = tokio::spawn(run_worker(
         queue.clone(),

@@ -93,7 +93,7 @@ impl NodeSettings {
     /// with its error (an error on a local directory does not heal by waiting), settling
     /// nothing, so that the next run redoes the segments. The server
     /// keys (`server.ingest_roots`, `server.blob_store`) do not apply.
-    pub fn embedded(config: &Config, spool: &Path) -> Result<Self, ServerError> {
+    pub fn embedded(config: &Config, spool: &Path, data_dir: &Path) -> Result<Self, ServerError> {
         let blobs: Arc<dyn BlobStore> = Arc::new(
             ObjectBlobStore::open(
                 &spool.join("blobs").display().to_string(),
@@ -118,6 +118,15 @@ impl NodeSettings {
             live_streams: usize::MAX,
         };
         settings.worker.outage_limit = Some(Duration::ZERO);
+        // Thumbnails stay with the index, under the data dir (`thumbnails/`).
+        settings.worker.thumbnails = Some(Arc::new(
+            ObjectBlobStore::open(&data_dir.display().to_string(), &Default::default()).map_err(
+                |error| ServerError::Config {
+                    key: "general.data_dir".into(),
+                    reason: error.to_string(),
+                },
+            )?,
+        ));
         Ok(settings)
     }
 
@@ -197,6 +206,8 @@ impl NodeSettings {
                 segment_timeout: (config.pipeline.segment_timeout_ms > 0)
                     .then(|| Duration::from_millis(config.pipeline.segment_timeout_ms)),
                 health: Arc::new(DependencyHealth::new()),
+                // Thumbnails beside the segment blobs, where every query node reads them.
+                thumbnails: Some(blobs.clone()),
                 blobs: Some(blobs),
                 max_batch: config.pipeline.max_batch,
                 max_batch_wait: Duration::from_millis(config.pipeline.max_batch_wait_ms),
@@ -401,7 +412,7 @@ mod tests {
         let dir = dir.path();
         let mut config = config(&[]);
         config.media.allowed_networks = vec!["192.168.10.0/24".into()];
-        let settings = NodeSettings::embedded(&config, dir).expect("maps");
+        let settings = NodeSettings::embedded(&config, dir, dir).expect("maps");
         assert!(
             settings
                 .ingest
@@ -425,7 +436,7 @@ mod tests {
                 .is_err()
         );
         config.media.allowed_networks = vec!["192.168.10.0/40".into()];
-        let error = NodeSettings::embedded(&config, dir).expect_err("a bad prefix");
+        let error = NodeSettings::embedded(&config, dir, dir).expect_err("a bad prefix");
         assert!(
             error.to_string().contains("media.allowed_networks"),
             "{error}"

@@ -279,7 +279,9 @@ fn next_point(
             caption: caption(random),
             model_rev: MODEL_REV.into(),
             region: None,
+            thumbnail: None,
         },
+        thumbnail: None,
     };
     (stream.tenant, point)
 }

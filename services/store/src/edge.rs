@@ -342,6 +342,7 @@ impl EdgeStore {
             id,
             vectors,
             payload,
+            thumbnail: None,
         }))
     }
 

@@ -387,6 +387,7 @@ impl IndexStore for ServerStore {
             id,
             vectors,
             payload,
+            thumbnail: None,
         }))
     }
 

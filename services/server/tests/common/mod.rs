@@ -129,7 +129,9 @@ pub fn point(
             model_rev: "test".into(),
             source_uri: stream_id.into(),
             region: None,
+            thumbnail: None,
         },
+        thumbnail: None,
     })
 }
 

@@ -68,7 +68,9 @@ pub fn point(
             model_rev: "test-rev".into(),
             source_uri: format!("/videos/{stream}.mp4"),
             region: None,
+            thumbnail: None,
         },
+        thumbnail: None,
     }
 }
 
