@@ -195,6 +195,85 @@ fn search(query: &str, data_dir: &Path, extra: &[&str]) -> Result<Vec<Value>> {
     json_lines(&output)
 }
 
+/// Packed RGB of an image or of a video's frame at `at_secs`, scaled to `width × height`.
+fn rgb_of(path: &Path, at_secs: Option<f64>, width: u32, height: u32) -> Result<Vec<u8>> {
+    let mut command = Command::new("ffmpeg");
+    command.args(["-hide_banner", "-loglevel", "error"]);
+    if let Some(at) = at_secs {
+        command.args(["-ss", &at.to_string()]);
+    }
+    let output = command
+        .arg("-i")
+        .arg(path)
+        .args([
+            "-frames:v",
+            "1",
+            "-vf",
+            &format!("scale={width}:{height}"),
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ])
+        .output()?;
+    ensure!(
+        output.status.success() && output.stdout.len() == (width * height * 3) as usize,
+        "ffmpeg on {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(output.stdout)
+}
+
+/// The hit's `thumbnail_url` is a JPEG file under the data dir, 320 px wide in the video's
+/// shape (320×240), showing the video at the hit's middle (compared with FFmpeg's frame).
+fn assert_thumbnail_shows_the_hit(hit: &Value, video: &Path) -> Result<()> {
+    let url = hit["thumbnail_url"]
+        .as_str()
+        .with_context(|| format!("no thumbnail_url: {hit}"))?;
+    let path = Path::new(url.strip_prefix("file://").context("a file:// thumbnail")?);
+    let jpeg = std::fs::read(path)?;
+    ensure!(jpeg.starts_with(&[0xFF, 0xD8]), "{url} is not a JPEG");
+    let probe = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=width,height",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()?;
+    let size = String::from_utf8_lossy(&probe.stdout).trim().to_string();
+    ensure!(size == "320,240", "thumbnail is {size}, not 320,240");
+    let middle = (hit["start_ms"].as_u64().context("start")?
+        + hit["end_ms"].as_u64().context("end")?) as f64
+        / 2000.0;
+    let shown = rgb_of(path, None, 64, 48)?;
+    let expected = rgb_of(video, Some(middle), 64, 48)?;
+    let elsewhere = rgb_of(
+        video,
+        Some((middle + SCENE_MS as f64 / 1000.0) % 64.0),
+        64,
+        48,
+    )?;
+    let distance = |a: &[u8], b: &[u8]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| u64::from(x.abs_diff(*y)))
+            .sum::<u64>() as f64
+            / a.len() as f64
+    };
+    let (near, far) = (distance(&shown, &expected), distance(&shown, &elsewhere));
+    ensure!(
+        near < 20.0 && near < far,
+        "thumbnail differs from the frame at {middle} s by {near:.1} per channel (from another scene by {far:.1})"
+    );
+    Ok(())
+}
+
 fn assert_top_hit_in_scene(hits: &[Value], scene: u64, query: &str) -> Result<()> {
     let top = hits
         .first()
@@ -245,11 +324,9 @@ fn index_then_search_finds_the_paraphrased_scene() -> Result<()> {
         1,
         "football",
     )?;
-    assert_top_hit_in_scene(
-        &search("a sleeping kitty on the couch", &data_dir, &[])?,
-        2,
-        "kitty",
-    )?;
+    let kitty = search("a sleeping kitty on the couch", &data_dir, &[])?;
+    assert_top_hit_in_scene(&kitty, 2, "kitty")?;
+    assert_thumbnail_shows_the_hit(&kitty[0], &video)?;
 
     // Filters: a time window excludes the snow scene; a stream filter for another stream finds nothing.
     let windowed = search("blizzard in the mountains", &data_dir, &["--to", "30000"])?;
