@@ -6,6 +6,7 @@
 //! Every failure is a [`vidx_core::MediaError`] naming the input; nothing here panics on input
 //! data.
 
+mod clip;
 mod guard;
 mod input;
 mod live;
@@ -17,6 +18,7 @@ mod source;
 pub mod subtitles;
 mod transcode;
 
+pub use clip::{Clip, ClipOptions, MAX_CLIP_MS, cut_clip};
 pub use live::{LiveOptions, LiveSummary, MAX_CLOCK_JUMP_MS, StopCause, StreamState, segment_live};
 pub use probe::{MediaInfo, SubtitleStreamInfo, VideoInfo, probe};
 pub use sample::{FfmpegFrameSampler, uniform_targets_ms};

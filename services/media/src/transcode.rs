@@ -391,3 +391,206 @@ fn open_encoder(
         .open_with(options)
         .map_err(|error| format!("opening the {} encoder: {error}", codec.name()))
 }
+
+/// A clip of `source` from `start_ms` to `end_ms` (media time) re-encoded to H.264 in MP4
+/// (`faststart`), starting at the first frame at or after `start_ms`; no audio.
+pub(crate) fn reencode_clip(
+    source: &InputSource,
+    open: &OpenSettings,
+    start_ms: u64,
+    end_ms: u64,
+    output: &std::path::Path,
+) -> Result<crate::Clip, MediaError> {
+    let mut opened = open_input_with(source, open)?;
+    let name = opened.name.clone();
+    let track = VideoTrack::select(&opened, u64::MAX)?;
+    crate::clip::seek_to(&mut opened.context, &track, start_ms);
+    let parameters = opened
+        .context
+        .stream(track.index)
+        .map(|stream| stream.parameters())
+        .ok_or_else(|| MediaError::InvalidData {
+            input: name.clone(),
+            reason: "video stream vanished".into(),
+        })?;
+    let mut decoder = ffmpeg::codec::Context::from_parameters(parameters)
+        .and_then(|context| context.decoder().video())
+        .map_err(|error| MediaError::Unsupported {
+            input: name.clone(),
+            reason: format!("cannot open video decoder for a clip: {error}"),
+        })?;
+    let mp4 = ffmpeg::format::output_as(output, "mp4").map_err(|error| MediaError::Io {
+        input: name.clone(),
+        reason: format!("writing the clip: {error}"),
+    })?;
+    let mut clip = ClipEncoder {
+        name: name.clone(),
+        mp4,
+        encoder: None,
+        scaler: None,
+        time_base: track.time_base,
+        origin_ms: to_ms(crate::clip::origin_pts(&track), track.time_base),
+        start_ms,
+        end_ms,
+        first_ms: None,
+        last_ms: None,
+        interval_ms: 0,
+    };
+    let mut packet = ffmpeg::Packet::empty();
+    let mut frame = ffmpeg::frame::Video::empty();
+    let mut done = false;
+    while !done {
+        match packet.read(&mut opened.context) {
+            Ok(()) => opened.touch(),
+            Err(ffmpeg::Error::Eof) => break,
+            Err(ffmpeg::Error::InvalidData) => continue,
+            Err(error) => {
+                return Err(MediaError::Truncated {
+                    input: name,
+                    reason: format!("read failed while cutting a clip: {error}"),
+                });
+            }
+        }
+        if packet.stream() != track.index || decoder.send_packet(&packet).is_err() {
+            continue;
+        }
+        while decoder.receive_frame(&mut frame).is_ok() {
+            if !clip.offer(&frame)? {
+                done = true;
+                break;
+            }
+        }
+    }
+    if !done {
+        let _ = decoder.send_eof();
+        while decoder.receive_frame(&mut frame).is_ok() {
+            if !clip.offer(&frame)? {
+                break;
+            }
+        }
+    }
+    clip.finish()
+}
+
+/// The encoder and MP4 of [`reencode_clip`].
+struct ClipEncoder {
+    name: String,
+    mp4: ffmpeg::format::context::Output,
+    /// Opened at the first frame kept (its size is the clip's), with the stream's time base.
+    encoder: Option<(ffmpeg::encoder::Video, (u32, u32), ffmpeg::Rational)>,
+    scaler: Option<Scaler>,
+    time_base: ffmpeg::Rational,
+    origin_ms: i64,
+    start_ms: u64,
+    end_ms: u64,
+    first_ms: Option<u64>,
+    last_ms: Option<u64>,
+    /// The gap before the last frame (the last frame is taken to last as long).
+    interval_ms: u64,
+}
+
+impl ClipEncoder {
+    fn io_error(&self, stage: &str, error: ffmpeg::Error) -> MediaError {
+        MediaError::Io {
+            input: self.name.clone(),
+            reason: format!("writing the clip ({stage}): {error}"),
+        }
+    }
+
+    /// Encode one decoded frame; `false` once past the end.
+    fn offer(&mut self, frame: &ffmpeg::frame::Video) -> Result<bool, MediaError> {
+        let Some(timestamp) = frame.timestamp().or(frame.pts()) else {
+            return Ok(true);
+        };
+        let time_ms = (to_ms(timestamp, self.time_base) - self.origin_ms).max(0) as u64;
+        if time_ms >= self.end_ms {
+            return Ok(false);
+        }
+        if time_ms < self.start_ms || self.last_ms.is_some_and(|last| time_ms <= last) {
+            return Ok(true);
+        }
+        if self.encoder.is_none() {
+            let size = ((frame.width() & !1).max(2), (frame.height() & !1).max(2));
+            let opened = open_encoder(size, None).map_err(|reason| MediaError::Unsupported {
+                input: self.name.clone(),
+                reason: format!("cannot re-encode a clip: {reason}"),
+            })?;
+            let added = self
+                .mp4
+                .add_stream(ffmpeg::encoder::find(ffmpeg::codec::Id::None))
+                .map(|mut stream| {
+                    stream.set_parameters(ffmpeg::codec::Parameters::from(&opened));
+                    stream.set_time_base(MS);
+                });
+            added.map_err(|error| self.io_error("video stream", error))?;
+            let mut options = ffmpeg::Dictionary::new();
+            options.set("movflags", "+faststart");
+            let header = self.mp4.write_header_with(options).map(|_| ());
+            header.map_err(|error| self.io_error("header", error))?;
+            let out = self
+                .mp4
+                .stream(0)
+                .map(|stream| stream.time_base())
+                .unwrap_or(MS);
+            self.encoder = Some((opened, size, out));
+            self.first_ms = Some(time_ms);
+        }
+        let first_ms = self.first_ms.unwrap_or(time_ms);
+        let Some((encoder, size, _)) = self.encoder.as_mut() else {
+            return Ok(true);
+        };
+        let size = *size;
+        let mut yuv = convert(&mut self.scaler, frame, size, &self.name)?;
+        yuv.set_pts(Some((time_ms - first_ms) as i64));
+        encoder
+            .send_frame(&yuv)
+            .map_err(|error| encode_error(&self.name, 0, error))?;
+        if let Some(last) = self.last_ms {
+            self.interval_ms = time_ms - last;
+        }
+        self.last_ms = Some(time_ms);
+        self.write_ready()?;
+        Ok(true)
+    }
+
+    fn write_ready(&mut self) -> Result<(), MediaError> {
+        let Some((encoder, _, out)) = self.encoder.as_mut() else {
+            return Ok(());
+        };
+        let mut encoded = ffmpeg::Packet::empty();
+        while encoder.receive_packet(&mut encoded).is_ok() {
+            encoded.rescale_ts(MS, *out);
+            encoded.set_stream(0);
+            encoded
+                .write_interleaved(&mut self.mp4)
+                .map_err(|error| MediaError::Io {
+                    input: self.name.clone(),
+                    reason: format!("writing the clip: {error}"),
+                })?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<crate::Clip, MediaError> {
+        let (Some(first_ms), Some((encoder, _, _))) = (self.first_ms, self.encoder.as_mut()) else {
+            return Err(MediaError::InvalidData {
+                input: self.name,
+                reason: format!(
+                    "no frame between {} and {} ms to make a clip of",
+                    self.start_ms, self.end_ms
+                ),
+            });
+        };
+        encoder
+            .send_eof()
+            .map_err(|error| encode_error(&self.name, 0, error))?;
+        self.write_ready()?;
+        let trailer = self.mp4.write_trailer();
+        trailer.map_err(|error| self.io_error("trailer", error))?;
+        Ok(crate::Clip {
+            start_ms: first_ms,
+            end_ms: self.last_ms.unwrap_or(first_ms) + self.interval_ms.max(1),
+            reencoded: true,
+        })
+    }
+}

@@ -1067,3 +1067,110 @@ fn mpegts_timestamp_discontinuities_continue_the_media_time() -> Result<()> {
     );
     Ok(())
 }
+
+fn ffprobe_streams(path: &Path) -> Result<String> {
+    let output = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_type,codec_name:format=format_name,duration",
+            "-of",
+            "compact=p=0",
+        ])
+        .arg(path)
+        .output()?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A hit's clip: an MP4 from the keyframe at or before its start (remuxed, with the AAC
+/// audio), or — for a codec MP4 cannot hold — re-encoded to H.264 from its very start; each
+/// shows the source's picture at the clip's start.
+#[test]
+fn clips_are_cut_as_mp4_from_the_keyframe_before_the_hit() -> Result<()> {
+    let directory = tempfile::tempdir()?;
+    let with_audio = directory.path().join("talk.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=s=320x240:r=25:d=30",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=f=440:d=30",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "50",
+        "-keyint_min",
+        "50",
+        "-sc_threshold",
+        "0",
+        "-c:a",
+        "aac",
+        with_audio.to_str().context("path")?,
+    ])?;
+    let old = directory.path().join("old.avi");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=s=320x240:r=25:d=30",
+        "-c:v",
+        "msmpeg4",
+        "-g",
+        "50",
+        old.to_str().context("path")?,
+    ])?;
+    let range = TimeRange::new(5_000, 9_000);
+    for (source, expected_start, reencoded) in [(&with_audio, 4_000, false), (&old, 5_000, true)] {
+        let output = directory.path().join(format!(
+            "clip-of-{}.mp4",
+            source
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("clip")
+        ));
+        let clip = vidx_media::cut_clip(
+            &InputSource::File(source.clone()),
+            range,
+            &output,
+            &vidx_media::ClipOptions::default(),
+        )?;
+        ensure!(
+            clip.start_ms.abs_diff(expected_start) <= 40 && clip.reencoded == reencoded,
+            "{}: {clip:?}",
+            source.display()
+        );
+        ensure!(
+            clip.end_ms >= 9_000 && clip.end_ms <= 10_100,
+            "{}: ends at {} ms",
+            source.display(),
+            clip.end_ms
+        );
+        let streams = ffprobe_streams(&output)?;
+        ensure!(
+            streams.contains("codec_name=h264")
+                && streams.contains("format_name=mov,mp4")
+                && streams.contains("codec_name=aac") != reencoded,
+            "{}: {streams}",
+            source.display()
+        );
+        let shown = cli_frame(&output, 0.0, 32)?;
+        let expected = cli_frame(source, clip.start_ms as f64 / 1000.0, 32)?;
+        let other = cli_frame(source, clip.start_ms as f64 / 1000.0 + 1.0, 32)?;
+        let (near, far) = (
+            mean_abs_diff(&shown, &expected),
+            mean_abs_diff(&shown, &other),
+        );
+        ensure!(
+            near < 12.0 && near < far,
+            "{}: the clip's first frame is {near:.1} from the source at its start ({far:.1} a second later)",
+            source.display()
+        );
+    }
+    Ok(())
+}
