@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Install what only the tests need, on top of scripts/setup.sh (scripts/test.sh runs both):
-# g++ and the tansu Kafka-protocol broker. Idempotent. Neither is needed to build or run vidx,
+# g++, a headless Chromium with its WebDriver, and the tansu Kafka-protocol broker. Idempotent. Neither is needed to build or run vidx,
 # so the quick start (scripts/demo.sh) and the Dockerfiles' build stages do without them.
 set -euo pipefail
 # shellcheck source=scripts/apt-install.sh
 source "$(dirname "$0")/apt-install.sh"
 
-# g++ compiles the CUDA kernels' source for the CPU in services/kernels/tests/kernels_on_cpu.rs.
-test_packages=(g++)
+# g++ compiles the CUDA kernels' source for the CPU in services/kernels/tests/kernels_on_cpu.rs;
+# chromium and chromium-driver drive the web UI in services/cli/tests/web_ui.rs.
+test_packages=(g++ chromium chromium-driver)
 apt_install_missing "the tests" "${test_packages[@]}"
 
 # A gRPC client that knows vidx only through server reflection v1alpha

@@ -119,6 +119,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             let context = AppContext::load(&cli, &env, overrides, true)?;
             crate::run::run(context, args).await
         }
+        Command::Serve(args) => {
+            let mut overrides = common_overrides(&args.common);
+            if let Some(listen) = &args.listen {
+                overrides.push((
+                    "server.http_listen".into(),
+                    toml::Value::String(listen.clone()),
+                ));
+            }
+            let context = AppContext::load(&cli, &env, overrides, true)?;
+            crate::serve::run(context).await
+        }
         Command::Model(ModelCommand::Fetch { model }) => {
             let context = AppContext::load(&cli, &env, Vec::new(), false)?;
             context.fetch_model(model).await

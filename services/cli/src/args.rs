@@ -32,6 +32,9 @@ pub enum Command {
     /// Run services of the distributed mode: ingest, worker and/or query, in one process
     /// (`vidx run ingest worker query` on one machine) or one role per process.
     Run(RunArgs),
+    /// Serve the web UI and the HTTP/JSON API (search, thumbnails, clips) over the local
+    /// index, on one machine (`vidx run query` does the same in a cluster).
+    Serve(ServeArgs),
     /// Live streams of a running ingest service (rtsp, rtmp, MPEG-TS, HLS): their state
     /// (connecting, live, degraded, stopped), segments and reconnects; `--stop JOB` ends one.
     Streams(StreamsArgs),
@@ -194,6 +197,15 @@ pub struct RunArgs {
     /// Caption with the PerceptionLM checkpoint in this directory (config models.captioner_dir).
     #[arg(long, value_name = "DIR")]
     pub model_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (config server.http_listen, 127.0.0.1:7701 by default).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
     #[command(flatten)]
     pub common: CommonArgs,
 }

@@ -6,6 +6,7 @@ mod index;
 mod remote;
 mod run;
 mod search;
+mod serve;
 
 use std::process::ExitCode;
 

@@ -21,6 +21,14 @@ pub async fn run(context: AppContext, args: &RunArgs) -> anyhow::Result<u8> {
     let metrics_listener = vidx_server::bind_metrics(&context.config.server.metrics_listen)
         .await
         .map_err(server_error)?;
+    // The web UI and HTTP API belong to the query role.
+    let http_listener = if roles.query {
+        vidx_server::bind_http(&context.config.server.http_listen)
+            .await
+            .map_err(server_error)?
+    } else {
+        None
+    };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     spawn_signal_handler(shutdown_tx);
     let engine = async {
@@ -28,10 +36,13 @@ pub async fn run(context: AppContext, args: &RunArgs) -> anyhow::Result<u8> {
             .await
             .map_err(|error| ServerError::Startup(format!("{error:#}")))
     };
-    vidx_server::serve_with_metrics::<AnyStore, _>(
+    vidx_server::serve_all::<AnyStore, _>(
         settings,
-        listener,
-        metrics_listener,
+        vidx_server::Listeners {
+            grpc: listener,
+            metrics: metrics_listener,
+            http: http_listener,
+        },
         engine,
         shutdown_rx,
     )

@@ -126,6 +126,8 @@ pub struct ServerConfig {
     pub listen: String,
     /// `GET /metrics` address; empty: off.
     pub metrics_listen: String,
+    /// The web UI and HTTP/JSON API of a query node (and `vidx serve`); empty: off.
+    pub http_listen: String,
     pub max_request_bytes: usize,
     pub max_concurrent_requests: usize,
     /// Per tenant and ingest node: jobs remembered, jobs segmenting, live streams followed.
@@ -385,6 +387,18 @@ impl Config {
             if value == 0 {
                 return invalid(key, "must be positive");
             }
+        }
+        if !self.server.http_listen.is_empty()
+            && self
+                .server
+                .http_listen
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            return invalid(
+                "server.http_listen",
+                "must be empty or an address like 127.0.0.1:7701",
+            );
         }
         if self.server.max_concurrent_requests == 0 {
             return invalid("server.max_concurrent_requests", "must be positive");

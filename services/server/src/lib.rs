@@ -17,6 +17,7 @@ pub mod query;
 mod settings;
 mod status;
 pub mod tls;
+pub mod web;
 pub mod worker;
 
 use std::future::Future;
@@ -43,7 +44,7 @@ pub use auth::{Authenticator, Tenant};
 pub use ingest::{Ingest, IngestApi, IngestSettings, Jobs};
 pub use metrics::Metrics;
 pub use query::QueryApi;
-pub use settings::{ModelSettings, NodeSettings, StoreSettings, kafka_settings};
+pub use settings::{ModelSettings, NodeSettings, StoreSettings, kafka_settings, url_policy};
 pub use worker::{WorkerApi, WorkerStats};
 
 /// Service names as health checks and reflection know them.
@@ -167,6 +168,14 @@ pub async fn bind_metrics(address: &str) -> Result<Option<TcpListener>, ServerEr
     bind_as(address, "server.metrics_listen").await.map(Some)
 }
 
+/// Bind `server.http_listen` when it is set.
+pub async fn bind_http(address: &str) -> Result<Option<TcpListener>, ServerError> {
+    if address.is_empty() {
+        return Ok(None);
+    }
+    bind_as(address, "server.http_listen").await.map(Some)
+}
+
 async fn bind_as(address: &str, key: &str) -> Result<TcpListener, ServerError> {
     let parsed: SocketAddr = address.parse().map_err(|_| ServerError::Config {
         key: key.into(),
@@ -226,9 +235,49 @@ pub async fn serve_with_metrics<S, F>(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), ServerError>
 where
-    S: IndexStore,
+    S: IndexStore + Send + Sync + 'static,
     F: Future<Output = Result<Engine<S>, ServerError>> + Send,
 {
+    serve_all(
+        settings,
+        Listeners {
+            grpc: listener,
+            metrics: metrics_listener,
+            http: None,
+        },
+        engine,
+        shutdown,
+    )
+    .await
+}
+
+/// The listeners of a node.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The gRPC services.
+    pub grpc: TcpListener,
+    /// `GET /metrics`.
+    pub metrics: Option<TcpListener>,
+    /// The web UI and HTTP API (query role only).
+    pub http: Option<TcpListener>,
+}
+
+/// Run a node on its `listeners` until `shutdown` (see [`serve`]).
+pub async fn serve_all<S, F>(
+    settings: NodeSettings,
+    listeners: Listeners,
+    engine: F,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), ServerError>
+where
+    S: IndexStore + Send + Sync + 'static,
+    F: Future<Output = Result<Engine<S>, ServerError>> + Send,
+{
+    let Listeners {
+        grpc: listener,
+        metrics: metrics_listener,
+        http: http_listener,
+    } = listeners;
     let roles = settings.roles;
     let authenticator = Arc::new(
         Authenticator::new(&settings.tokens, &settings.default_tenant).map_err(|reason| {
@@ -258,12 +307,16 @@ where
         .map_err(|error| ServerError::Startup(format!("reflection: {error}")))?;
 
     // TLS files are read now: a node does not start on files that do not load.
-    let (grpc_tls, metrics_tls) = match &settings.tls {
-        None => (None, None),
+    let (grpc_tls, metrics_tls, http_tls) = match &settings.tls {
+        None => (None, None, None),
         Some(files) => (
             Some(Arc::new(tls::ReloadingConfig::open(
                 files.clone(),
                 &[b"h2"],
+            )?)),
+            Some(Arc::new(tls::ReloadingConfig::open(
+                files.clone(),
+                &[b"http/1.1"],
             )?)),
             Some(Arc::new(tls::ReloadingConfig::open(
                 files.clone(),
@@ -323,6 +376,36 @@ where
 
     let engine_cell: Arc<OnceLock<Engine<S>>> = Arc::new(OnceLock::new());
     let stats = Arc::new(WorkerStats::default());
+    // The web UI and HTTP API of the query role: the same engine, tokens and limits.
+    let _http_server = match (roles.query, http_listener) {
+        (true, Some(http_listener)) => {
+            let address = http_listener
+                .local_addr()
+                .map_err(|error| ServerError::Transport(error.to_string()))?;
+            let context = Arc::new(web::HttpContext {
+                engine: engine_cell.clone(),
+                authenticator: authenticator.clone(),
+                thumbnails: Some(settings.ingest.blobs.clone()),
+                clips: web::ClipSettings {
+                    dir: settings.clip_dir.clone(),
+                    roots: settings.ingest.roots.clone(),
+                    policy: settings.ingest.policy.clone(),
+                },
+                max_request_bytes: settings.max_request_bytes,
+                permits: Arc::new(tokio::sync::Semaphore::new(
+                    settings.max_concurrent_requests,
+                )),
+            });
+            tracing::info!(%address, tls = http_tls.is_some(), "web UI and HTTP API");
+            Some(tokio::spawn(web::serve_http(
+                web::router(context),
+                http_listener,
+                http_tls,
+                shutdown.clone(),
+            )))
+        }
+        _ => None,
+    };
     let intercept = auth::interceptor(authenticator);
     let limit = settings.max_request_bytes;
 

@@ -50,8 +50,10 @@ pub struct NodeSettings {
     pub concurrency: usize,
     /// The side of the frames the sampler produces (the warm-up batch uses it).
     pub frame_size: u32,
-    /// `server.tls`: TLS on the gRPC and metrics listeners.
+    /// `server.tls`: TLS on the gRPC, HTTP and metrics listeners.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// The cache of clips a query node cuts for its HTTP API (`<data-dir>/clips`).
+    pub clip_dir: PathBuf,
 }
 
 impl NodeSettings {
@@ -150,32 +152,16 @@ impl NodeSettings {
             default_tenant: config.general.tenant.clone(),
             tokens: config.server.tokens.clone(),
             tls: tls_files(&config.server.tls),
+            clip_dir: spool_dir
+                .parent()
+                .map_or_else(|| spool_dir.join("clips"), |parent| parent.join("clips")),
             max_request_bytes: config.server.max_request_bytes,
             max_concurrent_requests: config.server.max_concurrent_requests,
             request_timeout: Duration::from_millis(config.server.request_timeout_ms),
             kafka: kafka_settings(kafka),
             ingest: IngestSettings {
                 roots,
-                policy: UrlPolicy {
-                    allowed_schemes: config
-                        .media
-                        .allowed_url_schemes
-                        .iter()
-                        .map(|scheme| scheme.to_ascii_lowercase())
-                        .collect(),
-                    allow_private_hosts: config.media.allow_private_hosts,
-                    allowed_networks: config
-                        .media
-                        .allowed_networks
-                        .iter()
-                        .map(|network| {
-                            network.parse().map_err(|reason| ServerError::Config {
-                                key: "media.allowed_networks".into(),
-                                reason,
-                            })
-                        })
-                        .collect::<Result<_, _>>()?,
-                },
+                policy: url_policy(config)?,
                 segment_ms: (config.media.segment_secs * 1000.0) as u64,
                 max_segment_ms: (config.media.max_segment_secs.max(config.media.segment_secs)
                     * 1000.0) as u64,
@@ -217,6 +203,31 @@ impl NodeSettings {
             frame_size: config.media.frame_size,
         })
     }
+}
+
+/// The URL rules of `media.*` (schemes, private addresses, allowed networks), as the ingest
+/// and the clip cutter apply them.
+pub fn url_policy(config: &Config) -> Result<UrlPolicy, ServerError> {
+    Ok(UrlPolicy {
+        allowed_schemes: config
+            .media
+            .allowed_url_schemes
+            .iter()
+            .map(|scheme| scheme.to_ascii_lowercase())
+            .collect(),
+        allow_private_hosts: config.media.allow_private_hosts,
+        allowed_networks: config
+            .media
+            .allowed_networks
+            .iter()
+            .map(|network| {
+                network.parse().map_err(|reason| ServerError::Config {
+                    key: "media.allowed_networks".into(),
+                    reason,
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    })
 }
 
 /// The Kafka settings of `kafka.*`: durations and sizes typed once, for every role.

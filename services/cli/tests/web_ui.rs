@@ -1,0 +1,688 @@
+//! The web UI in a real browser, and the HTTP API with a plain HTTP client, over `vidx serve`
+//! (the real binary) and an index made by `vidx index` of a clip with subtitles.
+//!
+//! Browser: Debian's headless `chromium` driven by `chromedriver` over WebDriver (both
+//! installed by `scripts/setup-test.sh`): search a paraphrase, the right moment's thumbnail
+//! comes first; click it: the `<video>` plays the clip from the moment's start. A screenshot
+//! goes to `target/test-output/web-ui.png`.
+//!
+//! HTTP: bearer tokens of two tenants, each confined to its own moments, thumbnails and clips;
+//! missing or wrong tokens get 401; a body over `server.max_request_bytes` gets 413; clips
+//! answer Range requests (206, `Content-Range`, 416 past the end).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::{Value, json};
+
+const VIDX: &str = env!("CARGO_BIN_EXE_vidx");
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn ffmpeg(arguments: &[&str]) -> Result<()> {
+    let output = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(arguments)
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "ffmpeg: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// 30 s in three 10 s scenes (test pattern, colour bars, a red field) with a subtitle each.
+fn make_clip(directory: &Path, name: &str, lines: [&str; 3]) -> Result<PathBuf> {
+    let video = directory.join(name);
+    ffmpeg(&[
+        "-filter_complex",
+        "testsrc2=s=320x240:r=25:d=10[a];smptebars=s=320x240:r=25:d=10[b];\
+         color=c=red:s=320x240:r=25:d=10[c];[a][b][c]concat=n=3:v=1[v]",
+        "-map",
+        "[v]",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "50",
+        "-pix_fmt",
+        "yuv420p",
+        video.to_str().context("path")?,
+    ])?;
+    let srt: String = lines
+        .iter()
+        .enumerate()
+        .map(|(index, line)| {
+            let start = index * 10 + 3;
+            format!(
+                "{}\n00:00:{start:02},000 --> 00:00:{:02},000\n{line}\n\n",
+                index + 1,
+                start + 4
+            )
+        })
+        .collect();
+    std::fs::write(video.with_extension("srt"), srt)?;
+    Ok(video)
+}
+
+fn index(video: &Path, data_dir: &Path, tenant: &str) -> Result<()> {
+    let output = Command::new(VIDX)
+        .arg("index")
+        .arg(video)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("VIDX__GENERAL__TENANT", tenant)
+        .env("VIDX__MEDIA__SEGMENT_SECS", "10")
+        .env("VIDX__MEDIA__FRAMES_PER_SEGMENT", "4")
+        .env("HF_HUB_OFFLINE", "1")
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "vidx index: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// A process killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `vidx serve` on a free port, once `/healthz` says it serves.
+fn serve(
+    data_dir: &Path,
+    environment: &[(&str, String)],
+    log: &Path,
+) -> Result<(Process, SocketAddr)> {
+    let port = free_port()?;
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut command = Command::new(VIDX);
+    command
+        .args(["serve", "--listen", &address.to_string(), "--data-dir"])
+        .arg(data_dir)
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?);
+    for (key, value) in environment {
+        command.env(key, value);
+    }
+    let mut process = Process(command.spawn()?);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = process.0.try_wait()? {
+            bail!(
+                "vidx serve exited ({status}): {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        if matches!(http(address, "GET", "/healthz", &[], None), Ok((200, _, _))) {
+            return Ok((process, address));
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "vidx serve not ready after 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Status, headers (lower-case names) and body of a response.
+type Reply = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// One HTTP/1.1 request.
+fn http(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Result<Reply> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let body = body.unwrap_or_default();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    stream.write_all(body)?;
+    // Up to the end of the head, then the body by its length (chromedriver keeps the
+    // connection open), or to the end of the stream.
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 65536];
+    let split = loop {
+        if let Some(split) = response.windows(4).position(|window| window == b"\r\n\r\n") {
+            break split;
+        }
+        let read = stream.read(&mut buffer)?;
+        ensure!(read > 0, "no HTTP response head");
+        response.extend_from_slice(&buffer[..read]);
+    };
+    let length = String::from_utf8_lossy(&response[..split])
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())
+                .flatten()
+        });
+    match length {
+        Some(length) if method != "HEAD" => {
+            while response.len() < split + 4 + length {
+                let read = stream.read(&mut buffer)?;
+                ensure!(read > 0, "HTTP body cut short");
+                response.extend_from_slice(&buffer[..read]);
+            }
+        }
+        Some(_) => {}
+        None => {
+            stream.read_to_end(&mut response)?;
+        }
+    }
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let mut content = response[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .context("no status")?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            Some((name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        })
+        .collect();
+    if headers
+        .iter()
+        .any(|(name, value)| name == "transfer-encoding" && value.contains("chunked"))
+    {
+        content = unchunk(&content)?;
+    }
+    Ok((status, headers, content))
+}
+
+fn unchunk(mut data: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data
+            .windows(2)
+            .position(|window| window == b"\r\n")
+            .context("chunk size")?;
+        let size = usize::from_str_radix(
+            String::from_utf8_lossy(&data[..line_end])
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim(),
+            16,
+        )?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
+}
+
+fn search(address: SocketAddr, token: Option<&str>, query: &str) -> Result<(u16, Value)> {
+    let bearer = token.map(|token| format!("Bearer {token}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(bearer) = &bearer {
+        headers.push(("Authorization", bearer));
+    }
+    let body = json!({"query": query, "top_k": 5}).to_string();
+    let (status, _, body) = http(
+        address,
+        "POST",
+        "/v1/search",
+        &headers,
+        Some(body.as_bytes()),
+    )?;
+    Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+}
+
+/// A WebDriver session on chromedriver.
+struct Browser {
+    driver: Process,
+    address: SocketAddr,
+    session: String,
+}
+
+impl Browser {
+    fn start() -> Result<Self> {
+        let port = free_port()?;
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("chromedriver (Debian: chromium-driver; scripts/setup-test.sh installs it)")?;
+        let driver = Process(driver);
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http(address, "GET", "/status", &[], None).is_err() {
+            ensure!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut browser = Self {
+            driver,
+            address,
+            session: String::new(),
+        };
+        let created = browser.call(
+            "POST",
+            "/session",
+            json!({"capabilities": {"alwaysMatch": {
+                "browserName": "chrome",
+                "goog:chromeOptions": {"args": [
+                    "--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                    "--disable-gpu", "--window-size=1280,900",
+                    "--autoplay-policy=no-user-gesture-required"
+                ]}
+            }}}),
+        )?;
+        browser.session = created["sessionId"]
+            .as_str()
+            .context("no session id")?
+            .to_string();
+        Ok(browser)
+    }
+
+    fn call(&self, method: &str, path: &str, body: Value) -> Result<Value> {
+        let body = body.to_string();
+        let (status, _, response) = http(
+            self.address,
+            method,
+            path,
+            &[("Content-Type", "application/json")],
+            Some(body.as_bytes()),
+        )?;
+        let value: Value = serde_json::from_slice(&response)?;
+        ensure!(status == 200, "WebDriver {method} {path}: {status} {value}");
+        Ok(value["value"].clone())
+    }
+
+    fn session_call(&self, method: &str, path: &str, body: Value) -> Result<Value> {
+        self.call(method, &format!("/session/{}{path}", self.session), body)
+    }
+
+    fn script(&self, script: &str) -> Result<Value> {
+        self.session_call(
+            "POST",
+            "/execute/sync",
+            json!({"script": script, "args": []}),
+        )
+    }
+
+    /// Poll `script` (returning a truthy value when done) for up to `limit`.
+    fn wait_for(&self, what: &str, script: &str, limit: Duration) -> Result<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let value = self.script(script)?;
+            if !(value.is_null() || value == json!(false)) {
+                return Ok(value);
+            }
+            ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = self.call("DELETE", &format!("/session/{}", self.session), json!({}));
+        }
+        let _ = &self.driver;
+    }
+}
+
+fn screenshot_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/test-output")
+        .join("web-ui.png")
+}
+
+#[test]
+fn the_web_ui_finds_a_paraphrase_and_plays_its_clip_from_the_moment() -> Result<()> {
+    let directory = tempfile::tempdir()?;
+    let video = make_clip(
+        directory.path(),
+        "kitchen.mp4",
+        [
+            "The chef slices a ripe tomato on the cutting board",
+            "A dog runs across the beach chasing a ball",
+            "Fireworks explode over the harbour at midnight",
+        ],
+    )?;
+    let data_dir = directory.path().join("data");
+    index(&video, &data_dir, "default")?;
+    let (_server, address) = serve(&data_dir, &[], &directory.path().join("serve.log"))?;
+
+    let browser = Browser::start()?;
+    browser.session_call("POST", "/url", json!({"url": format!("http://{address}/")}))?;
+    browser.wait_for(
+        "the page",
+        "return document.getElementById('query') !== null",
+        Duration::from_secs(20),
+    )?;
+    // Type the paraphrase and submit, as a user does.
+    let input = browser.session_call(
+        "POST",
+        "/element",
+        json!({"using": "css selector", "value": "#query"}),
+    )?;
+    let element = input
+        .as_object()
+        .and_then(|object| object.values().next())
+        .and_then(Value::as_str)
+        .context("no #query element")?
+        .to_string();
+    browser.session_call(
+        "POST",
+        &format!("/element/{element}/value"),
+        json!({"text": "a puppy chasing something on the sand\n"}),
+    )?;
+    browser.wait_for(
+        "hits",
+        "return document.querySelectorAll('#hits .hit').length > 0",
+        Duration::from_secs(30),
+    )?;
+    let first = browser.script(
+        "const hit = document.querySelector('#hits .hit'); \
+         return {id: hit.dataset.id, start: Number(hit.dataset.startMs), \
+                 caption: hit.querySelector('.caption').textContent};",
+    )?;
+    let start_ms = first["start"].as_u64().context("start")?;
+    ensure!(
+        first["caption"].as_str().is_some_and(|c| c.contains("dog")) && start_ms == 13_000,
+        "the first hit is not the beach moment: {first}"
+    );
+    // Its thumbnail loaded, and it is the colour bars of the second scene, not another.
+    let thumbnail = browser.wait_for(
+        "the first thumbnail",
+        "const img = document.querySelector('#hits .hit img'); \
+         if (!img.complete || img.naturalWidth === 0) return null; \
+         const canvas = document.createElement('canvas'); \
+         canvas.width = 32; canvas.height = 24; \
+         const context = canvas.getContext('2d'); context.drawImage(img, 0, 0, 32, 24); \
+         const pixels = context.getImageData(0, 0, 32, 24).data; \
+         let columns = []; for (let x = 2; x < 32; x += 4) { const i = (12 * 32 + x) * 4; \
+           columns.push([pixels[i], pixels[i + 1], pixels[i + 2]]); } \
+         return {width: img.naturalWidth, height: img.naturalHeight, columns};",
+        Duration::from_secs(20),
+    )?;
+    ensure!(
+        thumbnail["width"] == 320 && thumbnail["height"] == 240,
+        "thumbnail size: {thumbnail}"
+    );
+    // Colour bars: the row across the middle changes colour several times.
+    let columns: Vec<Vec<u64>> = serde_json::from_value(thumbnail["columns"].clone())?;
+    let changes = columns
+        .windows(2)
+        .filter(|pair| {
+            pair[0]
+                .iter()
+                .zip(&pair[1])
+                .map(|(a, b)| a.abs_diff(*b))
+                .sum::<u64>()
+                > 120
+        })
+        .count();
+    ensure!(
+        changes >= 4,
+        "the thumbnail does not show the colour bars: {columns:?}"
+    );
+
+    // Click it: the clip plays from the moment.
+    browser.script("document.querySelector('#hits .hit').click(); return true;")?;
+    let playing = browser.wait_for(
+        "the video",
+        "const v = document.getElementById('player'); \
+         if (!v || v.readyState < 2 || !v.dataset.clipStartMs) return null; \
+         return {ready: v.readyState, time: v.currentTime, \
+                 clipStart: Number(v.dataset.clipStartMs), hitStart: Number(v.dataset.hitStartMs)};",
+        Duration::from_secs(60),
+    )?;
+    let position_ms = playing["clipStart"].as_f64().context("clipStart")?
+        + playing["time"].as_f64().context("time")? * 1000.0;
+    ensure!(
+        (position_ms - start_ms as f64).abs() <= 1_000.0,
+        "the video is at {position_ms} ms of the source, the moment starts at {start_ms}: {playing}"
+    );
+    let screenshot = browser.session_call("GET", "/screenshot", json!({}))?;
+    let png = base64_decode(screenshot.as_str().context("screenshot")?)?;
+    let path = screenshot_path();
+    std::fs::create_dir_all(path.parent().context("parent")?)?;
+    std::fs::write(&path, png)?;
+    println!("screenshot: {}", path.display());
+    Ok(())
+}
+
+fn base64_decode(text: &str) -> Result<Vec<u8>> {
+    let value = |c: u8| -> Result<u32> {
+        Ok(match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => bail!("not base64: {c}"),
+        })
+    };
+    let bytes: Vec<u8> = text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+        .collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut word = 0u32;
+        for (index, c) in chunk.iter().enumerate() {
+            word |= value(*c)? << (18 - 6 * index);
+        }
+        let produced = chunk.len().saturating_sub(1);
+        for index in 0..produced {
+            out.push((word >> (16 - 8 * index)) as u8);
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn the_http_api_confines_tenants_and_serves_clips_in_ranges() -> Result<()> {
+    let directory = tempfile::tempdir()?;
+    let data_dir = directory.path().join("data");
+    let acme = make_clip(
+        directory.path(),
+        "acme.mp4",
+        [
+            "A forklift lifts a pallet in the warehouse",
+            "Workers unload boxes from a truck",
+            "The loading dock is empty at night",
+        ],
+    )?;
+    let globex = make_clip(
+        directory.path(),
+        "globex.mp4",
+        [
+            "A surgeon washes her hands before the operation",
+            "Nurses wheel a patient down the corridor",
+            "The waiting room is full of people",
+        ],
+    )?;
+    index(&acme, &data_dir, "acme")?;
+    index(&globex, &data_dir, "globex")?;
+    let tokens = "[{tenant = \"acme\", token = \"acme-token-0123456789abcdef\"}, \
+                  {tenant = \"globex\", token = \"globex-token-0123456789abcdef\"}]";
+    let (_server, address) = serve(
+        &data_dir,
+        &[
+            ("VIDX__SERVER__TOKENS", tokens.to_string()),
+            ("VIDX__SERVER__MAX_REQUEST_BYTES", "4096".to_string()),
+        ],
+        &directory.path().join("serve.log"),
+    )?;
+    let (acme_token, globex_token) = (
+        "acme-token-0123456789abcdef",
+        "globex-token-0123456789abcdef",
+    );
+
+    // Who may ask.
+    for (token, expected) in [(None, 401), (Some("wrong-token"), 401)] {
+        let (status, body) = search(address, token, "forklift")?;
+        ensure!(status == expected, "token {token:?}: {status} {body}");
+    }
+    let (status, _, _) = http(address, "GET", "/openapi.json", &[], None)?;
+    ensure!(status == 200, "the OpenAPI document is public: {status}");
+
+    // Each tenant finds its own moments only, even with the other's words.
+    let (status, acme_hits) = search(address, Some(acme_token), "a surgeon washing hands")?;
+    ensure!(status == 200, "{acme_hits}");
+    let acme_hits = acme_hits["hits"].as_array().context("hits")?.clone();
+    ensure!(
+        !acme_hits.is_empty()
+            && acme_hits.iter().all(|hit| hit["stream_id"]
+                .as_str()
+                .is_some_and(|s| s.ends_with("acme.mp4"))),
+        "acme sees another tenant's moments: {acme_hits:?}"
+    );
+    let (_, globex_hits) = search(address, Some(globex_token), "a surgeon washing hands")?;
+    let globex_top = globex_hits["hits"][0].clone();
+    ensure!(
+        globex_top["caption"]
+            .as_str()
+            .is_some_and(|caption| caption.contains("surgeon")),
+        "{globex_hits}"
+    );
+    let id = globex_top["id"].as_str().context("id")?;
+    let thumbnail = globex_top["thumbnail_url"]
+        .as_str()
+        .context("thumbnail_url")?;
+    let clip = format!("/v1/clips/{id}.mp4");
+    let globex_auth = format!("Bearer {globex_token}");
+    let acme_auth = format!("Bearer {acme_token}");
+
+    // Another tenant's thumbnail and clip do not exist for acme.
+    for path in [thumbnail, clip.as_str()] {
+        let (status, _, _) = http(address, "GET", path, &[("Authorization", &acme_auth)], None)?;
+        ensure!(status == 404, "acme got {path}: {status}");
+        let (status, _, _) = http(address, "GET", path, &[], None)?;
+        ensure!(status == 401, "{path} without a token: {status}");
+    }
+    let (status, headers, jpeg) = http(
+        address,
+        "GET",
+        thumbnail,
+        &[("Authorization", &globex_auth)],
+        None,
+    )?;
+    ensure!(
+        status == 200
+            && header(&headers, "content-type") == Some("image/jpeg")
+            && jpeg.starts_with(&[0xFF, 0xD8]),
+        "thumbnail: {status} {headers:?}"
+    );
+
+    // The clip: whole, in ranges, and past its end.
+    let (status, headers, whole) = http(
+        address,
+        "GET",
+        &clip,
+        &[("Authorization", &globex_auth)],
+        None,
+    )?;
+    ensure!(
+        status == 200 && header(&headers, "accept-ranges") == Some("bytes") && whole.len() > 1000,
+        "clip: {status} {headers:?} {} bytes",
+        whole.len()
+    );
+    ensure!(
+        header(&headers, "x-vidx-clip-start-ms") == Some("2000")
+            && header(&headers, "x-vidx-hit-offset-ms") == Some("1000"),
+        "the moment at 3 s starts 1 s into a clip from the keyframe at 2 s: {headers:?}"
+    );
+    let size = whole.len();
+    for (range, from, to) in [
+        ("bytes=0-99", 0, 99),
+        (
+            &format!("bytes={}-", size - 50) as &str,
+            size - 50,
+            size - 1,
+        ),
+        ("bytes=-10", size - 10, size - 1),
+    ] {
+        let (status, headers, part) = http(
+            address,
+            "GET",
+            &clip,
+            &[("Authorization", &globex_auth), ("Range", range)],
+            None,
+        )?;
+        ensure!(
+            status == 206
+                && part == whole[from..=to]
+                && header(&headers, "content-range")
+                    == Some(&format!("bytes {from}-{to}/{size}") as &str),
+            "{range}: {status} {headers:?}"
+        );
+    }
+    let past = format!("bytes={}-", size + 10);
+    let (status, headers, _) = http(
+        address,
+        "GET",
+        &clip,
+        &[("Authorization", &globex_auth), ("Range", &past)],
+        None,
+    )?;
+    ensure!(
+        status == 416
+            && header(&headers, "content-range") == Some(&format!("bytes */{size}") as &str),
+        "{past}: {status} {headers:?}"
+    );
+
+    // A body over server.max_request_bytes.
+    let big = json!({"query": "x".repeat(8192)}).to_string();
+    let (status, _, _) = http(
+        address,
+        "POST",
+        "/v1/search",
+        &[
+            ("Authorization", &acme_auth),
+            ("Content-Type", "application/json"),
+        ],
+        Some(big.as_bytes()),
+    )?;
+    ensure!(status == 413, "an 8 kB body against a 4 kB limit: {status}");
+    Ok(())
+}

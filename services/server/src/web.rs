@@ -1,0 +1,600 @@
+//! The HTTP side of a query node (`server.http_listen`, and `vidx serve` on one machine): the
+//! web UI at `/`, a JSON API mirroring `SearchService` (`POST /v1/search`), each hit's
+//! thumbnail (`GET /v1/thumbnails/<id>.jpg`) and clip (`GET /v1/clips/<id>.mp4`, with Range
+//! requests, cut from the source on demand and cached), and its OpenAPI document at
+//! `/openapi.json`.
+//!
+//! A listener of its own rather than tonic's port: tonic serves HTTP/2 only, with per-request
+//! limits and deadlines made for RPCs, while browsers speak HTTP/1.1 and fetch clips in ranges
+//! over seconds. Both sides share the authenticator (bearer tokens, one tenant each), the
+//! tenant confinement (every lookup goes through the store's tenant check) and the request
+//! limits.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use vidx_core::fusion::SearchHit;
+use vidx_core::ports::{BlobStore, IndexStore};
+use vidx_core::{SearchFilter, TimeRange};
+use vidx_media::{InputSource, UrlPolicy};
+use vidx_pipeline::{SearchMode, SearchRequest};
+
+use crate::auth::Authenticator;
+use crate::{Engine, ServerError};
+
+const INDEX_HTML: &str = include_str!("../ui/index.html");
+const APP_JS: &str = include_str!("../ui/app.js");
+const APP_CSS: &str = include_str!("../ui/app.css");
+const OPENAPI: &str = include_str!("../ui/openapi.json");
+
+/// Largest part of a clip sent in one response: a browser asks for the rest with Range.
+const MAX_RANGE_BYTES: u64 = 4 << 20;
+/// Clips kept in the cache directory, at most (the oldest go first).
+pub const CLIP_CACHE_BYTES: u64 = 2 << 30;
+
+/// Where clips come from and go.
+#[derive(Debug, Clone)]
+pub struct ClipSettings {
+    /// The cache of cut clips.
+    pub dir: PathBuf,
+    /// Local sources must be under one of these (canonical); empty: any file.
+    pub roots: Vec<PathBuf>,
+    /// URL sources are checked (and connected to) as the ingest does.
+    pub policy: UrlPolicy,
+}
+
+/// What the HTTP side needs.
+pub struct HttpContext<S> {
+    pub engine: Arc<OnceLock<Engine<S>>>,
+    pub authenticator: Arc<Authenticator>,
+    /// Where the thumbnails are (the blob store, or `<data-dir>`); `None`: none served.
+    pub thumbnails: Option<Arc<dyn BlobStore>>,
+    pub clips: ClipSettings,
+    pub max_request_bytes: usize,
+    /// Requests served at once; beyond, `429 Too Many Requests` at once.
+    pub permits: Arc<Semaphore>,
+}
+
+type Shared<S> = Arc<HttpContext<S>>;
+
+/// An error answered as JSON `{"error": {"code", "message"}}` with its HTTP status.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_argument", message)
+    }
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<tonic::Status> for ApiError {
+    fn from(status: tonic::Status) -> Self {
+        let (http, code) = match status.code() {
+            tonic::Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            tonic::Code::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
+            tonic::Code::InvalidArgument => (StatusCode::BAD_REQUEST, "invalid_argument"),
+            tonic::Code::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            tonic::Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted"),
+            tonic::Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            tonic::Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        Self::new(http, code, status.message().to_string())
+    }
+}
+
+/// The HTTP routes over `context`.
+pub fn router<S: IndexStore + Send + Sync + 'static>(context: Shared<S>) -> Router {
+    let limit = context.max_request_bytes;
+    Router::new()
+        .route(
+            "/",
+            get(|| async { static_file(INDEX_HTML, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/ui/app.js",
+            get(|| async { static_file(APP_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/ui/app.css",
+            get(|| async { static_file(APP_CSS, "text/css; charset=utf-8") }),
+        )
+        .route(
+            "/openapi.json",
+            get(|| async { static_file(OPENAPI, "application/json") }),
+        )
+        .route("/healthz", get(healthz::<S>))
+        .route("/v1/search", post(search::<S>))
+        .route("/v1/thumbnails/{file}", get(thumbnail::<S>))
+        .route("/v1/clips/{file}", get(clip::<S>).head(clip::<S>))
+        .layer(axum::middleware::from_fn_with_state(
+            context.clone(),
+            admit::<S>,
+        ))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(context)
+}
+
+fn static_file(body: &'static str, content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// At most `permits` requests at once: the rest get 429 at once (a flood cannot queue).
+async fn admit<S: Send + Sync + 'static>(
+    State(context): State<Shared<S>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Ok(_permit) = context.permits.clone().try_acquire_owned() else {
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "resource_exhausted",
+            "too many requests at once; retry shortly",
+        )
+        .into_response();
+    };
+    next.run(request).await
+}
+
+/// The caller's tenant from `authorization: Bearer …` (every tenant's default without tokens).
+fn tenant<S>(context: &HttpContext<S>, headers: &HeaderMap) -> Result<String, ApiError> {
+    let metadata = tonic::metadata::MetadataMap::from_headers(headers.clone());
+    Ok(context.authenticator.authenticate(&metadata)?.0)
+}
+
+fn engine<S>(context: &HttpContext<S>) -> Result<&Engine<S>, ApiError> {
+    context
+        .engine
+        .get()
+        .ok_or_else(|| ApiError::unavailable("models are still loading; retry shortly"))
+}
+
+async fn healthz<S: Send + Sync + 'static>(State(context): State<Shared<S>>) -> Response {
+    match context.engine.get() {
+        Some(_) => (StatusCode::OK, "serving\n").into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "loading\n").into_response(),
+    }
+}
+
+/// `POST /v1/search`: the fields of `SearchService.Search`, with times also as RFC 3339.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchBody {
+    #[serde(default)]
+    query: String,
+    #[serde(default)]
+    mode: String,
+    #[serde(default)]
+    top_k: Option<u32>,
+    #[serde(default)]
+    stream_id: Option<String>,
+    #[serde(default)]
+    from_ms: Option<u64>,
+    #[serde(default)]
+    to_ms: Option<u64>,
+    /// RFC 3339 (`2026-12-01T10:00:00Z`): a live stream's wall-clock time.
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct SearchAnswer {
+    hits: Vec<SearchHit>,
+    took_ms: u64,
+}
+
+fn rfc3339_ms(field: &str, text: &str) -> Result<u64, ApiError> {
+    let time = humantime::parse_rfc3339_weak(text)
+        .map_err(|error| ApiError::invalid(format!("{field}: {error} (RFC 3339 expected)")))?;
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_millis() as u64)
+        .map_err(|_| ApiError::invalid(format!("{field}: before 1970")))
+}
+
+async fn search<S: IndexStore + Send + Sync + 'static>(
+    State(context): State<Shared<S>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let tenant = tenant(&context, &headers)?;
+    let body: SearchBody = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::invalid(format!("request body: {error}")))?;
+    let from_ms = match (&body.from, body.from_ms) {
+        (Some(text), _) => Some(rfc3339_ms("from", text)?),
+        (None, ms) => ms,
+    };
+    let to_ms = match (&body.to, body.to_ms) {
+        (Some(text), _) => Some(rfc3339_ms("to", text)?),
+        (None, ms) => ms,
+    };
+    if body.stream_id.as_deref() == Some("") {
+        return Err(ApiError::invalid("stream_id: must not be empty when set"));
+    }
+    let request = SearchRequest {
+        text: body.query,
+        filter: SearchFilter {
+            tenant,
+            stream_id: body.stream_id,
+            from_ms,
+            to_ms,
+        },
+        top_k: body.top_k.unwrap_or(10) as usize,
+        mode: SearchMode::parse(&body.mode).map_err(crate::status::from_pipeline)?,
+        example: None,
+    };
+    request.validate().map_err(crate::status::from_pipeline)?;
+    let engine = engine(&context)?;
+    let results = vidx_pipeline::search(engine.store.as_ref(), &engine.search, request)
+        .await
+        .map_err(crate::status::from_pipeline)?;
+    let answer = SearchAnswer {
+        hits: results.hits.iter().map(SearchHit::from).collect(),
+        took_ms: started.elapsed().as_millis() as u64,
+    };
+    Ok(axum::Json(answer).into_response())
+}
+
+/// `<uuid>.<extension>` → the point id.
+fn point_id_of(file: &str, extension: &str) -> Result<uuid::Uuid, ApiError> {
+    let id = file.strip_suffix(extension).unwrap_or(file);
+    uuid::Uuid::parse_str(id).map_err(|_| ApiError::not_found(format!("no such hit: {file}")))
+}
+
+async fn thumbnail<S: IndexStore + Send + Sync + 'static>(
+    State(context): State<Shared<S>>,
+    headers: HeaderMap,
+    UrlPath(file): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(&context, &headers)?;
+    let id = point_id_of(&file, ".jpg")?;
+    let engine = engine(&context)?;
+    let point = engine
+        .store
+        .point(&tenant, id)
+        .await
+        .map_err(|error| ApiError::unavailable(error.to_string()))?
+        .ok_or_else(|| ApiError::not_found(format!("no such hit: {id}")))?;
+    let (Some(uri), Some(store)) = (point.payload.thumbnail, &context.thumbnails) else {
+        return Err(ApiError::not_found(format!("hit {id} has no thumbnail")));
+    };
+    let jpeg = store
+        .get(&uri)
+        .await
+        .map_err(|error| ApiError::not_found(format!("thumbnail of {id}: {error}")))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/jpeg"),
+            // Per tenant: never in a shared cache.
+            (header::CACHE_CONTROL, "private, max-age=3600"),
+        ],
+        jpeg,
+    )
+        .into_response())
+}
+
+/// The source a clip is cut from, if this node may read it.
+fn clip_source(settings: &ClipSettings, source_uri: &str) -> Result<InputSource, ApiError> {
+    if source_uri.contains("://") {
+        if source_uri.contains("***") || source_uri.contains("REDACTED") {
+            return Err(ApiError::not_found(
+                "the source needs credentials, which are not stored with the index",
+            ));
+        }
+        let scheme = source_uri
+            .split_once("://")
+            .map(|(scheme, _)| scheme.to_ascii_lowercase())
+            .unwrap_or_default();
+        if !matches!(scheme.as_str(), "http" | "https") {
+            return Err(ApiError::not_found(
+                "clips of live streams are not kept (no retention configured)",
+            ));
+        }
+        settings
+            .policy
+            .checked_addresses(source_uri)
+            .map_err(|reason| ApiError::not_found(format!("source refused: {reason}")))?;
+        return Ok(InputSource::Url(source_uri.to_string()));
+    }
+    let path = std::fs::canonicalize(source_uri)
+        .map_err(|_| ApiError::not_found("the source file is not reachable from this node"))?;
+    if !settings.roots.is_empty() && !settings.roots.iter().any(|root| path.starts_with(root)) {
+        return Err(ApiError::not_found(
+            "the source file is outside server.ingest_roots",
+        ));
+    }
+    Ok(InputSource::File(path))
+}
+
+/// What the cache keeps beside a clip: where it starts.
+#[derive(Debug, Serialize, Deserialize)]
+struct ClipMeta {
+    start_ms: u64,
+    end_ms: u64,
+}
+
+/// The clip of hit `id` in the cache, cut first if needed.
+async fn cached_clip(
+    settings: &ClipSettings,
+    id: uuid::Uuid,
+    source: InputSource,
+    range: TimeRange,
+) -> Result<(PathBuf, ClipMeta), ApiError> {
+    let path = settings.dir.join(format!("{id}.mp4"));
+    let meta_path = settings.dir.join(format!("{id}.json"));
+    if let (Ok(meta), true) = (std::fs::read(&meta_path), path.is_file())
+        && let Ok(meta) = serde_json::from_slice::<ClipMeta>(&meta)
+    {
+        return Ok((path, meta));
+    }
+    std::fs::create_dir_all(&settings.dir)
+        .map_err(|error| ApiError::unavailable(format!("clip cache: {error}")))?;
+    let partial = settings
+        .dir
+        .join(format!(".{id}-{}.mp4", uuid::Uuid::new_v4()));
+    let options = vidx_media::ClipOptions {
+        url_guard: (!settings.policy.allow_private_hosts).then(|| settings.policy.clone()),
+    };
+    let cut_to = partial.clone();
+    let clip = tokio::task::spawn_blocking(move || {
+        vidx_media::cut_clip(&source, range, &cut_to, &options)
+    })
+    .await
+    .map_err(|error| ApiError::unavailable(format!("cutting the clip: {error}")))?;
+    let clip = match clip {
+        Ok(clip) => clip,
+        Err(error) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "clip_failed",
+                error.to_string(),
+            ));
+        }
+    };
+    let meta = ClipMeta {
+        start_ms: clip.start_ms,
+        end_ms: clip.end_ms,
+    };
+    let written = serde_json::to_vec(&meta)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&meta_path, bytes))
+        .and_then(|()| std::fs::rename(&partial, &path));
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&partial);
+        return Err(ApiError::unavailable(format!("clip cache: {error}")));
+    }
+    evict(&settings.dir, CLIP_CACHE_BYTES);
+    Ok((path, meta))
+}
+
+/// Remove the least recently written clips until the cache holds at most `limit` bytes.
+fn evict(dir: &Path, limit: u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut clips: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+        .flatten()
+        .filter(|entry| entry.path().extension().is_some_and(|e| e == "mp4"))
+        .filter_map(|entry| {
+            let meta = entry.metadata().ok()?;
+            Some((meta.modified().ok()?, meta.len(), entry.path()))
+        })
+        .collect();
+    let mut total: u64 = clips.iter().map(|(_, bytes, _)| bytes).sum();
+    clips.sort();
+    for (_, bytes, path) in clips {
+        if total <= limit {
+            break;
+        }
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(path.with_extension("json"));
+        total = total.saturating_sub(bytes);
+    }
+}
+
+/// `bytes=a-b`, `bytes=a-`, `bytes=-n` of a `size`-byte file → the inclusive range, or
+/// `None` when unsatisfiable. Several ranges: the first.
+fn byte_range(header: &str, size: u64) -> Option<(u64, u64)> {
+    let spec = header
+        .trim()
+        .strip_prefix("bytes=")?
+        .split(',')
+        .next()?
+        .trim();
+    let (start, end) = spec.split_once('-')?;
+    let (start, end) = match (start.trim(), end.trim()) {
+        ("", suffix) => {
+            let suffix: u64 = suffix.parse().ok()?;
+            if suffix == 0 {
+                return None;
+            }
+            (size.saturating_sub(suffix), size.checked_sub(1)?)
+        }
+        (start, "") => (start.parse().ok()?, size.checked_sub(1)?),
+        (start, end) => (
+            start.parse().ok()?,
+            end.parse::<u64>().ok()?.min(size.checked_sub(1)?),
+        ),
+    };
+    (start <= end && start < size).then_some((start, end))
+}
+
+async fn clip<S: IndexStore + Send + Sync + 'static>(
+    State(context): State<Shared<S>>,
+    method: Method,
+    headers: HeaderMap,
+    UrlPath(file): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(&context, &headers)?;
+    let id = point_id_of(&file, ".mp4")?;
+    let engine = engine(&context)?;
+    let point = engine
+        .store
+        .point(&tenant, id)
+        .await
+        .map_err(|error| ApiError::unavailable(error.to_string()))?
+        .ok_or_else(|| ApiError::not_found(format!("no such hit: {id}")))?;
+    let source = clip_source(&context.clips, &point.payload.source_uri)?;
+    let range = TimeRange::new(point.payload.start_ms, point.payload.end_ms);
+    let (path, meta) = cached_clip(&context.clips, id, source, range).await?;
+    let size = tokio::fs::metadata(&path)
+        .await
+        .map_err(|error| ApiError::unavailable(format!("clip cache: {error}")))?
+        .len();
+    let requested = headers
+        .get(header::RANGE)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| byte_range(value, size));
+    let (status, start, end) = match requested {
+        None => (StatusCode::OK, 0, size.saturating_sub(1)),
+        Some(Some((start, end))) => (
+            StatusCode::PARTIAL_CONTENT,
+            start,
+            end.min(start + MAX_RANGE_BYTES - 1),
+        ),
+        Some(None) => {
+            return Ok((
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{size}"))],
+            )
+                .into_response());
+        }
+    };
+    let length = if size == 0 { 0 } else { end - start + 1 };
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "video/mp4")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_LENGTH, length)
+        .header(header::CACHE_CONTROL, "private, max-age=3600")
+        // Where the clip starts in the source, and where the hit starts in the clip.
+        .header("x-vidx-clip-start-ms", meta.start_ms)
+        .header("x-vidx-clip-end-ms", meta.end_ms)
+        .header(
+            "x-vidx-hit-offset-ms",
+            point.payload.start_ms.saturating_sub(meta.start_ms),
+        )
+        .header(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            "x-vidx-clip-start-ms, x-vidx-clip-end-ms, x-vidx-hit-offset-ms",
+        );
+    if status == StatusCode::PARTIAL_CONTENT {
+        response = response.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"));
+    }
+    let body = if method == Method::HEAD || length == 0 {
+        Body::empty()
+    } else {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|error| ApiError::unavailable(format!("clip cache: {error}")))?;
+        file.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(|error| ApiError::unavailable(format!("clip cache: {error}")))?;
+        let limited = file.take(length);
+        Body::from_stream(tokio_util::io::ReaderStream::new(limited))
+    };
+    response
+        .body(body)
+        .map_err(|error| ApiError::unavailable(error.to_string()))
+}
+
+/// Serve `router` on `listener` (with TLS when `tls` is set) until `shutdown`.
+pub async fn serve_http(
+    router: Router,
+    listener: TcpListener,
+    tls: Option<Arc<crate::tls::ReloadingConfig>>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), ServerError> {
+    let stopped = crate::stopped(shutdown.clone());
+    let served = match tls {
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+        Some(config) => {
+            let local = listener
+                .local_addr()
+                .map_err(|error| ServerError::Transport(error.to_string()))?;
+            let listener = crate::tls::TlsListener {
+                incoming: crate::tls::accept(listener, config, shutdown),
+                local,
+            };
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+    };
+    served.map_err(|error| ServerError::Transport(format!("HTTP listener: {error}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_ranges_follow_rfc_9110() {
+        assert_eq!(byte_range("bytes=0-99", 1000), Some((0, 99)));
+        assert_eq!(byte_range("bytes=900-", 1000), Some((900, 999)));
+        assert_eq!(byte_range("bytes=-100", 1000), Some((900, 999)));
+        assert_eq!(byte_range("bytes=990-2000", 1000), Some((990, 999)));
+        assert_eq!(byte_range("bytes=0-0,5-9", 1000), Some((0, 0)));
+        assert_eq!(byte_range("bytes=1000-", 1000), None);
+        assert_eq!(byte_range("bytes=-0", 1000), None);
+        assert_eq!(byte_range("bytes=9-3", 1000), None);
+        assert_eq!(byte_range("items=0-1", 1000), None);
+        assert_eq!(byte_range("bytes=0-", 0), None);
+    }
+}

@@ -1,0 +1,181 @@
+// The vidx web UI: search, a grid of hits with thumbnails and score bars, and a player that
+// plays the hit's clip from its start. No framework and no build step: served as is.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { token: sessionStorage.getItem("vidx-token") || "", objectUrls: [] };
+
+function headers(extra) {
+  const result = Object.assign({}, extra || {});
+  if (state.token) result.Authorization = "Bearer " + state.token;
+  return result;
+}
+
+function say(text) { $("status").textContent = text; }
+
+// Live streams are timed in wall-clock milliseconds; files in media time from their start.
+const WALL_CLOCK_MS = 1e12;
+function formatTime(ms) {
+  if (ms >= WALL_CLOCK_MS) return new Date(ms).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
+  const total = Math.floor(ms / 1000);
+  const h = Math.floor(total / 3600), m = Math.floor((total % 3600) / 60), s = total % 60;
+  const pad = (n) => String(n).padStart(2, "0");
+  return (h ? h + ":" + pad(m) : m) + ":" + pad(s) + "." + String(ms % 1000).padStart(3, "0").slice(0, 1);
+}
+
+async function api(path, options) {
+  const response = await fetch(path, Object.assign({}, options, { headers: headers((options || {}).headers) }));
+  if (response.status === 401) {
+    $("auth").hidden = false;
+    throw new Error("this server needs an access token");
+  }
+  if (!response.ok) {
+    let message = response.status + " " + response.statusText;
+    try { message = (await response.json()).error.message; } catch (_) { /* not JSON */ }
+    throw new Error(message);
+  }
+  return response;
+}
+
+// A URL the page can show: the path itself without auth; with a token, the bytes fetched
+// with it (an <img> or <video> cannot send headers).
+async function mediaUrl(path) {
+  if (!state.token) return path;
+  const blob = await (await api(path)).blob();
+  const url = URL.createObjectURL(blob);
+  state.objectUrls.push(url);
+  return url;
+}
+
+function request() {
+  const body = { query: $("query").value, mode: $("mode").value, top_k: Number($("top_k").value) || 12 };
+  if ($("stream").value.trim()) body.stream_id = $("stream").value.trim();
+  if ($("from").value) body.from = new Date($("from").value).toISOString();
+  if ($("to").value) body.to = new Date($("to").value).toISOString();
+  return body;
+}
+
+function bars(scores) {
+  const rows = document.createElement("div");
+  rows.className = "bars";
+  for (const channel of ["caption", "visual", "region", "lexical"]) {
+    const value = scores && scores[channel];
+    if (value === undefined || value === null) continue;
+    const label = document.createElement("span");
+    label.textContent = channel;
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    const fill = document.createElement("span");
+    fill.style.width = Math.max(0, Math.min(1, value)) * 100 + "%";
+    bar.appendChild(fill);
+    const number = document.createElement("span");
+    number.textContent = value.toFixed(2);
+    rows.append(label, bar, number);
+  }
+  return rows;
+}
+
+function card(hit, rank) {
+  const item = document.createElement("li");
+  item.className = "hit";
+  item.tabIndex = 0;
+  item.dataset.id = hit.id;
+  item.dataset.rank = String(rank);
+  item.dataset.startMs = String(hit.start_ms);
+  item.dataset.endMs = String(hit.end_ms);
+  const frame = document.createElement("div");
+  frame.className = "frame";
+  const image = document.createElement("img");
+  image.alt = hit.caption || hit.kind;
+  frame.appendChild(image);
+  if (hit.thumbnail_url) {
+    mediaUrl(hit.thumbnail_url).then((url) => { image.src = url; }).catch(() => { image.alt = "no thumbnail"; });
+  }
+  if (hit.box) {
+    // Drawn over the thumbnail once its shape is known (the frame keeps it, letterboxed).
+    image.addEventListener("load", () => {
+      const [x0, y0, x1, y1] = hit.box;
+      const frameRatio = frame.clientWidth / frame.clientHeight;
+      const imageRatio = image.naturalWidth / image.naturalHeight;
+      let [left, top, width, height] = [0, 0, 1, 1];
+      if (imageRatio > frameRatio) { height = frameRatio / imageRatio; top = (1 - height) / 2; }
+      else { width = imageRatio / frameRatio; left = (1 - width) / 2; }
+      const box = document.createElement("div");
+      box.className = "box";
+      box.style.left = (left + x0 * width) * 100 + "%";
+      box.style.top = (top + y0 * height) * 100 + "%";
+      box.style.width = (x1 - x0) * width * 100 + "%";
+      box.style.height = (y1 - y0) * height * 100 + "%";
+      frame.appendChild(box);
+    });
+  }
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  const caption = document.createElement("div");
+  caption.className = "caption";
+  caption.textContent = hit.caption || "[" + hit.kind + "]";
+  const where = document.createElement("div");
+  where.className = "where";
+  where.textContent = formatTime(hit.start_ms) + " – " + formatTime(hit.end_ms) + " · " + hit.stream_id;
+  where.title = hit.stream_id;
+  meta.append(caption, where, bars(hit.scores));
+  item.append(frame, meta);
+  const open = () => play(hit);
+  item.addEventListener("click", open);
+  item.addEventListener("keydown", (event) => { if (event.key === "Enter") open(); });
+  return item;
+}
+
+async function play(hit) {
+  const player = $("player");
+  const path = "/v1/clips/" + hit.id + ".mp4";
+  say("Cutting the clip…");
+  try {
+    // HEAD cuts (or finds) the clip and says where the hit starts inside it.
+    const head = await api(path, { method: "HEAD" });
+    const offset = Number(head.headers.get("x-vidx-hit-offset-ms") || 0) / 1000;
+    player.dataset.hitId = hit.id;
+    player.dataset.clipStartMs = head.headers.get("x-vidx-clip-start-ms") || "0";
+    player.dataset.hitStartMs = String(hit.start_ms);
+    player.src = await mediaUrl(path);
+    $("player-caption").textContent = (hit.caption || hit.kind) + " — " + formatTime(hit.start_ms) + " · " + hit.stream_id;
+    $("player-panel").hidden = false;
+    player.addEventListener("loadedmetadata", () => {
+      player.currentTime = offset;
+      player.play().catch(() => { /* autoplay may be refused: the controls remain */ });
+    }, { once: true });
+    say("");
+    $("player-panel").scrollIntoView({ behavior: "smooth" });
+  } catch (error) {
+    say("Cannot play this moment: " + error.message);
+  }
+}
+
+async function search(event) {
+  if (event) event.preventDefault();
+  for (const url of state.objectUrls.splice(0)) URL.revokeObjectURL(url);
+  const list = $("hits");
+  say("Searching…");
+  try {
+    const response = await api("/v1/search", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(request()),
+    });
+    const answer = await response.json();
+    list.replaceChildren(...answer.hits.map((hit, index) => card(hit, index + 1)));
+    say(answer.hits.length ? answer.hits.length + " moments in " + answer.took_ms + " ms" : "No moment matches.");
+    document.body.dataset.searched = String(Date.now());
+  } catch (error) {
+    list.replaceChildren();
+    say("Search failed: " + error.message);
+  }
+}
+
+$("search").addEventListener("submit", search);
+$("save-token").addEventListener("click", () => {
+  state.token = $("token").value.trim();
+  sessionStorage.setItem("vidx-token", state.token);
+  $("auth").hidden = true;
+  search();
+});
