@@ -328,6 +328,45 @@ fn index_then_search_finds_the_paraphrased_scene() -> Result<()> {
     assert_top_hit_in_scene(&kitty, 2, "kitty")?;
     assert_thumbnail_shows_the_hit(&kitty[0], &video)?;
 
+    // The hit's clip, exported: an MP4 from the keyframe at or before the moment (every 2 s),
+    // whose first frame is the source's at that keyframe.
+    let clip = workspace.path().join("kitty.mp4");
+    let id = kitty[0]["id"].as_str().context("id")?;
+    let exported = vidx(
+        &["clip", id, "-o", clip.to_str().context("path")?],
+        &data_dir,
+    )?;
+    ensure!(exported.status.success(), "{}", describe(&exported));
+    let start_ms = kitty[0]["start_ms"].as_u64().context("start")?;
+    let keyframe_secs = (start_ms / 2_000 * 2) as f64;
+    let shown = rgb_of(&clip, None, 64, 48)?;
+    let expected = rgb_of(&video, Some(keyframe_secs), 64, 48)?;
+    let difference = shown
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| u64::from(a.abs_diff(*b)))
+        .sum::<u64>() as f64
+        / shown.len() as f64;
+    ensure!(
+        difference < 12.0,
+        "the clip starts {difference:.1} per channel away from the source at {keyframe_secs} s: {}",
+        describe(&exported)
+    );
+    let missing = vidx(
+        &[
+            "clip",
+            "00000000-0000-0000-0000-000000000000",
+            "-o",
+            clip.to_str().context("path")?,
+        ],
+        &data_dir,
+    )?;
+    ensure!(
+        !missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("no hit"),
+        "{}",
+        describe(&missing)
+    );
+
     // Filters: a time window excludes the snow scene; a stream filter for another stream finds nothing.
     let windowed = search("blizzard in the mountains", &data_dir, &["--to", "30000"])?;
     assert!(!windowed.is_empty());
@@ -1053,9 +1092,10 @@ fn vidx_run_serves_index_and_search_over_grpc_and_stops_on_sigterm() -> Result<(
     assert_eq!(job["segments_failed"], 0, "{job}");
     assert!(job["segments_total"].as_u64().unwrap_or(0) >= 3, "{job}");
     // Every segment went through the blob store (none fits a message); once committed, the
-    // blobs are collected, and the spool is empty.
+    // blobs are collected (the thumbnails beside them stay), and the spool is empty.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while files_under(&data_dir.join("blobs")) > 0 {
+    let blobs = data_dir.join("blobs");
+    while files_under(&blobs) - files_under(&blobs.join("thumbnails")) > 0 {
         ensure!(
             std::time::Instant::now() < deadline,
             "blobs of indexed segments were not deleted"
@@ -1072,8 +1112,21 @@ fn vidx_run_serves_index_and_search_over_grpc_and_stops_on_sigterm() -> Result<(
         ensure!(output.status.success(), "{}", describe(&output));
         json_lines(&output)
     };
-    assert_top_hit_in_scene(&search_remote("a cat napping on a couch")?, 2, "cat")?;
+    let cat = search_remote("a cat napping on a couch")?;
+    assert_top_hit_in_scene(&cat, 2, "cat")?;
     assert_top_hit_in_scene(&search_remote("snowy mountain road at night")?, 3, "snow")?;
+    // The workers put each moment's thumbnail in the blob store; the query node names it by
+    // its HTTP path, never by where it is stored.
+    ensure!(
+        files_under(&blobs.join("thumbnails")) > 0,
+        "no thumbnail in the blob store"
+    );
+    let id = cat[0]["id"].as_str().context("id")?;
+    ensure!(
+        cat[0]["thumbnail_url"].as_str() == Some(&format!("/v1/thumbnails/{id}.jpg") as &str),
+        "{}",
+        cat[0]
+    );
     let bad = vidx(&["search", " ", "--endpoint", &endpoint], &data_dir)?;
     assert_eq!(bad.status.code(), Some(2), "{}", describe(&bad));
     assert!(

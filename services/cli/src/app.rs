@@ -119,6 +119,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             let context = AppContext::load(&cli, &env, overrides, true)?;
             crate::run::run(context, args).await
         }
+        Command::Clip(args) => {
+            let context = AppContext::load(&cli, &env, common_overrides(&args.common), false)?;
+            crate::clip::run(context, args).await
+        }
         Command::Serve(args) => {
             let mut overrides = common_overrides(&args.common);
             if let Some(listen) = &args.listen {

@@ -32,6 +32,8 @@ pub enum Command {
     /// Run services of the distributed mode: ingest, worker and/or query, in one process
     /// (`vidx run ingest worker query` on one machine) or one role per process.
     Run(RunArgs),
+    /// Export a hit's clip (its `id` from `vidx search --json`) from the local index as MP4.
+    Clip(ClipArgs),
     /// Serve the web UI and the HTTP/JSON API (search, thumbnails, clips) over the local
     /// index, on one machine (`vidx run query` does the same in a cluster).
     Serve(ServeArgs),
@@ -145,11 +147,12 @@ pub struct SearchArgs {
     /// Only this stream (for files: the absolute path).
     #[arg(long)]
     pub stream: Option<String>,
-    /// Only moments that end at or after this time (ms, or hh:mm:ss[.mmm]).
-    #[arg(long, value_parser = parse_time_ms)]
+    /// Only moments that end at or after this time: ms or hh:mm:ss[.mmm] into a file, or for
+    /// live streams a date (2026-12-01T10:00:00Z) or a time ago (-2h, -30m, now).
+    #[arg(long, value_parser = parse_time_ms, allow_hyphen_values = true)]
     pub from: Option<u64>,
-    /// Only moments that start at or before this time (ms, or hh:mm:ss[.mmm]).
-    #[arg(long, value_parser = parse_time_ms)]
+    /// Only moments that start at or before this time (as --from).
+    #[arg(long, value_parser = parse_time_ms, allow_hyphen_values = true)]
     pub to: Option<u64>,
     /// Number of hits.
     #[arg(long, default_value_t = 10)]
@@ -202,6 +205,17 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ClipArgs {
+    /// The hit's id.
+    pub id: String,
+    /// Where to write the MP4.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on (config server.http_listen, 127.0.0.1:7701 by default).
     #[arg(long, value_name = "ADDR")]
@@ -233,10 +247,39 @@ pub enum ConfigCommand {
     Check,
 }
 
-/// `1500` → 1500 ms; `01:02:03.5` / `02:03` → ms.
+/// `1500` → 1500 ms; `01:02:03.5` / `02:03` → ms into a file; for live streams (timed in
+/// wall-clock ms) `2026-12-01T10:00:00Z` (RFC 3339), `-2h` / `-90s` / `-1d` (that long ago)
+/// and `now` → ms since the Unix epoch.
 pub fn parse_time_ms(value: &str) -> Result<u64, String> {
+    parse_time_ms_at(value, std::time::SystemTime::now())
+}
+
+fn parse_time_ms_at(value: &str, now: std::time::SystemTime) -> Result<u64, String> {
+    let epoch_ms = |time: std::time::SystemTime| -> Result<u64, String> {
+        time.duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_millis() as u64)
+            .map_err(|_| format!("`{value}` is before 1970"))
+    };
+    let value = value.trim();
     if let Ok(ms) = value.parse::<u64>() {
         return Ok(ms);
+    }
+    if value.eq_ignore_ascii_case("now") {
+        return epoch_ms(now);
+    }
+    if let Some(ago) = value.strip_prefix('-') {
+        let duration = humantime::parse_duration(ago)
+            .map_err(|error| format!("`{value}`: {error} (a time ago looks like -2h or -30m)"))?;
+        return epoch_ms(
+            now.checked_sub(duration)
+                .ok_or_else(|| format!("`{value}` is before 1970"))?,
+        );
+    }
+    if value.len() >= 10 && value.as_bytes()[4] == b'-' && value.as_bytes()[7] == b'-' {
+        let time = humantime::parse_rfc3339_weak(value).map_err(|error| {
+            format!("`{value}`: {error} (a date looks like 2026-12-01T10:00:00Z)")
+        })?;
+        return epoch_ms(time);
     }
     let (clock, fraction) = value.split_once('.').unwrap_or((value, ""));
     let parts: Vec<&str> = clock.split(':').collect();
@@ -273,5 +316,25 @@ mod tests {
         assert_eq!(parse_time_ms("01:02:03.5"), Ok(3_723_500));
         assert_eq!(parse_time_ms("02:03"), Ok(123_000));
         assert!(parse_time_ms("soon").is_err());
+    }
+
+    #[test]
+    fn parses_dates_and_times_ago_for_live_streams() {
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_764_583_200);
+        assert_eq!(
+            super::parse_time_ms_at("2025-12-01T10:00:00Z", now),
+            Ok(1_764_583_200_000)
+        );
+        assert_eq!(super::parse_time_ms_at("now", now), Ok(1_764_583_200_000));
+        assert_eq!(
+            super::parse_time_ms_at("-2h", now),
+            Ok(1_764_583_200_000 - 7_200_000)
+        );
+        assert_eq!(
+            super::parse_time_ms_at("-90s", now),
+            Ok(1_764_583_200_000 - 90_000)
+        );
+        assert!(super::parse_time_ms_at("-soon", now).is_err());
+        assert!(super::parse_time_ms_at("2025-13-01T10:00:00Z", now).is_err());
     }
 }

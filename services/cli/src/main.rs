@@ -2,6 +2,7 @@
 
 mod app;
 mod args;
+mod clip;
 mod index;
 mod remote;
 mod run;
