@@ -952,7 +952,222 @@ fn visual_model_indexes_frames_and_regions_and_hybrid_search_fuses_channels() ->
     for pair in spans.windows(2) {
         ensure!(pair[0].1 < pair[1].0, "overlapping windows {pair:?}");
     }
+
+    // The same searches by example through a query node: the HTTP API of `vidx serve`
+    // (the image in base64) and gRPC (`vidx search --endpoint`, the image's bytes).
+    let in_red_scene = |hits: &[Value]| {
+        !hits.is_empty()
+            && hits.iter().all(|hit| {
+                hit["start_ms"]
+                    .as_u64()
+                    .is_some_and(|start| (SCENE_MS..2 * SCENE_MS).contains(&start))
+            })
+    };
+    {
+        let port = free_port()?;
+        let _serve = Killed(
+            Command::new(VIDX)
+                .args([
+                    "serve",
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--visual-model-dir",
+                    model_dir,
+                    "--data-dir",
+                ])
+                .arg(&data_dir)
+                .env("HF_HUB_OFFLINE", "1")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        let image = base64(&std::fs::read(&red)?);
+        let by_image = wait_for_post(
+            port,
+            "/v1/search",
+            &serde_json::json!({"image": image, "mode": "visual", "top_k": 3}),
+        )?;
+        let hits = by_image["hits"].as_array().context("hits")?;
+        ensure!(
+            in_red_scene(hits) && hits[0]["scores"]["visual"].as_f64().unwrap_or(0.0) > 0.99,
+            "HTTP search by image: {by_image}"
+        );
+        let by_hit = wait_for_post(
+            port,
+            "/v1/search",
+            &serde_json::json!({"like_id": red_id, "mode": "visual", "top_k": 5}),
+        )?;
+        ensure!(
+            in_red_scene(by_hit["hits"].as_array().context("hits")?),
+            "HTTP search by hit: {by_hit}"
+        );
+        ensure!(
+            !by_hit["windows"].as_array().context("windows")?.is_empty(),
+            "{by_hit}"
+        );
+    }
+    let port = free_port()?;
+    let _query = Killed(
+        Command::new(VIDX)
+            .args([
+                "run",
+                "query",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--visual-model-dir",
+                model_dir,
+                "--data-dir",
+            ])
+            .arg(&data_dir)
+            .env("VIDX__SERVER__HTTP_LISTEN", "")
+            .env("HF_HUB_OFFLINE", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let red_path = red.to_str().context("path")?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let remote = loop {
+        let output = vidx(
+            &[
+                "search",
+                "--image",
+                red_path,
+                "--mode",
+                "visual",
+                "--top-k",
+                "3",
+                "--json",
+                "--endpoint",
+                &endpoint,
+            ],
+            &data_dir,
+        )?;
+        if output.status.success() {
+            break json_lines(&output)?;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "gRPC search by image: {}",
+            describe(&output)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    ensure!(in_red_scene(&remote), "gRPC search by image: {remote:?}");
+    let output = vidx(
+        &[
+            "search",
+            "--like",
+            &red_id,
+            "--mode",
+            "visual",
+            "--top-k",
+            "5",
+            "--json",
+            "--endpoint",
+            &endpoint,
+        ],
+        &data_dir,
+    )?;
+    ensure!(output.status.success(), "{}", describe(&output));
+    ensure!(
+        in_red_scene(&json_lines(&output)?),
+        "gRPC search by hit: {}",
+        describe(&output)
+    );
+    let output = vidx(
+        &[
+            "search",
+            "a red screen",
+            "--windows",
+            "--json",
+            "--endpoint",
+            &endpoint,
+        ],
+        &data_dir,
+    )?;
+    let windows = json_lines(&output)?;
+    ensure!(
+        output.status.success()
+            && windows
+                .iter()
+                .all(|window| window["hits"].as_u64().is_some()),
+        "gRPC windows: {}",
+        describe(&output)
+    );
     Ok(())
+}
+
+/// A child process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let word = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for index in 0..4 {
+            if index <= chunk.len() {
+                out.push(ALPHABET[(word >> (18 - 6 * index) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// POST `body` as JSON to the local `port` until it answers 200 (the server may be starting).
+fn wait_for_post(port: u16, path: &str, body: &Value) -> Result<Value> {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let body = body.to_string();
+    loop {
+        let attempt = (|| -> Result<(u16, String)> {
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            write!(
+                stream,
+                "POST {path} HTTP/1.1\r\nHost: vidx\r\nConnection: close\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            let (head, rest) = response.split_once("\r\n\r\n").context("no HTTP head")?;
+            let status = head
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .context("status")?;
+            Ok((status, rest.to_string()))
+        })();
+        match attempt {
+            Ok((200, text)) => return Ok(serde_json::from_str(&text)?),
+            Ok((status, text)) if status != 503 => bail!("{path}: {status} {text}"),
+            _ => {}
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{path}: no answer in 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// `vidx model fetch` with the hub out of reach fails fast, names the model and says what to
@@ -1137,7 +1352,6 @@ fn vidx_run_serves_index_and_search_over_grpc_and_stops_on_sigterm() -> Result<(
     // Flags that only mean something locally are refused by name over --endpoint, not
     // silently ignored.
     for (arguments, flags) in [
-        (vec!["search", "a cat", "--windows"], vec!["--windows"]),
         (
             vec!["index", "--frames", "4", "--device", "cpu"],
             vec!["--frames", "--device"],

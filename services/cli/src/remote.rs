@@ -152,15 +152,17 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
 
 pub async fn search(endpoint: &str, remote: &RemoteArgs, args: &SearchArgs) -> anyhow::Result<u8> {
     let token = remote.token.as_deref();
-    if args.image.is_some() || args.like.is_some() {
-        return Err(cli_error(
-            ErrorCode::InvalidInput,
-            "--image and --like search the local index; over --endpoint send a text query",
-        ));
-    }
-    let mut local = common_local_flags(&args.common).to_vec();
-    local.push(("--windows", args.windows));
-    refuse_local_flags("search", &local)?;
+    refuse_local_flags("search", &common_local_flags(&args.common))?;
+    // Search by example goes to the server: the image's bytes, or the hit's id.
+    let image = match &args.image {
+        Some(path) => std::fs::read(path).map_err(|error| {
+            cli_error(
+                ErrorCode::InvalidInput,
+                format!("--image {}: {error}", path.display()),
+            )
+        })?,
+        None => Vec::new(),
+    };
     let mut client = SearchServiceClient::new(connect(endpoint, remote).await?);
     let message = v1::SearchRequest {
         query: args.query.clone().unwrap_or_default(),
@@ -169,12 +171,18 @@ pub async fn search(endpoint: &str, remote: &RemoteArgs, args: &SearchArgs) -> a
         to_ms: args.to,
         top_k: u32::try_from(args.top_k).unwrap_or(u32::MAX),
         mode: args.mode.clone(),
+        image,
+        like_id: args.like.clone().unwrap_or_default(),
     };
     let response = client
         .search(request(message, token)?)
         .await
         .map_err(status_error)?
         .into_inner();
+    if args.windows {
+        crate::search::print_windows(&response.windows, args.common.json)?;
+        return Ok(EXIT_OK);
+    }
     let hits: Vec<SearchHit> = response.hits.into_iter().map(SearchHit::from).collect();
     print_hits(&hits, args.common.json)?;
     Ok(EXIT_OK)

@@ -150,7 +150,12 @@ pub async fn run(context: AppContext, args: &SearchArgs) -> anyhow::Result<u8> {
         .await
         .map_err(to_cli_error)?;
     if args.windows {
-        print_windows(&results.windows, args.common.json)?;
+        let windows: Vec<_> = results
+            .windows
+            .iter()
+            .map(vidx_server::query::window_of)
+            .collect();
+        print_windows(&windows, args.common.json)?;
         return Ok(EXIT_OK);
     }
     // The local index's thumbnails are files under the data dir: name them so.
@@ -180,7 +185,8 @@ struct WindowLine<'a> {
     hits: usize,
 }
 
-fn print_windows(windows: &[vidx_core::fusion::MomentWindow], json: bool) -> anyhow::Result<()> {
+/// Merged windows as the local index and the gRPC API both give them.
+pub fn print_windows(windows: &[vidx_proto::v1::Window], json: bool) -> anyhow::Result<()> {
     if windows.is_empty() && !json {
         println!("no hits");
     }
@@ -193,8 +199,8 @@ fn print_windows(windows: &[vidx_core::fusion::MomentWindow], json: bool) -> any
             start: format_hms_ms(window.start_ms),
             end: format_hms_ms(window.end_ms),
             score: window.score,
-            caption: &window.best.payload.caption,
-            hits: window.members.len(),
+            caption: &window.caption,
+            hits: window.hits as usize,
         };
         if json {
             println!("{}", serde_json::to_string(&line)?);

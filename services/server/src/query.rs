@@ -25,10 +25,87 @@ impl<S> QueryApi<S> {
     }
 }
 
+/// The example vector of a search by example: an image embedded by the node's PE-Core model,
+/// or the stored visual (else region) vector of the caller's hit `like_id`; `None` for a
+/// text search.
+pub async fn example_vector<S: IndexStore>(
+    engine: &Engine<S>,
+    tenant: &str,
+    image: Vec<u8>,
+    like_id: &str,
+) -> Result<Option<Vec<f32>>, Status> {
+    match (image.is_empty(), like_id.trim().is_empty()) {
+        (true, true) => Ok(None),
+        (false, false) => Err(invalid("like_id", "send an image or a like_id, not both")),
+        (false, true) => {
+            let Some(visual) = engine.models.visual_embedder.clone() else {
+                return Err(Status::failed_precondition(
+                    "search by image needs a PE-Core model on the query node (models.visual_embedder)",
+                ));
+            };
+            let sampler = engine.sampler.clone();
+            let embedded = tokio::task::spawn_blocking(move || {
+                let bytes: vidx_core::ports::SharedBytes = Arc::new(image);
+                let frames = sampler
+                    .sample_bytes(bytes, vidx_core::TimeRange::new(0, 1000), 1)
+                    .map_err(|error| invalid("image", format!("not a readable image ({error})")))?;
+                let mut vectors = visual
+                    .embed_frames(&frames)
+                    .map_err(|error| Status::internal(format!("embedding the image: {error}")))?;
+                vectors
+                    .pop()
+                    .ok_or_else(|| Status::internal("no image embedding"))
+            })
+            .await
+            .map_err(|error| Status::internal(error.to_string()))??;
+            Ok(Some(embedded))
+        }
+        (true, false) => {
+            let id = uuid::Uuid::parse_str(like_id.trim())
+                .map_err(|_| invalid("like_id", "not a hit id"))?;
+            let point = engine
+                .store
+                .point(tenant, id)
+                .await
+                .map_err(|error| Status::unavailable(error.to_string()))?
+                .ok_or_else(|| Status::not_found(format!("like_id: no hit {id}")))?;
+            let vector = [
+                vidx_core::types::vector_names::VISUAL,
+                vidx_core::types::vector_names::REGION,
+            ]
+            .iter()
+            .find_map(|name| point.vectors.get(*name).cloned())
+            .ok_or_else(|| {
+                invalid(
+                    "like_id",
+                    format!(
+                        "this {} has no visual or region vector (indexed without a visual model)",
+                        point.payload.kind.as_str()
+                    ),
+                )
+            })?;
+            Ok(Some(vector))
+        }
+    }
+}
+
+/// A merged window as the API returns it.
+pub fn window_of(window: &vidx_core::fusion::MomentWindow) -> v1::Window {
+    v1::Window {
+        stream_id: window.stream_id.clone(),
+        start_ms: window.start_ms,
+        end_ms: window.end_ms,
+        score: window.score,
+        caption: window.best.payload.caption.clone(),
+        best_id: window.best.id.to_string(),
+        hits: window.members.len() as u32,
+    }
+}
+
 /// The search request in core terms. The tenant comes from authentication, never from the
 /// request: whatever filter a caller sends, it only ever sees its own tenant's points.
 pub fn to_search_request(
-    request: v1::SearchRequest,
+    request: &v1::SearchRequest,
     tenant: String,
 ) -> Result<SearchRequest, Status> {
     let mode = SearchMode::parse(&request.mode).map_err(from_pipeline)?;
@@ -37,17 +114,19 @@ pub fn to_search_request(
     {
         return Err(invalid("stream_id", "must not be empty when set"));
     }
+    let example = (!request.image.is_empty() || !request.like_id.trim().is_empty()).then(Vec::new);
     let search = SearchRequest {
-        text: request.query,
+        text: request.query.clone(),
         filter: SearchFilter {
             tenant,
-            stream_id: request.stream_id,
+            stream_id: request.stream_id.clone(),
             from_ms: request.from_ms,
             to_ms: request.to_ms,
         },
         top_k: request.top_k as usize,
         mode,
-        example: None,
+        // A placeholder until the example is embedded (validation sees a search by example).
+        example,
     };
     search.validate().map_err(from_pipeline)?;
     Ok(search)
@@ -61,11 +140,18 @@ impl<S: IndexStore> v1::search_service_server::SearchService for QueryApi<S> {
     ) -> Result<Response<v1::SearchResponse>, Status> {
         let started = Instant::now();
         let tenant = tenant_of(&request)?;
-        let search = to_search_request(request.into_inner(), tenant)?;
+        let mut message = request.into_inner();
+        let like_id = message.like_id.clone();
+        // Checked with the image's presence, then taken out (it is embedded below).
+        let mut search = to_search_request(&message, tenant)?;
+        let image = std::mem::take(&mut message.image);
         let engine = self
             .engine
             .get()
             .ok_or_else(|| Status::unavailable("models are still loading; retry shortly"))?;
+        if search.example.is_some() {
+            search.example = example_vector(engine, &search.filter.tenant, image, &like_id).await?;
+        }
         let results = vidx_pipeline::search(engine.store.as_ref(), &engine.search, search)
             .await
             .map_err(|error| {
@@ -82,6 +168,7 @@ impl<S: IndexStore> v1::search_service_server::SearchService for QueryApi<S> {
                 .map(|hit| v1::Hit::from(&SearchHit::from(hit)))
                 .collect(),
             took_ms: started.elapsed().as_millis() as u64,
+            windows: results.windows.iter().map(window_of).collect(),
         }))
     }
 }

@@ -113,6 +113,7 @@ impl From<tonic::Status> for ApiError {
             tonic::Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             tonic::Code::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
             tonic::Code::InvalidArgument => (StatusCode::BAD_REQUEST, "invalid_argument"),
+            tonic::Code::FailedPrecondition => (StatusCode::BAD_REQUEST, "failed_precondition"),
             tonic::Code::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             tonic::Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted"),
             tonic::Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -225,12 +226,31 @@ struct SearchBody {
     from: Option<String>,
     #[serde(default)]
     to: Option<String>,
+    /// Search by example: an image (JPEG, PNG, …) in base64.
+    #[serde(default)]
+    image: Option<String>,
+    /// Search by example: an earlier hit's id.
+    #[serde(default)]
+    like_id: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
 struct SearchAnswer {
     hits: Vec<SearchHit>,
+    /// The hits of one stream close in time, merged.
+    windows: Vec<WindowAnswer>,
     took_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct WindowAnswer {
+    stream_id: String,
+    start_ms: u64,
+    end_ms: u64,
+    score: f64,
+    caption: String,
+    best_id: String,
+    hits: u32,
 }
 
 fn rfc3339_ms(field: &str, text: &str) -> Result<u64, ApiError> {
@@ -261,7 +281,22 @@ async fn search<S: IndexStore + Send + Sync + 'static>(
     if body.stream_id.as_deref() == Some("") {
         return Err(ApiError::invalid("stream_id: must not be empty when set"));
     }
-    let request = SearchRequest {
+    let image = match &body.image {
+        Some(encoded) => {
+            use base64::Engine as _;
+            // A data URL's prefix (what a browser's FileReader gives) is allowed.
+            let encoded = encoded
+                .rsplit_once(";base64,")
+                .map_or(encoded.as_str(), |(_, data)| data);
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .map_err(|error| ApiError::invalid(format!("image: not base64 ({error})")))?
+        }
+        None => Vec::new(),
+    };
+    let like_id = body.like_id.unwrap_or_default();
+    let by_example = !image.is_empty() || !like_id.trim().is_empty();
+    let mut request = SearchRequest {
         text: body.query,
         filter: SearchFilter {
             tenant,
@@ -271,15 +306,35 @@ async fn search<S: IndexStore + Send + Sync + 'static>(
         },
         top_k: body.top_k.unwrap_or(10) as usize,
         mode: SearchMode::parse(&body.mode).map_err(crate::status::from_pipeline)?,
-        example: None,
+        example: by_example.then(Vec::new),
     };
     request.validate().map_err(crate::status::from_pipeline)?;
     let engine = engine(&context)?;
+    if by_example {
+        request.example =
+            crate::query::example_vector(engine, &request.filter.tenant, image, &like_id).await?;
+    }
     let results = vidx_pipeline::search(engine.store.as_ref(), &engine.search, request)
         .await
         .map_err(crate::status::from_pipeline)?;
     let answer = SearchAnswer {
         hits: results.hits.iter().map(SearchHit::from).collect(),
+        windows: results
+            .windows
+            .iter()
+            .map(|window| {
+                let window = crate::query::window_of(window);
+                WindowAnswer {
+                    stream_id: window.stream_id,
+                    start_ms: window.start_ms,
+                    end_ms: window.end_ms,
+                    score: window.score,
+                    caption: window.caption,
+                    best_id: window.best_id,
+                    hits: window.hits,
+                }
+            })
+            .collect(),
         took_ms: started.elapsed().as_millis() as u64,
     };
     Ok(axum::Json(answer).into_response())

@@ -119,6 +119,17 @@ function card(hit, rank) {
   where.textContent = formatTime(hit.start_ms) + " – " + formatTime(hit.end_ms) + " · " + hit.stream_id;
   where.title = hit.stream_id;
   meta.append(caption, where, bars(hit.scores));
+  if (hit.kind !== "subtitle" && hit.kind !== "caption") {
+    const similar = document.createElement("button");
+    similar.type = "button";
+    similar.className = "similar";
+    similar.textContent = "More like this";
+    similar.addEventListener("click", (event) => {
+      event.stopPropagation();
+      search(null, { like_id: hit.id });
+    });
+    meta.appendChild(similar);
+  }
   item.append(frame, meta);
   const open = () => play(hit);
   item.addEventListener("click", open);
@@ -151,16 +162,22 @@ async function play(hit) {
   }
 }
 
-async function search(event) {
+async function search(event, example) {
   if (event) event.preventDefault();
   for (const url of state.objectUrls.splice(0)) URL.revokeObjectURL(url);
   const list = $("hits");
-  say("Searching…");
+  const body = request();
+  if (example) {
+    // Search by example: pictures and regions that look like it (a visual model is needed).
+    Object.assign(body, example, { query: "" });
+    if (!body.mode) body.mode = "visual";
+  }
+  say(example ? "Searching by example…" : "Searching…");
   try {
     const response = await api("/v1/search", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(request()),
+      body: JSON.stringify(body),
     });
     const answer = await response.json();
     list.replaceChildren(...answer.hits.map((hit, index) => card(hit, index + 1)));
@@ -172,7 +189,23 @@ async function search(event) {
   }
 }
 
-$("search").addEventListener("submit", search);
+$("search").addEventListener("submit", (event) => search(event));
+
+// Drop a picture anywhere on the page to find the moments that look like it.
+document.addEventListener("dragover", (event) => {
+  event.preventDefault();
+  document.body.classList.add("dropping");
+});
+document.addEventListener("dragleave", () => document.body.classList.remove("dropping"));
+document.addEventListener("drop", (event) => {
+  event.preventDefault();
+  document.body.classList.remove("dropping");
+  const file = [...(event.dataTransfer ? event.dataTransfer.files : [])].find((f) => f.type.startsWith("image/"));
+  if (!file) { say("Drop a picture (JPEG, PNG) to search by example."); return; }
+  const reader = new FileReader();
+  reader.onload = () => search(null, { image: reader.result });
+  reader.readAsDataURL(file);
+});
 $("save-token").addEventListener("click", () => {
   state.token = $("token").value.trim();
   sessionStorage.setItem("vidx-token", state.token);
