@@ -63,6 +63,7 @@ pub async fn run(context: AppContext, args: &SearchArgs) -> anyhow::Result<u8> {
             stream_id: args.stream.clone(),
             from_ms: args.from,
             to_ms: args.to,
+            indexed_since_ms: None,
         },
         top_k: args.top_k,
         mode: SearchMode::parse(&args.mode).map_err(to_cli_error)?,

@@ -508,6 +508,7 @@ mod tests {
             source_uri: format!("/videos/{stream}.mp4"),
             region: None,
             thumbnail: None,
+            indexed_at_ms: 0,
         }
     }
 

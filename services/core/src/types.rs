@@ -32,6 +32,7 @@ pub mod payload_keys {
     pub const CAPTION: &str = "caption";
     pub const MODEL_REV: &str = "model_rev";
     pub const SOURCE_URI: &str = "source_uri";
+    pub const INDEXED_AT_MS: &str = "indexed_at_ms";
 }
 
 /// Where a segment's encoded media lives.
@@ -162,6 +163,10 @@ pub struct PointPayload {
     /// Where the point's thumbnail (a JPEG) is in the thumbnail store; never a public URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thumbnail: Option<String>,
+    /// When the point was stored (wall-clock ms, set by the worker at its upsert): standing
+    /// queries follow it. 0 for points stored before it existed.
+    #[serde(default)]
+    pub indexed_at_ms: u64,
 }
 
 /// A point to upsert: deterministic id, named vectors and payload.
@@ -193,6 +198,8 @@ pub struct SearchFilter {
     pub from_ms: Option<u64>,
     /// Only moments that start at or before this time.
     pub to_ms: Option<u64>,
+    /// Only points stored at or after this wall-clock time (`indexed_at_ms`): standing queries.
+    pub indexed_since_ms: Option<u64>,
 }
 
 /// A nearest-neighbour query against one named vector.

@@ -418,6 +418,7 @@ fn points_from_moments(
                 source_uri: task.source_uri.clone(),
                 region: moment.region,
                 thumbnail: None,
+                indexed_at_ms: 0,
             },
             thumbnail: thumbnails.for_range(moment.range),
         });
@@ -444,6 +445,7 @@ fn payload(
         source_uri: task.source_uri.clone(),
         region,
         thumbnail: None,
+        indexed_at_ms: 0,
     }
 }
 

@@ -438,6 +438,13 @@ async fn index_tasks<S: IndexStore>(
                 Some(Ok((mut points, mut timings))) => {
                     timings.fetch = fetch;
                     let count = points.len();
+                    // When the points are stored: standing queries follow it.
+                    let indexed_at_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |since| since.as_millis() as u64);
+                    for point in &mut points {
+                        point.payload.indexed_at_ms = indexed_at_ms;
+                    }
                     // Thumbnails first: a point never names one that is not stored.
                     let started = std::time::Instant::now();
                     if let Err(error) =

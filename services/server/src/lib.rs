@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod query;
 mod settings;
 mod status;
+pub mod subscribe;
 pub mod tls;
 pub mod web;
 pub mod worker;

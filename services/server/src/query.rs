@@ -122,6 +122,7 @@ pub fn to_search_request(
             stream_id: request.stream_id.clone(),
             from_ms: request.from_ms,
             to_ms: request.to_ms,
+            indexed_since_ms: None,
         },
         top_k: request.top_k as usize,
         mode,
@@ -132,8 +133,73 @@ pub fn to_search_request(
     Ok(search)
 }
 
+/// A standing query's settings from its request, confined to `tenant`.
+pub fn to_subscription(
+    request: &v1::SubscribeRequest,
+    tenant: String,
+) -> Result<crate::subscribe::Subscription, Status> {
+    if request.query.trim().is_empty() {
+        return Err(invalid("query", "must not be empty"));
+    }
+    if request.query.chars().count() > vidx_pipeline::MAX_QUERY_CHARS {
+        return Err(invalid(
+            "query",
+            format!("longer than {} characters", vidx_pipeline::MAX_QUERY_CHARS),
+        ));
+    }
+    if !(0.0..=1.0).contains(&request.threshold) {
+        return Err(invalid("threshold", "must be between 0 and 1"));
+    }
+    if request.stream_id.as_deref() == Some("") {
+        return Err(invalid("stream_id", "must not be empty when set"));
+    }
+    let after = crate::subscribe::parse_cursor(&request.after, crate::subscribe::now_ms())
+        .map_err(|reason| invalid("after", reason))?;
+    Ok(crate::subscribe::Subscription {
+        tenant,
+        query: request.query.clone(),
+        stream_id: request.stream_id.clone(),
+        threshold: if request.threshold == 0.0 {
+            crate::subscribe::DEFAULT_THRESHOLD
+        } else {
+            request.threshold
+        },
+        after,
+    })
+}
+
+type MatchStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::Match, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl<S: IndexStore> v1::search_service_server::SearchService for QueryApi<S> {
+    type SubscribeStream = MatchStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        use tokio_stream::StreamExt;
+        let tenant = tenant_of(&request)?;
+        let subscription = to_subscription(request.get_ref(), tenant)?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(crate::subscribe::follow(
+            self.engine.clone(),
+            subscription,
+            sender,
+        ));
+        let stream = tokio_stream::wrappers::ReceiverStream::new(receiver).map(|matched| {
+            matched
+                .map(|matched| v1::Match {
+                    hit: Some(v1::Hit::from(&matched.hit)),
+                    indexed_at_ms: matched.indexed_at_ms,
+                    cursor: matched.cursor,
+                })
+                .map_err(Status::unavailable)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn search(
         &self,
         request: Request<v1::SearchRequest>,

@@ -146,6 +146,7 @@ pub fn router<S: IndexStore + Send + Sync + 'static>(context: Shared<S>) -> Rout
         )
         .route("/healthz", get(healthz::<S>))
         .route("/v1/search", post(search::<S>))
+        .route("/v1/subscribe", get(subscribe::<S>))
         .route("/v1/thumbnails/{file}", get(thumbnail::<S>))
         .route("/v1/clips/{file}", get(clip::<S>).head(clip::<S>))
         .layer(axum::middleware::from_fn_with_state(
@@ -303,6 +304,7 @@ async fn search<S: IndexStore + Send + Sync + 'static>(
             stream_id: body.stream_id,
             from_ms,
             to_ms,
+            indexed_since_ms: None,
         },
         top_k: body.top_k.unwrap_or(10) as usize,
         mode: SearchMode::parse(&body.mode).map_err(crate::status::from_pipeline)?,
@@ -338,6 +340,64 @@ async fn search<S: IndexStore + Send + Sync + 'static>(
         took_ms: started.elapsed().as_millis() as u64,
     };
     Ok(axum::Json(answer).into_response())
+}
+
+/// `GET /v1/subscribe?query=…[&stream_id=…][&threshold=…][&after=CURSOR]`: a standing query
+/// as server-sent events, one `match` event per newly stored moment that matches (its `id`
+/// is the cursor; a reconnecting `EventSource` sends it back as `Last-Event-ID`).
+async fn subscribe<S: IndexStore + Send + Sync + 'static>(
+    State(context): State<Shared<S>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio_stream::StreamExt;
+    let tenant = tenant(&context, &headers)?;
+    let mut request = vidx_proto::v1::SubscribeRequest::default();
+    for (key, value) in url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()) {
+        match key.as_ref() {
+            "query" => request.query = value.into_owned(),
+            "stream_id" => request.stream_id = Some(value.into_owned()),
+            "threshold" => {
+                request.threshold = value
+                    .parse()
+                    .map_err(|_| ApiError::invalid("threshold: not a number"))?;
+            }
+            "after" => request.after = value.into_owned(),
+            other => return Err(ApiError::invalid(format!("unknown parameter `{other}`"))),
+        }
+    }
+    if let Some(last) = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+    {
+        request.after = last.to_string();
+    }
+    let subscription = crate::query::to_subscription(&request, tenant)?;
+    let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(crate::subscribe::follow(
+        context.engine.clone(),
+        subscription,
+        sender,
+    ));
+    let events = tokio_stream::wrappers::ReceiverStream::new(receiver).map(|matched| {
+        let event = match matched {
+            Ok(matched) => Event::default()
+                .event("match")
+                .id(matched.cursor.clone())
+                .json_data(serde_json::json!({
+                    "hit": matched.hit,
+                    "indexed_at_ms": matched.indexed_at_ms,
+                    "cursor": matched.cursor,
+                }))
+                .unwrap_or_else(|_| Event::default().event("error")),
+            Err(reason) => Event::default().event("error").data(reason),
+        };
+        Ok::<_, std::convert::Infallible>(event)
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response())
 }
 
 /// `<uuid>.<extension>` → the point id.

@@ -149,6 +149,7 @@ async fn a_live_stream_survives_a_stall_and_a_drop_with_wall_clock_moments() -> 
         stream_id: Some("cam-live".into()),
         from_ms,
         to_ms,
+        indexed_since_ms: None,
     };
     loop {
         let indexed = store.count(Some(filter(Some(started_ms), None))).await?;

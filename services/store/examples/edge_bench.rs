@@ -280,6 +280,7 @@ fn next_point(
             model_rev: MODEL_REV.into(),
             region: None,
             thumbnail: None,
+            indexed_at_ms: 0,
         },
         thumbnail: None,
     };

@@ -81,6 +81,7 @@ pub(crate) const INDEXED_INTEGERS: &[&str] = &[
     payload_keys::START_MS,
     payload_keys::END_MS,
     payload_keys::SEGMENT_SEQ,
+    payload_keys::INDEXED_AT_MS,
 ];
 
 /// Whether HNSW builds extra links for a payload field's values (payload-aware HNSW), on both
@@ -505,6 +506,9 @@ fn to_filter(filter: &SearchFilter, caption_words: Option<&str>) -> Result<Filte
     }
     if let Some(to_ms) = filter.to_ms {
         conditions.push(range(payload_keys::START_MS, None, Some(to_ms))?);
+    }
+    if let Some(since_ms) = filter.indexed_since_ms {
+        conditions.push(range(payload_keys::INDEXED_AT_MS, Some(since_ms), None)?);
     }
     if let Some(words) = caption_words {
         let any_word: Match = serde_json::from_value(serde_json::json!({ "text_any": words }))

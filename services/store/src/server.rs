@@ -311,6 +311,15 @@ fn to_filter(filter: &SearchFilter, caption_words: Option<&str>) -> Filter {
             },
         ));
     }
+    if let Some(since_ms) = filter.indexed_since_ms {
+        conditions.push(Condition::range(
+            payload_keys::INDEXED_AT_MS,
+            Range {
+                gte: Some(since_ms as f64),
+                ..Range::default()
+            },
+        ));
+    }
     if let Some(words) = caption_words {
         conditions.push(Condition::matches_text_any(
             payload_keys::CAPTION,

@@ -150,7 +150,7 @@ proptest! {
             tenant: "acme".into(),
             stream_id: stream_choice.map(|choice| streams[choice].to_string()),
             from_ms,
-            to_ms,
+            to_ms, indexed_since_ms: None,
         };
         let hits = store.search_blocking(query(unit_vector(seed), filter.clone(), 100))
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -307,7 +307,7 @@ proptest! {
                 tenant: TENANTS[search.tenant].into(),
                 stream_id: search.stream.map(|stream| STREAMS[stream].to_string()),
                 from_ms: search.from_ms,
-                to_ms: search.to_ms,
+                to_ms: search.to_ms, indexed_since_ms: None,
             };
             let vector = unit_vector(search.vector_seed);
             let matching: Vec<&IndexPoint> =

@@ -130,6 +130,7 @@ pub fn point(
             source_uri: stream_id.into(),
             region: None,
             thumbnail: None,
+            indexed_at_ms: 0,
         },
         thumbnail: None,
     })
@@ -186,6 +187,38 @@ impl Node {
             settings,
             listener,
             Some(metrics_listener),
+            engine,
+            receiver,
+        ));
+        Ok(Node {
+            address,
+            metrics_address,
+            shutdown,
+            task,
+        })
+    }
+
+    /// [`start`](Self::start), with the web UI and HTTP API on `http_listener`.
+    pub async fn start_with_http<F>(
+        settings: NodeSettings,
+        http_listener: tokio::net::TcpListener,
+        engine: F,
+    ) -> Result<Node>
+    where
+        F: std::future::Future<Output = Result<Engine<AnyStore>, ServerError>> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let metrics_address = metrics_listener.local_addr()?;
+        let (shutdown, receiver) = watch::channel(false);
+        let task = tokio::spawn(vidx_server::serve_all(
+            settings,
+            vidx_server::Listeners {
+                grpc: listener,
+                metrics: Some(metrics_listener),
+                http: Some(http_listener),
+            },
             engine,
             receiver,
         ));

@@ -69,6 +69,7 @@ pub fn point(
             source_uri: format!("/videos/{stream}.mp4"),
             region: None,
             thumbnail: None,
+            indexed_at_ms: 0,
         },
         thumbnail: None,
     }
