@@ -249,53 +249,64 @@ pub async fn index(endpoint: &str, remote: &RemoteArgs, args: &IndexArgs) -> any
         }
         bar
     };
+    // Each job's changes as the service pushes them (WatchJob), all jobs at once.
+    let mut watches = tokio_stream::StreamMap::new();
+    let mut latest: Vec<Option<v1::Job>> = vec![None; jobs.len()];
+    for (index, (_, job_id)) in jobs.iter().enumerate() {
+        let stream = client
+            .watch_job(request(
+                v1::GetJobRequest {
+                    job_id: job_id.clone(),
+                },
+                token,
+            )?)
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        watches.insert(index, stream);
+    }
     let mut finished: Vec<v1::Job> = Vec::new();
-    let mut pending = jobs;
-    while !pending.is_empty() {
-        let mut still = Vec::new();
-        let mut progress_sum = finished.len() as f32;
-        for (input, job_id) in pending {
-            let job = client
-                .get_job(request(
-                    v1::GetJobRequest {
-                        job_id: job_id.clone(),
-                    },
-                    token,
-                )?)
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            let state = v1::JobState::try_from(job.state).unwrap_or(v1::JobState::Unspecified);
-            // A live source never finishes by itself: report it and leave it running
-            // (`vidx streams` follows it).
-            if matches!(state, v1::JobState::Done | v1::JobState::Failed) || job.stream.is_some() {
-                if job.stream.is_some() && !args.common.json {
-                    eprintln!(
-                        "{input}: live stream, job {} — follow it with `vidx streams --endpoint …`, \
-                         stop it with `vidx streams --stop {}`",
-                        job.job_id, job.job_id
-                    );
-                }
-                finished.push(job);
-            } else {
-                progress_sum += job.progress;
-                bar.set_message(format!(
-                    "{input}: {} ({}/{} segments)",
-                    state
-                        .as_str_name()
-                        .trim_start_matches("JOB_STATE_")
-                        .to_lowercase(),
-                    job.segments_done + job.segments_failed,
-                    job.segments_total
-                ));
-                still.push((input, job_id));
+    while let Some((index, job)) = tokio_stream::StreamExt::next(&mut watches).await {
+        let job = job.map_err(status_error)?;
+        let input = &jobs[index].0;
+        let state = v1::JobState::try_from(job.state).unwrap_or(v1::JobState::Unspecified);
+        // A live source never finishes by itself: report it and leave it running
+        // (`vidx streams` follows it).
+        if matches!(state, v1::JobState::Done | v1::JobState::Failed) || job.stream.is_some() {
+            if job.stream.is_some() && !args.common.json {
+                eprintln!(
+                    "{input}: live stream, job {} — follow it with `vidx streams --endpoint …`, \
+                     stop it with `vidx streams --stop {}`",
+                    job.job_id, job.job_id
+                );
             }
+            watches.remove(&index);
+            latest[index] = None;
+            finished.push(job);
+        } else {
+            bar.set_message(format!(
+                "{input}: {} ({}/{} segments)",
+                state
+                    .as_str_name()
+                    .trim_start_matches("JOB_STATE_")
+                    .to_lowercase(),
+                job.segments_done + job.segments_failed,
+                job.segments_total
+            ));
+            latest[index] = Some(job);
         }
-        let total = (finished.len() + still.len()).max(1) as f32;
-        bar.set_position((progress_sum / total * 1000.0) as u64);
-        pending = still;
-        if !pending.is_empty() {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        let progress_sum =
+            finished.len() as f32 + latest.iter().flatten().map(|job| job.progress).sum::<f32>();
+        bar.set_position((progress_sum / jobs.len().max(1) as f32 * 1000.0) as u64);
+    }
+    // A watch that ended before its job did (the service went away).
+    for (index, job) in latest.iter().enumerate() {
+        if job.is_some() {
+            failures += 1;
+            eprintln!(
+                "{}: the service stopped reporting on job {} before it finished",
+                jobs[index].0, jobs[index].1
+            );
         }
     }
     bar.finish_and_clear();

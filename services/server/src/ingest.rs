@@ -921,6 +921,9 @@ impl<Q: SegmentQueue> Ingest<Q> {
     }
 }
 
+/// How often a watched job is looked at for changes.
+const WATCH_POLL: Duration = Duration::from_millis(250);
+
 /// `IngestService` over a node's [`Ingest`].
 pub struct IngestApi<Q> {
     ingest: Arc<Ingest<Q>>,
@@ -975,6 +978,60 @@ impl<Q: SegmentQueue> v1::ingest_service_server::IngestService for IngestApi<Q> 
             return Err(invalid("job_id", "must not be empty"));
         }
         self.ingest.job(&tenant, &job_id).await.map(Response::new)
+    }
+
+    type WatchJobStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::Job, Status>> + Send>>;
+
+    async fn watch_job(
+        &self,
+        request: Request<v1::GetJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let tenant = tenant_of(&request)?;
+        let job_id = request.into_inner().job_id;
+        if job_id.is_empty() {
+            return Err(invalid("job_id", "must not be empty"));
+        }
+        // An unknown job is an error at once, not an empty stream.
+        let first = self.ingest.job(&tenant, &job_id).await?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        let ingest = self.ingest.clone();
+        tokio::spawn(async move {
+            let over = |job: &v1::Job| {
+                let state = v1::JobState::try_from(job.state).unwrap_or(v1::JobState::Unspecified);
+                match &job.stream {
+                    Some(stream) => stream.state == v1::StreamState::Stopped as i32,
+                    None => matches!(state, v1::JobState::Done | v1::JobState::Failed),
+                }
+            };
+            let mut last = first;
+            if sender.send(Ok(last.clone())).await.is_err() || over(&last) {
+                return;
+            }
+            loop {
+                tokio::time::sleep(WATCH_POLL).await;
+                if sender.is_closed() {
+                    return;
+                }
+                match ingest.job(&tenant, &job_id).await {
+                    Ok(job) if job == last => {}
+                    Ok(job) => {
+                        let done = over(&job);
+                        last = job.clone();
+                        if sender.send(Ok(job)).await.is_err() || done {
+                            return;
+                        }
+                    }
+                    Err(status) => {
+                        let _ = sender.send(Err(status)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
     }
 
     async fn list_streams(
