@@ -1151,6 +1151,18 @@ async fn run_job<Q: SegmentQueue>(
     let sink_metrics = metrics.clone();
     let live_stop = jobs.live_stop(&job_id);
     let live_stall_timeout = settings.live_stall_timeout;
+    // A live source that yields no segment (reconnecting to a camera that is down) never
+    // reaches the sink's shutdown check: shutdown stops its segmenter through its stop flag.
+    let shutdown_watch = shutdown.clone();
+    let is_live = live_stop.is_some();
+    let stop_on_shutdown = live_stop.clone().map(|stop| {
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if shutdown.wait_for(|stop| *stop).await.is_ok() {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    });
     let outcome = tokio::task::spawn_blocking(move || {
         let mut publish_error = None;
         let live_job = job.clone();
@@ -1239,7 +1251,12 @@ async fn run_job<Q: SegmentQueue>(
         (result, publish_error)
     })
     .await;
+    if let Some(watcher) = stop_on_shutdown {
+        watcher.abort();
+    }
     let error = match outcome {
+        // Stopped by the node's shutdown, not on request: the job is resumed on restart.
+        Ok((Ok(_), None)) if is_live && *shutdown_watch.borrow() => INTERRUPTED.to_string(),
         Ok((Ok((segments, corrupt_packets, cues)), None)) => {
             tracing::info!(job_id, segments, ?cues, "segmented");
             if cues == Some(0) {
