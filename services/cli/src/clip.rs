@@ -4,7 +4,7 @@
 use vidx_core::ErrorCode;
 use vidx_core::TimeRange;
 use vidx_core::ports::IndexStore;
-use vidx_media::{ClipOptions, InputSource};
+use vidx_media::ClipOptions;
 
 use crate::app::{AppContext, EXIT_OK, cli_error};
 use crate::args::ClipArgs;
@@ -32,20 +32,12 @@ pub async fn run(context: AppContext, args: &ClipArgs) -> anyhow::Result<u8> {
         .map_err(|error| cli_error(error.code(), error.to_string()))?
         .ok_or_else(|| cli_error(ErrorCode::NotFound, format!("no hit {id} in the index")))?;
     let payload = point.payload;
-    let source = if payload.source_uri.contains("://") {
-        if payload.source_uri.contains("***") {
-            return Err(cli_error(
-                ErrorCode::Unavailable,
-                format!(
-                    "{}: the source needs credentials, which are not stored with the index",
-                    payload.source_uri
-                ),
-            ));
-        }
-        InputSource::Url(payload.source_uri.clone())
-    } else {
-        InputSource::File(payload.source_uri.clone().into())
-    };
+    let source = vidx_media::stored_source(&payload.source_uri).map_err(|reason| {
+        cli_error(
+            ErrorCode::Unavailable,
+            format!("{}: {reason}", payload.source_uri),
+        )
+    })?;
     let policy = vidx_server::url_policy(&context.config)
         .map_err(|error| cli_error(ErrorCode::InvalidInput, error.to_string()))?;
     let options = ClipOptions {

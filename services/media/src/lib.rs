@@ -25,6 +25,7 @@ pub use sample::{FfmpegFrameSampler, uniform_targets_ms};
 pub use segment::{SegmentChunk, SegmentOptions, SegmentSummary, segment_source};
 pub use source::{
     InputSource, Network, UrlPolicy, discover_inputs, is_video_path, parse_input, redact_url,
+    stored_source,
 };
 
 use std::sync::Once;

@@ -377,6 +377,21 @@ fn is_secret_parameter(name: &str) -> bool {
         || name.ends_with("-token")
 }
 
+/// What [`redact_url`] puts in place of a credential.
+const REDACTED: &str = "***";
+
+/// The source a stored point's `source_uri` names, to read it again (a hit's clip): a file
+/// path, or a URL — unless [`redact_url`] took credentials out of it before it was stored.
+pub fn stored_source(source_uri: &str) -> Result<InputSource, &'static str> {
+    if !source_uri.contains("://") {
+        return Ok(InputSource::File(source_uri.into()));
+    }
+    if source_uri.contains(REDACTED) {
+        return Err("the source needs credentials, which are not stored with the index");
+    }
+    Ok(InputSource::Url(source_uri.to_string()))
+}
+
 /// A URL fit to show, log, store and return: credentials in the authority become `***@`
 /// (`rtsp://admin:pw@cam/…` → `rtsp://***@cam/…`) and the values of credential query
 /// parameters `***` (`?token=abc&t=5` → `?token=***&t=5`; `X-Amz-*` and friends). Anything
@@ -388,7 +403,7 @@ pub fn redact_url(url: &str) -> String {
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
     let authority = match authority.rsplit_once('@') {
-        Some((_, host)) => format!("***@{host}"),
+        Some((_, host)) => format!("{REDACTED}@{host}"),
         None => authority.to_string(),
     };
     let (before_fragment, fragment) = match tail.split_once('#') {
@@ -400,7 +415,7 @@ pub fn redact_url(url: &str) -> String {
             let query: Vec<String> = query
                 .split('&')
                 .map(|pair| match pair.split_once('=') {
-                    Some((name, _)) if is_secret_parameter(name) => format!("{name}=***"),
+                    Some((name, _)) if is_secret_parameter(name) => format!("{name}={REDACTED}"),
                     _ => pair.to_string(),
                 })
                 .collect();

@@ -291,7 +291,7 @@ pub async fn serve_metrics(
     metrics: Arc<Metrics>,
     listener: TcpListener,
     tls: Option<Arc<crate::tls::ReloadingConfig>>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), ServerError> {
     let app = axum::Router::new().route(
         "/metrics",
@@ -308,32 +308,7 @@ pub async fn serve_metrics(
             }
         }),
     );
-    let stop = shutdown.clone();
-    let stopped = async move {
-        if shutdown.wait_for(|stop| *stop).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let served = match tls {
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-        }
-        Some(config) => {
-            let local = listener
-                .local_addr()
-                .map_err(|error| ServerError::Transport(error.to_string()))?;
-            let listener = crate::tls::TlsListener {
-                incoming: crate::tls::accept(listener, config, stop),
-                local,
-            };
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-        }
-    };
-    served.map_err(|error| ServerError::Transport(format!("metrics endpoint: {error}")))
+    crate::web::serve_router(app, listener, tls, shutdown, "metrics endpoint").await
 }
 
 #[cfg(test)]

@@ -406,20 +406,30 @@ fn point_id_of(file: &str, extension: &str) -> Result<uuid::Uuid, ApiError> {
     uuid::Uuid::parse_str(id).map_err(|_| ApiError::not_found(format!("no such hit: {file}")))
 }
 
-async fn thumbnail<S: IndexStore + Send + Sync + 'static>(
-    State(context): State<Shared<S>>,
-    headers: HeaderMap,
-    UrlPath(file): UrlPath<String>,
-) -> Result<Response, ApiError> {
-    let tenant = tenant(&context, &headers)?;
-    let id = point_id_of(&file, ".jpg")?;
-    let engine = engine(&context)?;
-    let point = engine
+/// The caller's hit named by `<uuid><extension>`: another tenant's is a 404, as a missing one.
+async fn hit_point<S: IndexStore>(
+    context: &HttpContext<S>,
+    headers: &HeaderMap,
+    file: &str,
+    extension: &str,
+) -> Result<(uuid::Uuid, vidx_core::IndexPoint), ApiError> {
+    let tenant = tenant(context, headers)?;
+    let id = point_id_of(file, extension)?;
+    let point = engine(context)?
         .store
         .point(&tenant, id)
         .await
         .map_err(|error| ApiError::unavailable(error.to_string()))?
         .ok_or_else(|| ApiError::not_found(format!("no such hit: {id}")))?;
+    Ok((id, point))
+}
+
+async fn thumbnail<S: IndexStore + Send + Sync + 'static>(
+    State(context): State<Shared<S>>,
+    headers: HeaderMap,
+    UrlPath(file): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let (id, point) = hit_point(&context, &headers, &file, ".jpg").await?;
     let (Some(uri), Some(store)) = (point.payload.thumbnail, &context.thumbnails) else {
         return Err(ApiError::not_found(format!("hit {id} has no thumbnail")));
     };
@@ -440,35 +450,37 @@ async fn thumbnail<S: IndexStore + Send + Sync + 'static>(
 
 /// The source a clip is cut from, if this node may read it.
 fn clip_source(settings: &ClipSettings, source_uri: &str) -> Result<InputSource, ApiError> {
-    if source_uri.contains("://") {
-        if source_uri.contains("***") || source_uri.contains("REDACTED") {
-            return Err(ApiError::not_found(
-                "the source needs credentials, which are not stored with the index",
-            ));
+    match vidx_media::stored_source(source_uri).map_err(ApiError::not_found)? {
+        InputSource::Url(url) => {
+            let scheme = url
+                .split_once("://")
+                .map(|(scheme, _)| scheme.to_ascii_lowercase())
+                .unwrap_or_default();
+            if !matches!(scheme.as_str(), "http" | "https") {
+                return Err(ApiError::not_found(
+                    "clips of live streams are not kept (no retention configured)",
+                ));
+            }
+            settings
+                .policy
+                .checked_addresses(&url)
+                .map_err(|reason| ApiError::not_found(format!("source refused: {reason}")))?;
+            Ok(InputSource::Url(url))
         }
-        let scheme = source_uri
-            .split_once("://")
-            .map(|(scheme, _)| scheme.to_ascii_lowercase())
-            .unwrap_or_default();
-        if !matches!(scheme.as_str(), "http" | "https") {
-            return Err(ApiError::not_found(
-                "clips of live streams are not kept (no retention configured)",
-            ));
+        InputSource::File(path) => {
+            let path = std::fs::canonicalize(path).map_err(|_| {
+                ApiError::not_found("the source file is not reachable from this node")
+            })?;
+            if !settings.roots.is_empty()
+                && !settings.roots.iter().any(|root| path.starts_with(root))
+            {
+                return Err(ApiError::not_found(
+                    "the source file is outside server.ingest_roots",
+                ));
+            }
+            Ok(InputSource::File(path))
         }
-        settings
-            .policy
-            .checked_addresses(source_uri)
-            .map_err(|reason| ApiError::not_found(format!("source refused: {reason}")))?;
-        return Ok(InputSource::Url(source_uri.to_string()));
     }
-    let path = std::fs::canonicalize(source_uri)
-        .map_err(|_| ApiError::not_found("the source file is not reachable from this node"))?;
-    if !settings.roots.is_empty() && !settings.roots.iter().any(|root| path.starts_with(root)) {
-        return Err(ApiError::not_found(
-            "the source file is outside server.ingest_roots",
-        ));
-    }
-    Ok(InputSource::File(path))
 }
 
 /// What the cache keeps beside a clip: where it starts.
@@ -591,15 +603,7 @@ async fn clip<S: IndexStore + Send + Sync + 'static>(
     headers: HeaderMap,
     UrlPath(file): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(&context, &headers)?;
-    let id = point_id_of(&file, ".mp4")?;
-    let engine = engine(&context)?;
-    let point = engine
-        .store
-        .point(&tenant, id)
-        .await
-        .map_err(|error| ApiError::unavailable(error.to_string()))?
-        .ok_or_else(|| ApiError::not_found(format!("no such hit: {id}")))?;
+    let (id, point) = hit_point(&context, &headers, &file, ".mp4").await?;
     let source = clip_source(&context.clips, &point.payload.source_uri)?;
     let range = TimeRange::new(point.payload.start_ms, point.payload.end_ms);
     let (path, meta) = cached_clip(&context.clips, id, source, range).await?;
@@ -672,6 +676,18 @@ pub async fn serve_http(
     tls: Option<Arc<crate::tls::ReloadingConfig>>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), ServerError> {
+    serve_router(router, listener, tls, shutdown, "HTTP listener").await
+}
+
+/// An axum `router` on `listener`, over TLS when `tls` is set, until `shutdown`; errors name
+/// the listener as `what` (the HTTP API, the metrics endpoint).
+pub(crate) async fn serve_router(
+    router: Router,
+    listener: TcpListener,
+    tls: Option<Arc<crate::tls::ReloadingConfig>>,
+    shutdown: watch::Receiver<bool>,
+    what: &str,
+) -> Result<(), ServerError> {
     let stopped = crate::stopped(shutdown.clone());
     let served = match tls {
         None => {
@@ -692,7 +708,7 @@ pub async fn serve_http(
                 .await
         }
     };
-    served.map_err(|error| ServerError::Transport(format!("HTTP listener: {error}")))
+    served.map_err(|error| ServerError::Transport(format!("{what}: {error}")))
 }
 
 #[cfg(test)]

@@ -178,30 +178,25 @@ impl Node {
     where
         F: std::future::Future<Output = Result<Engine<AnyStore>, ServerError>> + Send + 'static,
     {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let address = listener.local_addr()?;
-        let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let metrics_address = metrics_listener.local_addr()?;
-        let (shutdown, receiver) = watch::channel(false);
-        let task = tokio::spawn(vidx_server::serve_with_metrics(
-            settings,
-            listener,
-            Some(metrics_listener),
-            engine,
-            receiver,
-        ));
-        Ok(Node {
-            address,
-            metrics_address,
-            shutdown,
-            task,
-        })
+        Self::start_listening(settings, None, engine).await
     }
 
     /// [`start`](Self::start), with the web UI and HTTP API on `http_listener`.
     pub async fn start_with_http<F>(
         settings: NodeSettings,
         http_listener: tokio::net::TcpListener,
+        engine: F,
+    ) -> Result<Node>
+    where
+        F: std::future::Future<Output = Result<Engine<AnyStore>, ServerError>> + Send + 'static,
+    {
+        Self::start_listening(settings, Some(http_listener), engine).await
+    }
+
+    /// The node on loopback ports of its own (gRPC and metrics), and `http` if given.
+    async fn start_listening<F>(
+        settings: NodeSettings,
+        http: Option<tokio::net::TcpListener>,
         engine: F,
     ) -> Result<Node>
     where
@@ -217,7 +212,7 @@ impl Node {
             vidx_server::Listeners {
                 grpc: listener,
                 metrics: Some(metrics_listener),
-                http: Some(http_listener),
+                http,
             },
             engine,
             receiver,
