@@ -386,6 +386,14 @@ mod tests {
             "the scrapes waited {:?}",
             started.elapsed()
         );
+        // The refresh runs on a blocking thread that may not have started yet: give it a
+        // moment, then there must be exactly one for the whole burst.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while broker.calls.load(std::sync::atomic::Ordering::SeqCst) == 0
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         assert_eq!(
             broker.calls.load(std::sync::atomic::Ordering::SeqCst),
             1,
