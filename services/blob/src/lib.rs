@@ -16,7 +16,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use vidx_core::BlobError;
-use vidx_core::ports::{BlobStore, BoxFuture};
+use vidx_core::ports::{BlobEntry, BlobStore, BoxFuture};
 
 /// Schemes a blob store may live on.
 pub const SCHEMES: [&str; 4] = ["file", "s3", "gs", "memory"];
@@ -284,6 +284,42 @@ impl BlobStore for ObjectBlobStore {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                 Err(error) => Err(object_error(uri, error)),
             }
+        })
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<BlobEntry>, BlobError>> {
+        Box::pin(async move {
+            use tokio_stream::StreamExt;
+            let trimmed = prefix.trim_end_matches('/');
+            check_key(trimmed).map_err(|reason| BlobError::Refused {
+                uri: prefix.to_string(),
+                reason,
+            })?;
+            let path = self.object_path(trimmed)?;
+            let below = self.prefix.parts().count();
+            let mut listing = self.store.list(Some(&path));
+            let mut entries = Vec::new();
+            while let Some(meta) = listing.next().await {
+                let meta = match meta {
+                    Ok(meta) => meta,
+                    Err(object_store::Error::NotFound { .. }) => break,
+                    Err(error) => return Err(object_error(prefix, error)),
+                };
+                let key = meta
+                    .location
+                    .parts()
+                    .skip(below)
+                    .map(|part| part.as_ref().to_string())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                entries.push(BlobEntry {
+                    uri: format!("{}/{key}", self.location),
+                    key,
+                    bytes: meta.size,
+                    modified_ms: u64::try_from(meta.last_modified.timestamp_millis()).unwrap_or(0),
+                });
+            }
+            Ok(entries)
         })
     }
 

@@ -180,3 +180,41 @@ async fn put_file_moves_a_chunk_into_a_local_store_and_uploads_it_to_a_remote_on
     assert_eq!(remote.get(&uri).await?, b"chunk two");
     Ok(())
 }
+
+#[tokio::test]
+async fn listing_names_every_blob_under_a_prefix_and_nothing_else() -> TestResult {
+    let directory = tempfile::tempdir()?;
+    let local = ObjectBlobStore::open(
+        &directory.path().join("blobs").display().to_string(),
+        &BTreeMap::new(),
+    )?;
+    let remote = ObjectBlobStore::open("memory:///vidx/blobs/", &BTreeMap::new())?;
+    for store in [&local, &remote] {
+        assert!(
+            store.list("footage/").await?.is_empty(),
+            "{}: nothing yet",
+            store.location()
+        );
+        let first = store.put("footage/a/1-2.mkv", vec![1; 10]).await?;
+        let second = store.put("footage/a/3-4.mkv", vec![2; 20]).await?;
+        store.put("footage/b/1-2.mkv", vec![3; 5]).await?;
+        store.put("job/000001.mkv", vec![4; 5]).await?;
+        let mut listed = store.list("footage/a/").await?;
+        listed.sort_by(|a, b| a.key.cmp(&b.key));
+        let keys: Vec<_> = listed.iter().map(|entry| entry.key.as_str()).collect();
+        assert_eq!(keys, ["footage/a/1-2.mkv", "footage/a/3-4.mkv"]);
+        assert_eq!(listed[0].uri, first);
+        assert_eq!(listed[1].uri, second);
+        assert_eq!((listed[0].bytes, listed[1].bytes), (10, 20));
+        assert!(
+            listed
+                .iter()
+                .all(|entry| entry.modified_ms > 1_700_000_000_000)
+        );
+        assert_eq!(store.list("footage/").await?.len(), 3);
+        store.delete(&first).await?;
+        assert_eq!(store.list("footage/a/").await?.len(), 1);
+        refused(store.list("../").await, "a prefix outside the store");
+    }
+    Ok(())
+}

@@ -32,6 +32,44 @@ pub async fn run(context: AppContext, args: &ClipArgs) -> anyhow::Result<u8> {
         .map_err(|error| cli_error(error.code(), error.to_string()))?
         .ok_or_else(|| cli_error(ErrorCode::NotFound, format!("no hit {id} in the index")))?;
     let payload = point.payload;
+    let range = TimeRange::new(payload.start_ms, payload.end_ms);
+    let output = args.output.clone();
+    if vidx_server::ingest::is_live_source(&payload.source_uri) {
+        // A live stream's moment: cut from the footage retention kept under the data dir.
+        let media = vidx_blob::ObjectBlobStore::open(
+            &context.data_dir.display().to_string(),
+            &Default::default(),
+        )
+        .map_err(|error| cli_error(ErrorCode::Unavailable, error.to_string()))?;
+        let gone = |error: vidx_server::footage::FootageError| match error {
+            vidx_server::footage::FootageError::Gone => {
+                cli_error(ErrorCode::NotFound, error.to_string())
+            }
+            other => cli_error(ErrorCode::Unavailable, other.to_string()),
+        };
+        let found = vidx_server::footage::find(&media, &payload.tenant, &payload.stream_id, range)
+            .await
+            .map_err(gone)?;
+        let scratch = output
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .map_or_else(
+                || std::path::PathBuf::from("."),
+                std::path::Path::to_path_buf,
+            );
+        let clip = vidx_server::footage::cut(
+            &media,
+            found,
+            range,
+            &output,
+            &scratch,
+            ClipOptions::default(),
+        )
+        .await
+        .map_err(gone)?;
+        report(args, &clip, &payload.stream_id, payload.start_ms);
+        return Ok(EXIT_OK);
+    }
     let source = vidx_media::stored_source(&payload.source_uri).map_err(|reason| {
         cli_error(
             ErrorCode::Unavailable,
@@ -43,21 +81,25 @@ pub async fn run(context: AppContext, args: &ClipArgs) -> anyhow::Result<u8> {
     let options = ClipOptions {
         url_guard: (!policy.allow_private_hosts).then_some(policy),
     };
-    let output = args.output.clone();
-    let range = TimeRange::new(payload.start_ms, payload.end_ms);
     let cut_source = source.clone();
     let clip = tokio::task::spawn_blocking(move || {
         vidx_media::cut_clip(&cut_source, range, &output, &options)
     })
     .await?
     .map_err(|error| cli_error(error.code(), error.to_string()))?;
-    let offset_ms = payload.start_ms.saturating_sub(clip.start_ms);
+    report(args, &clip, &source.display_name(), payload.start_ms);
+    Ok(EXIT_OK)
+}
+
+/// Say what was written: which part of what, and where in it the moment starts.
+fn report(args: &ClipArgs, clip: &vidx_media::Clip, of: &str, moment_ms: u64) {
+    let offset_ms = moment_ms.saturating_sub(clip.start_ms);
     eprintln!(
-        "{}: {:.3}–{:.3} s of {}{}; the moment starts {:.3} s in",
+        "{}: {}–{} of {}{}; the moment starts {:.3} s in",
         args.output.display(),
-        clip.start_ms as f64 / 1000.0,
-        clip.end_ms as f64 / 1000.0,
-        source.display_name(),
+        vidx_core::format_time_ms(clip.start_ms),
+        vidx_core::format_time_ms(clip.end_ms),
+        of,
         if clip.reencoded {
             " (re-encoded to H.264)"
         } else {
@@ -65,5 +107,4 @@ pub async fn run(context: AppContext, args: &ClipArgs) -> anyhow::Result<u8> {
         },
         offset_ms as f64 / 1000.0
     );
-    Ok(EXIT_OK)
 }

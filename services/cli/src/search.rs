@@ -4,7 +4,7 @@ use serde::Serialize;
 use vidx_core::fusion::SearchHit;
 use vidx_core::ports::IndexStore;
 use vidx_core::types::vector_names;
-use vidx_core::{SearchFilter, format_hms_ms};
+use vidx_core::{SearchFilter, format_time_ms};
 use vidx_pipeline::{PipelineError, SearchMode, SearchRequest};
 
 use crate::app::{AppContext, EXIT_OK, cli_error};
@@ -29,8 +29,8 @@ pub fn print_hits(hits: &[SearchHit], json: bool) -> anyhow::Result<()> {
     for (index, hit) in hits.iter().enumerate() {
         let line = HitLine {
             rank: index + 1,
-            start: format_hms_ms(hit.start_ms),
-            end: format_hms_ms(hit.end_ms),
+            start: format_time_ms(hit.start_ms),
+            end: format_time_ms(hit.end_ms),
             hit,
         };
         if json {
@@ -197,8 +197,8 @@ pub fn print_windows(windows: &[vidx_proto::v1::Window], json: bool) -> anyhow::
             stream_id: &window.stream_id,
             start_ms: window.start_ms,
             end_ms: window.end_ms,
-            start: format_hms_ms(window.start_ms),
-            end: format_hms_ms(window.end_ms),
+            start: format_time_ms(window.start_ms),
+            end: format_time_ms(window.end_ms),
             score: window.score,
             caption: &window.caption,
             hits: window.hits as usize,

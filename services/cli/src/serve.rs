@@ -56,7 +56,7 @@ pub async fn run(context: AppContext) -> anyhow::Result<u8> {
         .await?;
     let engine = OnceLock::new();
     let _ = engine.set(context.engine(loaded, store));
-    let thumbnails = vidx_blob::ObjectBlobStore::open(
+    let media = vidx_blob::ObjectBlobStore::open(
         &context.data_dir.display().to_string(),
         &Default::default(),
     )
@@ -64,7 +64,7 @@ pub async fn run(context: AppContext) -> anyhow::Result<u8> {
     let http = Arc::new(HttpContext {
         engine: Arc::new(engine),
         authenticator: Arc::new(authenticator),
-        thumbnails: Some(Arc::new(thumbnails)),
+        media: Some(Arc::new(media)),
         clips: ClipSettings {
             dir: context.data_dir.join("clips"),
             roots: Vec::new(),

@@ -10,8 +10,7 @@
 //! missing or wrong tokens get 401; a body over `server.max_request_bytes` gets 413; clips
 //! answer Range requests (206, `Content-Range`, 416 past the end).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,23 +26,10 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-fn ffmpeg(arguments: &[&str]) -> Result<()> {
-    let output = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y"])
-        .args(arguments)
-        .output()?;
-    ensure!(
-        output.status.success(),
-        "ffmpeg: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
-}
-
 /// 30 s in three 10 s scenes (test pattern, colour bars, a red field) with a subtitle each.
 fn make_clip(directory: &Path, name: &str, lines: [&str; 3]) -> Result<PathBuf> {
     let video = directory.join(name);
-    ffmpeg(&[
+    vidx_testkit::ffmpeg(&[
         "-filter_complex",
         "testsrc2=s=320x240:r=25:d=10[a];smptebars=s=320x240:r=25:d=10[b];\
          color=c=red:s=320x240:r=25:d=10[c];[a][b][c]concat=n=3:v=1[v]",
@@ -132,7 +118,10 @@ fn serve(
                 std::fs::read_to_string(log).unwrap_or_default()
             );
         }
-        if matches!(http(address, "GET", "/healthz", &[], None), Ok((200, _, _))) {
+        if matches!(
+            vidx_testkit::http::request(address, "GET", "/healthz", &[], None),
+            Ok((200, _, _))
+        ) {
             return Ok((process, address));
         }
         ensure!(
@@ -140,111 +129,6 @@ fn serve(
             "vidx serve not ready after 120 s"
         );
         std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Status, headers (lower-case names) and body of a response.
-type Reply = (u16, Vec<(String, String)>, Vec<u8>);
-
-/// One HTTP/1.1 request.
-fn http(
-    address: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&[u8]>,
-) -> Result<Reply> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let body = body.unwrap_or_default();
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes())?;
-    stream.write_all(body)?;
-    // Up to the end of the head, then the body by its length (chromedriver keeps the
-    // connection open), or to the end of the stream.
-    let mut response = Vec::new();
-    let mut buffer = [0u8; 65536];
-    let split = loop {
-        if let Some(split) = response.windows(4).position(|window| window == b"\r\n\r\n") {
-            break split;
-        }
-        let read = stream.read(&mut buffer)?;
-        ensure!(read > 0, "no HTTP response head");
-        response.extend_from_slice(&buffer[..read]);
-    };
-    let length = String::from_utf8_lossy(&response[..split])
-        .lines()
-        .find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.trim()
-                .eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse::<usize>().ok())
-                .flatten()
-        });
-    match length {
-        Some(length) if method != "HEAD" => {
-            while response.len() < split + 4 + length {
-                let read = stream.read(&mut buffer)?;
-                ensure!(read > 0, "HTTP body cut short");
-                response.extend_from_slice(&buffer[..read]);
-            }
-        }
-        Some(_) => {}
-        None => {
-            stream.read_to_end(&mut response)?;
-        }
-    }
-    let head = String::from_utf8_lossy(&response[..split]).into_owned();
-    let mut content = response[split + 4..].to_vec();
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|code| code.parse().ok())
-        .context("no status")?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            Some((name.trim().to_ascii_lowercase(), value.trim().to_string()))
-        })
-        .collect();
-    if headers
-        .iter()
-        .any(|(name, value)| name == "transfer-encoding" && value.contains("chunked"))
-    {
-        content = unchunk(&content)?;
-    }
-    Ok((status, headers, content))
-}
-
-fn unchunk(mut data: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data
-            .windows(2)
-            .position(|window| window == b"\r\n")
-            .context("chunk size")?;
-        let size = usize::from_str_radix(
-            String::from_utf8_lossy(&data[..line_end])
-                .split(';')
-                .next()
-                .unwrap_or_default()
-                .trim(),
-            16,
-        )?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
     }
 }
 
@@ -262,7 +146,7 @@ fn search(address: SocketAddr, token: Option<&str>, query: &str) -> Result<(u16,
         headers.push(("Authorization", bearer));
     }
     let body = json!({"query": query, "top_k": 5}).to_string();
-    let (status, _, body) = http(
+    let (status, _, body) = vidx_testkit::http::request(
         address,
         "POST",
         "/v1/search",
@@ -291,7 +175,7 @@ impl Browser {
         let driver = Process(driver);
         let address = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + Duration::from_secs(20);
-        while http(address, "GET", "/status", &[], None).is_err() {
+        while vidx_testkit::http::request(address, "GET", "/status", &[], None).is_err() {
             ensure!(Instant::now() < deadline, "chromedriver did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -321,7 +205,7 @@ impl Browser {
 
     fn call(&self, method: &str, path: &str, body: Value) -> Result<Value> {
         let body = body.to_string();
-        let (status, _, response) = http(
+        let (status, _, response) = vidx_testkit::http::request(
             self.address,
             method,
             path,
@@ -563,7 +447,7 @@ fn the_http_api_confines_tenants_and_serves_clips_in_ranges() -> Result<()> {
         let (status, body) = search(address, token, "forklift")?;
         ensure!(status == expected, "token {token:?}: {status} {body}");
     }
-    let (status, _, _) = http(address, "GET", "/openapi.json", &[], None)?;
+    let (status, _, _) = vidx_testkit::http::request(address, "GET", "/openapi.json", &[], None)?;
     ensure!(status == 200, "the OpenAPI document is public: {status}");
 
     // Each tenant finds its own moments only, even with the other's words.
@@ -595,12 +479,18 @@ fn the_http_api_confines_tenants_and_serves_clips_in_ranges() -> Result<()> {
 
     // Another tenant's thumbnail and clip do not exist for acme.
     for path in [thumbnail, clip.as_str()] {
-        let (status, _, _) = http(address, "GET", path, &[("Authorization", &acme_auth)], None)?;
+        let (status, _, _) = vidx_testkit::http::request(
+            address,
+            "GET",
+            path,
+            &[("Authorization", &acme_auth)],
+            None,
+        )?;
         ensure!(status == 404, "acme got {path}: {status}");
-        let (status, _, _) = http(address, "GET", path, &[], None)?;
+        let (status, _, _) = vidx_testkit::http::request(address, "GET", path, &[], None)?;
         ensure!(status == 401, "{path} without a token: {status}");
     }
-    let (status, headers, jpeg) = http(
+    let (status, headers, jpeg) = vidx_testkit::http::request(
         address,
         "GET",
         thumbnail,
@@ -615,7 +505,7 @@ fn the_http_api_confines_tenants_and_serves_clips_in_ranges() -> Result<()> {
     );
 
     // The clip: whole, in ranges, and past its end.
-    let (status, headers, whole) = http(
+    let (status, headers, whole) = vidx_testkit::http::request(
         address,
         "GET",
         &clip,
@@ -642,7 +532,7 @@ fn the_http_api_confines_tenants_and_serves_clips_in_ranges() -> Result<()> {
         ),
         ("bytes=-10", size - 10, size - 1),
     ] {
-        let (status, headers, part) = http(
+        let (status, headers, part) = vidx_testkit::http::request(
             address,
             "GET",
             &clip,
@@ -658,7 +548,7 @@ fn the_http_api_confines_tenants_and_serves_clips_in_ranges() -> Result<()> {
         );
     }
     let past = format!("bytes={}-", size + 10);
-    let (status, headers, _) = http(
+    let (status, headers, _) = vidx_testkit::http::request(
         address,
         "GET",
         &clip,
@@ -673,7 +563,7 @@ fn the_http_api_confines_tenants_and_serves_clips_in_ranges() -> Result<()> {
 
     // A body over server.max_request_bytes.
     let big = json!({"query": "x".repeat(8192)}).to_string();
-    let (status, _, _) = http(
+    let (status, _, _) = vidx_testkit::http::request(
         address,
         "POST",
         "/v1/search",

@@ -63,6 +63,20 @@ pub struct MediaConfig {
     /// Private networks (CIDR) URLs may reach although the private-address guard is on.
     pub allowed_networks: Vec<String>,
     pub allow_private_hosts: bool,
+    /// How long and how much live footage is kept, so that live hits can be played.
+    pub retention: RetentionConfig,
+}
+
+/// `media.retention`: live segments kept in the media store (beside the thumbnails) and
+/// deleted when older or over the size, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Live footage older than this (seconds, by its wall-clock end) is deleted; 0 keeps
+    /// none.
+    pub max_age_secs: u64,
+    /// Above this many bytes of live footage, the oldest is deleted; 0: no size limit.
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -15,6 +15,6 @@ pub mod types;
 pub use error::{BlobError, ErrorCode, Failure, MediaError, ModelError, QueueError, StoreError};
 pub use ids::point_id;
 pub use offsets::OffsetTracker;
-pub use time::{TimeRange, format_hms_ms};
+pub use time::{TimeRange, format_hms_ms, format_time_ms};
 pub use types::*;
 pub use uuid::Uuid;

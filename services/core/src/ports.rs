@@ -218,4 +218,19 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// For a store on the local filesystem: the file behind a URI of this store, which the
     /// decoder can read in place. `None` for remote stores.
     fn local_path(&self, uri: &str) -> Result<Option<PathBuf>, BlobError>;
+    /// The blobs whose keys start with `prefix` (a relative path ending in `/`), in no
+    /// particular order: what retention sweeps and the clip cutter looks up.
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<BlobEntry>, BlobError>>;
+}
+
+/// One blob of a [`BlobStore::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobEntry {
+    /// Its key in the store (relative path).
+    pub key: String,
+    /// The URI [`BlobStore::get`] and [`BlobStore::delete`] take.
+    pub uri: String,
+    pub bytes: u64,
+    /// When it was last written, Unix epoch ms.
+    pub modified_ms: u64,
 }

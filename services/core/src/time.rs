@@ -58,9 +58,33 @@ pub fn format_hms_ms(time_ms: u64) -> String {
     format!("{hours:02}:{minutes:02}:{seconds:02}.{millis:03}")
 }
 
+/// Times at or past this (2001-09-09, epoch ms) are wall-clock times of live streams: no
+/// recording is 277 000 hours long.
+pub const WALL_CLOCK_FROM_MS: u64 = 1_000_000_000_000;
+
+/// A hit's time as a person reads it: a live stream's wall-clock time as RFC 3339 UTC
+/// (`2026-12-02T10:00:00.250Z`), a recording's media time as `hh:mm:ss.mmm`.
+pub fn format_time_ms(time_ms: u64) -> String {
+    if time_ms >= WALL_CLOCK_FROM_MS {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(time_ms);
+        humantime::format_rfc3339_millis(at).to_string()
+    } else {
+        format_hms_ms(time_ms)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_times_read_as_dates_and_media_times_as_durations() {
+        assert_eq!(
+            format_time_ms(1_796_205_600_250),
+            "2026-12-02T10:00:00.250Z"
+        );
+        assert_eq!(format_time_ms(3_723_004), "01:02:03.004");
+    }
 
     #[test]
     fn formats_hours_minutes_seconds_millis() {

@@ -53,6 +53,11 @@ pub struct IngestSettings {
     pub limits: TenantLimits,
     /// A live source without packets for this long is degraded and reconnected.
     pub live_stall_timeout: Duration,
+    /// Where live segments are kept for playback (the media store, beside the thumbnails);
+    /// `None`: nowhere.
+    pub footage: Option<Arc<dyn BlobStore>>,
+    /// How long and how much of it (`media.retention`).
+    pub retention: crate::footage::Retention,
 }
 
 /// What one tenant may hold on an ingest node: no tenant's flood evicts or blocks another's
@@ -695,6 +700,12 @@ impl<Q: SegmentQueue> Ingest<Q> {
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        // The node that writes live footage deletes what retention no longer keeps.
+        if let Some(store) = &settings.footage
+            && settings.retention.keeps_footage()
+        {
+            crate::footage::spawn_sweeper(store.clone(), settings.retention, shutdown.clone());
+        }
         Self {
             settings: Arc::new(settings),
             queue,
@@ -1155,6 +1166,10 @@ async fn run_job<Q: SegmentQueue>(
     // reaches the sink's shutdown check: shutdown stops its segmenter through its stop flag.
     let shutdown_watch = shutdown.clone();
     let is_live = live_stop.is_some();
+    let footage = settings
+        .footage
+        .clone()
+        .filter(|_| is_live && settings.retention.keeps_footage());
     let stop_on_shutdown = live_stop.clone().map(|stop| {
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -1171,6 +1186,19 @@ async fn run_job<Q: SegmentQueue>(
             if *shutdown.borrow() {
                 publish_error = Some(INTERRUPTED.to_string());
                 return false;
+            }
+            if let Some(store) = &footage {
+                let kept = runtime.block_on(crate::footage::keep(
+                    store.as_ref(),
+                    &tenant,
+                    &stream_id,
+                    chunk.range,
+                    &chunk.path,
+                ));
+                if let Err(error) = kept {
+                    // Playback of this moment is lost, not its indexing.
+                    tracing::warn!(job_id = %job, seq = chunk.seq, error = %error, "live footage not kept");
+                }
             }
             let placed = place_media(&chunk, inline_max_bytes, &job, blobs.as_ref(), &runtime);
             let media = match placed {
@@ -1335,6 +1363,11 @@ mod tests {
                 live_streams: 10,
             },
             live_stall_timeout: Duration::from_secs(10),
+            footage: None,
+            retention: crate::footage::Retention {
+                max_age: Duration::ZERO,
+                max_bytes: 0,
+            },
         }
     }
 

@@ -10,6 +10,7 @@
 //! group.
 
 pub mod auth;
+pub mod footage;
 pub mod ingest;
 mod limits;
 pub mod metrics;
@@ -386,7 +387,7 @@ where
             let context = Arc::new(web::HttpContext {
                 engine: engine_cell.clone(),
                 authenticator: authenticator.clone(),
-                thumbnails: Some(settings.ingest.blobs.clone()),
+                media: settings.worker.thumbnails.clone(),
                 clips: web::ClipSettings {
                     dir: settings.clip_dir.clone(),
                     roots: settings.ingest.roots.clone(),

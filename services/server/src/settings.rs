@@ -120,15 +120,18 @@ impl NodeSettings {
             live_streams: usize::MAX,
         };
         settings.worker.outage_limit = Some(Duration::ZERO);
-        // Thumbnails stay with the index, under the data dir (`thumbnails/`).
-        settings.worker.thumbnails = Some(Arc::new(
+        // Thumbnails and live footage stay with the index, under the data dir (`thumbnails/`,
+        // `footage/`).
+        let media: Arc<dyn BlobStore> = Arc::new(
             ObjectBlobStore::open(&data_dir.display().to_string(), &Default::default()).map_err(
                 |error| ServerError::Config {
                     key: "general.data_dir".into(),
                     reason: error.to_string(),
                 },
             )?,
-        ));
+        );
+        settings.worker.thumbnails = Some(media.clone());
+        settings.ingest.footage = Some(media);
         Ok(settings)
     }
 
@@ -181,6 +184,12 @@ impl NodeSettings {
                     live_streams: config.server.max_live_streams_per_tenant,
                 },
                 live_stall_timeout: Duration::from_millis(config.media.live_stall_timeout_ms),
+                // Live footage beside the thumbnails, where the query nodes read it.
+                footage: Some(blobs.clone()),
+                retention: crate::footage::Retention {
+                    max_age: Duration::from_secs(config.media.retention.max_age_secs),
+                    max_bytes: config.media.retention.max_bytes,
+                },
             },
             worker: WorkerOptions {
                 frames_per_segment: config.media.frames_per_segment,

@@ -57,8 +57,9 @@ pub struct ClipSettings {
 pub struct HttpContext<S> {
     pub engine: Arc<OnceLock<Engine<S>>>,
     pub authenticator: Arc<Authenticator>,
-    /// Where the thumbnails are (the blob store, or `<data-dir>`); `None`: none served.
-    pub thumbnails: Option<Arc<dyn BlobStore>>,
+    /// Where the thumbnails and the live footage are (the blob store, or `<data-dir>`);
+    /// `None`: neither is served.
+    pub media: Option<Arc<dyn BlobStore>>,
     pub clips: ClipSettings,
     pub max_request_bytes: usize,
     /// Requests served at once; beyond, `429 Too Many Requests` at once.
@@ -430,7 +431,7 @@ async fn thumbnail<S: IndexStore + Send + Sync + 'static>(
     UrlPath(file): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     let (id, point) = hit_point(&context, &headers, &file, ".jpg").await?;
-    let (Some(uri), Some(store)) = (point.payload.thumbnail, &context.thumbnails) else {
+    let (Some(uri), Some(store)) = (point.payload.thumbnail, &context.media) else {
         return Err(ApiError::not_found(format!("hit {id} has no thumbnail")));
     };
     let jpeg = store
@@ -448,19 +449,56 @@ async fn thumbnail<S: IndexStore + Send + Sync + 'static>(
         .into_response())
 }
 
-/// The source a clip is cut from, if this node may read it.
+/// What a clip is cut from.
+enum ClipFrom {
+    /// The recorded source (file or URL).
+    Source(InputSource),
+    /// A live segment kept by retention.
+    Footage(Arc<dyn BlobStore>, (vidx_core::ports::BlobEntry, TimeRange)),
+}
+
+/// What the clip of `point` is cut from, if this node may read it: a live stream's kept
+/// footage (`410 Gone` once retention deleted it), else its source.
+async fn clip_from(
+    context: &HttpContext<impl IndexStore>,
+    point: &vidx_core::IndexPoint,
+) -> Result<ClipFrom, ApiError> {
+    let payload = &point.payload;
+    if !crate::ingest::is_live_source(&payload.source_uri) {
+        return clip_source(&context.clips, &payload.source_uri).map(ClipFrom::Source);
+    }
+    let Some(store) = &context.media else {
+        return Err(ApiError::not_found("this node serves no live footage"));
+    };
+    let moment = TimeRange::new(payload.start_ms, payload.end_ms);
+    match crate::footage::find(store.as_ref(), &payload.tenant, &payload.stream_id, moment).await {
+        Ok(found) => Ok(ClipFrom::Footage(store.clone(), found)),
+        Err(crate::footage::FootageError::Gone) => Err(gone()),
+        Err(error) => Err(ApiError::unavailable(error.to_string())),
+    }
+}
+
+/// `410 Gone`: retention deleted the footage.
+fn gone() -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        "footage_gone",
+        crate::footage::FootageError::Gone.to_string(),
+    )
+}
+
+fn clip_failed(error: vidx_core::MediaError) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "clip_failed",
+        error.to_string(),
+    )
+}
+
+/// The recorded source a clip is cut from, if this node may read it.
 fn clip_source(settings: &ClipSettings, source_uri: &str) -> Result<InputSource, ApiError> {
     match vidx_media::stored_source(source_uri).map_err(ApiError::not_found)? {
         InputSource::Url(url) => {
-            let scheme = url
-                .split_once("://")
-                .map(|(scheme, _)| scheme.to_ascii_lowercase())
-                .unwrap_or_default();
-            if !matches!(scheme.as_str(), "http" | "https") {
-                return Err(ApiError::not_found(
-                    "clips of live streams are not kept (no retention configured)",
-                ));
-            }
             settings
                 .policy
                 .checked_addresses(&url)
@@ -494,7 +532,7 @@ struct ClipMeta {
 async fn cached_clip(
     settings: &ClipSettings,
     id: uuid::Uuid,
-    source: InputSource,
+    from: ClipFrom,
     range: TimeRange,
 ) -> Result<(PathBuf, ClipMeta), ApiError> {
     let path = settings.dir.join(format!("{id}.mp4"));
@@ -513,20 +551,33 @@ async fn cached_clip(
         url_guard: (!settings.policy.allow_private_hosts).then(|| settings.policy.clone()),
     };
     let cut_to = partial.clone();
-    let clip = tokio::task::spawn_blocking(move || {
-        vidx_media::cut_clip(&source, range, &cut_to, &options)
-    })
-    .await
-    .map_err(|error| ApiError::unavailable(format!("cutting the clip: {error}")))?;
+    let clip = match from {
+        ClipFrom::Source(source) => tokio::task::spawn_blocking(move || {
+            vidx_media::cut_clip(&source, range, &cut_to, &options)
+        })
+        .await
+        .map_err(|error| ApiError::unavailable(format!("cutting the clip: {error}")))?
+        .map_err(clip_failed),
+        ClipFrom::Footage(store, found) => crate::footage::cut(
+            store.as_ref(),
+            found,
+            range,
+            &cut_to,
+            &settings.dir,
+            options,
+        )
+        .await
+        .map_err(|error| match error {
+            crate::footage::FootageError::Gone => gone(),
+            crate::footage::FootageError::Store(error) => ApiError::unavailable(error.to_string()),
+            crate::footage::FootageError::Media(error) => clip_failed(error),
+        }),
+    };
     let clip = match clip {
         Ok(clip) => clip,
         Err(error) => {
             let _ = std::fs::remove_file(&partial);
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "clip_failed",
-                error.to_string(),
-            ));
+            return Err(error);
         }
     };
     let meta = ClipMeta {
@@ -604,9 +655,21 @@ async fn clip<S: IndexStore + Send + Sync + 'static>(
     UrlPath(file): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     let (id, point) = hit_point(&context, &headers, &file, ".mp4").await?;
-    let source = clip_source(&context.clips, &point.payload.source_uri)?;
+    let from = match clip_from(&context, &point).await {
+        Ok(from) => from,
+        Err(error) => {
+            if error.status == StatusCode::GONE {
+                // A clip cut before retention deleted its footage goes with it.
+                for extension in ["mp4", "json"] {
+                    let _ =
+                        std::fs::remove_file(context.clips.dir.join(format!("{id}.{extension}")));
+                }
+            }
+            return Err(error);
+        }
+    };
     let range = TimeRange::new(point.payload.start_ms, point.payload.end_ms);
-    let (path, meta) = cached_clip(&context.clips, id, source, range).await?;
+    let (path, meta) = cached_clip(&context.clips, id, from, range).await?;
     let size = tokio::fs::metadata(&path)
         .await
         .map_err(|error| ApiError::unavailable(format!("clip cache: {error}")))?

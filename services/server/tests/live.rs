@@ -302,3 +302,215 @@ async fn a_live_stream_survives_a_stall_and_a_drop_with_wall_clock_moments() -> 
     let _ = tokio::time::timeout(Duration::from_secs(30), node.task).await;
     Ok(())
 }
+
+/// Captions every live segment alike (a model stand-in): each segment is one moment.
+struct YardCaptioner;
+
+impl vidx_core::ports::Captioner for YardCaptioner {
+    fn name(&self) -> &str {
+        "yard"
+    }
+    fn revision(&self) -> &str {
+        "yard-1"
+    }
+    fn needs_frames(&self) -> bool {
+        false
+    }
+    fn caption(
+        &self,
+        segment: vidx_core::ports::SegmentInput<'_>,
+    ) -> Result<Vec<vidx_core::Moment>, vidx_core::ModelError> {
+        Ok(vec![vidx_core::Moment {
+            kind: vidx_core::RecordKind::Caption,
+            range: segment.task.range,
+            caption: "a car waits at the yard gate".into(),
+            region: None,
+        }])
+    }
+}
+
+/// `media.retention` (issue 21): a live camera's segments are kept as footage beside the
+/// thumbnails; the sweeper deletes those that ended more than `max_age_secs` ago. A recent
+/// live hit's clip plays (a real MP4 cut from its kept segment, at the hit's wall-clock
+/// time); an old one's is `410 Gone`, though its moment is still found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn live_footage_is_kept_for_the_retention_and_older_footage_is_deleted() -> Result<()> {
+    const MAX_AGE_MS: u64 = 4_000;
+    let started_ms = now_ms();
+    let dir = tempfile::tempdir()?;
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let camera = Camera::start(port)?;
+    let broker = LocalBroker::start()?;
+    let embedder: Arc<dyn TextEmbedder> = Arc::new(WordsEmbedder {
+        delay: Duration::ZERO,
+    });
+    let store = common::open_store(&dir.path().join("index"), embedder.dimension()).await?;
+    let mut config = config()?;
+    config.media.segment_secs = 1.0;
+    config.media.frames_per_segment = 0;
+    config.media.allowed_url_schemes = vec!["tcp".into()];
+    config.media.allow_private_hosts = true;
+    config.media.retention.max_age_secs = MAX_AGE_MS / 1000;
+    config.pipeline.workers = 1;
+    let mut settings = common::settings(
+        &config,
+        Roles {
+            ingest: true,
+            worker: true,
+            query: true,
+        },
+        dir.path(),
+    )?;
+    settings.kafka = broker.fresh_settings(2);
+    let engine = Engine {
+        store: store.clone(),
+        search: SearchModels::caption_only(embedder.clone()),
+        models: Arc::new(Models {
+            captioners: vec![Arc::new(YardCaptioner)],
+            text_embedder: embedder.clone(),
+            visual_embedder: None,
+            regions: None,
+        }),
+        sampler: Arc::new(vidx_testkit::NoFrames),
+    };
+    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let http = http_listener.local_addr()?;
+    let node = Node::start_with_http(settings, http_listener, async move { Ok(engine) }).await?;
+    let mut ingest = IngestServiceClient::new(node.channel().await?);
+    let job_id = ingest
+        .submit(authorized(
+            v1::SubmitRequest {
+                source: format!("tcp://127.0.0.1:{port}"),
+                stream_id: Some("yard-cam".into()),
+            },
+            None,
+        ))
+        .await?
+        .into_inner()
+        .job_id;
+    // Twice the retention and more: the first segments have been swept.
+    wait_for(
+        &mut ingest,
+        &job_id,
+        "live with 10 segments",
+        Duration::from_secs(60),
+        |s| s.state == v1::StreamState::Live as i32 && s.segments >= 10,
+    )
+    .await?;
+    let hits = loop {
+        let body = serde_json::json!({"query": "car at the yard gate", "stream_id": "yard-cam", "top_k": 100});
+        let (status, _, answer) = vidx_testkit::http::request(
+            http,
+            "POST",
+            "/v1/search",
+            &[("Content-Type", "application/json")],
+            Some(body.to_string().as_bytes()),
+        )?;
+        ensure!(status == 200, "search: {status}");
+        let answer: serde_json::Value = serde_json::from_slice(&answer)?;
+        let hits = answer["hits"].as_array().cloned().unwrap_or_default();
+        if hits.len() >= 8 {
+            break hits;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+
+    // The footage kept: nothing that ended before the retention (one sweep of slack), and
+    // not the first segments any more.
+    let media = vidx_blob::ObjectBlobStore::open(
+        &dir.path().join("blobs").display().to_string(),
+        &Default::default(),
+    )?;
+    let listed_ms = now_ms();
+    let footage = vidx_core::ports::BlobStore::list(&media, "footage/").await?;
+    let ends: Vec<u64> = footage
+        .iter()
+        .filter_map(|entry| {
+            let name = entry.key.rsplit('/').next()?.strip_suffix(".mkv")?;
+            name.split_once('-')?.1.parse().ok()
+        })
+        .collect();
+    ensure!(
+        ends.len() == footage.len() && !ends.is_empty(),
+        "footage keys: {footage:?}"
+    );
+    ensure!(
+        ends.iter()
+            .all(|end| *end + MAX_AGE_MS + 1_500 >= listed_ms),
+        "footage older than the retention is left: ends {ends:?} at {listed_ms}"
+    );
+    ensure!(
+        footage.len() < hits.len(),
+        "{} segments kept of {} indexed: none deleted",
+        footage.len(),
+        hits.len()
+    );
+
+    let time = |hit: &serde_json::Value, field: &str| hit[field].as_u64().unwrap_or(0);
+    let newest = hits
+        .iter()
+        .max_by_key(|hit| time(hit, "start_ms"))
+        .context("no hit")?;
+    let oldest = hits
+        .iter()
+        .min_by_key(|hit| time(hit, "start_ms"))
+        .context("no hit")?;
+    ensure!(
+        time(oldest, "end_ms") + MAX_AGE_MS + 1_500 < listed_ms,
+        "the oldest hit is not old enough to test: {oldest}"
+    );
+    ensure!(time(oldest, "start_ms") >= started_ms, "{oldest}");
+
+    // A recent moment plays: an MP4 of the kept segment, starting at or before the moment.
+    let id = newest["id"].as_str().context("id")?;
+    let (status, headers, mp4) =
+        vidx_testkit::http::request(http, "GET", &format!("/v1/clips/{id}.mp4"), &[], None)?;
+    ensure!(
+        status == 200,
+        "clip of a recent live hit: {status} {}",
+        String::from_utf8_lossy(&mp4)
+    );
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+            .unwrap_or_default()
+    };
+    ensure!(header("content-type") == "video/mp4", "{headers:?}");
+    let clip_start: u64 = header("x-vidx-clip-start-ms").parse()?;
+    ensure!(
+        clip_start <= time(newest, "start_ms") && clip_start + 2_000 >= time(newest, "start_ms"),
+        "the clip starts at {clip_start}, the moment at {}",
+        time(newest, "start_ms")
+    );
+    let clip_path = dir.path().join("recent.mp4");
+    std::fs::write(&clip_path, &mp4)?;
+    let info = vidx_media::probe(&vidx_media::InputSource::File(clip_path))?;
+    let video = info.video.context("the clip has no video")?;
+    ensure!(
+        video.width == 160 && video.height == 120,
+        "the camera's picture: {video:?}"
+    );
+    ensure!(
+        info.duration_ms
+            .is_some_and(|ms| (400..=2_500).contains(&ms)),
+        "one segment's worth: {:?}",
+        info.duration_ms
+    );
+
+    // An old moment is still found, but its footage is gone.
+    let id = oldest["id"].as_str().context("id")?;
+    let (status, _, body) =
+        vidx_testkit::http::request(http, "GET", &format!("/v1/clips/{id}.mp4"), &[], None)?;
+    let body = String::from_utf8_lossy(&body);
+    ensure!(
+        status == 410 && body.contains("media.retention"),
+        "clip of a swept live hit: {status} {body}"
+    );
+
+    drop(camera);
+    node.shutdown.send(true)?;
+    let _ = tokio::time::timeout(Duration::from_secs(30), node.task).await;
+    Ok(())
+}

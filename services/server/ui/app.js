@@ -31,6 +31,8 @@ async function api(path, options) {
   }
   if (!response.ok) {
     let message = response.status + " " + response.statusText;
+    // A HEAD answer has no body: say what its status means here.
+    if (response.status === 410) message = "its live footage is no longer kept (media.retention)";
     try { message = (await response.json()).error.message; } catch (_) { /* not JSON */ }
     throw new Error(message);
   }

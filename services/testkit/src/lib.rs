@@ -4,6 +4,7 @@
 //! frame sampler that must never be called.
 
 mod ffmpeg;
+pub mod http;
 pub mod local_broker;
 pub mod mock_broker;
 mod no_frames;
