@@ -1,13 +1,19 @@
 //! `vidx serve`: the web UI and the HTTP/JSON API over the local index (Qdrant Edge in the
-//! data dir), on one machine. The process owns the index while it runs (`vidx index` waits
-//! for it to stop).
+//! data dir), on one machine, with the in-process ingest and workers of `vidx index`: files,
+//! URLs and live cameras submitted from the page (or `POST /v1/jobs`) are indexed while it
+//! serves. The process owns the index while it runs (`vidx index` waits for it to stop).
 
 use std::sync::{Arc, OnceLock};
 
 use tokio::sync::watch;
+use vidx_bus::InProcessQueue;
 use vidx_core::ErrorCode;
+use vidx_core::ports::SegmentQueue;
+use vidx_pipeline::WorkerEvent;
 use vidx_server::auth::Authenticator;
+use vidx_server::ingest::JobDesk;
 use vidx_server::web::{ClipSettings, HttpContext, router, serve_http};
+use vidx_server::{Ingest, Metrics, NodeSettings, start_workers};
 
 use crate::app::{AppContext, EXIT_OK, cli_error, spawn_signal_handler};
 
@@ -54,16 +60,20 @@ pub async fn run(context: AppContext) -> anyhow::Result<u8> {
     let store = context
         .open_any_store(loaded.text_dimension, loaded.visual_dimension)
         .await?;
-    let engine = OnceLock::new();
-    let _ = engine.set(context.engine(loaded, store));
+    let engine = context.engine(loaded, store);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let node = start_node(&context, &engine, address, &shutdown_rx)?;
+    let cell = OnceLock::new();
+    let _ = cell.set(engine);
     let media = vidx_blob::ObjectBlobStore::open(
         &context.data_dir.display().to_string(),
         &Default::default(),
     )
     .map_err(|error| cli_error(ErrorCode::Unavailable, error.to_string()))?;
     let http = Arc::new(HttpContext {
-        engine: Arc::new(engine),
+        engine: Arc::new(cell),
         authenticator: Arc::new(authenticator),
+        ingest: Some(node.ingest.clone()),
         media: Some(Arc::new(media)),
         clips: ClipSettings {
             dir: context.data_dir.join("clips"),
@@ -75,12 +85,134 @@ pub async fn run(context: AppContext) -> anyhow::Result<u8> {
             config.server.max_concurrent_requests,
         )),
     });
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     spawn_signal_handler(shutdown_tx);
     let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!("vidx serve: {scheme}://{address}/ (Ctrl-C stops)");
-    serve_http(router(http), listener, tls, shutdown_rx)
-        .await
-        .map_err(|error| cli_error(ErrorCode::Unavailable, error.to_string()))?;
+    let served = serve_http(router(http.clone()), listener, tls, shutdown_rx).await;
+    // The workers stop with the same signal; what they stored is optimized before exit.
+    node.stop().await;
+    if let Some(engine) = http.engine.get()
+        && let vidx_store::AnyStore::Edge(edge) = engine.store.as_ref()
+    {
+        let edge = edge.clone();
+        if let Err(error) = tokio::task::spawn_blocking(move || edge.finish_blocking()).await? {
+            tracing::warn!(error = %error, "the index was not optimized at exit");
+        }
+    }
+    served.map_err(|error| cli_error(ErrorCode::Unavailable, error.to_string()))?;
     Ok(EXIT_OK)
+}
+
+/// The in-process ingest and workers, and what stops them.
+struct InProcessNode {
+    ingest: Arc<dyn JobDesk>,
+    queue: Arc<InProcessQueue>,
+    workers: tokio::task::JoinSet<Result<(), vidx_server::ServerError>>,
+    _spool: tempfile::TempDir,
+}
+
+impl InProcessNode {
+    /// Close the queue and wait (a while) for the workers to end.
+    async fn stop(mut self) {
+        self.queue.close();
+        let wait = async { while self.workers.join_next().await.is_some() {} };
+        if tokio::time::timeout(std::time::Duration::from_secs(30), wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!("workers still busy 30 s after the stop: leaving them");
+        }
+    }
+}
+
+/// Start the ingest and the workers of `vidx index` over `engine`'s index. Local files are
+/// read from `server.ingest_roots` when set; else from anywhere when the page is on
+/// loopback (one user's machine), and only from `<data-dir>/inbox` when it is reachable
+/// from elsewhere.
+fn start_node(
+    context: &AppContext,
+    engine: &vidx_server::Engine<vidx_store::AnyStore>,
+    address: std::net::SocketAddr,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<InProcessNode> {
+    let config = &context.config;
+    let spool = tempfile::Builder::new().prefix("vidx-spool-").tempdir()?;
+    let mut settings = NodeSettings::embedded(config, spool.path(), &context.data_dir)
+        .map_err(|error| cli_error(ErrorCode::InvalidInput, error.to_string()))?;
+    let mut roots = Vec::new();
+    for root in &config.server.ingest_roots {
+        roots.push(std::fs::canonicalize(root).map_err(|error| {
+            cli_error(
+                ErrorCode::InvalidInput,
+                format!("server.ingest_roots: {root}: {error}"),
+            )
+        })?);
+    }
+    if roots.is_empty() && address.ip().is_loopback() {
+        // One user's machine: any file of theirs (absolute paths, as the page asks).
+        roots.push(std::path::PathBuf::from("/"));
+    } else if roots.is_empty() {
+        let inbox = context.data_dir.join("inbox");
+        std::fs::create_dir_all(&inbox)?;
+        tracing::warn!(
+            inbox = %inbox.display(),
+            "no server.ingest_roots: files are indexed only from the inbox"
+        );
+        roots.push(std::fs::canonicalize(inbox)?);
+    }
+    settings.ingest.roots = roots;
+    // A server: each tenant within the limits a node applies.
+    settings.ingest.limits = vidx_server::ingest::TenantLimits {
+        jobs: config.server.max_jobs_per_tenant,
+        running_jobs: config.server.max_running_jobs_per_tenant,
+        live_streams: config.server.max_live_streams_per_tenant,
+    };
+    let queue = Arc::new(InProcessQueue::new(config.pipeline.queue_capacity));
+    let metrics = Arc::new(
+        Metrics::new(Arc::new(OnceLock::new()))
+            .map_err(|error| cli_error(ErrorCode::Internal, error.to_string()))?,
+    );
+    let ingest = Arc::new(Ingest::new(
+        settings.ingest.clone(),
+        queue.clone(),
+        queue.clone(),
+        // Jobs end with the process: a restarted `vidx serve` starts with none.
+        Arc::new(vidx_server::ingest::NoJournal),
+        metrics,
+        shutdown.clone(),
+    ));
+    let (workers, mut events) = start_workers(
+        queue.clone(),
+        engine,
+        &settings.worker,
+        settings.concurrency,
+        shutdown,
+    );
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            if let WorkerEvent::Failed {
+                stream_id,
+                segment_seq,
+                error,
+                ..
+            } = event
+            {
+                tracing::warn!(stream_id, segment_seq, error, "segment not indexed");
+            }
+        }
+    });
+    tokio::spawn({
+        let ingest = ingest.clone();
+        async move { ingest.follow_dead_letters().await }
+    });
+    tokio::spawn({
+        let ingest = ingest.clone();
+        async move { ingest.collect_blobs().await }
+    });
+    Ok(InProcessNode {
+        ingest,
+        queue,
+        workers,
+        _spool: spool,
+    })
 }

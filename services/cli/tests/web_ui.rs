@@ -574,5 +574,236 @@ fn the_http_api_confines_tenants_and_serves_clips_in_ranges() -> Result<()> {
         Some(big.as_bytes()),
     )?;
     ensure!(status == 413, "an 8 kB body against a 4 kB limit: {status}");
+
+    // Jobs: globex's job is globex's alone.
+    let submit = json!({"source": globex.display().to_string(), "stream_id": "again"}).to_string();
+    let (status, _, accepted) = vidx_testkit::http::request(
+        address,
+        "POST",
+        "/v1/jobs",
+        &[
+            ("Authorization", &globex_auth),
+            ("Content-Type", "application/json"),
+        ],
+        Some(submit.as_bytes()),
+    )?;
+    ensure!(
+        status == 202,
+        "submit: {status} {}",
+        String::from_utf8_lossy(&accepted)
+    );
+    let job_id = serde_json::from_slice::<Value>(&accepted)?["job_id"]
+        .as_str()
+        .context("job_id")?
+        .to_string();
+    let (status, _, job) = vidx_testkit::http::request(
+        address,
+        "GET",
+        &format!("/v1/jobs/{job_id}"),
+        &[("Authorization", &globex_auth)],
+        None,
+    )?;
+    ensure!(
+        status == 200 && serde_json::from_slice::<Value>(&job)?["job_id"] == job_id.as_str(),
+        "globex's own job: {status}"
+    );
+    for (method, path) in [
+        ("GET", format!("/v1/jobs/{job_id}")),
+        ("POST", format!("/v1/streams/{job_id}/stop")),
+    ] {
+        let (status, _, _) = vidx_testkit::http::request(
+            address,
+            method,
+            &path,
+            &[("Authorization", &acme_auth)],
+            None,
+        )?;
+        ensure!(status == 404, "acme {method} {path}: {status}");
+    }
+    let (status, _, listed) = vidx_testkit::http::request(
+        address,
+        "GET",
+        "/v1/jobs",
+        &[("Authorization", &acme_auth)],
+        None,
+    )?;
+    ensure!(
+        status == 200 && serde_json::from_slice::<Value>(&listed)?["jobs"] == json!([]),
+        "acme lists globex's jobs: {}",
+        String::from_utf8_lossy(&listed)
+    );
+    let (status, _, _) = vidx_testkit::http::request(address, "GET", "/v1/jobs", &[], None)?;
+    ensure!(status == 401, "jobs without a token: {status}");
+    // Sources the rules refuse are named.
+    let refused = json!({"source": "file:///etc/passwd"}).to_string();
+    let (status, _, body) = vidx_testkit::http::request(
+        address,
+        "POST",
+        "/v1/jobs",
+        &[
+            ("Authorization", &acme_auth),
+            ("Content-Type", "application/json"),
+        ],
+        Some(refused.as_bytes()),
+    )?;
+    let body = String::from_utf8_lossy(&body);
+    ensure!(
+        status == 400 && body.contains("source"),
+        "file:// refused: {status} {body}"
+    );
+    Ok(())
+}
+
+/// The element id WebDriver gives for `selector`.
+fn element(browser: &Browser, selector: &str) -> Result<String> {
+    let found = browser.session_call(
+        "POST",
+        "/element",
+        json!({"using": "css selector", "value": selector}),
+    )?;
+    found
+        .as_object()
+        .and_then(|object| object.values().next())
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .with_context(|| format!("no {selector} element"))
+}
+
+/// Type `text` into the element `selector`, as a user does.
+fn type_into(browser: &Browser, selector: &str, text: &str) -> Result<()> {
+    let id = element(browser, selector)?;
+    browser.session_call(
+        "POST",
+        &format!("/element/{id}/value"),
+        json!({ "text": text }),
+    )?;
+    Ok(())
+}
+
+fn save_screenshot(browser: &Browser, name: &str) -> Result<PathBuf> {
+    let screenshot = browser.session_call("GET", "/screenshot", json!({}))?;
+    let png = base64_decode(screenshot.as_str().context("screenshot")?)?;
+    let path = screenshot_path().with_file_name(name);
+    std::fs::create_dir_all(path.parent().context("parent")?)?;
+    std::fs::write(&path, png)?;
+    println!("screenshot: {}", path.display());
+    Ok(path)
+}
+
+/// The jobs and streams pages of `vidx serve` (its in-process ingest): a file added on the
+/// jobs page is indexed, with its progress shown, and found; a camera added there is followed
+/// on the streams page (live, segments counting) and stopped with its button.
+#[test]
+fn the_jobs_page_indexes_a_file_and_the_streams_page_follows_and_stops_a_camera() -> Result<()> {
+    let directory = tempfile::tempdir()?;
+    let video = make_clip(
+        directory.path(),
+        "harbour.mp4",
+        [
+            "Sailors tie the boat to the pier",
+            "A crane loads containers onto the ship",
+            "Fireworks explode over the harbour at midnight",
+        ],
+    )?;
+    let camera_port = free_port()?;
+    let _camera = vidx_testkit::Camera::start(camera_port)?;
+    let (_server, address) = serve(
+        &directory.path().join("data"),
+        &[
+            ("VIDX__MEDIA__SEGMENT_SECS", "2".to_string()),
+            ("VIDX__MEDIA__FRAMES_PER_SEGMENT", "1".to_string()),
+            (
+                "VIDX__MEDIA__ALLOWED_URL_SCHEMES",
+                "[\"http\", \"https\", \"tcp\"]".to_string(),
+            ),
+            ("VIDX__MEDIA__ALLOW_PRIVATE_HOSTS", "true".to_string()),
+        ],
+        &directory.path().join("serve.log"),
+    )?;
+    let browser = Browser::start()?;
+    browser.session_call(
+        "POST",
+        "/url",
+        json!({"url": format!("http://{address}/#jobs")}),
+    )?;
+    browser.wait_for(
+        "the jobs page",
+        "return !document.getElementById('page-jobs').hidden",
+        Duration::from_secs(20),
+    )?;
+
+    // A file: its row shows the progress until it is done.
+    type_into(&browser, "#job-source", &video.display().to_string())?;
+    type_into(&browser, "#job-stream", "harbour\n")?;
+    let done = browser.wait_for(
+        "the file's job done",
+        "const row = document.querySelector('#jobs tbody tr');          if (!row || row.dataset.state !== 'done') return null;          return {progress: row.querySelector('progress').value,                  segments: row.cells[3].textContent, source: row.cells[0].textContent};",
+        Duration::from_secs(120),
+    )?;
+    // 30 s with a keyframe every 2 s: 2 s segments, all of them indexed.
+    let segments = done["segments"].as_str().unwrap_or_default();
+    ensure!(
+        done["progress"] == 1.0
+            && segments.split_once(" / ").is_some_and(
+                |(indexed, total)| indexed == total && total.parse().unwrap_or(0) >= 14
+            )
+            && done["source"]
+                .as_str()
+                .is_some_and(|s| s.ends_with("harbour.mp4")),
+        "the finished job: {done}"
+    );
+    // And it is found.
+    browser.script("location.hash = '#search'; return true;")?;
+    type_into(
+        &browser,
+        "#query",
+        "rockets bursting in the night sky over the port\n",
+    )?;
+    let first = browser.wait_for(
+        "hits",
+        "const hit = document.querySelector('#hits .hit');          return hit && hit.querySelector('.caption').textContent;",
+        Duration::from_secs(30),
+    )?;
+    ensure!(
+        first
+            .as_str()
+            .is_some_and(|caption| caption.contains("Fireworks")),
+        "the indexed file's moment is not first: {first}"
+    );
+
+    // A camera: live on the streams page, then stopped from it.
+    browser.script("location.hash = '#jobs'; return true;")?;
+    type_into(
+        &browser,
+        "#job-source",
+        &format!("tcp://127.0.0.1:{camera_port}"),
+    )?;
+    type_into(&browser, "#job-stream", "dock-cam\n")?;
+    browser.wait_for(
+        "the camera's job",
+        "return document.querySelectorAll('#jobs tbody tr').length === 2",
+        Duration::from_secs(20),
+    )?;
+    save_screenshot(&browser, "web-ui-jobs.png")?;
+    browser.script("location.hash = '#streams'; return true;")?;
+    let live = browser.wait_for(
+        "the camera live with 2 segments",
+        "const row = document.querySelector('#streams tbody tr');          if (!row || row.dataset.state !== 'live' || Number(row.cells[4].textContent) < 2) return null;          return {stream: row.cells[0].textContent, last: row.cells[5].textContent};",
+        Duration::from_secs(60),
+    )?;
+    ensure!(
+        live["stream"] == "dock-cam"
+            && live["last"]
+                .as_str()
+                .is_some_and(|last| last.starts_with("20") && last.ends_with('Z')),
+        "the live row: {live}"
+    );
+    save_screenshot(&browser, "web-ui-streams.png")?;
+    browser.script("document.querySelector('#streams .stop').click(); return true;")?;
+    browser.wait_for(
+        "the camera stopped",
+        "const row = document.querySelector('#streams tbody tr');          return row && row.dataset.state === 'stopped';",
+        Duration::from_secs(30),
+    )?;
     Ok(())
 }

@@ -608,6 +608,17 @@ impl Jobs {
     }
 
     /// The job as the caller sees it, given the group's committed offsets.
+    /// The ids of `tenant`'s jobs, oldest first.
+    fn ids(&self, tenant: &str) -> Result<Vec<String>, Status> {
+        let table = self.lock()?;
+        Ok(table
+            .order
+            .iter()
+            .filter(|id| table.jobs.get(*id).is_some_and(|job| job.tenant == tenant))
+            .cloned()
+            .collect())
+    }
+
     fn view(
         &self,
         id: &str,
@@ -859,12 +870,59 @@ impl<Q: SegmentQueue> Ingest<Q> {
 
     /// The job as `tenant` sees it now (a broker round trip for the committed offsets).
     pub async fn job(&self, tenant: &str, job_id: &str) -> Result<v1::Job, Status> {
+        let committed = self.committed().await?;
+        self.jobs.view(job_id, tenant, &committed)
+    }
+
+    /// `tenant`'s jobs, oldest first, as [`job`](Self::job) shows each (one round trip).
+    pub async fn jobs(&self, tenant: &str) -> Result<Vec<v1::Job>, Status> {
+        let committed = self.committed().await?;
+        let ids = self.jobs.ids(tenant)?;
+        Ok(ids
+            .iter()
+            // A job forgotten meanwhile is left out.
+            .filter_map(|id| self.jobs.view(id, tenant, &committed).ok())
+            .collect())
+    }
+
+    /// The queue's committed offsets per partition.
+    async fn committed(&self) -> Result<HashMap<i32, i64>, Status> {
         let progress = self.progress.clone();
-        let committed = tokio::task::spawn_blocking(move || progress.committed())
+        tokio::task::spawn_blocking(move || progress.committed())
             .await
             .map_err(|error| Status::internal(format!("progress task: {error}")))?
-            .map_err(|error| Status::unavailable(error.to_string()))?;
-        self.jobs.view(job_id, tenant, &committed)
+            .map_err(|error| Status::unavailable(error.to_string()))
+    }
+
+    /// A `SubmitRequest` of `tenant` checked, accepted, journaled and started (its work
+    /// spawned under the current span); the job's id.
+    pub async fn submit_request(
+        &self,
+        tenant: &str,
+        request: v1::SubmitRequest,
+    ) -> Result<String, Status> {
+        let stream_id = match request.stream_id {
+            Some(stream_id) if stream_id.trim().is_empty() => {
+                return Err(invalid("stream_id", "must not be empty when set"));
+            }
+            Some(stream_id) if stream_id.chars().count() > MAX_STREAM_ID_CHARS => {
+                return Err(invalid(
+                    "stream_id",
+                    format!("longer than {MAX_STREAM_ID_CHARS} characters"),
+                ));
+            }
+            stream_id => stream_id,
+        };
+        let live = is_live_source(&request.source);
+        let (job_id, work) = self
+            .submit(tenant, &request.source, stream_id, live)
+            .await?;
+        // The job's span is a child of this request's (and so of the caller's trace).
+        tokio::spawn(tracing::Instrument::instrument(
+            work,
+            tracing::Span::current(),
+        ));
+        Ok(job_id)
     }
 
     /// Why segmenting the job failed or stopped early, if it did (segments that failed in
@@ -953,29 +1011,10 @@ impl<Q: SegmentQueue> v1::ingest_service_server::IngestService for IngestApi<Q> 
         request: Request<v1::SubmitRequest>,
     ) -> Result<Response<v1::SubmitResponse>, Status> {
         let tenant = tenant_of(&request)?;
-        let request = request.into_inner();
-        let stream_id = match request.stream_id {
-            Some(stream_id) if stream_id.trim().is_empty() => {
-                return Err(invalid("stream_id", "must not be empty when set"));
-            }
-            Some(stream_id) if stream_id.chars().count() > MAX_STREAM_ID_CHARS => {
-                return Err(invalid(
-                    "stream_id",
-                    format!("longer than {MAX_STREAM_ID_CHARS} characters"),
-                ));
-            }
-            stream_id => stream_id,
-        };
-        let live = is_live_source(&request.source);
-        let (job_id, work) = self
+        let job_id = self
             .ingest
-            .submit(&tenant, &request.source, stream_id, live)
+            .submit_request(&tenant, request.into_inner())
             .await?;
-        // The job's span is a child of this request's (and so of the caller's trace).
-        tokio::spawn(tracing::Instrument::instrument(
-            work,
-            tracing::Span::current(),
-        ));
         Ok(Response::new(v1::SubmitResponse { job_id }))
     }
 
@@ -1045,6 +1084,16 @@ impl<Q: SegmentQueue> v1::ingest_service_server::IngestService for IngestApi<Q> 
         )))
     }
 
+    async fn list_jobs(
+        &self,
+        request: Request<v1::ListJobsRequest>,
+    ) -> Result<Response<v1::ListJobsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        Ok(Response::new(v1::ListJobsResponse {
+            jobs: self.ingest.jobs(&tenant).await?,
+        }))
+    }
+
     async fn list_streams(
         &self,
         request: Request<v1::ListStreamsRequest>,
@@ -1093,6 +1142,50 @@ fn place_media(
         .block_on(blobs.put_file(&key, &chunk.path))
         .map_err(|error| format!("storing segment {}: {error}", chunk.seq))?;
     Ok(SegmentMedia::Blob(uri))
+}
+
+/// What the HTTP API asks of the node's ingest: the calls of its gRPC service, for a tenant
+/// (an object, whatever the queue).
+pub trait JobDesk: Send + Sync {
+    fn submit<'a>(
+        &'a self,
+        tenant: &'a str,
+        request: v1::SubmitRequest,
+    ) -> BoxFuture<'a, Result<String, Status>>;
+    fn jobs<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<Vec<v1::Job>, Status>>;
+    fn job<'a>(
+        &'a self,
+        tenant: &'a str,
+        job_id: &'a str,
+    ) -> BoxFuture<'a, Result<v1::Job, Status>>;
+    fn streams(&self, tenant: &str) -> Result<Vec<v1::LiveStream>, Status>;
+    fn stop_stream(&self, tenant: &str, job_id: &str) -> Result<v1::LiveStream, Status>;
+}
+
+impl<Q: SegmentQueue> JobDesk for Ingest<Q> {
+    fn submit<'a>(
+        &'a self,
+        tenant: &'a str,
+        request: v1::SubmitRequest,
+    ) -> BoxFuture<'a, Result<String, Status>> {
+        Box::pin(self.submit_request(tenant, request))
+    }
+    fn jobs<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<Vec<v1::Job>, Status>> {
+        Box::pin(Ingest::jobs(self, tenant))
+    }
+    fn job<'a>(
+        &'a self,
+        tenant: &'a str,
+        job_id: &'a str,
+    ) -> BoxFuture<'a, Result<v1::Job, Status>> {
+        Box::pin(Ingest::job(self, tenant, job_id))
+    }
+    fn streams(&self, tenant: &str) -> Result<Vec<v1::LiveStream>, Status> {
+        Ingest::streams(self, tenant)
+    }
+    fn stop_stream(&self, tenant: &str, job_id: &str) -> Result<v1::LiveStream, Status> {
+        Ingest::stop_stream(self, job_id, tenant)
+    }
 }
 
 /// What a job needs from its ingest node.

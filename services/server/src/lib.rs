@@ -388,6 +388,9 @@ where
                 engine: engine_cell.clone(),
                 authenticator: authenticator.clone(),
                 media: settings.worker.thumbnails.clone(),
+                ingest: ingest
+                    .clone()
+                    .map(|ingest| ingest as Arc<dyn ingest::JobDesk>),
                 clips: web::ClipSettings {
                     dir: settings.clip_dir.clone(),
                     roots: settings.ingest.roots.clone(),

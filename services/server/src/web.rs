@@ -14,12 +14,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -28,6 +28,7 @@ use vidx_core::ports::{BlobStore, IndexStore};
 use vidx_core::{SearchFilter, TimeRange};
 use vidx_media::{InputSource, UrlPolicy};
 use vidx_pipeline::{SearchMode, SearchRequest};
+use vidx_proto::v1;
 
 use crate::auth::Authenticator;
 use crate::{Engine, ServerError};
@@ -61,6 +62,9 @@ pub struct HttpContext<S> {
     /// `None`: neither is served.
     pub media: Option<Arc<dyn BlobStore>>,
     pub clips: ClipSettings,
+    /// The node's ingest, for `/v1/jobs` and `/v1/streams`; `None`: a node without the
+    /// ingest role (those answer 501).
+    pub ingest: Option<Arc<dyn crate::ingest::JobDesk>>,
     pub max_request_bytes: usize,
     /// Requests served at once; beyond, `429 Too Many Requests` at once.
     pub permits: Arc<Semaphore>,
@@ -150,6 +154,10 @@ pub fn router<S: IndexStore + Send + Sync + 'static>(context: Shared<S>) -> Rout
         .route("/v1/subscribe", get(subscribe::<S>))
         .route("/v1/thumbnails/{file}", get(thumbnail::<S>))
         .route("/v1/clips/{file}", get(clip::<S>).head(clip::<S>))
+        .route("/v1/jobs", get(list_jobs::<S>).post(submit_job::<S>))
+        .route("/v1/jobs/{id}", get(get_job::<S>))
+        .route("/v1/streams", get(list_streams::<S>))
+        .route("/v1/streams/{id}/stop", post(stop_stream::<S>))
         .layer(axum::middleware::from_fn_with_state(
             context.clone(),
             admit::<S>,
@@ -399,6 +407,134 @@ async fn subscribe<S: IndexStore + Send + Sync + 'static>(
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
         .into_response())
+}
+
+/// The node's ingest and the caller's tenant.
+fn desk<'c, S>(
+    context: &'c HttpContext<S>,
+    headers: &HeaderMap,
+) -> Result<(&'c dyn crate::ingest::JobDesk, String), ApiError> {
+    let tenant = tenant(context, headers)?;
+    let desk = context.ingest.as_deref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "no_ingest",
+            "this node has no ingest role: submit to an ingest node (vidx index --endpoint)",
+        )
+    })?;
+    Ok((desk, tenant))
+}
+
+/// A job as JSON (`SubmitRequest`'s progress, states in lower case).
+fn job_json(job: &v1::Job) -> serde_json::Value {
+    let state = v1::JobState::try_from(job.state).unwrap_or(v1::JobState::Unspecified);
+    let state = state
+        .as_str_name()
+        .trim_start_matches("JOB_STATE_")
+        .to_ascii_lowercase();
+    serde_json::json!({
+        "job_id": job.job_id,
+        "source": job.source,
+        "state": state,
+        "segments_total": job.segments_total,
+        "segments_done": job.segments_done,
+        "segments_failed": job.segments_failed,
+        "progress": job.progress,
+        "error": job.error,
+        "stream": job.stream.as_ref().map(stream_json),
+    })
+}
+
+/// A live stream as JSON (times in epoch ms).
+fn stream_json(stream: &v1::LiveStream) -> serde_json::Value {
+    let state = v1::StreamState::try_from(stream.state).unwrap_or(v1::StreamState::Unspecified);
+    let state = state
+        .as_str_name()
+        .trim_start_matches("STREAM_STATE_")
+        .to_ascii_lowercase();
+    serde_json::json!({
+        "job_id": stream.job_id,
+        "stream_id": stream.stream_id,
+        "source": stream.source,
+        "state": state,
+        "reason": stream.reason,
+        "segments": stream.segments,
+        "reconnects": stream.reconnects,
+        "last_end_ms": stream.last_end_ms,
+    })
+}
+
+/// `POST /v1/jobs`: `SubmitRequest` as JSON.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitBody {
+    source: String,
+    #[serde(default)]
+    stream_id: Option<String>,
+}
+
+async fn submit_job<S: Send + Sync + 'static>(
+    State(context): State<Shared<S>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (desk, tenant) = desk(&context, &headers)?;
+    let body: SubmitBody = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::invalid(format!("request body: {error}")))?;
+    let job_id = desk
+        .submit(
+            &tenant,
+            v1::SubmitRequest {
+                source: body.source,
+                stream_id: body.stream_id,
+            },
+        )
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "job_id": job_id })),
+    )
+        .into_response())
+}
+
+async fn list_jobs<S: Send + Sync + 'static>(
+    State(context): State<Shared<S>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (desk, tenant) = desk(&context, &headers)?;
+    let jobs = desk.jobs(&tenant).await?;
+    let jobs: Vec<_> = jobs.iter().map(job_json).collect();
+    Ok(Json(serde_json::json!({ "jobs": jobs })).into_response())
+}
+
+async fn get_job<S: Send + Sync + 'static>(
+    State(context): State<Shared<S>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let (desk, tenant) = desk(&context, &headers)?;
+    let job = desk.job(&tenant, &id).await?;
+    Ok(Json(job_json(&job)).into_response())
+}
+
+async fn list_streams<S: Send + Sync + 'static>(
+    State(context): State<Shared<S>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (desk, tenant) = desk(&context, &headers)?;
+    let streams: Vec<_> = desk.streams(&tenant)?.iter().map(stream_json).collect();
+    Ok(Json(serde_json::json!({ "streams": streams })).into_response())
+}
+
+async fn stop_stream<S: Send + Sync + 'static>(
+    State(context): State<Shared<S>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let (desk, tenant) = desk(&context, &headers)?;
+    let stream = desk.stop_stream(&tenant, &id)?;
+    tracing::info!(job_id = id, "live stream stop requested");
+    Ok(Json(stream_json(&stream)).into_response())
 }
 
 /// `<uuid>.<extension>` → the point id.

@@ -304,6 +304,19 @@ async fn three_streams_through_kafka_and_two_workers_are_found_by_grpc_search() 
         }
     }
     let elapsed = started.elapsed();
+    // ListJobs: the three, oldest first, done (the refused sources never became jobs).
+    let listed = ingest
+        .list_jobs(authorized(v1::ListJobsRequest {}, None))
+        .await?
+        .into_inner()
+        .jobs;
+    ensure!(
+        listed.iter().map(|job| &job.job_id).eq(jobs.iter())
+            && listed
+                .iter()
+                .all(|job| job.state == v1::JobState::Done as i32),
+        "ListJobs: {listed:?}"
+    );
 
     // Every segment was indexed once, by one of the two workers.
     let statuses = [

@@ -214,3 +214,125 @@ $("save-token").addEventListener("click", () => {
   $("auth").hidden = true;
   search();
 });
+
+// Pages: #search (the default), #jobs and #streams; the last two refresh while shown.
+const pages = ["search", "jobs", "streams"];
+let refreshTimer = null;
+
+function showPage() {
+  const page = pages.includes(location.hash.slice(1)) ? location.hash.slice(1) : "search";
+  document.body.dataset.page = page;
+  for (const name of pages) {
+    $("page-" + name).hidden = name !== page;
+    $("nav-" + name).classList.toggle("current", name === page);
+  }
+  clearInterval(refreshTimer);
+  refreshTimer = null;
+  say("");
+  if (page === "jobs" || page === "streams") {
+    const refresh = page === "jobs" ? loadJobs : loadStreams;
+    refresh();
+    refreshTimer = setInterval(refresh, 1500);
+  }
+}
+
+function cell(text, className) {
+  const td = document.createElement("td");
+  if (className) td.className = className;
+  if (text instanceof Node) td.appendChild(text); else td.textContent = text;
+  return td;
+}
+
+function badge(stateName) {
+  const span = document.createElement("span");
+  span.className = "state " + stateName;
+  span.textContent = stateName;
+  return span;
+}
+
+async function loadJobs() {
+  try {
+    const answer = await (await api("/v1/jobs")).json();
+    const rows = answer.jobs.slice().reverse().map((job) => {
+      const tr = document.createElement("tr");
+      tr.dataset.jobId = job.job_id;
+      tr.dataset.state = job.state;
+      const bar = document.createElement("progress");
+      bar.max = 1;
+      bar.value = job.progress;
+      const segments = job.stream
+        ? job.stream.segments + " (live)"
+        : job.segments_done + " / " + job.segments_total + (job.segments_failed ? ", " + job.segments_failed + " failed" : "");
+      const source = cell(job.source, "source");
+      source.title = job.source;
+      tr.append(source, cell(badge(job.stream ? job.stream.state : job.state)), cell(bar), cell(segments), cell(job.error, "error"));
+      return tr;
+    });
+    $("jobs").querySelector("tbody").replaceChildren(...rows);
+    $("jobs-empty").hidden = rows.length > 0;
+  } catch (error) {
+    say("Jobs: " + error.message);
+  }
+}
+
+async function loadStreams() {
+  try {
+    const answer = await (await api("/v1/streams")).json();
+    const rows = answer.streams.map((stream) => {
+      const tr = document.createElement("tr");
+      tr.dataset.jobId = stream.job_id;
+      tr.dataset.state = stream.state;
+      const state = badge(stream.state);
+      if (stream.reason) state.title = stream.reason;
+      const stop = document.createElement("button");
+      stop.className = "stop";
+      stop.textContent = "Stop";
+      stop.disabled = stream.state === "stopped";
+      stop.addEventListener("click", async () => {
+        try {
+          await api("/v1/streams/" + encodeURIComponent(stream.job_id) + "/stop", { method: "POST" });
+          loadStreams();
+        } catch (error) {
+          say("Stop: " + error.message);
+        }
+      });
+      tr.append(
+        cell(stream.stream_id),
+        cell(stream.source, "source"),
+        cell(state),
+        cell(String(stream.reconnects)),
+        cell(String(stream.segments)),
+        cell(stream.last_end_ms ? formatTime(stream.last_end_ms) : "—"),
+        cell(stop),
+      );
+      return tr;
+    });
+    $("streams").querySelector("tbody").replaceChildren(...rows);
+    $("streams-empty").hidden = rows.length > 0;
+  } catch (error) {
+    say("Streams: " + error.message);
+  }
+}
+
+$("submit-job").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const body = { source: $("job-source").value.trim() };
+  const stream = $("job-stream").value.trim();
+  if (stream) body.stream_id = stream;
+  try {
+    const answer = await (await api("/v1/jobs", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    })).json();
+    say("Job " + answer.job_id + " accepted.");
+    $("job-source").value = "";
+    $("job-stream").value = "";
+    loadJobs();
+  } catch (error) {
+    say("Not accepted: " + error.message);
+  }
+});
+
+window.addEventListener("hashchange", showPage);
+showPage();
