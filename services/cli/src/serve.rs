@@ -63,17 +63,28 @@ pub async fn run(context: AppContext) -> anyhow::Result<u8> {
     let engine = context.engine(loaded, store);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let node = start_node(&context, &engine, address, &shutdown_rx)?;
-    let cell = OnceLock::new();
+    let cell = Arc::new(OnceLock::new());
     let _ = cell.set(engine);
+    vidx_server::alerts::spawn(
+        vidx_server::configured_alerts(config),
+        cell.clone(),
+        &policy,
+        context.data_dir.join("alerts"),
+        shutdown_rx.clone(),
+    );
     let media = vidx_blob::ObjectBlobStore::open(
         &context.data_dir.display().to_string(),
         &Default::default(),
     )
     .map_err(|error| cli_error(ErrorCode::Unavailable, error.to_string()))?;
     let http = Arc::new(HttpContext {
-        engine: Arc::new(cell),
+        engine: cell,
         authenticator: Arc::new(authenticator),
         ingest: Some(node.ingest.clone()),
+        subscriptions: vidx_server::subscribe::Slots::new(
+            config.server.max_subscriptions_per_tenant,
+            shutdown_rx.clone(),
+        ),
         media: Some(Arc::new(media)),
         clips: ClipSettings {
             dir: context.data_dir.join("clips"),

@@ -148,6 +148,8 @@ pub struct ServerConfig {
     pub max_jobs_per_tenant: usize,
     pub max_running_jobs_per_tenant: usize,
     pub max_live_streams_per_tenant: usize,
+    /// Standing queries one tenant holds open at once on a query node.
+    pub max_subscriptions_per_tenant: usize,
     pub request_timeout_ms: u64,
     pub ingest_roots: Vec<String>,
     /// Where segments too large for a message go: a directory, `s3://…` or `gs://…`.
@@ -155,6 +157,8 @@ pub struct ServerConfig {
     /// `object_store` builder options of the blob store (`aws_region`, `aws_endpoint`, …).
     pub blob_options: BTreeMap<String, String>,
     pub tokens: Vec<TokenConfig>,
+    /// Standing queries the query node follows itself, posting each match to a webhook.
+    pub alerts: Vec<AlertConfig>,
     /// TLS on the gRPC and metrics listeners; empty files: plaintext.
     pub tls: TlsConfig,
 }
@@ -170,6 +174,29 @@ pub struct TlsConfig {
     /// CA certificates of the clients: set, every client must present a certificate it
     /// signed (mutual TLS).
     pub client_ca: String,
+}
+
+/// `[[server.alerts]]`: a standing query whose matches are POSTed to a webhook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    /// Names the alert in its posts and logs, and its resume point in the data dir.
+    pub name: String,
+    /// Whose moments it watches (default: general.tenant).
+    #[serde(default)]
+    pub tenant: String,
+    pub query: String,
+    /// Only this stream's moments; empty: every stream of the tenant.
+    #[serde(default)]
+    pub stream_id: String,
+    /// Least caption cosine of a match; 0: the default (0.45).
+    #[serde(default)]
+    pub threshold: f32,
+    /// `http(s)://` URL each match is POSTed to (JSON).
+    pub url: String,
+    /// Sent as `Authorization: Bearer …` when set.
+    #[serde(default)]
+    pub bearer_token: String,
 }
 
 /// One bearer token and the tenant it speaks for.
@@ -397,6 +424,10 @@ impl Config {
                 "server.max_live_streams_per_tenant",
                 self.server.max_live_streams_per_tenant,
             ),
+            (
+                "server.max_subscriptions_per_tenant",
+                self.server.max_subscriptions_per_tenant,
+            ),
         ] {
             if value == 0 {
                 return invalid(key, "must be positive");
@@ -454,6 +485,41 @@ impl Config {
                     key: key("expires_at"),
                     reason: "must be an RFC 3339 time such as 2027-01-31T00:00:00Z".into(),
                 });
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (index, alert) in self.server.alerts.iter().enumerate() {
+            let key = |field: &str| format!("server.alerts[{index}].{field}");
+            let refuse = |field: &str, reason: &str| {
+                Err(ConfigError::Invalid {
+                    key: key(field),
+                    reason: reason.into(),
+                })
+            };
+            if alert.name.is_empty()
+                || alert.name.len() > 64
+                || !alert
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return refuse("name", "1–64 characters of A–Z, a–z, 0–9, - and _");
+            }
+            if !names.insert(alert.name.as_str()) {
+                return refuse("name", "another alert has this name");
+            }
+            if alert.query.trim().is_empty() {
+                return refuse("query", "must not be empty");
+            }
+            if !(0.0..=1.0).contains(&alert.threshold) {
+                return refuse("threshold", "must be between 0 and 1");
+            }
+            let scheme = alert
+                .url
+                .split_once("://")
+                .map(|(scheme, _)| scheme.to_ascii_lowercase());
+            if !matches!(scheme.as_deref(), Some("http" | "https")) {
+                return refuse("url", "must be an http:// or https:// URL");
             }
         }
         if self.kafka.brokers.trim().is_empty() {

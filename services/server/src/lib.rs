@@ -9,6 +9,7 @@
 //! that (it is redelivered; its ids make the replay idempotent), and the consumer leaves its
 //! group.
 
+pub mod alerts;
 pub mod auth;
 pub mod footage;
 pub mod ingest;
@@ -46,7 +47,10 @@ pub use auth::{Authenticator, Tenant};
 pub use ingest::{Ingest, IngestApi, IngestSettings, Jobs};
 pub use metrics::Metrics;
 pub use query::QueryApi;
-pub use settings::{ModelSettings, NodeSettings, StoreSettings, kafka_settings, url_policy};
+pub use settings::{
+    ModelSettings, NodeSettings, StoreSettings, alerts as configured_alerts, kafka_settings,
+    url_policy,
+};
 pub use worker::{WorkerApi, WorkerStats};
 
 /// Service names as health checks and reflection know them.
@@ -376,6 +380,8 @@ where
         None
     };
 
+    let subscriptions =
+        subscribe::Slots::new(settings.max_subscriptions_per_tenant, shutdown.clone());
     let engine_cell: Arc<OnceLock<Engine<S>>> = Arc::new(OnceLock::new());
     let stats = Arc::new(WorkerStats::default());
     // The web UI and HTTP API of the query role: the same engine, tokens and limits.
@@ -391,6 +397,7 @@ where
                 ingest: ingest
                     .clone()
                     .map(|ingest| ingest as Arc<dyn ingest::JobDesk>),
+                subscriptions: subscriptions.clone(),
                 clips: web::ClipSettings {
                     dir: settings.clip_dir.clone(),
                     roots: settings.ingest.roots.clone(),
@@ -414,10 +421,23 @@ where
     let intercept = auth::interceptor(authenticator);
     let limit = settings.max_request_bytes;
 
+    if roles.query {
+        alerts::spawn(
+            settings.alerts.clone(),
+            engine_cell.clone(),
+            &settings.ingest.policy,
+            settings.alert_dir.clone(),
+            shutdown.clone(),
+        );
+    }
     let search_service = roles.query.then(|| {
         InterceptedService::new(
-            SearchServiceServer::new(QueryApi::new(engine_cell.clone(), metrics.clone()))
-                .max_decoding_message_size(limit),
+            SearchServiceServer::new(QueryApi::new(
+                engine_cell.clone(),
+                metrics.clone(),
+                subscriptions.clone(),
+            ))
+            .max_decoding_message_size(limit),
             intercept.clone(),
         )
     });

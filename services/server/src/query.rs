@@ -17,11 +17,21 @@ use crate::{Engine, Metrics};
 pub struct QueryApi<S> {
     engine: Arc<OnceLock<Engine<S>>>,
     metrics: Arc<Metrics>,
+    subscriptions: Arc<crate::subscribe::Slots>,
 }
 
 impl<S> QueryApi<S> {
-    pub fn new(engine: Arc<OnceLock<Engine<S>>>, metrics: Arc<Metrics>) -> Self {
-        Self { engine, metrics }
+    /// `subscriptions`: the standing queries' slots, shared with the HTTP API's.
+    pub fn new(
+        engine: Arc<OnceLock<Engine<S>>>,
+        metrics: Arc<Metrics>,
+        subscriptions: Arc<crate::subscribe::Slots>,
+    ) -> Self {
+        Self {
+            engine,
+            metrics,
+            subscriptions,
+        }
     }
 }
 
@@ -182,12 +192,9 @@ impl<S: IndexStore> v1::search_service_server::SearchService for QueryApi<S> {
         use tokio_stream::StreamExt;
         let tenant = tenant_of(&request)?;
         let subscription = to_subscription(request.get_ref(), tenant)?;
-        let (sender, receiver) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(crate::subscribe::follow(
-            self.engine.clone(),
-            subscription,
-            sender,
-        ));
+        let receiver =
+            crate::subscribe::start(self.engine.clone(), &self.subscriptions, subscription)
+                .map_err(Status::resource_exhausted)?;
         let stream = tokio_stream::wrappers::ReceiverStream::new(receiver).map(|matched| {
             matched
                 .map(|matched| v1::Match {

@@ -42,6 +42,8 @@ pub struct NodeSettings {
     pub tokens: Vec<TokenConfig>,
     pub max_request_bytes: usize,
     pub max_concurrent_requests: usize,
+    /// Standing queries one tenant holds open at once.
+    pub max_subscriptions_per_tenant: usize,
     pub request_timeout: Duration,
     pub kafka: KafkaSettings,
     pub ingest: IngestSettings,
@@ -54,6 +56,10 @@ pub struct NodeSettings {
     pub tls: Option<crate::tls::TlsFiles>,
     /// The cache of clips a query node cuts for its HTTP API (`<data-dir>/clips`).
     pub clip_dir: PathBuf,
+    /// Alerts the query role follows (`server.alerts`), and where their cursors are kept
+    /// (`<data-dir>/alerts`).
+    pub alerts: Vec<crate::alerts::Alert>,
+    pub alert_dir: PathBuf,
 }
 
 impl NodeSettings {
@@ -158,8 +164,13 @@ impl NodeSettings {
             clip_dir: spool_dir
                 .parent()
                 .map_or_else(|| spool_dir.join("clips"), |parent| parent.join("clips")),
+            alerts: alerts(config),
+            alert_dir: spool_dir
+                .parent()
+                .map_or_else(|| spool_dir.join("alerts"), |parent| parent.join("alerts")),
             max_request_bytes: config.server.max_request_bytes,
             max_concurrent_requests: config.server.max_concurrent_requests,
+            max_subscriptions_per_tenant: config.server.max_subscriptions_per_tenant,
             request_timeout: Duration::from_millis(config.server.request_timeout_ms),
             kafka: kafka_settings(kafka),
             ingest: IngestSettings {
@@ -212,6 +223,28 @@ impl NodeSettings {
             frame_size: config.media.frame_size,
         })
     }
+}
+
+/// The alerts of `server.alerts`, typed (each of the default tenant unless it names one).
+pub fn alerts(config: &Config) -> Vec<crate::alerts::Alert> {
+    config
+        .server
+        .alerts
+        .iter()
+        .map(|alert| crate::alerts::Alert {
+            name: alert.name.clone(),
+            tenant: if alert.tenant.is_empty() {
+                config.general.tenant.clone()
+            } else {
+                alert.tenant.clone()
+            },
+            query: alert.query.clone(),
+            stream_id: (!alert.stream_id.is_empty()).then(|| alert.stream_id.clone()),
+            threshold: alert.threshold,
+            url: alert.url.clone(),
+            bearer_token: (!alert.bearer_token.is_empty()).then(|| alert.bearer_token.clone()),
+        })
+        .collect()
 }
 
 /// The URL rules of `media.*` (schemes, private addresses, allowed networks), as the ingest

@@ -72,6 +72,95 @@ pub fn now_ms() -> u64 {
         .map_or(0, |since| since.as_millis() as u64)
 }
 
+/// The standing queries each tenant holds open on this node, within a limit per tenant
+/// (`server.max_subscriptions_per_tenant`): each polls the index, so one tenant's flood of
+/// subscriptions cannot load the node for everyone.
+/// They all end when the node shuts down (their streams close, so a graceful shutdown does
+/// not wait on them forever).
+#[derive(Debug)]
+pub struct Slots {
+    limit: usize,
+    held: std::sync::Mutex<HashMap<String, usize>>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// A held subscription slot, given back when dropped (the subscription ended).
+#[derive(Debug)]
+pub struct Slot {
+    slots: Arc<Slots>,
+    tenant: String,
+}
+
+impl Slots {
+    pub fn new(limit: usize, shutdown: tokio::sync::watch::Receiver<bool>) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            held: Default::default(),
+            shutdown,
+        })
+    }
+
+    /// A slot for `tenant`, or why not.
+    pub fn take(self: &Arc<Self>, tenant: &str) -> Result<Slot, String> {
+        let mut held = self
+            .held
+            .lock()
+            .map_err(|_| "subscription table lock poisoned".to_string())?;
+        let count = held.entry(tenant.to_string()).or_default();
+        if *count >= self.limit {
+            return Err(format!(
+                "tenant `{tenant}` holds {count} standing queries, the most allowed \
+                 (server.max_subscriptions_per_tenant): close one first"
+            ));
+        }
+        *count += 1;
+        Ok(Slot {
+            slots: self.clone(),
+            tenant: tenant.to_string(),
+        })
+    }
+
+    /// Subscriptions `tenant` holds now.
+    pub fn held(&self, tenant: &str) -> usize {
+        self.held
+            .lock()
+            .map_or(0, |held| held.get(tenant).copied().unwrap_or(0))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.slots.held.lock()
+            && let Some(count) = held.get_mut(&self.tenant)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                held.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+/// Start following `subscription` in a slot of its tenant: the matches, until the receiver
+/// is dropped. `Err` with the reason when the tenant holds all its slots.
+pub fn start<S: IndexStore>(
+    engine: Arc<OnceLock<Engine<S>>>,
+    slots: &Arc<Slots>,
+    subscription: Subscription,
+) -> Result<mpsc::Receiver<Result<Matched, String>>, String> {
+    let slot = slots.take(&subscription.tenant)?;
+    let (sender, receiver) = mpsc::channel(64);
+    let mut shutdown = slots.shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = follow(engine, subscription, sender) => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
+        }
+        drop(slot);
+    });
+    Ok(receiver)
+}
+
 /// Follow `subscription` until the receiver of `matches` is dropped. Errors of a poll are sent
 /// once and the poll retried (a store outage delays matches, it does not end the stream).
 pub async fn follow<S: IndexStore>(
@@ -154,6 +243,27 @@ pub async fn follow<S: IndexStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_tenant_holds_at_most_its_slots_and_gets_them_back() {
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let slots = Slots::new(2, shutdown);
+        let first = slots.take("acme");
+        let second = slots.take("acme");
+        assert!(first.is_ok() && second.is_ok());
+        let refused = slots.take("acme").expect_err("a third");
+        assert!(
+            refused.contains("max_subscriptions_per_tenant"),
+            "{refused}"
+        );
+        assert!(
+            slots.take("globex").is_ok(),
+            "another tenant is not affected"
+        );
+        drop(first);
+        assert_eq!(slots.held("acme"), 1);
+        assert!(slots.take("acme").is_ok());
+    }
 
     #[test]
     fn cursors_round_trip() {

@@ -65,6 +65,8 @@ pub struct HttpContext<S> {
     /// The node's ingest, for `/v1/jobs` and `/v1/streams`; `None`: a node without the
     /// ingest role (those answer 501).
     pub ingest: Option<Arc<dyn crate::ingest::JobDesk>>,
+    /// The standing queries' slots (shared with the gRPC service's).
+    pub subscriptions: Arc<crate::subscribe::Slots>,
     pub max_request_bytes: usize,
     /// Requests served at once; beyond, `429 Too Many Requests` at once.
     pub permits: Arc<Semaphore>,
@@ -383,12 +385,11 @@ async fn subscribe<S: IndexStore + Send + Sync + 'static>(
         request.after = last.to_string();
     }
     let subscription = crate::query::to_subscription(&request, tenant)?;
-    let (sender, receiver) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(crate::subscribe::follow(
-        context.engine.clone(),
-        subscription,
-        sender,
-    ));
+    let receiver =
+        crate::subscribe::start(context.engine.clone(), &context.subscriptions, subscription)
+            .map_err(|reason| {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "resource_exhausted", reason)
+            })?;
     let events = tokio_stream::wrappers::ReceiverStream::new(receiver).map(|matched| {
         let event = match matched {
             Ok(matched) => Event::default()

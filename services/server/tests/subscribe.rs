@@ -56,6 +56,71 @@ impl Captioner for Alternating {
     }
 }
 
+/// A webhook on loopback: answers its first post 503 (a retry must follow), the rest 204;
+/// records each post's `authorization` header and JSON body.
+struct Webhook {
+    address: std::net::SocketAddr,
+    posts: Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
+}
+
+impl Webhook {
+    fn start() -> Result<Self> {
+        use std::io::{BufRead, Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let address = listener.local_addr()?;
+        let posts: Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
+        let recorded = posts.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = std::io::BufReader::new(&stream);
+                let (mut length, mut authorization) = (0usize, String::new());
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':') {
+                        match name.trim().to_ascii_lowercase().as_str() {
+                            "content-length" => length = value.trim().parse().unwrap_or(0),
+                            "authorization" => authorization = value.trim().to_string(),
+                            _ => {}
+                        }
+                    }
+                }
+                let mut body = vec![0u8; length];
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let Ok(mut posts) = recorded.lock() else {
+                    return;
+                };
+                let status = if posts.is_empty() {
+                    "503 Service Unavailable"
+                } else {
+                    "204 No Content"
+                };
+                posts.push((
+                    authorization,
+                    serde_json::from_slice(&body).unwrap_or_default(),
+                ));
+                drop(posts);
+                let _ = (&stream).write_all(
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
+            }
+        });
+        Ok(Self { address, posts })
+    }
+
+    fn posts(&self) -> Vec<(String, serde_json::Value)> {
+        self.posts
+            .lock()
+            .map(|posts| posts.clone())
+            .unwrap_or_default()
+    }
+}
+
 fn percentile(sorted: &[u64], fraction: f64) -> u64 {
     let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
     sorted.get(index).copied().unwrap_or(0)
@@ -79,6 +144,18 @@ async fn a_subscriber_gets_each_matching_live_moment_within_2_s_and_resumes_with
     config.media.allowed_url_schemes = vec!["tcp".into()];
     config.media.allow_private_hosts = true;
     config.pipeline.workers = 1;
+    config.server.max_subscriptions_per_tenant = 2;
+    // An alert: the same standing query, posted to a webhook that fails its first post.
+    let webhook = Webhook::start()?;
+    config.server.alerts = vec![vidx_config::AlertConfig {
+        name: "van".into(),
+        tenant: String::new(),
+        query: "red van at the gate".into(),
+        stream_id: "gate-cam".into(),
+        threshold: 0.6,
+        url: format!("http://{}/hook", webhook.address),
+        bearer_token: "hook-token-0123456789".into(),
+    }];
     let mut settings = common::settings(
         &config,
         Roles {
@@ -239,8 +316,73 @@ async fn a_subscriber_gets_each_matching_live_moment_within_2_s_and_resumes_with
         }
     };
 
-    // Let the finished subscriptions notice their closed streams before the index goes.
+    // The alert's webhook: every van moment, in order, none twice but the first (its post
+    // failed with 503 and was retried), with the bearer token; the cursor kept on disk.
+    // The cursor first: it is written after its post landed, so that post is in the list.
+    let kept = std::fs::read_to_string(dir.path().join("alerts/van.cursor"))?;
+    let posts = webhook.posts();
+    ensure!(posts.len() >= 4, "{} webhook posts", posts.len());
+    ensure!(
+        posts[0].1 == posts[1].1,
+        "the failed first post was not retried: {posts:?}"
+    );
+    let delivered_posts = &posts[1..];
+    ensure!(
+        delivered_posts.iter().all(|(authorization, body)| {
+            authorization == "Bearer hook-token-0123456789"
+                && body["alert"] == "van"
+                && body["hit"]["caption"] == VAN
+        }),
+        "webhook posts: {posts:?}"
+    );
+    let cursors: Vec<(u64, String)> = delivered_posts
+        .iter()
+        .filter_map(|(_, body)| {
+            vidx_server::subscribe::parse_cursor(body["cursor"].as_str()?, 0).ok()
+        })
+        .collect();
+    ensure!(
+        cursors.len() == delivered_posts.len() && cursors.windows(2).all(|pair| pair[0] < pair[1]),
+        "webhook posts out of order or repeated: {cursors:?}"
+    );
+    ensure!(
+        cursors.iter().any(|(ms, id)| format!("{ms}:{id}") == kept),
+        "the kept cursor {kept} is not a delivered one"
+    );
+
+    // Let the finished subscriptions notice their closed streams.
     tokio::time::sleep(Duration::from_millis(600)).await;
+
+    // The tenant's cap (2 here): a third standing query is refused over gRPC and HTTP;
+    // closing one gives its slot back.
+    let first = search.subscribe(authorized(request(), None)).await?;
+    let _second = search.subscribe(authorized(request(), None)).await?;
+    let third = search.subscribe(authorized(request(), None)).await;
+    ensure!(
+        matches!(&third, Err(status) if status.code() == tonic::Code::ResourceExhausted
+            && status.message().contains("max_subscriptions_per_tenant")),
+        "a third subscription: {third:?}"
+    );
+    let (status, _, _) = vidx_testkit::http::request(
+        http_address,
+        "GET",
+        "/v1/subscribe?query=red+van",
+        &[],
+        None,
+    )?;
+    ensure!(status == 429, "a third subscription over HTTP: {status}");
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let _again = loop {
+        match search.subscribe(authorized(request(), None)).await {
+            Ok(stream) => break stream,
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                ensure!(Instant::now() < deadline, "the closed slot never came back");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => return Err(status.into()),
+        }
+    };
     latencies.sort_unstable();
     let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
     println!(
