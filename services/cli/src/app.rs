@@ -339,9 +339,12 @@ impl AppContext {
         let device = self.device()?;
         let dtype = vidx_model::select_dtype(self.models.dtype, &device);
         let started = std::time::Instant::now();
+        let frames = self.config.media.frames_per_segment;
         let captioner = tokio::task::spawn_blocking(move || {
-            PlmBundle::from_hub(&source.id, &source.hub, &device, dtype)
-                .map(|bundle| PlmCaptioner::new(Arc::new(bundle), settings, &source.id))
+            let bundle = PlmBundle::from_hub(&source.id, &source.hub, &device, dtype)?;
+            let captioner = PlmCaptioner::new(Arc::new(bundle), settings, &source.id);
+            captioner.check_context(frames)?;
+            Ok::<_, vidx_core::ModelError>(captioner)
         })
         .await
         .context("model loading task")?

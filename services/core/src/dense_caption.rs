@@ -4,7 +4,7 @@
 
 use crate::time::TimeRange;
 
-/// One event in frame indices, inclusive, ordered and clamped to the frames shown.
+/// One event in frame indices, inclusive, ordered, within the frames shown.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameEvent {
     pub first_frame: usize,
@@ -12,20 +12,24 @@ pub struct FrameEvent {
     pub text: String,
 }
 
-/// The parsed events and how many non-empty lines could not be read.
+/// The parsed events, how many non-empty lines could not be read, and how many events named
+/// frames that were not shown (dropped: their time is unknown).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DenseCaptions {
     pub events: Vec<FrameEvent>,
     pub bad_lines: usize,
+    pub out_of_range: usize,
 }
 
 /// Parse model output. Each `[a, b]` (also `[a-b]`, `[a to b]`) opens an event whose text
-/// runs to the next bracket or the end of the line; `:` and list markers around it are
-/// dropped, as is PLM's trailing period. Reversed ranges are swapped, ranges are clamped to
-/// `frames`, events without text are skipped. A non-empty line with no event counts as bad.
+/// runs to the next range or the end of the line; `:` and list markers around it are
+/// dropped, as is PLM's trailing period, and a description written in brackets
+/// (`[0, 12]: [a man walks]`) is taken from inside them. Reversed ranges are swapped; an
+/// event with an index at or past `frames` is dropped and counted in `out_of_range` (never
+/// moved onto the last frame); events without text are skipped. A non-empty line with no
+/// event counts as bad.
 pub fn parse_dense_captions(output: &str, frames: usize) -> DenseCaptions {
     let mut parsed = DenseCaptions::default();
-    let last = frames.saturating_sub(1);
     for line in output.lines() {
         let line = line.trim();
         if line.is_empty() {
@@ -34,7 +38,7 @@ pub fn parse_dense_captions(output: &str, frames: usize) -> DenseCaptions {
         let mut found = false;
         let mut rest = line;
         while let Some((range, after)) = next_range(rest) {
-            let text_end = after.find('[').unwrap_or(after.len());
+            let text_end = next_range_at(after).unwrap_or(after.len());
             let text = clean(&after[..text_end]);
             rest = &after[text_end..];
             let (mut first, mut second) = range;
@@ -45,9 +49,13 @@ pub fn parse_dense_captions(output: &str, frames: usize) -> DenseCaptions {
                 continue;
             }
             found = true;
+            if second >= frames {
+                parsed.out_of_range += 1;
+                continue;
+            }
             parsed.events.push(FrameEvent {
-                first_frame: first.min(last),
-                last_frame: second.min(last),
+                first_frame: first,
+                last_frame: second,
                 text,
             });
         }
@@ -56,6 +64,20 @@ pub fn parse_dense_captions(output: &str, frames: usize) -> DenseCaptions {
         }
     }
     parsed
+}
+
+/// Where the next `[number SEP number]` of `text` opens.
+fn next_range_at(text: &str) -> Option<usize> {
+    let mut offset = 0;
+    loop {
+        let open = offset + text[offset..].find('[')?;
+        let inside = &text[open + 1..];
+        let close = inside.find(']')?;
+        if range_of(&inside[..close]).is_some() {
+            return Some(open);
+        }
+        offset = open + 1 + close + 1;
+    }
 }
 
 /// The first `[number SEP number]` in `text` and what follows its `]`.
@@ -89,6 +111,12 @@ fn clean(text: &str) -> String {
         .trim_start_matches([':', '-', '–', ' '])
         .trim()
         .trim_end_matches(['\n', ' ', ',', ';']);
+    // `[description]`: the words inside the brackets.
+    let text = text
+        .strip_prefix('[')
+        .and_then(|inner| inner.strip_suffix(']').or_else(|| inner.strip_suffix("].")))
+        .unwrap_or(text)
+        .trim();
     let text = text.strip_suffix('.').unwrap_or(text);
     text.trim().to_string()
 }
@@ -160,13 +188,34 @@ mod tests {
             vec![
                 (3, 5, "a dog runs"),
                 (7, 9, "cat sleeps"),
-                (31, 31, "out of range"),
                 (0, 1, "one"),
                 (2, 3, "two"),
             ]
         );
         // "Here are the events:", "[2, 4]:" (no text) and "[x, y]: nonsense".
         assert_eq!(parsed.bad_lines, 3);
+        // [40, 50] names frames that were not shown: dropped and counted, not clamped.
+        assert_eq!(parsed.out_of_range, 1);
+    }
+
+    #[test]
+    fn bracketed_descriptions_are_read_and_out_of_range_events_dropped() {
+        let output = "[0, 12]: [The man picks up a knife.]\n[13, 20]: [He slices [thin] pieces]\n[30, 32]: [past the end]\n[31, 31] [the last frame]";
+        let parsed = parse_dense_captions(output, 32);
+        let summary: Vec<(usize, usize, &str)> = parsed
+            .events
+            .iter()
+            .map(|event| (event.first_frame, event.last_frame, event.text.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (0, 12, "The man picks up a knife"),
+                (13, 20, "He slices [thin] pieces"),
+                (31, 31, "the last frame"),
+            ]
+        );
+        assert_eq!((parsed.bad_lines, parsed.out_of_range), (0, 1));
     }
 
     #[test]

@@ -64,6 +64,42 @@ impl PlmCaptioner {
         }
     }
 
+    /// Whether a segment of `frames` frames fits the model's context: the prompt with
+    /// `frames` × tokens per frame, plus `max_new_tokens`, within `max_position_embeddings`
+    /// (checked at load, so a config that cannot work fails before any segment is taken).
+    pub fn check_context(&self, frames: usize) -> Result<(), ModelError> {
+        if frames == 0 {
+            return Ok(());
+        }
+        let prompt = self
+            .settings
+            .prompt
+            .replace("{last}", &(frames - 1).to_string())
+            .replace("{frames}", &frames.to_string());
+        let ids = self
+            .bundle
+            .prompter
+            .encode(Media::Video { frames }, &prompt)
+            .map_err(|error| self.error(error))?;
+        let limit = self.bundle.model.config().text.max_position_embeddings;
+        let needed = ids.len() + self.settings.max_new_tokens;
+        if needed > limit {
+            let per_frame = self.bundle.model.config().tokens_per_tile();
+            return Err(ModelError::UnsupportedConfig {
+                model: self.revision.clone(),
+                field: "text_config.max_position_embeddings".into(),
+                reason: format!(
+                    "{frames} frames × {per_frame} tokens + {} prompt tokens + {} new tokens \
+                     = {needed} > {limit}: lower media.frames_per_segment or \
+                     models.max_new_tokens",
+                    ids.len() - frames * per_frame,
+                    self.settings.max_new_tokens
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// An inference failure, classified (out of device memory, a sticky device error, or
     /// neither) so that the worker can split the batch or restart.
     fn error(&self, failure: impl InferenceFailure) -> ModelError {
@@ -242,6 +278,15 @@ pub fn moments_from_output(text: &str, segment: &SegmentInput<'_>) -> Vec<Moment
             segment = segment.task.segment_seq,
             bad_lines = parsed.bad_lines,
             "plm output lines without a [start, end] event were skipped"
+        );
+    }
+    if parsed.out_of_range > 0 {
+        tracing::warn!(
+            stream = %segment.task.stream_id,
+            segment = segment.task.segment_seq,
+            frames = frames.len(),
+            dropped = parsed.out_of_range,
+            "plm events naming frames past the ones shown were dropped"
         );
     }
     let pts: Vec<u64> = frames.iter().map(|frame| frame.pts_ms).collect();

@@ -197,3 +197,22 @@ fn dense_output_becomes_timed_moments() -> anyhow::Result<()> {
     assert_eq!(free_form[0].caption, "A man walks a dog");
     Ok(())
 }
+
+#[test]
+fn a_segment_that_cannot_fit_the_context_is_refused_at_load_with_the_numbers() -> anyhow::Result<()>
+{
+    // The tiny checkpoint: 4 tokens per frame, max_position_embeddings 1024, 12 new tokens.
+    let captioner = captioner()?;
+    captioner.check_context(32)?;
+    let error = captioner
+        .check_context(300)
+        .expect_err("300 frames × 4 tokens do not fit 1024 positions");
+    let message = error.to_string();
+    assert!(
+        message.contains("max_position_embeddings")
+            && message.contains("300 frames × 4 tokens")
+            && message.contains("> 1024"),
+        "{message}"
+    );
+    Ok(())
+}

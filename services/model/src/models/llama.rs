@@ -116,10 +116,22 @@ impl LlamaConfig {
 
         // transformers 5 folds rope_theta and the scaling into `rope_parameters`.
         let parameters = json.rope_parameters.as_ref();
+        // Never a silent default: the published checkpoints use 500000, not llama's 10000.
         let rope_theta = json
             .rope_theta
             .or_else(|| parameters.and_then(|p| p.get("rope_theta")?.as_f64()))
-            .unwrap_or(10_000.0);
+            .ok_or_else(|| {
+                unsupported(
+                    "rope_theta",
+                    "missing (neither rope_theta nor rope_parameters.rope_theta is set)".into(),
+                )
+            })?;
+        if !(rope_theta.is_finite() && rope_theta > 1.0) {
+            return Err(unsupported(
+                "rope_theta",
+                format!("{rope_theta} is not a RoPE base"),
+            ));
+        }
         let scaling = json
             .rope_scaling
             .as_ref()

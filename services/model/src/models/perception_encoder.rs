@@ -90,9 +90,18 @@ impl PeVisionConfig {
             .ok_or_else(|| {
                 unsupported("architecture", format!("no patch size in `{architecture}`"))
             })?;
+        // timm's defaults for the architecture: its name ends in its input size (`_336`),
+        // and its RoPE reference grid is that size in patches.
+        let default_size: usize = architecture
+            .rsplit('_')
+            .next()
+            .and_then(|digits| digits.parse().ok())
+            .ok_or_else(|| {
+                unsupported("architecture", format!("no input size in `{architecture}`"))
+            })?;
         let args = &config.model_args;
         let image_size = match &args.img_size {
-            None => 448,
+            None => default_size,
             Some(ImageSize::Square(size)) => *size,
             Some(ImageSize::Pair(pair)) => match pair.as_slice() {
                 [height, width] if height == width => *height,
@@ -127,15 +136,29 @@ impl PeVisionConfig {
             ));
         }
         let grid = image_size / patch_size;
-        if let Some(shape) = &args.ref_feat_shape
-            && shape.iter().any(|side| *side != grid)
-        {
-            return Err(unsupported(
-                "model_args.ref_feat_shape",
-                format!(
-                    "{shape:?} differs from the {grid}x{grid} patch grid (RoPE rescaling is not implemented)"
-                ),
-            ));
+        match &args.ref_feat_shape {
+            Some(shape) if shape.iter().any(|side| *side != grid) => {
+                return Err(unsupported(
+                    "model_args.ref_feat_shape",
+                    format!(
+                        "{shape:?} differs from the {grid}x{grid} patch grid (RoPE rescaling is not implemented)"
+                    ),
+                ));
+            }
+            Some(_) => {}
+            // Absent, timm keeps the architecture's grid and rescales RoPE to it.
+            None if default_size / patch_size != grid => {
+                let reference = default_size / patch_size;
+                return Err(unsupported(
+                    "model_args.ref_feat_shape",
+                    format!(
+                        "missing: timm would then use {architecture}'s {reference}x{reference} \
+                         and rescale RoPE to the {grid}x{grid} grid of img_size {image_size} \
+                         (not implemented); set it to [{grid}, {grid}]"
+                    ),
+                ));
+            }
+            None => {}
         }
         Ok(Self {
             embed_dim: args.embed_dim.unwrap_or(defaults.0),

@@ -826,4 +826,31 @@ mod tests {
             "vision_config.model_args.use_post_transformer_norm"
         );
     }
+
+    #[test]
+    fn values_that_would_be_guessed_are_refused() {
+        // No RoPE base at all: not llama's 10000 in silence.
+        let mut value = fixture_config();
+        value["text_config"]
+            .as_object_mut()
+            .map(|o| o.remove("rope_theta"));
+        assert_eq!(error_field(&value), "text_config.rope_theta");
+        // No reference grid while img_size (56: a 4x4 grid) differs from the architecture's
+        // (336: 24x24): timm would rescale RoPE.
+        let mut value = fixture_config();
+        value["vision_config"]["model_args"]
+            .as_object_mut()
+            .map(|o| o.remove("ref_feat_shape"));
+        assert_eq!(
+            error_field(&value),
+            "vision_config.model_args.ref_feat_shape"
+        );
+        // Absent, but the architecture's own grid: nothing is rescaled.
+        let mut value = fixture_config();
+        value["vision_config"]["model_args"]
+            .as_object_mut()
+            .map(|o| o.remove("ref_feat_shape"));
+        value["vision_config"]["model_args"]["img_size"] = serde_json::json!([336, 336]);
+        assert!(PlmConfig::from_json(&value.to_string(), "test").is_ok());
+    }
 }
