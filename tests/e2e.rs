@@ -1007,7 +1007,7 @@ fn visual_model_indexes_frames_and_regions_and_hybrid_search_fuses_channels() ->
         );
     }
     let port = free_port()?;
-    let _query = Killed(
+    let query = Killed(
         Command::new(VIDX)
             .args([
                 "run",
@@ -1094,6 +1094,82 @@ fn visual_model_indexes_frames_and_regions_and_hybrid_search_fuses_channels() ->
                 .iter()
                 .all(|window| window["hits"].as_u64().is_some()),
         "gRPC windows: {}",
+        describe(&output)
+    );
+
+    // The query node holds the index: stop it first.
+    drop(query);
+
+    // `vidx eval` on labelled queries: three paraphrases of scenes (the caption channel
+    // ranks their scene first, as the search tests above check) and one labelled with a
+    // stream that does not exist, which no mode can get right.
+    let stream = hits
+        .first()
+        .and_then(|hit| hit["stream_id"].as_str())
+        .context("stream_id")?
+        .to_string();
+    let labelled = |query: &str, stream: &str, scene: u64| {
+        serde_json::json!({"query": query, "stream_id": stream, "start_ms": scene * SCENE_MS,
+               "end_ms": (scene + 1) * SCENE_MS})
+        .to_string()
+    };
+    let queries = workspace.path().join("queries.jsonl");
+    std::fs::write(
+        &queries,
+        [
+            labelled("someone cutting vegetables in a kitchen", &stream, 0),
+            labelled("kids playing football outdoors", &stream, 1),
+            labelled("a sleeping kitty on the couch", &stream, 2),
+            labelled("snow on a mountain road", "no-such-stream", 3),
+        ]
+        .join("\n"),
+    )?;
+    let queries_arg = queries.to_str().context("path")?;
+    let output = vidx(
+        &[&["eval", queries_arg, "--json"], &visual[..]].concat(),
+        &data_dir,
+    )?;
+    ensure!(output.status.success(), "{}", describe(&output));
+    let report: Value = serde_json::from_slice(&output.stdout)?;
+    ensure!(report["queries"] == 4, "{report}");
+    let caption = &report["modes"]["caption"];
+    for key in ["recall_at_1", "recall_at_10", "mrr"] {
+        ensure!(caption[key] == 0.75, "caption {key}: {report}");
+    }
+    let caption_iou = caption["mean_iou"].as_f64().context("mean_iou")?;
+    ensure!(caption_iou > 0.0 && caption_iou <= 0.75, "{report}");
+    for mode in ["caption", "visual", "region", "hybrid"] {
+        let scores = &report["modes"][mode];
+        let at = |key: &str| scores[key].as_f64().unwrap_or(f64::NAN);
+        ensure!(
+            at("recall_at_1") <= at("recall_at_5")
+                && at("recall_at_5") <= at("recall_at_10")
+                && at("recall_at_10") <= 0.75
+                && at("recall_at_1") <= at("mrr")
+                && at("mrr") <= at("recall_at_10")
+                && (0.0..=0.75).contains(&at("mean_iou")),
+            "{mode}: {report}"
+        );
+    }
+    // Without the visual model, its modes are reported as not run; a bad line is named.
+    let output = vidx(&["eval", queries_arg, "--json"], &data_dir)?;
+    let report: Value = serde_json::from_slice(&output.stdout)?;
+    ensure!(
+        report["unavailable"]["visual"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("PE-Core"))
+            && report["modes"]["caption"]["recall_at_1"] == 0.75,
+        "{report}"
+    );
+    std::fs::write(
+        &queries,
+        format!("{}\n{{\"query\": \"x\"}}\n", labelled("a", &stream, 0)),
+    )?;
+    let output = vidx(&["eval", queries_arg], &data_dir)?;
+    ensure!(
+        output.status.code() == Some(2)
+            && String::from_utf8_lossy(&output.stderr).contains("line 2"),
+        "{}",
         describe(&output)
     );
     Ok(())

@@ -123,6 +123,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             let context = AppContext::load(&cli, &env, common_overrides(&args.common), false)?;
             crate::clip::run(context, args).await
         }
+        Command::Eval(args) => {
+            let context = AppContext::load(&cli, &env, common_overrides(&args.common), false)?;
+            crate::eval::run(context, args).await
+        }
         Command::Serve(args) => {
             let mut overrides = common_overrides(&args.common);
             if let Some(listen) = &args.listen {
@@ -291,7 +295,10 @@ impl AppContext {
             visual_embedder: visual
                 .clone()
                 .map(|visual| visual as Arc<dyn VisualEmbedder>),
-            regions: (visual.is_some() && self.models.regions).then(RegionSettings::default),
+            regions: (visual.is_some() && self.models.regions).then(|| RegionSettings {
+                captions: self.models.region_captions,
+                ..RegionSettings::default()
+            }),
         });
         Ok(LoadedModels {
             text_dimension: text_embedder.dimension(),

@@ -34,6 +34,9 @@ pub enum Command {
     Run(RunArgs),
     /// Export a hit's clip (its `id` from `vidx search --json`) from the local index as MP4.
     Clip(ClipArgs),
+    /// Measure retrieval quality on labelled queries (JSON lines: query, stream_id,
+    /// start_ms, end_ms): recall@1/5/10, MRR and mean IoU per search mode.
+    Eval(EvalArgs),
     /// Serve the web UI and the HTTP/JSON API (search, thumbnails, clips) over the local
     /// index, on one machine (`vidx run query` does the same in a cluster).
     Serve(ServeArgs),
@@ -211,6 +214,17 @@ pub struct ClipArgs {
     /// Where to write the MP4.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The labelled queries: one `{"query", "stream_id", "start_ms", "end_ms"}` per line.
+    pub queries: PathBuf,
+    /// Search modes to measure, comma-separated (visual and region need a PE-Core model).
+    #[arg(long, default_value = "caption,visual,region,hybrid")]
+    pub modes: String,
     #[command(flatten)]
     pub common: CommonArgs,
 }

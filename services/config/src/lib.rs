@@ -96,6 +96,8 @@ pub struct ModelsConfig {
     pub visual_embedder_dir: String,
     /// Region records (motion tracks, else a coarse grid) embedded with the visual model.
     pub regions: bool,
+    /// With PLM: region tracks per segment that get PLM's region caption (0: none).
+    pub region_captions: usize,
     /// Gap (ms) within which neighbouring hits of one stream merge into one window.
     pub merge_gap_ms: u64,
     pub dtype: String,

@@ -61,6 +61,17 @@ pub trait Captioner: Send + Sync {
             .map(|segment| self.caption(*segment))
             .collect()
     }
+    /// Region captions (PLM's RCap) of a segment's region tracks: `tracks[i][f]` is track
+    /// `i`'s box on frame `f` of `segment.frames`, or none. One caption per track, in order;
+    /// the default (a captioner without region prompts) gives none at all.
+    fn caption_regions(
+        &self,
+        segment: SegmentInput<'_>,
+        tracks: &[Vec<Option<crate::NormalizedBox>>],
+    ) -> Result<Vec<String>, ModelError> {
+        let _ = (segment, tracks);
+        Ok(Vec::new())
+    }
 }
 
 /// Embeds text (captions at index time, the query at search time).

@@ -69,6 +69,9 @@ pub struct RegionSettings {
     /// [`coarse_grid`] makes `grid_cells_per_side²` tracks (clamped to
     /// `1..=MAX_GRID_CELLS_PER_SIDE`).
     pub grid_cells_per_side: u32,
+    /// With a captioner that reads regions (PLM): the tracks of a segment that get a region
+    /// caption, the largest by area × duration first (`models.region_captions`; 0: none).
+    pub captions: usize,
 }
 
 impl Default for RegionSettings {
@@ -84,6 +87,7 @@ impl Default for RegionSettings {
             max_gap_frames: 1,
             min_track_frames: 3,
             grid_cells_per_side: 2,
+            captions: 3,
         }
     }
 }

@@ -225,6 +225,34 @@ impl PlmCaptioner {
         frames: &[Frame],
         boxes: &[Option<NormalizedBox>],
     ) -> Result<String, ModelError> {
+        let request = self.region_request(frames, boxes)?;
+        let (mut texts, _) = self.answer(&[request])?;
+        Ok(texts.pop().map(|text| tidy(&text)).unwrap_or_default())
+    }
+
+    /// Several tracks of one segment's frames, in one batch: one caption per track.
+    pub fn caption_regions_batch(
+        &self,
+        frames: &[Frame],
+        tracks: &[Vec<Option<NormalizedBox>>],
+    ) -> Result<Vec<String>, ModelError> {
+        if tracks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let requests = tracks
+            .iter()
+            .map(|boxes| self.region_request(frames, boxes))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (texts, _) = self.answer(&requests)?;
+        Ok(texts.iter().map(|text| tidy(text)).collect())
+    }
+
+    /// The frames with the track's rectangle drawn, and the region prompt naming them.
+    fn region_request(
+        &self,
+        frames: &[Frame],
+        boxes: &[Option<NormalizedBox>],
+    ) -> Result<(Vec<RgbImage>, String), ModelError> {
         let marked: Vec<usize> = boxes
             .iter()
             .enumerate()
@@ -248,8 +276,7 @@ impl PlmCaptioner {
             .replace("{start}", &first.to_string())
             .replace("{end}", &last.to_string())
             .replace("{frames}", &frames.len().to_string());
-        let (mut texts, _) = self.answer(&[(images, prompt)])?;
-        Ok(texts.pop().map(|text| tidy(&text)).unwrap_or_default())
+        Ok((images, prompt))
     }
 }
 
@@ -334,5 +361,13 @@ impl Captioner for PlmCaptioner {
 
     fn caption_batch(&self, segments: &[SegmentInput<'_>]) -> Result<Vec<Vec<Moment>>, ModelError> {
         PlmCaptioner::caption_batch(self, segments)
+    }
+
+    fn caption_regions(
+        &self,
+        segment: SegmentInput<'_>,
+        tracks: &[Vec<Option<NormalizedBox>>],
+    ) -> Result<Vec<String>, ModelError> {
+        self.caption_regions_batch(segment.frames, tracks)
     }
 }

@@ -164,6 +164,17 @@ fn region_rectangle_reaches_the_model() -> anyhow::Result<()> {
             .caption_region(&frames, &vec![None; frames.len()])
             .is_err()
     );
+    // Through the Captioner port, both tracks in one batch: the same captions as one by one.
+    let segment_task = task(0);
+    let batched = Captioner::caption_regions(
+        &captioner,
+        SegmentInput {
+            task: &segment_task,
+            frames: &frames,
+        },
+        &[boxes, moved],
+    )?;
+    assert_eq!(batched, vec![boxed, other]);
     Ok(())
 }
 

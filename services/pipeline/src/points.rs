@@ -372,6 +372,7 @@ fn points_from_moments(
             points.extend(region_points(
                 task,
                 frames,
+                models,
                 embedder.as_ref(),
                 settings,
                 &thumbnails,
@@ -513,6 +514,7 @@ const MIN_CROP_PIXELS: u32 = 16;
 fn region_points(
     task: &SegmentTask,
     frames: &[Frame],
+    models: &Models,
     embedder: &dyn VisualEmbedder,
     settings: &RegionSettings,
     thumbnails: &SegmentThumbnails<'_>,
@@ -535,6 +537,20 @@ fn region_points(
         return Ok(Vec::new());
     }
     let vectors = embedder.embed_frames(&crops)?;
+    let captions = region_captions(task, frames, models, &tracks, settings.captions)?;
+    let caption_vectors = {
+        let texts: Vec<String> = captions.values().map(|(_, text)| text.clone()).collect();
+        let embedded = if texts.is_empty() {
+            Vec::new()
+        } else {
+            models.text_embedder.embed(&texts)?
+        };
+        captions
+            .keys()
+            .copied()
+            .zip(embedded)
+            .collect::<BTreeMap<usize, Vec<f32>>>()
+    };
     let mut points = Vec::with_capacity(tracks.len());
     for (track_index, track) in tracks.iter().enumerate() {
         let members: Vec<&Vec<f32>> = owners
@@ -546,7 +562,7 @@ fn region_points(
         let Some(vector) = unit_mean(&members) else {
             continue;
         };
-        let model_rev = format!(
+        let mut model_rev = format!(
             "{}+regions:{}",
             embedder.revision(),
             match track.kind {
@@ -554,6 +570,10 @@ fn region_points(
                 RegionKind::Grid => "grid",
             }
         );
+        let caption = captions.get(&track_index);
+        if let Some((captioner, _)) = caption {
+            model_rev.push_str(&format!("+rcap:{captioner}"));
+        }
         let id = point_id(
             &task.tenant,
             &task.stream_id,
@@ -563,20 +583,90 @@ fn region_points(
             track_index as u32,
             &model_rev,
         );
+        let mut vectors = BTreeMap::from([(vector_names::REGION.to_string(), vector)]);
+        let mut payload = payload(
+            task,
+            vidx_core::RecordKind::Region,
+            track.span,
+            &model_rev,
+            Some(track.union),
+        );
+        if let (Some((_, text)), Some(text_vector)) = (caption, caption_vectors.get(&track_index)) {
+            payload.caption = text.clone();
+            vectors.insert(vector_names::TEXT.to_string(), text_vector.clone());
+        }
         points.push(IndexPoint {
             id,
-            vectors: BTreeMap::from([(vector_names::REGION.to_string(), vector)]),
-            payload: payload(
-                task,
-                vidx_core::RecordKind::Region,
-                track.span,
-                &model_rev,
-                Some(track.union),
-            ),
+            vectors,
+            payload,
             thumbnail: thumbnails.for_region(id, track.span, &track.union),
         });
     }
     Ok(points)
+}
+
+/// Region captions (PLM's RCap) of the `limit` largest tracks by area × duration, from the
+/// first captioner that reads regions: track index → (its revision, the caption).
+fn region_captions(
+    task: &SegmentTask,
+    frames: &[Frame],
+    models: &Models,
+    tracks: &[RegionTrack],
+    limit: usize,
+) -> Result<BTreeMap<usize, (String, String)>, PipelineError> {
+    let mut captions = BTreeMap::new();
+    if limit == 0 || tracks.is_empty() || models.captioners.is_empty() {
+        return Ok(captions);
+    }
+    let salience = |track: &RegionTrack| {
+        let area =
+            (track.union.x1 - track.union.x0).max(0.0) * (track.union.y1 - track.union.y0).max(0.0);
+        // A one-frame track still lasts one sample.
+        f64::from(area) * (track.span.duration_ms() + 1) as f64
+    };
+    let mut ranked: Vec<usize> = (0..tracks.len()).collect();
+    ranked.sort_by(|a, b| salience(&tracks[*b]).total_cmp(&salience(&tracks[*a])));
+    ranked.truncate(limit);
+    // Each track's box on each sampled frame (none where it is not seen).
+    let boxes: Vec<Vec<Option<vidx_core::NormalizedBox>>> = ranked
+        .iter()
+        .map(|index| {
+            frames
+                .iter()
+                .map(|frame| {
+                    tracks[*index]
+                        .boxes
+                        .iter()
+                        .find(|timed| timed.pts_ms == frame.pts_ms)
+                        .map(|timed| timed.bbox)
+                })
+                .collect()
+        })
+        .collect();
+    let segment = SegmentInput { task, frames };
+    for captioner in &models.captioners {
+        let texts = captioner.caption_regions(segment, &boxes)?;
+        if texts.is_empty() {
+            continue;
+        }
+        if texts.len() != ranked.len() {
+            return Err(PipelineError::Model(vidx_core::ModelError::Inference {
+                model: captioner.name().to_string(),
+                reason: format!(
+                    "{} region captions for {} tracks",
+                    texts.len(),
+                    ranked.len()
+                ),
+            }));
+        }
+        for (index, text) in ranked.iter().zip(texts) {
+            if !text.trim().is_empty() {
+                captions.insert(*index, (captioner.revision().to_string(), text));
+            }
+        }
+        break;
+    }
+    Ok(captions)
 }
 
 /// Up to `CROPS_PER_TRACK` crops of a track: its first, middle and last box, cut from the
@@ -683,7 +773,7 @@ fn mean_of_window(
 mod tests {
     use super::*;
     use vidx_core::{
-        ModelError, NormalizedBox, RecordKind, SEGMENT_TASK_SCHEMA_VERSION, TimeRange,
+        ModelError, Moment, NormalizedBox, RecordKind, SEGMENT_TASK_SCHEMA_VERSION, TimeRange,
     };
 
     const SIZE: u32 = 96;
@@ -877,6 +967,113 @@ mod tests {
         assert_eq!(ids, again_ids);
         let unique: std::collections::BTreeSet<_> = ids.iter().collect();
         assert_eq!(unique.len(), ids.len());
+        Ok(())
+    }
+
+    /// A captioner that reads regions (a PLM stand-in): names the colour under each track's
+    /// first box, and records the boxes it was shown.
+    struct RegionReader {
+        shown: std::sync::Mutex<Vec<Vec<Option<NormalizedBox>>>>,
+    }
+
+    impl Captioner for RegionReader {
+        fn name(&self) -> &str {
+            "reader"
+        }
+        fn revision(&self) -> &str {
+            "reader-1"
+        }
+        fn needs_frames(&self) -> bool {
+            true
+        }
+        fn caption(&self, _segment: SegmentInput<'_>) -> Result<Vec<Moment>, ModelError> {
+            Ok(Vec::new())
+        }
+        fn caption_regions(
+            &self,
+            segment: SegmentInput<'_>,
+            tracks: &[Vec<Option<NormalizedBox>>],
+        ) -> Result<Vec<String>, ModelError> {
+            if let Ok(mut shown) = self.shown.lock() {
+                shown.extend(tracks.iter().cloned());
+            }
+            Ok(tracks
+                .iter()
+                .map(|boxes| {
+                    let (frame, first) = segment
+                        .frames
+                        .iter()
+                        .zip(boxes)
+                        .find_map(|(frame, region)| Some((frame, (*region)?)))
+                        .expect("a track has a box");
+                    let x = ((first.x0 + first.x1) / 2.0 * frame.width as f32) as usize;
+                    let y = ((first.y0 + first.y1) / 2.0 * frame.height as f32) as usize;
+                    let at = (y * frame.width as usize + x) * 3;
+                    if frame.rgb[at] > 200 && frame.rgb[at + 1] < 50 {
+                        "a red square moves down and to the right".to_string()
+                    } else {
+                        "a grey wall".to_string()
+                    }
+                })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn the_largest_region_tracks_get_a_region_caption_that_is_searchable_text()
+    -> Result<(), PipelineError> {
+        let sampler = Frames(frames(true));
+        let reader = Arc::new(RegionReader {
+            shown: Default::default(),
+        });
+        let captioned = Models {
+            captioners: vec![reader.clone()],
+            ..models()
+        };
+        let points = build_points(&task(), &sampler, &captioned, 8)?;
+        let regions = of_kind(&points, RecordKind::Region);
+        assert_eq!(regions.len(), 1);
+        let region = regions[0];
+        assert_eq!(
+            region.payload.caption,
+            "a red square moves down and to the right"
+        );
+        assert!(region.vectors.contains_key(vector_names::TEXT));
+        assert!(region.payload.model_rev.ends_with("+rcap:reader-1"));
+        // The captioner saw the track's box on every frame it was found on, none elsewhere.
+        let shown = reader
+            .shown
+            .lock()
+            .map(|shown| shown.clone())
+            .unwrap_or_default();
+        assert_eq!(shown.len(), 1);
+        assert_eq!(shown[0].len(), 8);
+        assert!(shown[0].iter().filter(|region| region.is_some()).count() >= 3);
+
+        // A static scene: grid cells, only the `captions` largest get one (2 here).
+        let static_scene = Frames(frames(false));
+        let limited = Models {
+            regions: Some(RegionSettings {
+                captions: 2,
+                ..RegionSettings::default()
+            }),
+            ..captioned
+        };
+        let points = build_points(&task(), &static_scene, &limited, 8)?;
+        let regions = of_kind(&points, RecordKind::Region);
+        assert!(regions.len() > 2);
+        let with_caption = regions
+            .iter()
+            .filter(|point| point.vectors.contains_key(vector_names::TEXT))
+            .count();
+        assert_eq!(with_caption, 2);
+        // Without a captioner that reads regions, region records carry no caption.
+        let points = build_points(&task(), &sampler, &models(), 8)?;
+        assert!(
+            of_kind(&points, RecordKind::Region)
+                .iter()
+                .all(|point| point.payload.caption.is_empty())
+        );
         Ok(())
     }
 

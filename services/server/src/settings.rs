@@ -317,6 +317,8 @@ pub struct ModelSettings {
     pub visual_embedder: Option<ModelSource>,
     /// Regions (with a visual embedder).
     pub regions: bool,
+    /// Region tracks per segment that get PLM's region caption.
+    pub region_captions: usize,
     /// Search: neighbouring hits of one stream closer than this merge.
     pub merge_gap_ms: u64,
 }
@@ -368,6 +370,7 @@ impl ModelSettings {
             }),
             visual_embedder: source(&models.visual_embedder, &models.visual_embedder_dir),
             regions: models.regions,
+            region_captions: models.region_captions,
             merge_gap_ms: models.merge_gap_ms,
         })
     }
