@@ -74,7 +74,9 @@ pub struct SegmentTask {
     pub trace_context: BTreeMap<String, String>,
 }
 
-/// One decoded frame, converted to packed RGB at the model's input size.
+/// One decoded frame in packed RGB, as shown (pixel aspect and display turn applied), at the
+/// smallest size that covers the model input (`media.frame_size`) on both sides, or the
+/// source's own when smaller; each model resizes it as its reference preprocessing does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     /// Exact presentation time of the frame, ms from the start of the stream.
@@ -83,9 +85,8 @@ pub struct Frame {
     pub height: u32,
     /// `width * height * 3` bytes, row-major RGB.
     pub rgb: Vec<u8>,
-    /// The source picture's size as displayed (rotation and pixel aspect applied), so that
-    /// thumbnails keep its shape though `rgb` is squashed to the model's size; `(0, 0)` when
-    /// unknown.
+    /// The source picture's size as displayed (rotation and pixel aspect applied), before
+    /// any downscaling; `(0, 0)` when unknown.
     pub display_size: (u32, u32),
 }
 

@@ -21,7 +21,7 @@ mod transcode;
 pub use clip::{Clip, ClipOptions, MAX_CLIP_MS, cut_clip};
 pub use live::{LiveOptions, LiveSummary, MAX_CLOCK_JUMP_MS, StopCause, StreamState, segment_live};
 pub use probe::{MediaInfo, SubtitleStreamInfo, VideoInfo, probe};
-pub use sample::{FfmpegFrameSampler, uniform_targets_ms};
+pub use sample::{FfmpegFrameSampler, decode_size, uniform_targets_ms};
 pub use segment::{SegmentChunk, SegmentOptions, SegmentSummary, segment_source};
 pub use source::{
     InputSource, Network, UrlPolicy, discover_inputs, is_video_path, parse_input, redact_url,

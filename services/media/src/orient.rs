@@ -55,27 +55,36 @@ fn quarter_turns(degrees: f64) -> u16 {
     (quarters as u16) * 90
 }
 
-/// Turn a square packed-RGB image of side `side` clockwise by `degrees` (a quarter-turn
-/// multiple; anything else leaves it as it is).
-pub(crate) fn rotate_square_rgb(rgb: &[u8], side: usize, degrees: u16) -> Vec<u8> {
-    if !matches!(degrees, 90 | 180 | 270) || rgb.len() != side * side * 3 {
-        return rgb.to_vec();
+/// Turn a `width × height` packed-RGB image clockwise by `degrees` (a quarter-turn multiple;
+/// anything else leaves it as it is): the pixels and the new width and height.
+pub(crate) fn rotate_rgb(
+    rgb: &[u8],
+    width: usize,
+    height: usize,
+    degrees: u16,
+) -> (Vec<u8>, usize, usize) {
+    if !matches!(degrees, 90 | 180 | 270) || rgb.len() != width * height * 3 {
+        return (rgb.to_vec(), width, height);
     }
+    let (out_width, out_height) = if degrees == 180 {
+        (width, height)
+    } else {
+        (height, width)
+    };
     let mut out = vec![0u8; rgb.len()];
-    let last = side - 1;
-    for row in 0..side {
-        for column in 0..side {
+    for row in 0..out_height {
+        for column in 0..out_width {
             let (source_row, source_column) = match degrees {
-                90 => (last - column, row),
-                180 => (last - row, last - column),
-                _ => (column, last - row),
+                90 => (height - 1 - column, row),
+                180 => (height - 1 - row, width - 1 - column),
+                _ => (column, width - 1 - row),
             };
-            let from = (source_row * side + source_column) * 3;
-            let to = (row * side + column) * 3;
+            let from = (source_row * width + source_column) * 3;
+            let to = (row * out_width + column) * 3;
             out[to..to + 3].copy_from_slice(&rgb[from..from + 3]);
         }
     }
-    out
+    (out, out_width, out_height)
 }
 
 #[cfg(test)]
@@ -108,10 +117,22 @@ mod tests {
     fn quarter_turns_compose() {
         // 2x2: a b / c d.
         let image: Vec<u8> = [1u8, 2, 3, 4].iter().flat_map(|&v| [v, v, v]).collect();
-        let firsts = |rgb: Vec<u8>| rgb.chunks(3).map(|p| p[0]).collect::<Vec<_>>();
-        assert_eq!(firsts(rotate_square_rgb(&image, 2, 90)), vec![3, 1, 4, 2]);
-        assert_eq!(firsts(rotate_square_rgb(&image, 2, 180)), vec![4, 3, 2, 1]);
-        assert_eq!(firsts(rotate_square_rgb(&image, 2, 270)), vec![2, 4, 1, 3]);
-        assert_eq!(firsts(rotate_square_rgb(&image, 2, 0)), vec![1, 2, 3, 4]);
+        let firsts =
+            |(rgb, ..): (Vec<u8>, usize, usize)| rgb.chunks(3).map(|p| p[0]).collect::<Vec<_>>();
+        assert_eq!(firsts(rotate_rgb(&image, 2, 2, 90)), vec![3, 1, 4, 2]);
+        assert_eq!(firsts(rotate_rgb(&image, 2, 2, 180)), vec![4, 3, 2, 1]);
+        assert_eq!(firsts(rotate_rgb(&image, 2, 2, 270)), vec![2, 4, 1, 3]);
+        assert_eq!(firsts(rotate_rgb(&image, 2, 2, 0)), vec![1, 2, 3, 4]);
+        // 3 wide, 2 high: a b c / d e f turned clockwise is d a / e b / f c, 2 wide.
+        let wide: Vec<u8> = [1u8, 2, 3, 4, 5, 6]
+            .iter()
+            .flat_map(|&v| [v, v, v])
+            .collect();
+        let (turned, width, height) = rotate_rgb(&wide, 3, 2, 90);
+        assert_eq!((width, height), (2, 3));
+        assert_eq!(firsts((turned, width, height)), vec![4, 1, 5, 2, 6, 3]);
+        let (back, width, height) = rotate_rgb(&wide, 3, 2, 270);
+        assert_eq!((width, height), (2, 3));
+        assert_eq!(firsts((back, width, height)), vec![3, 6, 2, 5, 1, 4]);
     }
 }

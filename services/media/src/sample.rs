@@ -26,7 +26,9 @@ pub fn uniform_targets_ms(duration_ms: u64, count: usize) -> Vec<u64> {
 /// The ffmpeg implementation of the [`FrameSampler`] port.
 #[derive(Debug, Clone)]
 pub struct FfmpegFrameSampler {
-    /// Output frames are `frame_size × frame_size` (squashed, as PLM's processor does).
+    /// Frames are decoded as shown (pixel aspect and turn applied) at the smallest size that
+    /// covers `frame_size` on both sides, or the source's own when smaller
+    /// ([`decode_size`]); the models resize them as their references do.
     pub frame_size: u32,
     /// Decoder threads; 0 lets FFmpeg choose (as its CLI does).
     pub decoder_threads: usize,
@@ -333,6 +335,16 @@ impl Selector {
     ) -> Result<Frame, MediaError> {
         let format = frame.format();
         let (width, height) = (frame.width(), frame.height());
+        // The picture as shown (pixel aspect, turn), at the smallest size that still covers
+        // `frame_size` on both sides, or its own when smaller: each model then resizes it as
+        // its reference does (PLM's bicubic to 448², PE-Core's to its input).
+        let shown = display_size(frame, self.rotation);
+        let (out_width, out_height) = decode_size(shown, self.frame_size);
+        let (scaled_width, scaled_height) = if self.rotation % 180 == 90 {
+            (out_height, out_width)
+        } else {
+            (out_width, out_height)
+        };
         let needs_new = self
             .scaler
             .as_ref()
@@ -343,9 +355,11 @@ impl Selector {
                 width,
                 height,
                 ffmpeg::format::Pixel::RGB24,
-                self.frame_size,
-                self.frame_size,
-                scaling::Flags::BILINEAR,
+                scaled_width,
+                scaled_height,
+                // FFmpeg's own default (what `ffmpeg -pix_fmt rgb24` converts with); its
+                // filter widens with the downscale, so detail is averaged, not aliased.
+                scaling::Flags::BICUBIC,
             )
             .map_err(|error| MediaError::Unsupported {
                 input: self.input.clone(),
@@ -366,28 +380,43 @@ impl Selector {
                 input: self.input.clone(),
                 reason: format!("frame conversion failed: {error}"),
             })?;
-        let row_bytes = self.frame_size as usize * 3;
+        let row_bytes = scaled_width as usize * 3;
         let stride = rgb_frame.stride(0);
         let data = rgb_frame.data(0);
-        let mut rgb = Vec::with_capacity(row_bytes * self.frame_size as usize);
-        for row in 0..self.frame_size as usize {
+        let mut rgb = Vec::with_capacity(row_bytes * scaled_height as usize);
+        for row in 0..scaled_height as usize {
             let start = row * stride;
             rgb.extend_from_slice(&data[start..start + row_bytes]);
         }
-        // Frames are square: turning after scaling is turning before.
-        let rgb = if self.rotation == 0 {
-            rgb
-        } else {
-            crate::orient::rotate_square_rgb(&rgb, self.frame_size as usize, self.rotation)
-        };
+        let (rgb, width, height) = crate::orient::rotate_rgb(
+            &rgb,
+            scaled_width as usize,
+            scaled_height as usize,
+            self.rotation,
+        );
         Ok(Frame {
             pts_ms: self.segment_start_ms + offset_ms,
-            width: self.frame_size,
-            height: self.frame_size,
+            width: width as u32,
+            height: height as u32,
             rgb,
-            display_size: display_size(frame, self.rotation),
+            display_size: shown,
         })
     }
+}
+
+/// The size frames are decoded at: `shown` scaled down (never up) until its shorter side, in
+/// proportion, reaches `frame_size` — the smallest size that still covers a
+/// `frame_size × frame_size` model input on both sides.
+pub fn decode_size(shown: (u32, u32), frame_size: u32) -> (u32, u32) {
+    let (width, height) = (f64::from(shown.0.max(1)), f64::from(shown.1.max(1)));
+    let target = f64::from(frame_size.max(1));
+    let scale = (target / width).max(target / height).min(1.0);
+    if scale >= 1.0 {
+        return (shown.0.max(1), shown.1.max(1));
+    }
+    // Both sides exceed the target here: neither rounds below it.
+    let side = |length: f64| ((length * scale).round() as u32).max(frame_size);
+    (side(width), side(height))
 }
 
 /// The picture's size as shown: the pixel aspect ratio applied to the width, the sides
@@ -410,6 +439,18 @@ fn display_size(frame: &ffmpeg::frame::Video, rotation: u16) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_are_decoded_just_large_enough_for_the_model() {
+        assert_eq!(decode_size((1920, 1080), 448), (796, 448));
+        assert_eq!(decode_size((1080, 1920), 448), (448, 796));
+        assert_eq!(decode_size((3840, 2160), 448), (796, 448));
+        // Never up: a small source stays as it is.
+        assert_eq!(decode_size((320, 240), 448), (320, 240));
+        assert_eq!(decode_size((1000, 300), 448), (1000, 300));
+        assert_eq!(decode_size((448, 448), 448), (448, 448));
+        assert_eq!(decode_size((320, 240), 32), (43, 32));
+    }
 
     #[test]
     fn targets_are_bin_centres() {

@@ -225,11 +225,12 @@ fn sampled_frames_carry_their_real_time_and_content() -> Result<()> {
             "target {target_ms}, frame {}",
             frame.pts_ms
         );
+        // 320x240 decoded just large enough for a 32-pixel model input: 43x32, as shown.
         assert_eq!(
             (frame.width, frame.height, frame.rgb.len()),
-            (32, 32, 32 * 32 * 3)
+            (43, 32, 43 * 32 * 3)
         );
-        let centre = &frame.rgb[(16 * 32 + 16) * 3..(16 * 32 + 16) * 3 + 3];
+        let centre = &frame.rgb[(16 * 43 + 21) * 3..(16 * 43 + 21) * 3 + 3];
         for (got, want) in centre.iter().zip(colour) {
             assert!(
                 (i32::from(*got) - want).abs() <= 24,
@@ -585,9 +586,10 @@ fn frames_larger_than_declared_are_refused_by_their_decoded_size() -> Result<()>
     Ok(())
 }
 
-/// What FFmpeg's CLI shows of `path` at `at_secs`: a `side`×`side` packed-RGB frame, squashed
-/// as the sampler squashes (and turned by the CLI's autorotate).
-fn cli_frame(path: &Path, at_secs: f64, side: u32) -> Result<Vec<u8>> {
+/// What FFmpeg's CLI shows of `path` at `at_secs`, scaled to `size` (width, height) as the
+/// sampler scales (bicubic, after the CLI's autorotate): packed RGB.
+fn cli_frame(path: &Path, at_secs: f64, size: (u32, u32)) -> Result<Vec<u8>> {
+    let (width, height) = size;
     let output = Command::new("ffmpeg")
         .args([
             "-hide_banner",
@@ -602,7 +604,7 @@ fn cli_frame(path: &Path, at_secs: f64, side: u32) -> Result<Vec<u8>> {
             "-frames:v",
             "1",
             "-vf",
-            &format!("scale={side}:{side}:flags=bilinear"),
+            &format!("scale={width}:{height}:flags=bicubic"),
             "-f",
             "rawvideo",
             "-pix_fmt",
@@ -611,12 +613,17 @@ fn cli_frame(path: &Path, at_secs: f64, side: u32) -> Result<Vec<u8>> {
         ])
         .output()?;
     ensure!(
-        output.status.success() && output.stdout.len() == (side * side * 3) as usize,
+        output.status.success() && output.stdout.len() == (width * height * 3) as usize,
         "ffmpeg frame of {}: {}",
         path.display(),
         String::from_utf8_lossy(&output.stderr)
     );
     Ok(output.stdout)
+}
+
+/// The sampler's frame's size, for its CLI reference.
+fn size_of(frame: &vidx_core::Frame) -> (u32, u32) {
+    (frame.width, frame.height)
 }
 
 fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
@@ -680,16 +687,24 @@ fn a_rotated_phone_clip_is_turned_as_ffmpeg_turns_it() -> Result<()> {
     );
 
     const SIDE: u32 = 32;
-    let reference = cli_frame(&phone, 0.5, SIDE)?;
+    let sampler = FfmpegFrameSampler::new(SIDE);
+    // Upright as shown: taller than wide, the short side at SIDE.
+    let shown = sampler.sample(&phone, TimeRange::new(0, 1_000), 1)?;
+    let size = size_of(shown.first().context("no frame")?);
+    ensure!(
+        size.0 == SIDE && size.1 > SIDE,
+        "the turned frame is {size:?}, not upright"
+    );
+    let reference = cli_frame(&phone, 0.5, size)?;
     let pixel = |rgb: &[u8], row: u32, column: u32| {
-        let at = ((row * SIDE + column) * 3) as usize;
+        let at = ((row * size.0 + column) * 3) as usize;
         [rgb[at], rgb[at + 1], rgb[at + 2]]
     };
+    let bottom = size.1 - 3;
     ensure!(
-        pixel(&reference, 2, 16)[0] > 200 && pixel(&reference, 29, 16)[2] > 200,
+        pixel(&reference, 2, 16)[0] > 200 && pixel(&reference, bottom, 16)[2] > 200,
         "the CLI's reference is not red on top, blue below"
     );
-    let sampler = FfmpegFrameSampler::new(SIDE);
     let (chunks, summary) = segment_all(&phone, 2_000, &directory.path().join("spool"));
     summary?;
     ensure!(chunks.len() == 2, "{} chunks", chunks.len());
@@ -714,7 +729,7 @@ fn a_rotated_phone_clip_is_turned_as_ffmpeg_turns_it() -> Result<()> {
             "{what}: frame differs from FFmpeg's turned frame by {difference:.1} per channel \
              (top {:?}, bottom {:?})",
             pixel(&frame.rgb, 2, 16),
-            pixel(&frame.rgb, 29, 16)
+            pixel(&frame.rgb, bottom, 16)
         );
     }
     Ok(())
@@ -808,7 +823,7 @@ fn variable_frame_rate_and_10_bit_clips_segment_at_the_source_times() -> Result<
         // at the source's time, with the source's picture.
         let frames = sampler.sample(&chunks[4].path, TimeRange::new(8_000, 9_000), 1)?;
         let frame = frames.first().context("no frame")?;
-        let reference = cli_frame(&path, 8.5, 32)?;
+        let reference = cli_frame(&path, 8.5, size_of(frame))?;
         let difference = mean_abs_diff(&frame.rgb, &reference);
         if frame.pts_ms.abs_diff(8_500) > *frame_ms || difference > 12.0 {
             failures.push(format!(
@@ -929,11 +944,11 @@ fn inputs_remuxing_cannot_cut_are_cut_by_re_encoding() -> Result<()> {
                 1,
             )?;
             let frame = frames.first().context("no frame")?;
-            let reference = cli_frame(&path, at_ms as f64 / 1000.0, 32)?;
+            let reference = cli_frame(&path, at_ms as f64 / 1000.0, size_of(frame))?;
             let difference = mean_abs_diff(&frame.rgb, &reference);
             // Closer to the source's frame at that time than to its frame a second away
             // (testsrc2 moves): the right picture, not only a picture.
-            let elsewhere = cli_frame(&path, (at_ms as f64 / 1000.0 + 1.0) % 12.0, 32)?;
+            let elsewhere = cli_frame(&path, (at_ms as f64 / 1000.0 + 1.0) % 12.0, size_of(frame))?;
             let wrong = mean_abs_diff(&frame.rgb, &elsewhere);
             if frame.pts_ms.abs_diff(at_ms) > *frame_ms || difference > 20.0 || difference >= wrong
             {
@@ -1059,8 +1074,9 @@ fn mpegts_timestamp_discontinuities_continue_the_media_time() -> Result<()> {
     // The second recording's picture is in the second half.
     let sampler = FfmpegFrameSampler::new(32);
     let frames = sampler.sample(&chunks[4].path, TimeRange::new(8_000, 9_000), 1)?;
-    let bars = cli_frame(&directory.path().join("part1.ts"), 2.5, 32)?;
-    let difference = mean_abs_diff(&frames.first().context("no frame")?.rgb, &bars);
+    let frame = frames.first().context("no frame")?;
+    let bars = cli_frame(&directory.path().join("part1.ts"), 2.5, size_of(frame))?;
+    let difference = mean_abs_diff(&frame.rgb, &bars);
     ensure!(
         difference < 12.0,
         "segment 4 is not the second recording ({difference:.1})"
@@ -1159,9 +1175,9 @@ fn clips_are_cut_as_mp4_from_the_keyframe_before_the_hit() -> Result<()> {
             "{}: {streams}",
             source.display()
         );
-        let shown = cli_frame(&output, 0.0, 32)?;
-        let expected = cli_frame(source, clip.start_ms as f64 / 1000.0, 32)?;
-        let other = cli_frame(source, clip.start_ms as f64 / 1000.0 + 1.0, 32)?;
+        let shown = cli_frame(&output, 0.0, (32, 32))?;
+        let expected = cli_frame(source, clip.start_ms as f64 / 1000.0, (32, 32))?;
+        let other = cli_frame(source, clip.start_ms as f64 / 1000.0 + 1.0, (32, 32))?;
         let (near, far) = (
             mean_abs_diff(&shown, &expected),
             mean_abs_diff(&shown, &other),

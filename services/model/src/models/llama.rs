@@ -717,3 +717,42 @@ pub fn argmax(values: &[f32]) -> u32 {
     }
     best as u32
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// transformers' llama3 inverse frequencies for PLM-1B's text RoPE (head_dim 64), from
+    /// `scripts/make_rope_fixture.py`: 15 kept, 14 divided by the factor and 3 in the smoothed
+    /// band between.
+    #[test]
+    fn llama3_frequencies_match_the_reference_in_all_three_bands() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/plm/rope_llama3_hd64.json"
+        );
+        let fixture: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("the rope fixture"))
+                .expect("JSON");
+        let config = LlamaConfig::from_json(&fixture["text_config"], None, "plm-1b-text")
+            .expect("PLM-1B's text config");
+        let ours = config.inverse_frequencies();
+        let theirs: Vec<f64> =
+            serde_json::from_value(fixture["inv_freq"].clone()).expect("inv_freq");
+        let bands: Vec<String> = serde_json::from_value(fixture["bands"].clone()).expect("bands");
+        assert_eq!(ours.len(), theirs.len());
+        for band in ["kept", "divided", "smoothed"] {
+            assert!(
+                bands.iter().any(|b| b == band),
+                "the fixture has no {band} frequency"
+            );
+        }
+        for (index, ((ours, theirs), band)) in ours.iter().zip(&theirs).zip(&bands).enumerate() {
+            let relative = (f64::from(*ours) - theirs).abs() / theirs.abs();
+            assert!(
+                relative <= 1e-6,
+                "frequency {index} ({band}): {ours} vs the reference's {theirs}"
+            );
+        }
+    }
+}
