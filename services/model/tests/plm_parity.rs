@@ -543,3 +543,85 @@ fn production_frames_of_a_real_clip_get_the_reference_preprocessing() -> anyhow:
     anyhow::ensure!(mean <= 1e-3, "mean difference {mean}");
     Ok(())
 }
+
+/// PLM's region prompt path (RCap) against the reference (`scripts/make_plm_region_fixture.py`):
+/// the rectangle vidx draws on frames 8..23 is the reference's, the processor's pixels of the
+/// marked frames agree, the region prompt's ids are the processor's, and the tiny model's
+/// first logits and greedy continuation on them are transformers'.
+#[test]
+fn the_region_prompt_path_matches_the_reference() -> anyhow::Result<()> {
+    let fixture = load("cls")?;
+    let device = Device::Cpu;
+    let region = candle_core::safetensors::load(
+        fixtures().join("cls/region_reference.safetensors"),
+        &device,
+    )?;
+    let mut frames = u8_images(&fixture.inputs["video.frames_u8"])?;
+    let boxed = vidx_core::NormalizedBox {
+        x0: 0.1,
+        y0: 0.1,
+        x1: 0.6,
+        y1: 0.7,
+    };
+    for frame in &mut frames[8..24] {
+        frame.draw_rectangle(&boxed, [255, 0, 0], 4);
+    }
+    let marked = u8_images(&region["region.marked_u8"])?;
+    for (index, (ours, theirs)) in frames.iter().zip(&marked).enumerate() {
+        anyhow::ensure!(
+            ours.data == theirs.data,
+            "frame {index}: the rectangle differs from the reference's"
+        );
+    }
+    let processor = &fixture.bundle.processor;
+    let resized: Vec<RgbImage> = frames
+        .iter()
+        .map(|frame| processor.video_frame(frame))
+        .collect();
+    let pixels = processor.pixel_values(&resized, &device, DType::F32)?;
+    let pixel_diff = max_abs_diff(&pixels, &region["region.pixel_values"])? * 0.5;
+    anyhow::ensure!(
+        pixel_diff <= 2.0 / 255.0 + 1e-6,
+        "marked pixels differ by {pixel_diff}"
+    );
+    let prompt = vidx_model::captioner::REGION_CAPTION_PROMPT
+        .replace("{start}", "8")
+        .replace("{end}", "23")
+        .replace("{frames}", "32");
+    let prompt_ids = fixture
+        .bundle
+        .prompter
+        .encode(Media::Video { frames: 32 }, &prompt)
+        .map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        prompt_ids == ids(&region["region.input_ids"])?,
+        "region prompt ids differ from the processor's"
+    );
+    let model = &fixture.bundle.model;
+    let input = PlmInput {
+        ids: prompt_ids,
+        visual: Some(model.visual_tokens(&region["region.pixel_values"], 8)?),
+    };
+    let prefilled = model.prefill(std::slice::from_ref(&input), 64, 0)?;
+    let first = slice_diff(&prefilled.logits[0], &region["region.greedy_logits"].i(0)?)?;
+    anyhow::ensure!(first <= 1e-3, "first region logits differ by {first}");
+    let expected = region["region.greedy_ids"]
+        .to_vec1::<i64>()?
+        .iter()
+        .map(|&id| id as u32)
+        .collect::<Vec<_>>();
+    let options = GenerateOptions {
+        max_new_tokens: expected.len(),
+        sampling: Sampling::Greedy,
+        stop_tokens: Vec::new(),
+        prefill_chunk: 64,
+    };
+    let (generated, _) = model.generate(&[input], &options)?;
+    anyhow::ensure!(
+        generated[0].tokens == expected,
+        "greedy region tokens {:?}, the reference's {expected:?}",
+        generated[0].tokens
+    );
+    println!("region prompt: pixels {pixel_diff:.4}, first logits {first:.2e}");
+    Ok(())
+}
