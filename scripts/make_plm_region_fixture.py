@@ -32,6 +32,11 @@ CHECKPOINT = FIXTURES / "cls"
 # vidx's REGION_CAPTION_PROMPT (services/model/src/captioner.rs), filled in.
 PROMPT = ("Give a detailed description of the events occurring in the region marked by the red "
           "rectangle within frames [{start}, {end}] in this {frames} frame video.")
+# vidx's REGION_DENSE_CAPTION_PROMPT (RDCap), filled in.
+DENSE_PROMPT = ("Create a dense caption of the subject's actions within the red rectangles, including "
+                "action frames ids and brief descriptions. For each item use the format [start, end]: "
+                "[description] separated by a newline, where start and end are frame numbers between 0 "
+                "and {last} in this {frames} frame video.")
 BOX = (0.1, 0.1, 0.6, 0.7)  # x0, y0, x1, y1
 MARKED = range(8, 24)
 THICKNESS = 4
@@ -85,7 +90,15 @@ def main() -> None:
     text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
     batch = processor(text=[text], videos=[marked], return_tensors="pt", add_special_tokens=False)
     ids, logits = greedy(model, dict(batch), STEPS)
+    dense_prompt = DENSE_PROMPT.format(last=len(frames) - 1, frames=len(frames))
+    dense_conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": dense_prompt}]}]
+    dense_text = processor.apply_chat_template(dense_conversation, add_generation_prompt=True, tokenize=False)
+    dense_batch = processor(text=[dense_text], videos=[marked], return_tensors="pt", add_special_tokens=False)
+    dense_ids, dense_logits = greedy(model, dict(dense_batch), STEPS)
     tensors = {
+        "rdcap.input_ids": dense_batch["input_ids"][0].to(torch.int64),
+        "rdcap.greedy_ids": dense_ids,
+        "rdcap.greedy_logits": dense_logits.contiguous(),
         "region.marked_u8": torch.from_numpy(marked.copy()),
         "region.input_ids": batch["input_ids"][0].to(torch.int64),
         "region.pixel_values": batch["pixel_values_videos"][0].float().contiguous(),
@@ -95,6 +108,7 @@ def main() -> None:
     safetensors.torch.save_file(tensors, CHECKPOINT / "region_reference.safetensors")
     manifest = {
         "prompt": prompt,
+        "rdcap_prompt": dense_prompt,
         "box": BOX,
         "marked_frames": [MARKED.start, MARKED.stop - 1],
         "thickness": THICKNESS,

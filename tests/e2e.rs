@@ -1131,6 +1131,7 @@ fn visual_model_indexes_frames_and_regions_and_hybrid_search_fuses_channels() ->
     )?;
     ensure!(output.status.success(), "{}", describe(&output));
     let report: Value = serde_json::from_slice(&output.stdout)?;
+    println!("vidx eval: {report}");
     ensure!(report["queries"] == 4, "{report}");
     let caption = &report["modes"]["caption"];
     for key in ["recall_at_1", "recall_at_10", "mrr"] {

@@ -72,6 +72,17 @@ pub trait Captioner: Send + Sync {
         let _ = (segment, tracks);
         Ok(Vec::new())
     }
+    /// Dense captions of one region over time (PLM's RDCap): `boxes[f]` is the region's box
+    /// on frame `f`, or none. Timed moments of what the subject in the box does; the default
+    /// gives none.
+    fn dense_caption_region(
+        &self,
+        segment: SegmentInput<'_>,
+        boxes: &[Option<crate::NormalizedBox>],
+    ) -> Result<Vec<Moment>, ModelError> {
+        let _ = (segment, boxes);
+        Ok(Vec::new())
+    }
 }
 
 /// Embeds text (captions at index time, the query at search time).

@@ -23,6 +23,10 @@ pub const DENSE_CAPTION_PROMPT: &str = "Create a dense caption of the actions in
 /// PLM's region-captioning prompt (RCap): the region is the red rectangle on the frames.
 pub const REGION_CAPTION_PROMPT: &str = "Give a detailed description of the events occurring in the region marked by the red rectangle within frames [{start}, {end}] in this {frames} frame video.";
 
+/// PLM's region dense-captioning prompt (RDCap, PLM-VideoBench): the subject is in the red
+/// rectangles on the frames; `{last}` and `{frames}` are filled in.
+pub const REGION_DENSE_CAPTION_PROMPT: &str = "Create a dense caption of the subject's actions within the red rectangles, including action frames ids and brief descriptions. For each item use the format [start, end]: [description] separated by a newline, where start and end are frame numbers between 0 and {last} in this {frames} frame video.";
+
 /// Red, 4 px: the rectangle PLM was trained to read.
 const REGION_COLOR: [u8; 3] = [255, 0, 0];
 const REGION_THICKNESS: usize = 4;
@@ -247,6 +251,42 @@ impl PlmCaptioner {
         Ok(texts.iter().map(|text| tidy(text)).collect())
     }
 
+    /// RDCap: timed moments of what the subject in `boxes` does over the segment's frames,
+    /// each carrying the union of the boxes.
+    pub fn dense_caption_region(
+        &self,
+        segment: SegmentInput<'_>,
+        boxes: &[Option<NormalizedBox>],
+    ) -> Result<Vec<Moment>, ModelError> {
+        let frames = segment.frames;
+        let union = boxes
+            .iter()
+            .flatten()
+            .copied()
+            .reduce(|a, b| NormalizedBox {
+                x0: a.x0.min(b.x0),
+                y0: a.y0.min(b.y0),
+                x1: a.x1.max(b.x1),
+                y1: a.y1.max(b.y1),
+            });
+        let (Some(union), false) = (union, frames.is_empty()) else {
+            return Ok(Vec::new());
+        };
+        let (images, _) = self.region_request(frames, boxes)?;
+        let prompt = REGION_DENSE_CAPTION_PROMPT
+            .replace("{last}", &(frames.len() - 1).to_string())
+            .replace("{frames}", &frames.len().to_string());
+        let (mut texts, _) = self.answer(&[(images, prompt)])?;
+        let text = texts.pop().unwrap_or_default();
+        Ok(moments_from_output(&text, &segment)
+            .into_iter()
+            .map(|moment| Moment {
+                region: Some(union),
+                ..moment
+            })
+            .collect())
+    }
+
     /// The frames with the track's rectangle drawn, and the region prompt naming them.
     fn region_request(
         &self,
@@ -369,5 +409,13 @@ impl Captioner for PlmCaptioner {
         tracks: &[Vec<Option<NormalizedBox>>],
     ) -> Result<Vec<String>, ModelError> {
         self.caption_regions_batch(segment.frames, tracks)
+    }
+
+    fn dense_caption_region(
+        &self,
+        segment: SegmentInput<'_>,
+        boxes: &[Option<NormalizedBox>],
+    ) -> Result<Vec<Moment>, ModelError> {
+        PlmCaptioner::dense_caption_region(self, segment, boxes)
     }
 }

@@ -622,6 +622,30 @@ fn the_region_prompt_path_matches_the_reference() -> anyhow::Result<()> {
         "greedy region tokens {:?}, the reference's {expected:?}",
         generated[0].tokens
     );
+    // RDCap: the dense region prompt over the same marked frames.
+    let dense_prompt = vidx_model::captioner::REGION_DENSE_CAPTION_PROMPT
+        .replace("{last}", "31")
+        .replace("{frames}", "32");
+    let dense_ids = fixture
+        .bundle
+        .prompter
+        .encode(Media::Video { frames: 32 }, &dense_prompt)
+        .map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        dense_ids == ids(&region["rdcap.input_ids"])?,
+        "RDCap prompt ids differ from the processor's"
+    );
+    let dense_input = PlmInput {
+        ids: dense_ids,
+        visual: Some(model.visual_tokens(&region["region.pixel_values"], 8)?),
+    };
+    let dense_expected = ids(&region["rdcap.greedy_ids"])?;
+    let (dense, _) = model.generate(&[dense_input], &options)?;
+    anyhow::ensure!(
+        dense[0].tokens == dense_expected,
+        "greedy RDCap tokens {:?}, the reference's {dense_expected:?}",
+        dense[0].tokens
+    );
     println!("region prompt: pixels {pixel_diff:.4}, first logits {first:.2e}");
     Ok(())
 }

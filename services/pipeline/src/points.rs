@@ -347,12 +347,15 @@ fn caption_split(
     }
 }
 
+/// A moment with the revision and index its point id is made of.
+type RevisedMoment = (String, u32, vidx_core::Moment);
+
 /// The points of a segment whose moments are known: visual, region and moment records.
 fn points_from_moments(
     task: &SegmentTask,
     frames: &[Frame],
     models: &Models,
-    moments: Vec<(String, u32, vidx_core::Moment)>,
+    mut moments: Vec<(String, u32, vidx_core::Moment)>,
 ) -> Result<Vec<IndexPoint>, PipelineError> {
     let frame_vectors = match (&models.visual_embedder, frames.is_empty()) {
         (Some(embedder), false) => Some(embedder.embed_frames(frames)?),
@@ -369,14 +372,17 @@ fn points_from_moments(
             &mut thumbnails,
         ));
         if let Some(settings) = &models.regions {
-            points.extend(region_points(
+            let (regions, region_moments) = region_points(
                 task,
                 frames,
                 models,
                 embedder.as_ref(),
                 settings,
                 &thumbnails,
-            )?);
+            )?;
+            points.extend(regions);
+            // RDCap's timed moments of the longest track: caption points with its box.
+            moments.extend(region_moments);
         }
     }
     if moments.is_empty() {
@@ -518,7 +524,7 @@ fn region_points(
     embedder: &dyn VisualEmbedder,
     settings: &RegionSettings,
     thumbnails: &SegmentThumbnails<'_>,
-) -> Result<Vec<IndexPoint>, PipelineError> {
+) -> Result<(Vec<IndexPoint>, Vec<RevisedMoment>), PipelineError> {
     let tracks = propose_regions(frames, settings).map_err(|error| {
         PipelineError::Model(vidx_core::ModelError::Inference {
             model: "regions".into(),
@@ -534,7 +540,7 @@ fn region_points(
         }
     }
     if crops.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let vectors = embedder.embed_frames(&crops)?;
     let captions = region_captions(task, frames, models, &tracks, settings.captions)?;
@@ -602,7 +608,59 @@ fn region_points(
             thumbnail: thumbnails.for_region(id, track.span, &track.union),
         });
     }
-    Ok(points)
+    let dense = if settings.captions > 0 {
+        region_dense_moments(task, frames, models, &tracks)?
+    } else {
+        Vec::new()
+    };
+    Ok((points, dense))
+}
+
+/// Each track's box on each sampled frame (none where it is not seen).
+fn boxes_per_frame(frames: &[Frame], track: &RegionTrack) -> Vec<Option<vidx_core::NormalizedBox>> {
+    frames
+        .iter()
+        .map(|frame| {
+            track
+                .boxes
+                .iter()
+                .find(|timed| timed.pts_ms == frame.pts_ms)
+                .map(|timed| timed.bbox)
+        })
+        .collect()
+}
+
+/// RDCap: timed moments of the longest motion track (dense captions of what its subject
+/// does, each with the track's box), from the first captioner that reads regions; their
+/// revision is the captioner's with `+rdcap`.
+fn region_dense_moments(
+    task: &SegmentTask,
+    frames: &[Frame],
+    models: &Models,
+    tracks: &[RegionTrack],
+) -> Result<Vec<RevisedMoment>, PipelineError> {
+    let longest = tracks
+        .iter()
+        .filter(|track| track.kind == RegionKind::Motion)
+        .max_by_key(|track| (track.span.duration_ms(), track.boxes.len()));
+    let Some(track) = longest else {
+        return Ok(Vec::new());
+    };
+    let boxes = boxes_per_frame(frames, track);
+    let segment = SegmentInput { task, frames };
+    for captioner in &models.captioners {
+        let moments = captioner.dense_caption_region(segment, &boxes)?;
+        if moments.is_empty() {
+            continue;
+        }
+        let revision = format!("{}+rdcap", captioner.revision());
+        return Ok(moments
+            .into_iter()
+            .enumerate()
+            .map(|(index, moment)| (revision.clone(), index as u32, moment))
+            .collect());
+    }
+    Ok(Vec::new())
 }
 
 /// Region captions (PLM's RCap) of the `limit` largest tracks by area × duration, from the
@@ -627,21 +685,9 @@ fn region_captions(
     let mut ranked: Vec<usize> = (0..tracks.len()).collect();
     ranked.sort_by(|a, b| salience(&tracks[*b]).total_cmp(&salience(&tracks[*a])));
     ranked.truncate(limit);
-    // Each track's box on each sampled frame (none where it is not seen).
     let boxes: Vec<Vec<Option<vidx_core::NormalizedBox>>> = ranked
         .iter()
-        .map(|index| {
-            frames
-                .iter()
-                .map(|frame| {
-                    tracks[*index]
-                        .boxes
-                        .iter()
-                        .find(|timed| timed.pts_ms == frame.pts_ms)
-                        .map(|timed| timed.bbox)
-                })
-                .collect()
-        })
+        .map(|index| boxes_per_frame(frames, &tracks[*index]))
         .collect();
     let segment = SegmentInput { task, frames };
     for captioner in &models.captioners {
@@ -989,6 +1035,29 @@ mod tests {
         fn caption(&self, _segment: SegmentInput<'_>) -> Result<Vec<Moment>, ModelError> {
             Ok(Vec::new())
         }
+        fn dense_caption_region(
+            &self,
+            segment: SegmentInput<'_>,
+            boxes: &[Option<NormalizedBox>],
+        ) -> Result<Vec<Moment>, ModelError> {
+            let seen: Vec<usize> = boxes
+                .iter()
+                .enumerate()
+                .filter_map(|(index, region)| region.map(|_| index))
+                .collect();
+            let (Some(first), Some(last)) = (seen.first(), seen.last()) else {
+                return Ok(Vec::new());
+            };
+            Ok(vec![Moment {
+                kind: RecordKind::Caption,
+                range: TimeRange::new(
+                    segment.frames[*first].pts_ms,
+                    segment.frames[*last].pts_ms + 250,
+                ),
+                caption: "the red square slides across the wall".into(),
+                region: boxes[*first],
+            }])
+        }
         fn caption_regions(
             &self,
             segment: SegmentInput<'_>,
@@ -1040,6 +1109,18 @@ mod tests {
         );
         assert!(region.vectors.contains_key(vector_names::TEXT));
         assert!(region.payload.model_rev.ends_with("+rcap:reader-1"));
+        // RDCap of the longest (the only) motion track: a timed caption moment with a box.
+        let dense: Vec<_> = of_kind(&points, RecordKind::Caption)
+            .into_iter()
+            .filter(|point| point.payload.model_rev == "reader-1+rdcap")
+            .collect();
+        assert_eq!(dense.len(), 1, "one RDCap moment");
+        assert_eq!(
+            dense[0].payload.caption,
+            "the red square slides across the wall"
+        );
+        assert!(dense[0].payload.region.is_some());
+        assert!(dense[0].vectors.contains_key(vector_names::TEXT));
         // The captioner saw the track's box on every frame it was found on, none elsewhere.
         let shown = reader
             .shown
