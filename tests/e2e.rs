@@ -387,6 +387,120 @@ fn index_then_search_finds_the_paraphrased_scene() -> Result<()> {
     Ok(())
 }
 
+/// Stream labels set at index time filter searches; several streams in one search; hits
+/// carry their labels and model revision; `vidx delete` forgets one stream (points and
+/// thumbnail files) and then everything indexed before now, idempotently.
+#[test]
+fn labels_filter_searches_and_delete_forgets_a_stream_with_its_thumbnails() -> Result<()> {
+    let workspace = tempfile::tempdir()?;
+    let north = make_video(workspace.path(), "north.mp4", true)?;
+    let south = workspace.path().join("south.mp4");
+    std::fs::copy(&north, &south)?;
+    let data_dir = workspace.path().join("data");
+    let (north_id, south_id) = (
+        north.to_str().context("path")?,
+        south.to_str().context("path")?,
+    );
+    for (video, labels) in [
+        (&north, ["--label", "site=north", "--label", "group=lobby"]),
+        (&south, ["--label", "site=south", "--label", "group=lobby"]),
+    ] {
+        let (output, summary) = index(&[video.as_path()], &data_dir, &labels)?;
+        ensure!(output.status.success(), "{}", describe(&output));
+        assert_eq!(summary["moments"], 8, "{summary}");
+    }
+    assert_eq!(point_count(&data_dir)?, 16);
+
+    let northern = search(
+        "a sleeping kitty",
+        &data_dir,
+        &["--label", "site=north", "--top-k", "20"],
+    )?;
+    assert_eq!(northern.len(), 8, "{northern:?}");
+    for hit in &northern {
+        assert_eq!(hit["stream_id"], north_id, "{hit}");
+        assert_eq!(hit["labels"]["site"], "north", "{hit}");
+        assert_eq!(hit["labels"]["group"], "lobby", "{hit}");
+        ensure!(
+            hit["model_rev"].as_str().is_some_and(|rev| !rev.is_empty()),
+            "no model_rev: {hit}"
+        );
+    }
+    let lobby = search(
+        "a sleeping kitty",
+        &data_dir,
+        &["--label", "group=lobby", "--top-k", "20"],
+    )?;
+    assert_eq!(lobby.len(), 16);
+    assert!(search("a sleeping kitty", &data_dir, &["--label", "site=east"])?.is_empty());
+    let both = search(
+        "a sleeping kitty",
+        &data_dir,
+        &["--stream", north_id, "--stream", south_id, "--top-k", "20"],
+    )?;
+    assert_eq!(both.len(), 16);
+    let bad = vidx(&["search", "cat", "--label", "Site"], &data_dir)?;
+    ensure!(
+        !bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("--label"),
+        "{}",
+        describe(&bad)
+    );
+
+    // Forget the northern stream: its points and thumbnail files go, the southern stays.
+    // Points showing the same frame share its thumbnail: each file once.
+    let north_thumbnails: std::collections::BTreeSet<PathBuf> = northern
+        .iter()
+        .filter_map(|hit| hit["thumbnail_url"].as_str())
+        .filter_map(|url| url.strip_prefix("file://"))
+        .map(PathBuf::from)
+        .collect();
+    ensure!(!north_thumbnails.is_empty(), "no thumbnails: {northern:?}");
+    ensure!(north_thumbnails.iter().all(|path| path.is_file()));
+    let deleted = vidx(&["delete", "--stream", north_id, "--json"], &data_dir)?;
+    ensure!(deleted.status.success(), "{}", describe(&deleted));
+    let report = json_lines(&deleted)?.pop().context("no report")?;
+    assert_eq!(report["points"], 8, "{report}");
+    assert_eq!(report["thumbnails"], north_thumbnails.len(), "{report}");
+    assert_eq!(point_count(&data_dir)?, 8);
+    ensure!(
+        north_thumbnails.iter().all(|path| !path.exists()),
+        "thumbnails left behind"
+    );
+    let left = search("a sleeping kitty", &data_dir, &["--top-k", "20"])?;
+    assert_eq!(left.len(), 8);
+    ensure!(left.iter().all(|hit| hit["stream_id"] == south_id));
+    ensure!(
+        left.iter()
+            .filter_map(|hit| hit["thumbnail_url"].as_str())
+            .filter_map(|url| url.strip_prefix("file://"))
+            .all(|path| Path::new(path).is_file()),
+        "the other stream's thumbnails went too"
+    );
+    // Again: nothing more, and no error.
+    let again = vidx(&["delete", "--stream", north_id, "--json"], &data_dir)?;
+    ensure!(again.status.success(), "{}", describe(&again));
+    assert_eq!(json_lines(&again)?.pop().context("no report")?["points"], 0);
+
+    // Everything indexed before now.
+    let everything = vidx(&["delete", "--before", "now", "--json"], &data_dir)?;
+    ensure!(everything.status.success(), "{}", describe(&everything));
+    assert_eq!(
+        json_lines(&everything)?.pop().context("no report")?["points"],
+        8
+    );
+    assert_eq!(point_count(&data_dir)?, 0);
+    let neither = vidx(&["delete"], &data_dir)?;
+    ensure!(!neither.status.success(), "{}", describe(&neither));
+    let file_time = vidx(&["delete", "--before", "01:00"], &data_dir)?;
+    ensure!(
+        !file_time.status.success()
+            && String::from_utf8_lossy(&file_time.stderr).contains("a date"),
+        "{}",
+        describe(&file_time)
+    );
+    Ok(())
+}
+
 #[test]
 fn killed_index_run_resumes_without_duplicates() -> Result<()> {
     let workspace = tempfile::tempdir()?;

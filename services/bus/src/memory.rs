@@ -235,6 +235,7 @@ mod tests {
             attempt: 1,
             subtitles: vec![],
             trace_context: Default::default(),
+            labels: Vec::new(),
         }
     }
 

@@ -123,6 +123,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             let context = AppContext::load(&cli, &env, common_overrides(&args.common), false)?;
             crate::clip::run(context, args).await
         }
+        Command::Delete(args) => {
+            let context = AppContext::load(&cli, &env, common_overrides(&args.common), false)?;
+            crate::delete::run(context, args).await
+        }
         Command::Eval(args) => {
             let context = AppContext::load(&cli, &env, common_overrides(&args.common), false)?;
             crate::eval::run(context, args).await

@@ -43,6 +43,10 @@ pub enum Command {
     /// Live streams of a running ingest service (rtsp, rtmp, MPEG-TS, HLS): their state
     /// (connecting, live, degraded, stopped), segments and reconnects; `--stop JOB` ends one.
     Streams(StreamsArgs),
+    /// Delete indexed moments of the caller's tenant: every moment of one stream (its
+    /// thumbnails and kept live footage too), or every moment indexed before a time.
+    /// Idempotent: deleting again deletes nothing and succeeds.
+    Delete(DeleteArgs),
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -130,6 +134,27 @@ pub struct IndexArgs {
     /// With --endpoint: print the job ids and return at once.
     #[arg(long)]
     pub no_wait: bool,
+    /// A label of the streams indexed (repeatable): `--label site=north --label group=lobby`;
+    /// stored on every moment, filterable with `vidx search --label`.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["stream", "before"])))]
+pub struct DeleteArgs {
+    /// Delete every moment of this stream (for files: the absolute path).
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// Delete every moment indexed before this time: a date (2026-12-01T10:00:00Z) or a time
+    /// ago (-30d, -2h).
+    #[arg(long, value_parser = parse_instant_ms, allow_hyphen_values = true)]
+    pub before: Option<u64>,
+    /// Delete in a running query service's index instead of the local one.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -147,9 +172,12 @@ pub struct SearchArgs {
     /// earlier search; a frame, segment, region or a moment with a visual vector).
     #[arg(long, value_name = "ID")]
     pub like: Option<String>,
-    /// Only this stream (for files: the absolute path).
-    #[arg(long)]
-    pub stream: Option<String>,
+    /// Only this stream (for files: the absolute path); repeat for any of several streams.
+    #[arg(long = "stream", value_name = "ID")]
+    pub streams: Vec<String>,
+    /// Only streams indexed with this label (repeatable: all of them).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
     /// Only moments that end at or after this time: ms or hh:mm:ss[.mmm] into a file, or for
     /// live streams a date (2026-12-01T10:00:00Z) or a time ago (-2h, -30m, now).
     #[arg(long, value_parser = parse_time_ms, allow_hyphen_values = true)]
@@ -266,6 +294,23 @@ pub enum ConfigCommand {
 /// and `now` → ms since the Unix epoch.
 pub fn parse_time_ms(value: &str) -> Result<u64, String> {
     parse_time_ms_at(value, std::time::SystemTime::now())
+}
+
+/// A wall-clock instant: `2026-12-01T10:00:00Z`, `-30d` (that long ago), `now`, or Unix
+/// epoch ms; never a time into a file.
+pub fn parse_instant_ms(value: &str) -> Result<u64, String> {
+    let trimmed = value.trim();
+    let date_like = trimmed.len() >= 10 && trimmed.as_bytes()[4] == b'-';
+    if date_like
+        || trimmed.starts_with('-')
+        || trimmed.eq_ignore_ascii_case("now")
+        || trimmed.chars().all(|c| c.is_ascii_digit())
+    {
+        return parse_time_ms(trimmed);
+    }
+    Err(format!(
+        "`{value}`: a date (2026-12-01T10:00:00Z), a time ago (-30d, -2h) or epoch ms"
+    ))
 }
 
 fn parse_time_ms_at(value: &str, now: std::time::SystemTime) -> Result<u64, String> {

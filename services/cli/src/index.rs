@@ -59,6 +59,7 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
         return crate::remote::index(endpoint, &args.remote, args).await;
     }
     let started = Instant::now();
+    let labels = crate::search::label_args(&args.labels)?;
     let config = context.config.clone();
     // The node's settings, mapped from the config as `vidx run` maps them, for an embedded
     // node: segments go to the workers as files in a spool that this run owns.
@@ -156,6 +157,7 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
     let tenant = config.general.tenant.clone();
     let submit = tokio::spawn({
         let (ingest, queue, shutdown) = (ingest.clone(), queue.clone(), shutdown_rx.clone());
+        let labels = labels.clone();
         async move {
             let mut jobs = Vec::new();
             for input in inputs {
@@ -163,7 +165,7 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
                     break;
                 }
                 let name = input.display_name();
-                let accepted = ingest.accept(&tenant, input, name.clone(), false);
+                let accepted = ingest.accept(&tenant, input, name.clone(), labels.clone(), false);
                 match accepted {
                     Ok((job_id, work)) => {
                         work.await;

@@ -3,6 +3,7 @@
 mod app;
 mod args;
 mod clip;
+mod delete;
 mod eval;
 mod index;
 mod remote;

@@ -10,11 +10,12 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use vidx_core::ErrorCode;
 use vidx_core::fusion::SearchHit;
 use vidx_proto::v1;
+use vidx_proto::v1::index_service_client::IndexServiceClient;
 use vidx_proto::v1::ingest_service_client::IngestServiceClient;
 use vidx_proto::v1::search_service_client::SearchServiceClient;
 
 use crate::app::{EXIT_OK, EXIT_PARTIAL, cli_error};
-use crate::args::{IndexArgs, RemoteArgs, SearchArgs, StreamsArgs};
+use crate::args::{DeleteArgs, IndexArgs, RemoteArgs, SearchArgs, StreamsArgs};
 use crate::search::print_hits;
 
 async fn connect(endpoint: &str, remote: &RemoteArgs) -> anyhow::Result<Channel> {
@@ -166,7 +167,11 @@ pub async fn search(endpoint: &str, remote: &RemoteArgs, args: &SearchArgs) -> a
     let mut client = SearchServiceClient::new(connect(endpoint, remote).await?);
     let message = v1::SearchRequest {
         query: args.query.clone().unwrap_or_default(),
-        stream_id: args.stream.clone(),
+        stream_id: None,
+        stream_ids: args.streams.clone(),
+        labels: vidx_core::labels::to_map(&crate::search::label_args(&args.labels)?)
+            .into_iter()
+            .collect(),
         from_ms: args.from,
         to_ms: args.to,
         top_k: u32::try_from(args.top_k).unwrap_or(u32::MAX),
@@ -199,6 +204,10 @@ pub async fn index(endpoint: &str, remote: &RemoteArgs, args: &IndexArgs) -> any
         ("--model-dir", args.model_dir.is_some()),
     ]);
     refuse_local_flags("index", &local)?;
+    let labels: std::collections::HashMap<String, String> =
+        vidx_core::labels::to_map(&crate::search::label_args(&args.labels)?)
+            .into_iter()
+            .collect();
     let mut client = IngestServiceClient::new(connect(endpoint, remote).await?);
     let mut jobs = Vec::new();
     let mut failures = 0usize;
@@ -215,6 +224,7 @@ pub async fn index(endpoint: &str, remote: &RemoteArgs, args: &IndexArgs) -> any
         let message = v1::SubmitRequest {
             source: source.clone(),
             stream_id: None,
+            labels: labels.clone(),
         };
         match client.submit(request(message, token)?).await {
             Ok(response) => {
@@ -424,5 +434,41 @@ pub async fn streams(
             );
         }
     }
+    Ok(EXIT_OK)
+}
+
+/// `vidx delete --endpoint`: the query node deletes in the shared index.
+pub async fn delete(endpoint: &str, remote: &RemoteArgs, args: &DeleteArgs) -> anyhow::Result<u8> {
+    let token = remote.token.as_deref();
+    refuse_local_flags("delete", &common_local_flags(&args.common))?;
+    let mut client = IndexServiceClient::new(connect(endpoint, remote).await?);
+    let response = match (&args.stream, args.before) {
+        (Some(stream_id), _) => client
+            .delete_stream(request(
+                v1::DeleteStreamRequest {
+                    stream_id: stream_id.clone(),
+                },
+                token,
+            )?)
+            .await
+            .map_err(status_error)?,
+        (None, Some(before_ms)) => client
+            .delete_before(request(v1::DeleteBeforeRequest { before_ms }, token)?)
+            .await
+            .map_err(status_error)?,
+        (None, None) => {
+            return Err(cli_error(
+                ErrorCode::InvalidInput,
+                "vidx delete: pass --stream ID or --before T",
+            ));
+        }
+    }
+    .into_inner();
+    crate::delete::print_removed(
+        response.points,
+        response.thumbnails,
+        response.footage,
+        args.common.json,
+    );
     Ok(EXIT_OK)
 }

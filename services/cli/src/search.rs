@@ -52,6 +52,16 @@ pub fn print_hits(hits: &[SearchHit], json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--label key=value` flags, checked.
+pub fn label_args(labels: &[String]) -> anyhow::Result<Vec<String>> {
+    vidx_core::labels::parse_all(labels.iter().map(String::as_str)).map_err(|reason| {
+        cli_error(
+            vidx_core::ErrorCode::InvalidInput,
+            format!("--label: {reason}"),
+        )
+    })
+}
+
 pub async fn run(context: AppContext, args: &SearchArgs) -> anyhow::Result<u8> {
     if let Some(endpoint) = &args.remote.endpoint {
         return crate::remote::search(endpoint, &args.remote, args).await;
@@ -60,10 +70,11 @@ pub async fn run(context: AppContext, args: &SearchArgs) -> anyhow::Result<u8> {
         text: args.query.clone().unwrap_or_default(),
         filter: SearchFilter {
             tenant: context.config.general.tenant.clone(),
-            stream_id: args.stream.clone(),
+            streams: args.streams.clone(),
+            labels: label_args(&args.labels)?,
             from_ms: args.from,
             to_ms: args.to,
-            indexed_since_ms: None,
+            ..SearchFilter::default()
         },
         top_k: args.top_k,
         mode: SearchMode::parse(&args.mode).map_err(to_cli_error)?,

@@ -77,6 +77,21 @@ pub async fn run(context: AppContext) -> anyhow::Result<u8> {
         &Default::default(),
     )
     .map_err(|error| cli_error(ErrorCode::Unavailable, error.to_string()))?;
+    let media: Arc<dyn vidx_core::ports::BlobStore> = Arc::new(media);
+    // `store.retention` over the local index, its thumbnails and footage.
+    let _retention = match cell.get() {
+        Some(engine) => vidx_server::lifecycle::spawn_retention_sweeper(
+            engine.store.clone(),
+            vidx_server::lifecycle::MediaPlaces {
+                store: Some(media.clone()),
+                clip_dir: Some(context.data_dir.join("clips")),
+            },
+            vidx_server::lifecycle::StoreRetention::from_config(&config.store.retention),
+            vidx_server::lifecycle::known_tenants(config),
+            shutdown_rx.clone(),
+        ),
+        None => None,
+    };
     let http = Arc::new(HttpContext {
         engine: cell,
         authenticator: Arc::new(authenticator),
@@ -85,7 +100,7 @@ pub async fn run(context: AppContext) -> anyhow::Result<u8> {
             config.server.max_subscriptions_per_tenant,
             shutdown_rx.clone(),
         ),
-        media: Some(Arc::new(media)),
+        media: Some(media),
         clips: ClipSettings {
             dir: context.data_dir.join("clips"),
             roots: Vec::new(),

@@ -905,6 +905,7 @@ fn a_live_stream_reconnects_after_its_ingest_node_is_killed() -> Result<()> {
                     .submit(v1::SubmitRequest {
                         source: format!("tcp://127.0.0.1:{port}"),
                         stream_id: Some("cam-faults".into()),
+                        ..Default::default()
                     })
                     .await?;
                 anyhow::Ok(response.into_inner().job_id)

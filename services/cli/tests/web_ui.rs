@@ -651,6 +651,65 @@ fn the_http_api_confines_tenants_and_serves_clips_in_ranges() -> Result<()> {
         status == 400 && body.contains("source"),
         "file:// refused: {status} {body}"
     );
+
+    // Deletes: globex cannot delete acme's stream; acme can, with its thumbnails.
+    let acme_stream = acme_hits[0]["stream_id"].as_str().context("stream_id")?;
+    let acme_thumbnail = acme_hits[0]["thumbnail_url"]
+        .as_str()
+        .context("thumbnail_url")?;
+    let delete = |auth: &str, body: &Value| -> Result<(u16, Value)> {
+        let body = body.to_string();
+        let mut headers = vec![("Content-Type", "application/json")];
+        if !auth.is_empty() {
+            headers.push(("Authorization", auth));
+        }
+        let (status, _, answer) = vidx_testkit::http::request(
+            address,
+            "POST",
+            "/v1/index/delete",
+            &headers,
+            Some(body.as_bytes()),
+        )?;
+        Ok((
+            status,
+            serde_json::from_slice(&answer).unwrap_or(Value::Null),
+        ))
+    };
+    let by_stream = json!({ "stream_id": acme_stream });
+    let (status, answer) = delete(&globex_auth, &by_stream)?;
+    ensure!(
+        status == 200 && answer["points"] == 0,
+        "globex deleted acme's: {status} {answer}"
+    );
+    let (_, still) = search(address, Some(acme_token), "a surgeon washing hands")?;
+    ensure!(
+        !still["hits"].as_array().context("hits")?.is_empty(),
+        "{still}"
+    );
+    let (status, answer) = delete("", &by_stream)?;
+    ensure!(status == 401, "a delete without a token: {status} {answer}");
+    let (status, answer) = delete(&acme_auth, &json!({}))?;
+    ensure!(status == 400, "an empty delete: {status} {answer}");
+    let (status, answer) = delete(&acme_auth, &by_stream)?;
+    ensure!(
+        status == 200 && answer["points"].as_u64().unwrap_or(0) > 0,
+        "acme's delete: {status} {answer}"
+    );
+    let (_, gone) = search(address, Some(acme_token), "a surgeon washing hands")?;
+    ensure!(gone["hits"] == json!([]), "{gone}");
+    let (status, _, _) = vidx_testkit::http::request(
+        address,
+        "GET",
+        acme_thumbnail,
+        &[("Authorization", &acme_auth)],
+        None,
+    )?;
+    ensure!(status == 404, "a deleted hit's thumbnail: {status}");
+    let (status, answer) = delete(&acme_auth, &by_stream)?;
+    ensure!(
+        status == 200 && answer["points"] == 0,
+        "again: {status} {answer}"
+    );
     Ok(())
 }
 
@@ -734,6 +793,7 @@ fn the_jobs_page_indexes_a_file_and_the_streams_page_follows_and_stops_a_camera(
 
     // A file: its row shows the progress until it is done.
     type_into(&browser, "#job-source", &video.display().to_string())?;
+    type_into(&browser, "#job-labels", "site=harbour, group=docks")?;
     type_into(&browser, "#job-stream", "harbour\n")?;
     let done = browser.wait_for(
         "the file's job done",
@@ -770,6 +830,28 @@ fn the_jobs_page_indexes_a_file_and_the_streams_page_follows_and_stops_a_camera(
             .is_some_and(|caption| caption.contains("Fireworks")),
         "the indexed file's moment is not first: {first}"
     );
+    // Its labels are on the hit, and the labels filter keeps it or drops it.
+    let title = browser.script("return document.querySelector('#hits .hit .where').title;")?;
+    ensure!(
+        title
+            .as_str()
+            .is_some_and(|title| title.contains("group=docks") && title.contains("site=harbour")),
+        "the hit's labels: {title}"
+    );
+    for (labels, expected) in [("site=elsewhere", 0), ("site=harbour", 1)] {
+        let found = browser.wait_for(
+            "a search with a labels filter",
+            &format!(
+                "if (window.__labelled === undefined) {{ window.__labelled = String(document.body.dataset.searched);                   document.getElementById('labels').value = '{labels}';                   document.getElementById('search').requestSubmit(); return null; }}                 if (String(document.body.dataset.searched) === window.__labelled) return null;                 window.__labelled = undefined;                 return document.querySelectorAll('#hits .hit').length;"
+            ),
+            Duration::from_secs(30),
+        )?;
+        let found = found.as_u64().unwrap_or(u64::MAX);
+        ensure!(
+            (expected == 0 && found == 0) || (expected > 0 && found > 0),
+            "labels {labels}: {found} hits"
+        );
+    }
 
     // A camera: live on the streams page, then stopped from it.
     browser.script("location.hash = '#jobs'; return true;")?;

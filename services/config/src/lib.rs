@@ -115,6 +115,19 @@ pub struct StoreConfig {
     pub api_key: String,
     pub collection: String,
     pub timeout_ms: u64,
+    /// How long indexed moments are kept, per tenant.
+    pub retention: StoreRetentionConfig,
+}
+
+/// `store.retention`: moments indexed longer ago than a tenant's bound are deleted (with their
+/// thumbnails) by a background sweeper on the query node and in `vidx serve`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreRetentionConfig {
+    /// Every tenant's bound, in seconds; 0 keeps moments forever.
+    pub max_age_secs: u64,
+    /// Tenants with their own bound (seconds; 0: forever), over `max_age_secs`.
+    pub tenants: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -225,6 +225,12 @@ pub struct SearchHit {
     /// HTTP listener (a `file://` path for the local index's `vidx search --json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thumbnail_url: Option<String>,
+    /// The models that made the hit (a reindex with new models changes it).
+    #[serde(default)]
+    pub model_rev: String,
+    /// The stream's labels, from its submission.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl From<&FusedHit> for SearchHit {
@@ -254,6 +260,8 @@ impl From<&FusedHit> for SearchHit {
                 .thumbnail
                 .as_ref()
                 .map(|_| format!("/v1/thumbnails/{}.jpg", hit.id)),
+            model_rev: payload.model_rev.clone(),
+            labels: crate::labels::to_map(&payload.labels),
         }
     }
 }
@@ -509,6 +517,7 @@ mod tests {
             region: None,
             thumbnail: None,
             indexed_at_ms: 0,
+            labels: Vec::new(),
         }
     }
 

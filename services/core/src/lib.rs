@@ -6,6 +6,7 @@ pub mod dense_caption;
 pub mod error;
 pub mod fusion;
 pub mod ids;
+pub mod labels;
 pub mod offsets;
 pub mod ports;
 pub mod regions;

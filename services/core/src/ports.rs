@@ -127,6 +127,22 @@ pub trait IndexStore: Send + Sync + 'static {
         tenant: &str,
         id: uuid::Uuid,
     ) -> impl Future<Output = Result<Option<IndexPoint>, StoreError>> + Send;
+    /// Delete every point `filter` admits (its tenant condition always applies). Idempotent:
+    /// deleting again removes nothing and is no error.
+    fn delete(
+        &self,
+        filter: SearchFilter,
+    ) -> impl Future<Output = Result<Deleted, StoreError>> + Send;
+}
+
+/// What a delete removed from the index.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Deleted {
+    /// The ids of the deleted points.
+    pub ids: Vec<uuid::Uuid>,
+    /// The thumbnails the deleted points referenced (thumbnail store keys, each once), for
+    /// the caller to delete with them.
+    pub thumbnails: Vec<String>,
 }
 
 /// One message taken from the queue; hand its tag back with `ack` or `nack`.

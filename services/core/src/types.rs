@@ -33,6 +33,8 @@ pub mod payload_keys {
     pub const MODEL_REV: &str = "model_rev";
     pub const SOURCE_URI: &str = "source_uri";
     pub const INDEXED_AT_MS: &str = "indexed_at_ms";
+    pub const LABELS: &str = "labels";
+    pub const THUMBNAIL: &str = "thumbnail";
 }
 
 /// Where a segment's encoded media lives.
@@ -72,6 +74,9 @@ pub struct SegmentTask {
     /// segment, so the worker's span joins the same trace; empty when tracing is off. Kafka
     /// carries it in message headers.
     pub trace_context: BTreeMap<String, String>,
+    /// The stream's labels (`key=value`, sorted), set when it was submitted; stored on every
+    /// point so that searches can filter by them.
+    pub labels: Vec<String>,
 }
 
 /// One decoded frame in packed RGB, as shown (pixel aspect and display turn applied), at the
@@ -168,6 +173,9 @@ pub struct PointPayload {
     /// queries follow it. 0 for points stored before it existed.
     #[serde(default)]
     pub indexed_at_ms: u64,
+    /// The stream's labels (`key=value`, sorted), from its submission.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
 }
 
 /// A point to upsert: deterministic id, named vectors and payload.
@@ -194,13 +202,18 @@ pub struct Thumbnail {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SearchFilter {
     pub tenant: String,
-    pub stream_id: Option<String>,
+    /// Only these streams (any of them); empty: every stream of the tenant.
+    pub streams: Vec<String>,
+    /// Only points that carry every one of these labels (`key=value`).
+    pub labels: Vec<String>,
     /// Only moments that end at or after this time.
     pub from_ms: Option<u64>,
     /// Only moments that start at or before this time.
     pub to_ms: Option<u64>,
     /// Only points stored at or after this wall-clock time (`indexed_at_ms`): standing queries.
     pub indexed_since_ms: Option<u64>,
+    /// Only points stored before this wall-clock time: deletes and retention.
+    pub indexed_before_ms: Option<u64>,
 }
 
 /// A nearest-neighbour query against one named vector.

@@ -102,6 +102,7 @@ impl SegmentChunk {
             attempt: 1,
             subtitles: self.subtitles,
             trace_context: Default::default(),
+            labels: Vec::new(),
         }
     }
 }

@@ -64,6 +64,7 @@ fn task(seq: u64) -> SegmentTask {
         attempt: 1,
         subtitles: Vec::new(),
         trace_context: Default::default(),
+        labels: Vec::new(),
     }
 }
 

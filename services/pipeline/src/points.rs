@@ -81,6 +81,7 @@ impl Models {
                 attempt: 1,
                 subtitles: Vec::new(),
                 trace_context: Default::default(),
+                labels: Vec::new(),
             })
             .collect();
         let sampled: Vec<Frame> = (0..frames as u64)
@@ -426,6 +427,7 @@ fn points_from_moments(
                 region: moment.region,
                 thumbnail: None,
                 indexed_at_ms: 0,
+                labels: task.labels.clone(),
             },
             thumbnail: thumbnails.for_range(moment.range),
         });
@@ -453,6 +455,7 @@ fn payload(
         region,
         thumbnail: None,
         indexed_at_ms: 0,
+        labels: task.labels.clone(),
     }
 }
 
@@ -944,6 +947,7 @@ mod tests {
             attempt: 1,
             subtitles: Vec::new(),
             trace_context: Default::default(),
+            labels: Vec::new(),
         }
     }
 

@@ -458,10 +458,10 @@ async fn concurrent_workers_and_replays_index_each_moment_once() -> anyhow::Resu
         .store
         .count(Some(SearchFilter {
             tenant: "acme".into(),
-            stream_id: Some("cam-1".into()),
+            streams: vec!["cam-1".into()],
             from_ms: Some(0),
             to_ms: Some(19_999),
-            indexed_since_ms: None,
+            ..SearchFilter::default()
         }))
         .await?;
     assert_eq!(by_stream, 6, "segments 0 and 1 hold 3 moments each");

@@ -62,6 +62,7 @@ impl From<&vidx_core::SegmentTask> for v1::SegmentTask {
                     text: cue.text.clone(),
                 })
                 .collect(),
+            labels: task.labels.clone(),
         }
     }
 }
@@ -106,6 +107,8 @@ impl TryFrom<v1::SegmentTask> for vidx_core::SegmentTask {
                 })
                 .collect(),
             trace_context: Default::default(),
+            labels: vidx_core::labels::parse_all(message.labels.iter().map(String::as_str))
+                .map_err(|reason| QueueError::Malformed(format!("SegmentTask.labels: {reason}")))?,
         })
     }
 }
@@ -132,6 +135,8 @@ impl From<&SearchHit> for v1::Hit {
             source_uri: hit.source_uri.clone(),
             segment_seq: hit.segment_seq,
             thumbnail_url: hit.thumbnail_url.clone().unwrap_or_default(),
+            model_rev: hit.model_rev.clone(),
+            labels: hit.labels.clone().into_iter().collect(),
         }
     }
 }
@@ -159,6 +164,8 @@ impl From<v1::Hit> for SearchHit {
                 .map(|region| [region.x0, region.y0, region.x1, region.y1]),
             source_uri: hit.source_uri,
             thumbnail_url: (!hit.thumbnail_url.is_empty()).then_some(hit.thumbnail_url),
+            model_rev: hit.model_rev,
+            labels: hit.labels.into_iter().collect(),
         }
     }
 }
@@ -184,6 +191,7 @@ mod tests {
                 text: "hello".into(),
             }],
             trace_context: Default::default(),
+            labels: vec!["group=lobby".into(), "site=north".into()],
         };
         assert_eq!(decode_segment_task(&encode_segment_task(&task))?, task);
         assert!(matches!(
@@ -220,6 +228,8 @@ mod tests {
             region: Some([0.1, 0.2, 0.3, 0.4]),
             source_uri: "/videos/a.mp4".into(),
             thumbnail_url: None,
+            model_rev: "subtitles+minilm".into(),
+            labels: [("site".to_string(), "north".to_string())].into(),
         };
         assert_eq!(SearchHit::from(v1::Hit::from(&hit)), hit);
     }

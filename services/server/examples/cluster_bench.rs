@@ -220,6 +220,7 @@ async fn distributed(
         let request = v1::SubmitRequest {
             source: video.display().to_string(),
             stream_id: Some(format!("cam-{stream}")),
+            ..Default::default()
         };
         jobs.push(ingest.submit(request).await?.into_inner().job_id);
     }

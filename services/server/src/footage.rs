@@ -43,6 +43,17 @@ fn hex(id: &str) -> String {
     id.bytes().map(|byte| format!("{byte:02x}")).collect()
 }
 
+/// The store prefix of one tenant's footage.
+pub fn tenant_prefix(tenant: &str) -> String {
+    format!("{ROOT}{}/", hex(tenant))
+}
+
+/// Whether the footage at `key` ended before `before_ms` (epoch ms); a key that names no
+/// range is not footage vidx wrote, and is left alone.
+pub fn ended_before(key: &str, before_ms: u64) -> bool {
+    range_of(key).is_some_and(|range| range.end_ms < before_ms)
+}
+
 /// The store prefix of one stream's footage.
 pub fn stream_prefix(tenant: &str, stream_id: &str) -> String {
     format!("{ROOT}{}/{}/", hex(tenant), hex(stream_id))

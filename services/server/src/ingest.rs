@@ -253,6 +253,8 @@ struct JobRecord {
     dead_lettered: HashMap<DeliveryTag, String>,
     error: String,
     live: Option<LiveRecord>,
+    /// The stream's labels (`key=value`), put on every segment.
+    labels: Vec<String>,
 }
 
 /// A published blob segment, deleted once the workers have committed past it.
@@ -367,6 +369,7 @@ impl Jobs {
                 published: Vec::new(),
                 dead_lettered: HashMap::new(),
                 error: String::new(),
+                labels: Vec::new(),
                 live: live_stream.map(|stream_id| LiveRecord {
                     stream_id: stream_id.to_string(),
                     state: v1::StreamState::Connecting,
@@ -417,6 +420,7 @@ impl Jobs {
                 job.segmented = true;
                 job.published = tags;
                 job.error = entry.error.clone();
+                job.labels = entry.labels.clone();
             }
         }
     }
@@ -430,6 +434,7 @@ impl Jobs {
             tenant: job.tenant.clone(),
             source: job.submitted.clone(),
             display_source: job.source.clone(),
+            labels: job.labels.clone(),
             stream_id: job.stream_id.clone(),
             live: job.live.is_some(),
             segmented: job.segmented,
@@ -531,6 +536,15 @@ impl Jobs {
             .ok_or_else(|| invalid("job_id", format!("job {id} is not a live stream")))?;
         live.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         Self::live_view(id, job).ok_or_else(|| Status::internal("live job vanished"))
+    }
+
+    /// A job's labels.
+    fn labels(&self, id: &str) -> Vec<String> {
+        self.table
+            .lock()
+            .ok()
+            .and_then(|table| table.jobs.get(id).map(|job| job.labels.clone()))
+            .unwrap_or_default()
     }
 
     fn update(&self, id: &str, change: impl FnOnce(&mut JobRecord)) {
@@ -740,6 +754,7 @@ impl<Q: SegmentQueue> Ingest<Q> {
         tenant: &str,
         input: InputSource,
         stream_id: String,
+        labels: Vec<String>,
         live: bool,
     ) -> Result<(String, impl Future<Output = ()> + Send + use<Q>), Status> {
         let submitted = input.display_name();
@@ -749,6 +764,7 @@ impl<Q: SegmentQueue> Ingest<Q> {
             input,
             &submitted,
             stream_id,
+            labels,
             live,
         )
     }
@@ -761,6 +777,7 @@ impl<Q: SegmentQueue> Ingest<Q> {
         tenant: &str,
         source: &str,
         stream_id: Option<String>,
+        labels: Vec<String>,
         live: bool,
     ) -> Result<(String, impl Future<Output = ()> + Send + use<Q>), Status> {
         let input = resolve_source(source, &self.settings)?;
@@ -771,6 +788,7 @@ impl<Q: SegmentQueue> Ingest<Q> {
             input,
             source,
             stream_id,
+            labels,
             live,
         )?;
         let entry = self
@@ -808,6 +826,7 @@ impl<Q: SegmentQueue> Ingest<Q> {
                         input,
                         &entry.source,
                         entry.stream_id.clone(),
+                        entry.labels.clone(),
                         entry.live,
                     ) {
                         Ok((_, work)) => {
@@ -832,6 +851,7 @@ impl<Q: SegmentQueue> Ingest<Q> {
         Ok(works)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn accept_as(
         &self,
         job_id: String,
@@ -839,6 +859,7 @@ impl<Q: SegmentQueue> Ingest<Q> {
         input: InputSource,
         submitted: &str,
         stream_id: String,
+        labels: Vec<String>,
         live: bool,
     ) -> Result<(String, impl Future<Output = ()> + Send + use<Q>), Status> {
         self.jobs.insert(
@@ -850,6 +871,7 @@ impl<Q: SegmentQueue> Ingest<Q> {
             &self.settings.limits,
             live.then_some(stream_id.as_str()),
         )?;
+        self.jobs.update(&job_id, |job| job.labels = labels);
         tracing::info!(job_id, tenant, stream_id, source = %input.display_name(), "job accepted");
         let work = run_job(
             job_id.clone(),
@@ -913,9 +935,11 @@ impl<Q: SegmentQueue> Ingest<Q> {
             }
             stream_id => stream_id,
         };
+        let labels = vidx_core::labels::from_map(&request.labels)
+            .map_err(|reason| invalid("labels", reason))?;
         let live = is_live_source(&request.source);
         let (job_id, work) = self
-            .submit(tenant, &request.source, stream_id, live)
+            .submit(tenant, &request.source, stream_id, labels, live)
             .await?;
         // The job's span is a child of this request's (and so of the caller's trace).
         tokio::spawn(tracing::Instrument::instrument(
@@ -1237,6 +1261,7 @@ async fn run_job<Q: SegmentQueue>(
     let runtime = tokio::runtime::Handle::current();
     let source_uri = input.display_name();
     let source_name = source_uri.clone();
+    let labels = jobs.labels(&job_id);
     // The job's span; each segment's publish span under it starts the segment's trace
     // context, which travels in the Kafka message to the worker.
     let job_span = tracing::info_span!(
@@ -1306,6 +1331,7 @@ async fn run_job<Q: SegmentQueue>(
                 SegmentMedia::Inline(_) => None,
             };
             let mut task = chunk.into_task_with(&tenant, &stream_id, &source_uri, media);
+            task.labels = labels.clone();
             let (segment_seq, end_ms) = (task.segment_seq, task.range.end_ms);
             let span = tracing::info_span!(
                 parent: &job_span,

@@ -13,6 +13,7 @@ pub mod alerts;
 pub mod auth;
 pub mod footage;
 pub mod ingest;
+pub mod lifecycle;
 mod limits;
 pub mod metrics;
 pub mod query;
@@ -39,6 +40,7 @@ use vidx_core::ports::{FrameSampler, IndexStore, QueueStatus, SegmentQueue};
 use vidx_pipeline::{
     DependencyHealth, Models, PipelineError, SearchModels, WorkerEvent, WorkerOptions, run_worker,
 };
+use vidx_proto::v1;
 use vidx_proto::v1::ingest_service_server::IngestServiceServer;
 use vidx_proto::v1::search_service_server::SearchServiceServer;
 use vidx_proto::v1::worker_service_server::WorkerServiceServer;
@@ -58,6 +60,7 @@ pub mod service_names {
     pub const SEARCH: &str = "vidx.v1.SearchService";
     pub const INGEST: &str = "vidx.v1.IngestService";
     pub const WORKER: &str = "vidx.v1.WorkerService";
+    pub const INDEX: &str = "vidx.v1.IndexService";
 }
 
 /// Room left in a Kafka message for everything besides the inline segment bytes.
@@ -196,11 +199,12 @@ async fn bind_as(address: &str, key: &str) -> Result<TcpListener, ServerError> {
 }
 
 /// Every service name a node reports on, the whole server (`""`) included.
-const HEALTH_NAMES: [&str; 4] = [
+const HEALTH_NAMES: [&str; 5] = [
     "",
     service_names::SEARCH,
     service_names::INGEST,
     service_names::WORKER,
+    service_names::INDEX,
 ];
 
 async fn set_all(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
@@ -430,6 +434,46 @@ where
             shutdown.clone(),
         );
     }
+    let media_places = lifecycle::MediaPlaces {
+        store: settings.worker.thumbnails.clone(),
+        clip_dir: Some(settings.clip_dir.clone()),
+    };
+    if roles.query && settings.retention.is_active() {
+        // `store.retention`, once the index is open.
+        let (cell, media, retention, tenants, shutdown) = (
+            engine_cell.clone(),
+            media_places.clone(),
+            settings.retention.clone(),
+            settings.tenants.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            let store = loop {
+                if let Some(engine) = cell.get() {
+                    break engine.store.clone();
+                }
+                if *shutdown.borrow() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            };
+            if let Some(sweeper) =
+                lifecycle::spawn_retention_sweeper(store, media, retention, tenants, shutdown)
+            {
+                let _ = sweeper.await;
+            }
+        });
+    }
+    let index_service = roles.query.then(|| {
+        InterceptedService::new(
+            v1::index_service_server::IndexServiceServer::new(lifecycle::IndexApi::new(
+                engine_cell.clone(),
+                media_places.clone(),
+            ))
+            .max_decoding_message_size(limit),
+            intercept.clone(),
+        )
+    });
     let search_service = roles.query.then(|| {
         InterceptedService::new(
             SearchServiceServer::new(QueryApi::new(
@@ -470,6 +514,7 @@ where
         .add_service(reflection)
         .add_service(reflection_v1alpha)
         .add_optional_service(search_service)
+        .add_optional_service(index_service)
         .add_optional_service(ingest_service)
         .add_optional_service(worker_service);
     let address = listener
@@ -528,9 +573,11 @@ where
         let models = loaded.models.clone();
         let _ = engine_cell.set(loaded);
         if roles.query {
-            health
-                .set_service_status(service_names::SEARCH, ServingStatus::Serving)
-                .await;
+            for name in [service_names::SEARCH, service_names::INDEX] {
+                health
+                    .set_service_status(name, ServingStatus::Serving)
+                    .await;
+            }
         }
         if roles.worker {
             warm_up(models.clone(), &settings.worker, settings.frame_size).await?;

@@ -119,20 +119,19 @@ pub fn to_search_request(
     tenant: String,
 ) -> Result<SearchRequest, Status> {
     let mode = SearchMode::parse(&request.mode).map_err(from_pipeline)?;
-    if let Some(stream_id) = &request.stream_id
-        && stream_id.is_empty()
-    {
-        return Err(invalid("stream_id", "must not be empty when set"));
-    }
+    let streams = stream_filter(request.stream_id.as_ref(), &request.stream_ids)?;
+    let labels =
+        vidx_core::labels::from_map(&request.labels).map_err(|reason| invalid("labels", reason))?;
     let example = (!request.image.is_empty() || !request.like_id.trim().is_empty()).then(Vec::new);
     let search = SearchRequest {
         text: request.query.clone(),
         filter: SearchFilter {
             tenant,
-            stream_id: request.stream_id.clone(),
+            streams,
+            labels,
             from_ms: request.from_ms,
             to_ms: request.to_ms,
-            indexed_since_ms: None,
+            ..SearchFilter::default()
         },
         top_k: request.top_k as usize,
         mode,
@@ -141,6 +140,33 @@ pub fn to_search_request(
     };
     search.validate().map_err(from_pipeline)?;
     Ok(search)
+}
+
+/// Most streams one search may name.
+pub const MAX_STREAMS_PER_SEARCH: usize = 64;
+
+/// The streams a search is restricted to: `stream_id` and `stream_ids` together, each
+/// non-empty, at most [`MAX_STREAMS_PER_SEARCH`]; empty: every stream.
+pub fn stream_filter(
+    stream_id: Option<&String>,
+    stream_ids: &[String],
+) -> Result<Vec<String>, Status> {
+    if stream_id.is_some_and(|stream_id| stream_id.is_empty()) {
+        return Err(invalid("stream_id", "must not be empty when set"));
+    }
+    if stream_ids.iter().any(String::is_empty) {
+        return Err(invalid("stream_ids", "an empty stream id"));
+    }
+    let mut streams: Vec<String> = stream_id.into_iter().chain(stream_ids).cloned().collect();
+    streams.sort();
+    streams.dedup();
+    if streams.len() > MAX_STREAMS_PER_SEARCH {
+        return Err(invalid(
+            "stream_ids",
+            format!("at most {MAX_STREAMS_PER_SEARCH} streams per search"),
+        ));
+    }
+    Ok(streams)
 }
 
 /// A standing query's settings from its request, confined to `tenant`.

@@ -60,6 +60,9 @@ pub struct NodeSettings {
     /// (`<data-dir>/alerts`).
     pub alerts: Vec<crate::alerts::Alert>,
     pub alert_dir: PathBuf,
+    /// `store.retention`, and the tenants it applies to (the query role sweeps them).
+    pub retention: crate::lifecycle::StoreRetention,
+    pub tenants: Vec<String>,
 }
 
 impl NodeSettings {
@@ -165,6 +168,8 @@ impl NodeSettings {
                 .parent()
                 .map_or_else(|| spool_dir.join("clips"), |parent| parent.join("clips")),
             alerts: alerts(config),
+            retention: crate::lifecycle::StoreRetention::from_config(&config.store.retention),
+            tenants: crate::lifecycle::known_tenants(config),
             alert_dir: spool_dir
                 .parent()
                 .map_or_else(|| spool_dir.join("alerts"), |parent| parent.join("alerts")),

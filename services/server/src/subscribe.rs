@@ -181,7 +181,7 @@ pub async fn follow<S: IndexStore>(
             text: subscription.query.clone(),
             filter: SearchFilter {
                 tenant: subscription.tenant.clone(),
-                stream_id: subscription.stream_id.clone(),
+                streams: subscription.stream_id.clone().into_iter().collect(),
                 indexed_since_ms: Some(after.0.saturating_sub(LOOKBACK_MS)),
                 ..SearchFilter::default()
             },

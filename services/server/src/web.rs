@@ -160,6 +160,7 @@ pub fn router<S: IndexStore + Send + Sync + 'static>(context: Shared<S>) -> Rout
         .route("/v1/jobs/{id}", get(get_job::<S>))
         .route("/v1/streams", get(list_streams::<S>))
         .route("/v1/streams/{id}/stop", post(stop_stream::<S>))
+        .route("/v1/index/delete", post(delete_moments::<S>))
         .layer(axum::middleware::from_fn_with_state(
             context.clone(),
             admit::<S>,
@@ -229,6 +230,12 @@ struct SearchBody {
     top_k: Option<u32>,
     #[serde(default)]
     stream_id: Option<String>,
+    /// Any of these streams.
+    #[serde(default)]
+    stream_ids: Vec<String>,
+    /// Only streams submitted with all of these labels.
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     from_ms: Option<u64>,
     #[serde(default)]
@@ -312,10 +319,12 @@ async fn search<S: IndexStore + Send + Sync + 'static>(
         text: body.query,
         filter: SearchFilter {
             tenant,
-            stream_id: body.stream_id,
+            streams: crate::query::stream_filter(body.stream_id.as_ref(), &body.stream_ids)?,
+            labels: vidx_core::labels::from_map(&body.labels)
+                .map_err(|reason| ApiError::invalid(format!("labels: {reason}")))?,
             from_ms,
             to_ms,
-            indexed_since_ms: None,
+            ..SearchFilter::default()
         },
         top_k: body.top_k.unwrap_or(10) as usize,
         mode: SearchMode::parse(&body.mode).map_err(crate::status::from_pipeline)?,
@@ -472,6 +481,9 @@ struct SubmitBody {
     source: String,
     #[serde(default)]
     stream_id: Option<String>,
+    /// The stream's labels (site, camera group, …): stored on its points, filterable.
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
 }
 
 async fn submit_job<S: Send + Sync + 'static>(
@@ -488,6 +500,7 @@ async fn submit_job<S: Send + Sync + 'static>(
             v1::SubmitRequest {
                 source: body.source,
                 stream_id: body.stream_id,
+                labels: body.labels.into_iter().collect(),
             },
         )
         .await?;
@@ -496,6 +509,59 @@ async fn submit_job<S: Send + Sync + 'static>(
         Json(serde_json::json!({ "job_id": job_id })),
     )
         .into_response())
+}
+
+/// `POST /v1/index/delete`: `{"stream_id": …}` or `{"before": RFC 3339 | "before_ms": …}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteBody {
+    #[serde(default)]
+    stream_id: Option<String>,
+    #[serde(default)]
+    before: Option<String>,
+    #[serde(default)]
+    before_ms: Option<u64>,
+}
+
+async fn delete_moments<S: IndexStore + Send + Sync + 'static>(
+    State(context): State<Shared<S>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(&context, &headers)?;
+    let body: DeleteBody = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::invalid(format!("request body: {error}")))?;
+    let before_ms = match (&body.before, body.before_ms) {
+        (Some(text), None) => Some(rfc3339_ms("before", text)?),
+        (None, ms) => ms,
+        (Some(_), Some(_)) => return Err(ApiError::invalid("send before or before_ms, not both")),
+    };
+    let scope = match (body.stream_id, before_ms) {
+        (Some(stream_id), None) if !stream_id.trim().is_empty() => {
+            crate::lifecycle::Scope::Stream(stream_id)
+        }
+        (None, Some(before_ms)) if before_ms > 0 => crate::lifecycle::Scope::Before(before_ms),
+        _ => {
+            return Err(ApiError::invalid(
+                "send a non-empty stream_id, or a time (before, before_ms), not both",
+            ));
+        }
+    };
+    let engine = engine(&context)?;
+    let media = crate::lifecycle::MediaPlaces {
+        store: context.media.clone(),
+        clip_dir: Some(context.clips.dir.clone()),
+    };
+    let removed = crate::lifecycle::delete(engine.store.as_ref(), &media, &tenant, &scope)
+        .await
+        .map_err(tonic::Status::from)?;
+    tracing::info!(tenant, scope = ?scope, points = removed.points, "moments deleted");
+    Ok(Json(serde_json::json!({
+        "points": removed.points,
+        "thumbnails": removed.thumbnails,
+        "footage": removed.footage,
+    }))
+    .into_response())
 }
 
 async fn list_jobs<S: Send + Sync + 'static>(

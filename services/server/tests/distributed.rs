@@ -215,6 +215,7 @@ async fn three_streams_through_kafka_and_two_workers_are_found_by_grpc_search() 
                 v1::SubmitRequest {
                     source: source.clone(),
                     stream_id: None,
+                    ..Default::default()
                 },
                 None,
             ))
@@ -243,6 +244,7 @@ async fn three_streams_through_kafka_and_two_workers_are_found_by_grpc_search() 
                 v1::SubmitRequest {
                     source: video.display().to_string(),
                     stream_id: Some(stream.into()),
+                    ..Default::default()
                 },
                 None,
             ))

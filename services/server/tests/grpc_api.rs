@@ -519,3 +519,97 @@ async fn a_worker_whose_warm_up_batch_does_not_fit_never_becomes_ready() -> Resu
     );
     Ok(())
 }
+
+/// `IndexService`: a tenant deletes only its own moments (another tenant's stream of the same
+/// name is untouched, and deleting a stream it does not have deletes nothing), deletes are
+/// idempotent, and bad requests name the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_are_confined_to_the_callers_tenant_and_idempotent() -> Result<()> {
+    use vidx_proto::v1::index_service_client::IndexServiceClient;
+    let (loaded_tx, loaded) = tokio::sync::oneshot::channel();
+    let _ = loaded_tx.send(());
+    let fixture = query_node(8, Duration::ZERO, loaded).await?;
+    let channel = fixture.node.channel().await?;
+    let mut index = IndexServiceClient::new(channel.clone());
+    let searches = SearchServiceClient::new(channel);
+    let found =
+        |hits: &[v1::Hit]| -> HashSet<String> { hits.iter().map(|hit| hit.id.clone()).collect() };
+    let everything = |token| {
+        let mut searches = searches.clone();
+        async move {
+            let request = v1::SearchRequest {
+                top_k: 100,
+                ..search("a cat sleeps on the sofa")
+            };
+            anyhow::Ok(
+                searches
+                    .search(authorized(request, Some(token)))
+                    .await?
+                    .into_inner()
+                    .hits,
+            )
+        }
+    };
+    let stream = |stream_id: &str| v1::DeleteStreamRequest {
+        stream_id: stream_id.into(),
+    };
+
+    // b asks to delete a's stream: nothing of a's goes.
+    let response = index
+        .delete_stream(authorized(stream("a-cam"), Some(TOKEN_B)))
+        .await?
+        .into_inner();
+    assert_eq!(response.points, 0);
+    assert_eq!(found(&everything(TOKEN_A).await?), fixture.ids_a);
+
+    // a deletes its stream: exactly a's points go; b's stay.
+    let response = index
+        .delete_stream(authorized(stream("a-cam"), Some(TOKEN_A)))
+        .await?
+        .into_inner();
+    assert_eq!(response.points, fixture.ids_a.len() as u64);
+    assert!(everything(TOKEN_A).await?.is_empty());
+    assert_eq!(found(&everything(TOKEN_B).await?), fixture.ids_b);
+    // Again: nothing left, no error.
+    let again = index
+        .delete_stream(authorized(stream("a-cam"), Some(TOKEN_A)))
+        .await?
+        .into_inner();
+    assert_eq!(again.points, 0);
+
+    // Everything b stored before now.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let response = index
+        .delete_before(authorized(
+            v1::DeleteBeforeRequest { before_ms: now_ms },
+            Some(TOKEN_B),
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(response.points, fixture.ids_b.len() as u64);
+    assert!(everything(TOKEN_B).await?.is_empty());
+
+    // Bad requests name the field; no token, no delete.
+    let status = index
+        .delete_stream(authorized(stream(" "), Some(TOKEN_A)))
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("stream_id"), "{status:?}");
+    let status = index
+        .delete_before(authorized(
+            v1::DeleteBeforeRequest { before_ms: 0 },
+            Some(TOKEN_A),
+        ))
+        .await
+        .expect_err("refused");
+    assert!(status.message().contains("before_ms"), "{status:?}");
+    let status = index
+        .delete_stream(authorized(stream("b-cam"), None))
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    Ok(())
+}

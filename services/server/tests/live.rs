@@ -118,6 +118,7 @@ async fn a_live_stream_survives_a_stall_and_a_drop_with_wall_clock_moments() -> 
             v1::SubmitRequest {
                 source,
                 stream_id: Some("cam-live".into()),
+                ..Default::default()
             },
             None,
         ))
@@ -146,10 +147,10 @@ async fn a_live_stream_survives_a_stall_and_a_drop_with_wall_clock_moments() -> 
     let deadline = Instant::now() + Duration::from_secs(40);
     let filter = |from_ms: Option<u64>, to_ms: Option<u64>| SearchFilter {
         tenant: tenant.clone(),
-        stream_id: Some("cam-live".into()),
+        streams: vec!["cam-live".into()],
         from_ms,
         to_ms,
-        indexed_since_ms: None,
+        ..SearchFilter::default()
     };
     loop {
         let indexed = store.count(Some(filter(Some(started_ms), None))).await?;
@@ -269,6 +270,7 @@ async fn a_live_stream_survives_a_stall_and_a_drop_with_wall_clock_moments() -> 
             v1::SubmitRequest {
                 source: format!("tcp://127.0.0.1:{port}"),
                 stream_id: Some("cam-live".into()),
+                ..Default::default()
             },
             None,
         ))
@@ -382,6 +384,7 @@ async fn live_footage_is_kept_for_the_retention_and_older_footage_is_deleted() -
             v1::SubmitRequest {
                 source: format!("tcp://127.0.0.1:{port}"),
                 stream_id: Some("yard-cam".into()),
+                ..Default::default()
             },
             None,
         ))

@@ -134,6 +134,7 @@ async fn credentials_in_a_url_reach_no_log_span_answer_or_point() -> Result<()> 
             v1::SubmitRequest {
                 source: format!("ftp://u:{PASSWORD}@example.com/v.mp4?token={TOKEN}"),
                 stream_id: None,
+                ..Default::default()
             },
             None,
         ))
@@ -157,6 +158,7 @@ async fn credentials_in_a_url_reach_no_log_span_answer_or_point() -> Result<()> 
             v1::SubmitRequest {
                 source,
                 stream_id: None,
+                ..Default::default()
             },
             None,
         ))

@@ -199,6 +199,7 @@ async fn a_subscriber_gets_each_matching_live_moment_within_2_s_and_resumes_with
             v1::SubmitRequest {
                 source: format!("tcp://127.0.0.1:{port}"),
                 stream_id: Some("gate-cam".into()),
+                ..Default::default()
             },
             None,
         ))
@@ -262,7 +263,7 @@ async fn a_subscriber_gets_each_matching_live_moment_within_2_s_and_resumes_with
             text: "red van at the gate".into(),
             filter: SearchFilter {
                 tenant: config.general.tenant.clone(),
-                stream_id: Some("gate-cam".into()),
+                streams: vec!["gate-cam".into()],
                 indexed_since_ms: Some(last_at),
                 ..SearchFilter::default()
             },

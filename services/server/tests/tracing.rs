@@ -86,6 +86,7 @@ async fn a_segment_s_spans_form_one_trace_from_ingest_through_kafka_to_the_store
         v1::SubmitRequest {
             source: video.display().to_string(),
             stream_id: Some("traced".into()),
+            ..Default::default()
         },
         None,
     );

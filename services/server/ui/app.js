@@ -49,9 +49,21 @@ async function mediaUrl(path) {
   return url;
 }
 
+// "site=north, group=lobby" → {site: "north", group: "lobby"}; the server checks them.
+function labels(text) {
+  const map = {};
+  for (const pair of text.split(",")) {
+    const at = pair.indexOf("=");
+    if (at > 0) map[pair.slice(0, at).trim()] = pair.slice(at + 1).trim();
+  }
+  return map;
+}
+
 function request() {
   const body = { query: $("query").value, mode: $("mode").value, top_k: Number($("top_k").value) || 12 };
-  if ($("stream").value.trim()) body.stream_id = $("stream").value.trim();
+  const streams = $("stream").value.split(",").map((s) => s.trim()).filter(Boolean);
+  if (streams.length) body.stream_ids = streams;
+  if ($("labels").value.trim()) body.labels = labels($("labels").value);
   if ($("from").value) body.from = new Date($("from").value).toISOString();
   if ($("to").value) body.to = new Date($("to").value).toISOString();
   return body;
@@ -119,7 +131,8 @@ function card(hit, rank) {
   const where = document.createElement("div");
   where.className = "where";
   where.textContent = formatTime(hit.start_ms) + " – " + formatTime(hit.end_ms) + " · " + hit.stream_id;
-  where.title = hit.stream_id;
+  const tags = Object.entries(hit.labels || {}).map(([key, value]) => key + "=" + value).join(", ");
+  where.title = [hit.stream_id, tags, hit.model_rev].filter(Boolean).join(" · ");
   meta.append(caption, where, bars(hit.scores));
   if (hit.kind !== "subtitle" && hit.kind !== "caption") {
     const similar = document.createElement("button");
@@ -319,6 +332,7 @@ $("submit-job").addEventListener("submit", async (event) => {
   const body = { source: $("job-source").value.trim() };
   const stream = $("job-stream").value.trim();
   if (stream) body.stream_id = stream;
+  if ($("job-labels").value.trim()) body.labels = labels($("job-labels").value);
   try {
     const answer = await (await api("/v1/jobs", {
       method: "POST",
@@ -328,6 +342,7 @@ $("submit-job").addEventListener("submit", async (event) => {
     say("Job " + answer.job_id + " accepted.");
     $("job-source").value = "";
     $("job-stream").value = "";
+    $("job-labels").value = "";
     loadJobs();
   } catch (error) {
     say("Not accepted: " + error.message);

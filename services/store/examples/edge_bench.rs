@@ -281,6 +281,7 @@ fn next_point(
             region: None,
             thumbnail: None,
             indexed_at_ms: 0,
+            labels: Vec::new(),
         },
         thumbnail: None,
     };

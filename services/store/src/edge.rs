@@ -8,10 +8,10 @@ use qdrant_edge::{
     Condition, CountRequest, CreateIndex, Distance, EdgeConfigBuilder, EdgeShard,
     EdgeVectorParamsBuilder, FieldCondition, FieldIndexOperations, Filter, Match, NamedQuery,
     PayloadFieldSchema, PointId, PointInsertOperations, PointOperations, PointStruct,
-    PointStructPersisted, QueryEnum, QueryRequest, Range, ScoredPoint, ScoringQuery,
+    PointStructPersisted, QueryEnum, QueryRequest, Range, ScoredPoint, ScoringQuery, ScrollRequest,
     UpdateOperation, ValueVariants, VectorInternal, Vectors, WithPayloadInterface, WithVector,
 };
-use vidx_core::ports::IndexStore;
+use vidx_core::ports::{Deleted, IndexStore};
 use vidx_core::types::payload_keys;
 use vidx_core::{Hit, IndexPoint, PointPayload, SearchFilter, StoreError, VectorQuery};
 
@@ -76,6 +76,7 @@ pub(crate) const INDEXED_KEYWORDS: &[&str] = &[
     payload_keys::TENANT,
     payload_keys::STREAM_ID,
     payload_keys::KIND,
+    payload_keys::LABELS,
 ];
 pub(crate) const INDEXED_INTEGERS: &[&str] = &[
     payload_keys::START_MS,
@@ -93,6 +94,9 @@ pub(crate) const INDEXED_INTEGERS: &[&str] = &[
 pub(crate) fn payload_hnsw(field: &str) -> bool {
     field == payload_keys::TENANT || field == payload_keys::STREAM_ID
 }
+
+/// Points read and deleted at a time by a delete.
+const DELETE_PAGE: usize = 1_000;
 
 /// Links per point of the payload-aware HNSW graphs (Qdrant's default `m`).
 pub(crate) const PAYLOAD_M: usize = 16;
@@ -162,6 +166,8 @@ impl EdgeStore {
                 ))
             })?;
             check_vectors(&shard, vectors, &shard_path)?;
+            // Indexes added since the shard was made (labels, the caption words).
+            create_payload_indexes(&shard)?;
             ensure_caption_index(&shard)?;
             shard
         } else {
@@ -347,6 +353,55 @@ impl EdgeStore {
         }))
     }
 
+    /// Delete the points `filter` admits, a page at a time: their ids and thumbnails are read
+    /// first, then the ids deleted and flushed.
+    pub fn delete_blocking(&self, filter: SearchFilter) -> Result<Deleted, StoreError> {
+        let filter = to_filter(&filter, None)?;
+        let mut deleted = Deleted::default();
+        let mut thumbnails = std::collections::BTreeSet::new();
+        loop {
+            let state = self.state()?;
+            let (records, _next) = state
+                .shard
+                .scroll(ScrollRequest {
+                    offset: None,
+                    limit: Some(DELETE_PAGE),
+                    filter: Some(filter.clone()),
+                    with_payload: Some(WithPayloadInterface::Bool(true)),
+                    with_vector: WithVector::Bool(false),
+                    order_by: None,
+                })
+                .map_err(internal("scroll"))?;
+            if records.is_empty() {
+                break;
+            }
+            let mut ids = Vec::with_capacity(records.len());
+            for record in records {
+                if let Some(thumbnail) = record
+                    .payload
+                    .as_ref()
+                    .and_then(|payload| payload.0.get(payload_keys::THUMBNAIL))
+                    .and_then(|value| value.as_str())
+                {
+                    thumbnails.insert(thumbnail.to_string());
+                }
+                if let PointId::Uuid(id) = record.id {
+                    deleted.ids.push(id);
+                }
+                ids.push(record.id);
+            }
+            state
+                .shard
+                .update(UpdateOperation::PointOperation(
+                    PointOperations::DeletePoints { ids },
+                ))
+                .map_err(internal("delete"))?;
+            state.shard.flush();
+        }
+        deleted.thumbnails = thumbnails.into_iter().collect();
+        Ok(deleted)
+    }
+
     /// Number of vectors that live in HNSW-indexed segments.
     pub fn indexed_vectors(&self) -> Result<u64, StoreError> {
         let state = self.state()?;
@@ -433,13 +488,18 @@ fn ensure_caption_index(shard: &EdgeShard) -> Result<(), StoreError> {
         .map_err(internal("create caption text index"))
 }
 
+/// The keyword and integer payload indexes the shard lacks.
 fn create_payload_indexes(shard: &EdgeShard) -> Result<(), StoreError> {
     let schemas = INDEXED_KEYWORDS
         .iter()
         .map(|key| (*key, false))
         .chain(INDEXED_INTEGERS.iter().map(|key| (*key, true)));
+    let existing = shard.info().payload_schema;
     for (name, integer) in schemas {
         let field_name = key(name)?;
+        if existing.contains_key(&field_name) {
+            continue;
+        }
         let schema: PayloadFieldSchema =
             serde_json::from_value(payload_index_schema(name, integer)).map_err(|error| {
                 StoreError::Internal(format!("payload index schema of {name}: {error}"))
@@ -497,8 +557,20 @@ fn to_filter(filter: &SearchFilter, caption_words: Option<&str>) -> Result<Filte
         )))
     };
     let mut conditions = vec![keyword(payload_keys::TENANT, &filter.tenant)?];
-    if let Some(stream_id) = &filter.stream_id {
-        conditions.push(keyword(payload_keys::STREAM_ID, stream_id)?);
+    match filter.streams.as_slice() {
+        [] => {}
+        [stream_id] => conditions.push(keyword(payload_keys::STREAM_ID, stream_id)?),
+        streams => {
+            let any: Match = serde_json::from_value(serde_json::json!({ "any": streams }))
+                .map_err(|error| StoreError::Invalid(format!("streams: {error}")))?;
+            conditions.push(Condition::Field(FieldCondition::new_match(
+                key(payload_keys::STREAM_ID)?,
+                any,
+            )));
+        }
+    }
+    for label in &filter.labels {
+        conditions.push(keyword(payload_keys::LABELS, label)?);
     }
     // Overlap with [from, to]: the moment ends at or after `from` and starts at or before `to`.
     if let Some(from_ms) = filter.from_ms {
@@ -509,6 +581,17 @@ fn to_filter(filter: &SearchFilter, caption_words: Option<&str>) -> Result<Filte
     }
     if let Some(since_ms) = filter.indexed_since_ms {
         conditions.push(range(payload_keys::INDEXED_AT_MS, Some(since_ms), None)?);
+    }
+    if let Some(before_ms) = filter.indexed_before_ms {
+        conditions.push(Condition::Field(FieldCondition::new_range(
+            key(payload_keys::INDEXED_AT_MS)?,
+            Range {
+                lt: Some(OrderedFloat(before_ms as f64)),
+                gt: None,
+                gte: None,
+                lte: None,
+            },
+        )));
     }
     if let Some(words) = caption_words {
         let any_word: Match = serde_json::from_value(serde_json::json!({ "text_any": words }))
@@ -598,6 +681,14 @@ impl IndexStore for EdgeStore {
     ) -> impl std::future::Future<Output = Result<Option<IndexPoint>, StoreError>> + Send {
         let (store, tenant) = (self.clone(), tenant.to_string());
         blocking(move || store.point_blocking(&tenant, id))
+    }
+
+    fn delete(
+        &self,
+        filter: SearchFilter,
+    ) -> impl std::future::Future<Output = Result<Deleted, StoreError>> + Send {
+        let store = self.clone();
+        blocking(move || store.delete_blocking(filter))
     }
 }
 

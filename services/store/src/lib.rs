@@ -12,7 +12,7 @@ mod server;
 pub use edge::{EdgeStore, EdgeStoreOptions, VectorSpec};
 pub use server::{ServerStore, ServerStoreOptions};
 
-use vidx_core::ports::IndexStore;
+use vidx_core::ports::{Deleted, IndexStore};
 use vidx_core::{Hit, IndexPoint, SearchFilter, StoreError, VectorQuery};
 
 /// The store chosen by configuration.
@@ -59,6 +59,13 @@ impl IndexStore for AnyStore {
         match self {
             AnyStore::Edge(store) => store.point(tenant, id).await,
             AnyStore::Server(store) => store.point(tenant, id).await,
+        }
+    }
+
+    async fn delete(&self, filter: SearchFilter) -> Result<Deleted, StoreError> {
+        match self {
+            AnyStore::Edge(store) => store.delete(filter).await,
+            AnyStore::Server(store) => store.delete(filter).await,
         }
     }
 }

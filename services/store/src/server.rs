@@ -14,12 +14,15 @@ use qdrant_client::qdrant::{
     ScoredPoint, UpsertPointsBuilder, VectorParamsBuilder, VectorsConfigBuilder,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
-use vidx_core::ports::IndexStore;
+use vidx_core::ports::{Deleted, IndexStore};
 use vidx_core::types::payload_keys;
 use vidx_core::{Hit, IndexPoint, PointPayload, SearchFilter, StoreError, VectorQuery};
 
 use crate::VectorSpec;
 use crate::edge::{INDEXED_INTEGERS, INDEXED_KEYWORDS, PAYLOAD_M, payload_hnsw};
+
+/// Points read and deleted at a time by a delete.
+const DELETE_PAGE: u32 = 1_000;
 
 /// How to reach the server and which collection to use.
 #[derive(Clone)]
@@ -286,11 +289,19 @@ fn to_filter(filter: &SearchFilter, caption_words: Option<&str>) -> Filter {
         payload_keys::TENANT,
         filter.tenant.clone(),
     )];
-    if let Some(stream_id) = &filter.stream_id {
-        conditions.push(Condition::matches(
+    match filter.streams.as_slice() {
+        [] => {}
+        [stream_id] => conditions.push(Condition::matches(
             payload_keys::STREAM_ID,
             stream_id.clone(),
-        ));
+        )),
+        streams => conditions.push(Condition::matches(
+            payload_keys::STREAM_ID,
+            streams.to_vec(),
+        )),
+    }
+    for label in &filter.labels {
+        conditions.push(Condition::matches(payload_keys::LABELS, label.clone()));
     }
     // Overlap with [from, to]: the moment ends at or after `from` and starts at or before `to`.
     if let Some(from_ms) = filter.from_ms {
@@ -316,6 +327,15 @@ fn to_filter(filter: &SearchFilter, caption_words: Option<&str>) -> Filter {
             payload_keys::INDEXED_AT_MS,
             Range {
                 gte: Some(since_ms as f64),
+                ..Range::default()
+            },
+        ));
+    }
+    if let Some(before_ms) = filter.indexed_before_ms {
+        conditions.push(Condition::range(
+            payload_keys::INDEXED_AT_MS,
+            Range {
+                lt: Some(before_ms as f64),
                 ..Range::default()
             },
         ));
@@ -432,6 +452,58 @@ impl IndexStore for ServerStore {
             .await
             .map_err(server_error("search"))?;
         response.result.into_iter().map(to_hit).collect()
+    }
+
+    /// Pages of ids and thumbnails read with the filter, then those ids deleted (`wait`):
+    /// a point stored meanwhile is not deleted without its thumbnail being known.
+    async fn delete(&self, filter: SearchFilter) -> Result<Deleted, StoreError> {
+        use qdrant_client::qdrant::{DeletePointsBuilder, ScrollPointsBuilder};
+        let filter = to_filter(&filter, None);
+        let mut deleted = Deleted::default();
+        let mut thumbnails = std::collections::BTreeSet::new();
+        loop {
+            let page = self
+                .client
+                .scroll(
+                    ScrollPointsBuilder::new(&self.collection)
+                        .filter(filter.clone())
+                        .limit(DELETE_PAGE)
+                        .with_payload(true),
+                )
+                .await
+                .map_err(server_error("scroll"))?;
+            if page.result.is_empty() {
+                break;
+            }
+            let mut ids = Vec::with_capacity(page.result.len());
+            for record in page.result {
+                if let Some(thumbnail) = record
+                    .payload
+                    .get(payload_keys::THUMBNAIL)
+                    .and_then(|value| value.as_str())
+                {
+                    thumbnails.insert(thumbnail.to_string());
+                }
+                if let Some(id) = record.id {
+                    if let Some(PointIdOptions::Uuid(uuid)) = &id.point_id_options
+                        && let Ok(uuid) = uuid::Uuid::parse_str(uuid)
+                    {
+                        deleted.ids.push(uuid);
+                    }
+                    ids.push(id);
+                }
+            }
+            self.client
+                .delete_points(
+                    DeletePointsBuilder::new(&self.collection)
+                        .points(ids)
+                        .wait(true),
+                )
+                .await
+                .map_err(server_error("delete"))?;
+        }
+        deleted.thumbnails = thumbnails.into_iter().collect();
+        Ok(deleted)
     }
 
     async fn count(&self, filter: Option<SearchFilter>) -> Result<u64, StoreError> {

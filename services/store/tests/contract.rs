@@ -15,24 +15,35 @@ use vidx_core::types::vector_names;
 use vidx_core::{IndexPoint, SearchFilter, VectorQuery};
 use vidx_store::{EdgeStore, EdgeStoreOptions, ServerStore, ServerStoreOptions, VectorSpec};
 
-/// Two tenants, three streams, points spread over time.
+/// Two tenants, three streams, points spread over time; acme's cameras labelled by site,
+/// stored over 40 s of wall-clock time, every fifth point with a thumbnail.
 fn corpus() -> Vec<IndexPoint> {
     let mut points = Vec::new();
-    for (group, (tenant, stream)) in [("acme", "cam-1"), ("acme", "cam-2"), ("globex", "cam-1")]
-        .into_iter()
-        .enumerate()
+    for (group, (tenant, stream, site)) in [
+        ("acme", "cam-1", "site=north"),
+        ("acme", "cam-2", "site=south"),
+        ("globex", "cam-1", "site=north"),
+    ]
+    .into_iter()
+    .enumerate()
     {
         for index in 0..40u64 {
             // Distinct vectors everywhere: a point's own vector finds it and nothing else.
             let seed = index + 1000 * group as u64;
-            points.push(point(
+            let mut point = point(
                 tenant,
                 stream,
                 index / 10,
                 index as u32 % 10,
                 index * 1_000,
                 unit_vector(seed),
-            ));
+            );
+            point.payload.labels = vec!["group=lobby".into(), site.into()];
+            point.payload.indexed_at_ms = 1_700_000_000_000 + index * 1_000;
+            if index % 5 == 0 {
+                point.payload.thumbnail = Some(format!("file:///t/{tenant}/{stream}/{index}.jpg"));
+            }
+            points.push(point);
         }
     }
     points
@@ -45,12 +56,16 @@ fn admitted(points: &[IndexPoint], filter: &SearchFilter) -> BTreeSet<uuid::Uuid
         .filter(|point| {
             let payload = &point.payload;
             payload.tenant == filter.tenant
+                && (filter.streams.is_empty() || filter.streams.contains(&payload.stream_id))
                 && filter
-                    .stream_id
-                    .as_ref()
-                    .is_none_or(|stream| &payload.stream_id == stream)
+                    .labels
+                    .iter()
+                    .all(|label| payload.labels.contains(label))
                 && filter.from_ms.is_none_or(|from| payload.end_ms >= from)
                 && filter.to_ms.is_none_or(|to| payload.start_ms <= to)
+                && filter
+                    .indexed_before_ms
+                    .is_none_or(|before| payload.indexed_at_ms < before)
         })
         .map(|point| point.id)
         .collect()
@@ -100,7 +115,35 @@ async fn contract<S: IndexStore>(store: &S) -> Result<()> {
         },
         SearchFilter {
             tenant: "acme".into(),
-            stream_id: Some("cam-2".into()),
+            streams: vec!["cam-2".into()],
+            ..SearchFilter::default()
+        },
+        // Several streams: any of them.
+        SearchFilter {
+            tenant: "acme".into(),
+            streams: vec!["cam-1".into(), "cam-2".into(), "cam-9".into()],
+            from_ms: Some(30_000),
+            ..SearchFilter::default()
+        },
+        // Labels: all of them.
+        SearchFilter {
+            tenant: "acme".into(),
+            labels: vec!["site=south".into()],
+            ..SearchFilter::default()
+        },
+        SearchFilter {
+            tenant: "acme".into(),
+            labels: vec!["group=lobby".into(), "site=north".into()],
+            ..SearchFilter::default()
+        },
+        SearchFilter {
+            tenant: "acme".into(),
+            labels: vec!["site=east".into()],
+            ..SearchFilter::default()
+        },
+        SearchFilter {
+            tenant: "acme".into(),
+            indexed_before_ms: Some(1_700_000_010_500),
             ..SearchFilter::default()
         },
         SearchFilter {
@@ -111,7 +154,7 @@ async fn contract<S: IndexStore>(store: &S) -> Result<()> {
         },
         SearchFilter {
             tenant: "globex".into(),
-            stream_id: Some("cam-2".into()),
+            streams: vec!["cam-2".into()],
             ..SearchFilter::default()
         },
         SearchFilter {
@@ -163,6 +206,100 @@ async fn contract<S: IndexStore>(store: &S) -> Result<()> {
         "an unknown vector name must be an error"
     );
     Ok(())
+}
+
+/// Deletes: exactly the admitted points go (every other id stays, other tenants untouched),
+/// with the thumbnails they referenced; deleting again deletes nothing.
+async fn delete_contract<S: IndexStore>(store: &S) -> Result<()> {
+    let points = corpus();
+    store.upsert(points.clone()).await?;
+    let all: BTreeSet<uuid::Uuid> = points.iter().map(|point| point.id).collect();
+    let mut remaining = all.clone();
+    let deletes = [
+        SearchFilter {
+            tenant: "acme".into(),
+            streams: vec!["cam-2".into()],
+            ..SearchFilter::default()
+        },
+        // The same stream id in another tenant is that tenant's: not touched above.
+        SearchFilter {
+            tenant: "acme".into(),
+            indexed_before_ms: Some(1_700_000_015_000),
+            ..SearchFilter::default()
+        },
+    ];
+    for filter in deletes {
+        let expected: BTreeSet<uuid::Uuid> = admitted(&points, &filter)
+            .intersection(&remaining)
+            .copied()
+            .collect();
+        ensure!(!expected.is_empty(), "{filter:?} admits nothing");
+        let deleted = store.delete(filter.clone()).await?;
+        let ids: BTreeSet<uuid::Uuid> = deleted.ids.iter().copied().collect();
+        assert_eq!(ids, expected, "{filter:?}");
+        let thumbnails: BTreeSet<String> = points
+            .iter()
+            .filter(|point| expected.contains(&point.id))
+            .filter_map(|point| point.payload.thumbnail.clone())
+            .collect();
+        assert_eq!(
+            deleted.thumbnails.iter().cloned().collect::<BTreeSet<_>>(),
+            thumbnails,
+            "{filter:?}"
+        );
+        for id in &expected {
+            remaining.remove(id);
+        }
+        // Exactly those went: every other id is still there, in every tenant.
+        let mut left = BTreeSet::new();
+        for tenant in ["acme", "globex"] {
+            for point in &points {
+                if point.payload.tenant == tenant && store.point(tenant, point.id).await?.is_some()
+                {
+                    left.insert(point.id);
+                }
+            }
+        }
+        assert_eq!(left, remaining, "{filter:?}");
+        // Idempotent.
+        let again = store.delete(filter.clone()).await?;
+        ensure!(
+            again.ids.is_empty() && again.thumbnails.is_empty(),
+            "{again:?}"
+        );
+    }
+    assert_eq!(store.count(None).await?, remaining.len() as u64);
+    ensure!(remaining.len() < all.len());
+    Ok(())
+}
+
+/// The options of a fresh collection named `prefix-<uuid>` on the run's Qdrant server
+/// (scripts/test.sh), or on one started for the test (returned, to keep it up): never skipped.
+fn server_options(
+    prefix: &str,
+) -> Result<(ServerStoreOptions, Option<vidx_testkit::QdrantServer>)> {
+    let (url, server) = vidx_testkit::server_url().map_err(anyhow::Error::msg)?;
+    let options = ServerStoreOptions {
+        url,
+        api_key: std::env::var("VIDX_TEST_QDRANT_API_KEY").ok(),
+        collection: format!("{prefix}-{}", uuid::Uuid::new_v4()),
+        timeout: Duration::from_secs(30),
+    };
+    Ok((options, server))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qdrant_edge_keeps_the_delete_contract() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = EdgeStore::open(dir.path(), &spec(), EdgeStoreOptions::default())?;
+    delete_contract(&store).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qdrant_server_keeps_the_delete_contract() -> Result<()> {
+    let (options, _server) = server_options("vidx-delete")?;
+    let store = ServerStore::connect(&options, &spec()).await?;
+    delete_contract(&store).await
 }
 
 /// `text`, `visual` and `region` vectors of one dimension, as an index with a visual model.
@@ -316,7 +453,7 @@ async fn lexical_contract<S: IndexStore>(store: &S) -> Result<()> {
     store.upsert(points.clone()).await?;
     let tenant = SearchFilter {
         tenant: "acme".into(),
-        stream_id: Some("cam-9".into()),
+        streams: vec!["cam-9".into()],
         ..SearchFilter::default()
     };
     let matching = |words: &str| {
@@ -364,14 +501,7 @@ async fn qdrant_edge_keeps_the_lexical_contract() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qdrant_server_keeps_the_lexical_contract() -> Result<()> {
-    // The run's server (scripts/test.sh), or one started for this test: never skipped.
-    let (url, _server) = vidx_testkit::server_url().map_err(anyhow::Error::msg)?;
-    let options = ServerStoreOptions {
-        url,
-        api_key: std::env::var("VIDX_TEST_QDRANT_API_KEY").ok(),
-        collection: format!("vidx-lexical-{}", uuid::Uuid::new_v4()),
-        timeout: Duration::from_secs(30),
-    };
+    let (options, _server) = server_options("vidx-lexical")?;
     let store = ServerStore::connect(&options, &spec()).await?;
     lexical_contract(&store).await
 }
@@ -385,14 +515,7 @@ async fn qdrant_edge_keeps_the_named_vector_contract() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qdrant_server_keeps_the_named_vector_contract() -> Result<()> {
-    // The run's server (scripts/test.sh), or one started for this test: never skipped.
-    let (url, _server) = vidx_testkit::server_url().map_err(anyhow::Error::msg)?;
-    let options = ServerStoreOptions {
-        url,
-        api_key: std::env::var("VIDX_TEST_QDRANT_API_KEY").ok(),
-        collection: format!("vidx-named-{}", uuid::Uuid::new_v4()),
-        timeout: Duration::from_secs(30),
-    };
+    let (options, _server) = server_options("vidx-named")?;
     let store = ServerStore::connect(&options, &named_specs()).await?;
     named_vectors_contract(&store).await
 }
@@ -406,14 +529,7 @@ async fn qdrant_edge_keeps_the_store_contract() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qdrant_server_keeps_the_store_contract() -> Result<()> {
-    // The run's server (scripts/test.sh), or one started for this test: never skipped.
-    let (url, _server) = vidx_testkit::server_url().map_err(anyhow::Error::msg)?;
-    let options = ServerStoreOptions {
-        url,
-        api_key: std::env::var("VIDX_TEST_QDRANT_API_KEY").ok(),
-        collection: format!("vidx-contract-{}", uuid::Uuid::new_v4()),
-        timeout: Duration::from_secs(30),
-    };
+    let (options, _server) = server_options("vidx-contract")?;
     let store = ServerStore::connect(&options, &spec()).await?;
     contract(&store).await?;
     // Reconnecting to the collection checks its vectors: a different dimension is refused.

@@ -148,15 +148,16 @@ proptest! {
         };
         let filter = SearchFilter {
             tenant: "acme".into(),
-            stream_id: stream_choice.map(|choice| streams[choice].to_string()),
+            streams: stream_choice.map(|choice| streams[choice].to_string()).into_iter().collect(),
             from_ms,
-            to_ms, indexed_since_ms: None,
+            to_ms,
+            ..SearchFilter::default()
         };
         let hits = store.search_blocking(query(unit_vector(seed), filter.clone(), 100))
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let mut expected = 0;
         for stream in streams {
-            if filter.stream_id.as_deref().is_some_and(|wanted| wanted != stream) { continue; }
+            if !filter.streams.is_empty() && !filter.streams.iter().any(|wanted| wanted == stream) { continue; }
             for index in 0..20u64 {
                 let (start, end) = (index * 2_000, index * 2_000 + 2_000);
                 if from_ms.is_none_or(|from| end >= from) && to_ms.is_none_or(|to| start <= to) {
@@ -167,7 +168,7 @@ proptest! {
         prop_assert_eq!(hits.len(), expected);
         for hit in hits {
             prop_assert_eq!(&hit.payload.tenant, "acme");
-            if let Some(stream) = &filter.stream_id { prop_assert_eq!(&hit.payload.stream_id, stream); }
+            if let Some(stream) = filter.streams.first() { prop_assert_eq!(&hit.payload.stream_id, stream); }
             if let Some(from) = from_ms { prop_assert!(hit.payload.end_ms >= from); }
             if let Some(to) = to_ms { prop_assert!(hit.payload.start_ms <= to); }
         }
@@ -250,8 +251,8 @@ fn matches(filter: &SearchFilter, point: &IndexPoint) -> bool {
     let payload = &point.payload;
     payload.tenant == filter.tenant
         && filter
-            .stream_id
-            .as_ref()
+            .streams
+            .first()
             .is_none_or(|stream| &payload.stream_id == stream)
         && filter
             .from_ms
@@ -305,9 +306,10 @@ proptest! {
         for search in searches {
             let filter = SearchFilter {
                 tenant: TENANTS[search.tenant].into(),
-                stream_id: search.stream.map(|stream| STREAMS[stream].to_string()),
+                streams: search.stream.map(|stream| STREAMS[stream].to_string()).into_iter().collect(),
                 from_ms: search.from_ms,
-                to_ms: search.to_ms, indexed_since_ms: None,
+                to_ms: search.to_ms,
+                ..SearchFilter::default()
             };
             let vector = unit_vector(search.vector_seed);
             let matching: Vec<&IndexPoint> =
@@ -323,7 +325,7 @@ proptest! {
                 .map_err(fail)?;
             for hit in &everything {
                 prop_assert_eq!(&hit.payload.tenant, &filter.tenant);
-                if let Some(stream) = &filter.stream_id {
+                if let Some(stream) = filter.streams.first() {
                     prop_assert_eq!(&hit.payload.stream_id, stream);
                 }
                 if let Some(from_ms) = filter.from_ms {

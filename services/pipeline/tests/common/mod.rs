@@ -184,6 +184,9 @@ impl IndexStore for FlakyStore {
     ) -> Result<Option<vidx_core::IndexPoint>, StoreError> {
         self.inner.point(tenant, id).await
     }
+    async fn delete(&self, filter: SearchFilter) -> Result<vidx_core::ports::Deleted, StoreError> {
+        self.inner.delete(filter).await
+    }
 }
 
 /// Segment `seq` of acme/cam-1 with one subtitle moment per caption.
@@ -207,5 +210,6 @@ pub fn task(seq: u64, captions: &[&str]) -> SegmentTask {
             })
             .collect(),
         trace_context: Default::default(),
+        labels: Vec::new(),
     }
 }

@@ -70,6 +70,7 @@ pub fn point(
             region: None,
             thumbnail: None,
             indexed_at_ms: 0,
+            labels: Vec::new(),
         },
         thumbnail: None,
     }
