@@ -538,15 +538,6 @@ impl Jobs {
         Self::live_view(id, job).ok_or_else(|| Status::internal("live job vanished"))
     }
 
-    /// A job's labels.
-    fn labels(&self, id: &str) -> Vec<String> {
-        self.table
-            .lock()
-            .ok()
-            .and_then(|table| table.jobs.get(id).map(|job| job.labels.clone()))
-            .unwrap_or_default()
-    }
-
     fn update(&self, id: &str, change: impl FnOnce(&mut JobRecord)) {
         if let Ok(mut table) = self.table.lock()
             && let Some(job) = table.jobs.get_mut(id)
@@ -871,12 +862,15 @@ impl<Q: SegmentQueue> Ingest<Q> {
             &self.settings.limits,
             live.then_some(stream_id.as_str()),
         )?;
-        self.jobs.update(&job_id, |job| job.labels = labels);
+        // Kept for the journal (a resumed job gets them back).
+        self.jobs
+            .update(&job_id, |job| job.labels.clone_from(&labels));
         tracing::info!(job_id, tenant, stream_id, source = %input.display_name(), "job accepted");
         let work = run_job(
             job_id.clone(),
             input,
             stream_id,
+            labels,
             tenant.to_string(),
             JobContext {
                 settings: self.settings.clone(),
@@ -1230,6 +1224,7 @@ async fn run_job<Q: SegmentQueue>(
     job_id: String,
     input: InputSource,
     stream_id: String,
+    labels: Vec<String>,
     tenant: String,
     context: JobContext<Q>,
 ) {
@@ -1261,7 +1256,6 @@ async fn run_job<Q: SegmentQueue>(
     let runtime = tokio::runtime::Handle::current();
     let source_uri = input.display_name();
     let source_name = source_uri.clone();
-    let labels = jobs.labels(&job_id);
     // The job's span; each segment's publish span under it starts the segment's trace
     // context, which travels in the Kafka message to the worker.
     let job_span = tracing::info_span!(

@@ -438,32 +438,6 @@ where
         store: settings.worker.thumbnails.clone(),
         clip_dir: Some(settings.clip_dir.clone()),
     };
-    if roles.query && settings.retention.is_active() {
-        // `store.retention`, once the index is open.
-        let (cell, media, retention, tenants, shutdown) = (
-            engine_cell.clone(),
-            media_places.clone(),
-            settings.retention.clone(),
-            settings.tenants.clone(),
-            shutdown.clone(),
-        );
-        tokio::spawn(async move {
-            let store = loop {
-                if let Some(engine) = cell.get() {
-                    break engine.store.clone();
-                }
-                if *shutdown.borrow() {
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            };
-            if let Some(sweeper) =
-                lifecycle::spawn_retention_sweeper(store, media, retention, tenants, shutdown)
-            {
-                let _ = sweeper.await;
-            }
-        });
-    }
     let index_service = roles.query.then(|| {
         InterceptedService::new(
             v1::index_service_server::IndexServiceServer::new(lifecycle::IndexApi::new(
@@ -571,6 +545,16 @@ where
             return finish(server, background, None, Duration::ZERO).await;
         };
         let models = loaded.models.clone();
+        if roles.query {
+            // `store.retention` over the index just opened.
+            lifecycle::spawn_retention_sweeper(
+                loaded.store.clone(),
+                media_places.clone(),
+                settings.retention.clone(),
+                settings.tenants.clone(),
+                shutdown.clone(),
+            );
+        }
         let _ = engine_cell.set(loaded);
         if roles.query {
             for name in [service_names::SEARCH, service_names::INDEX] {

@@ -118,16 +118,11 @@ pub async fn delete<S: IndexStore>(
     Ok(removed)
 }
 
-/// Remove the cached clips of `ids` (the clip and its metadata); how many clips went.
+/// Remove the cached clips of `ids`; how many clips went.
 fn remove_clips(clip_dir: &Path, ids: &[uuid::Uuid]) -> u64 {
-    let mut removed = 0;
-    for id in ids {
-        if std::fs::remove_file(clip_dir.join(format!("{id}.mp4"))).is_ok() {
-            removed += 1;
-        }
-        let _ = std::fs::remove_file(clip_dir.join(format!("{id}.json")));
-    }
-    removed
+    ids.iter()
+        .filter(|id| crate::web::forget_cached_clip(clip_dir, **id))
+        .count() as u64
 }
 
 /// `store.retention`: how long each tenant's moments are kept.

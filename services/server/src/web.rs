@@ -731,6 +731,13 @@ struct ClipMeta {
     end_ms: u64,
 }
 
+/// Remove hit `id`'s clip and its metadata from the cache in `dir`; whether a clip was there.
+pub(crate) fn forget_cached_clip(dir: &Path, id: uuid::Uuid) -> bool {
+    let removed = std::fs::remove_file(dir.join(format!("{id}.mp4"))).is_ok();
+    let _ = std::fs::remove_file(dir.join(format!("{id}.json")));
+    removed
+}
+
 /// The clip of hit `id` in the cache, cut first if needed.
 async fn cached_clip(
     settings: &ClipSettings,
@@ -863,10 +870,7 @@ async fn clip<S: IndexStore + Send + Sync + 'static>(
         Err(error) => {
             if error.status == StatusCode::GONE {
                 // A clip cut before retention deleted its footage goes with it.
-                for extension in ["mp4", "json"] {
-                    let _ =
-                        std::fs::remove_file(context.clips.dir.join(format!("{id}.{extension}")));
-                }
+                forget_cached_clip(&context.clips.dir, id);
             }
             return Err(error);
         }
