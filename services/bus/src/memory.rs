@@ -225,6 +225,7 @@ mod tests {
 
     fn task(seq: u64) -> SegmentTask {
         SegmentTask {
+            generation: None,
             schema_version: vidx_core::SEGMENT_TASK_SCHEMA_VERSION,
             tenant: "t".into(),
             stream_id: "s".into(),

@@ -16,6 +16,7 @@ use vidx_testkit::LocalBroker;
 
 fn task(seq: u64) -> SegmentTask {
     SegmentTask {
+        generation: None,
         schema_version: SEGMENT_TASK_SCHEMA_VERSION,
         tenant: "acme".into(),
         stream_id: "cam-1".into(),

@@ -127,6 +127,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             let context = AppContext::load(&cli, &env, common_overrides(&args.common), false)?;
             crate::delete::run(context, args).await
         }
+        Command::Reindex(args) => {
+            let context = AppContext::load(&cli, &env, common_overrides(&args.common), false)?;
+            crate::reindex::run(context, args).await
+        }
         Command::Eval(args) => {
             let context = AppContext::load(&cli, &env, common_overrides(&args.common), false)?;
             crate::eval::run(context, args).await
@@ -448,6 +452,21 @@ impl AppContext {
             .await
             .map_err(|error| cli_error(error.code(), error.to_string()))?;
         Ok(AnyStore::Server(server))
+    }
+
+    /// The embedded index for a reindex to the configured models: the next generation gets
+    /// their vectors; the current one is not checked against them.
+    pub async fn open_store_for_reindex(
+        &self,
+        text_dimension: usize,
+        visual_dimension: Option<usize>,
+    ) -> anyhow::Result<EdgeStore> {
+        let (path, options) = (self.store.edge_path.clone(), self.store.edge.clone());
+        let vectors = vector_specs(text_dimension, visual_dimension);
+        tokio::task::spawn_blocking(move || EdgeStore::open_for_reindex(&path, &vectors, options))
+            .await
+            .context("store task")?
+            .map_err(|error| cli_error(error.code(), error.to_string()))
     }
 
     /// Open the existing index without checking its vectors against a model.

@@ -47,6 +47,11 @@ pub enum Command {
     /// thumbnails and kept live footage too), or every moment indexed before a time.
     /// Idempotent: deleting again deletes nothing and succeeds.
     Delete(DeleteArgs),
+    /// Build the index again with the configured models (a new PLM or embedder, another
+    /// embedding size) as a new generation, from the sources it was made from, and switch to
+    /// it when complete; searches answer from the old one meanwhile. A reindex cut short
+    /// (Ctrl-C, a crash) is taken up where it was by the next `vidx reindex`.
+    Reindex(ReindexArgs),
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -153,6 +158,16 @@ pub struct DeleteArgs {
     #[arg(long, value_parser = parse_instant_ms, allow_hyphen_values = true)]
     pub before: Option<u64>,
     /// Delete in a running query service's index instead of the local one.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReindexArgs {
+    /// Reindex a running node's index (a node with the ingest and query roles) instead of
+    /// the local one, following its progress.
     #[command(flatten)]
     pub remote: RemoteArgs,
     #[command(flatten)]

@@ -472,3 +472,54 @@ pub async fn delete(endpoint: &str, remote: &RemoteArgs, args: &DeleteArgs) -> a
     );
     Ok(EXIT_OK)
 }
+
+/// `vidx reindex --endpoint`: start (or join) the node's reindex and follow it to its end.
+pub async fn reindex(
+    endpoint: &str,
+    remote: &RemoteArgs,
+    args: &crate::args::ReindexArgs,
+) -> anyhow::Result<u8> {
+    use vidx_proto::v1::reindex_status::State;
+    let token = remote.token.as_deref();
+    refuse_local_flags("reindex", &common_local_flags(&args.common))?;
+    let mut client = IndexServiceClient::new(connect(endpoint, remote).await?);
+    let mut status = client
+        .reindex(request(v1::ReindexRequest {}, token)?)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut last = None;
+    loop {
+        let state = State::try_from(status.state).unwrap_or(State::Unspecified);
+        let key = (status.state, status.sources_done, status.sources_skipped);
+        if !args.common.json && last != Some(key) && status.generation > 0 {
+            eprintln!("{}", crate::reindex::progress_line(&status));
+            last = Some(key);
+        }
+        match state {
+            // Searches answer from the new generation from the switch on; the old one is
+            // dropped after the node's grace period.
+            State::Switched | State::Done => {
+                crate::reindex::print_status(&status, args.common.json);
+                return Ok(if status.sources_skipped > 0 {
+                    crate::app::EXIT_PARTIAL
+                } else {
+                    EXIT_OK
+                });
+            }
+            State::Failed => {
+                return Err(cli_error(
+                    ErrorCode::Unavailable,
+                    format!("reindex failed: {}", status.error),
+                ));
+            }
+            _ => {}
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        status = client
+            .get_reindex_status(request(v1::ReindexStatusRequest {}, token)?)
+            .await
+            .map_err(status_error)?
+            .into_inner();
+    }
+}

@@ -117,6 +117,8 @@ pub struct StoreConfig {
     pub timeout_ms: u64,
     /// How long indexed moments are kept, per tenant.
     pub retention: StoreRetentionConfig,
+    /// After a reindex switched to the new generation, how long the old one is kept (seconds).
+    pub reindex_grace_secs: u64,
 }
 
 /// `store.retention`: moments indexed longer ago than a tenant's bound are deleted (with their

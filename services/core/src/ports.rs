@@ -133,6 +133,81 @@ pub trait IndexStore: Send + Sync + 'static {
         &self,
         filter: SearchFilter,
     ) -> impl Future<Output = Result<Deleted, StoreError>> + Send;
+
+    // Index generations (a reindex): searches answer from the current generation while the
+    // next one is built beside it; upserts made meanwhile go to both (when their vectors fit
+    // the new one); the switch is atomic. A store without generations has just one.
+
+    /// The generations the store holds now.
+    fn generations(&self) -> impl Future<Output = Result<Generations, StoreError>> + Send {
+        std::future::ready(Ok(Generations::default()))
+    }
+    /// Create the next generation (empty, with the configured vectors) beside the current
+    /// one, or return the one being built already.
+    fn begin_generation(&self) -> impl Future<Output = Result<u32, StoreError>> + Send {
+        no_generations()
+    }
+    /// Upsert into `generation`: the current one (as [`upsert`](Self::upsert)), the one
+    /// being built, or an older one (nothing to do: its points are obsolete).
+    fn upsert_to(
+        &self,
+        generation: u32,
+        points: Vec<IndexPoint>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = (generation, points);
+        no_generations()
+    }
+    /// Make `generation` (the one being built) the current one, atomically: every search
+    /// after this answers from it.
+    fn switch_generation(
+        &self,
+        generation: u32,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = generation;
+        no_generations::<()>()
+    }
+    /// Remove a retired generation (idempotent); the current one and the one being built
+    /// are refused.
+    fn drop_generation(
+        &self,
+        generation: u32,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = generation;
+        no_generations::<()>()
+    }
+    /// The distinct sources of the current generation (all tenants), with their labels and
+    /// point counts, ordered.
+    fn sources(&self) -> impl Future<Output = Result<Vec<IndexedSource>, StoreError>> + Send {
+        no_generations()
+    }
+}
+
+/// The generations of an index: the one searches answer from, the one a reindex is
+/// building beside it, and older ones kept for a grace period after a switch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Generations {
+    pub current: u32,
+    pub building: Option<u32>,
+    /// Older generations still on disk or on the server, oldest first.
+    pub retired: Vec<u32>,
+}
+
+/// One source as the current generation knows it: what a reindex submits again.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IndexedSource {
+    pub tenant: String,
+    pub stream_id: String,
+    /// The point's `source_uri`: a path or a URL with credentials removed.
+    pub source_uri: String,
+    pub labels: Vec<String>,
+    /// Points of the stream from this source.
+    pub points: u64,
+}
+
+fn no_generations<T: Send>() -> impl Future<Output = Result<T, StoreError>> + Send {
+    std::future::ready(Err(StoreError::Invalid(
+        "this store keeps no index generations".into(),
+    )))
 }
 
 /// What a delete removed from the index.

@@ -77,6 +77,9 @@ pub struct SegmentTask {
     /// The stream's labels (`key=value`, sorted), set when it was submitted; stored on every
     /// point so that searches can filter by them.
     pub labels: Vec<String>,
+    /// The index generation the segment's points go to: `None` for the current one (and
+    /// the one being built beside it, if any); a reindex sets the generation it builds.
+    pub generation: Option<u32>,
 }
 
 /// One decoded frame in packed RGB, as shown (pixel aspect and display turn applied), at the

@@ -92,6 +92,7 @@ impl SegmentChunk {
         media: SegmentMedia,
     ) -> SegmentTask {
         SegmentTask {
+            generation: None,
             schema_version: SEGMENT_TASK_SCHEMA_VERSION,
             tenant: tenant.to_string(),
             stream_id: stream_id.to_string(),

@@ -54,6 +54,7 @@ fn frames() -> anyhow::Result<Vec<Frame>> {
 
 fn task(seq: u64) -> SegmentTask {
     SegmentTask {
+        generation: None,
         schema_version: vidx_core::SEGMENT_TASK_SCHEMA_VERSION,
         tenant: "default".into(),
         stream_id: "cam".into(),

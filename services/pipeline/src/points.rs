@@ -71,6 +71,7 @@ impl Models {
         let segment_ms = 1000 * frames as u64;
         let tasks: Vec<SegmentTask> = (0..max_batch.max(1) as u64)
             .map(|seq| SegmentTask {
+                generation: None,
                 schema_version: SEGMENT_TASK_SCHEMA_VERSION,
                 tenant: "warm-up".into(),
                 stream_id: "warm-up".into(),
@@ -937,6 +938,7 @@ mod tests {
 
     fn task() -> SegmentTask {
         SegmentTask {
+            generation: None,
             schema_version: SEGMENT_TASK_SCHEMA_VERSION,
             tenant: "t".into(),
             stream_id: "cam".into(),

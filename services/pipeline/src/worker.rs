@@ -430,7 +430,7 @@ async fn index_tasks<S: IndexStore>(
     for (media, span) in resolved.into_iter().zip(spans) {
         let outcome = match media {
             Err(error) => Err(error),
-            Ok((_, fetch)) => match built.next() {
+            Ok((task, fetch)) => match built.next() {
                 None => Err(PipelineError::Task(
                     "no result for a segment of the batch".into(),
                 )),
@@ -457,9 +457,14 @@ async fn index_tasks<S: IndexStore>(
                     // The upsert returns once the points are durable; only then may the
                     // task be acked.
                     let started = std::time::Instant::now();
-                    let stored = context
-                        .store
-                        .upsert(points)
+                    // A reindex's segment goes to the generation it builds.
+                    let upsert = async {
+                        match task.generation {
+                            Some(generation) => context.store.upsert_to(generation, points).await,
+                            None => context.store.upsert(points).await,
+                        }
+                    };
+                    let stored = upsert
                         .instrument(
                             tracing::info_span!(parent: span, "store.upsert", points = count),
                         )
@@ -595,6 +600,7 @@ async fn resolve_media(
         None => SegmentMedia::Inline(blobs.get(uri).await?),
     };
     Ok(Arc::new(SegmentTask {
+        generation: None,
         media,
         ..SegmentTask::clone(task)
     }))

@@ -97,6 +97,7 @@ fn models(device: Arc<Device>) -> Arc<Models> {
 
 fn segment(stream: &str, seq: u64) -> SegmentTask {
     SegmentTask {
+        generation: None,
         stream_id: stream.into(),
         ..task(seq, &[])
     }

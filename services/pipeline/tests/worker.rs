@@ -481,6 +481,7 @@ async fn blob_segments_are_read_only_from_the_blob_store() -> anyhow::Result<()>
     let secret = directory.path().join("secret.txt");
     std::fs::write(&secret, b"not a segment")?;
     let with_media = |seq: u64, media: SegmentMedia| SegmentTask {
+        generation: None,
         media,
         ..task(seq, &["a caption"])
     };

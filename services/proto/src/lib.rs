@@ -63,6 +63,7 @@ impl From<&vidx_core::SegmentTask> for v1::SegmentTask {
                 })
                 .collect(),
             labels: task.labels.clone(),
+            generation: task.generation,
         }
     }
 }
@@ -109,6 +110,7 @@ impl TryFrom<v1::SegmentTask> for vidx_core::SegmentTask {
             trace_context: Default::default(),
             labels: vidx_core::labels::parse_all(message.labels.iter().map(String::as_str))
                 .map_err(|reason| QueueError::Malformed(format!("SegmentTask.labels: {reason}")))?,
+            generation: message.generation,
         })
     }
 }
@@ -177,6 +179,7 @@ mod tests {
     #[test]
     fn segment_task_round_trips_and_rejects_garbage() -> Result<(), QueueError> {
         let task = vidx_core::SegmentTask {
+            generation: None,
             schema_version: vidx_core::SEGMENT_TASK_SCHEMA_VERSION,
             tenant: "acme".into(),
             stream_id: "cam-7".into(),

@@ -757,6 +757,31 @@ impl<Q: SegmentQueue> Ingest<Q> {
             stream_id,
             labels,
             live,
+            None,
+        )
+    }
+
+    /// Accept `input` as a job whose segments go to index generation `generation` (a
+    /// reindex's): not journaled (the reindex keeps its own record and submits again what
+    /// a restart cut short).
+    pub fn accept_into(
+        &self,
+        generation: u32,
+        tenant: &str,
+        input: InputSource,
+        stream_id: String,
+        labels: Vec<String>,
+    ) -> Result<(String, impl Future<Output = ()> + Send + use<Q>), Status> {
+        let submitted = input.display_name();
+        self.accept_as(
+            uuid::Uuid::new_v4().to_string(),
+            tenant,
+            input,
+            &submitted,
+            stream_id,
+            labels,
+            false,
+            Some(generation),
         )
     }
 
@@ -781,6 +806,7 @@ impl<Q: SegmentQueue> Ingest<Q> {
             stream_id,
             labels,
             live,
+            None,
         )?;
         let entry = self
             .jobs
@@ -819,6 +845,7 @@ impl<Q: SegmentQueue> Ingest<Q> {
                         entry.stream_id.clone(),
                         entry.labels.clone(),
                         entry.live,
+                        None,
                     ) {
                         Ok((_, work)) => {
                             resumed += 1;
@@ -852,6 +879,7 @@ impl<Q: SegmentQueue> Ingest<Q> {
         stream_id: String,
         labels: Vec<String>,
         live: bool,
+        generation: Option<u32>,
     ) -> Result<(String, impl Future<Output = ()> + Send + use<Q>), Status> {
         self.jobs.insert(
             &job_id,
@@ -873,6 +901,7 @@ impl<Q: SegmentQueue> Ingest<Q> {
             labels,
             tenant.to_string(),
             JobContext {
+                generation,
                 settings: self.settings.clone(),
                 queue: self.queue.clone(),
                 journal: self.journal.clone(),
@@ -1208,6 +1237,8 @@ impl<Q: SegmentQueue> JobDesk for Ingest<Q> {
 
 /// What a job needs from its ingest node.
 struct JobContext<Q> {
+    /// The index generation the job's segments go to (a reindex's), or the current one.
+    generation: Option<u32>,
     settings: Arc<IngestSettings>,
     queue: Arc<Q>,
     journal: Arc<dyn JobJournal>,
@@ -1229,6 +1260,7 @@ async fn run_job<Q: SegmentQueue>(
     context: JobContext<Q>,
 ) {
     let JobContext {
+        generation,
         settings,
         queue,
         journal,
@@ -1326,6 +1358,7 @@ async fn run_job<Q: SegmentQueue>(
             };
             let mut task = chunk.into_task_with(&tenant, &stream_id, &source_uri, media);
             task.labels = labels.clone();
+            task.generation = generation;
             let (segment_seq, end_ms) = (task.segment_seq, task.range.end_ms);
             let span = tracing::info_span!(
                 parent: &job_span,

@@ -17,6 +17,7 @@ pub mod lifecycle;
 mod limits;
 pub mod metrics;
 pub mod query;
+pub mod reindex;
 mod settings;
 mod status;
 pub mod subscribe;
@@ -65,6 +66,12 @@ pub mod service_names {
 
 /// Room left in a Kafka message for everything besides the inline segment bytes.
 const INLINE_HEADROOM_BYTES: u64 = 64 * 1024;
+
+/// How long a reindex waits after creating the new generation before it lists the sources:
+/// past the Qdrant server store's `GENERATIONS_TTL`, so that every node's upserts write to it.
+fn vidx_store_settle() -> Duration {
+    vidx_store::GENERATIONS_TTL + Duration::from_secs(1)
+}
 
 /// What the worker and query roles run on, available once the models are loaded.
 pub struct Engine<S> {
@@ -438,11 +445,14 @@ where
         store: settings.worker.thumbnails.clone(),
         clip_dir: Some(settings.clip_dir.clone()),
     };
+    let reindex_cell: lifecycle::ReindexCell = Arc::new(OnceLock::new());
     let index_service = roles.query.then(|| {
         InterceptedService::new(
             v1::index_service_server::IndexServiceServer::new(lifecycle::IndexApi::new(
                 engine_cell.clone(),
                 media_places.clone(),
+                reindex_cell.clone(),
+                settings.default_tenant.clone(),
             ))
             .max_decoding_message_size(limit),
             intercept.clone(),
@@ -554,6 +564,27 @@ where
                 settings.tenants.clone(),
                 shutdown.clone(),
             );
+            if let Some(ingest) = &ingest {
+                let reindexer = Arc::new(reindex::Reindexer::new(
+                    ingest.clone(),
+                    loaded.store.clone(),
+                    reindex::ReindexSettings {
+                        state_file: settings.reindex_state.clone(),
+                        grace: settings.reindex_grace,
+                        jobs_in_flight: reindex::JOBS_IN_FLIGHT,
+                        // Every node's upserts learn of the new generation meanwhile.
+                        settle: vidx_store_settle(),
+                        local_files_anywhere: false,
+                    },
+                    shutdown.clone(),
+                ));
+                // A reindex this node (or the one it replaces) left unfinished goes on.
+                if settings.reindex_state.exists() {
+                    tracing::info!(state = %settings.reindex_state.display(), "resuming the reindex");
+                    reindexer.start();
+                }
+                let _ = reindex_cell.set(Box::new(reindexer));
+            }
         }
         let _ = engine_cell.set(loaded);
         if roles.query {

@@ -280,15 +280,64 @@ impl From<DeleteError> for tonic::Status {
     }
 }
 
-/// `IndexService` on a query node: deletes confined to the caller's tenant.
+/// Starts and reports a node's reindex (a [`crate::reindex::Reindexer`] of any queue).
+pub trait ReindexControl: Send + Sync {
+    fn start(&self) -> v1::ReindexStatus;
+    fn status(&self) -> v1::ReindexStatus;
+}
+
+impl<Q: vidx_core::ports::SegmentQueue, T: IndexStore> ReindexControl
+    for Arc<crate::reindex::Reindexer<Q, T>>
+{
+    fn start(&self) -> v1::ReindexStatus {
+        crate::reindex::Reindexer::start(self)
+    }
+    fn status(&self) -> v1::ReindexStatus {
+        crate::reindex::Reindexer::status(self)
+    }
+}
+
+/// Where a node's reindex control is, once its engine is loaded (nodes with the ingest and
+/// query roles only).
+pub type ReindexCell = Arc<std::sync::OnceLock<Box<dyn ReindexControl>>>;
+
+/// `IndexService` on a query node: deletes confined to the caller's tenant; reindexes (of
+/// the whole index) for the operator's tenant only.
 pub struct IndexApi<S> {
     engine: Arc<std::sync::OnceLock<crate::Engine<S>>>,
     media: MediaPlaces,
+    reindex: ReindexCell,
+    operator: String,
 }
 
 impl<S> IndexApi<S> {
-    pub fn new(engine: Arc<std::sync::OnceLock<crate::Engine<S>>>, media: MediaPlaces) -> Self {
-        Self { engine, media }
+    pub fn new(
+        engine: Arc<std::sync::OnceLock<crate::Engine<S>>>,
+        media: MediaPlaces,
+        reindex: ReindexCell,
+        operator: String,
+    ) -> Self {
+        Self {
+            engine,
+            media,
+            reindex,
+            operator,
+        }
+    }
+
+    /// The node's reindex, for the operator's tenant.
+    fn reindexer<T>(&self, request: &tonic::Request<T>) -> Result<&dyn ReindexControl, tonic::Status> {
+        let tenant = crate::auth::tenant_of(request)?;
+        if tenant != self.operator {
+            return Err(tonic::Status::permission_denied(
+                "a reindex rebuilds every tenant's index: only the operator's tenant (general.tenant) may run it",
+            ));
+        }
+        self.reindex.get().map(Box::as_ref).ok_or_else(|| {
+            tonic::Status::failed_precondition(
+                "reindexing runs on a node with the ingest and query roles, once its index is open",
+            )
+        })
     }
 }
 
@@ -345,6 +394,20 @@ impl<S: IndexStore> v1::index_service_server::IndexService for IndexApi<S> {
         Ok(tonic::Response::new(
             self.run(&tenant, Scope::Before(before_ms)).await?,
         ))
+    }
+
+    async fn reindex(
+        &self,
+        request: tonic::Request<v1::ReindexRequest>,
+    ) -> Result<tonic::Response<v1::ReindexStatus>, tonic::Status> {
+        Ok(tonic::Response::new(self.reindexer(&request)?.start()))
+    }
+
+    async fn get_reindex_status(
+        &self,
+        request: tonic::Request<v1::ReindexStatusRequest>,
+    ) -> Result<tonic::Response<v1::ReindexStatus>, tonic::Status> {
+        Ok(tonic::Response::new(self.reindexer(&request)?.status()))
     }
 }
 

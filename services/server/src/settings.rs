@@ -63,6 +63,10 @@ pub struct NodeSettings {
     /// `store.retention`, and the tenants it applies to (the query role sweeps them).
     pub retention: crate::lifecycle::StoreRetention,
     pub tenants: Vec<String>,
+    /// Where a reindex keeps its plan (`<data-dir>/reindex.json`), and how long the old
+    /// generation stays after its switch (`store.reindex_grace_secs`).
+    pub reindex_state: PathBuf,
+    pub reindex_grace: Duration,
 }
 
 impl NodeSettings {
@@ -141,6 +145,8 @@ impl NodeSettings {
         );
         settings.worker.thumbnails = Some(media.clone());
         settings.ingest.footage = Some(media);
+        // Beside the index it rebuilds.
+        settings.reindex_state = data_dir.join("reindex.json");
         Ok(settings)
     }
 
@@ -170,6 +176,11 @@ impl NodeSettings {
             alerts: alerts(config),
             retention: crate::lifecycle::StoreRetention::from_config(&config.store.retention),
             tenants: crate::lifecycle::known_tenants(config),
+            reindex_state: spool_dir.parent().map_or_else(
+                || spool_dir.join("reindex.json"),
+                |parent| parent.join("reindex.json"),
+            ),
+            reindex_grace: Duration::from_secs(config.store.reindex_grace_secs),
             alert_dir: spool_dir
                 .parent()
                 .map_or_else(|| spool_dir.join("alerts"), |parent| parent.join("alerts")),

@@ -11,7 +11,7 @@ use qdrant_edge::{
     PointStructPersisted, QueryEnum, QueryRequest, Range, ScoredPoint, ScoringQuery, ScrollRequest,
     UpdateOperation, ValueVariants, VectorInternal, Vectors, WithPayloadInterface, WithVector,
 };
-use vidx_core::ports::{Deleted, IndexStore};
+use vidx_core::ports::{Deleted, Generations, IndexStore, IndexedSource};
 use vidx_core::types::payload_keys;
 use vidx_core::{Hit, IndexPoint, PointPayload, SearchFilter, StoreError, VectorQuery};
 
@@ -54,13 +54,101 @@ struct Inner {
     state: Mutex<State>,
     path: PathBuf,
     options: EdgeStoreOptions,
+    /// The vectors of the configured models: what a new generation is made with (the current
+    /// generation's own when none were given).
+    vectors: Vec<VectorSpec>,
     // Held for the life of the store: one process per data dir.
     _lock_file: File,
 }
 
+/// The generations on disk: generation 0 is `<path>/shard` (every index starts there),
+/// generation N > 0 is `<path>/gen-N/`, and the file `<path>/CURRENT` names the current one
+/// (no file: 0). The switch is that file's atomic replacement.
 struct State {
     shard: EdgeShard,
+    generation: u32,
     upserted_since_optimize: u64,
+    /// The generation a reindex is building beside the current one.
+    building: Option<Building>,
+}
+
+struct Building {
+    generation: u32,
+    shard: EdgeShard,
+    upserted_since_optimize: u64,
+}
+
+const CURRENT_FILE: &str = "CURRENT";
+
+fn generation_dir(path: &Path, generation: u32) -> PathBuf {
+    if generation == 0 {
+        path.join("shard")
+    } else {
+        path.join(format!("gen-{generation}"))
+    }
+}
+
+fn is_complete(dir: &Path) -> bool {
+    dir.join("edge_config.json").exists()
+}
+
+fn storage(context: String) -> impl Fn(std::io::Error) -> StoreError {
+    move |error| StoreError::Storage(format!("{context}: {error}"))
+}
+
+/// The current generation as `<path>/CURRENT` names it (0 without the file).
+fn read_current(path: &Path) -> Result<u32, StoreError> {
+    let file = path.join(CURRENT_FILE);
+    match std::fs::read_to_string(&file) {
+        Ok(text) => text.trim().parse().map_err(|_| {
+            StoreError::Internal(format!(
+                "{} does not name a generation: {:?}",
+                file.display(),
+                text.trim()
+            ))
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(error) => Err(storage(format!("cannot read {}", file.display()))(error)),
+    }
+}
+
+/// Replace `<path>/CURRENT` atomically (written beside it, synced, renamed, directory synced).
+fn write_current(path: &Path, generation: u32) -> Result<(), StoreError> {
+    use std::io::Write;
+    let temporary = path.join(format!("{CURRENT_FILE}.tmp"));
+    let mut file = File::create(&temporary)
+        .map_err(storage(format!("cannot write {}", temporary.display())))?;
+    writeln!(file, "{generation}")
+        .and_then(|()| file.sync_all())
+        .map_err(storage(format!("cannot write {}", temporary.display())))?;
+    std::fs::rename(&temporary, path.join(CURRENT_FILE))
+        .map_err(storage(format!("cannot replace {}/{CURRENT_FILE}", path.display())))?;
+    File::open(path)
+        .and_then(|directory| directory.sync_all())
+        .map_err(storage(format!("cannot sync {}", path.display())))
+}
+
+/// The generations with a directory under `path` (complete or not), ordered.
+fn generations_on_disk(path: &Path) -> Result<Vec<u32>, StoreError> {
+    let mut found = Vec::new();
+    if path.join("shard").exists() {
+        found.push(0);
+    }
+    let entries =
+        std::fs::read_dir(path).map_err(storage(format!("cannot list {}", path.display())))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if let Some(generation) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix("gen-"))
+            .and_then(|number| number.parse::<u32>().ok())
+            .filter(|generation| *generation > 0)
+        {
+            found.push(generation);
+        }
+    }
+    found.sort_unstable();
+    Ok(found)
 }
 
 impl std::fmt::Debug for EdgeStore {
@@ -144,6 +232,26 @@ impl EdgeStore {
         vectors: &[VectorSpec],
         options: EdgeStoreOptions,
     ) -> Result<Self, StoreError> {
+        Self::open_checked(path, vectors, options, true)
+    }
+
+    /// Open the store for a reindex to models whose vectors may differ from the current
+    /// generation's: `vectors` are what the next generation is made with, and the current one
+    /// is not checked against them (searching it with the new models' vectors would fail).
+    pub fn open_for_reindex(
+        path: &Path,
+        vectors: &[VectorSpec],
+        options: EdgeStoreOptions,
+    ) -> Result<Self, StoreError> {
+        Self::open_checked(path, vectors, options, false)
+    }
+
+    fn open_checked(
+        path: &Path,
+        vectors: &[VectorSpec],
+        options: EdgeStoreOptions,
+        check_current: bool,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(path).map_err(|error| {
             StoreError::Unavailable(format!("cannot create {}: {error}", path.display()))
         })?;
@@ -156,52 +264,66 @@ impl EdgeStore {
                 path.display()
             ))
         })?;
-        let shard_path = path.join("shard");
-        let exists = shard_path.join("edge_config.json").exists();
-        let shard = if exists {
+        let generation = read_current(path)?;
+        let shard_path = generation_dir(path, generation);
+        let shard = if is_complete(&shard_path) {
             let shard = EdgeShard::load(&shard_path, None).map_err(|error| {
                 StoreError::Internal(format!(
                     "cannot load index at {}: {error}",
                     shard_path.display()
                 ))
             })?;
-            check_vectors(&shard, vectors, &shard_path)?;
+            if check_current {
+                check_vectors(&shard, vectors, &shard_path)?;
+            }
             // Indexes added since the shard was made (labels, the caption words).
             create_payload_indexes(&shard)?;
             ensure_caption_index(&shard)?;
             shard
+        } else if generation == 0 {
+            create_shard(&shard_path, vectors, &options)?
         } else {
-            std::fs::create_dir_all(&shard_path).map_err(|error| {
-                StoreError::Unavailable(format!("cannot create {}: {error}", shard_path.display()))
+            return Err(StoreError::Internal(format!(
+                "{}/{CURRENT_FILE} names generation {generation}, but {} holds no index",
+                path.display(),
+                shard_path.display()
+            )));
+        };
+        // A generation newer than the current one is a reindex's, taken up where it was; one
+        // whose creation was cut short is removed.
+        let mut building = None;
+        for newer in generations_on_disk(path)?
+            .into_iter()
+            .filter(|newer| *newer > generation)
+        {
+            let dir = generation_dir(path, newer);
+            if !is_complete(&dir) {
+                std::fs::remove_dir_all(&dir)
+                    .map_err(storage(format!("cannot remove {}", dir.display())))?;
+                continue;
+            }
+            let shard = EdgeShard::load(&dir, None).map_err(|error| {
+                StoreError::Internal(format!("cannot load index at {}: {error}", dir.display()))
             })?;
-            let mut builder = EdgeConfigBuilder::new().hnsw_config(hnsw_config());
-            for spec in vectors {
-                builder = builder.vector(
-                    spec.name.clone(),
-                    EdgeVectorParamsBuilder::new(spec.dimension, Distance::Cosine).build(),
-                );
-            }
-            if let Some(threshold_kb) = options.indexing_threshold_kb {
-                builder = builder.optimizers(qdrant_edge::EdgeOptimizersConfig {
-                    indexing_threshold: Some(threshold_kb),
-                    ..Default::default()
-                });
-            }
-            let shard = EdgeShard::new(&shard_path, builder.build())
-                .map_err(internal("cannot create index"))?;
             create_payload_indexes(&shard)?;
             ensure_caption_index(&shard)?;
-            shard.flush();
-            shard
-        };
+            building = Some(Building {
+                generation: newer,
+                shard,
+                upserted_since_optimize: 0,
+            });
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
                     shard,
+                    generation,
                     upserted_since_optimize: 0,
+                    building,
                 }),
                 path: path.to_path_buf(),
                 options,
+                vectors: vectors.to_vec(),
                 _lock_file: lock_file,
             }),
         })
@@ -222,7 +344,9 @@ impl EdgeStore {
         }))
     }
 
-    /// Blocking upsert + flush; runs the optimizers when enough points arrived.
+    /// Blocking upsert + flush; runs the optimizers when enough points arrived. While a
+    /// reindex builds the next generation, the points go there too (when their vectors fit
+    /// it): what is indexed during a reindex is not lost at its switch.
     pub fn upsert_blocking(&self, points: Vec<IndexPoint>) -> Result<(), StoreError> {
         if points.is_empty() {
             return Ok(());
@@ -233,19 +357,213 @@ impl EdgeStore {
             .map(to_point)
             .collect::<Result<Vec<_>, _>>()?;
         let mut state = self.state()?;
-        state
-            .shard
-            .update(UpdateOperation::PointOperation(
-                PointOperations::UpsertPoints(PointInsertOperations::PointsList(persisted)),
-            ))
-            .map_err(internal("upsert"))?;
-        // The points are acknowledged only once they are on disk.
-        state.shard.flush();
+        let also = match &state.building {
+            Some(building) if fits(&building.shard, &persisted) => Some(persisted.clone()),
+            Some(building) => {
+                tracing::debug!(
+                    generation = building.generation,
+                    "points do not fit the generation being built; stored in the current one only"
+                );
+                None
+            }
+            None => None,
+        };
+        upsert_into(&state.shard, persisted)?;
         state.upserted_since_optimize += count;
         if state.upserted_since_optimize >= self.inner.options.optimize_after_points {
             run_optimize(&mut state)?;
         }
+        if let Some(points) = also {
+            self.upsert_building(&mut state, points, count)?;
+        }
         Ok(())
+    }
+
+    fn upsert_building(
+        &self,
+        state: &mut State,
+        points: Vec<PointStructPersisted>,
+        count: u64,
+    ) -> Result<(), StoreError> {
+        let threshold = self.inner.options.optimize_after_points;
+        let Some(building) = state.building.as_mut() else {
+            return Ok(());
+        };
+        upsert_into(&building.shard, points)?;
+        building.upserted_since_optimize += count;
+        if building.upserted_since_optimize >= threshold {
+            building.shard.optimize().map_err(internal("optimize"))?;
+            building.shard.flush();
+            building.upserted_since_optimize = 0;
+        }
+        Ok(())
+    }
+
+    /// [`IndexStore::upsert_to`], blocking.
+    pub fn upsert_to_blocking(
+        &self,
+        generation: u32,
+        points: Vec<IndexPoint>,
+    ) -> Result<(), StoreError> {
+        let current = self.state()?.generation;
+        if generation == current {
+            return self.upsert_blocking(points);
+        }
+        if generation < current {
+            tracing::debug!(generation, current, "points for a retired generation dropped");
+            return Ok(());
+        }
+        let count = points.len() as u64;
+        let persisted = points
+            .into_iter()
+            .map(to_point)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut state = self.state()?;
+        match &state.building {
+            Some(building) if building.generation == generation => {
+                self.upsert_building(&mut state, persisted, count)
+            }
+            _ => Err(StoreError::CollectionMissing(format!(
+                "index generation {generation} does not exist in {} (current: {})",
+                self.inner.path.display(),
+                state.generation
+            ))),
+        }
+    }
+
+    /// [`IndexStore::generations`], blocking.
+    pub fn generations_blocking(&self) -> Result<Generations, StoreError> {
+        let state = self.state()?;
+        let retired = generations_on_disk(&self.inner.path)?
+            .into_iter()
+            .filter(|generation| *generation < state.generation)
+            .collect();
+        Ok(Generations {
+            current: state.generation,
+            building: state.building.as_ref().map(|building| building.generation),
+            retired,
+        })
+    }
+
+    /// [`IndexStore::begin_generation`], blocking.
+    pub fn begin_generation_blocking(&self) -> Result<u32, StoreError> {
+        let mut state = self.state()?;
+        if let Some(building) = &state.building {
+            return Ok(building.generation);
+        }
+        let newest = generations_on_disk(&self.inner.path)?
+            .into_iter()
+            .max()
+            .unwrap_or(0)
+            .max(state.generation);
+        let generation = newest + 1;
+        let vectors = if self.inner.vectors.is_empty() {
+            shard_vectors(&state.shard)
+        } else {
+            self.inner.vectors.clone()
+        };
+        let dir = generation_dir(&self.inner.path, generation);
+        let shard = create_shard(&dir, &vectors, &self.inner.options)?;
+        tracing::info!(generation, dir = %dir.display(), "index generation created");
+        state.building = Some(Building {
+            generation,
+            shard,
+            upserted_since_optimize: 0,
+        });
+        Ok(generation)
+    }
+
+    /// [`IndexStore::switch_generation`], blocking: the new generation is optimized, then
+    /// `CURRENT` replaced and the shard swapped under the lock (no search sees neither).
+    pub fn switch_generation_blocking(&self, generation: u32) -> Result<(), StoreError> {
+        let mut state = self.state()?;
+        if state.generation == generation {
+            return Ok(());
+        }
+        let Some(building) = state.building.take_if(|building| building.generation == generation)
+        else {
+            return Err(StoreError::Invalid(format!(
+                "index generation {generation} is not being built (current: {})",
+                state.generation
+            )));
+        };
+        let optimized = building
+            .shard
+            .optimize()
+            .map_err(internal("optimize"))
+            .map(|_| building.shard.flush());
+        if let Err(error) = optimized {
+            state.building = Some(building);
+            return Err(error);
+        }
+        if let Err(error) = write_current(&self.inner.path, generation) {
+            state.building = Some(building);
+            return Err(error);
+        }
+        let previous = std::mem::replace(&mut state.shard, building.shard);
+        let from = std::mem::replace(&mut state.generation, generation);
+        state.upserted_since_optimize = 0;
+        drop(previous);
+        tracing::info!(from, to = generation, "index generation switched");
+        Ok(())
+    }
+
+    /// [`IndexStore::drop_generation`], blocking.
+    pub fn drop_generation_blocking(&self, generation: u32) -> Result<(), StoreError> {
+        let state = self.state()?;
+        if generation == state.generation
+            || state
+                .building
+                .as_ref()
+                .is_some_and(|building| building.generation == generation)
+        {
+            return Err(StoreError::Invalid(format!(
+                "index generation {generation} is in use; only retired ones are dropped"
+            )));
+        }
+        let dir = generation_dir(&self.inner.path, generation);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {
+                tracing::info!(generation, "index generation dropped");
+                Ok(())
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(storage(format!("cannot remove {}", dir.display()))(error)),
+        }
+    }
+
+    /// [`IndexStore::sources`], blocking: the current generation read a page at a time.
+    pub fn sources_blocking(&self) -> Result<Vec<IndexedSource>, StoreError> {
+        let mut sources: BTreeMap<(String, String, String), IndexedSource> = BTreeMap::new();
+        let mut offset = None;
+        loop {
+            let state = self.state()?;
+            let (records, next) = state
+                .shard
+                .scroll(ScrollRequest {
+                    offset,
+                    limit: Some(DELETE_PAGE),
+                    filter: None,
+                    with_payload: Some(WithPayloadInterface::Bool(true)),
+                    with_vector: WithVector::Bool(false),
+                    order_by: None,
+                })
+                .map_err(internal("scroll"))?;
+            drop(state);
+            for record in records {
+                let id = match record.id {
+                    PointId::Uuid(id) => id,
+                    PointId::NumId(_) => continue,
+                };
+                let payload = payload_of(id, record.payload)?;
+                crate::count_source(&mut sources, payload);
+            }
+            match next {
+                Some(next) => offset = Some(next),
+                None => break,
+            }
+        }
+        Ok(sources.into_values().collect())
     }
 
     /// Build the HNSW index for what is pending, regardless of the threshold. Returns whether
@@ -260,6 +578,13 @@ impl EdgeStore {
         let mut state = self.state()?;
         if state.upserted_since_optimize > 0 {
             run_optimize(&mut state)?;
+        }
+        if let Some(building) = state.building.as_mut()
+            && building.upserted_since_optimize > 0
+        {
+            building.shard.optimize().map_err(internal("optimize"))?;
+            building.shard.flush();
+            building.upserted_since_optimize = 0;
         }
         Ok(())
     }
@@ -354,50 +679,17 @@ impl EdgeStore {
     }
 
     /// Delete the points `filter` admits, a page at a time: their ids and thumbnails are read
-    /// first, then the ids deleted and flushed.
+    /// first, then the ids deleted and flushed; from the generation being built too.
     pub fn delete_blocking(&self, filter: SearchFilter) -> Result<Deleted, StoreError> {
         let filter = to_filter(&filter, None)?;
         let mut deleted = Deleted::default();
         let mut thumbnails = std::collections::BTreeSet::new();
-        loop {
-            let state = self.state()?;
-            let (records, _next) = state
-                .shard
-                .scroll(ScrollRequest {
-                    offset: None,
-                    limit: Some(DELETE_PAGE),
-                    filter: Some(filter.clone()),
-                    with_payload: Some(WithPayloadInterface::Bool(true)),
-                    with_vector: WithVector::Bool(false),
-                    order_by: None,
-                })
-                .map_err(internal("scroll"))?;
-            if records.is_empty() {
-                break;
-            }
-            let mut ids = Vec::with_capacity(records.len());
-            for record in records {
-                if let Some(thumbnail) = record
-                    .payload
-                    .as_ref()
-                    .and_then(|payload| payload.0.get(payload_keys::THUMBNAIL))
-                    .and_then(|value| value.as_str())
-                {
-                    thumbnails.insert(thumbnail.to_string());
-                }
-                if let PointId::Uuid(id) = record.id {
-                    deleted.ids.push(id);
-                }
-                ids.push(record.id);
-            }
-            state
-                .shard
-                .update(UpdateOperation::PointOperation(
-                    PointOperations::DeletePoints { ids },
-                ))
-                .map_err(internal("delete"))?;
-            state.shard.flush();
+        let state = self.state()?;
+        delete_from(&state.shard, &filter, &mut deleted, &mut thumbnails)?;
+        if let Some(building) = &state.building {
+            delete_from(&building.shard, &filter, &mut deleted, &mut thumbnails)?;
         }
+        drop(state);
         deleted.thumbnails = thumbnails.into_iter().collect();
         Ok(deleted)
     }
@@ -406,6 +698,125 @@ impl EdgeStore {
     pub fn indexed_vectors(&self) -> Result<u64, StoreError> {
         let state = self.state()?;
         Ok(state.shard.info().indexed_vectors_count as u64)
+    }
+}
+
+/// A new, empty shard in `dir` with `vectors`, the HNSW layout and the payload indexes.
+fn create_shard(
+    dir: &Path,
+    vectors: &[VectorSpec],
+    options: &EdgeStoreOptions,
+) -> Result<EdgeShard, StoreError> {
+    std::fs::create_dir_all(dir).map_err(|error| {
+        StoreError::Unavailable(format!("cannot create {}: {error}", dir.display()))
+    })?;
+    let mut builder = EdgeConfigBuilder::new().hnsw_config(hnsw_config());
+    for spec in vectors {
+        builder = builder.vector(
+            spec.name.clone(),
+            EdgeVectorParamsBuilder::new(spec.dimension, Distance::Cosine).build(),
+        );
+    }
+    if let Some(threshold_kb) = options.indexing_threshold_kb {
+        builder = builder.optimizers(qdrant_edge::EdgeOptimizersConfig {
+            indexing_threshold: Some(threshold_kb),
+            ..Default::default()
+        });
+    }
+    let shard = EdgeShard::new(dir, builder.build()).map_err(internal("cannot create index"))?;
+    create_payload_indexes(&shard)?;
+    ensure_caption_index(&shard)?;
+    shard.flush();
+    Ok(shard)
+}
+
+/// The shard's named vectors and their dimensions.
+fn shard_vectors(shard: &EdgeShard) -> Vec<VectorSpec> {
+    shard
+        .config()
+        .vectors
+        .iter()
+        .map(|(name, params)| VectorSpec {
+            name: name.to_string(),
+            dimension: params.size,
+        })
+        .collect()
+}
+
+/// Whether every vector of `points` has a place of its size in `shard`.
+fn fits(shard: &EdgeShard, points: &[PointStructPersisted]) -> bool {
+    let config = shard.config();
+    points.iter().all(|point| match &point.vector {
+        qdrant_edge::VectorStructPersisted::Named(named) => named.iter().all(|(name, vector)| {
+            let length = match vector {
+                qdrant_edge::VectorPersisted::Dense(values) => values.len(),
+                _ => return false,
+            };
+            config
+                .vectors
+                .get(name.as_str())
+                .is_some_and(|params| params.size == length)
+        }),
+        _ => false,
+    })
+}
+
+/// Upsert into one shard and flush: the points are acknowledged only once on disk.
+fn upsert_into(shard: &EdgeShard, points: Vec<PointStructPersisted>) -> Result<(), StoreError> {
+    shard
+        .update(UpdateOperation::PointOperation(
+            PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
+        ))
+        .map_err(internal("upsert"))?;
+    shard.flush();
+    Ok(())
+}
+
+/// Delete what `filter` admits from one shard, a page at a time (ids and thumbnails read
+/// first, then the ids deleted and flushed).
+fn delete_from(
+    shard: &EdgeShard,
+    filter: &Filter,
+    deleted: &mut Deleted,
+    thumbnails: &mut std::collections::BTreeSet<String>,
+) -> Result<(), StoreError> {
+    loop {
+        let (records, _next) = shard
+            .scroll(ScrollRequest {
+                offset: None,
+                limit: Some(DELETE_PAGE),
+                filter: Some(filter.clone()),
+                with_payload: Some(WithPayloadInterface::Bool(true)),
+                with_vector: WithVector::Bool(false),
+                order_by: None,
+            })
+            .map_err(internal("scroll"))?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut ids = Vec::with_capacity(records.len());
+        for record in records {
+            if let Some(thumbnail) = record
+                .payload
+                .as_ref()
+                .and_then(|payload| payload.0.get(payload_keys::THUMBNAIL))
+                .and_then(|value| value.as_str())
+            {
+                thumbnails.insert(thumbnail.to_string());
+            }
+            if let PointId::Uuid(id) = record.id
+                && !deleted.ids.contains(&id)
+            {
+                deleted.ids.push(id);
+            }
+            ids.push(record.id);
+        }
+        shard
+            .update(UpdateOperation::PointOperation(
+                PointOperations::DeletePoints { ids },
+            ))
+            .map_err(internal("delete"))?;
+        shard.flush();
     }
 }
 
@@ -689,6 +1100,50 @@ impl IndexStore for EdgeStore {
     ) -> impl std::future::Future<Output = Result<Deleted, StoreError>> + Send {
         let store = self.clone();
         blocking(move || store.delete_blocking(filter))
+    }
+
+    fn generations(
+        &self,
+    ) -> impl std::future::Future<Output = Result<Generations, StoreError>> + Send {
+        let store = self.clone();
+        blocking(move || store.generations_blocking())
+    }
+
+    fn begin_generation(&self) -> impl std::future::Future<Output = Result<u32, StoreError>> + Send {
+        let store = self.clone();
+        blocking(move || store.begin_generation_blocking())
+    }
+
+    fn upsert_to(
+        &self,
+        generation: u32,
+        points: Vec<IndexPoint>,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
+        let store = self.clone();
+        blocking(move || store.upsert_to_blocking(generation, points))
+    }
+
+    fn switch_generation(
+        &self,
+        generation: u32,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
+        let store = self.clone();
+        blocking(move || store.switch_generation_blocking(generation))
+    }
+
+    fn drop_generation(
+        &self,
+        generation: u32,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
+        let store = self.clone();
+        blocking(move || store.drop_generation_blocking(generation))
+    }
+
+    fn sources(
+        &self,
+    ) -> impl std::future::Future<Output = Result<Vec<IndexedSource>, StoreError>> + Send {
+        let store = self.clone();
+        blocking(move || store.sources_blocking())
     }
 }
 

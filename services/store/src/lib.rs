@@ -10,10 +10,35 @@ mod edge;
 mod server;
 
 pub use edge::{EdgeStore, EdgeStoreOptions, VectorSpec};
-pub use server::{ServerStore, ServerStoreOptions};
+pub use server::{GENERATIONS_TTL, ServerStore, ServerStoreOptions};
 
-use vidx_core::ports::{Deleted, IndexStore};
-use vidx_core::{Hit, IndexPoint, SearchFilter, StoreError, VectorQuery};
+use std::collections::BTreeMap;
+
+use vidx_core::ports::{Deleted, Generations, IndexStore, IndexedSource};
+use vidx_core::{Hit, IndexPoint, PointPayload, SearchFilter, StoreError, VectorQuery};
+
+/// Count a point into the distinct sources of a generation (keyed by tenant, stream and
+/// source), keeping the labels it carries.
+pub(crate) fn count_source(
+    sources: &mut BTreeMap<(String, String, String), IndexedSource>,
+    payload: PointPayload,
+) {
+    let key = (
+        payload.tenant.clone(),
+        payload.stream_id.clone(),
+        payload.source_uri.clone(),
+    );
+    sources
+        .entry(key)
+        .or_insert_with(|| IndexedSource {
+            tenant: payload.tenant,
+            stream_id: payload.stream_id,
+            source_uri: payload.source_uri,
+            labels: payload.labels,
+            points: 0,
+        })
+        .points += 1;
+}
 
 /// The store chosen by configuration.
 #[derive(Clone)]
@@ -66,6 +91,48 @@ impl IndexStore for AnyStore {
         match self {
             AnyStore::Edge(store) => store.delete(filter).await,
             AnyStore::Server(store) => store.delete(filter).await,
+        }
+    }
+
+    async fn generations(&self) -> Result<Generations, StoreError> {
+        match self {
+            AnyStore::Edge(store) => store.generations().await,
+            AnyStore::Server(store) => store.generations().await,
+        }
+    }
+
+    async fn begin_generation(&self) -> Result<u32, StoreError> {
+        match self {
+            AnyStore::Edge(store) => store.begin_generation().await,
+            AnyStore::Server(store) => store.begin_generation().await,
+        }
+    }
+
+    async fn upsert_to(&self, generation: u32, points: Vec<IndexPoint>) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Edge(store) => store.upsert_to(generation, points).await,
+            AnyStore::Server(store) => store.upsert_to(generation, points).await,
+        }
+    }
+
+    async fn switch_generation(&self, generation: u32) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Edge(store) => store.switch_generation(generation).await,
+            AnyStore::Server(store) => store.switch_generation(generation).await,
+        }
+    }
+
+    async fn drop_generation(&self, generation: u32) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Edge(store) => store.drop_generation(generation).await,
+            AnyStore::Server(store) => store.drop_generation(generation).await,
+        }
+    }
+
+    async fn sources(&self) -> Result<Vec<IndexedSource>, StoreError> {
+        match self {
+            AnyStore::Edge(store) => store.sources().await,
+            AnyStore::Server(store) => store.sources().await,
         }
     }
 }

@@ -14,7 +14,7 @@ use qdrant_client::qdrant::{
     ScoredPoint, UpsertPointsBuilder, VectorParamsBuilder, VectorsConfigBuilder,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
-use vidx_core::ports::{Deleted, IndexStore};
+use vidx_core::ports::{Deleted, Generations, IndexStore, IndexedSource};
 use vidx_core::types::payload_keys;
 use vidx_core::{Hit, IndexPoint, PointPayload, SearchFilter, StoreError, VectorQuery};
 
@@ -46,10 +46,50 @@ impl std::fmt::Debug for ServerStoreOptions {
 }
 
 /// A Qdrant server collection. Cloning shares the connection.
+///
+/// Index generations: generation N > 0 is the collection `<collection>_gN`, and the alias
+/// `<collection>` (what every search, upsert and count names) points at the current one; a new
+/// deployment starts at generation 1. A real collection named `<collection>` (made before
+/// generations existed) is generation 0. The switch is one alias update, atomic on the server.
 #[derive(Clone)]
 pub struct ServerStore {
     client: std::sync::Arc<Qdrant>,
     collection: String,
+    /// The vectors of the configured models: what a new generation is made with.
+    vectors: Vec<VectorSpec>,
+    /// The generations as last read, for the upserts (other nodes start and switch them).
+    known: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, Layout)>>>,
+}
+
+/// How long the generations read from the server are trusted by upserts: a node learns of a
+/// reindex started elsewhere within this.
+pub const GENERATIONS_TTL: Duration = Duration::from_secs(2);
+
+/// The generations on the server.
+#[derive(Debug, Clone, Default)]
+struct Layout {
+    current: u32,
+    /// The generation being built, its collection and its vectors' sizes.
+    building: Option<(u32, String, HashMap<String, u64>)>,
+    retired: Vec<u32>,
+}
+
+/// The collection of `generation` of `collection`.
+fn generation_name(collection: &str, generation: u32) -> String {
+    if generation == 0 {
+        collection.to_string()
+    } else {
+        format!("{collection}_g{generation}")
+    }
+}
+
+/// The generation a collection name stands for (`<collection>_gN`, N > 0).
+fn generation_of(collection: &str, name: &str) -> Option<u32> {
+    name.strip_prefix(collection)?
+        .strip_prefix("_g")?
+        .parse()
+        .ok()
+        .filter(|generation| *generation > 0)
 }
 
 impl std::fmt::Debug for ServerStore {
@@ -111,8 +151,33 @@ impl ServerStore {
         let store = Self {
             client: std::sync::Arc::new(client),
             collection: options.collection.clone(),
+            vectors: vectors.to_vec(),
+            known: Default::default(),
         };
-        store.ensure_collection(vectors).await?;
+        store.ensure_collection(vectors, true).await?;
+        Ok(store)
+    }
+
+    /// Connect for a reindex to models whose vectors may differ from the current
+    /// generation's: `vectors` are what the next generation is made with.
+    pub async fn connect_for_reindex(
+        options: &ServerStoreOptions,
+        vectors: &[VectorSpec],
+    ) -> Result<Self, StoreError> {
+        let client = Qdrant::from_url(&options.url)
+            .api_key(options.api_key.clone())
+            .timeout(options.timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .skip_compatibility_check()
+            .build()
+            .map_err(|error| StoreError::Invalid(format!("qdrant url {}: {error}", options.url)))?;
+        let store = Self {
+            client: std::sync::Arc::new(client),
+            collection: options.collection.clone(),
+            vectors: vectors.to_vec(),
+            known: Default::default(),
+        };
+        store.ensure_collection(vectors, false).await?;
         Ok(store)
     }
 
@@ -120,44 +185,97 @@ impl ServerStore {
         &self.collection
     }
 
-    async fn ensure_collection(&self, vectors: &[VectorSpec]) -> Result<(), StoreError> {
-        let exists = self
+    /// The collection the alias names, if the alias exists.
+    async fn alias_target(&self) -> Result<Option<String>, StoreError> {
+        let aliases = self
             .client
-            .collection_exists(&self.collection)
+            .list_aliases()
             .await
-            .map_err(server_error("collection check"))?;
-        if !exists {
-            let mut config = VectorsConfigBuilder::default();
-            for spec in vectors {
-                config.add_named_vector_params(
-                    spec.name.clone(),
-                    VectorParamsBuilder::new(spec.dimension as u64, Distance::Cosine),
-                );
+            .map_err(server_error("list aliases"))?;
+        Ok(aliases
+            .aliases
+            .into_iter()
+            .find(|alias| alias.alias_name == self.collection)
+            .map(|alias| alias.collection_name))
+    }
+
+    async fn ensure_collection(
+        &self,
+        vectors: &[VectorSpec],
+        check_current: bool,
+    ) -> Result<(), StoreError> {
+        let target = match self.alias_target().await? {
+            Some(target) => target,
+            None => {
+                let legacy = self
+                    .client
+                    .collection_exists(&self.collection)
+                    .await
+                    .map_err(server_error("collection check"))?;
+                if legacy {
+                    self.collection.clone()
+                } else {
+                    // A new index: generation 1 behind the alias.
+                    let first = generation_name(&self.collection, 1);
+                    self.create_generation(&first, vectors).await?;
+                    self.point_alias_at(&first).await?;
+                    tracing::info!(collection = %first, alias = %self.collection, "qdrant collection created");
+                    return Ok(());
+                }
             }
-            let created = self
-                .client
-                .create_collection(
-                    CreateCollectionBuilder::new(&self.collection)
-                        .vectors_config(config)
-                        // As on Qdrant Edge (`edge::hnsw_config`): a graph per tenant and per
-                        // stream, no global graph.
-                        .hnsw_config(
-                            HnswConfigDiffBuilder::default()
-                                .m(0)
-                                .payload_m(PAYLOAD_M as u64),
-                        ),
-                )
-                .await;
-            // Another node may have created it meanwhile.
-            if let Err(error) = created
-                && !error.to_string().contains("already exists")
-            {
-                return Err(server_error("create collection")(error));
-            }
-            tracing::info!(collection = %self.collection, "qdrant collection created");
-        } else {
-            self.check_vectors(vectors).await?;
+        };
+        if check_current {
+            self.check_vectors(&target, vectors).await?;
         }
+        self.ensure_indexes(&target).await
+    }
+
+    /// Point the alias at `target`: created, or replaced in one step.
+    async fn point_alias_at(&self, target: &str) -> Result<(), StoreError> {
+        self.client
+            .create_alias(qdrant_client::qdrant::CreateAliasBuilder::new(
+                target,
+                &self.collection,
+            ))
+            .await
+            .map_err(server_error("point the alias"))?;
+        Ok(())
+    }
+
+    /// Create the collection `name` (named cosine vectors, the HNSW layout) with its payload
+    /// indexes; one that exists already (another node made it) is fine.
+    async fn create_generation(&self, name: &str, vectors: &[VectorSpec]) -> Result<(), StoreError> {
+        let mut config = VectorsConfigBuilder::default();
+        for spec in vectors {
+            config.add_named_vector_params(
+                spec.name.clone(),
+                VectorParamsBuilder::new(spec.dimension as u64, Distance::Cosine),
+            );
+        }
+        let created = self
+            .client
+            .create_collection(
+                CreateCollectionBuilder::new(name)
+                    .vectors_config(config)
+                    // As on Qdrant Edge (`edge::hnsw_config`): a graph per tenant and per
+                    // stream, no global graph.
+                    .hnsw_config(
+                        HnswConfigDiffBuilder::default()
+                            .m(0)
+                            .payload_m(PAYLOAD_M as u64),
+                    ),
+            )
+            .await;
+        // Another node may have created it meanwhile.
+        if let Err(error) = created
+            && !error.to_string().contains("already exists")
+        {
+            return Err(server_error("create collection")(error));
+        }
+        self.ensure_indexes(name).await
+    }
+
+    async fn ensure_indexes(&self, collection: &str) -> Result<(), StoreError> {
         use qdrant_client::qdrant::payload_index_params::IndexParams;
         use qdrant_client::qdrant::{IntegerIndexParams, KeywordIndexParams};
         // The same parameters as on Qdrant Edge (`edge::payload_hnsw`): tenant-optimised
@@ -182,7 +300,7 @@ impl ServerStore {
         for (field, kind, params) in keywords.chain(integers) {
             self.client
                 .create_field_index(
-                    CreateFieldIndexCollectionBuilder::new(&self.collection, field, kind)
+                    CreateFieldIndexCollectionBuilder::new(collection, field, kind)
                         .field_index_params(params)
                         .wait(true),
                 )
@@ -193,7 +311,7 @@ impl ServerStore {
         self.client
             .create_field_index(
                 CreateFieldIndexCollectionBuilder::new(
-                    &self.collection,
+                    collection,
                     payload_keys::CAPTION,
                     FieldType::Text,
                 )
@@ -205,10 +323,11 @@ impl ServerStore {
         Ok(())
     }
 
-    async fn check_vectors(&self, vectors: &[VectorSpec]) -> Result<(), StoreError> {
+    /// The named vectors of `collection` and their sizes.
+    async fn vector_sizes(&self, collection: &str) -> Result<HashMap<String, u64>, StoreError> {
         let info = self
             .client
-            .collection_info(&self.collection)
+            .collection_info(collection)
             .await
             .map_err(server_error("collection info"))?;
         let configured = info
@@ -217,7 +336,7 @@ impl ServerStore {
             .and_then(|config| config.params)
             .and_then(|params| params.vectors_config)
             .and_then(|vectors| vectors.config);
-        let sizes: HashMap<String, u64> = match configured {
+        Ok(match configured {
             Some(VectorsConfigKind::ParamsMap(map)) => map
                 .map
                 .into_iter()
@@ -227,20 +346,26 @@ impl ServerStore {
                 HashMap::from([(String::new(), params.size)])
             }
             None => HashMap::new(),
-        };
+        })
+    }
+
+    async fn check_vectors(&self, collection: &str, vectors: &[VectorSpec]) -> Result<(), StoreError> {
+        let sizes = self.vector_sizes(collection).await?;
         for spec in vectors {
             match sizes.get(&spec.name) {
                 Some(size) if *size == spec.dimension as u64 => {}
                 Some(size) => {
                     return Err(StoreError::Invalid(format!(
                         "qdrant collection {} stores `{}` vectors of dimension {size}, but the \
-                         configured model gives {}; use a new collection or the original model",
+                         configured model gives {}; run `vidx reindex` to build a generation for \
+                         the new model, or use the original model",
                         self.collection, spec.name, spec.dimension
                     )));
                 }
                 None => {
                     return Err(StoreError::Invalid(format!(
-                        "qdrant collection {} has no `{}` vector; use a new collection",
+                        "qdrant collection {} has no `{}` vector; run `vidx reindex` to build a \
+                         generation with it",
                         self.collection, spec.name
                     )));
                 }
@@ -248,6 +373,139 @@ impl ServerStore {
         }
         Ok(())
     }
+
+    /// The generations as the server holds them now (and remembered for the upserts).
+    async fn layout(&self) -> Result<Layout, StoreError> {
+        let target = self.alias_target().await?;
+        let collections: Vec<String> = self
+            .client
+            .list_collections()
+            .await
+            .map_err(server_error("list collections"))?
+            .collections
+            .into_iter()
+            .map(|description| description.name)
+            .collect();
+        let current = match target {
+            Some(target) => generation_of(&self.collection, &target).ok_or_else(|| {
+                StoreError::Internal(format!(
+                    "the alias {} names {target}, which is not one of its generations",
+                    self.collection
+                ))
+            })?,
+            None if collections.contains(&self.collection) => 0,
+            None => {
+                return Err(StoreError::CollectionMissing(format!(
+                    "qdrant collection {} is gone",
+                    self.collection
+                )));
+            }
+        };
+        let mut generations: Vec<u32> = collections
+            .iter()
+            .filter_map(|name| generation_of(&self.collection, name))
+            .collect();
+        generations.sort_unstable();
+        let building = match generations.iter().copied().filter(|g| *g > current).max() {
+            Some(generation) => {
+                let name = generation_name(&self.collection, generation);
+                let sizes = self.vector_sizes(&name).await?;
+                Some((generation, name, sizes))
+            }
+            None => None,
+        };
+        let layout = Layout {
+            current,
+            building,
+            retired: generations.into_iter().filter(|g| *g < current).collect(),
+        };
+        if let Ok(mut known) = self.known.lock() {
+            *known = Some((std::time::Instant::now(), layout.clone()));
+        }
+        Ok(layout)
+    }
+
+    /// The generations as last read, if that was within [`GENERATIONS_TTL`]; else read now.
+    async fn known_layout(&self) -> Result<Layout, StoreError> {
+        let remembered = self.known.lock().ok().and_then(|known| {
+            known
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < GENERATIONS_TTL)
+                .map(|(_, layout)| layout.clone())
+        });
+        match remembered {
+            Some(layout) => Ok(layout),
+            None => self.layout().await,
+        }
+    }
+
+    async fn upsert_into(&self, collection: &str, points: Vec<PointStruct>) -> Result<(), StoreError> {
+        self.client
+            .upsert_points(UpsertPointsBuilder::new(collection, points).wait(true))
+            .await
+            .map_err(server_error("upsert"))?;
+        Ok(())
+    }
+
+    /// Pages of ids and thumbnails read with the filter from `collection`, then those ids
+    /// deleted (`wait`).
+    async fn delete_in(
+        &self,
+        collection: &str,
+        filter: &Filter,
+        deleted: &mut Deleted,
+        thumbnails: &mut std::collections::BTreeSet<String>,
+    ) -> Result<(), StoreError> {
+        use qdrant_client::qdrant::{DeletePointsBuilder, ScrollPointsBuilder};
+        loop {
+            let page = self
+                .client
+                .scroll(
+                    ScrollPointsBuilder::new(collection)
+                        .filter(filter.clone())
+                        .limit(DELETE_PAGE)
+                        .with_payload(true),
+                )
+                .await
+                .map_err(server_error("scroll"))?;
+            if page.result.is_empty() {
+                return Ok(());
+            }
+            let mut ids = Vec::with_capacity(page.result.len());
+            for record in page.result {
+                if let Some(thumbnail) = record
+                    .payload
+                    .get(payload_keys::THUMBNAIL)
+                    .and_then(|value| value.as_str())
+                {
+                    thumbnails.insert(thumbnail.to_string());
+                }
+                if let Some(id) = record.id {
+                    if let Some(PointIdOptions::Uuid(uuid)) = &id.point_id_options
+                        && let Ok(uuid) = uuid::Uuid::parse_str(uuid)
+                        && !deleted.ids.contains(&uuid)
+                    {
+                        deleted.ids.push(uuid);
+                    }
+                    ids.push(id);
+                }
+            }
+            self.client
+                .delete_points(DeletePointsBuilder::new(collection).points(ids).wait(true))
+                .await
+                .map_err(server_error("delete"))?;
+        }
+    }
+}
+
+/// Whether every vector of `points` has a place of its size among `sizes`.
+fn fits(sizes: &HashMap<String, u64>, points: &[IndexPoint]) -> bool {
+    points.iter().all(|point| {
+        point
+            .vectors
+            .iter()
+            .all(|(name, vector)| sizes.get(name) == Some(&(vector.len() as u64)))
+    })
 }
 
 fn to_point(point: IndexPoint) -> Result<PointStruct, StoreError> {
@@ -420,19 +678,177 @@ impl IndexStore for ServerStore {
         }))
     }
 
+    /// Into the current generation (the alias), and into the one being built when there is
+    /// one and the points fit it: what is indexed during a reindex is not lost at its switch.
     async fn upsert(&self, points: Vec<IndexPoint>) -> Result<(), StoreError> {
         if points.is_empty() {
             return Ok(());
         }
+        let building = match self.known_layout().await?.building {
+            Some((_, name, sizes)) if fits(&sizes, &points) => Some(name),
+            _ => None,
+        };
         let points = points
             .into_iter()
             .map(to_point)
             .collect::<Result<Vec<_>, _>>()?;
-        self.client
-            .upsert_points(UpsertPointsBuilder::new(&self.collection, points).wait(true))
-            .await
-            .map_err(server_error("upsert"))?;
+        match building {
+            Some(name) => {
+                self.upsert_into(&self.collection, points.clone()).await?;
+                self.upsert_into(&name, points).await
+            }
+            None => self.upsert_into(&self.collection, points).await,
+        }
+    }
+
+    async fn upsert_to(&self, generation: u32, points: Vec<IndexPoint>) -> Result<(), StoreError> {
+        let mut layout = self.known_layout().await?;
+        if layout.current < generation
+            && layout.building.as_ref().map(|(g, _, _)| *g) != Some(generation)
+        {
+            // Perhaps started or switched since it was read.
+            layout = self.layout().await?;
+        }
+        if generation == layout.current {
+            return self.upsert(points).await;
+        }
+        if generation < layout.current {
+            tracing::debug!(generation, current = layout.current, "points for a retired generation dropped");
+            return Ok(());
+        }
+        match layout.building {
+            Some((building, name, _)) if building == generation => {
+                let points = points
+                    .into_iter()
+                    .map(to_point)
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.upsert_into(&name, points).await
+            }
+            _ => Err(StoreError::CollectionMissing(format!(
+                "index generation {generation} of {} does not exist (current: {})",
+                self.collection, layout.current
+            ))),
+        }
+    }
+
+    async fn generations(&self) -> Result<Generations, StoreError> {
+        let layout = self.layout().await?;
+        Ok(Generations {
+            current: layout.current,
+            building: layout.building.map(|(generation, _, _)| generation),
+            retired: layout.retired,
+        })
+    }
+
+    async fn begin_generation(&self) -> Result<u32, StoreError> {
+        let layout = self.layout().await?;
+        if let Some((generation, _, _)) = layout.building {
+            return Ok(generation);
+        }
+        let newest = layout.retired.iter().copied().max().unwrap_or(0).max(layout.current);
+        let generation = newest + 1;
+        let vectors = if self.vectors.is_empty() {
+            let current = generation_name(&self.collection, layout.current);
+            self.vector_sizes(&current)
+                .await?
+                .into_iter()
+                .map(|(name, size)| VectorSpec {
+                    name,
+                    dimension: size as usize,
+                })
+                .collect()
+        } else {
+            self.vectors.clone()
+        };
+        let name = generation_name(&self.collection, generation);
+        self.create_generation(&name, &vectors).await?;
+        tracing::info!(generation, collection = %name, "index generation created");
+        self.layout().await?;
+        Ok(generation)
+    }
+
+    async fn switch_generation(&self, generation: u32) -> Result<(), StoreError> {
+        let layout = self.layout().await?;
+        if layout.current == generation {
+            return Ok(());
+        }
+        let Some((_, name, _)) = layout.building.filter(|(g, _, _)| *g == generation) else {
+            return Err(StoreError::Invalid(format!(
+                "index generation {generation} of {} is not being built (current: {})",
+                self.collection, layout.current
+            )));
+        };
+        if layout.current == 0 {
+            // A collection made before generations holds the alias's name: it has to go
+            // before the alias can take it (searches fail until the alias exists).
+            tracing::warn!(collection = %self.collection, "replacing the pre-generation collection by an alias; searches fail for a moment");
+            self.client
+                .delete_collection(&self.collection)
+                .await
+                .map_err(server_error("delete the pre-generation collection"))?;
+        }
+        self.point_alias_at(&name).await?;
+        tracing::info!(from = layout.current, to = generation, "index generation switched");
+        self.layout().await?;
         Ok(())
+    }
+
+    async fn drop_generation(&self, generation: u32) -> Result<(), StoreError> {
+        let layout = self.layout().await?;
+        if generation == layout.current
+            || layout.building.as_ref().is_some_and(|(g, _, _)| *g == generation)
+        {
+            return Err(StoreError::Invalid(format!(
+                "index generation {generation} is in use; only retired ones are dropped"
+            )));
+        }
+        if generation == 0 {
+            // Deleted at the switch.
+            return Ok(());
+        }
+        let name = generation_name(&self.collection, generation);
+        match self.client.delete_collection(&name).await {
+            Ok(_) => {
+                tracing::info!(generation, collection = %name, "index generation dropped");
+                Ok(())
+            }
+            Err(error) => match server_error("drop generation")(error) {
+                StoreError::CollectionMissing(_) => Ok(()),
+                error => Err(error),
+            },
+        }
+    }
+
+    async fn sources(&self) -> Result<Vec<IndexedSource>, StoreError> {
+        use qdrant_client::qdrant::ScrollPointsBuilder;
+        let mut sources = std::collections::BTreeMap::new();
+        let mut offset = None;
+        loop {
+            let mut request = ScrollPointsBuilder::new(&self.collection)
+                .limit(DELETE_PAGE)
+                .with_payload(true);
+            if let Some(offset) = offset.take() {
+                request = request.offset(offset);
+            }
+            let page = self
+                .client
+                .scroll(request)
+                .await
+                .map_err(server_error("scroll"))?;
+            for record in page.result {
+                let id = match record.id.and_then(|id| id.point_id_options) {
+                    Some(PointIdOptions::Uuid(uuid)) => uuid::Uuid::parse_str(&uuid)
+                        .map_err(|error| StoreError::Internal(format!("point id {uuid}: {error}")))?,
+                    _ => continue,
+                };
+                crate::count_source(&mut sources, payload_of(id, record.payload)?);
+            }
+            match page.next_page_offset {
+                Some(next) => offset = Some(next),
+                None => break,
+            }
+        }
+        Ok(sources.into_values().collect())
     }
 
     async fn search(&self, query: VectorQuery) -> Result<Vec<Hit>, StoreError> {
@@ -455,52 +871,17 @@ impl IndexStore for ServerStore {
     }
 
     /// Pages of ids and thumbnails read with the filter, then those ids deleted (`wait`):
-    /// a point stored meanwhile is not deleted without its thumbnail being known.
+    /// a point stored meanwhile is not deleted without its thumbnail being known. From the
+    /// generation being built too.
     async fn delete(&self, filter: SearchFilter) -> Result<Deleted, StoreError> {
-        use qdrant_client::qdrant::{DeletePointsBuilder, ScrollPointsBuilder};
         let filter = to_filter(&filter, None);
         let mut deleted = Deleted::default();
         let mut thumbnails = std::collections::BTreeSet::new();
-        loop {
-            let page = self
-                .client
-                .scroll(
-                    ScrollPointsBuilder::new(&self.collection)
-                        .filter(filter.clone())
-                        .limit(DELETE_PAGE)
-                        .with_payload(true),
-                )
-                .await
-                .map_err(server_error("scroll"))?;
-            if page.result.is_empty() {
-                break;
-            }
-            let mut ids = Vec::with_capacity(page.result.len());
-            for record in page.result {
-                if let Some(thumbnail) = record
-                    .payload
-                    .get(payload_keys::THUMBNAIL)
-                    .and_then(|value| value.as_str())
-                {
-                    thumbnails.insert(thumbnail.to_string());
-                }
-                if let Some(id) = record.id {
-                    if let Some(PointIdOptions::Uuid(uuid)) = &id.point_id_options
-                        && let Ok(uuid) = uuid::Uuid::parse_str(uuid)
-                    {
-                        deleted.ids.push(uuid);
-                    }
-                    ids.push(id);
-                }
-            }
-            self.client
-                .delete_points(
-                    DeletePointsBuilder::new(&self.collection)
-                        .points(ids)
-                        .wait(true),
-                )
-                .await
-                .map_err(server_error("delete"))?;
+        self.delete_in(&self.collection, &filter, &mut deleted, &mut thumbnails)
+            .await?;
+        if let Some((_, name, _)) = self.layout().await?.building {
+            self.delete_in(&name, &filter, &mut deleted, &mut thumbnails)
+                .await?;
         }
         deleted.thumbnails = thumbnails.into_iter().collect();
         Ok(deleted)

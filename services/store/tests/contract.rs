@@ -558,3 +558,170 @@ async fn qdrant_server_keeps_the_store_contract() -> Result<()> {
     }
     Ok(())
 }
+
+/// The corpus again as a new model revision makes it: new ids, the same streams.
+fn next_revision(points: &[IndexPoint]) -> Vec<IndexPoint> {
+    points
+        .iter()
+        .map(|point| {
+            let mut point = point.clone();
+            point.id = uuid::Uuid::new_v5(&point.id, b"rev-2");
+            point.payload.model_rev = "rev-2".into();
+            point
+        })
+        .collect()
+}
+
+async fn ids_found<S: IndexStore>(store: &S, points: &[IndexPoint]) -> Result<BTreeSet<uuid::Uuid>> {
+    let mut found = BTreeSet::new();
+    for point in points {
+        if store.point(&point.payload.tenant, point.id).await?.is_some() {
+            found.insert(point.id);
+        }
+    }
+    Ok(found)
+}
+
+/// Generations: the next one is built beside the current one, which every read answers from
+/// until the switch; upserts and deletes made meanwhile reach both; the switch moves every
+/// read at once; retired generations are dropped, the ones in use refused; points for a
+/// retired generation are dropped, for a missing newer one refused. `reopen` opens the same
+/// index again (a restart): the switch holds.
+async fn generation_contract<S, F, Fut>(store: S, reopen: F) -> Result<()>
+where
+    S: IndexStore,
+    F: FnOnce(S) -> Fut,
+    Fut: std::future::Future<Output = Result<S>>,
+{
+    let old = corpus();
+    store.upsert(old.clone()).await?;
+    let before = store.generations().await?;
+    assert_eq!(before.building, None);
+
+    let sources = store.sources().await?;
+    let listed: Vec<(String, String, String, u64)> = sources
+        .iter()
+        .map(|source| {
+            (
+                source.tenant.clone(),
+                source.stream_id.clone(),
+                source.source_uri.clone(),
+                source.points,
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("acme".into(), "cam-1".into(), "/videos/cam-1.mp4".into(), 40),
+            ("acme".into(), "cam-2".into(), "/videos/cam-2.mp4".into(), 40),
+            ("globex".into(), "cam-1".into(), "/videos/cam-1.mp4".into(), 40),
+        ]
+    );
+    assert_eq!(sources[0].labels, vec!["group=lobby", "site=north"]);
+
+    let generation = store.begin_generation().await?;
+    assert_eq!(generation, before.current + 1);
+    assert_eq!(store.begin_generation().await?, generation, "one build at a time");
+    assert_eq!(store.generations().await?.building, Some(generation));
+
+    let new = next_revision(&old);
+    store.upsert_to(generation, new.clone()).await?;
+    // Reads answer from the current generation: the old points, none of the new.
+    assert_eq!(store.count(None).await?, old.len() as u64);
+    assert!(ids_found(&store, &new).await?.is_empty());
+    let hits = store
+        .search(query(unit_vector(3), SearchFilter { tenant: "acme".into(), ..SearchFilter::default() }, 5))
+        .await?;
+    ensure!(
+        !hits.is_empty() && hits.iter().all(|hit| hit.payload.model_rev == "test-rev"),
+        "{hits:?}"
+    );
+
+    // Indexed during the build: in both generations.
+    let mut during = point("acme", "cam-9", 0, 0, 0, unit_vector(9_999));
+    during.payload.model_rev = "rev-2".into();
+    store.upsert(vec![during.clone()]).await?;
+    // Deleted during the build: from both.
+    let gone = SearchFilter {
+        tenant: "globex".into(),
+        streams: vec!["cam-1".into()],
+        ..SearchFilter::default()
+    };
+    let deleted = store.delete(gone.clone()).await?;
+    assert_eq!(deleted.ids.len(), 80, "40 old and 40 new points of globex's cam-1");
+
+    // Points for a generation that does not exist are refused.
+    ensure!(store.upsert_to(generation + 5, vec![during.clone()]).await.is_err());
+
+    store.switch_generation(generation).await?;
+    let after = store.generations().await?;
+    assert_eq!(after.current, generation);
+    assert_eq!(after.building, None);
+    let expected: BTreeSet<uuid::Uuid> = new
+        .iter()
+        .filter(|point| point.payload.tenant != "globex")
+        .map(|point| point.id)
+        .chain([during.id])
+        .collect();
+    assert_eq!(store.count(None).await?, expected.len() as u64);
+    let found: BTreeSet<uuid::Uuid> = ids_found(&store, &new)
+        .await?
+        .into_iter()
+        .chain(ids_found(&store, std::slice::from_ref(&during)).await?)
+        .collect();
+    assert_eq!(found, expected);
+    assert!(ids_found(&store, &old).await?.is_empty());
+    let hits = store.search(query(unit_vector(3), SearchFilter { tenant: "acme".into(), ..SearchFilter::default() }, 5)).await?;
+    ensure!(
+        !hits.is_empty() && hits.iter().all(|hit| hit.payload.model_rev == "rev-2"),
+        "{hits:?}"
+    );
+
+    // Late points for the old generation change nothing.
+    store.upsert_to(before.current, old.clone()).await?;
+    assert_eq!(store.count(None).await?, expected.len() as u64);
+
+    // The switch holds across a restart.
+    let store = reopen(store).await?;
+    let reopened = store.generations().await?;
+    assert_eq!(reopened.current, generation);
+    assert_eq!(store.count(None).await?, expected.len() as u64);
+
+    ensure!(store.drop_generation(generation).await.is_err(), "the current one is refused");
+    for retired in reopened.retired.clone() {
+        store.drop_generation(retired).await?;
+        store.drop_generation(retired).await?;
+    }
+    assert_eq!(store.generations().await?.retired, Vec::<u32>::new());
+    assert_eq!(store.count(None).await?, expected.len() as u64);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qdrant_edge_keeps_the_generation_contract() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = EdgeStore::open(dir.path(), &spec(), EdgeStoreOptions::default())?;
+    let path = dir.path().to_path_buf();
+    generation_contract(store, |store| async move {
+        drop(store);
+        let store = EdgeStore::open(&path, &spec(), EdgeStoreOptions::default())?;
+        ensure!(
+            !path.join("shard").exists() || store.generations().await?.retired == vec![0],
+            "generation 0 is retired"
+        );
+        Ok(store)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qdrant_server_keeps_the_generation_contract() -> Result<()> {
+    let (options, _server) = server_options("vidx-generations")?;
+    let store = ServerStore::connect(&options, &spec()).await?;
+    generation_contract(store, |store| async move {
+        drop(store);
+        Ok(ServerStore::connect(&options, &spec()).await?)
+    })
+    .await
+}

@@ -192,6 +192,7 @@ impl IndexStore for FlakyStore {
 /// Segment `seq` of acme/cam-1 with one subtitle moment per caption.
 pub fn task(seq: u64, captions: &[&str]) -> SegmentTask {
     SegmentTask {
+        generation: None,
         schema_version: SEGMENT_TASK_SCHEMA_VERSION,
         tenant: "acme".into(),
         stream_id: "cam-1".into(),

@@ -1,0 +1,192 @@
+//! `vidx reindex`: build the index again with the configured models as a new generation —
+//! in-process over the local index (the ingest and workers of `vidx index`), or on a node
+//! (`--endpoint`) — following its progress; searches answer from the old generation until
+//! the switch. Run again after an interruption, it takes up where it was.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use vidx_bus::InProcessQueue;
+use vidx_core::ErrorCode;
+use vidx_core::ports::SegmentQueue;
+use vidx_proto::v1;
+use vidx_proto::v1::reindex_status::State;
+use vidx_server::reindex::{ReindexError, ReindexSettings, Reindexer};
+use vidx_server::{Ingest, Metrics, NodeSettings, start_workers};
+
+use crate::app::{
+    AppContext, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, cli_error, spawn_signal_handler,
+};
+use crate::args::ReindexArgs;
+
+pub async fn run(context: AppContext, args: &ReindexArgs) -> anyhow::Result<u8> {
+    if let Some(endpoint) = &args.remote.endpoint {
+        return crate::remote::reindex(endpoint, &args.remote, args).await;
+    }
+    if !context.index_dir().exists() {
+        return Err(cli_error(
+            ErrorCode::NotFound,
+            format!(
+                "no index at {}: nothing to reindex",
+                context.index_dir().display()
+            ),
+        ));
+    }
+    let config = context.config.clone();
+    let spool = tempfile::Builder::new().prefix("vidx-spool-").tempdir()?;
+    let settings = NodeSettings::embedded(&config, spool.path(), &context.data_dir)
+        .map_err(|error| cli_error(ErrorCode::InvalidInput, error.to_string()))?;
+    let loaded = context.load_models().await?;
+    let store = context
+        .open_store_for_reindex(loaded.text_dimension, loaded.visual_dimension)
+        .await?;
+    let engine = context.engine(loaded, store);
+    if settings.worker.max_batch > 1 {
+        vidx_server::warm_up(engine.models.clone(), &settings.worker, settings.frame_size)
+            .await
+            .map_err(|error| cli_error(ErrorCode::Unavailable, error.to_string()))?;
+    }
+    let queue = Arc::new(InProcessQueue::new(config.pipeline.queue_capacity));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let metrics = Arc::new(
+        Metrics::new(Arc::new(OnceLock::new()))
+            .map_err(|error| cli_error(ErrorCode::Internal, error.to_string()))?,
+    );
+    let ingest = Arc::new(Ingest::new(
+        settings.ingest.clone(),
+        queue.clone(),
+        queue.clone(),
+        Arc::new(vidx_server::ingest::NoJournal),
+        metrics,
+        shutdown_rx.clone(),
+    ));
+    let (mut workers, mut events_rx) = start_workers(
+        queue.clone(),
+        &engine,
+        &settings.worker,
+        settings.concurrency,
+        &shutdown_rx,
+    );
+    spawn_signal_handler(shutdown_tx.clone());
+    tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
+    let follow = tokio::spawn({
+        let ingest = ingest.clone();
+        async move { ingest.follow_dead_letters().await }
+    });
+    let collect = tokio::spawn({
+        let ingest = ingest.clone();
+        async move { ingest.collect_blobs().await }
+    });
+    let reindexer = Reindexer::new(
+        ingest,
+        engine.store.clone(),
+        ReindexSettings {
+            state_file: settings.reindex_state.clone(),
+            // Nothing else searches this index while the command owns it.
+            grace: Duration::ZERO,
+            jobs_in_flight: 1,
+            settle: Duration::ZERO,
+            local_files_anywhere: true,
+        },
+        shutdown_rx.clone(),
+    );
+    let progress = tokio::spawn(print_progress(reindexer.subscribe(), args.common.json));
+    let outcome = tokio::select! {
+        outcome = reindexer.run() => outcome,
+        failed = workers.join_next() => match failed {
+            Some(Ok(Err(error))) => Err(ReindexError::Ingest(error.to_string())),
+            Some(Err(error)) => Err(ReindexError::Ingest(error.to_string())),
+            _ => Err(ReindexError::Ingest("the workers stopped".into())),
+        },
+    };
+    queue.close();
+    let _ = shutdown_tx.send(true);
+    while workers.join_next().await.is_some() {}
+    follow.abort();
+    collect.abort();
+    progress.abort();
+    match outcome {
+        Ok(status) => {
+            print_status(&status, args.common.json);
+            Ok(if status.sources_skipped > 0 {
+                EXIT_PARTIAL
+            } else {
+                EXIT_OK
+            })
+        }
+        Err(ReindexError::Interrupted) => {
+            eprintln!("reindex interrupted; run `vidx reindex` again to resume it");
+            Ok(EXIT_INTERRUPTED)
+        }
+        Err(error) => Err(cli_error(ErrorCode::Unavailable, error.to_string())),
+    }
+}
+
+/// One line on stderr per change of the sources done (never with `--json`).
+async fn print_progress(mut status: watch::Receiver<v1::ReindexStatus>, json: bool) {
+    let mut last = None;
+    while status.changed().await.is_ok() {
+        let now = status.borrow().clone();
+        let key = (now.state, now.sources_done, now.sources_skipped);
+        if json || last == Some(key) || now.generation == 0 {
+            continue;
+        }
+        last = Some(key);
+        eprintln!("{}", progress_line(&now));
+    }
+}
+
+pub fn progress_line(status: &v1::ReindexStatus) -> String {
+    let state = match State::try_from(status.state).unwrap_or(State::Unspecified) {
+        State::Building => "building",
+        State::Switched => "switched",
+        State::Done => "done",
+        State::Failed => "failed",
+        State::Idle | State::Unspecified => "idle",
+    };
+    format!(
+        "reindex {state}: generation {} -> {}{}, {}/{} sources done, {} skipped, {} segments",
+        status.from_generation,
+        status.generation,
+        if status.resumed { " (resumed)" } else { "" },
+        status.sources_done,
+        status.sources_total,
+        status.sources_skipped,
+        status.segments,
+    )
+}
+
+/// The final status, as text or JSON.
+pub fn print_status(status: &v1::ReindexStatus, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "from_generation": status.from_generation,
+                "generation": status.generation,
+                "resumed": status.resumed,
+                "sources": status.sources_total,
+                "sources_done": status.sources_done,
+                "sources_skipped": status.sources_skipped,
+                "skipped": status.skipped,
+                "segments": status.segments,
+                "segments_failed": status.segments_failed,
+                "elapsed_ms": status.elapsed_ms,
+            })
+        );
+    } else {
+        println!(
+            "reindexed into generation {} in {:.1} s: {} of {} sources, {} segments ({} failed)",
+            status.generation,
+            status.elapsed_ms as f64 / 1000.0,
+            status.sources_done,
+            status.sources_total,
+            status.segments,
+            status.segments_failed,
+        );
+        for skipped in &status.skipped {
+            println!("  skipped {skipped}");
+        }
+    }
+}
