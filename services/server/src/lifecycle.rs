@@ -326,7 +326,10 @@ impl<S> IndexApi<S> {
     }
 
     /// The node's reindex, for the operator's tenant.
-    fn reindexer<T>(&self, request: &tonic::Request<T>) -> Result<&dyn ReindexControl, tonic::Status> {
+    fn reindexer<T>(
+        &self,
+        request: &tonic::Request<T>,
+    ) -> Result<&dyn ReindexControl, tonic::Status> {
         let tenant = crate::auth::tenant_of(request)?;
         if tenant != self.operator {
             return Err(tonic::Status::permission_denied(

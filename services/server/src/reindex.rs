@@ -214,7 +214,14 @@ impl<Q: SegmentQueue, S: IndexStore> Reindexer<Q, S> {
         }
     }
 
-    fn publish(&self, plan: &Plan, state: State, resumed: bool, started: Instant, live: (u64, u64)) {
+    fn publish(
+        &self,
+        plan: &Plan,
+        state: State,
+        resumed: bool,
+        started: Instant,
+        live: (u64, u64),
+    ) {
         let mut status = v1::ReindexStatus {
             state: state as i32,
             from_generation: plan.from_generation,
@@ -370,7 +377,12 @@ impl<Q: SegmentQueue, S: IndexStore> Reindexer<Q, S> {
 
     /// Index every pending source into the new generation, a few at a time, recording each
     /// one's end in the plan.
-    async fn build(&self, plan: &mut Plan, resumed: bool, started: Instant) -> Result<(), ReindexError> {
+    async fn build(
+        &self,
+        plan: &mut Plan,
+        resumed: bool,
+        started: Instant,
+    ) -> Result<(), ReindexError> {
         let path = self.settings.state_file.clone();
         let mut pending: std::collections::VecDeque<usize> = plan
             .sources

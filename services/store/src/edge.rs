@@ -121,8 +121,10 @@ fn write_current(path: &Path, generation: u32) -> Result<(), StoreError> {
     writeln!(file, "{generation}")
         .and_then(|()| file.sync_all())
         .map_err(storage(format!("cannot write {}", temporary.display())))?;
-    std::fs::rename(&temporary, path.join(CURRENT_FILE))
-        .map_err(storage(format!("cannot replace {}/{CURRENT_FILE}", path.display())))?;
+    std::fs::rename(&temporary, path.join(CURRENT_FILE)).map_err(storage(format!(
+        "cannot replace {}/{CURRENT_FILE}",
+        path.display()
+    )))?;
     File::open(path)
         .and_then(|directory| directory.sync_all())
         .map_err(storage(format!("cannot sync {}", path.display())))
@@ -410,7 +412,11 @@ impl EdgeStore {
             return self.upsert_blocking(points);
         }
         if generation < current {
-            tracing::debug!(generation, current, "points for a retired generation dropped");
+            tracing::debug!(
+                generation,
+                current,
+                "points for a retired generation dropped"
+            );
             return Ok(());
         }
         let count = points.len() as u64;
@@ -480,7 +486,9 @@ impl EdgeStore {
         if state.generation == generation {
             return Ok(());
         }
-        let Some(building) = state.building.take_if(|building| building.generation == generation)
+        let Some(building) = state
+            .building
+            .take_if(|building| building.generation == generation)
         else {
             return Err(StoreError::Invalid(format!(
                 "index generation {generation} is not being built (current: {})",
@@ -1109,7 +1117,9 @@ impl IndexStore for EdgeStore {
         blocking(move || store.generations_blocking())
     }
 
-    fn begin_generation(&self) -> impl std::future::Future<Output = Result<u32, StoreError>> + Send {
+    fn begin_generation(
+        &self,
+    ) -> impl std::future::Future<Output = Result<u32, StoreError>> + Send {
         let store = self.clone();
         blocking(move || store.begin_generation_blocking())
     }

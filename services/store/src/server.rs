@@ -244,7 +244,11 @@ impl ServerStore {
 
     /// Create the collection `name` (named cosine vectors, the HNSW layout) with its payload
     /// indexes; one that exists already (another node made it) is fine.
-    async fn create_generation(&self, name: &str, vectors: &[VectorSpec]) -> Result<(), StoreError> {
+    async fn create_generation(
+        &self,
+        name: &str,
+        vectors: &[VectorSpec],
+    ) -> Result<(), StoreError> {
         let mut config = VectorsConfigBuilder::default();
         for spec in vectors {
             config.add_named_vector_params(
@@ -349,7 +353,11 @@ impl ServerStore {
         })
     }
 
-    async fn check_vectors(&self, collection: &str, vectors: &[VectorSpec]) -> Result<(), StoreError> {
+    async fn check_vectors(
+        &self,
+        collection: &str,
+        vectors: &[VectorSpec],
+    ) -> Result<(), StoreError> {
         let sizes = self.vector_sizes(collection).await?;
         for spec in vectors {
             match sizes.get(&spec.name) {
@@ -439,7 +447,11 @@ impl ServerStore {
         }
     }
 
-    async fn upsert_into(&self, collection: &str, points: Vec<PointStruct>) -> Result<(), StoreError> {
+    async fn upsert_into(
+        &self,
+        collection: &str,
+        points: Vec<PointStruct>,
+    ) -> Result<(), StoreError> {
         self.client
             .upsert_points(UpsertPointsBuilder::new(collection, points).wait(true))
             .await
@@ -713,7 +725,11 @@ impl IndexStore for ServerStore {
             return self.upsert(points).await;
         }
         if generation < layout.current {
-            tracing::debug!(generation, current = layout.current, "points for a retired generation dropped");
+            tracing::debug!(
+                generation,
+                current = layout.current,
+                "points for a retired generation dropped"
+            );
             return Ok(());
         }
         match layout.building {
@@ -745,7 +761,13 @@ impl IndexStore for ServerStore {
         if let Some((generation, _, _)) = layout.building {
             return Ok(generation);
         }
-        let newest = layout.retired.iter().copied().max().unwrap_or(0).max(layout.current);
+        let newest = layout
+            .retired
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(layout.current);
         let generation = newest + 1;
         let vectors = if self.vectors.is_empty() {
             let current = generation_name(&self.collection, layout.current);
@@ -788,7 +810,11 @@ impl IndexStore for ServerStore {
                 .map_err(server_error("delete the pre-generation collection"))?;
         }
         self.point_alias_at(&name).await?;
-        tracing::info!(from = layout.current, to = generation, "index generation switched");
+        tracing::info!(
+            from = layout.current,
+            to = generation,
+            "index generation switched"
+        );
         self.layout().await?;
         Ok(())
     }
@@ -796,7 +822,10 @@ impl IndexStore for ServerStore {
     async fn drop_generation(&self, generation: u32) -> Result<(), StoreError> {
         let layout = self.layout().await?;
         if generation == layout.current
-            || layout.building.as_ref().is_some_and(|(g, _, _)| *g == generation)
+            || layout
+                .building
+                .as_ref()
+                .is_some_and(|(g, _, _)| *g == generation)
         {
             return Err(StoreError::Invalid(format!(
                 "index generation {generation} is in use; only retired ones are dropped"
@@ -837,8 +866,11 @@ impl IndexStore for ServerStore {
                 .map_err(server_error("scroll"))?;
             for record in page.result {
                 let id = match record.id.and_then(|id| id.point_id_options) {
-                    Some(PointIdOptions::Uuid(uuid)) => uuid::Uuid::parse_str(&uuid)
-                        .map_err(|error| StoreError::Internal(format!("point id {uuid}: {error}")))?,
+                    Some(PointIdOptions::Uuid(uuid)) => {
+                        uuid::Uuid::parse_str(&uuid).map_err(|error| {
+                            StoreError::Internal(format!("point id {uuid}: {error}"))
+                        })?
+                    }
                     _ => continue,
                 };
                 crate::count_source(&mut sources, payload_of(id, record.payload)?);

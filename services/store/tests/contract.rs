@@ -572,10 +572,17 @@ fn next_revision(points: &[IndexPoint]) -> Vec<IndexPoint> {
         .collect()
 }
 
-async fn ids_found<S: IndexStore>(store: &S, points: &[IndexPoint]) -> Result<BTreeSet<uuid::Uuid>> {
+async fn ids_found<S: IndexStore>(
+    store: &S,
+    points: &[IndexPoint],
+) -> Result<BTreeSet<uuid::Uuid>> {
     let mut found = BTreeSet::new();
     for point in points {
-        if store.point(&point.payload.tenant, point.id).await?.is_some() {
+        if store
+            .point(&point.payload.tenant, point.id)
+            .await?
+            .is_some()
+        {
             found.insert(point.id);
         }
     }
@@ -613,16 +620,35 @@ where
     assert_eq!(
         listed,
         vec![
-            ("acme".into(), "cam-1".into(), "/videos/cam-1.mp4".into(), 40),
-            ("acme".into(), "cam-2".into(), "/videos/cam-2.mp4".into(), 40),
-            ("globex".into(), "cam-1".into(), "/videos/cam-1.mp4".into(), 40),
+            (
+                "acme".into(),
+                "cam-1".into(),
+                "/videos/cam-1.mp4".into(),
+                40
+            ),
+            (
+                "acme".into(),
+                "cam-2".into(),
+                "/videos/cam-2.mp4".into(),
+                40
+            ),
+            (
+                "globex".into(),
+                "cam-1".into(),
+                "/videos/cam-1.mp4".into(),
+                40
+            ),
         ]
     );
     assert_eq!(sources[0].labels, vec!["group=lobby", "site=north"]);
 
     let generation = store.begin_generation().await?;
     assert_eq!(generation, before.current + 1);
-    assert_eq!(store.begin_generation().await?, generation, "one build at a time");
+    assert_eq!(
+        store.begin_generation().await?,
+        generation,
+        "one build at a time"
+    );
     assert_eq!(store.generations().await?.building, Some(generation));
 
     let new = next_revision(&old);
@@ -631,7 +657,14 @@ where
     assert_eq!(store.count(None).await?, old.len() as u64);
     assert!(ids_found(&store, &new).await?.is_empty());
     let hits = store
-        .search(query(unit_vector(3), SearchFilter { tenant: "acme".into(), ..SearchFilter::default() }, 5))
+        .search(query(
+            unit_vector(3),
+            SearchFilter {
+                tenant: "acme".into(),
+                ..SearchFilter::default()
+            },
+            5,
+        ))
         .await?;
     ensure!(
         !hits.is_empty() && hits.iter().all(|hit| hit.payload.model_rev == "test-rev"),
@@ -649,10 +682,19 @@ where
         ..SearchFilter::default()
     };
     let deleted = store.delete(gone.clone()).await?;
-    assert_eq!(deleted.ids.len(), 80, "40 old and 40 new points of globex's cam-1");
+    assert_eq!(
+        deleted.ids.len(),
+        80,
+        "40 old and 40 new points of globex's cam-1"
+    );
 
     // Points for a generation that does not exist are refused.
-    ensure!(store.upsert_to(generation + 5, vec![during.clone()]).await.is_err());
+    ensure!(
+        store
+            .upsert_to(generation + 5, vec![during.clone()])
+            .await
+            .is_err()
+    );
 
     store.switch_generation(generation).await?;
     let after = store.generations().await?;
@@ -672,7 +714,16 @@ where
         .collect();
     assert_eq!(found, expected);
     assert!(ids_found(&store, &old).await?.is_empty());
-    let hits = store.search(query(unit_vector(3), SearchFilter { tenant: "acme".into(), ..SearchFilter::default() }, 5)).await?;
+    let hits = store
+        .search(query(
+            unit_vector(3),
+            SearchFilter {
+                tenant: "acme".into(),
+                ..SearchFilter::default()
+            },
+            5,
+        ))
+        .await?;
     ensure!(
         !hits.is_empty() && hits.iter().all(|hit| hit.payload.model_rev == "rev-2"),
         "{hits:?}"
@@ -688,7 +739,10 @@ where
     assert_eq!(reopened.current, generation);
     assert_eq!(store.count(None).await?, expected.len() as u64);
 
-    ensure!(store.drop_generation(generation).await.is_err(), "the current one is refused");
+    ensure!(
+        store.drop_generation(generation).await.is_err(),
+        "the current one is refused"
+    );
     for retired in reopened.retired.clone() {
         store.drop_generation(retired).await?;
         store.drop_generation(retired).await?;
