@@ -558,6 +558,89 @@ fn killed_index_run_resumes_without_duplicates() -> Result<()> {
     Ok(())
 }
 
+/// `vidx reindex` killed with SIGKILL after its first source: the next run takes the plan up
+/// (the done sources are not indexed again), switches, and drops the old generation; the
+/// index then holds one generation's points, as many as before.
+#[test]
+fn killed_reindex_resumes_and_switches_to_one_generation() -> Result<()> {
+    let workspace = tempfile::tempdir()?;
+    let videos_dir = workspace.path().join("videos");
+    std::fs::create_dir(&videos_dir)?;
+    let first = make_video(&videos_dir, "a.mp4", false)?;
+    for name in ["b", "c", "d"] {
+        std::fs::copy(&first, videos_dir.join(format!("{name}.mp4")))?;
+        std::fs::copy(
+            first.with_extension("srt"),
+            videos_dir.join(format!("{name}.srt")),
+        )?;
+    }
+    let data_dir = workspace.path().join("data");
+    let (output, summary) = index(&[&videos_dir], &data_dir, &[])?;
+    ensure!(output.status.success(), "{}", describe(&output));
+    let expected = point_count(&data_dir)?;
+    assert_eq!(expected, 32, "4 videos x 8 cues: {summary}");
+
+    let mut child = Command::new(VIDX)
+        .args(["reindex", "--data-dir"])
+        .arg(&data_dir)
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let mut seen = Vec::new();
+    for line in BufReader::new(stderr).lines() {
+        let line = line?;
+        let first_done = line.contains("1/4 sources done");
+        seen.push(line);
+        if first_done {
+            break;
+        }
+    }
+    child.kill()?;
+    child.wait()?;
+    ensure!(
+        seen.iter().any(|line| line.contains("1/4 sources done")),
+        "no progress before the kill: {seen:?}"
+    );
+    let plan: Value = serde_json::from_slice(&std::fs::read(data_dir.join("reindex.json"))?)?;
+    let done = plan["sources"]
+        .as_array()
+        .context("sources")?
+        .iter()
+        .filter(|source| source["state"] == "done")
+        .count();
+    ensure!(
+        (1..4).contains(&done),
+        "killed midway, not at {done} of 4: {plan}"
+    );
+    // Searches still answer from generation 0 meanwhile.
+    assert_eq!(point_count(&data_dir)?, expected);
+
+    let output = vidx(&["reindex", "--json"], &data_dir)?;
+    ensure!(output.status.success(), "{}", describe(&output));
+    let status = json_lines(&output)?.pop().context("no status")?;
+    assert_eq!(status["resumed"], true, "{status}");
+    assert_eq!(status["generation"], 1, "{status}");
+    assert_eq!(status["sources_done"], 4, "{status}");
+    assert_eq!(status["sources_skipped"], 0, "{status}");
+    assert_eq!(point_count(&data_dir)?, expected, "one generation's points");
+    let index_dir = data_dir.join("index");
+    assert_eq!(
+        std::fs::read_to_string(index_dir.join("CURRENT"))?.trim(),
+        "1"
+    );
+    ensure!(!index_dir.join("shard").exists(), "generation 0 is dropped");
+    ensure!(
+        !data_dir.join("reindex.json").exists(),
+        "the plan is removed"
+    );
+    let hits = search("slicing tomatoes", &data_dir, &[])?;
+    ensure!(!hits.is_empty(), "search after the switch");
+    Ok(())
+}
+
 #[test]
 fn bad_inputs_are_reported_and_the_good_one_is_indexed() -> Result<()> {
     let workspace = tempfile::tempdir()?;
