@@ -52,6 +52,10 @@ struct Inner {
     // Qdrant Edge's flush takes its locks with `try_lock().expect(..)`: every call goes
     // through this mutex so no two operations ever race inside the shard.
     state: Mutex<State>,
+    /// The generation a reindex is building beside the current one, under a lock of its
+    /// own: the reindex's writes there never hold up a search of the current one. Taken
+    /// after `state` when both are needed.
+    building: Mutex<Option<Building>>,
     path: PathBuf,
     options: EdgeStoreOptions,
     /// The vectors of the configured models: what a new generation is made with (the current
@@ -68,8 +72,6 @@ struct State {
     shard: EdgeShard,
     generation: u32,
     upserted_since_optimize: u64,
-    /// The generation a reindex is building beside the current one.
-    building: Option<Building>,
 }
 
 struct Building {
@@ -321,8 +323,8 @@ impl EdgeStore {
                     shard,
                     generation,
                     upserted_since_optimize: 0,
-                    building,
                 }),
+                building: Mutex::new(building),
                 path: path.to_path_buf(),
                 options,
                 vectors: vectors.to_vec(),
@@ -346,6 +348,15 @@ impl EdgeStore {
         }))
     }
 
+    /// The generation being built, locked (taken back after a panic, as [`state`](Self::state)).
+    fn building(&self) -> Result<MutexGuard<'_, Option<Building>>, StoreError> {
+        Ok(self.inner.building.lock().unwrap_or_else(|poisoned| {
+            tracing::warn!("the store lock was poisoned by an earlier panic; taking it back");
+            self.inner.building.clear_poison();
+            poisoned.into_inner()
+        }))
+    }
+
     /// Blocking upsert + flush; runs the optimizers when enough points arrived. While a
     /// reindex builds the next generation, the points go there too (when their vectors fit
     /// it): what is indexed during a reindex is not lost at its switch.
@@ -359,7 +370,9 @@ impl EdgeStore {
             .map(to_point)
             .collect::<Result<Vec<_>, _>>()?;
         let mut state = self.state()?;
-        let also = match &state.building {
+        // Both under the current generation's lock: a switch cannot come in between.
+        let mut building = self.building()?;
+        let also = match building.as_ref() {
             Some(building) if fits(&building.shard, &persisted) => Some(persisted.clone()),
             Some(building) => {
                 tracing::debug!(
@@ -375,25 +388,22 @@ impl EdgeStore {
         if state.upserted_since_optimize >= self.inner.options.optimize_after_points {
             run_optimize(&mut state)?;
         }
-        if let Some(points) = also {
-            self.upsert_building(&mut state, points, count)?;
+        drop(state);
+        if let (Some(points), Some(building)) = (also, building.as_mut()) {
+            self.upsert_building(building, points, count)?;
         }
         Ok(())
     }
 
     fn upsert_building(
         &self,
-        state: &mut State,
+        building: &mut Building,
         points: Vec<PointStructPersisted>,
         count: u64,
     ) -> Result<(), StoreError> {
-        let threshold = self.inner.options.optimize_after_points;
-        let Some(building) = state.building.as_mut() else {
-            return Ok(());
-        };
         upsert_into(&building.shard, points)?;
         building.upserted_since_optimize += count;
-        if building.upserted_since_optimize >= threshold {
+        if building.upserted_since_optimize >= self.inner.options.optimize_after_points {
             building.shard.optimize().map_err(internal("optimize"))?;
             building.shard.flush();
             building.upserted_since_optimize = 0;
@@ -424,37 +434,49 @@ impl EdgeStore {
             .into_iter()
             .map(to_point)
             .collect::<Result<Vec<_>, _>>()?;
-        let mut state = self.state()?;
-        match &state.building {
+        let mut building = self.building()?;
+        match building.as_mut() {
             Some(building) if building.generation == generation => {
-                self.upsert_building(&mut state, persisted, count)
+                self.upsert_building(building, persisted, count)
             }
-            _ => Err(StoreError::CollectionMissing(format!(
-                "index generation {generation} does not exist in {} (current: {})",
-                self.inner.path.display(),
-                state.generation
-            ))),
+            _ => {
+                drop(building);
+                let mut state = self.state()?;
+                if state.generation == generation {
+                    // Switched meanwhile: the generation is the current one now.
+                    upsert_into(&state.shard, persisted)?;
+                    state.upserted_since_optimize += count;
+                    return Ok(());
+                }
+                Err(StoreError::CollectionMissing(format!(
+                    "index generation {generation} does not exist in {} (current: {})",
+                    self.inner.path.display(),
+                    state.generation
+                )))
+            }
         }
     }
 
     /// [`IndexStore::generations`], blocking.
     pub fn generations_blocking(&self) -> Result<Generations, StoreError> {
         let state = self.state()?;
+        let building = self.building()?;
         let retired = generations_on_disk(&self.inner.path)?
             .into_iter()
             .filter(|generation| *generation < state.generation)
             .collect();
         Ok(Generations {
             current: state.generation,
-            building: state.building.as_ref().map(|building| building.generation),
+            building: building.as_ref().map(|building| building.generation),
             retired,
         })
     }
 
     /// [`IndexStore::begin_generation`], blocking.
     pub fn begin_generation_blocking(&self) -> Result<u32, StoreError> {
-        let mut state = self.state()?;
-        if let Some(building) = &state.building {
+        let state = self.state()?;
+        let mut building = self.building()?;
+        if let Some(building) = building.as_ref() {
             return Ok(building.generation);
         }
         let newest = generations_on_disk(&self.inner.path)?
@@ -471,7 +493,7 @@ impl EdgeStore {
         let dir = generation_dir(&self.inner.path, generation);
         let shard = create_shard(&dir, &vectors, &self.inner.options)?;
         tracing::info!(generation, dir = %dir.display(), "index generation created");
-        state.building = Some(Building {
+        *building = Some(Building {
             generation,
             shard,
             upserted_since_optimize: 0,
@@ -482,35 +504,40 @@ impl EdgeStore {
     /// [`IndexStore::switch_generation`], blocking: the new generation is optimized, then
     /// `CURRENT` replaced and the shard swapped under the lock (no search sees neither).
     pub fn switch_generation_blocking(&self, generation: u32) -> Result<(), StoreError> {
-        let mut state = self.state()?;
-        if state.generation == generation {
+        if self.state()?.generation == generation {
             return Ok(());
         }
-        let Some(building) = state
-            .building
-            .take_if(|building| building.generation == generation)
-        else {
-            return Err(StoreError::Invalid(format!(
-                "index generation {generation} is not being built (current: {})",
-                state.generation
-            )));
+        let not_built = |current: u32| {
+            StoreError::Invalid(format!(
+                "index generation {generation} is not being built (current: {current})"
+            ))
         };
-        let optimized = building
-            .shard
-            .optimize()
-            .map_err(internal("optimize"))
-            .map(|_| building.shard.flush());
-        if let Err(error) = optimized {
-            state.building = Some(building);
-            return Err(error);
+        // The HNSW build first, under the new generation's lock only: searches go on.
+        {
+            let building = self.building()?;
+            match building.as_ref() {
+                Some(building) if building.generation == generation => {
+                    building.shard.optimize().map_err(internal("optimize"))?;
+                    building.shard.flush();
+                }
+                _ => {
+                    drop(building);
+                    return Err(not_built(self.state()?.generation));
+                }
+            }
         }
+        let mut state = self.state()?;
+        let mut building = self.building()?;
+        let Some(new) = building.take_if(|building| building.generation == generation) else {
+            return Err(not_built(state.generation));
+        };
         if let Err(error) = write_current(&self.inner.path, generation) {
-            state.building = Some(building);
+            *building = Some(new);
             return Err(error);
         }
-        let previous = std::mem::replace(&mut state.shard, building.shard);
+        let previous = std::mem::replace(&mut state.shard, new.shard);
         let from = std::mem::replace(&mut state.generation, generation);
-        state.upserted_since_optimize = 0;
+        state.upserted_since_optimize = new.upserted_since_optimize;
         drop(previous);
         tracing::info!(from, to = generation, "index generation switched");
         Ok(())
@@ -519,9 +546,9 @@ impl EdgeStore {
     /// [`IndexStore::drop_generation`], blocking.
     pub fn drop_generation_blocking(&self, generation: u32) -> Result<(), StoreError> {
         let state = self.state()?;
+        let building = self.building()?;
         if generation == state.generation
-            || state
-                .building
+            || building
                 .as_ref()
                 .is_some_and(|building| building.generation == generation)
         {
@@ -587,7 +614,7 @@ impl EdgeStore {
         if state.upserted_since_optimize > 0 {
             run_optimize(&mut state)?;
         }
-        if let Some(building) = state.building.as_mut()
+        if let Some(building) = self.building()?.as_mut()
             && building.upserted_since_optimize > 0
         {
             building.shard.optimize().map_err(internal("optimize"))?;
@@ -694,7 +721,7 @@ impl EdgeStore {
         let mut thumbnails = std::collections::BTreeSet::new();
         let state = self.state()?;
         delete_from(&state.shard, &filter, &mut deleted, &mut thumbnails)?;
-        if let Some(building) = &state.building {
+        if let Some(building) = self.building()?.as_ref() {
             delete_from(&building.shard, &filter, &mut deleted, &mut thumbnails)?;
         }
         drop(state);
