@@ -180,6 +180,17 @@ pub trait IndexStore: Send + Sync + 'static {
     fn sources(&self) -> impl Future<Output = Result<Vec<IndexedSource>, StoreError>> + Send {
         no_generations()
     }
+    /// Copy the current generation's points that `filter` admits, unchanged, into
+    /// `generation` (the one being built): what a reindex keeps of a stream it cannot read
+    /// again. The number copied; `Invalid` when their vectors do not fit the new generation.
+    fn carry_over(
+        &self,
+        generation: u32,
+        filter: SearchFilter,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        let _ = (generation, filter);
+        no_generations()
+    }
 }
 
 /// The generations of an index: the one searches answer from, the one a reindex is

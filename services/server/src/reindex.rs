@@ -74,8 +74,17 @@ struct PlannedSource {
 #[serde(tag = "state", rename_all = "snake_case")]
 enum SourceState {
     Pending,
-    Done { segments: u64, failed: u64 },
-    Skipped { reason: String },
+    Done {
+        segments: u64,
+        failed: u64,
+    },
+    /// Not read again: why, and how many of its points were carried into the new generation
+    /// unchanged instead.
+    Skipped {
+        reason: String,
+        #[serde(default)]
+        carried: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -241,11 +250,11 @@ impl<Q: SegmentQueue, S: IndexStore> Reindexer<Q, S> {
                     status.segments += segments;
                     status.segments_failed += failed;
                 }
-                SourceState::Skipped { reason } => {
+                SourceState::Skipped { reason, carried } => {
                     status.sources_skipped += 1;
                     status.skipped.push(format!(
-                        "{} ({}): {reason}",
-                        source.stream_id, source.source
+                        "{} ({}): {reason}; {carried} of its {} moments kept unchanged",
+                        source.stream_id, source.source, source.points
                     ));
                 }
             }
@@ -375,6 +384,30 @@ impl<Q: SegmentQueue, S: IndexStore> Reindexer<Q, S> {
         Ok(())
     }
 
+    /// A source that cannot be indexed again: its points go into the new generation as they
+    /// are (when their vectors fit it), so the switch does not forget the stream.
+    async fn skip(
+        &self,
+        plan: &Plan,
+        index: usize,
+        reason: String,
+    ) -> Result<SourceState, ReindexError> {
+        let source = &plan.sources[index];
+        let filter = vidx_core::SearchFilter {
+            tenant: source.tenant.clone(),
+            streams: vec![source.stream_id.clone()],
+            ..Default::default()
+        };
+        match self.store.carry_over(plan.generation, filter).await {
+            Ok(carried) => Ok(SourceState::Skipped { reason, carried }),
+            Err(vidx_core::StoreError::Invalid(why)) => Ok(SourceState::Skipped {
+                reason: format!("{reason}; its moments cannot be kept: {why}"),
+                carried: 0,
+            }),
+            Err(error) => Err(error.into()),
+        }
+    }
+
     /// Index every pending source into the new generation, a few at a time, recording each
     /// one's end in the plan.
     async fn build(
@@ -422,7 +455,7 @@ impl<Q: SegmentQueue, S: IndexStore> Reindexer<Q, S> {
                     }
                     Err(reason) => {
                         tracing::warn!(stream_id = %source.stream_id, source = %source.source, reason, "reindex skips a source");
-                        plan.sources[index].state = SourceState::Skipped { reason };
+                        plan.sources[index].state = self.skip(plan, index, reason).await?;
                         save_plan(&path, plan)?;
                     }
                 }
@@ -459,7 +492,19 @@ impl<Q: SegmentQueue, S: IndexStore> Reindexer<Q, S> {
                         if job.error.contains(crate::ingest::INTERRUPTED) {
                             return Err(ReindexError::Interrupted);
                         }
-                        plan.sources[index].state = SourceState::Skipped { reason };
+                        plan.sources[index].state = if job.segments_done > job.segments_failed {
+                            // Part of it is in the new generation: nothing old mixed in.
+                            SourceState::Skipped {
+                                reason: format!(
+                                    "{reason} ({} of {} segments indexed)",
+                                    job.segments_done - job.segments_failed,
+                                    job.segments_total
+                                ),
+                                carried: 0,
+                            }
+                        } else {
+                            self.skip(plan, index, reason).await?
+                        };
                         save_plan(&path, plan)?;
                     }
                     _ => {

@@ -195,6 +195,8 @@ struct Load {
     errors: Vec<String>,
     empty: usize,
     revisions: std::collections::BTreeSet<String>,
+    /// (stream, revision) of every hit.
+    streams: std::collections::BTreeSet<(String, String)>,
 }
 
 impl Load {
@@ -208,11 +210,16 @@ impl Load {
 
 /// Search for "kite" every 100 ms until `stop`.
 async fn search_load(store: Arc<AnyStore>, stop: Arc<AtomicBool>) -> Load {
+    search_for(store, stop, "a kite").await
+}
+
+/// Search for `text` every 100 ms until `stop`.
+async fn search_for(store: Arc<AnyStore>, stop: Arc<AtomicBool>, text: &str) -> Load {
     let embedder = WordsEmbedder {
         delay: Duration::ZERO,
     };
     let vector = embedder
-        .embed(&["a kite".to_string()])
+        .embed(&[text.to_string()])
         .map(|mut vectors| vectors.remove(0))
         .unwrap_or_default();
     let mut load = Load::default();
@@ -235,9 +242,13 @@ async fn search_load(store: Arc<AnyStore>, stop: Arc<AtomicBool>) -> Load {
         load.latencies.push(started.elapsed());
         match answer {
             Ok(hits) if hits.is_empty() => load.empty += 1,
-            Ok(hits) => load
-                .revisions
-                .extend(hits.into_iter().map(|hit| hit.payload.model_rev)),
+            Ok(hits) => {
+                for hit in hits {
+                    load.revisions.insert(hit.payload.model_rev.clone());
+                    load.streams
+                        .insert((hit.payload.stream_id, hit.payload.model_rev));
+                }
+            }
             Err(error) => load.errors.push(error.to_string()),
         }
     }
@@ -251,6 +262,7 @@ async fn reindex_under_query_load(store: Arc<AnyStore>, dir: &Path) -> Result<()
         make_clip(&media, "kites", "kite")?,
         make_clip(&media, "boats", "boat")?,
         make_clip(&media, "trains", "train")?,
+        make_clip(&media, "birds", "bird")?,
     ];
     let data_dir = dir.join("data");
     std::fs::create_dir_all(&data_dir)?;
@@ -265,6 +277,8 @@ async fn reindex_under_query_load(store: Arc<AnyStore>, dir: &Path) -> Result<()
     let one_generation = store.count(None).await?;
     ensure!(one_generation >= 18, "{one_generation} points");
     let before = store.generations().await?;
+    // A source gone before the reindex: skipped, its moments kept as they are.
+    std::fs::remove_file(&clips[3])?;
 
     // Without a reindex: the same load for as long.
     let stop = Arc::new(AtomicBool::new(false));
@@ -320,9 +334,20 @@ async fn reindex_under_query_load(store: Arc<AnyStore>, dir: &Path) -> Result<()
         "{status:?}"
     );
     assert_eq!(
-        (status.sources_total, status.sources_done),
-        (3, 3),
+        (
+            status.sources_total,
+            status.sources_done,
+            status.sources_skipped
+        ),
+        (4, 3, 1),
         "{status:?}"
+    );
+    ensure!(
+        status.skipped.len() == 1
+            && status.skipped[0].contains("is gone")
+            && status.skipped[0].contains("6 of its 6 moments kept"),
+        "{:?}",
+        status.skipped
     );
     ensure!(busy.errors.is_empty(), "searches failed: {:?}", busy.errors);
     assert_eq!(busy.empty, 0, "empty answers during the reindex");
@@ -349,9 +374,27 @@ async fn reindex_under_query_load(store: Arc<AnyStore>, dir: &Path) -> Result<()
     tokio::time::sleep(Duration::from_millis(250)).await;
     stop.store(true, Ordering::SeqCst);
     let load = handle.await?;
-    assert_eq!(
-        load.revisions,
-        std::collections::BTreeSet::from(["subtitles-b".to_string()])
+    // Every stream read again answers with the new revision only; the one whose file is gone
+    // with the old one only.
+    for (stream, revision) in &load.streams {
+        let expected = if stream.ends_with("birds.mp4") {
+            "subtitles-a"
+        } else {
+            "subtitles-b"
+        };
+        assert_eq!(revision, expected, "{stream}: {:?}", load.streams);
+    }
+    ensure!(load.revisions.contains("subtitles-b"), "{:?}", load.streams);
+    // The stream whose file is gone kept its moments, of the old revision.
+    let stop = Arc::new(AtomicBool::new(false));
+    let handle = tokio::spawn(search_for(store.clone(), stop.clone(), "a bird"));
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    stop.store(true, Ordering::SeqCst);
+    let birds = handle.await?;
+    ensure!(
+        birds.revisions.contains("subtitles-a"),
+        "{:?}",
+        birds.revisions
     );
     ensure!(
         !data_dir.join("reindex.json").exists(),

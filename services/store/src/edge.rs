@@ -538,6 +538,9 @@ impl EdgeStore {
         let previous = std::mem::replace(&mut state.shard, new.shard);
         let from = std::mem::replace(&mut state.generation, generation);
         state.upserted_since_optimize = new.upserted_since_optimize;
+        // Closing the old shard (its flush and threads) happens outside the locks.
+        drop(building);
+        drop(state);
         drop(previous);
         tracing::info!(from, to = generation, "index generation switched");
         Ok(())
@@ -556,6 +559,9 @@ impl EdgeStore {
                 "index generation {generation} is in use; only retired ones are dropped"
             )));
         }
+        // Removed outside the locks: nothing reads a retired generation.
+        drop(building);
+        drop(state);
         let dir = generation_dir(&self.inner.path, generation);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {
@@ -564,6 +570,74 @@ impl EdgeStore {
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(error) => Err(storage(format!("cannot remove {}", dir.display()))(error)),
+        }
+    }
+
+    /// [`IndexStore::carry_over`], blocking: pages of the current generation (payload and
+    /// vectors) upserted into the one being built.
+    pub fn carry_over_blocking(
+        &self,
+        generation: u32,
+        filter: SearchFilter,
+    ) -> Result<u64, StoreError> {
+        let filter = to_filter(&filter, None)?;
+        let mut copied = 0u64;
+        let mut offset = None;
+        loop {
+            let state = self.state()?;
+            let (records, next) = state
+                .shard
+                .scroll(ScrollRequest {
+                    offset,
+                    limit: Some(DELETE_PAGE),
+                    filter: Some(filter.clone()),
+                    with_payload: Some(WithPayloadInterface::Bool(true)),
+                    with_vector: WithVector::Bool(true),
+                    order_by: None,
+                })
+                .map_err(internal("scroll"))?;
+            drop(state);
+            let mut points = Vec::with_capacity(records.len());
+            for record in records {
+                let PointId::Uuid(id) = record.id else {
+                    continue;
+                };
+                let mut vectors = BTreeMap::new();
+                if let Some(qdrant_edge::VectorStructInternal::Named(named)) = record.vector {
+                    for (name, vector) in named {
+                        if let VectorInternal::Dense(values) = vector {
+                            vectors.insert(name.to_string(), values);
+                        }
+                    }
+                }
+                points.push(to_point(IndexPoint {
+                    id,
+                    vectors,
+                    payload: payload_of(id, record.payload)?,
+                    thumbnail: None,
+                })?);
+            }
+            let count = points.len() as u64;
+            let mut building = self.building()?;
+            let Some(building) = building
+                .as_mut()
+                .filter(|building| building.generation == generation)
+            else {
+                return Err(StoreError::Invalid(format!(
+                    "index generation {generation} is not being built"
+                )));
+            };
+            if !fits(&building.shard, &points) {
+                return Err(StoreError::Invalid(format!(
+                    "the points' vectors do not fit index generation {generation}"
+                )));
+            }
+            self.upsert_building(building, points, count)?;
+            copied += count;
+            match next {
+                Some(next) => offset = Some(next),
+                None => return Ok(copied),
+            }
         }
     }
 
@@ -871,7 +945,7 @@ fn check_vectors(shard: &EdgeShard, vectors: &[VectorSpec], path: &Path) -> Resu
                 Some(params) if params.size != spec.dimension => {
                     return Err(StoreError::Invalid(format!(
                         "index at {} stores `{}` vectors of dimension {}, but the configured model gives {}; \
-                         index into a new data dir or use the original model",
+                         run `vidx reindex` to build a generation for the new model, or use the original model",
                         path.display(),
                         spec.name,
                         params.size,
@@ -1181,6 +1255,15 @@ impl IndexStore for EdgeStore {
     ) -> impl std::future::Future<Output = Result<Vec<IndexedSource>, StoreError>> + Send {
         let store = self.clone();
         blocking(move || store.sources_blocking())
+    }
+
+    fn carry_over(
+        &self,
+        generation: u32,
+        filter: SearchFilter,
+    ) -> impl std::future::Future<Output = Result<u64, StoreError>> + Send {
+        let store = self.clone();
+        blocking(move || store.carry_over_blocking(generation, filter))
     }
 }
 

@@ -135,4 +135,11 @@ impl IndexStore for AnyStore {
             AnyStore::Server(store) => store.sources().await,
         }
     }
+
+    async fn carry_over(&self, generation: u32, filter: SearchFilter) -> Result<u64, StoreError> {
+        match self {
+            AnyStore::Edge(store) => store.carry_over(generation, filter).await,
+            AnyStore::Server(store) => store.carry_over(generation, filter).await,
+        }
+    }
 }

@@ -510,6 +510,25 @@ impl ServerStore {
     }
 }
 
+/// The dense named vectors of a point as the server returned them.
+fn dense_vectors(
+    vectors: Option<qdrant_client::qdrant::VectorsOutput>,
+) -> std::collections::BTreeMap<String, Vec<f32>> {
+    use qdrant_client::qdrant::vector_output::Vector;
+    use qdrant_client::qdrant::vectors_output::VectorsOptions;
+    let mut dense = std::collections::BTreeMap::new();
+    if let Some(VectorsOptions::Vectors(named)) =
+        vectors.and_then(|vectors| vectors.vectors_options)
+    {
+        for (name, vector) in named.vectors {
+            if let Vector::Dense(values) = vector.into_vector() {
+                dense.insert(name, values.data);
+            }
+        }
+    }
+    dense
+}
+
 /// Whether every vector of `points` has a place of its size among `sizes`.
 fn fits(sizes: &HashMap<String, u64>, points: &[IndexPoint]) -> bool {
     points.iter().all(|point| {
@@ -651,8 +670,6 @@ fn to_hit(point: ScoredPoint) -> Result<Hit, StoreError> {
 
 impl IndexStore for ServerStore {
     async fn point(&self, tenant: &str, id: uuid::Uuid) -> Result<Option<IndexPoint>, StoreError> {
-        use qdrant_client::qdrant::vector_output::Vector;
-        use qdrant_client::qdrant::vectors_output::VectorsOptions;
         let response = self
             .client
             .get_points(
@@ -672,19 +689,9 @@ impl IndexStore for ServerStore {
         if payload.tenant != tenant {
             return Ok(None);
         }
-        let mut vectors = std::collections::BTreeMap::new();
-        if let Some(VectorsOptions::Vectors(named)) =
-            record.vectors.and_then(|vectors| vectors.vectors_options)
-        {
-            for (name, vector) in named.vectors {
-                if let Vector::Dense(dense) = vector.into_vector() {
-                    vectors.insert(name, dense.data);
-                }
-            }
-        }
         Ok(Some(IndexPoint {
             id,
-            vectors,
+            vectors: dense_vectors(record.vectors),
             payload,
             thumbnail: None,
         }))
@@ -845,6 +852,71 @@ impl IndexStore for ServerStore {
                 StoreError::CollectionMissing(_) => Ok(()),
                 error => Err(error),
             },
+        }
+    }
+
+    /// Pages of the current generation (payload and vectors) upserted into the one being
+    /// built.
+    async fn carry_over(&self, generation: u32, filter: SearchFilter) -> Result<u64, StoreError> {
+        use qdrant_client::qdrant::ScrollPointsBuilder;
+        let layout = self.layout().await?;
+        let Some((_, name, sizes)) = layout.building.filter(|(g, _, _)| *g == generation) else {
+            return Err(StoreError::Invalid(format!(
+                "index generation {generation} of {} is not being built",
+                self.collection
+            )));
+        };
+        let filter = to_filter(&filter, None);
+        let mut copied = 0u64;
+        let mut offset = None;
+        loop {
+            let mut request = ScrollPointsBuilder::new(&self.collection)
+                .filter(filter.clone())
+                .limit(DELETE_PAGE)
+                .with_payload(true)
+                .with_vectors(true);
+            if let Some(offset) = offset.take() {
+                request = request.offset(offset);
+            }
+            let page = self
+                .client
+                .scroll(request)
+                .await
+                .map_err(server_error("scroll"))?;
+            let mut points = Vec::with_capacity(page.result.len());
+            for record in page.result {
+                let id = match record.id.and_then(|id| id.point_id_options) {
+                    Some(PointIdOptions::Uuid(uuid)) => {
+                        uuid::Uuid::parse_str(&uuid).map_err(|error| {
+                            StoreError::Internal(format!("point id {uuid}: {error}"))
+                        })?
+                    }
+                    _ => continue,
+                };
+                points.push(IndexPoint {
+                    id,
+                    vectors: dense_vectors(record.vectors),
+                    payload: payload_of(id, record.payload)?,
+                    thumbnail: None,
+                });
+            }
+            if !fits(&sizes, &points) {
+                return Err(StoreError::Invalid(format!(
+                    "the points' vectors do not fit index generation {generation}"
+                )));
+            }
+            copied += points.len() as u64;
+            let points = points
+                .into_iter()
+                .map(to_point)
+                .collect::<Result<Vec<_>, _>>()?;
+            if !points.is_empty() {
+                self.upsert_into(&name, points).await?;
+            }
+            match page.next_page_offset {
+                Some(next) => offset = Some(next),
+                None => return Ok(copied),
+            }
         }
     }
 

@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use common::{DIMENSION, point, query, spec, unit_vector};
 use vidx_core::ports::IndexStore;
 use vidx_core::types::vector_names;
@@ -695,6 +695,18 @@ where
             .await
             .is_err()
     );
+    // A stream that cannot be indexed again keeps its points, unchanged.
+    let kept = SearchFilter {
+        tenant: "acme".into(),
+        streams: vec!["cam-2".into()],
+        ..SearchFilter::default()
+    };
+    assert_eq!(store.carry_over(generation, kept).await?, 40);
+    let carried: Vec<IndexPoint> = old
+        .iter()
+        .filter(|point| point.payload.tenant == "acme" && point.payload.stream_id == "cam-2")
+        .cloned()
+        .collect();
 
     store.switch_generation(generation).await?;
     let after = store.generations().await?;
@@ -705,20 +717,34 @@ where
         .filter(|point| point.payload.tenant != "globex")
         .map(|point| point.id)
         .chain([during.id])
+        .chain(carried.iter().map(|point| point.id))
         .collect();
     assert_eq!(store.count(None).await?, expected.len() as u64);
     let found: BTreeSet<uuid::Uuid> = ids_found(&store, &new)
         .await?
         .into_iter()
         .chain(ids_found(&store, std::slice::from_ref(&during)).await?)
+        .chain(ids_found(&store, &old).await?)
         .collect();
     assert_eq!(found, expected);
-    assert!(ids_found(&store, &old).await?.is_empty());
+    let carried_back = store
+        .point("acme", carried[0].id)
+        .await?
+        .context("a carried point")?;
+    assert_eq!(
+        carried_back.vectors, carried[0].vectors,
+        "carried unchanged"
+    );
+    assert_eq!(
+        carried_back.payload, carried[0].payload,
+        "carried unchanged"
+    );
     let hits = store
         .search(query(
             unit_vector(3),
             SearchFilter {
                 tenant: "acme".into(),
+                streams: vec!["cam-1".into()],
                 ..SearchFilter::default()
             },
             5,
@@ -778,4 +804,79 @@ async fn qdrant_server_keeps_the_generation_contract() -> Result<()> {
         Ok(ServerStore::connect(&options, &spec()).await?)
     })
     .await
+}
+
+/// A new embedding size is just a new generation: opened for a reindex with the new model's
+/// vectors, the store builds the next generation with them; the old points cannot be carried
+/// into it (refused, not corrupted); after the switch searches take the new size.
+async fn dimension_change_contract<S: IndexStore>(store: S) -> Result<()> {
+    let generation = store.begin_generation().await?;
+    let all = SearchFilter {
+        tenant: "acme".into(),
+        ..SearchFilter::default()
+    };
+    ensure!(
+        matches!(
+            store.carry_over(generation, all.clone()).await,
+            Err(vidx_core::StoreError::Invalid(_))
+        ),
+        "8-dimensional points do not fit a 12-dimensional generation"
+    );
+    let mut wide = point("acme", "cam-1", 0, 0, 0, vec![0.5; 12]);
+    wide.payload.model_rev = "wide".into();
+    store.upsert_to(generation, vec![wide.clone()]).await?;
+    store.switch_generation(generation).await?;
+    assert_eq!(store.count(None).await?, 1);
+    let hits = store.search(query(vec![0.5; 12], all, 3)).await?;
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].id, wide.id);
+    Ok(())
+}
+
+fn wide_spec() -> Vec<VectorSpec> {
+    vec![VectorSpec {
+        name: vector_names::TEXT.into(),
+        dimension: 12,
+    }]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qdrant_edge_builds_a_generation_of_another_dimension() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    {
+        let old = EdgeStore::open(dir.path(), &spec(), EdgeStoreOptions::default())?;
+        old.upsert(corpus()).await?;
+    }
+    let refused = EdgeStore::open(dir.path(), &wide_spec(), EdgeStoreOptions::default());
+    let message = refused
+        .err()
+        .map(|error| error.to_string())
+        .unwrap_or_default();
+    ensure!(
+        message.contains("vidx reindex"),
+        "a model of another size is refused, pointing at vidx reindex: {message:?}"
+    );
+    let reindexing =
+        EdgeStore::open_for_reindex(dir.path(), &wide_spec(), EdgeStoreOptions::default())?;
+    dimension_change_contract(reindexing).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qdrant_server_builds_a_generation_of_another_dimension() -> Result<()> {
+    let (options, _server) = server_options("vidx-dimension")?;
+    ServerStore::connect(&options, &spec())
+        .await?
+        .upsert(corpus())
+        .await?;
+    let refused = ServerStore::connect(&options, &wide_spec()).await;
+    let message = refused
+        .err()
+        .map(|error| error.to_string())
+        .unwrap_or_default();
+    ensure!(
+        message.contains("vidx reindex"),
+        "a model of another size is refused, pointing at vidx reindex: {message:?}"
+    );
+    let reindexing = ServerStore::connect_for_reindex(&options, &wide_spec()).await?;
+    dimension_change_contract(reindexing).await
 }
