@@ -288,6 +288,11 @@ struct Cluster {
 
 impl Cluster {
     fn start(workers: usize, segments: u64) -> Result<Self> {
+        Self::start_with(workers, segments, &["ingest"])
+    }
+
+    /// [`start`](Self::start), with the ingest node taking `ingest_roles`.
+    fn start_with(workers: usize, segments: u64, ingest_roles: &[&str]) -> Result<Self> {
         let alone = ONE_CLUSTER
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -306,7 +311,7 @@ impl Cluster {
             "[media]\nsegment_secs = {segment_secs}\nframes_per_segment = 2\nframe_size = 64\n\
              [pipeline]\nworkers = 1\nmax_attempts = 3\nretry_backoff_ms = 200\n\
              [store]\nkind = \"qdrant\"\nurl = \"{qdrant}\"\ncollection = \"{COLLECTION}\"\n\
-             timeout_ms = 5000\n\
+             timeout_ms = 5000\nreindex_grace_secs = 1\n\
              [server]\ningest_roots = [\"{media}\"]\n\
              [kafka]\nbrokers = \"{brokers}\"\ntopic = \"faults.segments\"\n\
              dead_letter_topic = \"faults.segments.dlq\"\njobs_topic = \"faults.jobs\"\n\
@@ -348,7 +353,7 @@ impl Cluster {
                 child: None,
             })
         };
-        let mut ingest = node("ingest", &["ingest"])?;
+        let mut ingest = node("ingest", ingest_roles)?;
         ingest.start()?;
         let mut nodes = Vec::new();
         for index in 0..workers {
@@ -835,6 +840,173 @@ fn an_ingest_node_killed_mid_job_finishes_it_after_a_restart() -> Result<()> {
         "{}",
         cluster.ingest.log()
     );
+    Ok(())
+}
+
+/// A reindex on the Qdrant server, its node SIGKILLed midway: the node (ingest and query
+/// roles) builds generation 2 of the collection from two streams' sources through Kafka and
+/// the worker; killed once the new generation holds some points, it resumes the reindex from
+/// `<data-dir>/reindex.json` when restarted, switches the alias and drops generation 1 after
+/// the grace period. The collection then holds one generation's points, each stream's once.
+#[test]
+fn a_reindex_whose_node_is_killed_resumes_and_switches() -> Result<()> {
+    let mut cluster = Cluster::start_with(1, 12, &["ingest", "query"])?;
+    let second = cluster.video.with_file_name("pattern-2.mp4");
+    std::fs::copy(&cluster.video, &second)?;
+    std::fs::copy(
+        cluster.video.with_extension("srt"),
+        second.with_extension("srt"),
+    )?;
+    for video in [cluster.video.clone(), second] {
+        let output = Command::new(VIDX)
+            .args(["index", "--json", "--endpoint"])
+            .arg(format!("http://127.0.0.1:{}", cluster.ingest.listen))
+            .arg(&video)
+            .env("HF_HUB_OFFLINE", "1")
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "vidx index --endpoint: {}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            cluster.logs()
+        );
+    }
+    let one_generation = 2 * cluster.segments as usize;
+    assert_eq!(cluster.count(), one_generation);
+
+    let qdrant = cluster.qdrant.http_address();
+    let count_in = |collection: &str| -> Result<Option<u64>> {
+        let (status, body) = http(
+            qdrant,
+            "POST",
+            &format!("/collections/{collection}/points/count"),
+            Some(&serde_json::json!({ "exact": true })),
+        )?;
+        if status == 404 {
+            return Ok(None);
+        }
+        ensure!(status == 200, "count: {status} {body}");
+        let body: Value = serde_json::from_str(&body)?;
+        Ok(body["result"]["count"].as_u64())
+    };
+    let endpoint = format!("http://127.0.0.1:{}", cluster.ingest.listen);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let index_client = || async {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await?;
+        anyhow::Ok(v1::index_service_client::IndexServiceClient::new(channel))
+    };
+    let started = runtime.block_on(async {
+        index_client()
+            .await?
+            .reindex(v1::ReindexRequest {})
+            .await
+            .map_err(anyhow::Error::from)
+    })?;
+    assert_eq!(
+        started.get_ref().state,
+        v1::reindex_status::State::Building as i32
+    );
+    let new = format!("{COLLECTION}_g2");
+    cluster.wait_for(
+        "points in the new generation",
+        Duration::from_secs(90),
+        || Ok(count_in(&new)?.is_some_and(|count| count > 0)),
+    )?;
+    let before_kill = count_in(&new)?.unwrap_or(0) as usize;
+    cluster.ingest.signal("KILL")?;
+    ensure!(
+        before_kill < one_generation,
+        "the kill came too late ({before_kill} of {one_generation})"
+    );
+    // Searches keep answering from generation 1 meanwhile.
+    assert_eq!(cluster.count(), one_generation);
+    ensure!(
+        cluster
+            .directory
+            .path()
+            .join("ingest/reindex.json")
+            .exists()
+    );
+
+    cluster.ingest.start()?;
+    let status = runtime.block_on(async {
+        let started = Instant::now();
+        loop {
+            let answer = async {
+                anyhow::Ok(
+                    index_client()
+                        .await?
+                        .get_reindex_status(v1::ReindexStatusRequest {})
+                        .await?
+                        .into_inner(),
+                )
+            }
+            .await;
+            match answer {
+                Ok(status) if status.state == v1::reindex_status::State::Done as i32 => {
+                    return Ok(status);
+                }
+                Ok(status) if status.state == v1::reindex_status::State::Failed as i32 => {
+                    bail!("reindex failed: {status:?}")
+                }
+                _ if started.elapsed() < Duration::from_secs(120) => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                answer => bail!("reindex not done within 120 s: {answer:?}"),
+            }
+        }
+    });
+    let status = status.with_context(|| cluster.logs())?;
+    ensure!(status.resumed, "{status:?}");
+    assert_eq!(
+        (
+            status.generation,
+            status.sources_done,
+            status.sources_skipped
+        ),
+        (2, 2, 0),
+        "{status:?}"
+    );
+    ensure!(
+        cluster.ingest.log().contains("resuming the reindex"),
+        "{}",
+        cluster.ingest.log()
+    );
+    // One generation's points behind the alias; generation 1 dropped after the grace period.
+    assert_eq!(count_in(&new)?, Some(one_generation as u64));
+    assert_eq!(cluster.count(), one_generation);
+    assert_eq!(count_in(&format!("{COLLECTION}_g1"))?, None);
+    let (status, aliases) = http(qdrant, "GET", "/aliases", None)?;
+    ensure!(status == 200 && aliases.contains(&new), "{aliases}");
+    ensure!(
+        !cluster
+            .directory
+            .path()
+            .join("ingest/reindex.json")
+            .exists()
+    );
+
+    // Another one, through the CLI: it follows the node's reindex until the switch.
+    let output = Command::new(VIDX)
+        .args(["reindex", "--json", "--endpoint", &endpoint])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "vidx reindex --endpoint: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        cluster.logs()
+    );
+    let summary: Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(summary["generation"], 3, "{summary}");
+    assert_eq!(summary["sources_done"], 2, "{summary}");
+    assert_eq!(cluster.count(), one_generation);
     Ok(())
 }
 
