@@ -12,7 +12,7 @@
 //! write to the one being built too), so the switch loses none of it. A source that cannot be
 //! read again — a live camera (its past is gone), a file deleted since, a URL whose
 //! credentials were removed from the stored name — is skipped and named in the status; its
-//! moments are not in the new generation.
+//! points are carried into the new generation unchanged when their vectors fit it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
