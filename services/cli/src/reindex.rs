@@ -11,7 +11,6 @@ use vidx_bus::InProcessQueue;
 use vidx_core::ErrorCode;
 use vidx_core::ports::SegmentQueue;
 use vidx_proto::v1;
-use vidx_proto::v1::reindex_status::State;
 use vidx_server::reindex::{ReindexError, ReindexSettings, Reindexer};
 use vidx_server::{Ingest, Metrics, NodeSettings, start_workers};
 
@@ -138,15 +137,9 @@ async fn print_progress(mut status: watch::Receiver<v1::ReindexStatus>, json: bo
 }
 
 pub fn progress_line(status: &v1::ReindexStatus) -> String {
-    let state = match State::try_from(status.state).unwrap_or(State::Unspecified) {
-        State::Building => "building",
-        State::Switched => "switched",
-        State::Done => "done",
-        State::Failed => "failed",
-        State::Idle | State::Unspecified => "idle",
-    };
     format!(
-        "reindex {state}: generation {} -> {}{}, {}/{} sources done, {} skipped, {} segments",
+        "reindex {}: generation {} -> {}{}, {}/{} sources done, {} skipped, {} segments",
+        vidx_server::reindex::state_name(status.state),
         status.from_generation,
         status.generation,
         if status.resumed { " (resumed)" } else { "" },
@@ -160,21 +153,7 @@ pub fn progress_line(status: &v1::ReindexStatus) -> String {
 /// The final status, as text or JSON.
 pub fn print_status(status: &v1::ReindexStatus, json: bool) {
     if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "from_generation": status.from_generation,
-                "generation": status.generation,
-                "resumed": status.resumed,
-                "sources": status.sources_total,
-                "sources_done": status.sources_done,
-                "sources_skipped": status.sources_skipped,
-                "skipped": status.skipped,
-                "segments": status.segments,
-                "segments_failed": status.segments_failed,
-                "elapsed_ms": status.elapsed_ms,
-            })
-        );
+        println!("{}", vidx_server::reindex::status_json(status));
     } else {
         println!(
             "reindexed into generation {} in {:.1} s: {} of {} sources, {} segments ({} failed)",

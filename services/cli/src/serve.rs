@@ -96,6 +96,8 @@ pub async fn run(context: AppContext) -> anyhow::Result<u8> {
         engine: cell,
         authenticator: Arc::new(authenticator),
         ingest: Some(node.ingest.clone()),
+        reindex: node.reindex.clone(),
+        operator: config.general.tenant.clone(),
         subscriptions: vidx_server::subscribe::Slots::new(
             config.server.max_subscriptions_per_tenant,
             shutdown_rx.clone(),
@@ -132,6 +134,8 @@ pub async fn run(context: AppContext) -> anyhow::Result<u8> {
 /// The in-process ingest and workers, and what stops them.
 struct InProcessNode {
     ingest: Arc<dyn JobDesk>,
+    /// Its reindex (`POST /v1/index/reindex`).
+    reindex: vidx_server::lifecycle::ReindexCell,
     queue: Arc<InProcessQueue>,
     workers: tokio::task::JoinSet<Result<(), vidx_server::ServerError>>,
     _spool: tempfile::TempDir,
@@ -235,8 +239,34 @@ fn start_node(
         let ingest = ingest.clone();
         async move { ingest.collect_blobs().await }
     });
+    let reindexer = Arc::new(vidx_server::reindex::Reindexer::new(
+        ingest.clone(),
+        engine.store.clone(),
+        vidx_server::reindex::ReindexSettings {
+            state_file: settings.reindex_state.clone(),
+            grace: std::time::Duration::from_secs(config.store.reindex_grace_secs),
+            jobs_in_flight: vidx_server::reindex::JOBS_IN_FLIGHT,
+            // Other nodes writing to a shared Qdrant server learn of the new generation.
+            settle: match engine.store.as_ref() {
+                vidx_store::AnyStore::Server(_) => {
+                    vidx_store::GENERATIONS_TTL + std::time::Duration::from_secs(1)
+                }
+                vidx_store::AnyStore::Edge(_) => std::time::Duration::ZERO,
+            },
+            local_files_anywhere: false,
+        },
+        shutdown.clone(),
+    ));
+    // A reindex an earlier `vidx serve` (or `vidx reindex`) left unfinished goes on.
+    if settings.reindex_state.exists() {
+        tracing::info!(state = %settings.reindex_state.display(), "resuming the reindex");
+        reindexer.start();
+    }
+    let reindex: vidx_server::lifecycle::ReindexCell = Arc::new(OnceLock::new());
+    let _ = reindex.set(Box::new(reindexer));
     Ok(InProcessNode {
         ingest,
+        reindex,
         queue,
         workers,
         _spool: spool,

@@ -710,6 +710,21 @@ fn the_http_api_confines_tenants_and_serves_clips_in_ranges() -> Result<()> {
         status == 200 && answer["points"] == 0,
         "again: {status} {answer}"
     );
+    // A reindex rebuilds every tenant's index: not a tenant's to start (only general.tenant's).
+    for method in ["GET", "POST"] {
+        let (status, _, answer) = vidx_testkit::http::request(
+            address,
+            method,
+            "/v1/index/reindex",
+            &[("Authorization", &acme_auth)],
+            None,
+        )?;
+        ensure!(
+            status == 403,
+            "{method} /v1/index/reindex as acme: {status} {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
     Ok(())
 }
 
@@ -887,5 +902,83 @@ fn the_jobs_page_indexes_a_file_and_the_streams_page_follows_and_stops_a_camera(
         "const row = document.querySelector('#streams tbody tr');          return row && row.dataset.state === 'stopped';",
         Duration::from_secs(30),
     )?;
+    Ok(())
+}
+
+/// The jobs page's reindex: the operator clicks Reindex, the progress bar fills as the
+/// sources are indexed again, and the page reports the switch to the new generation; search
+/// answers afterwards.
+#[test]
+fn the_jobs_page_reindexes_the_index_with_a_progress_bar() -> Result<()> {
+    let directory = tempfile::tempdir()?;
+    let data_dir = directory.path().join("data");
+    for (name, lines) in [
+        (
+            "harbour.mp4",
+            [
+                "Sailors tie the boat to the pier",
+                "A crane loads containers onto the ship",
+                "Fireworks explode over the harbour at midnight",
+            ],
+        ),
+        (
+            "kitchen.mp4",
+            [
+                "A chef slices ripe tomatoes",
+                "Onions sizzle in a pan",
+                "The soup is served in white bowls",
+            ],
+        ),
+    ] {
+        let video = make_clip(directory.path(), name, lines)?;
+        index(&video, &data_dir, "default")?;
+    }
+    let (_server, address) = serve(
+        &data_dir,
+        &[("VIDX__STORE__REINDEX_GRACE_SECS", "0".to_string())],
+        &directory.path().join("serve.log"),
+    )?;
+    let browser = Browser::start()?;
+    browser.session_call(
+        "POST",
+        "/url",
+        json!({"url": format!("http://{address}/#jobs")}),
+    )?;
+    browser.wait_for(
+        "the reindex panel",
+        "return !document.getElementById('reindex-panel').hidden",
+        Duration::from_secs(20),
+    )?;
+    browser.script("document.getElementById('reindex-start').click(); return true;")?;
+    let done = browser.wait_for(
+        "the reindex done",
+        "const panel = document.getElementById('reindex-panel');          if (panel.dataset.state !== 'done') return null;          const bar = document.getElementById('reindex-progress');          return {value: bar.value, max: bar.max,                  text: document.getElementById('reindex-status').textContent};",
+        Duration::from_secs(120),
+    )?;
+    save_screenshot(&browser, "web-ui-reindex.png")?;
+    ensure!(
+        done["value"] == 2.0
+            && done["max"] == 2.0
+            && done["text"]
+                .as_str()
+                .is_some_and(|text| text.contains("generation 0 → 1") && text.contains("2 / 2")),
+        "the finished reindex: {done}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data_dir.join("index/CURRENT"))?.trim(),
+        "1"
+    );
+    ensure!(
+        !data_dir.join("index/shard").exists(),
+        "generation 0 dropped"
+    );
+    let (status, answer) = search(address, None, "fireworks over the harbour")?;
+    ensure!(
+        status == 200
+            && answer["hits"][0]["caption"]
+                .as_str()
+                .is_some_and(|caption| caption.contains("Fireworks")),
+        "search after the reindex: {status} {answer}"
+    );
     Ok(())
 }

@@ -394,6 +394,7 @@ where
     let subscriptions =
         subscribe::Slots::new(settings.max_subscriptions_per_tenant, shutdown.clone());
     let engine_cell: Arc<OnceLock<Engine<S>>> = Arc::new(OnceLock::new());
+    let reindex_cell: lifecycle::ReindexCell = Arc::new(OnceLock::new());
     let stats = Arc::new(WorkerStats::default());
     // The web UI and HTTP API of the query role: the same engine, tokens and limits.
     let _http_server = match (roles.query, http_listener) {
@@ -409,6 +410,8 @@ where
                     .clone()
                     .map(|ingest| ingest as Arc<dyn ingest::JobDesk>),
                 subscriptions: subscriptions.clone(),
+                reindex: reindex_cell.clone(),
+                operator: settings.default_tenant.clone(),
                 clips: web::ClipSettings {
                     dir: settings.clip_dir.clone(),
                     roots: settings.ingest.roots.clone(),
@@ -445,7 +448,6 @@ where
         store: settings.worker.thumbnails.clone(),
         clip_dir: Some(settings.clip_dir.clone()),
     };
-    let reindex_cell: lifecycle::ReindexCell = Arc::new(OnceLock::new());
     let index_service = roles.query.then(|| {
         InterceptedService::new(
             v1::index_service_server::IndexServiceServer::new(lifecycle::IndexApi::new(

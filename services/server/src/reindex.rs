@@ -28,6 +28,35 @@ use vidx_proto::v1::reindex_status::State;
 
 use crate::ingest::{Ingest, is_live_source, resolve_source};
 
+/// The name of a reindex state, as the CLI and the HTTP API say it.
+pub fn state_name(state: i32) -> &'static str {
+    match State::try_from(state).unwrap_or(State::Unspecified) {
+        State::Building => "building",
+        State::Switched => "switched",
+        State::Done => "done",
+        State::Failed => "failed",
+        State::Idle | State::Unspecified => "idle",
+    }
+}
+
+/// The status as the HTTP API answers it.
+pub fn status_json(status: &v1::ReindexStatus) -> serde_json::Value {
+    serde_json::json!({
+        "state": state_name(status.state),
+        "from_generation": status.from_generation,
+        "generation": status.generation,
+        "resumed": status.resumed,
+        "sources": status.sources_total,
+        "sources_done": status.sources_done,
+        "sources_skipped": status.sources_skipped,
+        "skipped": status.skipped,
+        "segments": status.segments,
+        "segments_failed": status.segments_failed,
+        "elapsed_ms": status.elapsed_ms,
+        "error": status.error,
+    })
+}
+
 /// Sources a node indexes at once during a reindex.
 pub const JOBS_IN_FLIGHT: usize = 4;
 

@@ -67,6 +67,10 @@ pub struct HttpContext<S> {
     pub ingest: Option<Arc<dyn crate::ingest::JobDesk>>,
     /// The standing queries' slots (shared with the gRPC service's).
     pub subscriptions: Arc<crate::subscribe::Slots>,
+    /// The node's reindex (nodes with an ingest), for the operator's tenant only.
+    pub reindex: crate::lifecycle::ReindexCell,
+    /// The operator's tenant (`general.tenant`).
+    pub operator: String,
     pub max_request_bytes: usize,
     /// Requests served at once; beyond, `429 Too Many Requests` at once.
     pub permits: Arc<Semaphore>,
@@ -161,6 +165,10 @@ pub fn router<S: IndexStore + Send + Sync + 'static>(context: Shared<S>) -> Rout
         .route("/v1/streams", get(list_streams::<S>))
         .route("/v1/streams/{id}/stop", post(stop_stream::<S>))
         .route("/v1/index/delete", post(delete_moments::<S>))
+        .route(
+            "/v1/index/reindex",
+            get(reindex_status::<S>).post(start_reindex::<S>),
+        )
         .layer(axum::middleware::from_fn_with_state(
             context.clone(),
             admit::<S>,
@@ -562,6 +570,50 @@ async fn delete_moments<S: IndexStore + Send + Sync + 'static>(
         "footage": removed.footage,
     }))
     .into_response())
+}
+
+/// The node's reindex, for the operator's tenant: a reindex rebuilds every tenant's index.
+fn reindexer<'a, S>(
+    context: &'a Shared<S>,
+    headers: &HeaderMap,
+) -> Result<&'a dyn crate::lifecycle::ReindexControl, ApiError> {
+    let tenant = tenant(context, headers)?;
+    if tenant != context.operator {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            "a reindex rebuilds every tenant's index: only the operator's tenant (general.tenant) may run it",
+        ));
+    }
+    context.reindex.get().map(Box::as_ref).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "unimplemented",
+            "reindexing runs on a node with the ingest and query roles, once its index is open",
+        )
+    })
+}
+
+/// `POST /v1/index/reindex`: start a reindex (or join the one running); its status.
+async fn start_reindex<S: Send + Sync + 'static>(
+    State(context): State<Shared<S>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let status = reindexer(&context, &headers)?.start();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(crate::reindex::status_json(&status)),
+    )
+        .into_response())
+}
+
+/// `GET /v1/index/reindex`: the status of the node's reindex.
+async fn reindex_status<S: Send + Sync + 'static>(
+    State(context): State<Shared<S>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let status = reindexer(&context, &headers)?.status();
+    Ok(Json(crate::reindex::status_json(&status)).into_response())
 }
 
 async fn list_jobs<S: Send + Sync + 'static>(

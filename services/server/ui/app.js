@@ -243,11 +243,49 @@ function showPage() {
   refreshTimer = null;
   say("");
   if (page === "jobs" || page === "streams") {
-    const refresh = page === "jobs" ? loadJobs : loadStreams;
+    const refresh = page === "jobs" ? () => { loadJobs(); loadReindex(); } : loadStreams;
     refresh();
     refreshTimer = setInterval(refresh, 1500);
   }
 }
+
+// The index's reindex (operator only: the panel stays hidden for other tenants and on
+// nodes that cannot reindex).
+function showReindex(status) {
+  $("reindex-panel").hidden = false;
+  const running = status.state === "building";
+  $("reindex-start").disabled = running;
+  const bar = $("reindex-progress");
+  bar.max = Math.max(status.sources, 1);
+  bar.value = status.sources_done + status.sources_skipped;
+  if (status.state === "idle") {
+    $("reindex-status").textContent = "";
+    return;
+  }
+  let text = status.state + ": generation " + status.from_generation + " → " + status.generation
+    + ", " + status.sources_done + " / " + status.sources + " sources, " + status.segments + " segments";
+  if (status.sources_skipped) text += ", " + status.sources_skipped + " skipped (" + status.skipped.join("; ") + ")";
+  if (status.error) text += ": " + status.error;
+  $("reindex-status").textContent = text;
+  $("reindex-panel").dataset.state = status.state;
+}
+
+async function loadReindex() {
+  const response = await fetch("/v1/index/reindex", { headers: headers() });
+  if (!response.ok) {
+    $("reindex-panel").hidden = true;
+    return;
+  }
+  showReindex(await response.json());
+}
+
+$("reindex-start").addEventListener("click", async () => {
+  try {
+    showReindex(await (await api("/v1/index/reindex", { method: "POST" })).json());
+  } catch (error) {
+    say("Reindex: " + error.message);
+  }
+});
 
 function cell(text, className) {
   const td = document.createElement("td");
