@@ -602,17 +602,9 @@ impl EdgeStore {
                 let PointId::Uuid(id) = record.id else {
                     continue;
                 };
-                let mut vectors = BTreeMap::new();
-                if let Some(qdrant_edge::VectorStructInternal::Named(named)) = record.vector {
-                    for (name, vector) in named {
-                        if let VectorInternal::Dense(values) = vector {
-                            vectors.insert(name.to_string(), values);
-                        }
-                    }
-                }
                 points.push(to_point(IndexPoint {
                     id,
-                    vectors,
+                    vectors: dense_vectors(record.vector),
                     payload: payload_of(id, record.payload)?,
                     thumbnail: None,
                 })?);
@@ -771,17 +763,9 @@ impl EdgeStore {
         if payload.tenant != tenant {
             return Ok(None);
         }
-        let mut vectors = BTreeMap::new();
-        if let Some(qdrant_edge::VectorStructInternal::Named(named)) = record.vector {
-            for (name, vector) in named {
-                if let VectorInternal::Dense(values) = vector {
-                    vectors.insert(name.to_string(), values);
-                }
-            }
-        }
         Ok(Some(IndexPoint {
             id,
-            vectors,
+            vectors: dense_vectors(record.vector),
             payload,
             thumbnail: None,
         }))
@@ -808,6 +792,19 @@ impl EdgeStore {
         let state = self.state()?;
         Ok(state.shard.info().indexed_vectors_count as u64)
     }
+}
+
+/// The dense named vectors of a stored point.
+fn dense_vectors(vector: Option<qdrant_edge::VectorStructInternal>) -> BTreeMap<String, Vec<f32>> {
+    let mut vectors = BTreeMap::new();
+    if let Some(qdrant_edge::VectorStructInternal::Named(named)) = vector {
+        for (name, vector) in named {
+            if let VectorInternal::Dense(values) = vector {
+                vectors.insert(name.to_string(), values);
+            }
+        }
+    }
+    vectors
 }
 
 /// A new, empty shard in `dir` with `vectors`, the HNSW layout and the payload indexes.

@@ -141,21 +141,7 @@ impl ServerStore {
         options: &ServerStoreOptions,
         vectors: &[VectorSpec],
     ) -> Result<Self, StoreError> {
-        let client = Qdrant::from_url(&options.url)
-            .api_key(options.api_key.clone())
-            .timeout(options.timeout)
-            .connect_timeout(Duration::from_secs(10))
-            .skip_compatibility_check()
-            .build()
-            .map_err(|error| StoreError::Invalid(format!("qdrant url {}: {error}", options.url)))?;
-        let store = Self {
-            client: std::sync::Arc::new(client),
-            collection: options.collection.clone(),
-            vectors: vectors.to_vec(),
-            known: Default::default(),
-        };
-        store.ensure_collection(vectors, true).await?;
-        Ok(store)
+        Self::connect_checked(options, vectors, true).await
     }
 
     /// Connect for a reindex to models whose vectors may differ from the current
@@ -163,6 +149,14 @@ impl ServerStore {
     pub async fn connect_for_reindex(
         options: &ServerStoreOptions,
         vectors: &[VectorSpec],
+    ) -> Result<Self, StoreError> {
+        Self::connect_checked(options, vectors, false).await
+    }
+
+    async fn connect_checked(
+        options: &ServerStoreOptions,
+        vectors: &[VectorSpec],
+        check_current: bool,
     ) -> Result<Self, StoreError> {
         let client = Qdrant::from_url(&options.url)
             .api_key(options.api_key.clone())
@@ -177,7 +171,7 @@ impl ServerStore {
             vectors: vectors.to_vec(),
             known: Default::default(),
         };
-        store.ensure_collection(vectors, false).await?;
+        store.ensure_collection(vectors, check_current).await?;
         Ok(store)
     }
 
