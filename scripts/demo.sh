@@ -4,10 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# The dev profile: dependencies are optimised there too (Cargo.toml's profile.dev), without
-# the release profile's LTO; the demo's work is in those dependencies (FFmpeg, candle, Qdrant).
-cargo build -q -p vidx-cli
-vidx=target/debug/vidx
+# The quickstart profile (Cargo.toml): optimised only where the demo's work is, so that a
+# first build on a small machine is short.
+cargo build -q --profile quickstart -p vidx-cli
+vidx=target/quickstart/vidx
 work=${VIDX_DEMO_DIR:-$(mktemp -d)}
 mkdir -p "$work"
 

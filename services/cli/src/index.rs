@@ -5,22 +5,20 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokio::sync::watch;
-use vidx_bus::InProcessQueue;
 use vidx_core::format_hms_ms;
 use vidx_core::ports::SegmentQueue;
 use vidx_pipeline::WorkerEvent;
-use vidx_server::{Ingest, Metrics, NodeSettings, start_workers};
 
 use crate::app::{
     AppContext, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, cli_error, spawn_signal_handler,
 };
 use crate::args::IndexArgs;
+use crate::node::InProcessNode;
 
 #[derive(Debug, Default, Serialize)]
 struct InputReport {
@@ -61,11 +59,7 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     let labels = crate::search::label_args(&args.labels)?;
     let config = context.config.clone();
-    // The node's settings, mapped from the config as `vidx run` maps them, for an embedded
-    // node: segments go to the workers as files in a spool that this run owns.
-    let spool = tempfile::Builder::new().prefix("vidx-spool-").tempdir()?;
-    let settings = NodeSettings::embedded(&config, spool.path(), &context.data_dir)
-        .map_err(|error| cli_error(vidx_core::ErrorCode::InvalidInput, error.to_string()))?;
+    let (settings, spool) = crate::node::settings(&context)?;
     let (inputs, discovery_errors) =
         vidx_media::discover_inputs(&args.inputs, &settings.ingest.policy);
     let mut reports: BTreeMap<String, InputReport> = BTreeMap::new();
@@ -90,37 +84,20 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
         .open_store(loaded.text_dimension, loaded.visual_dimension)
         .await?;
     let engine = context.engine(loaded, store);
-    // A batch that does not fit the device fails here, before any segment is taken.
-    if settings.worker.max_batch > 1 {
-        vidx_server::warm_up(engine.models.clone(), &settings.worker, settings.frame_size)
-            .await
-            .map_err(|error| cli_error(vidx_core::ErrorCode::Unavailable, error.to_string()))?;
-    }
+    crate::node::warm_up(&engine, &settings).await?;
 
     // The in-process node: the ingest and the workers of `vidx run`, over the in-process
     // queue and the embedded index.
-    let queue = Arc::new(InProcessQueue::new(config.pipeline.queue_capacity));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let metrics = Arc::new(
-        Metrics::new(Arc::new(OnceLock::new()))
-            .map_err(|error| cli_error(vidx_core::ErrorCode::Internal, error.to_string()))?,
-    );
-    let ingest = Arc::new(Ingest::new(
-        settings.ingest.clone(),
-        queue.clone(),
-        queue.clone(),
-        // A run's jobs end with it: the next run segments its inputs again.
-        Arc::new(vidx_server::ingest::NoJournal),
-        metrics,
-        shutdown_rx.clone(),
-    ));
-    let (mut workers, mut events_rx) = start_workers(
-        queue.clone(),
+    let mut node = InProcessNode::start(
+        (settings, spool),
         &engine,
-        &settings.worker,
-        settings.concurrency,
+        config.pipeline.queue_capacity,
         &shutdown_rx,
-    );
+    )?;
+    let (ingest, queue) = (node.ingest.clone(), node.queue.clone());
+    let mut workers = std::mem::take(&mut node.workers);
+    let mut events_rx = node.take_events();
     spawn_signal_handler(shutdown_tx.clone());
     // A worker that fails (the index's storage failing: never waited out here, never
     // dead-lettered) stops the others, and the run ends with its error, settling nothing.
@@ -142,14 +119,6 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
             }
             failure
         }
-    });
-    let follow = tokio::spawn({
-        let ingest = ingest.clone();
-        async move { ingest.follow_dead_letters().await }
-    });
-    let collect = tokio::spawn({
-        let ingest = ingest.clone();
-        async move { ingest.collect_blobs().await }
     });
 
     let progress = progress_spinner(args.common.json);
@@ -236,8 +205,7 @@ pub async fn run(context: AppContext, args: &IndexArgs) -> anyhow::Result<u8> {
             report_for(&mut reports, &name).errors.push(error);
         }
     }
-    follow.abort();
-    collect.abort();
+    drop(node);
     if !interrupted {
         let finishing_store = engine.store.clone();
         tokio::task::spawn_blocking(move || finishing_store.finish_blocking()).await??;

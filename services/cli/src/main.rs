@@ -6,6 +6,7 @@ mod clip;
 mod delete;
 mod eval;
 mod index;
+mod node;
 mod reindex;
 mod remote;
 mod run;

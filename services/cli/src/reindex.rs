@@ -3,21 +3,18 @@
 //! (`--endpoint`) — following its progress; searches answer from the old generation until
 //! the switch. Run again after an interruption, it takes up where it was.
 
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use vidx_bus::InProcessQueue;
 use vidx_core::ErrorCode;
-use vidx_core::ports::SegmentQueue;
 use vidx_proto::v1;
 use vidx_server::reindex::{ReindexError, ReindexSettings, Reindexer};
-use vidx_server::{Ingest, Metrics, NodeSettings, start_workers};
 
 use crate::app::{
     AppContext, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, cli_error, spawn_signal_handler,
 };
 use crate::args::ReindexArgs;
+use crate::node::InProcessNode;
 
 pub async fn run(context: AppContext, args: &ReindexArgs) -> anyhow::Result<u8> {
     if let Some(endpoint) = &args.remote.endpoint {
@@ -32,56 +29,27 @@ pub async fn run(context: AppContext, args: &ReindexArgs) -> anyhow::Result<u8> 
             ),
         ));
     }
-    let config = context.config.clone();
-    let spool = tempfile::Builder::new().prefix("vidx-spool-").tempdir()?;
-    let settings = NodeSettings::embedded(&config, spool.path(), &context.data_dir)
-        .map_err(|error| cli_error(ErrorCode::InvalidInput, error.to_string()))?;
+    let (settings, spool) = crate::node::settings(&context)?;
     let loaded = context.load_models().await?;
     let store = context
         .open_store_for_reindex(loaded.text_dimension, loaded.visual_dimension)
         .await?;
     let engine = context.engine(loaded, store);
-    if settings.worker.max_batch > 1 {
-        vidx_server::warm_up(engine.models.clone(), &settings.worker, settings.frame_size)
-            .await
-            .map_err(|error| cli_error(ErrorCode::Unavailable, error.to_string()))?;
-    }
-    let queue = Arc::new(InProcessQueue::new(config.pipeline.queue_capacity));
+    crate::node::warm_up(&engine, &settings).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let metrics = Arc::new(
-        Metrics::new(Arc::new(OnceLock::new()))
-            .map_err(|error| cli_error(ErrorCode::Internal, error.to_string()))?,
-    );
-    let ingest = Arc::new(Ingest::new(
-        settings.ingest.clone(),
-        queue.clone(),
-        queue.clone(),
-        Arc::new(vidx_server::ingest::NoJournal),
-        metrics,
-        shutdown_rx.clone(),
-    ));
-    let (mut workers, mut events_rx) = start_workers(
-        queue.clone(),
+    let mut node = InProcessNode::start(
+        (settings, spool),
         &engine,
-        &settings.worker,
-        settings.concurrency,
+        context.config.pipeline.queue_capacity,
         &shutdown_rx,
-    );
+    )?;
+    node.log_failures();
     spawn_signal_handler(shutdown_tx.clone());
-    tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
-    let follow = tokio::spawn({
-        let ingest = ingest.clone();
-        async move { ingest.follow_dead_letters().await }
-    });
-    let collect = tokio::spawn({
-        let ingest = ingest.clone();
-        async move { ingest.collect_blobs().await }
-    });
     let reindexer = Reindexer::new(
-        ingest,
+        node.ingest.clone(),
         engine.store.clone(),
         ReindexSettings {
-            state_file: settings.reindex_state.clone(),
+            state_file: node.settings.reindex_state.clone(),
             // Nothing else searches this index while the command owns it.
             grace: Duration::ZERO,
             jobs_in_flight: 1,
@@ -93,17 +61,14 @@ pub async fn run(context: AppContext, args: &ReindexArgs) -> anyhow::Result<u8> 
     let progress = tokio::spawn(print_progress(reindexer.subscribe(), args.common.json));
     let outcome = tokio::select! {
         outcome = reindexer.run() => outcome,
-        failed = workers.join_next() => match failed {
+        failed = node.workers.join_next() => match failed {
             Some(Ok(Err(error))) => Err(ReindexError::Ingest(error.to_string())),
             Some(Err(error)) => Err(ReindexError::Ingest(error.to_string())),
             _ => Err(ReindexError::Ingest("the workers stopped".into())),
         },
     };
-    queue.close();
     let _ = shutdown_tx.send(true);
-    while workers.join_next().await.is_some() {}
-    follow.abort();
-    collect.abort();
+    node.stop(Duration::MAX).await;
     progress.abort();
     match outcome {
         Ok(status) => {

@@ -6,16 +6,13 @@
 use std::sync::{Arc, OnceLock};
 
 use tokio::sync::watch;
-use vidx_bus::InProcessQueue;
 use vidx_core::ErrorCode;
-use vidx_core::ports::SegmentQueue;
-use vidx_pipeline::WorkerEvent;
 use vidx_server::auth::Authenticator;
 use vidx_server::ingest::JobDesk;
 use vidx_server::web::{ClipSettings, HttpContext, router, serve_http};
-use vidx_server::{Ingest, Metrics, NodeSettings, start_workers};
 
 use crate::app::{AppContext, EXIT_OK, cli_error, spawn_signal_handler};
+use crate::node::InProcessNode;
 
 pub async fn run(context: AppContext) -> anyhow::Result<u8> {
     let config = &context.config;
@@ -62,7 +59,7 @@ pub async fn run(context: AppContext) -> anyhow::Result<u8> {
         .await?;
     let engine = context.engine(loaded, store);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let node = start_node(&context, &engine, address, &shutdown_rx)?;
+    let (mut node, reindex) = start_node(&context, &engine, address, &shutdown_rx)?;
     let cell = Arc::new(OnceLock::new());
     let _ = cell.set(engine);
     vidx_server::alerts::spawn(
@@ -95,8 +92,8 @@ pub async fn run(context: AppContext) -> anyhow::Result<u8> {
     let http = Arc::new(HttpContext {
         engine: cell,
         authenticator: Arc::new(authenticator),
-        ingest: Some(node.ingest.clone()),
-        reindex: node.reindex.clone(),
+        ingest: Some(node.ingest.clone() as Arc<dyn JobDesk>),
+        reindex,
         operator: config.general.tenant.clone(),
         subscriptions: vidx_server::subscribe::Slots::new(
             config.server.max_subscriptions_per_tenant,
@@ -118,7 +115,7 @@ pub async fn run(context: AppContext) -> anyhow::Result<u8> {
     eprintln!("vidx serve: {scheme}://{address}/ (Ctrl-C stops)");
     let served = serve_http(router(http.clone()), listener, tls, shutdown_rx).await;
     // The workers stop with the same signal; what they stored is optimized before exit.
-    node.stop().await;
+    node.stop(std::time::Duration::from_secs(30)).await;
     if let Some(engine) = http.engine.get()
         && let vidx_store::AnyStore::Edge(edge) = engine.store.as_ref()
     {
@@ -131,30 +128,6 @@ pub async fn run(context: AppContext) -> anyhow::Result<u8> {
     Ok(EXIT_OK)
 }
 
-/// The in-process ingest and workers, and what stops them.
-struct InProcessNode {
-    ingest: Arc<dyn JobDesk>,
-    /// Its reindex (`POST /v1/index/reindex`).
-    reindex: vidx_server::lifecycle::ReindexCell,
-    queue: Arc<InProcessQueue>,
-    workers: tokio::task::JoinSet<Result<(), vidx_server::ServerError>>,
-    _spool: tempfile::TempDir,
-}
-
-impl InProcessNode {
-    /// Close the queue and wait (a while) for the workers to end.
-    async fn stop(mut self) {
-        self.queue.close();
-        let wait = async { while self.workers.join_next().await.is_some() {} };
-        if tokio::time::timeout(std::time::Duration::from_secs(30), wait)
-            .await
-            .is_err()
-        {
-            tracing::warn!("workers still busy 30 s after the stop: leaving them");
-        }
-    }
-}
-
 /// Start the ingest and the workers of `vidx index` over `engine`'s index. Local files are
 /// read from `server.ingest_roots` when set; else from anywhere when the page is on
 /// loopback (one user's machine), and only from `<data-dir>/inbox` when it is reachable
@@ -164,11 +137,9 @@ fn start_node(
     engine: &vidx_server::Engine<vidx_store::AnyStore>,
     address: std::net::SocketAddr,
     shutdown: &watch::Receiver<bool>,
-) -> anyhow::Result<InProcessNode> {
+) -> anyhow::Result<(InProcessNode, vidx_server::lifecycle::ReindexCell)> {
     let config = &context.config;
-    let spool = tempfile::Builder::new().prefix("vidx-spool-").tempdir()?;
-    let mut settings = NodeSettings::embedded(config, spool.path(), &context.data_dir)
-        .map_err(|error| cli_error(ErrorCode::InvalidInput, error.to_string()))?;
+    let (mut settings, spool) = crate::node::settings(context)?;
     let mut roots = Vec::new();
     for root in &config.server.ingest_roots {
         roots.push(std::fs::canonicalize(root).map_err(|error| {
@@ -197,53 +168,18 @@ fn start_node(
         running_jobs: config.server.max_running_jobs_per_tenant,
         live_streams: config.server.max_live_streams_per_tenant,
     };
-    let queue = Arc::new(InProcessQueue::new(config.pipeline.queue_capacity));
-    let metrics = Arc::new(
-        Metrics::new(Arc::new(OnceLock::new()))
-            .map_err(|error| cli_error(ErrorCode::Internal, error.to_string()))?,
-    );
-    let ingest = Arc::new(Ingest::new(
-        settings.ingest.clone(),
-        queue.clone(),
-        queue.clone(),
-        // Jobs end with the process: a restarted `vidx serve` starts with none.
-        Arc::new(vidx_server::ingest::NoJournal),
-        metrics,
-        shutdown.clone(),
-    ));
-    let (workers, mut events) = start_workers(
-        queue.clone(),
+    let mut node = InProcessNode::start(
+        (settings, spool),
         engine,
-        &settings.worker,
-        settings.concurrency,
+        config.pipeline.queue_capacity,
         shutdown,
-    );
-    tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
-            if let WorkerEvent::Failed {
-                stream_id,
-                segment_seq,
-                error,
-                ..
-            } = event
-            {
-                tracing::warn!(stream_id, segment_seq, error, "segment not indexed");
-            }
-        }
-    });
-    tokio::spawn({
-        let ingest = ingest.clone();
-        async move { ingest.follow_dead_letters().await }
-    });
-    tokio::spawn({
-        let ingest = ingest.clone();
-        async move { ingest.collect_blobs().await }
-    });
+    )?;
+    node.log_failures();
     let reindexer = Arc::new(vidx_server::reindex::Reindexer::new(
-        ingest.clone(),
+        node.ingest.clone(),
         engine.store.clone(),
         vidx_server::reindex::ReindexSettings {
-            state_file: settings.reindex_state.clone(),
+            state_file: node.settings.reindex_state.clone(),
             grace: std::time::Duration::from_secs(config.store.reindex_grace_secs),
             jobs_in_flight: vidx_server::reindex::JOBS_IN_FLIGHT,
             // Other nodes writing to a shared Qdrant server learn of the new generation.
@@ -258,17 +194,11 @@ fn start_node(
         shutdown.clone(),
     ));
     // A reindex an earlier `vidx serve` (or `vidx reindex`) left unfinished goes on.
-    if settings.reindex_state.exists() {
-        tracing::info!(state = %settings.reindex_state.display(), "resuming the reindex");
+    if node.settings.reindex_state.exists() {
+        tracing::info!(state = %node.settings.reindex_state.display(), "resuming the reindex");
         reindexer.start();
     }
     let reindex: vidx_server::lifecycle::ReindexCell = Arc::new(OnceLock::new());
     let _ = reindex.set(Box::new(reindexer));
-    Ok(InProcessNode {
-        ingest,
-        reindex,
-        queue,
-        workers,
-        _spool: spool,
-    })
+    Ok((node, reindex))
 }

@@ -44,6 +44,38 @@ pub struct SegmentInput<'a> {
     pub frames: &'a [Frame],
 }
 
+/// What a captioner is asked of one segment: its dense caption, and — when the segment's
+/// region tracks are to be captioned — a region caption (PLM's RCap) per track of
+/// `tracks` and the timed moments (RDCap) of `dense_track`. `tracks[i][f]` / `dense_track[f]`
+/// is the box on frame `f` of `segment.frames`, or none.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentAsk<'a> {
+    pub segment: SegmentInput<'a>,
+    pub tracks: &'a [Vec<Option<crate::NormalizedBox>>],
+    pub dense_track: Option<&'a [Option<crate::NormalizedBox>]>,
+}
+
+impl<'a> SegmentAsk<'a> {
+    /// Only the segment's dense caption.
+    pub fn caption(segment: SegmentInput<'a>) -> Self {
+        Self {
+            segment,
+            tracks: &[],
+            dense_track: None,
+        }
+    }
+}
+
+/// A captioner's answer to a [`SegmentAsk`]: the segment's moments, one region caption per
+/// asked track (none at all from a captioner without region prompts), and the dense
+/// track's timed moments.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SegmentAnswer {
+    pub moments: Vec<Moment>,
+    pub region_captions: Vec<String>,
+    pub region_moments: Vec<Moment>,
+}
+
 /// Produces timestamped moments for a segment.
 pub trait Captioner: Send + Sync {
     /// A short name for logs and errors.
@@ -82,6 +114,32 @@ pub trait Captioner: Send + Sync {
     ) -> Result<Vec<Moment>, ModelError> {
         let _ = (segment, boxes);
         Ok(Vec::new())
+    }
+    /// Everything asked of several segments, one answer per ask in order. A captioner that
+    /// generates (PLM) runs every prompt of the batch — each segment's dense caption, its
+    /// region captions and its RDCap — as one generation batch; the default asks
+    /// [`Captioner::caption_batch`], then the region prompts segment by segment.
+    fn answer_batch(&self, asks: &[SegmentAsk<'_>]) -> Result<Vec<SegmentAnswer>, ModelError> {
+        let segments: Vec<SegmentInput<'_>> = asks.iter().map(|ask| ask.segment).collect();
+        let captions = self.caption_batch(&segments)?;
+        let mut answers = Vec::with_capacity(asks.len());
+        for (ask, moments) in asks.iter().zip(captions) {
+            let region_captions = if ask.tracks.is_empty() {
+                Vec::new()
+            } else {
+                self.caption_regions(ask.segment, ask.tracks)?
+            };
+            let region_moments = match ask.dense_track {
+                Some(boxes) => self.dense_caption_region(ask.segment, boxes)?,
+                None => Vec::new(),
+            };
+            answers.push(SegmentAnswer {
+                moments,
+                region_captions,
+                region_moments,
+            });
+        }
+        Ok(answers)
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 use vidx_core::dense_caption::{event_time, parse_dense_captions};
-use vidx_core::ports::{Captioner, SegmentInput};
+use vidx_core::ports::{Captioner, SegmentAnswer, SegmentAsk, SegmentInput};
 use vidx_core::{Frame, ModelError, Moment, NormalizedBox, RecordKind};
 
 use crate::device_error::InferenceFailure;
@@ -178,48 +178,85 @@ impl PlmCaptioner {
         &self,
         segments: &[SegmentInput<'_>],
     ) -> Result<Vec<Vec<Moment>>, ModelError> {
-        let requests = segments
+        let asks: Vec<SegmentAsk<'_>> = segments
             .iter()
-            .filter(|segment| !segment.frames.is_empty())
-            .map(|segment| {
-                let frames = segment
-                    .frames
-                    .iter()
-                    .map(rgb_of)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|error| self.error(error))?;
-                let prompt = self
-                    .settings
-                    .prompt
-                    .replace("{last}", &(frames.len() - 1).to_string())
-                    .replace("{frames}", &frames.len().to_string());
-                Ok((frames, prompt))
-            })
-            .collect::<Result<Vec<_>, ModelError>>()?;
-        let (mut texts, stats) = if requests.is_empty() {
-            (Vec::new(), GenerateStats::default())
-        } else {
-            self.answer(&requests)?
-        };
+            .map(|segment| SegmentAsk::caption(*segment))
+            .collect();
+        Ok(PlmCaptioner::answer_batch(self, &asks)?
+            .into_iter()
+            .map(|answer| answer.moments)
+            .collect())
+    }
+
+    /// Every prompt of several segments — each one's dense caption, the region caption
+    /// (RCap) of each of its asked tracks and the RDCap of its dense track — generated as
+    /// one batch; one answer per ask, in order.
+    pub fn answer_batch(&self, asks: &[SegmentAsk<'_>]) -> Result<Vec<SegmentAnswer>, ModelError> {
+        enum Slot {
+            Dense(usize),
+            Region(usize),
+            RegionDense(usize, NormalizedBox),
+        }
+        let mut requests = Vec::new();
+        let mut slots = Vec::new();
+        for (index, ask) in asks.iter().enumerate() {
+            let frames = ask.segment.frames;
+            if frames.is_empty() {
+                continue;
+            }
+            requests.push(self.dense_request(frames)?);
+            slots.push(Slot::Dense(index));
+            for boxes in ask.tracks {
+                requests.push(self.region_request(frames, boxes)?);
+                slots.push(Slot::Region(index));
+            }
+            if let Some(boxes) = ask.dense_track
+                && let Some(union) = union_of(boxes)
+            {
+                requests.push(self.region_dense_request(frames, boxes)?);
+                slots.push(Slot::RegionDense(index, union));
+            }
+        }
+        let mut answers = vec![SegmentAnswer::default(); asks.len()];
+        if requests.is_empty() {
+            return Ok(answers);
+        }
+        let (texts, stats) = self.answer(&requests)?;
         tracing::debug!(
-            segments = requests.len(),
+            segments = asks.len(),
+            prompts = requests.len(),
             prefill_tokens = stats.prefill_tokens,
             prefill_secs = stats.prefill_secs,
             decode_tokens = stats.decode_tokens,
             decode_secs = stats.decode_secs,
             "plm captioned"
         );
-        texts.reverse();
-        Ok(segments
-            .iter()
-            .map(|segment| {
-                if segment.frames.is_empty() {
-                    return Vec::new();
+        if texts.len() != slots.len() {
+            return Err(self.error(format!(
+                "{} answers for {} prompts",
+                texts.len(),
+                slots.len()
+            )));
+        }
+        for (slot, text) in slots.into_iter().zip(texts) {
+            match slot {
+                Slot::Dense(index) => {
+                    answers[index].moments = moments_from_output(&text, &asks[index].segment);
                 }
-                let text = texts.pop().unwrap_or_default();
-                moments_from_output(&text, segment)
-            })
-            .collect())
+                Slot::Region(index) => answers[index].region_captions.push(tidy(&text)),
+                Slot::RegionDense(index, union) => {
+                    answers[index].region_moments =
+                        moments_from_output(&text, &asks[index].segment)
+                            .into_iter()
+                            .map(|moment| Moment {
+                                region: Some(union),
+                                ..moment
+                            })
+                            .collect();
+                }
+            }
+        }
+        Ok(answers)
     }
 
     /// PLM's region caption for a box track: `boxes[i]` is the box on frame `i` (or none);
@@ -234,23 +271,6 @@ impl PlmCaptioner {
         Ok(texts.pop().map(|text| tidy(&text)).unwrap_or_default())
     }
 
-    /// Several tracks of one segment's frames, in one batch: one caption per track.
-    pub fn caption_regions_batch(
-        &self,
-        frames: &[Frame],
-        tracks: &[Vec<Option<NormalizedBox>>],
-    ) -> Result<Vec<String>, ModelError> {
-        if tracks.is_empty() {
-            return Ok(Vec::new());
-        }
-        let requests = tracks
-            .iter()
-            .map(|boxes| self.region_request(frames, boxes))
-            .collect::<Result<Vec<_>, _>>()?;
-        let (texts, _) = self.answer(&requests)?;
-        Ok(texts.iter().map(|text| tidy(text)).collect())
-    }
-
     /// RDCap: timed moments of what the subject in `boxes` does over the segment's frames,
     /// each carrying the union of the boxes.
     pub fn dense_caption_region(
@@ -258,33 +278,35 @@ impl PlmCaptioner {
         segment: SegmentInput<'_>,
         boxes: &[Option<NormalizedBox>],
     ) -> Result<Vec<Moment>, ModelError> {
-        let frames = segment.frames;
-        let union = boxes
-            .iter()
-            .flatten()
-            .copied()
-            .reduce(|a, b| NormalizedBox {
-                x0: a.x0.min(b.x0),
-                y0: a.y0.min(b.y0),
-                x1: a.x1.max(b.x1),
-                y1: a.y1.max(b.y1),
-            });
-        let (Some(union), false) = (union, frames.is_empty()) else {
+        let (Some(union), false) = (union_of(boxes), segment.frames.is_empty()) else {
             return Ok(Vec::new());
         };
-        let (images, _) = self.region_request(frames, boxes)?;
-        let prompt = REGION_DENSE_CAPTION_PROMPT
-            .replace("{last}", &(frames.len() - 1).to_string())
-            .replace("{frames}", &frames.len().to_string());
-        let (mut texts, _) = self.answer(&[(images, prompt)])?;
-        let text = texts.pop().unwrap_or_default();
-        Ok(moments_from_output(&text, &segment)
-            .into_iter()
-            .map(|moment| Moment {
-                region: Some(union),
-                ..moment
-            })
-            .collect())
+        let request = self.region_dense_request(segment.frames, boxes)?;
+        let (mut texts, _) = self.answer(&[request])?;
+        Ok(
+            moments_from_output(&texts.pop().unwrap_or_default(), &segment)
+                .into_iter()
+                .map(|moment| Moment {
+                    region: Some(union),
+                    ..moment
+                })
+                .collect(),
+        )
+    }
+
+    /// The segment's frames and the dense-captioning prompt.
+    fn dense_request(&self, frames: &[Frame]) -> Result<(Vec<RgbImage>, String), ModelError> {
+        let images = frames
+            .iter()
+            .map(rgb_of)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| self.error(error))?;
+        let prompt = self
+            .settings
+            .prompt
+            .replace("{last}", &(images.len() - 1).to_string())
+            .replace("{frames}", &images.len().to_string());
+        Ok((images, prompt))
     }
 
     /// The frames with the track's rectangle drawn, and the region prompt naming them.
@@ -293,6 +315,34 @@ impl PlmCaptioner {
         frames: &[Frame],
         boxes: &[Option<NormalizedBox>],
     ) -> Result<(Vec<RgbImage>, String), ModelError> {
+        let (images, first, last) = self.marked(frames, boxes)?;
+        let prompt = REGION_CAPTION_PROMPT
+            .replace("{start}", &first.to_string())
+            .replace("{end}", &last.to_string())
+            .replace("{frames}", &frames.len().to_string());
+        Ok((images, prompt))
+    }
+
+    /// The frames with the subject's rectangles drawn, and the RDCap prompt.
+    fn region_dense_request(
+        &self,
+        frames: &[Frame],
+        boxes: &[Option<NormalizedBox>],
+    ) -> Result<(Vec<RgbImage>, String), ModelError> {
+        let (images, _, _) = self.marked(frames, boxes)?;
+        let prompt = REGION_DENSE_CAPTION_PROMPT
+            .replace("{last}", &(frames.len() - 1).to_string())
+            .replace("{frames}", &frames.len().to_string());
+        Ok((images, prompt))
+    }
+
+    /// The frames with the rectangle drawn where `boxes` has one, and the first and last of
+    /// those frames.
+    fn marked(
+        &self,
+        frames: &[Frame],
+        boxes: &[Option<NormalizedBox>],
+    ) -> Result<(Vec<RgbImage>, usize, usize), ModelError> {
         let marked: Vec<usize> = boxes
             .iter()
             .enumerate()
@@ -312,12 +362,22 @@ impl PlmCaptioner {
                 image.draw_rectangle(region, REGION_COLOR, REGION_THICKNESS);
             }
         }
-        let prompt = REGION_CAPTION_PROMPT
-            .replace("{start}", &first.to_string())
-            .replace("{end}", &last.to_string())
-            .replace("{frames}", &frames.len().to_string());
-        Ok((images, prompt))
+        Ok((images, *first, *last))
     }
+}
+
+/// The union of a track's boxes (none when it has none).
+fn union_of(boxes: &[Option<NormalizedBox>]) -> Option<NormalizedBox> {
+    boxes
+        .iter()
+        .flatten()
+        .copied()
+        .reduce(|a, b| NormalizedBox {
+            x0: a.x0.min(b.x0),
+            y0: a.y0.min(b.y0),
+            x1: a.x1.max(b.x1),
+            y1: a.y1.max(b.y1),
+        })
 }
 
 fn rgb_of(frame: &Frame) -> Result<RgbImage, String> {
@@ -408,7 +468,15 @@ impl Captioner for PlmCaptioner {
         segment: SegmentInput<'_>,
         tracks: &[Vec<Option<NormalizedBox>>],
     ) -> Result<Vec<String>, ModelError> {
-        self.caption_regions_batch(segment.frames, tracks)
+        if tracks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let requests = tracks
+            .iter()
+            .map(|boxes| self.region_request(segment.frames, boxes))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (texts, _) = self.answer(&requests)?;
+        Ok(texts.iter().map(|text| tidy(text)).collect())
     }
 
     fn dense_caption_region(
@@ -417,5 +485,9 @@ impl Captioner for PlmCaptioner {
         boxes: &[Option<NormalizedBox>],
     ) -> Result<Vec<Moment>, ModelError> {
         PlmCaptioner::dense_caption_region(self, segment, boxes)
+    }
+
+    fn answer_batch(&self, asks: &[SegmentAsk<'_>]) -> Result<Vec<SegmentAnswer>, ModelError> {
+        PlmCaptioner::answer_batch(self, asks)
     }
 }

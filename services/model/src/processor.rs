@@ -3,8 +3,10 @@
 //! normalisation, the red rectangle of PLM's region prompts, and the chat template with its
 //! placeholder tokens.
 //!
-//! Resizing is the separable antialiased bicubic filter (a = −0.5) of PIL, which torchvision
-//! follows for uint8 input: a horizontal pass, rounding to u8, then a vertical pass.
+//! Resizing is the separable antialiased bicubic filter (a = −0.5) that torchvision applies
+//! to uint8 images on the CPU (torch's native uint8 kernel, after PIL's): per axis, the
+//! normalised weights quantised to int16, a horizontal pass in integers rounded to u8, then
+//! a vertical pass — so that the pixels are the reference's to the level.
 
 use std::path::Path;
 
@@ -158,18 +160,19 @@ fn bicubic(x: f64) -> f64 {
 }
 
 /// For each output index: the first input index and the normalised weights (PIL's
-/// `precompute_coeffs`: the support widens by the scale when downsampling — antialiasing).
+/// `precompute_coeffs`, as torch computes them: the support widens by the scale when
+/// downsampling — antialiasing).
 fn coefficients(input: usize, output: usize, filter: Filter) -> Vec<(usize, Vec<f64>)> {
     let scale = input as f64 / output as f64;
-    let filter_scale = scale.max(1.0);
-    let support = filter.support() * filter_scale;
+    let support = filter.support() * scale.max(1.0);
+    let inverse = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
     (0..output)
         .map(|index| {
-            let center = (index as f64 + 0.5) * scale;
+            let center = scale * (index as f64 + 0.5);
             let first = ((center - support + 0.5).trunc().max(0.0)) as usize;
             let last = ((center + support + 0.5).trunc() as usize).min(input);
             let mut weights: Vec<f64> = (first..last)
-                .map(|x| filter.weight((x as f64 - center + 0.5) / filter_scale))
+                .map(|x| filter.weight((x as f64 - center + 0.5) * inverse))
                 .collect();
             let total: f64 = weights.iter().sum();
             if total != 0.0 {
@@ -178,6 +181,57 @@ fn coefficients(input: usize, output: usize, filter: Filter) -> Vec<(usize, Vec<
             (first, weights)
         })
         .collect()
+}
+
+/// One axis's weights in fixed point, as torch's uint8 kernel quantises them: int16 with
+/// as many fraction bits (at most 22) as the largest weight leaves room for, each rounded
+/// half away from zero.
+struct FixedWeights {
+    table: Vec<(usize, Vec<i32>)>,
+    precision: u32,
+}
+
+impl FixedWeights {
+    fn new(input: usize, output: usize, filter: Filter) -> Self {
+        let table = coefficients(input, output, filter);
+        let largest = table
+            .iter()
+            .flat_map(|(_, weights)| weights.iter().copied())
+            .fold(0.0f64, f64::max);
+        let mut precision = 0u32;
+        while precision < 22 {
+            let next = (0.5 + largest * f64::from(1u32 << (precision + 1))) as i64;
+            if next >= 1 << 15 {
+                break;
+            }
+            precision += 1;
+        }
+        let one = f64::from(1u32 << precision);
+        let table = table
+            .into_iter()
+            .map(|(first, weights)| {
+                let fixed = weights
+                    .iter()
+                    .map(|weight| {
+                        let value = weight * one;
+                        (if value < 0.0 { value - 0.5 } else { value + 0.5 }) as i32
+                    })
+                    .collect();
+                (first, fixed)
+            })
+            .collect();
+        Self { table, precision }
+    }
+
+    /// The weighted sum of `samples` for output `index`, rounded and clamped to u8.
+    fn apply(&self, index: usize, sample: impl Fn(usize) -> u8) -> u8 {
+        let (first, weights) = &self.table[index];
+        let mut sum: i32 = 1 << (self.precision.max(1) - 1);
+        for (offset, weight) in weights.iter().enumerate() {
+            sum += i32::from(sample(first + offset)) * weight;
+        }
+        (sum >> self.precision).clamp(0, 255) as u8
+    }
 }
 
 fn resample_axis(
@@ -192,28 +246,18 @@ fn resample_axis(
         Axis::Horizontal => (width, size, height),
         Axis::Vertical => (height, width, size),
     };
-    let table = coefficients(input, size, filter);
+    let weights = FixedWeights::new(input, size, filter);
     let mut output = vec![0u8; out_width * out_height * 3];
     for y in 0..out_height {
         for x in 0..out_width {
-            let (first, weights) = match axis {
-                Axis::Horizontal => &table[x],
-                Axis::Vertical => &table[y],
-            };
-            let mut sum = [0f64; 3];
-            for (offset, weight) in weights.iter().enumerate() {
-                let (sx, sy) = match axis {
-                    Axis::Horizontal => (first + offset, y),
-                    Axis::Vertical => (x, first + offset),
-                };
-                let source = (sy * width + sx) * 3;
-                for channel in 0..3 {
-                    sum[channel] += weight * f64::from(data[source + channel]);
-                }
-            }
             let target = (y * out_width + x) * 3;
             for channel in 0..3 {
-                output[target + channel] = (sum[channel] + 0.5).floor().clamp(0.0, 255.0) as u8;
+                output[target + channel] = match axis {
+                    Axis::Horizontal => {
+                        weights.apply(x, |sx| data[(y * width + sx) * 3 + channel])
+                    }
+                    Axis::Vertical => weights.apply(y, |sy| data[(sy * width + x) * 3 + channel]),
+                };
             }
         }
     }

@@ -1,11 +1,12 @@
 //! The PLM captioner on the tiny CLS checkpoint: real frames in, moments inside the segment
 //! out; the same frames batched give the same answers; the region rectangle reaches the
-//! model; dense-caption output becomes timed moments.
+//! model; region prompts batched with the dense captions answer as asked alone; dense-caption
+//! output becomes timed moments.
 
 use std::sync::Arc;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use vidx_core::ports::{Captioner, SegmentInput};
+use vidx_core::ports::{Captioner, SegmentAsk, SegmentInput};
 use vidx_core::{Frame, NormalizedBox, RecordKind, SegmentMedia, SegmentTask, TimeRange};
 use vidx_model::captioner::{CaptionSettings, PlmCaptioner, moments_from_output};
 use vidx_model::hub::{HubOptions, resolve_model_dir};
@@ -177,6 +178,69 @@ fn region_rectangle_reaches_the_model() -> anyhow::Result<()> {
         &[boxes, moved],
     )?;
     assert_eq!(batched, vec![boxed, other]);
+    Ok(())
+}
+
+/// A worker's batch: two segments, the first with two region tracks (RCap) and a dense
+/// track (RDCap), the second with its dense caption only — every prompt in one generation
+/// batch — answers exactly as the prompts asked one by one.
+#[test]
+fn region_prompts_batched_with_the_dense_captions_answer_as_asked_alone() -> anyhow::Result<()> {
+    let captioner = captioner()?;
+    let frames = frames()?;
+    let reversed: Vec<Frame> = frames.iter().rev().cloned().collect();
+    let (first, second) = (task(0), task(1));
+    let segment = SegmentInput {
+        task: &first,
+        frames: &frames,
+    };
+    let other = SegmentInput {
+        task: &second,
+        frames: &reversed,
+    };
+    let region = |x0: f32, y0: f32, x1: f32, y1: f32, on: std::ops::Range<usize>| {
+        (0..frames.len())
+            .map(|index| on.contains(&index).then_some(NormalizedBox { x0, y0, x1, y1 }))
+            .collect::<Vec<_>>()
+    };
+    let tracks = vec![
+        region(0.1, 0.1, 0.6, 0.7, 8..24),
+        region(0.5, 0.5, 0.95, 0.95, 0..32),
+    ];
+    let dense = region(0.2, 0.3, 0.5, 0.9, 4..20);
+    let answers = Captioner::answer_batch(
+        &captioner,
+        &[
+            SegmentAsk {
+                segment,
+                tracks: &tracks,
+                dense_track: Some(&dense),
+            },
+            SegmentAsk::caption(other),
+        ],
+    )?;
+    assert_eq!(answers.len(), 2);
+    assert_eq!(answers[0].moments, captioner.caption(segment)?);
+    assert_eq!(
+        answers[0].region_captions,
+        vec![
+            captioner.caption_region(&frames, &tracks[0])?,
+            captioner.caption_region(&frames, &tracks[1])?,
+        ]
+    );
+    let alone = captioner.dense_caption_region(segment, &dense)?;
+    assert!(!alone.is_empty());
+    assert_eq!(answers[0].region_moments, alone);
+    // RDCap's moments carry the union of the subject's boxes.
+    assert!(alone.iter().all(|moment| moment.region
+        == Some(NormalizedBox {
+            x0: 0.2,
+            y0: 0.3,
+            x1: 0.5,
+            y1: 0.9
+        })));
+    assert_eq!(answers[1].moments, captioner.caption(other)?);
+    assert!(answers[1].region_captions.is_empty() && answers[1].region_moments.is_empty());
     Ok(())
 }
 

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vidx_core::ports::{
-    Captioner, FrameSampler, SegmentInput, SharedBytes, TextEmbedder, VisualEmbedder,
+    Captioner, FrameSampler, SegmentAnswer, SegmentAsk, SegmentInput, SharedBytes, TextEmbedder,
+    VisualEmbedder,
 };
 use vidx_core::regions::{RegionKind, RegionSettings, RegionTrack, propose_regions};
 use vidx_core::types::vector_names;
@@ -94,16 +95,34 @@ impl Models {
                 display_size: (0, 0),
             })
             .collect();
-        let inputs: Vec<SegmentInput<'_>> = tasks
+        // As many region prompts per segment as a real one gets at most: the region captions
+        // of the largest tracks and the RDCap of the longest (a full-frame track stands in).
+        let whole = vidx_core::NormalizedBox {
+            x0: 0.0,
+            y0: 0.0,
+            x1: 1.0,
+            y1: 1.0,
+        };
+        let track = vec![Some(whole); frames];
+        let region_captions = match (&self.regions, &self.visual_embedder) {
+            (Some(settings), Some(_)) => settings.captions,
+            _ => 0,
+        };
+        let tracks = vec![track.clone(); region_captions];
+        let inputs: Vec<SegmentAsk<'_>> = tasks
             .iter()
-            .map(|task| SegmentInput {
-                task,
-                frames: &sampled,
+            .map(|task| SegmentAsk {
+                segment: SegmentInput {
+                    task,
+                    frames: &sampled,
+                },
+                tracks: &tracks,
+                dense_track: (region_captions > 0).then_some(track.as_slice()),
             })
             .collect();
         for captioner in captioners {
             let started = Instant::now();
-            captioner.caption_batch(&inputs).map_err(|error| match error {
+            captioner.answer_batch(&inputs).map_err(|error| match error {
                 vidx_core::ModelError::OutOfMemory { model, reason } => {
                     vidx_core::ModelError::OutOfMemory {
                         model,
@@ -259,7 +278,26 @@ pub fn build_points_batch(
         })
         .collect();
 
-    let mut moments: Vec<Vec<(String, u32, vidx_core::Moment)>> = vec![Vec::new(); tasks.len()];
+    // Each segment's region tracks, proposed before captioning so that their prompts go in
+    // the captioners' batch with the dense captions.
+    let mut regions: Vec<Option<SegmentRegions>> = Vec::with_capacity(tasks.len());
+    for (index, timings) in timings.iter_mut().enumerate() {
+        let started = Instant::now();
+        let proposed = match &prepared[index] {
+            Ok(frames) => SegmentRegions::propose(frames, models),
+            Err(_) => Ok(None),
+        };
+        timings.models += started.elapsed();
+        match proposed {
+            Ok(proposed) => regions.push(proposed),
+            Err(error) => {
+                prepared[index] = Err(error);
+                regions.push(None);
+            }
+        }
+    }
+
+    let mut moments: Vec<Vec<RevisedMoment>> = vec![Vec::new(); tasks.len()];
     for captioner in &models.captioners {
         let live: Vec<usize> = (0..tasks.len())
             .filter(|index| prepared[*index].is_ok())
@@ -267,40 +305,60 @@ pub fn build_points_batch(
         if live.is_empty() {
             break;
         }
-        let inputs: Vec<SegmentInput<'_>> = live
+        let asks: Vec<SegmentAsk<'_>> = live
             .iter()
             .filter_map(|index| {
                 let frames = prepared[*index].as_ref().ok()?;
-                Some(SegmentInput {
+                let segment = SegmentInput {
                     task: tasks[*index].as_ref(),
                     frames,
+                };
+                Some(match &regions[*index] {
+                    Some(regions) => regions.ask(segment),
+                    None => SegmentAsk::caption(segment),
                 })
             })
             .collect();
         let started = Instant::now();
-        let results = caption_split(captioner.as_ref(), &inputs)?;
+        let results = caption_split(captioner.as_ref(), &asks)?;
         let share = started.elapsed() / live.len() as u32;
         for (index, result) in live.into_iter().zip(results) {
             timings[index].models += share;
-            match result {
-                Ok(found) => moments[index].extend(
-                    found
-                        .into_iter()
-                        .enumerate()
-                        .map(|(at, moment)| (captioner.revision().to_string(), at as u32, moment)),
-                ),
-                Err(error) => prepared[index] = Err(error.into()),
+            let answer = match result {
+                Ok(answer) => answer,
+                Err(error) => {
+                    prepared[index] = Err(error.into());
+                    continue;
+                }
+            };
+            let revision = captioner.revision();
+            moments[index].extend(
+                answer
+                    .moments
+                    .into_iter()
+                    .enumerate()
+                    .map(|(at, moment)| (revision.to_string(), at as u32, moment)),
+            );
+            if let Some(regions) = &mut regions[index]
+                && let Err(error) =
+                    regions.take_answers(captioner.as_ref(), answer.region_captions, answer.region_moments)
+            {
+                prepared[index] = Err(error);
             }
         }
     }
 
     let mut outcomes = Vec::with_capacity(tasks.len());
-    for (((task, frames), moments), mut timings) in
-        tasks.iter().zip(prepared).zip(moments).zip(timings)
+    for ((((task, frames), moments), regions), mut timings) in tasks
+        .iter()
+        .zip(prepared)
+        .zip(moments)
+        .zip(regions)
+        .zip(timings)
     {
         let outcome = frames.and_then(|frames| {
             let started = Instant::now();
-            let points = points_from_moments(task, &frames, models, moments)?;
+            let points = points_from_moments(task, &frames, models, moments, regions)?;
             timings.models += started.elapsed();
             Ok((points, timings))
         });
@@ -321,31 +379,147 @@ pub fn build_points_batch(
 /// only for a device failure.
 fn caption_split(
     captioner: &dyn Captioner,
-    inputs: &[SegmentInput<'_>],
-) -> Result<Vec<Result<Vec<vidx_core::Moment>, vidx_core::ModelError>>, vidx_core::ModelError> {
-    match captioner.caption_batch(inputs) {
-        Ok(outputs) if outputs.len() == inputs.len() => Ok(outputs.into_iter().map(Ok).collect()),
-        Ok(outputs) => {
+    asks: &[SegmentAsk<'_>],
+) -> Result<Vec<Result<SegmentAnswer, vidx_core::ModelError>>, vidx_core::ModelError> {
+    match captioner.answer_batch(asks) {
+        Ok(answers) if answers.len() == asks.len() => Ok(answers.into_iter().map(Ok).collect()),
+        Ok(answers) => {
             let error = vidx_core::ModelError::Inference {
                 model: captioner.name().to_string(),
-                reason: format!("{} results for a batch of {}", outputs.len(), inputs.len()),
+                reason: format!("{} results for a batch of {}", answers.len(), asks.len()),
             };
-            Ok(inputs.iter().map(|_| Err(error.clone())).collect())
+            Ok(asks.iter().map(|_| Err(error.clone())).collect())
         }
         Err(error) if error.is_device_failure() => Err(error),
-        Err(error) if inputs.len() <= 1 => Ok(vec![Err(error)]),
+        Err(error) if asks.len() <= 1 => Ok(vec![Err(error)]),
         Err(error) => {
             tracing::warn!(
                 captioner = captioner.name(),
-                batch = inputs.len(),
+                batch = asks.len(),
                 error = %error,
                 "batch failed; retrying it in halves"
             );
-            let (left, right) = inputs.split_at(inputs.len() / 2);
-            let mut outputs = caption_split(captioner, left)?;
-            outputs.extend(caption_split(captioner, right)?);
-            Ok(outputs)
+            let (left, right) = asks.split_at(asks.len() / 2);
+            let mut answers = caption_split(captioner, left)?;
+            answers.extend(caption_split(captioner, right)?);
+            Ok(answers)
         }
+    }
+}
+
+/// A segment's region tracks, which of them its captioners are asked about, and what the
+/// first captioner that reads regions said: region captions (PLM's RCap) of the
+/// `models.region_captions` largest tracks by area × duration, and RDCap's timed moments of
+/// the longest motion track (revision: the captioner's with `+rdcap`).
+struct SegmentRegions {
+    tracks: Vec<RegionTrack>,
+    /// The tracks asked for a caption, and their boxes on each sampled frame.
+    asked: Vec<usize>,
+    asked_boxes: Vec<Vec<Option<vidx_core::NormalizedBox>>>,
+    /// The longest motion track's boxes on each sampled frame, while unanswered.
+    dense_boxes: Option<Vec<Option<vidx_core::NormalizedBox>>>,
+    /// Track index → (the captioner's revision, the caption).
+    captions: BTreeMap<usize, (String, String)>,
+    captions_answered: bool,
+    dense: Vec<RevisedMoment>,
+}
+
+impl SegmentRegions {
+    /// The tracks of a segment's frames (none without region settings, a visual embedder or
+    /// frames).
+    fn propose(frames: &[Frame], models: &Models) -> Result<Option<Self>, PipelineError> {
+        let (Some(settings), Some(_), false) =
+            (&models.regions, &models.visual_embedder, frames.is_empty())
+        else {
+            return Ok(None);
+        };
+        let tracks = propose_regions(frames, settings).map_err(|error| {
+            PipelineError::Model(vidx_core::ModelError::Inference {
+                model: "regions".into(),
+                reason: error.to_string(),
+            })
+        })?;
+        let (mut asked, mut dense_boxes) = (Vec::new(), None);
+        if settings.captions > 0 && !models.captioners.is_empty() && !tracks.is_empty() {
+            let salience = |track: &RegionTrack| {
+                let area = (track.union.x1 - track.union.x0).max(0.0)
+                    * (track.union.y1 - track.union.y0).max(0.0);
+                // A one-frame track still lasts one sample.
+                f64::from(area) * (track.span.duration_ms() + 1) as f64
+            };
+            asked = (0..tracks.len()).collect();
+            asked.sort_by(|a, b| salience(&tracks[*b]).total_cmp(&salience(&tracks[*a])));
+            asked.truncate(settings.captions);
+            dense_boxes = tracks
+                .iter()
+                .filter(|track| track.kind == RegionKind::Motion)
+                .max_by_key(|track| (track.span.duration_ms(), track.boxes.len()))
+                .map(|track| boxes_per_frame(frames, track));
+        }
+        let asked_boxes = asked
+            .iter()
+            .map(|index| boxes_per_frame(frames, &tracks[*index]))
+            .collect();
+        Ok(Some(Self {
+            tracks,
+            asked,
+            asked_boxes,
+            dense_boxes,
+            captions: BTreeMap::new(),
+            captions_answered: false,
+            dense: Vec::new(),
+        }))
+    }
+
+    /// What the next captioner is asked: the region prompts nobody has answered yet.
+    fn ask<'a>(&'a self, segment: SegmentInput<'a>) -> SegmentAsk<'a> {
+        SegmentAsk {
+            segment,
+            tracks: if self.captions_answered {
+                &[]
+            } else {
+                &self.asked_boxes
+            },
+            dense_track: self.dense_boxes.as_deref(),
+        }
+    }
+
+    /// Keep a captioner's region answers, when it is the first to give them.
+    fn take_answers(
+        &mut self,
+        captioner: &dyn Captioner,
+        captions: Vec<String>,
+        moments: Vec<vidx_core::Moment>,
+    ) -> Result<(), PipelineError> {
+        if !self.captions_answered && !captions.is_empty() {
+            if captions.len() != self.asked.len() {
+                return Err(PipelineError::Model(vidx_core::ModelError::Inference {
+                    model: captioner.name().to_string(),
+                    reason: format!(
+                        "{} region captions for {} tracks",
+                        captions.len(),
+                        self.asked.len()
+                    ),
+                }));
+            }
+            for (index, text) in self.asked.iter().zip(captions) {
+                if !text.trim().is_empty() {
+                    self.captions
+                        .insert(*index, (captioner.revision().to_string(), text));
+                }
+            }
+            self.captions_answered = true;
+        }
+        if self.dense_boxes.is_some() && !moments.is_empty() {
+            let revision = format!("{}+rdcap", captioner.revision());
+            self.dense = moments
+                .into_iter()
+                .enumerate()
+                .map(|(index, moment)| (revision.clone(), index as u32, moment))
+                .collect();
+            self.dense_boxes = None;
+        }
+        Ok(())
     }
 }
 
@@ -357,7 +531,8 @@ fn points_from_moments(
     task: &SegmentTask,
     frames: &[Frame],
     models: &Models,
-    mut moments: Vec<(String, u32, vidx_core::Moment)>,
+    mut moments: Vec<RevisedMoment>,
+    regions: Option<SegmentRegions>,
 ) -> Result<Vec<IndexPoint>, PipelineError> {
     let frame_vectors = match (&models.visual_embedder, frames.is_empty()) {
         (Some(embedder), false) => Some(embedder.embed_frames(frames)?),
@@ -373,15 +548,9 @@ fn points_from_moments(
             embedder.revision(),
             &mut thumbnails,
         ));
-        if let Some(settings) = &models.regions {
-            let (regions, region_moments) = region_points(
-                task,
-                frames,
-                models,
-                embedder.as_ref(),
-                settings,
-                &thumbnails,
-            )?;
+        if let Some(regions) = regions {
+            let (regions, region_moments) =
+                region_points(task, frames, models, embedder.as_ref(), regions, &thumbnails)?;
             points.extend(regions);
             // RDCap's timed moments of the longest track: caption points with its box.
             moments.extend(region_moments);
@@ -526,15 +695,15 @@ fn region_points(
     frames: &[Frame],
     models: &Models,
     embedder: &dyn VisualEmbedder,
-    settings: &RegionSettings,
+    regions: SegmentRegions,
     thumbnails: &SegmentThumbnails<'_>,
 ) -> Result<(Vec<IndexPoint>, Vec<RevisedMoment>), PipelineError> {
-    let tracks = propose_regions(frames, settings).map_err(|error| {
-        PipelineError::Model(vidx_core::ModelError::Inference {
-            model: "regions".into(),
-            reason: error.to_string(),
-        })
-    })?;
+    let SegmentRegions {
+        tracks,
+        captions,
+        dense,
+        ..
+    } = regions;
     let mut crops = Vec::new();
     let mut owners = Vec::new();
     for (track_index, track) in tracks.iter().enumerate() {
@@ -547,7 +716,6 @@ fn region_points(
         return Ok((Vec::new(), Vec::new()));
     }
     let vectors = embedder.embed_frames(&crops)?;
-    let captions = region_captions(task, frames, models, &tracks, settings.captions)?;
     let caption_vectors = {
         let texts: Vec<String> = captions.values().map(|(_, text)| text.clone()).collect();
         let embedded = if texts.is_empty() {
@@ -612,11 +780,6 @@ fn region_points(
             thumbnail: thumbnails.for_region(id, track.span, &track.union),
         });
     }
-    let dense = if settings.captions > 0 {
-        region_dense_moments(task, frames, models, &tracks)?
-    } else {
-        Vec::new()
-    };
     Ok((points, dense))
 }
 
@@ -632,91 +795,6 @@ fn boxes_per_frame(frames: &[Frame], track: &RegionTrack) -> Vec<Option<vidx_cor
                 .map(|timed| timed.bbox)
         })
         .collect()
-}
-
-/// RDCap: timed moments of the longest motion track (dense captions of what its subject
-/// does, each with the track's box), from the first captioner that reads regions; their
-/// revision is the captioner's with `+rdcap`.
-fn region_dense_moments(
-    task: &SegmentTask,
-    frames: &[Frame],
-    models: &Models,
-    tracks: &[RegionTrack],
-) -> Result<Vec<RevisedMoment>, PipelineError> {
-    let longest = tracks
-        .iter()
-        .filter(|track| track.kind == RegionKind::Motion)
-        .max_by_key(|track| (track.span.duration_ms(), track.boxes.len()));
-    let Some(track) = longest else {
-        return Ok(Vec::new());
-    };
-    let boxes = boxes_per_frame(frames, track);
-    let segment = SegmentInput { task, frames };
-    for captioner in &models.captioners {
-        let moments = captioner.dense_caption_region(segment, &boxes)?;
-        if moments.is_empty() {
-            continue;
-        }
-        let revision = format!("{}+rdcap", captioner.revision());
-        return Ok(moments
-            .into_iter()
-            .enumerate()
-            .map(|(index, moment)| (revision.clone(), index as u32, moment))
-            .collect());
-    }
-    Ok(Vec::new())
-}
-
-/// Region captions (PLM's RCap) of the `limit` largest tracks by area × duration, from the
-/// first captioner that reads regions: track index → (its revision, the caption).
-fn region_captions(
-    task: &SegmentTask,
-    frames: &[Frame],
-    models: &Models,
-    tracks: &[RegionTrack],
-    limit: usize,
-) -> Result<BTreeMap<usize, (String, String)>, PipelineError> {
-    let mut captions = BTreeMap::new();
-    if limit == 0 || tracks.is_empty() || models.captioners.is_empty() {
-        return Ok(captions);
-    }
-    let salience = |track: &RegionTrack| {
-        let area =
-            (track.union.x1 - track.union.x0).max(0.0) * (track.union.y1 - track.union.y0).max(0.0);
-        // A one-frame track still lasts one sample.
-        f64::from(area) * (track.span.duration_ms() + 1) as f64
-    };
-    let mut ranked: Vec<usize> = (0..tracks.len()).collect();
-    ranked.sort_by(|a, b| salience(&tracks[*b]).total_cmp(&salience(&tracks[*a])));
-    ranked.truncate(limit);
-    let boxes: Vec<Vec<Option<vidx_core::NormalizedBox>>> = ranked
-        .iter()
-        .map(|index| boxes_per_frame(frames, &tracks[*index]))
-        .collect();
-    let segment = SegmentInput { task, frames };
-    for captioner in &models.captioners {
-        let texts = captioner.caption_regions(segment, &boxes)?;
-        if texts.is_empty() {
-            continue;
-        }
-        if texts.len() != ranked.len() {
-            return Err(PipelineError::Model(vidx_core::ModelError::Inference {
-                model: captioner.name().to_string(),
-                reason: format!(
-                    "{} region captions for {} tracks",
-                    texts.len(),
-                    ranked.len()
-                ),
-            }));
-        }
-        for (index, text) in ranked.iter().zip(texts) {
-            if !text.trim().is_empty() {
-                captions.insert(*index, (captioner.revision().to_string(), text));
-            }
-        }
-        break;
-    }
-    Ok(captions)
 }
 
 /// Up to `CROPS_PER_TRACK` crops of a track: its first, middle and last box, cut from the

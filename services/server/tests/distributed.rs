@@ -22,7 +22,7 @@ use vidx_proto::v1::ingest_service_client::IngestServiceClient;
 use vidx_proto::v1::search_service_client::SearchServiceClient;
 use vidx_proto::v1::worker_service_client::WorkerServiceClient;
 use vidx_server::Roles;
-use vidx_testkit::LocalBroker;
+use vidx_testkit::{LocalBroker, with_local_broker};
 
 /// Subtitle cues of the test video: what each part of it shows.
 const CUES: &[(u64, u64, &str)] = &[
@@ -116,11 +116,15 @@ async fn worker_status(node: &Node) -> Result<v1::WorkerStatusResponse> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_streams_through_kafka_and_two_workers_are_found_by_grpc_search() -> Result<()> {
+    // Bounded: a run that hangs fails (and one whose broker process died is run again).
+    with_local_broker(Duration::from_secs(300), three_streams).await
+}
+
+async fn three_streams(broker: &LocalBroker) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let media = std::fs::canonicalize(dir.path())?.join("media");
     std::fs::create_dir_all(&media)?;
     let video = make_video(&media)?;
-    let broker = LocalBroker::start()?;
 
     let embedder: Arc<dyn TextEmbedder> = Arc::new(SentenceEmbedder::from_hub(
         "sentence-transformers/all-MiniLM-L6-v2",

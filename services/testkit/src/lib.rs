@@ -11,7 +11,7 @@ mod no_frames;
 pub mod qdrant;
 
 pub use ffmpeg::{Camera, ffmpeg};
-pub use local_broker::LocalBroker;
+pub use local_broker::{LocalBroker, with_local_broker};
 pub use mock_broker::MockBroker;
 pub use no_frames::NoFrames;
 pub use qdrant::{QdrantServer, server_url};

@@ -3,7 +3,7 @@
 //! `scripts/setup-test.sh`) with in-memory storage on a free port, stopped when dropped.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -61,6 +61,11 @@ impl LocalBroker {
         }
     }
 
+    /// The broker process's exit status, once it has ended (before the drop, it should not).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// `host:port` for `bootstrap.servers`.
     pub fn bootstrap(&self) -> String {
         self.address.to_string()
@@ -86,6 +91,43 @@ impl LocalBroker {
             session_timeout: Duration::from_secs(6),
             delivery_timeout: Duration::from_secs(20),
             ..defaults
+        }
+    }
+}
+
+/// Run `scenario` against a fresh broker within `limit`. tansu 0.6 has been seen to exit in
+/// the middle of a run (and a client of a broker that is gone can wait without end): a run
+/// whose broker process exited is reported and run once more on a new broker. A run that
+/// fails or overruns while its broker lives fails as it is, and so does a second run whose
+/// broker exited too.
+pub async fn with_local_broker<S>(limit: Duration, scenario: S) -> anyhow::Result<()>
+where
+    S: AsyncFn(&LocalBroker) -> anyhow::Result<()>,
+{
+    let mut attempt = 1;
+    loop {
+        let mut broker = LocalBroker::start()?;
+        let outcome = tokio::time::timeout(limit, scenario(&broker)).await;
+        match (outcome, broker.exited()) {
+            (Ok(Ok(())), _) => return Ok(()),
+            (Ok(Err(error)), None) => return Err(error),
+            (Err(_), None) => {
+                anyhow::bail!("the run overran {limit:?} while its broker was running")
+            }
+            (outcome, Some(status)) if attempt == 1 => {
+                let outcome = match outcome {
+                    Ok(result) => format!("{result:?}"),
+                    Err(_) => format!("no end within {limit:?}"),
+                };
+                eprintln!(
+                    "the tansu broker exited ({status}) during the run ({outcome}); \
+                     running it once more on a new broker"
+                );
+                attempt += 1;
+            }
+            (_, Some(status)) => {
+                anyhow::bail!("the tansu broker exited ({status}) during both runs")
+            }
         }
     }
 }
