@@ -33,3 +33,6 @@ ffmpeg -hide_banner -loglevel error -y -filter_complex \
 echo
 echo '$ vidx search "someone cutting vegetables"' >&2
 "$vidx" search "someone cutting vegetables" --data-dir "$work/data" --top-k 3
+echo
+echo "vidx is at $vidx: a quick-start build, unoptimised outside the matrix kernels; for" >&2
+echo "real footage build an optimised one: cargo build --release -p vidx-cli (target/release/vidx)" >&2
