@@ -214,7 +214,11 @@ impl FixedWeights {
                     .iter()
                     .map(|weight| {
                         let value = weight * one;
-                        (if value < 0.0 { value - 0.5 } else { value + 0.5 }) as i32
+                        (if value < 0.0 {
+                            value - 0.5
+                        } else {
+                            value + 0.5
+                        }) as i32
                     })
                     .collect();
                 (first, fixed)
@@ -253,9 +257,7 @@ fn resample_axis(
             let target = (y * out_width + x) * 3;
             for channel in 0..3 {
                 output[target + channel] = match axis {
-                    Axis::Horizontal => {
-                        weights.apply(x, |sx| data[(y * width + sx) * 3 + channel])
-                    }
+                    Axis::Horizontal => weights.apply(x, |sx| data[(y * width + sx) * 3 + channel]),
                     Axis::Vertical => weights.apply(y, |sy| data[(sy * width + x) * 3 + channel]),
                 };
             }

@@ -200,7 +200,10 @@ fn region_prompts_batched_with_the_dense_captions_answer_as_asked_alone() -> any
     };
     let region = |x0: f32, y0: f32, x1: f32, y1: f32, on: std::ops::Range<usize>| {
         (0..frames.len())
-            .map(|index| on.contains(&index).then_some(NormalizedBox { x0, y0, x1, y1 }))
+            .map(|index| {
+                on.contains(&index)
+                    .then_some(NormalizedBox { x0, y0, x1, y1 })
+            })
             .collect::<Vec<_>>()
     };
     let tracks = vec![

@@ -340,8 +340,11 @@ pub fn build_points_batch(
                     .map(|(at, moment)| (revision.to_string(), at as u32, moment)),
             );
             if let Some(regions) = &mut regions[index]
-                && let Err(error) =
-                    regions.take_answers(captioner.as_ref(), answer.region_captions, answer.region_moments)
+                && let Err(error) = regions.take_answers(
+                    captioner.as_ref(),
+                    answer.region_captions,
+                    answer.region_moments,
+                )
             {
                 prepared[index] = Err(error);
             }
@@ -549,8 +552,14 @@ fn points_from_moments(
             &mut thumbnails,
         ));
         if let Some(regions) = regions {
-            let (regions, region_moments) =
-                region_points(task, frames, models, embedder.as_ref(), regions, &thumbnails)?;
+            let (regions, region_moments) = region_points(
+                task,
+                frames,
+                models,
+                embedder.as_ref(),
+                regions,
+                &thumbnails,
+            )?;
             points.extend(regions);
             // RDCap's timed moments of the longest track: caption points with its box.
             moments.extend(region_moments);
