@@ -246,13 +246,7 @@ impl PlmCaptioner {
                 Slot::Region(index) => answers[index].region_captions.push(tidy(&text)),
                 Slot::RegionDense(index, union) => {
                     answers[index].region_moments =
-                        moments_from_output(&text, &asks[index].segment)
-                            .into_iter()
-                            .map(|moment| Moment {
-                                region: Some(union),
-                                ..moment
-                            })
-                            .collect();
+                        region_moments(&text, &asks[index].segment, union);
                 }
             }
         }
@@ -283,15 +277,11 @@ impl PlmCaptioner {
         };
         let request = self.region_dense_request(segment.frames, boxes)?;
         let (mut texts, _) = self.answer(&[request])?;
-        Ok(
-            moments_from_output(&texts.pop().unwrap_or_default(), &segment)
-                .into_iter()
-                .map(|moment| Moment {
-                    region: Some(union),
-                    ..moment
-                })
-                .collect(),
-        )
+        Ok(region_moments(
+            &texts.pop().unwrap_or_default(),
+            &segment,
+            union,
+        ))
     }
 
     /// The segment's frames and the dense-captioning prompt.
@@ -364,6 +354,17 @@ impl PlmCaptioner {
         }
         Ok((images, *first, *last))
     }
+}
+
+/// RDCap's answer as moments, each carrying the union of the subject's boxes.
+fn region_moments(text: &str, segment: &SegmentInput<'_>, union: NormalizedBox) -> Vec<Moment> {
+    moments_from_output(text, segment)
+        .into_iter()
+        .map(|moment| Moment {
+            region: Some(union),
+            ..moment
+        })
+        .collect()
 }
 
 /// The union of a track's boxes (none when it has none).
